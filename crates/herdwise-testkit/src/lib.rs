@@ -1,0 +1,227 @@
+//! Test fixtures for Herdwise: a real `redis-server` process per test.
+//!
+//! [`RedisServer::start`] spawns `redis-server` on a free loopback port, waits until it answers
+//! `PING`, and kills it by PID when dropped. Because the fixture owns the process, tests can inject
+//! faults: [`RedisServer::kill`] (SIGKILL), [`RedisServer::pause`] (SIGSTOP: a slow-but-alive
+//! server), [`RedisServer::resume`] and [`RedisServer::restart`] on the same port.
+//!
+//! Nothing here depends on a Redis that happens to run on the machine. The binary is
+//! `redis-server` from `PATH`, or the path in `HERDWISE_REDIS_SERVER`.
+//!
+//! ```no_run
+//! let redis = herdwise_testkit::RedisServer::start().expect("redis-server");
+//! println!("connect to {}", redis.url());
+//! ```
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a fresh server may take to answer `PING`.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A `redis-server` child process on a loopback port, killed by PID on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    extra_args: Vec<String>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free loopback port with persistence off.
+    pub fn start() -> std::io::Result<Self> {
+        Self::start_with_args(&[])
+    }
+
+    /// Starts a server with extra command-line arguments (e.g. `["--maxmemory", "10mb"]`).
+    pub fn start_with_args(args: &[&str]) -> std::io::Result<Self> {
+        let extra_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let mut last_err = None;
+        // A port found free can be taken by someone else before redis binds it: retry.
+        for _ in 0..5 {
+            let port = free_port()?;
+            let mut server = RedisServer {
+                child: None,
+                port,
+                extra_args: extra_args.clone(),
+            };
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| std::io::Error::other("redis-server did not start")))
+    }
+
+    /// The loopback port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The PID of the running server, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Kills the server with SIGKILL (by PID) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // A paused process must be continued to die promptly on some kernels' accounting;
+            // SIGKILL works on stopped processes, so no SIGCONT is needed.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (after [`RedisServer::kill`]).
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.kill();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match self.spawn() {
+                Ok(()) => return Ok(()),
+                // The old socket may linger for a moment; try again until the deadline.
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Freezes the server with SIGSTOP: connections stay open, nothing is answered.
+    pub fn pause(&self) -> std::io::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Continues a paused server with SIGCONT.
+    pub fn resume(&self) -> std::io::Result<()> {
+        self.signal("-CONT")
+    }
+
+    /// Sends a raw inline command and returns the first reply line (e.g. `+PONG`).
+    pub fn raw_command(&self, command: &str) -> std::io::Result<String> {
+        raw_command(self.port, command)
+    }
+
+    fn signal(&self, sig: &str) -> std::io::Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| std::io::Error::other("redis-server is not running"))?;
+        let status = Command::new("kill")
+            .arg(sig)
+            .arg(pid.to_string())
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!("kill {sig} {pid} failed")))
+        }
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let binary =
+            std::env::var("HERDWISE_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_string());
+        let mut command = Command::new(&binary);
+        command
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--daemonize", "no"])
+            .arg("--dir")
+            .arg(std::env::temp_dir())
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = command.spawn().map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot run `{binary}` ({e}); install redis-server (scripts/test does)"),
+            )
+        })?;
+        self.child = Some(child);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(reply) = raw_command(self.port, "PING") {
+                if reply == "+PONG" {
+                    return Ok(());
+                }
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Err(std::io::Error::other(format!(
+                        "redis-server exited early on port {}: {status}",
+                        self.port
+                    )));
+                }
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(std::io::Error::other("redis-server did not answer PING"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port that was free on 127.0.0.1 a moment ago.
+pub fn free_port() -> std::io::Result<u16> {
+    let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn raw_command(port: u16, command: &str) -> std::io::Result<String> {
+    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    let mut stream = TcpStream::connect_timeout(&addr.into(), Duration::from_millis(200))?;
+    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+    stream.write_all(format!("{command}\r\n").as_bytes())?;
+    let mut buf = [0u8; 512];
+    let n = stream.read(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf[..n]);
+    Ok(text.lines().next().unwrap_or_default().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_pauses_restarts_and_kills() {
+        let mut server = RedisServer::start().expect("start redis-server");
+        assert_eq!(server.raw_command("PING").expect("ping"), "+PONG");
+        server.pause().expect("pause");
+        assert!(
+            server.raw_command("PING").is_err(),
+            "a paused server must not answer"
+        );
+        server.resume().expect("resume");
+        assert_eq!(server.raw_command("PING").expect("ping"), "+PONG");
+        let port = server.port();
+        server.kill();
+        assert!(
+            raw_command(port, "PING").is_err(),
+            "a killed server must not answer"
+        );
+        server.restart().expect("restart");
+        assert_eq!(server.port(), port);
+        assert_eq!(server.raw_command("PING").expect("ping"), "+PONG");
+    }
+}

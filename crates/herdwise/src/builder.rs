@@ -1,0 +1,251 @@
+//! [`CacheBuilder`]: every knob of a [`Cache`], with defaults that are safe in production.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::cache::{Cache, Inner};
+use crate::codec::{Codec, Postcard};
+use crate::envelope::Compression;
+use crate::error::{Error, Result};
+use crate::flight::Flights;
+use crate::freshness::TtlPolicy;
+use crate::key::{CacheKey, KeySpace, DEFAULT_MAX_KEY_BYTES};
+use crate::local::LocalTier;
+use crate::metrics::CacheMetrics;
+use crate::remote::Remote;
+use crate::store::{MemoryStore, Store};
+
+/// Default TTL of positive entries.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+/// Default TTL of negative entries.
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
+/// Default share of a TTL added at random.
+pub const DEFAULT_TTL_JITTER: f64 = 0.1;
+/// Default L1 bound.
+pub const DEFAULT_L1_MAX_BYTES: u64 = 64 << 20;
+/// Default cap on L1 entry lifetime.
+pub const DEFAULT_L1_TTL_CAP: Duration = Duration::from_secs(60);
+/// Default largest encoded value.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 4 << 20;
+/// Default bound on keys with a load in flight.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+
+/// Configures and builds a [`Cache`]. Start with [`Cache::builder`].
+///
+/// ```
+/// use std::time::Duration;
+/// use herdwise::{Cache, Compression, Json, MemoryStore};
+///
+/// let cache: Cache<(u64, String), Vec<u32>> = Cache::builder("recs")
+///     .store(MemoryStore::new())
+///     .ttl(Duration::from_secs(120))
+///     .ttl_jitter(0.2)
+///     .negative_ttl(Some(Duration::from_secs(5)))
+///     .l1_max_bytes(16 << 20)
+///     .l1_ttl_cap(Duration::from_secs(10))
+///     .schema_version(2)
+///     .codec(Json)
+///     .compression(Compression::Lz4 { min_bytes: 1024 })
+///     .build()
+///     .unwrap();
+/// ```
+#[must_use]
+pub struct CacheBuilder<K: ?Sized, V> {
+    namespace: String,
+    store: Option<Arc<dyn Store>>,
+    store_timeout: Option<Duration>,
+    ttl: Duration,
+    ttl_jitter: f64,
+    negative_ttl: Option<Duration>,
+    l1_max_bytes: u64,
+    l1_ttl_cap: Duration,
+    schema_version: u32,
+    codec: Option<Arc<dyn Codec<V>>>,
+    compression: Compression,
+    max_value_bytes: usize,
+    max_key_bytes: usize,
+    max_in_flight: usize,
+    _key: PhantomData<fn(&K)>,
+}
+
+impl<K, V> CacheBuilder<K, V>
+where
+    K: CacheKey + ?Sized,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    pub(crate) fn new(namespace: &str) -> Self {
+        CacheBuilder {
+            namespace: namespace.to_string(),
+            store: None,
+            store_timeout: None,
+            ttl: DEFAULT_TTL,
+            ttl_jitter: DEFAULT_TTL_JITTER,
+            negative_ttl: Some(DEFAULT_NEGATIVE_TTL),
+            l1_max_bytes: DEFAULT_L1_MAX_BYTES,
+            l1_ttl_cap: DEFAULT_L1_TTL_CAP,
+            schema_version: 1,
+            codec: None,
+            compression: Compression::default(),
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            _key: PhantomData,
+        }
+    }
+
+    /// The shared (L2) store. Default: a private [`MemoryStore`] (embedded, no Redis).
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// The shared (L2) store, already shared behind an `Arc`.
+    pub fn shared_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Deadline of each store call (default: the store's own, 50 ms for Redis). A call that
+    /// misses it is a miss (reads) or a counted failure (writes).
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = Some(timeout);
+        self
+    }
+
+    /// Time-to-live of entries (default 300 s).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Adds up to `fraction × TTL` at random to every TTL (default 0.1; 0 turns it off), so that
+    /// entries written together do not expire together.
+    pub fn ttl_jitter(mut self, fraction: f64) -> Self {
+        self.ttl_jitter = fraction;
+        self
+    }
+
+    /// Turns TTL jitter off.
+    pub fn no_ttl_jitter(self) -> Self {
+        self.ttl_jitter(0.0)
+    }
+
+    /// TTL of negative entries (the loader said "does not exist"); `None` caches nothing for
+    /// absent keys. Default 30 s: long enough to absorb scans of random ids, short enough that
+    /// a newly created record shows up soon even if nobody invalidates.
+    pub fn negative_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.negative_ttl = ttl;
+        self
+    }
+
+    /// L1 bound in bytes (default 64 MiB; 0 disables L1).
+    pub fn l1_max_bytes(mut self, bytes: u64) -> Self {
+        self.l1_max_bytes = bytes;
+        self
+    }
+
+    /// Longest life of an L1 entry (default 60 s), whatever the TTL: bounds how long a missed
+    /// invalidation can be served from this process's memory.
+    pub fn l1_ttl_cap(mut self, cap: Duration) -> Self {
+        self.l1_ttl_cap = cap;
+        self
+    }
+
+    /// Schema version in the stored key (default 1). Bump it when `V` changes shape: new code
+    /// then never reads bytes written by old code.
+    pub fn schema_version(mut self, version: u32) -> Self {
+        self.schema_version = version;
+        self
+    }
+
+    /// Payload codec (default [`Postcard`]).
+    pub fn codec(mut self, codec: impl Codec<V>) -> Self {
+        self.codec = Some(Arc::new(codec));
+        self
+    }
+
+    /// Payload compression (default lz4 for payloads of 4 KiB or more).
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// Largest encoded value (default 4 MiB). Larger values are rejected by `set` with
+    /// [`Error::ValueTooLarge`] and returned uncached by `get_or_load`.
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
+    /// Longest stored key in bytes, prefix included (default 512).
+    pub fn max_key_bytes(mut self, bytes: usize) -> Self {
+        self.max_key_bytes = bytes;
+        self
+    }
+
+    /// Most keys with a load in flight before new loads run uncoalesced (default 10 000).
+    pub fn max_in_flight(mut self, keys: usize) -> Self {
+        self.max_in_flight = keys;
+        self
+    }
+
+    /// Validates the configuration and builds the cache.
+    pub fn build(self) -> Result<Cache<K, V>> {
+        if self.ttl.is_zero() {
+            return Err(Error::Config("ttl must be positive".into()));
+        }
+        if !(0.0..=1.0).contains(&self.ttl_jitter) {
+            return Err(Error::Config("ttl_jitter must be within 0.0..=1.0".into()));
+        }
+        if self.negative_ttl.is_some_and(|t| t.is_zero()) {
+            return Err(Error::Config(
+                "negative_ttl must be positive (use None to disable)".into(),
+            ));
+        }
+        if self.l1_ttl_cap.is_zero() {
+            return Err(Error::Config("l1_ttl_cap must be positive".into()));
+        }
+        if self.max_value_bytes == 0 || self.max_value_bytes > u32::MAX as usize {
+            return Err(Error::Config(
+                "max_value_bytes must be within 1..=u32::MAX".into(),
+            ));
+        }
+        if self.max_in_flight == 0 {
+            return Err(Error::Config("max_in_flight must be positive".into()));
+        }
+        let keys = KeySpace::new(&self.namespace, self.schema_version, self.max_key_bytes)?;
+        let metrics = CacheMetrics::new(&self.namespace);
+        let l1 = LocalTier::new(
+            self.l1_max_bytes,
+            metrics.l1_evictions.clone(),
+            metrics.l1_bytes.clone(),
+        )
+        .map_err(Error::Config)?;
+        let store = self
+            .store
+            .unwrap_or_else(|| Arc::new(MemoryStore::new()) as Arc<dyn Store>);
+        let deadline = self
+            .store_timeout
+            .unwrap_or_else(|| store.default_timeout());
+        let remote = Remote::new(store, deadline, metrics.clone(), &self.namespace);
+        Ok(Cache::from_inner(Inner {
+            keys,
+            l1,
+            remote,
+            flights: Flights::new(self.max_in_flight),
+            codec: self.codec.unwrap_or_else(|| Arc::new(Postcard)),
+            ttl: TtlPolicy {
+                ttl: self.ttl,
+                jitter: self.ttl_jitter,
+                negative_ttl: self.negative_ttl,
+                l1_cap: self.l1_ttl_cap,
+            },
+            compression: self.compression,
+            max_value_bytes: self.max_value_bytes,
+            metrics,
+        }))
+    }
+}

@@ -1,0 +1,64 @@
+//! The errors a caller can see.
+//!
+//! Remote-store failures are deliberately *not* here as caller-facing read errors: a failed or
+//! timed-out store call degrades to a miss (reads) or a logged, counted failure (writes). What
+//! reaches the caller is what the caller can act on: a bad key, a value that cannot be cached, a
+//! loader that failed, a bad configuration.
+
+use std::sync::Arc;
+
+use crate::key::KeyError;
+
+/// Everything a [`Cache`](crate::Cache) operation can fail with.
+///
+/// `Error` is cheap to clone (sources are shared), because one loader failure is delivered to
+/// every caller that was coalesced onto that load.
+///
+/// ```
+/// use herdwise::{Cache, Error};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let cache: Cache<str, String> = Cache::builder("docs").build().unwrap();
+/// let err = cache.get("bad\nkey").await.unwrap_err();
+/// assert!(matches!(err, Error::InvalidKey(_)));
+/// # }
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The key cannot be used (too long, control characters, ...).
+    #[error("invalid cache key: {0}")]
+    InvalidKey(#[from] KeyError),
+
+    /// The encoded value is larger than the cache accepts.
+    #[error("value of {size} bytes exceeds the limit of {limit} bytes")]
+    ValueTooLarge {
+        /// Encoded size of the value.
+        size: usize,
+        /// The configured `max_value_bytes`.
+        limit: usize,
+    },
+
+    /// The codec could not encode the value.
+    #[error("cannot encode value: {0}")]
+    Encode(Arc<str>),
+
+    /// The loader returned an error. It was not cached; every coalesced caller got this error.
+    #[error("loader failed: {0}")]
+    Loader(Arc<dyn std::error::Error + Send + Sync + 'static>),
+
+    /// The loader panicked. Nothing was cached; coalesced callers got this error too.
+    #[error("loader panicked")]
+    LoaderPanicked,
+
+    /// The builder was given an invalid configuration.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// A store operation that the caller asked for explicitly failed (e.g. connecting).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

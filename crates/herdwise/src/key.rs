@@ -1,0 +1,369 @@
+//! Typed keys and the stored key format.
+//!
+//! A cache key is a typed value ([`CacheKey`]), never a string assembled at a call site. The
+//! stored key is `namespace:v<schema>:<encoded key>`. The encoding is injective: string
+//! components escape `%` and `:`, and components are joined with `:`, so `("a:b", "c")` and
+//! `("a", "b:c")` can never share an entry — the "one user's data served to another" outage is
+//! ruled out by construction. Bumping the schema version makes a new value shape never read
+//! bytes written by the old one.
+
+use std::fmt::Write as _;
+
+/// Longest stored key accepted by default (bytes, including the namespace prefix).
+pub const DEFAULT_MAX_KEY_BYTES: usize = 512;
+
+/// Why a key was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The stored key would be longer than the limit.
+    #[error("key is {len} bytes, longer than the limit of {limit}")]
+    TooLong {
+        /// Length of the stored key.
+        len: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A string component contains a control character.
+    #[error("key contains a control character (U+{0:04X})")]
+    ControlCharacter(u32),
+    /// The key encoded to nothing.
+    #[error("key is empty")]
+    Empty,
+    /// The namespace is not `[A-Za-z0-9_.-]{1,64}`.
+    #[error("namespace {0:?} must be 1-64 characters of [A-Za-z0-9_.-]")]
+    InvalidNamespace(String),
+}
+
+/// A typed cache key.
+///
+/// Implemented for integers, `bool`, `char`, `str`, `String`, references, tuples of up to four
+/// keys and (with the `uuid` feature) `uuid::Uuid`. Implement it for your own key types by
+/// writing each field as a component:
+///
+/// ```
+/// use herdwise::{CacheKey, KeyEncoder};
+///
+/// struct RecsKey { user_id: u64, locale: String }
+///
+/// impl CacheKey for RecsKey {
+///     fn encode_key(&self, out: &mut KeyEncoder) {
+///         out.u64(self.user_id);
+///         out.str(&self.locale);
+///     }
+/// }
+///
+/// let k = RecsKey { user_id: 7, locale: "en:GB".into() };
+/// assert_eq!(herdwise::encode_key(&k).unwrap(), "7:en%3AGB");
+/// ```
+pub trait CacheKey {
+    /// Writes this key's components, in a fixed order, into `out`.
+    fn encode_key(&self, out: &mut KeyEncoder);
+}
+
+/// Collects key components into the stored-key buffer, escaping and validating as it goes.
+#[derive(Debug)]
+pub struct KeyEncoder<'a> {
+    buf: &'a mut String,
+    start: usize,
+    components: usize,
+    error: Option<KeyError>,
+}
+
+impl KeyEncoder<'_> {
+    fn separator(&mut self) {
+        if self.components > 0 {
+            self.buf.push(':');
+        }
+        self.components += 1;
+    }
+
+    /// Appends a string component (escaped; control characters are rejected).
+    pub fn str(&mut self, s: &str) {
+        self.separator();
+        for ch in s.chars() {
+            match ch {
+                '%' => self.buf.push_str("%25"),
+                ':' => self.buf.push_str("%3A"),
+                c if c.is_control() => {
+                    self.error
+                        .get_or_insert(KeyError::ControlCharacter(c as u32));
+                }
+                c => self.buf.push(c),
+            }
+        }
+    }
+
+    /// Appends an unsigned integer component.
+    pub fn u64(&mut self, n: u64) {
+        self.separator();
+        let _ = write!(self.buf, "{n}");
+    }
+
+    /// Appends a signed integer component.
+    pub fn i64(&mut self, n: i64) {
+        self.separator();
+        let _ = write!(self.buf, "{n}");
+    }
+
+    /// Appends a 128-bit unsigned integer component.
+    pub fn u128(&mut self, n: u128) {
+        self.separator();
+        let _ = write!(self.buf, "{n}");
+    }
+
+    /// Appends a 128-bit signed integer component.
+    pub fn i128(&mut self, n: i128) {
+        self.separator();
+        let _ = write!(self.buf, "{n}");
+    }
+
+    /// Appends any nested key's components.
+    pub fn key<K: CacheKey + ?Sized>(&mut self, key: &K) {
+        key.encode_key(self);
+    }
+}
+
+/// The prefix and limits that turn a typed key into the stored key.
+#[derive(Debug, Clone)]
+pub(crate) struct KeySpace {
+    /// `namespace:v<schema>:`.
+    prefix: String,
+    namespace: String,
+    max_len: usize,
+}
+
+impl KeySpace {
+    pub(crate) fn new(namespace: &str, schema: u32, max_len: usize) -> Result<Self, KeyError> {
+        validate_namespace(namespace)?;
+        Ok(KeySpace {
+            prefix: format!("{namespace}:v{schema}:"),
+            namespace: namespace.to_string(),
+            max_len,
+        })
+    }
+
+    pub(crate) fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Writes the full stored key for `key` into `buf` (cleared first).
+    pub(crate) fn write<K: CacheKey + ?Sized>(
+        &self,
+        key: &K,
+        buf: &mut String,
+    ) -> Result<(), KeyError> {
+        buf.clear();
+        buf.push_str(&self.prefix);
+        let start = buf.len();
+        let mut enc = KeyEncoder {
+            buf,
+            start,
+            components: 0,
+            error: None,
+        };
+        key.encode_key(&mut enc);
+        if let Some(err) = enc.error {
+            return Err(err);
+        }
+        if enc.buf.len() == enc.start {
+            return Err(KeyError::Empty);
+        }
+        if buf.len() > self.max_len {
+            return Err(KeyError::TooLong {
+                len: buf.len(),
+                limit: self.max_len,
+            });
+        }
+        Ok(())
+    }
+
+    /// The stored key for `key`, as a new string.
+    pub(crate) fn stored_key<K: CacheKey + ?Sized>(&self, key: &K) -> Result<String, KeyError> {
+        let mut buf = String::with_capacity(self.prefix.len() + 24);
+        self.write(key, &mut buf)?;
+        Ok(buf)
+    }
+}
+
+/// Encodes a key the way the cache does, without the namespace prefix (for tests and tooling).
+///
+/// ```
+/// assert_eq!(herdwise::encode_key(&(42u32, "a:b")).unwrap(), "42:a%3Ab");
+/// assert!(herdwise::encode_key("tab\there").is_err());
+/// ```
+pub fn encode_key<K: CacheKey + ?Sized>(key: &K) -> Result<String, KeyError> {
+    let mut buf = String::new();
+    let mut enc = KeyEncoder {
+        buf: &mut buf,
+        start: 0,
+        components: 0,
+        error: None,
+    };
+    key.encode_key(&mut enc);
+    match enc.error {
+        Some(err) => Err(err),
+        None if buf.is_empty() => Err(KeyError::Empty),
+        None => Ok(buf),
+    }
+}
+
+fn validate_namespace(ns: &str) -> Result<(), KeyError> {
+    let ok = !ns.is_empty()
+        && ns.len() <= 64
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(KeyError::InvalidNamespace(ns.to_string()))
+    }
+}
+
+macro_rules! unsigned_key {
+    ($($t:ty),*) => {$(
+        impl CacheKey for $t {
+            fn encode_key(&self, out: &mut KeyEncoder) { out.u64(u64::from(*self)); }
+        }
+    )*};
+}
+macro_rules! signed_key {
+    ($($t:ty),*) => {$(
+        impl CacheKey for $t {
+            fn encode_key(&self, out: &mut KeyEncoder) { out.i64(i64::from(*self)); }
+        }
+    )*};
+}
+unsigned_key!(u8, u16, u32, u64);
+signed_key!(i8, i16, i32, i64);
+
+impl CacheKey for usize {
+    fn encode_key(&self, out: &mut KeyEncoder) {
+        out.u128(*self as u128);
+    }
+}
+impl CacheKey for isize {
+    fn encode_key(&self, out: &mut KeyEncoder) {
+        out.i128(*self as i128);
+    }
+}
+impl CacheKey for u128 {
+    fn encode_key(&self, out: &mut KeyEncoder) {
+        out.u128(*self);
+    }
+}
+impl CacheKey for i128 {
+    fn encode_key(&self, out: &mut KeyEncoder) {
+        out.i128(*self);
+    }
+}
+impl CacheKey for bool {
+    fn encode_key(&self, out: &mut KeyEncoder) {
+        out.str(if *self { "true" } else { "false" });
+    }
+}
+impl CacheKey for char {
+    fn encode_key(&self, out: &mut KeyEncoder) {
+        let mut tmp = [0u8; 4];
+        out.str(self.encode_utf8(&mut tmp));
+    }
+}
+impl CacheKey for str {
+    fn encode_key(&self, out: &mut KeyEncoder) {
+        out.str(self);
+    }
+}
+impl CacheKey for String {
+    fn encode_key(&self, out: &mut KeyEncoder) {
+        out.str(self);
+    }
+}
+impl<K: CacheKey + ?Sized> CacheKey for &K {
+    fn encode_key(&self, out: &mut KeyEncoder) {
+        (**self).encode_key(out);
+    }
+}
+impl<K: CacheKey + ?Sized> CacheKey for Box<K> {
+    fn encode_key(&self, out: &mut KeyEncoder) {
+        (**self).encode_key(out);
+    }
+}
+impl<K: CacheKey + ?Sized> CacheKey for std::sync::Arc<K> {
+    fn encode_key(&self, out: &mut KeyEncoder) {
+        (**self).encode_key(out);
+    }
+}
+#[cfg(feature = "uuid")]
+impl CacheKey for uuid::Uuid {
+    fn encode_key(&self, out: &mut KeyEncoder) {
+        let mut tmp = uuid::Uuid::encode_buffer();
+        out.str(self.as_hyphenated().encode_lower(&mut tmp));
+    }
+}
+
+macro_rules! tuple_key {
+    ($($name:ident),+) => {
+        impl<$($name: CacheKey),+> CacheKey for ($($name,)+) {
+            #[allow(non_snake_case)]
+            fn encode_key(&self, out: &mut KeyEncoder) {
+                let ($($name,)+) = self;
+                $( $name.encode_key(out); )+
+            }
+        }
+    };
+}
+tuple_key!(A);
+tuple_key!(A, B);
+tuple_key!(A, B, C);
+tuple_key!(A, B, C, D);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn space() -> KeySpace {
+        KeySpace::new("catalog", 3, 64).unwrap()
+    }
+
+    #[test]
+    fn stored_key_has_namespace_and_schema() {
+        assert_eq!(space().stored_key(&42u64).unwrap(), "catalog:v3:42");
+        assert_eq!(space().stored_key(&-7i32).unwrap(), "catalog:v3:-7");
+        assert_eq!(space().stored_key("x").unwrap(), "catalog:v3:x");
+    }
+
+    #[test]
+    fn composite_keys_are_injective() {
+        let a = encode_key(&("a:b", "c")).unwrap();
+        let b = encode_key(&("a", "b:c")).unwrap();
+        assert_ne!(a, b);
+        let c = encode_key(&("a%3Ab", "c")).unwrap();
+        assert_ne!(
+            a, c,
+            "an escaped-looking input must not collide with an escaped one"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_keys_with_typed_errors() {
+        assert_eq!(
+            space().stored_key("a\u{7}b"),
+            Err(KeyError::ControlCharacter(7))
+        );
+        assert_eq!(space().stored_key(""), Err(KeyError::Empty));
+        let long = "x".repeat(100);
+        assert!(matches!(
+            space().stored_key(long.as_str()),
+            Err(KeyError::TooLong { limit: 64, .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_namespaces() {
+        assert!(KeySpace::new("has space", 1, 64).is_err());
+        assert!(KeySpace::new("", 1, 64).is_err());
+        assert!(KeySpace::new("has:colon", 1, 64).is_err());
+        assert!(KeySpace::new("ok-name_1.x", 1, 64).is_ok());
+    }
+}

@@ -1,0 +1,69 @@
+//! # Herdwise
+//!
+//! A multi-tier cache for Rust services with the production defenses built in: a byte-bounded
+//! in-process L1 in front of a shared L2 (Redis, or an embedded in-memory store) in front of your
+//! origin, with single-flight loads, negative caching, TTL jitter, deadlines on every remote call,
+//! and corrupted bytes treated as misses — so no team writes these again at a thousand call sites.
+//!
+//! ```
+//! use std::time::Duration;
+//! use herdwise::{Cache, MemoryStore};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Product { id: u64, name: String }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), herdwise::Error> {
+//! let cache: Cache<u64, Product> = Cache::builder("catalog")
+//!     .store(MemoryStore::new())        // or RedisStore::connect("redis://127.0.0.1:6379").await?
+//!     .ttl(Duration::from_secs(300))
+//!     .l1_max_bytes(64 << 20)
+//!     .build()?;
+//!
+//! let product = cache
+//!     .get_or_load(&42, |id| async move {
+//!         // Ask the database. Ok(None) = "no such product" (cached briefly as a negative entry).
+//!         Ok::<_, std::io::Error>(Some(Product { id: *id, name: "lamp".into() }))
+//!     })
+//!     .await?;
+//! assert_eq!(product.map(|p| p.id), Some(42));
+//! # Ok(()) }
+//! ```
+//!
+//! ## Modules, one concept each
+//! - [`key`]: typed keys, namespace + schema version, validation.
+//! - [`envelope`]: the stored bytes (header with freshness and version metadata, checksum,
+//!   compression).
+//! - [`codec`]: payload formats (postcard by default, JSON).
+//! - [`store`]: the L2 trait and its implementations ([`MemoryStore`], [`RedisStore`]).
+//! - [`metrics`]: the name of every metric.
+//! - internal: `local` (L1), `flight` (single-flight), `remote` (deadlines and failure
+//!   accounting around the store), `freshness` (TTL policy), `cache` and `builder` (composition).
+
+#![deny(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod builder;
+mod cache;
+pub mod codec;
+pub mod envelope;
+mod error;
+mod flight;
+mod freshness;
+pub mod key;
+mod local;
+pub mod metrics;
+mod remote;
+pub mod store;
+
+pub use builder::{
+    CacheBuilder, DEFAULT_L1_MAX_BYTES, DEFAULT_L1_TTL_CAP, DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_VALUE_BYTES, DEFAULT_NEGATIVE_TTL, DEFAULT_TTL, DEFAULT_TTL_JITTER,
+};
+pub use cache::{Cache, WriteOutcome};
+pub use codec::{Codec, CodecError, Json, Postcard};
+pub use envelope::Compression;
+pub use error::{Error, Result};
+pub use key::{encode_key, CacheKey, KeyEncoder, KeyError};
+pub use store::{MemoryStore, RedisStore, RedisStoreBuilder, SetOutcome, Store, StoreError};

@@ -1,0 +1,210 @@
+//! L1: the in-process tier, bounded by bytes, with a deadline per entry.
+//!
+//! The engine is `quick_cache` (S3-FIFO-like, sharded). It has no TTLs of its own, so each entry
+//! carries its deadline and an expired entry is removed when a read finds it; until then it only
+//! occupies weight that eviction reclaims. Values are `Arc`s: a hit clones a pointer, never the
+//! value. An entry's weight is its key plus its encoded size plus a fixed overhead, which keeps
+//! the byte bound honest for values whose in-memory size is close to their encoded size.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics::Counter;
+use quick_cache::sync::Cache as Engine;
+use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
+
+/// Bookkeeping bytes charged to every entry on top of key and value.
+const ENTRY_OVERHEAD: u64 = 96;
+
+/// What L1 holds for a key: a value, or the knowledge that the origin has none.
+#[derive(Debug)]
+pub(crate) struct L1Entry<V> {
+    /// `None` for a negative entry.
+    pub value: Option<Arc<V>>,
+    pub expires_at: Instant,
+    /// The value version (for versioned writes).
+    pub version: u64,
+    /// Encoded size, charged against the byte bound.
+    pub size: u32,
+}
+
+impl<V> Clone for L1Entry<V> {
+    fn clone(&self) -> Self {
+        L1Entry {
+            value: self.value.clone(),
+            expires_at: self.expires_at,
+            version: self.version,
+            size: self.size,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct ByteWeighter;
+
+impl<V> Weighter<Box<str>, L1Entry<V>> for ByteWeighter {
+    fn weight(&self, key: &Box<str>, val: &L1Entry<V>) -> u64 {
+        key.len() as u64 + u64::from(val.size) + ENTRY_OVERHEAD
+    }
+}
+
+/// Counts evictions (space pressure), not removals or replacements.
+#[derive(Clone)]
+struct EvictionCounter(Counter);
+
+impl<V> Lifecycle<Box<str>, L1Entry<V>> for EvictionCounter {
+    type RequestState = ();
+
+    fn on_evict(&self, _state: &mut (), _key: Box<str>, _val: L1Entry<V>) {
+        self.0.increment(1);
+    }
+}
+
+type EngineOf<V> = Engine<Box<str>, L1Entry<V>, ByteWeighter, DefaultHashBuilder, EvictionCounter>;
+
+/// The byte-bounded in-process tier. A `max_bytes` of 0 disables it (every call is a no-op).
+pub(crate) struct LocalTier<V> {
+    engine: Option<EngineOf<V>>,
+    bytes_gauge: metrics::Gauge,
+}
+
+impl<V> LocalTier<V> {
+    pub fn new(
+        max_bytes: u64,
+        evictions: Counter,
+        bytes_gauge: metrics::Gauge,
+    ) -> Result<Self, String> {
+        if max_bytes == 0 {
+            return Ok(LocalTier {
+                engine: None,
+                bytes_gauge,
+            });
+        }
+        // A rough item estimate only sizes the tables; the weight is the real bound.
+        let estimated_items = (max_bytes / 1024).clamp(16, 1 << 22) as usize;
+        let options = OptionsBuilder::new()
+            .estimated_items_capacity(estimated_items)
+            .weight_capacity(max_bytes)
+            .build()
+            .map_err(|e| format!("L1 options: {e:?}"))?;
+        let engine = Engine::with_options(
+            options,
+            ByteWeighter,
+            DefaultHashBuilder::default(),
+            EvictionCounter(evictions),
+        );
+        Ok(LocalTier {
+            engine: Some(engine),
+            bytes_gauge,
+        })
+    }
+
+    /// The live entry for `key`, if any; an expired entry is removed and reported as absent.
+    pub fn get(&self, key: &str) -> Option<L1Entry<V>> {
+        let engine = self.engine.as_ref()?;
+        let entry = engine.get(key)?;
+        if entry.expires_at > Instant::now() {
+            return Some(entry);
+        }
+        let deadline = entry.expires_at;
+        // Remove only the entry we saw expire, not a fresher one inserted meanwhile.
+        engine.remove_if(key, |e| e.expires_at == deadline);
+        None
+    }
+
+    /// Stores an entry that expires after `ttl` (nothing is stored for a zero TTL).
+    pub fn insert(
+        &self,
+        key: &str,
+        value: Option<Arc<V>>,
+        version: u64,
+        size: usize,
+        ttl: Duration,
+    ) {
+        let Some(engine) = self.engine.as_ref() else {
+            return;
+        };
+        if ttl.is_zero() {
+            engine.remove(key);
+            return;
+        }
+        let entry = L1Entry {
+            value,
+            expires_at: Instant::now() + ttl,
+            version,
+            size: u32::try_from(size).unwrap_or(u32::MAX),
+        };
+        engine.insert(key.into(), entry);
+        self.bytes_gauge.set(engine.weight() as f64);
+    }
+
+    pub fn remove(&self, key: &str) {
+        if let Some(engine) = self.engine.as_ref() {
+            engine.remove(key);
+        }
+    }
+
+    /// Current weight in bytes (0 when disabled).
+    pub fn weight(&self) -> u64 {
+        self.engine.as_ref().map_or(0, |e| e.weight())
+    }
+
+    /// Configured bound in bytes (0 when disabled).
+    pub fn capacity(&self) -> u64 {
+        self.engine.as_ref().map_or(0, |e| e.capacity())
+    }
+
+    /// Number of entries (expired ones included until they are read or evicted).
+    pub fn len(&self) -> usize {
+        self.engine.as_ref().map_or(0, |e| e.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tier(bytes: u64) -> LocalTier<Vec<u8>> {
+        LocalTier::new(bytes, Counter::noop(), metrics::Gauge::noop()).unwrap()
+    }
+
+    #[test]
+    fn entries_expire_at_their_deadline() {
+        let l1 = tier(1 << 20);
+        l1.insert(
+            "a",
+            Some(Arc::new(vec![1])),
+            0,
+            1,
+            Duration::from_millis(30),
+        );
+        assert!(l1.get("a").is_some());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(l1.get("a").is_none());
+        assert_eq!(l1.len(), 0, "an expired entry is removed when read");
+    }
+
+    #[test]
+    fn weight_never_exceeds_the_bound() {
+        let l1 = tier(256 * 1024);
+        for i in 0..2_000 {
+            let size = 1_000 + (i % 7) * 3_000;
+            l1.insert(
+                &format!("k{i}"),
+                Some(Arc::new(vec![0u8; size])),
+                0,
+                size,
+                Duration::from_secs(60),
+            );
+            assert!(l1.weight() <= l1.capacity(), "after insert {i}");
+        }
+        assert!(l1.len() > 10);
+    }
+
+    #[test]
+    fn disabled_tier_stores_nothing() {
+        let l1 = tier(0);
+        l1.insert("a", Some(Arc::new(vec![1])), 0, 1, Duration::from_secs(1));
+        assert!(l1.get("a").is_none());
+    }
+}

@@ -1,0 +1,114 @@
+//! Every metric Herdwise emits, by name, in one place (through the `metrics` facade).
+//!
+//! All carry a `namespace` label. Handles are registered once when a cache is built, so the hot
+//! path only increments; install your recorder (Prometheus exporter, ...) before building caches.
+//!
+//! | name | kind | labels | meaning |
+//! |---|---|---|---|
+//! | `herdwise_hits_total` | counter | `tier` = `l1`/`l2` | reads answered by a tier (negative entries included) |
+//! | `herdwise_misses_total` | counter | | reads that found nothing usable in any tier |
+//! | `herdwise_loads_total` | counter | | loader calls |
+//! | `herdwise_load_errors_total` | counter | `kind` = `error`/`panic` | loader failures (never cached) |
+//! | `herdwise_coalesced_waits_total` | counter | | callers that waited for another caller's load |
+//! | `herdwise_flight_bypass_total` | counter | | loads not coalesced because the in-flight map was full |
+//! | `herdwise_negative_stored_total` | counter | | negative entries written |
+//! | `herdwise_store_errors_total` | counter | `op`, `kind` = `error`/`timeout` | failed remote-store calls |
+//! | `herdwise_corrupt_entries_total` | counter | | stored bytes that failed to decode (deleted, treated as misses) |
+//! | `herdwise_uncacheable_values_total` | counter | `reason` = `too_large`/`encode` | loaded values returned but not cached |
+//! | `herdwise_l1_evictions_total` | counter | | L1 entries evicted for space |
+//! | `herdwise_l1_bytes` | gauge | | L1 weight in bytes |
+
+use metrics::{counter, gauge, Counter, Gauge};
+
+/// Reads answered by a tier.
+pub const HITS: &str = "herdwise_hits_total";
+/// Reads that found nothing usable.
+pub const MISSES: &str = "herdwise_misses_total";
+/// Loader calls.
+pub const LOADS: &str = "herdwise_loads_total";
+/// Loader failures.
+pub const LOAD_ERRORS: &str = "herdwise_load_errors_total";
+/// Callers that waited on another caller's load.
+pub const COALESCED_WAITS: &str = "herdwise_coalesced_waits_total";
+/// Loads not coalesced because the in-flight map was full.
+pub const FLIGHT_BYPASS: &str = "herdwise_flight_bypass_total";
+/// Negative entries written.
+pub const NEGATIVE_STORED: &str = "herdwise_negative_stored_total";
+/// Failed remote-store calls.
+pub const STORE_ERRORS: &str = "herdwise_store_errors_total";
+/// Entries whose bytes failed to decode.
+pub const CORRUPT_ENTRIES: &str = "herdwise_corrupt_entries_total";
+/// Loaded values that were returned but could not be cached.
+pub const UNCACHEABLE_VALUES: &str = "herdwise_uncacheable_values_total";
+/// L1 evictions.
+pub const L1_EVICTIONS: &str = "herdwise_l1_evictions_total";
+/// L1 weight in bytes.
+pub const L1_BYTES: &str = "herdwise_l1_bytes";
+
+/// A remote-store operation, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreOp {
+    Get,
+    Set,
+    Delete,
+}
+
+/// How a remote-store call failed, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailureKind {
+    Error,
+    Timeout,
+}
+
+/// Pre-registered handles for one cache.
+#[derive(Clone)]
+pub(crate) struct CacheMetrics {
+    pub l1_hits: Counter,
+    pub l2_hits: Counter,
+    pub misses: Counter,
+    pub loads: Counter,
+    pub load_errors: Counter,
+    pub load_panics: Counter,
+    pub coalesced_waits: Counter,
+    pub flight_bypass: Counter,
+    pub negative_stored: Counter,
+    pub corrupt_entries: Counter,
+    pub too_large: Counter,
+    pub encode_failures: Counter,
+    pub l1_evictions: Counter,
+    pub l1_bytes: Gauge,
+    /// `[op][kind]`, see [`StoreOp`] and [`FailureKind`].
+    store_errors: [[Counter; 2]; 3],
+}
+
+impl CacheMetrics {
+    pub fn new(namespace: &str) -> Self {
+        let ns = namespace.to_string();
+        let store = |op: &'static str, kind: &'static str| counter!(STORE_ERRORS, "namespace" => ns.clone(), "op" => op, "kind" => kind);
+        CacheMetrics {
+            l1_hits: counter!(HITS, "namespace" => ns.clone(), "tier" => "l1"),
+            l2_hits: counter!(HITS, "namespace" => ns.clone(), "tier" => "l2"),
+            misses: counter!(MISSES, "namespace" => ns.clone()),
+            loads: counter!(LOADS, "namespace" => ns.clone()),
+            load_errors: counter!(LOAD_ERRORS, "namespace" => ns.clone(), "kind" => "error"),
+            load_panics: counter!(LOAD_ERRORS, "namespace" => ns.clone(), "kind" => "panic"),
+            coalesced_waits: counter!(COALESCED_WAITS, "namespace" => ns.clone()),
+            flight_bypass: counter!(FLIGHT_BYPASS, "namespace" => ns.clone()),
+            negative_stored: counter!(NEGATIVE_STORED, "namespace" => ns.clone()),
+            corrupt_entries: counter!(CORRUPT_ENTRIES, "namespace" => ns.clone()),
+            too_large: counter!(UNCACHEABLE_VALUES, "namespace" => ns.clone(), "reason" => "too_large"),
+            encode_failures: counter!(UNCACHEABLE_VALUES, "namespace" => ns.clone(), "reason" => "encode"),
+            l1_evictions: counter!(L1_EVICTIONS, "namespace" => ns.clone()),
+            l1_bytes: gauge!(L1_BYTES, "namespace" => ns.clone()),
+            store_errors: [
+                [store("get", "error"), store("get", "timeout")],
+                [store("set", "error"), store("set", "timeout")],
+                [store("delete", "error"), store("delete", "timeout")],
+            ],
+        }
+    }
+
+    pub fn store_failure(&self, op: StoreOp, kind: FailureKind) {
+        self.store_errors[op as usize][kind as usize].increment(1);
+    }
+}

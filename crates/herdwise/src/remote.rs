@@ -1,0 +1,116 @@
+//! The remote tier as the cache uses it: every call under a deadline, every failure counted.
+//!
+//! This is the one door to the store. A failed or timed-out read is a miss; a failed write is
+//! reported to the caller of this module, which decides (and the cache keeps serving either way).
+//! Warnings are throttled so an outage produces a log line a second, not one per request.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::freshness::now_ms;
+use crate::metrics::{CacheMetrics, FailureKind, StoreOp};
+use crate::store::{SetOutcome, Store, StoreError};
+
+pub(crate) struct Remote {
+    store: Arc<dyn Store>,
+    deadline: Duration,
+    metrics: CacheMetrics,
+    namespace: String,
+    /// Unix ms of the last failure warning.
+    last_warning_ms: AtomicU64,
+}
+
+impl Remote {
+    pub fn new(
+        store: Arc<dyn Store>,
+        deadline: Duration,
+        metrics: CacheMetrics,
+        namespace: &str,
+    ) -> Self {
+        Remote {
+            store,
+            deadline,
+            metrics,
+            namespace: namespace.to_string(),
+            last_warning_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The stored bytes, or `None` on a miss *or a failure* (which is counted and logged).
+    pub async fn get(&self, key: &str) -> Option<Bytes> {
+        self.call(StoreOp::Get, key, self.store.get(key))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    pub async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
+        self.call(StoreOp::Set, key, self.store.set(key, value, ttl))
+            .await
+    }
+
+    pub async fn set_if_not_older(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        version: u64,
+    ) -> Result<SetOutcome, StoreError> {
+        let fut = self.store.set_if_not_older(key, value, ttl, version);
+        self.call(StoreOp::Set, key, fut).await
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        self.call(StoreOp::Delete, key, self.store.delete(key))
+            .await
+    }
+
+    async fn call<T>(
+        &self,
+        op: StoreOp,
+        key: &str,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let err = match tokio::time::timeout(self.deadline, fut).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(err)) => {
+                self.metrics.store_failure(op, FailureKind::Error);
+                err
+            }
+            Err(_) => {
+                self.metrics.store_failure(op, FailureKind::Timeout);
+                StoreError::Timeout(self.deadline)
+            }
+        };
+        self.warn_throttled(op, key, &err);
+        Err(err)
+    }
+
+    fn warn_throttled(&self, op: StoreOp, key: &str, err: &StoreError) {
+        let now = now_ms();
+        let last = self.last_warning_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1_000
+            && self
+                .last_warning_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                namespace = %self.namespace,
+                store = self.store.kind(),
+                ?op,
+                key,
+                error = %err,
+                "store call failed; serving from L1/origin (further failures this second not logged)"
+            );
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The embedded store: an in-process, byte-bounded L2 for a single process with no Redis.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use quick_cache::sync::Cache as Engine;
+use quick_cache::Weighter;
+
+use super::{stored_version, SetOutcome, Store, StoreError};
+
+/// Default bound of a [`MemoryStore`]: 256 MiB.
+pub const DEFAULT_MEMORY_STORE_BYTES: u64 = 256 << 20;
+/// Lock stripes that make check-and-set atomic per key.
+const STRIPES: usize = 64;
+
+#[derive(Clone)]
+struct Stored {
+    bytes: Bytes,
+    expires_at: Instant,
+}
+
+#[derive(Clone)]
+struct BytesWeighter;
+
+impl Weighter<Box<str>, Stored> for BytesWeighter {
+    fn weight(&self, key: &Box<str>, val: &Stored) -> u64 {
+        (key.len() + val.bytes.len() + 64) as u64
+    }
+}
+
+struct Inner {
+    engine: Engine<Box<str>, Stored, BytesWeighter>,
+    /// Writers to one key serialize on its stripe, so a versioned set is check-then-write
+    /// without a window in between.
+    stripes: Vec<Mutex<()>>,
+}
+
+/// The embedded L2: bounded by bytes, TTLs honoured, no network. Cheap to clone; clones share
+/// the same storage, so several caches in one process can share it as their L2.
+///
+/// ```
+/// use herdwise::{Cache, MemoryStore};
+/// let store = MemoryStore::with_max_bytes(64 << 20);
+/// let cache: Cache<u64, String> = Cache::builder("users").store(store.clone()).build().unwrap();
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("bytes", &self.inner.engine.weight())
+            .field("max_bytes", &self.inner.engine.capacity())
+            .finish()
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// A store bounded at [`DEFAULT_MEMORY_STORE_BYTES`].
+    pub fn new() -> Self {
+        Self::with_max_bytes(DEFAULT_MEMORY_STORE_BYTES)
+    }
+
+    /// A store bounded at `max_bytes` (at least 4 KiB).
+    pub fn with_max_bytes(max_bytes: u64) -> Self {
+        let max_bytes = max_bytes.max(4096);
+        let items = (max_bytes / 512).clamp(16, 1 << 22) as usize;
+        let engine = Engine::with_weighter(items, max_bytes, BytesWeighter);
+        MemoryStore {
+            inner: Arc::new(Inner {
+                engine,
+                stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            }),
+        }
+    }
+
+    /// Bytes currently held.
+    pub fn used_bytes(&self) -> u64 {
+        self.inner.engine.weight()
+    }
+
+    fn stripe(&self, key: &str) -> &Mutex<()> {
+        let idx = self.inner.engine.shard_index(key) % STRIPES;
+        &self.inner.stripes[idx]
+    }
+
+    fn live(&self, key: &str) -> Option<Bytes> {
+        let stored = self.inner.engine.get(key)?;
+        if stored.expires_at > Instant::now() {
+            Some(stored.bytes)
+        } else {
+            let deadline = stored.expires_at;
+            self.inner
+                .engine
+                .remove_if(key, |s| s.expires_at == deadline);
+            None
+        }
+    }
+
+    fn put(&self, key: &str, value: Bytes, ttl: Duration) {
+        if ttl.is_zero() {
+            self.inner.engine.remove(key);
+            return;
+        }
+        self.inner.engine.insert(
+            key.into(),
+            Stored {
+                bytes: value,
+                expires_at: Instant::now() + ttl,
+            },
+        );
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn default_timeout(&self) -> Duration {
+        // In-process calls cannot hang on a network; the deadline is only a backstop.
+        Duration::from_secs(1)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.live(key))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        Ok(keys.iter().map(|k| self.live(k)).collect())
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
+        let _guard = self.stripe(key).lock();
+        self.put(key, value, ttl);
+        Ok(())
+    }
+
+    async fn set_if_not_older(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        version: u64,
+    ) -> Result<SetOutcome, StoreError> {
+        let _guard = self.stripe(key).lock();
+        if let Some(current) = self.live(key) {
+            if stored_version(&current).is_some_and(|v| v > version) {
+                return Ok(SetOutcome::RefusedOlder);
+            }
+        }
+        self.put(key, value, ttl);
+        Ok(SetOutcome::Stored)
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        let _guard = self.stripe(key).lock();
+        Ok(self.inner.engine.remove(key).is_some())
+    }
+}
