@@ -359,6 +359,16 @@ mod tests {
         ));
     }
 
+    #[cfg(feature = "uuid")]
+    #[test]
+    fn uuids_encode_hyphenated_lowercase() {
+        let id = uuid::Uuid::from_u128(0xA1B2_C3D4_0000_0000_0000_0000_0000_0001);
+        assert_eq!(
+            encode_key(&id).unwrap(),
+            "a1b2c3d4-0000-0000-0000-000000000001"
+        );
+    }
+
     #[test]
     fn rejects_bad_namespaces() {
         assert!(KeySpace::new("has space", 1, 64).is_err());

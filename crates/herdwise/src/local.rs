@@ -140,7 +140,9 @@ impl<V> LocalTier<V> {
 
     pub fn remove(&self, key: &str) {
         if let Some(engine) = self.engine.as_ref() {
-            engine.remove(key);
+            if engine.remove(key).is_some() {
+                self.bytes_gauge.set(engine.weight() as f64);
+            }
         }
     }
 

@@ -1,0 +1,179 @@
+//! The `Store` contract, checked on both implementations: Redis (real server) and the embedded
+//! memory store.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use herdwise::envelope::{self, Compression, Meta};
+use herdwise::{MemoryStore, SetOutcome, Store};
+
+fn envelope_with_version(version: u64, payload: &[u8]) -> Bytes {
+    let meta = Meta {
+        created_at_ms: 1,
+        fresh_until_ms: u64::MAX / 2,
+        stale_until_ms: u64::MAX / 2,
+        version,
+        load_duration: Duration::ZERO,
+        negative: false,
+        codec_id: 1,
+    };
+    Bytes::from(envelope::encode(&meta, payload, Compression::None))
+}
+
+async fn contract(store: &dyn Store) {
+    let ttl = Duration::from_secs(30);
+    // get / set / delete
+    assert_eq!(store.get("c:a").await.unwrap(), None);
+    store
+        .set("c:a", Bytes::from_static(b"1"), ttl)
+        .await
+        .unwrap();
+    assert_eq!(store.get("c:a").await.unwrap().as_deref(), Some(&b"1"[..]));
+    assert!(store.delete("c:a").await.unwrap());
+    assert!(!store.delete("c:a").await.unwrap());
+    assert_eq!(store.get("c:a").await.unwrap(), None);
+
+    // multi-get keeps order and reports misses
+    store
+        .set("c:x", Bytes::from_static(b"x"), ttl)
+        .await
+        .unwrap();
+    store
+        .set("c:z", Bytes::from_static(b"z"), ttl)
+        .await
+        .unwrap();
+    let got = store
+        .get_many(&["c:x".into(), "c:y".into(), "c:z".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        vec![
+            Some(Bytes::from_static(b"x")),
+            None,
+            Some(Bytes::from_static(b"z"))
+        ]
+    );
+    assert!(store.get_many(&[]).await.unwrap().is_empty());
+
+    // TTLs are honoured
+    store
+        .set(
+            "c:short",
+            Bytes::from_static(b"s"),
+            Duration::from_millis(80),
+        )
+        .await
+        .unwrap();
+    assert!(store.get("c:short").await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(store.get("c:short").await.unwrap(), None);
+
+    // versioned sets: newer and equal replace, older is refused; versions above 2^32 and 2^53
+    // compare exactly
+    for (base, label) in [
+        (5u64, "small"),
+        ((1 << 40) + 5, "above 2^32"),
+        ((1 << 60) + 5, "above 2^53"),
+    ] {
+        let key = format!("c:v:{label}");
+        let put = |v: u64| {
+            store.set_if_not_older(&key, envelope_with_version(v, label.as_bytes()), ttl, v)
+        };
+        assert_eq!(put(base).await.unwrap(), SetOutcome::Stored, "{label}");
+        assert_eq!(
+            put(base - 1).await.unwrap(),
+            SetOutcome::RefusedOlder,
+            "{label}"
+        );
+        assert_eq!(
+            put(base).await.unwrap(),
+            SetOutcome::Stored,
+            "{label}: equal version refreshes"
+        );
+        assert_eq!(put(base + 1).await.unwrap(), SetOutcome::Stored, "{label}");
+        assert_eq!(
+            put(base).await.unwrap(),
+            SetOutcome::RefusedOlder,
+            "{label}"
+        );
+        let stored = store.get(&key).await.unwrap().unwrap();
+        assert_eq!(envelope::decode_meta(&stored).unwrap().version, base + 1);
+    }
+    // a non-envelope value does not block a versioned set
+    store
+        .set("c:junk", Bytes::from_static(b"junk"), ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .set_if_not_older("c:junk", envelope_with_version(1, b"p"), ttl, 1)
+            .await
+            .unwrap(),
+        SetOutcome::Stored
+    );
+}
+
+#[tokio::test]
+async fn redis_store_meets_the_contract() {
+    let server = common::redis();
+    let store = common::store(&server).await;
+    contract(&store).await;
+}
+
+#[tokio::test]
+async fn memory_store_meets_the_contract() {
+    contract(&MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn redis_versioned_set_survives_script_flush() {
+    let server = common::redis();
+    let store = common::store(&server).await;
+    let ttl = Duration::from_secs(30);
+    store
+        .set_if_not_older("k", envelope_with_version(2, b"a"), ttl, 2)
+        .await
+        .unwrap();
+    // The server forgets the script (as after a restart); EVALSHA gets NOSCRIPT and reloads.
+    let mut raw = common::raw(&server).await;
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .set_if_not_older("k", envelope_with_version(1, b"b"), ttl, 1)
+            .await
+            .unwrap(),
+        SetOutcome::RefusedOlder
+    );
+    let sets: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(
+        sets.contains("cmdstat_evalsha"),
+        "the script must be run by EVALSHA: {sets}"
+    );
+}
+
+#[tokio::test]
+async fn memory_store_stays_within_its_byte_bound() {
+    let store = MemoryStore::with_max_bytes(1 << 20);
+    for i in 0..500 {
+        store
+            .set(
+                &format!("k{i}"),
+                Bytes::from(vec![0u8; 20_000]),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        assert!(store.used_bytes() <= 1 << 20);
+    }
+}
