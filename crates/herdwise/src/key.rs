@@ -7,8 +7,6 @@
 //! ruled out by construction. Bumping the schema version makes a new value shape never read
 //! bytes written by the old one.
 
-use std::fmt::Write as _;
-
 /// Longest stored key accepted by default (bytes, including the namespace prefix).
 pub const DEFAULT_MAX_KEY_BYTES: usize = 512;
 
@@ -96,26 +94,28 @@ impl KeyEncoder<'_> {
 
     /// Appends an unsigned integer component.
     pub fn u64(&mut self, n: u64) {
-        self.separator();
-        let _ = write!(self.buf, "{n}");
+        self.integer(n);
     }
 
     /// Appends a signed integer component.
     pub fn i64(&mut self, n: i64) {
-        self.separator();
-        let _ = write!(self.buf, "{n}");
+        self.integer(n);
     }
 
     /// Appends a 128-bit unsigned integer component.
     pub fn u128(&mut self, n: u128) {
-        self.separator();
-        let _ = write!(self.buf, "{n}");
+        self.integer(n);
     }
 
     /// Appends a 128-bit signed integer component.
     pub fn i128(&mut self, n: i128) {
+        self.integer(n);
+    }
+
+    /// Decimal digits via `itoa` (no formatting machinery on the hot path).
+    fn integer<I: itoa::Integer>(&mut self, n: I) {
         self.separator();
-        let _ = write!(self.buf, "{n}");
+        self.buf.push_str(itoa::Buffer::new().format(n));
     }
 
     /// Appends any nested key's components.

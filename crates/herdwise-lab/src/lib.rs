@@ -1,0 +1,176 @@
+//! # herdwise-lab
+//!
+//! The benchmark and chaos harness: every scenario runs Herdwise and naive caching side by side
+//! in the same run, against a real `redis-server` the lab starts (and kills, restarts) itself and
+//! a simulated origin whose counters are exact.
+//!
+//! Modules: [`origin`] (the simulated database), [`strategy`] (naive and Herdwise fleets),
+//! [`drive`] (the load driver), [`record`] (latency/timeline recording), [`report`] (table, JSON,
+//! plots), [`scenarios`] (what is measured).
+
+pub mod drive;
+pub mod origin;
+pub mod record;
+pub mod report;
+pub mod scenarios;
+pub mod strategy;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::drive::{Keys, Pace};
+use crate::origin::Origin;
+use crate::report::{Point, StrategyResult};
+use crate::strategy::Fleet;
+
+/// Anything that stops a lab run.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// Starting or controlling redis-server failed.
+    #[error("redis-server: {0}")]
+    Process(#[from] std::io::Error),
+    /// A Redis command failed where the lab needed it to work (setup, not the measured path).
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Building a cache or a store failed.
+    #[error("herdwise: {0}")]
+    Herdwise(#[from] herdwise::Error),
+    /// Connecting a store failed.
+    #[error("store: {0}")]
+    Store(#[from] herdwise::StoreError),
+    /// Writing the plot failed.
+    #[error("plot: {0}")]
+    Plot(String),
+    /// Unknown scenario or bad arguments.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Overrides from the command line; each scenario has its own defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Cache instances per strategy (as separate pods would be).
+    pub instances: Option<usize>,
+    /// Concurrent readers.
+    pub concurrency: Option<usize>,
+    /// Duration of each strategy's run.
+    pub duration: Option<Duration>,
+    /// Short runs (for `all --quick` and tests).
+    pub quick: bool,
+    /// Show progress bars.
+    pub progress: bool,
+}
+
+impl Settings {
+    /// `instances` or the scenario's default.
+    pub fn instances_or(&self, default: usize) -> usize {
+        self.instances.unwrap_or(default).max(1)
+    }
+    /// `concurrency` or the scenario's default.
+    pub fn concurrency_or(&self, default: usize) -> usize {
+        self.concurrency.unwrap_or(default).max(1)
+    }
+    /// `duration`, else `quick` or `full` depending on `--quick`.
+    pub fn duration_or(&self, full: Duration, quick: Duration) -> Duration {
+        self.duration
+            .unwrap_or(if self.quick { quick } else { full })
+    }
+
+    /// A progress bar over `duration` (hidden unless asked for and on a terminal).
+    pub fn progress_bar(&self, label: &str, duration: Duration) -> ProgressBar {
+        if !self.progress {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(duration.as_millis() as u64);
+        if let Ok(style) = ProgressStyle::with_template("{msg:<32} [{bar:40}] {elapsed_precise}") {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(label.to_string());
+        bar
+    }
+}
+
+/// The load one strategy runs under.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    /// Concurrent workers.
+    pub concurrency: usize,
+    /// How long.
+    pub duration: Duration,
+    /// Which keys.
+    pub keys: Keys,
+    /// How fast.
+    pub pace: Pace,
+}
+
+/// Runs one fleet under load and turns the recording and the origin's counters into a result.
+pub async fn measure(
+    fleet: &Fleet,
+    origin: &Arc<Origin>,
+    load: Load,
+    started: Instant,
+    progress: &ProgressBar,
+) -> StrategyResult {
+    let Load {
+        concurrency,
+        duration,
+        keys,
+        pace,
+    } = load;
+    let queries_before = origin.queries();
+    let rejected_before = origin.rejected();
+    let recording = drive::drive(
+        &fleet.instances,
+        concurrency,
+        duration,
+        keys,
+        pace,
+        started,
+        progress,
+    )
+    .await;
+    progress.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+    let (origin_per_second, rejected_per_second) = origin.timeline();
+    let timeline = recording
+        .per_second()
+        .into_iter()
+        .enumerate()
+        .take(duration.as_secs().max(1) as usize)
+        .map(|(second, (reads, errors, p99_us, max_us))| Point {
+            second: second as u64,
+            reads,
+            errors,
+            origin_queries: origin_per_second.get(second).copied().unwrap_or(0),
+            origin_rejected: rejected_per_second.get(second).copied().unwrap_or(0),
+            p99_us,
+            max_us,
+        })
+        .collect();
+    StrategyResult {
+        name: fleet.name.clone(),
+        reads: recording.reads(),
+        errors: recording.errors(),
+        reads_per_sec: recording.reads() as f64 / elapsed,
+        latency_us: Some(recording.latency()),
+        origin_queries: Some(origin.queries() - queries_before),
+        origin_rejected: Some(origin.rejected() - rejected_before),
+        origin_peak_in_flight: Some(origin.peak_in_flight()),
+        tiers: Some(fleet.counts()),
+        extra: Default::default(),
+        timeline,
+    }
+}
+
+/// `redis-server --version`, for the report.
+pub fn redis_version() -> String {
+    std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}

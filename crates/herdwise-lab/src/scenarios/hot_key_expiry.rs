@@ -1,0 +1,101 @@
+//! `hot-key-expiry`: one hot key with a short TTL under C concurrent readers across N instances.
+//! Every expiry is a stampede for naive caching (≈ C origin calls); Herdwise coalesces per
+//! instance (≤ N calls) until the cross-instance lease (#4) makes it 1.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use herdwise_testkit::RedisServer;
+use serde_json::json;
+
+use super::ratio;
+use crate::drive::{Keys, Pace};
+use crate::origin::{Origin, OriginConfig, Overload};
+use crate::report::ScenarioResult;
+use crate::{measure, strategy, LabError, Load, Settings};
+
+/// Runs the scenario.
+pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
+    let instances = settings.instances_or(4);
+    let concurrency = settings.concurrency_or(64);
+    let duration = settings.duration_or(Duration::from_secs(10), Duration::from_secs(4));
+    let ttl = Duration::from_secs(1);
+    let origin_config = OriginConfig {
+        base_latency: Duration::from_millis(50),
+        jitter: Duration::ZERO,
+        max_concurrency: 100_000,
+        overload: Overload::Queue,
+        value_size: 1024,
+    };
+    let mut strategies = Vec::new();
+    for name in ["naive", "herdwise"] {
+        let server = RedisServer::start()?;
+        let origin = Origin::new(origin_config.clone(), duration.as_secs() as usize + 2);
+        let fleet = match name {
+            "naive" => strategy::naive(&server.url(), instances, &origin, ttl).await?,
+            _ => {
+                strategy::herdwise(name, &server.url(), instances, &origin, |b| b.ttl(ttl)).await?
+            }
+        };
+        let bar = settings.progress_bar(&format!("hot-key-expiry {name}"), duration);
+        let started = Instant::now();
+        let mut result = measure(
+            &fleet,
+            &origin,
+            Load {
+                concurrency,
+                duration,
+                keys: Keys::Single { key: 1 },
+                pace: Pace::AsFastAsPossible,
+            },
+            started,
+            &bar,
+        )
+        .await;
+        // The cold start counts as one expiry.
+        let periods = (duration.as_secs_f64() / ttl.as_secs_f64()).ceil().max(1.0);
+        let queries = result.origin_queries.unwrap_or(0) as f64;
+        result
+            .extra
+            .insert("origin_calls_per_ttl_period".into(), queries / periods);
+        // Readers that waited for a load: the slowest of them is the waiter latency bound.
+        let max_us = result.latency_us.map_or(0, |l| l.max);
+        result
+            .extra
+            .insert("slowest_read_ms".into(), max_us as f64 / 1000.0);
+        strategies.push(result);
+    }
+    let mut ratios = BTreeMap::new();
+    if let (Some(n), Some(h)) = (strategies.first(), strategies.get(1)) {
+        ratios.insert(
+            "herdwise/naive origin queries".into(),
+            ratio(
+                h.origin_queries.unwrap_or(0) as f64,
+                n.origin_queries.unwrap_or(0) as f64,
+            ),
+        );
+        ratios.insert(
+            "herdwise/naive peak origin concurrency".into(),
+            ratio(
+                h.origin_peak_in_flight.unwrap_or(0) as f64,
+                n.origin_peak_in_flight.unwrap_or(0) as f64,
+            ),
+        );
+    }
+    Ok(ScenarioResult {
+        name: "hot-key-expiry".into(),
+        description: format!(
+            "1 hot key, TTL {ttl:?}, {concurrency} readers over {instances} instances, origin 50 ms"
+        ),
+        params: BTreeMap::from([
+            ("instances".into(), json!(instances)),
+            ("concurrency".into(), json!(concurrency)),
+            ("duration_s".into(), json!(duration.as_secs_f64())),
+            ("ttl_ms".into(), json!(ttl.as_millis() as u64)),
+            ("origin".into(), json!(origin_config)),
+        ]),
+        strategies,
+        ratios,
+        events: Vec::new(),
+    })
+}

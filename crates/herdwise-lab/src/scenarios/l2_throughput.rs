@@ -1,0 +1,185 @@
+//! `l2-throughput`: L2 hits through Herdwise (L1 off) against raw redis-rs GET on the same
+//! server, 64 tasks, 100 B and 10 KB values; counts Redis commands per read from
+//! `INFO commandstats`, so "one round trip per hit" is checked, not assumed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use herdwise::{Cache, Compression, RedisStore};
+use herdwise_testkit::RedisServer;
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
+use redis::aio::ConnectionManager;
+use serde_json::json;
+
+use super::ratio;
+use crate::drive::{Keys, Pace};
+use crate::origin::{Origin, OriginConfig, Overload};
+use crate::report::ScenarioResult;
+use crate::strategy::{Fleet, Reader};
+use crate::{measure, LabError, Load, Settings};
+
+const KEYS: u64 = 1_000;
+
+struct RawGet(ConnectionManager);
+
+#[async_trait]
+impl Reader for RawGet {
+    async fn read(&self, key: u64) -> Result<usize, String> {
+        let mut conn = self.0.clone();
+        let v: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(format!("raw:{key}"))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        v.map(|v| v.len()).ok_or_else(|| "miss".to_string())
+    }
+}
+
+struct HerdwiseGet(Cache<u64, Vec<u8>>);
+
+#[async_trait]
+impl Reader for HerdwiseGet {
+    async fn read(&self, key: u64) -> Result<usize, String> {
+        match self.0.get(&key).await {
+            Ok(Some(v)) => Ok(v.len()),
+            Ok(None) => Err("miss".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Total `calls` over all commands in `INFO commandstats`.
+async fn command_calls(conn: &mut ConnectionManager) -> Result<u64, LabError> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await?;
+    Ok(info
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"))
+        .filter_map(|l| l.split("calls=").nth(1))
+        .filter_map(|rest| rest.split(',').next())
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum())
+}
+
+/// Runs the scenario.
+pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
+    let concurrency = settings.concurrency_or(64);
+    let instances = settings.instances_or(1);
+    let duration = settings.duration_or(Duration::from_secs(5), Duration::from_millis(1500));
+    let server = RedisServer::start()?;
+    let url = server.url();
+    let mut admin = ConnectionManager::new(redis::Client::open(url.as_str())?).await?;
+    // The origin is never called here (everything is preloaded); it only satisfies `measure`.
+    let origin = Origin::new(
+        OriginConfig {
+            base_latency: Duration::ZERO,
+            jitter: Duration::ZERO,
+            max_concurrency: 1,
+            overload: Overload::Reject,
+            value_size: 0,
+        },
+        duration.as_secs() as usize + 2,
+    );
+    let mut rng = SmallRng::seed_from_u64(11);
+    let mut strategies = Vec::new();
+    let mut ratios = BTreeMap::new();
+    for size in [100usize, 10 * 1024] {
+        let label = if size < 1024 {
+            "100B".to_string()
+        } else {
+            format!("{}KB", size / 1024)
+        };
+        // Random (incompressible) payloads: neither side may win by compressing.
+        let mut herdwise_readers: Vec<Arc<dyn Reader>> = Vec::new();
+        let mut raw_readers: Vec<Arc<dyn Reader>> = Vec::new();
+        for _ in 0..instances {
+            let cache: Cache<u64, Vec<u8>> = Cache::builder(&format!("l2-{label}"))
+                .store(RedisStore::connect(&url).await?)
+                .l1_max_bytes(0)
+                .compression(Compression::None)
+                .ttl(Duration::from_secs(3600))
+                .build()?;
+            herdwise_readers.push(Arc::new(HerdwiseGet(cache)));
+            raw_readers.push(Arc::new(RawGet(
+                ConnectionManager::new(redis::Client::open(url.as_str())?).await?,
+            )));
+        }
+        let preload: Cache<u64, Vec<u8>> = Cache::builder(&format!("l2-{label}"))
+            .store(RedisStore::connect(&url).await?)
+            .l1_max_bytes(0)
+            .compression(Compression::None)
+            .ttl(Duration::from_secs(3600))
+            .build()?;
+        for k in 0..KEYS {
+            let mut value = vec![0u8; size];
+            rng.fill_bytes(&mut value);
+            let () = redis::cmd("SET")
+                .arg(format!("raw:{k}"))
+                .arg(&value)
+                .query_async(&mut admin)
+                .await?;
+            preload.set(&k, value).await?;
+        }
+        let mut pair = Vec::new();
+        for (name, readers) in [
+            ("redis-rs GET", raw_readers),
+            ("herdwise get (L1 off)", herdwise_readers),
+        ] {
+            let fleet = Fleet::new(format!("{name} {label}"), readers);
+            let calls_before = command_calls(&mut admin).await?;
+            let bar = settings.progress_bar(&format!("l2-throughput {name} {label}"), duration);
+            let started = Instant::now();
+            let mut result = measure(
+                &fleet,
+                &origin,
+                Load {
+                    concurrency,
+                    duration,
+                    keys: Keys::Uniform { n: KEYS },
+                    pace: Pace::AsFastAsPossible,
+                },
+                started,
+                &bar,
+            )
+            .await;
+            let calls = command_calls(&mut admin)
+                .await?
+                .saturating_sub(calls_before);
+            result.extra.insert(
+                "redis_commands_per_read".into(),
+                ratio(calls as f64, result.reads as f64),
+            );
+            result.origin_queries = None;
+            result.origin_rejected = None;
+            result.origin_peak_in_flight = None;
+            result.tiers = None;
+            result.timeline.clear();
+            pair.push(result.reads_per_sec);
+            strategies.push(result);
+        }
+        ratios.insert(
+            format!("herdwise/raw reads per second {label}"),
+            ratio(pair[1], pair[0]),
+        );
+    }
+    Ok(ScenarioResult {
+        name: "l2-throughput".into(),
+        description: format!(
+            "Redis hits: Herdwise (L1 off) vs raw redis-rs GET, {concurrency} tasks, {instances} connection(s) each"
+        ),
+        params: BTreeMap::from([
+            ("concurrency".into(), json!(concurrency)),
+            ("instances".into(), json!(instances)),
+            ("duration_s".into(), json!(duration.as_secs_f64())),
+            ("keys".into(), json!(KEYS)),
+        ]),
+        strategies,
+        ratios,
+        events: Vec::new(),
+    })
+}
