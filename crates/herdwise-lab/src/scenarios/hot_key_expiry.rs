@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use herdwise_testkit::RedisServer;
 use serde_json::json;
 
-use super::ratio;
+use super::{compare, origin_queries};
 use crate::drive::{Keys, Pace};
 use crate::origin::{Origin, OriginConfig, Overload};
 use crate::report::ScenarioResult;
@@ -66,22 +66,21 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
         strategies.push(result);
     }
     let mut ratios = BTreeMap::new();
-    if let (Some(n), Some(h)) = (strategies.first(), strategies.get(1)) {
-        ratios.insert(
-            "herdwise/naive origin queries".into(),
-            ratio(
-                h.origin_queries.unwrap_or(0) as f64,
-                n.origin_queries.unwrap_or(0) as f64,
-            ),
-        );
-        ratios.insert(
-            "herdwise/naive peak origin concurrency".into(),
-            ratio(
-                h.origin_peak_in_flight.unwrap_or(0) as f64,
-                n.origin_peak_in_flight.unwrap_or(0) as f64,
-            ),
-        );
-    }
+    let pair = ("herdwise", "naive");
+    compare(
+        &mut ratios,
+        &strategies,
+        pair,
+        "origin queries",
+        origin_queries,
+    );
+    compare(
+        &mut ratios,
+        &strategies,
+        pair,
+        "peak origin concurrency",
+        |r| r.origin_peak_in_flight.unwrap_or(0) as f64,
+    );
     Ok(ScenarioResult {
         name: "hot-key-expiry".into(),
         description: format!(

@@ -66,6 +66,16 @@ async fn command_calls(conn: &mut ConnectionManager) -> Result<u64, LabError> {
         .sum())
 }
 
+/// A Herdwise cache that reads Redis on every call (L1 off, no compression).
+async fn l2_only_cache(url: &str, label: &str) -> Result<Cache<u64, Vec<u8>>, LabError> {
+    Ok(Cache::builder(&format!("l2-{label}"))
+        .store(RedisStore::connect(url).await?)
+        .l1_max_bytes(0)
+        .compression(Compression::None)
+        .ttl(Duration::from_secs(3600))
+        .build()?)
+}
+
 /// Runs the scenario.
 pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
     let concurrency = settings.concurrency_or(64);
@@ -98,23 +108,12 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
         let mut herdwise_readers: Vec<Arc<dyn Reader>> = Vec::new();
         let mut raw_readers: Vec<Arc<dyn Reader>> = Vec::new();
         for _ in 0..instances {
-            let cache: Cache<u64, Vec<u8>> = Cache::builder(&format!("l2-{label}"))
-                .store(RedisStore::connect(&url).await?)
-                .l1_max_bytes(0)
-                .compression(Compression::None)
-                .ttl(Duration::from_secs(3600))
-                .build()?;
-            herdwise_readers.push(Arc::new(HerdwiseGet(cache)));
+            herdwise_readers.push(Arc::new(HerdwiseGet(l2_only_cache(&url, &label).await?)));
             raw_readers.push(Arc::new(RawGet(
                 ConnectionManager::new(redis::Client::open(url.as_str())?).await?,
             )));
         }
-        let preload: Cache<u64, Vec<u8>> = Cache::builder(&format!("l2-{label}"))
-            .store(RedisStore::connect(&url).await?)
-            .l1_max_bytes(0)
-            .compression(Compression::None)
-            .ttl(Duration::from_secs(3600))
-            .build()?;
+        let preload = l2_only_cache(&url, &label).await?;
         for k in 0..KEYS {
             let mut value = vec![0u8; size];
             rng.fill_bytes(&mut value);

@@ -7,7 +7,9 @@ pub mod l2_throughput;
 pub mod redis_outage;
 pub mod zipf;
 
-use crate::report::ScenarioResult;
+use std::collections::BTreeMap;
+
+use crate::report::{ScenarioResult, StrategyResult};
 use crate::{LabError, Settings};
 
 /// Every scenario, in the order `all` runs them.
@@ -41,4 +43,24 @@ pub(crate) fn ratio(a: f64, b: f64) -> f64 {
     } else {
         a / b
     }
+}
+
+/// Records `"{a}/{b} {what}"` = `figure(a) / figure(b)` for the strategies named `a` and `b`
+/// (nothing if either did not run).
+pub(crate) fn compare(
+    ratios: &mut BTreeMap<String, f64>,
+    strategies: &[StrategyResult],
+    (a, b): (&str, &str),
+    what: &str,
+    figure: impl Fn(&StrategyResult) -> f64,
+) {
+    let find = |name: &str| strategies.iter().find(|s| s.name == name);
+    if let (Some(x), Some(y)) = (find(a), find(b)) {
+        ratios.insert(format!("{a}/{b} {what}"), ratio(figure(x), figure(y)));
+    }
+}
+
+/// Origin queries of a result, as a figure.
+pub(crate) fn origin_queries(r: &StrategyResult) -> f64 {
+    r.origin_queries.unwrap_or(0) as f64
 }

@@ -13,7 +13,7 @@ use herdwise_testkit::RedisServer;
 use redis::aio::ConnectionManager;
 use serde_json::json;
 
-use super::ratio;
+use super::compare;
 use crate::drive::{Keys, Pace};
 use crate::origin::{Origin, OriginConfig, Overload};
 use crate::report::{ScenarioResult, StrategyResult};
@@ -83,17 +83,17 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
         ),
     ];
     let mut ratios = BTreeMap::new();
-    if let (Some(n), Some(h)) = (strategies.first(), strategies.get(1)) {
-        let get = |r: &StrategyResult, k: &str| r.extra.get(k).copied().unwrap_or(0.0);
-        ratios.insert(
-            "herdwise/naive origin qps during outage".into(),
-            ratio(get(h, "origin_qps_outage"), get(n, "origin_qps_outage")),
-        );
-        ratios.insert(
-            "herdwise/naive failed reads".into(),
-            ratio(h.errors as f64, n.errors as f64),
-        );
-    }
+    let pair = ("herdwise", "naive");
+    compare(
+        &mut ratios,
+        &strategies,
+        pair,
+        "origin qps during outage",
+        |r| r.extra.get("origin_qps_outage").copied().unwrap_or(0.0),
+    );
+    compare(&mut ratios, &strategies, pair, "failed reads", |r| {
+        r.errors as f64
+    });
     Ok(ScenarioResult {
         name: "redis-outage".into(),
         description: format!(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use herdwise_testkit::RedisServer;
 use serde_json::json;
 
-use super::ratio;
+use super::{compare, origin_queries};
 use crate::drive::{Keys, Pace};
 use crate::origin::{Origin, OriginConfig, Overload};
 use crate::report::ScenarioResult;
@@ -70,26 +70,20 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
         strategies.push(result);
     }
     let mut ratios = BTreeMap::new();
-    if let (Some(n), Some(h)) = (strategies.first(), strategies.get(1)) {
-        ratios.insert(
-            "herdwise/naive reads per second".into(),
-            ratio(h.reads_per_sec, n.reads_per_sec),
-        );
-        ratios.insert(
-            "herdwise/naive p99 latency".into(),
-            ratio(
-                h.latency_us.map_or(0, |l| l.p99) as f64,
-                n.latency_us.map_or(0, |l| l.p99) as f64,
-            ),
-        );
-        ratios.insert(
-            "herdwise/naive origin queries".into(),
-            ratio(
-                h.origin_queries.unwrap_or(0) as f64,
-                n.origin_queries.unwrap_or(0) as f64,
-            ),
-        );
-    }
+    let pair = ("herdwise", "naive");
+    compare(&mut ratios, &strategies, pair, "reads per second", |r| {
+        r.reads_per_sec
+    });
+    compare(&mut ratios, &strategies, pair, "p99 latency", |r| {
+        r.latency_us.map_or(0.0, |l| l.p99 as f64)
+    });
+    compare(
+        &mut ratios,
+        &strategies,
+        pair,
+        "origin queries",
+        origin_queries,
+    );
     Ok(ScenarioResult {
         name: "zipf".into(),
         description: format!(
