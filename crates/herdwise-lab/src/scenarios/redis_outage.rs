@@ -24,7 +24,7 @@ const KEYS: u64 = 100_000;
 /// Runs the scenario.
 pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
     let instances = settings.instances_or(4);
-    let concurrency = settings.concurrency_or(64);
+    let concurrency = settings.concurrency_or(128);
     let duration = settings.duration_or(Duration::from_secs(30), Duration::from_secs(12));
     let rate = 20_000.0;
     let kill_at = duration / 3;
