@@ -2,7 +2,8 @@
 //!
 //! A cache key is a typed value ([`CacheKey`]), never a string assembled at a call site. The
 //! stored key is `namespace:v<schema>:<encoded key>`. The encoding is injective: string
-//! components escape `%` and `:`, and components are joined with `:`, so `("a:b", "c")` and
+//! components escape `%`, `:` and the braces `{` `}` (which Redis Cluster reads as a hash tag),
+//! and components are joined with `:`, so `("a:b", "c")` and
 //! `("a", "b:c")` can never share an entry — the "one user's data served to another" outage is
 //! ruled out by construction. Bumping the schema version makes a new value shape never read
 //! bytes written by the old one.
@@ -83,6 +84,9 @@ impl KeyEncoder<'_> {
             match ch {
                 '%' => self.buf.push_str("%25"),
                 ':' => self.buf.push_str("%3A"),
+                // Braces would form a Redis Cluster hash tag and split a key from its lease.
+                '{' => self.buf.push_str("%7B"),
+                '}' => self.buf.push_str("%7D"),
                 c if c.is_control() => {
                     self.error
                         .get_or_insert(KeyError::ControlCharacter(c as u32));
@@ -343,6 +347,7 @@ mod tests {
             a, c,
             "an escaped-looking input must not collide with an escaped one"
         );
+        assert_eq!(encode_key("{tag}").unwrap(), "%7Btag%7D");
     }
 
     #[test]

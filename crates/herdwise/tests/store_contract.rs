@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herdwise::envelope::{self, Compression, Meta};
+use herdwise::store::{FillOutcome, StoreEvent};
 use herdwise::{MemoryStore, SetOutcome, Store};
 
 fn envelope_with_version(version: u64, payload: &[u8]) -> Bytes {
@@ -116,16 +117,144 @@ async fn contract(store: &dyn Store) {
     );
 }
 
+async fn lease_contract(store: &dyn Store) {
+    let ttl = Duration::from_secs(30);
+    let lease_ttl = Duration::from_millis(300);
+    let mut events = store
+        .subscribe("fills")
+        .expect("both stores support messaging");
+    // wait until the subscription is live (Redis subscribes asynchronously)
+    if let Ok(Ok(first)) = tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+        assert_eq!(first, StoreEvent::Subscribed);
+    }
+
+    // one holder at a time
+    assert!(store.try_lease("l:a", 1, lease_ttl).await.unwrap());
+    assert!(!store.try_lease("l:a", 2, lease_ttl).await.unwrap());
+    // the holder fills: stored, lease released, fill announced
+    let out = store
+        .fill_leased("l:a", envelope_with_version(0, b"a"), ttl, 0, 1, "fills")
+        .await
+        .unwrap();
+    assert_eq!(out, FillOutcome::Stored);
+    let announced = tokio::time::timeout(Duration::from_secs(2), events.recv()).await;
+    assert_eq!(
+        announced.unwrap().unwrap(),
+        StoreEvent::Message(Bytes::from_static(b"l:a"))
+    );
+    assert!(
+        store.try_lease("l:a", 3, lease_ttl).await.unwrap(),
+        "the fill released the lease"
+    );
+    store.release_lease("l:a", 3).await.unwrap();
+
+    // a write voids the lease: the slow fill that started before it is refused
+    assert!(store.try_lease("l:b", 4, lease_ttl).await.unwrap());
+    store
+        .set("l:b", Bytes::from_static(b"written"), ttl)
+        .await
+        .unwrap();
+    let out = store
+        .fill_leased("l:b", envelope_with_version(0, b"old"), ttl, 0, 4, "fills")
+        .await
+        .unwrap();
+    assert_eq!(out, FillOutcome::LeaseLost);
+    assert_eq!(
+        store.get("l:b").await.unwrap().as_deref(),
+        Some(&b"written"[..])
+    );
+
+    // so does an invalidation
+    assert!(store.try_lease("l:c", 5, lease_ttl).await.unwrap());
+    store.delete("l:c").await.unwrap();
+    let out = store
+        .fill_leased("l:c", envelope_with_version(0, b"old"), ttl, 0, 5, "fills")
+        .await
+        .unwrap();
+    assert_eq!(out, FillOutcome::LeaseLost);
+    assert_eq!(store.get("l:c").await.unwrap(), None);
+
+    // release is compare-and-delete: a stranger's token releases nothing
+    assert!(store.try_lease("l:d", 6, lease_ttl).await.unwrap());
+    store.release_lease("l:d", 999).await.unwrap();
+    assert!(!store.try_lease("l:d", 7, lease_ttl).await.unwrap());
+    // and a lease expires by itself
+    tokio::time::sleep(lease_ttl + Duration::from_millis(100)).await;
+    assert!(store.try_lease("l:d", 8, lease_ttl).await.unwrap());
+    assert_eq!(
+        store
+            .fill_leased("l:d", envelope_with_version(0, b"x"), ttl, 0, 6, "fills")
+            .await
+            .unwrap(),
+        FillOutcome::LeaseLost,
+        "an expired holder cannot fill over the new holder"
+    );
+
+    // the version rule holds for fenced fills too
+    store
+        .set_if_not_older("l:e", envelope_with_version(9, b"new"), ttl, 9)
+        .await
+        .unwrap();
+    assert!(store.try_lease("l:e", 10, lease_ttl).await.unwrap());
+    assert_eq!(
+        store
+            .fill_leased("l:e", envelope_with_version(3, b"old"), ttl, 3, 10, "fills")
+            .await
+            .unwrap(),
+        FillOutcome::RefusedOlder
+    );
+    assert!(
+        store.try_lease("l:e", 11, lease_ttl).await.unwrap(),
+        "refusal released the lease"
+    );
+}
+
 #[tokio::test]
 async fn redis_store_meets_the_contract() {
     let server = common::redis();
     let store = common::store(&server).await;
     contract(&store).await;
+    lease_contract(&store).await;
 }
 
 #[tokio::test]
 async fn memory_store_meets_the_contract() {
-    contract(&MemoryStore::new()).await;
+    let store = MemoryStore::new();
+    contract(&store).await;
+    lease_contract(&store).await;
+}
+
+async fn next(events: &mut tokio::sync::broadcast::Receiver<StoreEvent>) -> StoreEvent {
+    tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("an event within 10 s")
+        .expect("the channel is open")
+}
+
+#[tokio::test]
+async fn redis_subscription_resubscribes_after_a_restart() {
+    let mut server = common::redis();
+    let store = common::store(&server).await;
+    let mut events = store.subscribe("ch").unwrap();
+    assert_eq!(next(&mut events).await, StoreEvent::Subscribed);
+    server.kill();
+    server.restart().unwrap();
+    assert_eq!(
+        next(&mut events).await,
+        StoreEvent::Subscribed,
+        "announces the resubscription"
+    );
+    let mut raw = common::raw(&server).await;
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("ch")
+        .arg("hello")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut events).await,
+        StoreEvent::Message(Bytes::from_static(b"hello"))
+    );
 }
 
 #[tokio::test]

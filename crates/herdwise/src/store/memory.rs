@@ -5,11 +5,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use std::collections::HashMap;
+
 use parking_lot::Mutex;
 use quick_cache::sync::Cache as Engine;
 use quick_cache::Weighter;
+use tokio::sync::broadcast;
 
-use super::{stored_version, SetOutcome, Store, StoreError};
+use super::{stored_version, FillOutcome, SetOutcome, Store, StoreError, StoreEvent};
 
 /// Default bound of a [`MemoryStore`]: 256 MiB.
 pub const DEFAULT_MEMORY_STORE_BYTES: u64 = 256 << 20;
@@ -34,9 +37,14 @@ impl Weighter<Box<str>, Stored> for BytesWeighter {
 struct Inner {
     engine: Engine<Box<str>, Stored, BytesWeighter>,
     /// Writers to one key serialize on its stripe, so a versioned set is check-then-write
-    /// without a window in between.
-    stripes: Vec<Mutex<()>>,
+    /// without a window in between. Each stripe also holds the load leases of its keys.
+    stripes: Vec<Mutex<Leases>>,
+    /// Subscriptions by channel (in-process messaging).
+    channels: Mutex<HashMap<String, broadcast::Sender<StoreEvent>>>,
 }
+
+/// Load leases of one stripe: key → (token, expiry).
+type Leases = HashMap<Box<str>, (u64, Instant)>;
 
 /// The embedded L2: bounded by bytes, TTLs honoured, no network. Cheap to clone; clones share
 /// the same storage, so several caches in one process can share it as their L2.
@@ -80,7 +88,8 @@ impl MemoryStore {
         MemoryStore {
             inner: Arc::new(Inner {
                 engine,
-                stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+                stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
+                channels: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -90,7 +99,7 @@ impl MemoryStore {
         self.inner.engine.weight()
     }
 
-    fn stripe(&self, key: &str) -> &Mutex<()> {
+    fn stripe(&self, key: &str) -> &Mutex<Leases> {
         let idx = self.inner.engine.shard_index(key) % STRIPES;
         &self.inner.stripes[idx]
     }
@@ -105,6 +114,13 @@ impl MemoryStore {
                 .engine
                 .remove_if(key, |s| s.expires_at == deadline);
             None
+        }
+    }
+
+    fn publish(&self, channel: &str, key: &str) {
+        let channels = self.inner.channels.lock();
+        if let Some(sender) = channels.get(channel) {
+            let _ = sender.send(StoreEvent::Message(Bytes::copy_from_slice(key.as_bytes())));
         }
     }
 
@@ -143,7 +159,8 @@ impl Store for MemoryStore {
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
-        let _guard = self.stripe(key).lock();
+        let mut leases = self.stripe(key).lock();
+        leases.remove(key);
         self.put(key, value, ttl);
         Ok(())
     }
@@ -155,7 +172,7 @@ impl Store for MemoryStore {
         ttl: Duration,
         version: u64,
     ) -> Result<SetOutcome, StoreError> {
-        let _guard = self.stripe(key).lock();
+        let _leases = self.stripe(key).lock();
         if let Some(current) = self.live(key) {
             if stored_version(&current).is_some_and(|v| v > version) {
                 return Ok(SetOutcome::RefusedOlder);
@@ -166,7 +183,68 @@ impl Store for MemoryStore {
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        let _guard = self.stripe(key).lock();
+        let mut leases = self.stripe(key).lock();
+        leases.remove(key);
         Ok(self.inner.engine.remove(key).is_some())
+    }
+
+    async fn try_lease(&self, key: &str, token: u64, ttl: Duration) -> Result<bool, StoreError> {
+        let mut leases = self.stripe(key).lock();
+        let now = Instant::now();
+        if leases.get(key).is_some_and(|(_, expiry)| *expiry > now) {
+            return Ok(false);
+        }
+        leases.insert(key.into(), (token, now + ttl));
+        Ok(true)
+    }
+
+    async fn fill_leased(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        version: u64,
+        token: u64,
+        channel: &str,
+    ) -> Result<FillOutcome, StoreError> {
+        let outcome = {
+            let mut leases = self.stripe(key).lock();
+            let ours = leases
+                .get(key)
+                .is_some_and(|(t, expiry)| *t == token && *expiry > Instant::now());
+            if !ours {
+                FillOutcome::LeaseLost
+            } else {
+                leases.remove(key);
+                let newer = self
+                    .live(key)
+                    .and_then(|current| stored_version(&current))
+                    .is_some_and(|v| v > version);
+                if newer {
+                    FillOutcome::RefusedOlder
+                } else {
+                    self.put(key, value, ttl);
+                    FillOutcome::Stored
+                }
+            }
+        };
+        self.publish(channel, key);
+        Ok(outcome)
+    }
+
+    async fn release_lease(&self, key: &str, token: u64) -> Result<(), StoreError> {
+        let mut leases = self.stripe(key).lock();
+        if leases.get(key).is_some_and(|(t, _)| *t == token) {
+            leases.remove(key);
+        }
+        Ok(())
+    }
+
+    fn subscribe(&self, channel: &str) -> Option<broadcast::Receiver<StoreEvent>> {
+        let mut channels = self.inner.channels.lock();
+        let sender = channels
+            .entry(channel.to_string())
+            .or_insert_with(|| broadcast::channel(4096).0);
+        Some(sender.subscribe())
     }
 }

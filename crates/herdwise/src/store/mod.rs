@@ -19,6 +19,25 @@ use bytes::Bytes;
 pub use self::memory::MemoryStore;
 pub use self::redis::{RedisStore, RedisStoreBuilder};
 
+/// Version check shared by the Lua scripts: returns from the script with `refused` if the stored
+/// envelope in `cur` has a version above ARGV `hi`:`lo` (see `envelope::VERSION_OFFSET`).
+pub(crate) fn lua_version_guard(hi: usize, lo: usize, offset: usize, refused: &str) -> String {
+    format!(
+        r#"
+if cur and string.len(cur) >= tonumber(ARGV[{offset}]) + 8 and string.sub(cur, 1, 2) == 'HW' then
+  local at = tonumber(ARGV[{offset}]) + 1
+  local shi = struct.unpack('>I4', cur, at)
+  local slo = struct.unpack('>I4', cur, at + 4)
+  local nhi = tonumber(ARGV[{hi}])
+  local nlo = tonumber(ARGV[{lo}])
+  if shi > nhi or (shi == nhi and slo > nlo) then
+    {refused}
+  end
+end
+"#
+    )
+}
+
 /// What a versioned set did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetOutcome {
@@ -26,6 +45,33 @@ pub enum SetOutcome {
     Stored,
     /// The stored entry has a higher version; nothing was written.
     RefusedOlder,
+}
+
+/// What a fenced fill did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillOutcome {
+    /// Written; the lease was released.
+    Stored,
+    /// The lease was still ours, but the stored entry has a higher version; the lease was released.
+    RefusedOlder,
+    /// The lease is gone (voided by a write or an invalidation, or expired): the loaded value
+    /// may predate a change at the origin, so it was not written.
+    LeaseLost,
+}
+
+/// A message from a store subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// The subscription is (re)established. Messages published while it was down were missed.
+    Subscribed,
+    /// A message published on the channel.
+    Message(Bytes),
+}
+
+/// The lease key of `key`: `{key}:lease`. The hash tag is the whole value key, so in Redis
+/// Cluster both live in the same slot (stored keys never contain braces).
+pub fn lease_key(key: &str) -> String {
+    format!("{{{key}}}:lease")
 }
 
 /// A failed store call.
@@ -72,7 +118,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Several keys in one round trip, in order.
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError>;
 
-    /// Stores `value` under `key` for `ttl`, unconditionally.
+    /// Stores `value` under `key` for `ttl`, unconditionally, and voids any load lease on the
+    /// key (a load that started before this write must not overwrite it).
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError>;
 
     /// Stores `value` unless the stored entry carries a higher value version than `version`.
@@ -85,8 +132,34 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         version: u64,
     ) -> Result<SetOutcome, StoreError>;
 
-    /// Removes `key`; `true` if something was removed.
+    /// Removes `key` and voids its load lease; `true` if a value was removed.
     async fn delete(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// Takes the load lease on `key` for `ttl` if nobody holds it (`SET NX PX`).
+    async fn try_lease(&self, key: &str, token: u64, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Fenced fill, atomically: if `token` still holds the lease on `key`, release it and store
+    /// `value` unless the stored entry has a higher version. Then (whatever the outcome) publish
+    /// `key` on `channel`, so that instances waiting for this fill wake up.
+    #[allow(clippy::too_many_arguments)]
+    async fn fill_leased(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        version: u64,
+        token: u64,
+        channel: &str,
+    ) -> Result<FillOutcome, StoreError>;
+
+    /// Releases the lease on `key` if `token` holds it (compare-and-delete, never a blind DEL).
+    async fn release_lease(&self, key: &str, token: u64) -> Result<(), StoreError>;
+
+    /// Subscribes to `channel`. The store keeps the subscription alive (resubscribing after a
+    /// disconnect, announcing it with [`StoreEvent::Subscribed`]) for as long as a receiver
+    /// exists. Must be called inside a Tokio runtime. `None` if the store has no messaging
+    /// (callers then poll).
+    fn subscribe(&self, channel: &str) -> Option<tokio::sync::broadcast::Receiver<StoreEvent>>;
 }
 
 /// The value version stored in envelope bytes, if they look like an envelope.

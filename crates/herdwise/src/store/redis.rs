@@ -9,32 +9,54 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
+use tokio::sync::broadcast;
 
-use super::{SetOutcome, Store, StoreError};
+use super::{lease_key, lua_version_guard, FillOutcome, SetOutcome, Store, StoreError, StoreEvent};
 use crate::envelope::VERSION_OFFSET;
 
 /// Default deadline for one Redis call, applied by the cache.
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
 
-/// Writes ARGV[1] with PX ARGV[2] unless the stored envelope's version (big-endian u64 at the
-/// envelope's version offset, compared as two u32 halves because Lua numbers are doubles) is
-/// higher than ARGV[3]:ARGV[4]. Returns 1 if written, 0 if refused.
-const SET_IF_NOT_OLDER: &str = r#"
-local cur = redis.call('GET', KEYS[1])
-if cur and string.len(cur) >= tonumber(ARGV[5]) + 8 and string.sub(cur, 1, 2) == 'HW' then
-  local at = tonumber(ARGV[5]) + 1
-  local hi = struct.unpack('>I4', cur, at)
-  local lo = struct.unpack('>I4', cur, at + 4)
-  local nhi = tonumber(ARGV[3])
-  local nlo = tonumber(ARGV[4])
-  if hi > nhi or (hi == nhi and lo > nlo) then
-    return 0
-  end
+/// Writes ARGV[1] with PX ARGV[2] unless the stored envelope's version is higher than
+/// ARGV[3]:ARGV[4] (the version as two u32 halves: Lua numbers are doubles). ARGV[5] is the
+/// envelope's version offset. Returns 1 if written, 0 if refused.
+fn set_if_not_older_script() -> String {
+    format!(
+        "local cur = redis.call('GET', KEYS[1])\n{}\nredis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\nreturn 1\n",
+        lua_version_guard(3, 4, 5, "return 0")
+    )
+}
+
+/// The fenced fill. KEYS[1] value, KEYS[2] lease; ARGV as above plus ARGV[6] token and ARGV[7]
+/// the channel to announce the fill on. Returns 1 stored, 0 refused (older), -1 lease lost.
+fn fill_leased_script() -> String {
+    format!(
+        r#"
+local holder = redis.call('GET', KEYS[2])
+if holder ~= ARGV[6] then
+  redis.call('PUBLISH', ARGV[7], KEYS[1])
+  return -1
 end
+redis.call('DEL', KEYS[2])
+local cur = redis.call('GET', KEYS[1])
+{}
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[7], KEYS[1])
 return 1
+"#,
+        lua_version_guard(3, 4, 5, "redis.call('PUBLISH', ARGV[7], KEYS[1]) return 0")
+    )
+}
+
+/// Compare-and-delete of a lease: KEYS[1] lease, ARGV[1] token.
+const RELEASE_LEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
 "#;
 
 /// Configures a [`RedisStore`].
@@ -90,16 +112,17 @@ impl RedisStoreBuilder {
     /// Connects now; fails if Redis is unreachable.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(self.url.as_str())?;
-        let conn = ConnectionManager::new_with_config(client, self.manager_config()).await?;
-        Ok(RedisStore::from_parts(conn, self.call_timeout))
+        let conn =
+            ConnectionManager::new_with_config(client.clone(), self.manager_config()).await?;
+        Ok(RedisStore::from_parts(client, conn, self.call_timeout))
     }
 
     /// Returns at once and connects on first use, so a service can start while Redis is down
     /// (reads then go to the origin until it is up).
     pub fn connect_lazy(self) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(self.url.as_str())?;
-        let conn = ConnectionManager::new_lazy_with_config(client, self.manager_config())?;
-        Ok(RedisStore::from_parts(conn, self.call_timeout))
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), self.manager_config())?;
+        Ok(RedisStore::from_parts(client, conn, self.call_timeout))
     }
 }
 
@@ -115,9 +138,13 @@ impl RedisStoreBuilder {
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
+    /// For dedicated connections (subscriptions).
+    client: redis::Client,
     conn: ConnectionManager,
     call_timeout: Duration,
     set_if_not_older: Script,
+    fill_leased: Script,
+    release_lease: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -144,11 +171,14 @@ impl RedisStore {
         }
     }
 
-    fn from_parts(conn: ConnectionManager, call_timeout: Duration) -> Self {
+    fn from_parts(client: redis::Client, conn: ConnectionManager, call_timeout: Duration) -> Self {
         RedisStore {
+            client,
             conn,
             call_timeout,
-            set_if_not_older: Script::new(SET_IF_NOT_OLDER),
+            set_if_not_older: Script::new(&set_if_not_older_script()),
+            fill_leased: Script::new(&fill_leased_script()),
+            release_lease: Script::new(RELEASE_LEASE),
         }
     }
 
@@ -191,11 +221,18 @@ impl Store for RedisStore {
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let () = redis::cmd("SET")
+        // MULTI/EXEC in one round trip: the write and the voiding of any load lease.
+        let () = redis::pipe()
+            .atomic()
+            .cmd("SET")
             .arg(key)
             .arg(value.as_ref())
             .arg("PX")
             .arg(px(ttl))
+            .ignore()
+            .cmd("UNLINK")
+            .arg(lease_key(key))
+            .ignore()
             .query_async(&mut conn)
             .await?;
         Ok(())
@@ -228,8 +265,128 @@ impl Store for RedisStore {
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
-        // UNLINK frees large values off the main thread; same semantics as DEL for us.
-        let removed: i64 = redis::cmd("UNLINK").arg(key).query_async(&mut conn).await?;
+        // UNLINK frees large values off the main thread. Value and lease share a slot, so one
+        // command removes both: a load in flight can no longer fill.
+        let (removed, _lease): (i64, i64) = redis::pipe()
+            .atomic()
+            .cmd("UNLINK")
+            .arg(key)
+            .cmd("UNLINK")
+            .arg(lease_key(key))
+            .query_async(&mut conn)
+            .await?;
         Ok(removed > 0)
+    }
+
+    async fn try_lease(&self, key: &str, token: u64, ttl: Duration) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(lease_key(key))
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(px(ttl))
+            .query_async(&mut conn)
+            .await?;
+        Ok(taken.is_some())
+    }
+
+    async fn fill_leased(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        version: u64,
+        token: u64,
+        channel: &str,
+    ) -> Result<FillOutcome, StoreError> {
+        let mut conn = self.conn.clone();
+        let outcome: i64 = self
+            .fill_leased
+            .key(key)
+            .key(lease_key(key))
+            .arg(value.as_ref())
+            .arg(px(ttl))
+            .arg(version >> 32)
+            .arg(version & 0xFFFF_FFFF)
+            .arg(VERSION_OFFSET)
+            .arg(token)
+            .arg(channel)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match outcome {
+            1 => FillOutcome::Stored,
+            0 => FillOutcome::RefusedOlder,
+            _ => FillOutcome::LeaseLost,
+        })
+    }
+
+    async fn release_lease(&self, key: &str, token: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .release_lease
+            .key(lease_key(key))
+            .arg(token)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    fn subscribe(&self, channel: &str) -> Option<broadcast::Receiver<StoreEvent>> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (tx, rx) = broadcast::channel(4096);
+        runtime.spawn(keep_subscribed(
+            self.client.clone(),
+            channel.to_string(),
+            tx,
+        ));
+        Some(rx)
+    }
+}
+
+/// Holds a subscription to `channel` on a dedicated connection for as long as anyone listens:
+/// forwards messages, and after a disconnect resubscribes with backoff, announcing each
+/// (re)subscription so listeners know they may have missed messages.
+async fn keep_subscribed(
+    client: redis::Client,
+    channel: String,
+    tx: broadcast::Sender<StoreEvent>,
+) {
+    const IDLE_CHECK: Duration = Duration::from_secs(1);
+    let mut backoff = Duration::from_millis(50);
+    while tx.receiver_count() > 0 {
+        match tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub()).await {
+            Ok(Ok(mut pubsub)) => match pubsub.subscribe(&channel).await {
+                Ok(()) => {
+                    backoff = Duration::from_millis(50);
+                    let _ = tx.send(StoreEvent::Subscribed);
+                    let mut messages = pubsub.into_on_message();
+                    loop {
+                        tokio::select! {
+                            message = messages.next() => match message {
+                                Some(m) => {
+                                    let payload = Bytes::copy_from_slice(m.get_payload_bytes());
+                                    if tx.send(StoreEvent::Message(payload)).is_err() {
+                                        return;
+                                    }
+                                }
+                                None => break,
+                            },
+                            _ = tokio::time::sleep(IDLE_CHECK) => {
+                                if tx.receiver_count() == 0 {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    tracing::warn!(%channel, "redis subscription lost; resubscribing");
+                }
+                Err(e) => tracing::debug!(%channel, error = %e, "subscribe failed"),
+            },
+            Ok(Err(e)) => tracing::debug!(%channel, error = %e, "pub/sub connection failed"),
+            Err(_) => tracing::debug!(%channel, "pub/sub connection timed out"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
