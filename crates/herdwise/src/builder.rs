@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::flight::Flights;
 use crate::freshness::TtlPolicy;
 use crate::key::{CacheKey, KeySpace, DEFAULT_MAX_KEY_BYTES};
+use crate::lease::{FillWaiters, LeaseConfig};
 use crate::local::LocalTier;
 use crate::metrics::CacheMetrics;
 use crate::remote::Remote;
@@ -30,6 +31,10 @@ pub const DEFAULT_L1_MAX_BYTES: u64 = 64 << 20;
 pub const DEFAULT_L1_TTL_CAP: Duration = Duration::from_secs(60);
 /// Default largest encoded value.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 4 << 20;
+/// Default lifetime of a load lease.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
+/// Default re-check interval while waiting for another instance's fill.
+pub const DEFAULT_LEASE_POLL: Duration = Duration::from_millis(100);
 /// Default bound on keys with a load in flight.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
 
@@ -68,6 +73,7 @@ pub struct CacheBuilder<K: ?Sized, V> {
     max_value_bytes: usize,
     max_key_bytes: usize,
     max_in_flight: usize,
+    lease: Option<LeaseConfig>,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -92,6 +98,11 @@ where
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            lease: Some(LeaseConfig {
+                ttl: DEFAULT_LEASE_TTL,
+                wait: DEFAULT_LEASE_TTL,
+                poll: DEFAULT_LEASE_POLL,
+            }),
             _key: PhantomData,
         }
     }
@@ -192,6 +203,34 @@ where
         self
     }
 
+    /// Lifetime of the cross-instance load lease (default 5 s). It bounds how long a dead holder
+    /// blocks other instances, and it must exceed the slowest load: a load that outlives its
+    /// lease is returned to its callers but not cached.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        if let Some(lease) = self.lease.as_mut() {
+            lease.ttl = ttl;
+        }
+        self
+    }
+
+    /// How long an instance waits for another instance's fill before loading itself (default
+    /// 5 s), and how often it re-checks meanwhile in case the fill announcement was lost
+    /// (default 100 ms).
+    pub fn lease_wait(mut self, wait: Duration, poll: Duration) -> Self {
+        if let Some(lease) = self.lease.as_mut() {
+            lease.wait = wait;
+            lease.poll = poll;
+        }
+        self
+    }
+
+    /// Turns cross-instance leases off: every instance loads a missing key itself (still once
+    /// per process), and fills are not fenced against concurrent invalidations.
+    pub fn no_leases(mut self) -> Self {
+        self.lease = None;
+        self
+    }
+
     /// Validates the configuration and builds the cache.
     pub fn build(self) -> Result<Cache<K, V>> {
         if self.ttl.is_zero() {
@@ -213,6 +252,13 @@ where
                 "max_value_bytes must be within 1..=u32::MAX".into(),
             ));
         }
+        if let Some(lease) = self.lease {
+            if lease.ttl.is_zero() || lease.poll.is_zero() {
+                return Err(Error::Config(
+                    "lease ttl and poll interval must be positive".into(),
+                ));
+            }
+        }
         if self.max_in_flight == 0 {
             return Err(Error::Config("max_in_flight must be positive".into()));
         }
@@ -230,6 +276,7 @@ where
         let deadline = self
             .store_timeout
             .unwrap_or_else(|| store.default_timeout());
+        let fill_waiters = FillWaiters::new(store.clone(), &self.namespace);
         let remote = Remote::new(store, deadline, metrics.clone(), &self.namespace);
         Ok(Cache::from_inner(Inner {
             keys,
@@ -246,6 +293,8 @@ where
             compression: self.compression,
             max_value_bytes: self.max_value_bytes,
             metrics,
+            lease: self.lease,
+            fill_waiters,
         }))
     }
 }

@@ -21,10 +21,11 @@ use crate::error::{Error, Result};
 use crate::flight::{Flights, Join};
 use crate::freshness::{now_ms, TtlPolicy};
 use crate::key::{CacheKey, KeySpace};
+use crate::lease::{FillWaiters, HeldLease, LeaseConfig};
 use crate::local::LocalTier;
 use crate::metrics::CacheMetrics;
 use crate::remote::Remote;
-use crate::store::SetOutcome;
+use crate::store::{FillOutcome, SetOutcome};
 
 /// What one load hands to every coalesced caller.
 type LoadResult<V> = Result<Option<Arc<V>>>;
@@ -61,6 +62,39 @@ pub(crate) struct Inner<V> {
     pub compression: Compression,
     pub max_value_bytes: usize,
     pub metrics: CacheMetrics,
+    /// `None`: no cross-instance coordination (in-process single-flight only).
+    pub lease: Option<LeaseConfig>,
+    pub fill_waiters: Arc<FillWaiters>,
+}
+
+/// How a loaded value goes into L2.
+enum FillMode {
+    /// Through the fenced fill: written only while our lease holds.
+    Leased(HeldLease),
+    /// Version-checked write without a lease (leases off, L2 failing, or a waiter that gave up).
+    Unleased,
+}
+
+/// What trying to take a lease found.
+enum LeaseAttempt<V> {
+    /// Ours: load and fill.
+    Taken(HeldLease),
+    /// Someone filled the key just before: use that.
+    Filled(Option<Arc<V>>),
+    /// Another instance holds it.
+    Held,
+    /// L2 did not answer.
+    Failed,
+}
+
+/// How waiting for another instance's fill ended.
+enum Waited<V> {
+    /// The fill arrived (or another usable entry).
+    Value(Option<Arc<V>>),
+    /// The holder gave up its lease and we took it.
+    Lease(HeldLease),
+    /// Deadline passed, or L2 failed: load without a lease.
+    Unleased,
 }
 
 /// A typed, multi-tier, read-through cache.
@@ -322,26 +356,116 @@ where
         })
     }
 
-    /// The leader's work for one key: re-check L1, then L2, then load.
+    /// The leader's work for one key: re-check L1, then L2, then (under the cross-instance
+    /// lease when enabled) load.
     async fn lead<'k, F, Fut, E>(&self, stored_key: &str, key: &'k K, loader: F) -> LoadResult<V>
     where
         F: FnOnce(&'k K) -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
         E: std::error::Error + Send + Sync + 'static,
     {
+        let inner = &*self.inner;
         // A previous leader may have filled L1 between our miss and our election.
-        if let Some(entry) = self.inner.l1.get(stored_key) {
-            self.inner.metrics.l1_hits.increment(1);
+        if let Some(entry) = inner.l1.get(stored_key) {
+            inner.metrics.l1_hits.increment(1);
             return Ok(entry.value);
         }
         if let Some(found) = self.read_l2(stored_key).await {
             return Ok(found);
         }
-        self.inner.metrics.misses.increment(1);
-        self.load(stored_key, key, loader).await
+        inner.metrics.misses.increment(1);
+        let Some(lease) = inner.lease else {
+            return self.load(stored_key, key, loader, FillMode::Unleased).await;
+        };
+        let mode = match self.take_lease(stored_key, &lease).await {
+            LeaseAttempt::Taken(held) => {
+                inner.metrics.leases_acquired.increment(1);
+                FillMode::Leased(held)
+            }
+            LeaseAttempt::Filled(found) => return Ok(found),
+            LeaseAttempt::Held => {
+                inner.metrics.leases_held.increment(1);
+                match self.wait_for_fill(stored_key, &lease).await {
+                    Waited::Value(found) => return Ok(found),
+                    Waited::Lease(held) => {
+                        inner.metrics.lease_takeovers.increment(1);
+                        FillMode::Leased(held)
+                    }
+                    Waited::Unleased => FillMode::Unleased,
+                }
+            }
+            // L2 cannot coordinate (down, slow): load uncoordinated rather than fail.
+            LeaseAttempt::Failed => FillMode::Unleased,
+        };
+        self.load(stored_key, key, loader, mode).await
     }
 
-    async fn load<'k, F, Fut, E>(&self, stored_key: &str, key: &'k K, loader: F) -> LoadResult<V>
+    /// Tries to take the key's lease. Having taken it, re-reads L2: the previous holder may have
+    /// filled and released between our read and our lease, and loading again would be a second
+    /// origin call for the same expiry.
+    async fn take_lease(&self, stored_key: &str, lease: &LeaseConfig) -> LeaseAttempt<V> {
+        let remote = &self.inner.remote;
+        let token: u64 = rand::random();
+        match remote.try_lease(stored_key, token, lease.ttl).await {
+            Ok(true) => {
+                let held =
+                    HeldLease::new(remote.store().clone(), stored_key, token, remote.deadline());
+                match self.read_l2(stored_key).await {
+                    Some(found) => {
+                        self.release(FillMode::Leased(held)).await;
+                        LeaseAttempt::Filled(found)
+                    }
+                    None => LeaseAttempt::Taken(held),
+                }
+            }
+            Ok(false) => LeaseAttempt::Held,
+            Err(_) => LeaseAttempt::Failed,
+        }
+    }
+
+    /// Waits for the instance holding the lease to fill the key: woken by its announcement,
+    /// re-checking every poll interval, for at most the lease's wait deadline.
+    async fn wait_for_fill(&self, stored_key: &str, lease: &LeaseConfig) -> Waited<V> {
+        let registration = self.inner.fill_waiters.register(stored_key);
+        let deadline = tokio::time::Instant::now() + lease.wait;
+        loop {
+            // Armed before checking, so a fill between the check and the wait is not missed.
+            let notified = registration.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(found) = self.read_l2(stored_key).await {
+                return Waited::Value(found);
+            }
+            match self.take_lease(stored_key, lease).await {
+                LeaseAttempt::Taken(held) => return Waited::Lease(held),
+                LeaseAttempt::Filled(found) => return Waited::Value(found),
+                LeaseAttempt::Held => {}
+                LeaseAttempt::Failed => return Waited::Unleased,
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                self.inner.metrics.lease_wait_timeouts.increment(1);
+                tracing::debug!(
+                    key = stored_key,
+                    "gave up waiting for another instance's fill"
+                );
+                return Waited::Unleased;
+            }
+            let pause = lease.poll.min(deadline - now);
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    async fn load<'k, F, Fut, E>(
+        &self,
+        stored_key: &str,
+        key: &'k K,
+        loader: F,
+        mode: FillMode,
+    ) -> LoadResult<V>
     where
         F: FnOnce(&'k K) -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
@@ -356,57 +480,135 @@ where
             .catch_unwind()
             .await;
         let load_duration = started.elapsed();
-        match outcome {
+        let value = match outcome {
             Err(_panic) => {
                 metrics.load_panics.increment(1);
                 tracing::error!(key = stored_key, "loader panicked; nothing cached");
-                Err(Error::LoaderPanicked)
+                self.release(mode).await;
+                return Err(Error::LoaderPanicked);
             }
             Ok(Err(err)) => {
                 metrics.load_errors.increment(1);
                 tracing::debug!(key = stored_key, error = %err, "loader failed; nothing cached");
-                Err(Error::Loader(Arc::new(err)))
+                self.release(mode).await;
+                return Err(Error::Loader(Arc::new(err)));
             }
-            Ok(Ok(Some(value))) => {
-                let value = Arc::new(value);
-                self.fill(stored_key, Some(&value), load_duration).await;
-                Ok(Some(value))
-            }
-            Ok(Ok(None)) => {
-                if self.inner.ttl.negative_ttl.is_some() {
-                    self.fill(stored_key, None, load_duration).await;
-                    metrics.negative_stored.increment(1);
-                }
-                Ok(None)
-            }
+            Ok(Ok(value)) => value.map(Arc::new),
+        };
+        if value.is_none() && self.inner.ttl.negative_ttl.is_none() {
+            self.release(mode).await;
+            return Ok(None);
+        }
+        self.fill(stored_key, value.as_ref(), load_duration, mode)
+            .await;
+        if value.is_none() {
+            metrics.negative_stored.increment(1);
+        }
+        Ok(value)
+    }
+
+    /// Gives a lease back after a load that produced nothing to cache.
+    async fn release(&self, mode: FillMode) {
+        if let FillMode::Leased(held) = mode {
+            let _ = self
+                .inner
+                .remote
+                .release_lease(held.key(), held.token)
+                .await;
+            held.disarm();
         }
     }
 
     /// Caches what a loader produced. A value that cannot be cached is still returned to the
     /// callers; it is only counted and logged here.
-    async fn fill(&self, stored_key: &str, value: Option<&Arc<V>>, load_duration: Duration) {
+    async fn fill(
+        &self,
+        stored_key: &str,
+        value: Option<&Arc<V>>,
+        load_duration: Duration,
+        mode: FillMode,
+    ) {
+        let inner = &*self.inner;
         let ttl = match value {
-            Some(_) => self.inner.ttl.ttl,
-            None => match self.inner.ttl.negative_ttl {
+            Some(_) => inner.ttl.ttl,
+            None => match inner.ttl.negative_ttl {
                 Some(ttl) => ttl,
-                None => return,
+                None => return self.release(mode).await,
             },
         };
         let encoded = match self.encode_entry(value, ttl, 0, load_duration) {
             Ok(encoded) => encoded,
             Err(err) => {
                 match err {
-                    Error::ValueTooLarge { .. } => self.inner.metrics.too_large.increment(1),
-                    _ => self.inner.metrics.encode_failures.increment(1),
+                    Error::ValueTooLarge { .. } => inner.metrics.too_large.increment(1),
+                    _ => inner.metrics.encode_failures.increment(1),
                 }
                 tracing::warn!(key = stored_key, error = %err, "loaded value not cached");
-                return;
+                return self.release(mode).await;
             }
         };
-        // A fill carries no version: it never replaces a versioned entry.
-        let _ = self
-            .store_encoded(stored_key, value, encoded, WriteMode::IfNotOlder)
+        let held = match mode {
+            // A fill carries no version: it never replaces a versioned entry.
+            FillMode::Unleased => {
+                let _ = self
+                    .store_encoded(stored_key, value, encoded, WriteMode::IfNotOlder)
+                    .await;
+                return;
+            }
+            FillMode::Leased(held) => held,
+        };
+        let size = encoded.bytes.len();
+        let filled = inner
+            .remote
+            .fill_leased(
+                stored_key,
+                encoded.bytes,
+                encoded.ttl,
+                encoded.meta.version,
+                held.token,
+                inner.fill_waiters.channel(),
+            )
             .await;
+        match filled {
+            Ok(FillOutcome::Stored) => {
+                held.disarm();
+                let l1_ttl = inner.ttl.l1_ttl(&encoded.meta, encoded.now);
+                inner.l1.insert(
+                    stored_key,
+                    value.cloned(),
+                    encoded.meta.version,
+                    size,
+                    l1_ttl,
+                );
+            }
+            Ok(FillOutcome::RefusedOlder) => {
+                held.disarm();
+                inner.metrics.fills_refused_older.increment(1);
+                inner.l1.remove(stored_key);
+            }
+            Ok(FillOutcome::LeaseLost) => {
+                // The key was written or invalidated while we loaded: what we loaded may be
+                // older than the origin now. Callers get it; no tier keeps it.
+                held.disarm();
+                inner.metrics.fills_refused_lease_lost.increment(1);
+                tracing::debug!(
+                    key = stored_key,
+                    "fill refused: lease voided during the load"
+                );
+            }
+            Err(_) => {
+                // L2 is failing: keep the value in this process only; the lease (if it still
+                // exists) is released in the background or expires.
+                let l1_ttl = inner.ttl.l1_ttl(&encoded.meta, encoded.now);
+                inner.l1.insert(
+                    stored_key,
+                    value.cloned(),
+                    encoded.meta.version,
+                    size,
+                    l1_ttl,
+                );
+            }
+        }
     }
 
     async fn write(

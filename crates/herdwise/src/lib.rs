@@ -37,8 +37,8 @@
 //! - [`codec`]: payload formats (postcard by default, JSON).
 //! - [`store`]: the L2 trait and its implementations ([`MemoryStore`], [`RedisStore`]).
 //! - [`metrics`]: the name of every metric.
-//! - internal: `local` (L1), `flight` (single-flight), `remote` (deadlines and failure
-//!   accounting around the store), `freshness` (TTL policy), `cache` and `builder` (composition).
+//! - internal: `local` (L1), `flight` (single-flight), `lease` (cross-instance load leases and
+//!   fill notifications), `remote` (deadlines and failure accounting around the store), `freshness` (TTL policy), `cache` and `builder` (composition).
 
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
@@ -52,14 +52,16 @@ mod error;
 mod flight;
 mod freshness;
 pub mod key;
+mod lease;
 mod local;
 pub mod metrics;
 mod remote;
 pub mod store;
 
 pub use builder::{
-    CacheBuilder, DEFAULT_L1_MAX_BYTES, DEFAULT_L1_TTL_CAP, DEFAULT_MAX_IN_FLIGHT,
-    DEFAULT_MAX_VALUE_BYTES, DEFAULT_NEGATIVE_TTL, DEFAULT_TTL, DEFAULT_TTL_JITTER,
+    CacheBuilder, DEFAULT_L1_MAX_BYTES, DEFAULT_L1_TTL_CAP, DEFAULT_LEASE_POLL, DEFAULT_LEASE_TTL,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_VALUE_BYTES, DEFAULT_NEGATIVE_TTL, DEFAULT_TTL,
+    DEFAULT_TTL_JITTER,
 };
 pub use cache::{Cache, WriteOutcome};
 pub use codec::{Codec, CodecError, Json, Postcard};

@@ -15,6 +15,9 @@
 //! | `herdwise_store_errors_total` | counter | `op`, `kind` = `error`/`timeout` | failed remote-store calls |
 //! | `herdwise_corrupt_entries_total` | counter | | stored bytes that failed to decode (deleted, treated as misses) |
 //! | `herdwise_uncacheable_values_total` | counter | `reason` = `too_large`/`encode` | loaded values returned but not cached |
+//! | `herdwise_leases_total` | counter | `outcome` = `acquired`/`held`/`takeover` | lease attempts after an L2 miss (`held`: another instance loads; `takeover`: a waiter took a lease its holder gave up) |
+//! | `herdwise_lease_wait_timeouts_total` | counter | | waiters that gave up on another instance's fill and loaded themselves |
+//! | `herdwise_fills_refused_total` | counter | `reason` = `lease_lost`/`older` | fills not written: the lease was voided by a write/invalidation (or expired), or L2 holds a newer version |
 //! | `herdwise_l1_evictions_total` | counter | | L1 entries evicted for space |
 //! | `herdwise_l1_bytes` | gauge | | L1 weight in bytes |
 
@@ -40,6 +43,12 @@ pub const STORE_ERRORS: &str = "herdwise_store_errors_total";
 pub const CORRUPT_ENTRIES: &str = "herdwise_corrupt_entries_total";
 /// Loaded values that were returned but could not be cached.
 pub const UNCACHEABLE_VALUES: &str = "herdwise_uncacheable_values_total";
+/// Lease attempts after an L2 miss.
+pub const LEASES: &str = "herdwise_leases_total";
+/// Waiters that stopped waiting for another instance's fill.
+pub const LEASE_WAIT_TIMEOUTS: &str = "herdwise_lease_wait_timeouts_total";
+/// Fills that were not written.
+pub const FILLS_REFUSED: &str = "herdwise_fills_refused_total";
 /// L1 evictions.
 pub const L1_EVICTIONS: &str = "herdwise_l1_evictions_total";
 /// L1 weight in bytes.
@@ -51,6 +60,7 @@ pub(crate) enum StoreOp {
     Get,
     Set,
     Delete,
+    Lease,
 }
 
 /// How a remote-store call failed, as a metric label.
@@ -75,10 +85,16 @@ pub(crate) struct CacheMetrics {
     pub corrupt_entries: Counter,
     pub too_large: Counter,
     pub encode_failures: Counter,
+    pub leases_acquired: Counter,
+    pub leases_held: Counter,
+    pub lease_takeovers: Counter,
+    pub lease_wait_timeouts: Counter,
+    pub fills_refused_lease_lost: Counter,
+    pub fills_refused_older: Counter,
     pub l1_evictions: Counter,
     pub l1_bytes: Gauge,
     /// `[op][kind]`, see [`StoreOp`] and [`FailureKind`].
-    store_errors: [[Counter; 2]; 3],
+    store_errors: [[Counter; 2]; 4],
 }
 
 impl CacheMetrics {
@@ -98,12 +114,19 @@ impl CacheMetrics {
             corrupt_entries: counter!(CORRUPT_ENTRIES, "namespace" => ns.clone()),
             too_large: counter!(UNCACHEABLE_VALUES, "namespace" => ns.clone(), "reason" => "too_large"),
             encode_failures: counter!(UNCACHEABLE_VALUES, "namespace" => ns.clone(), "reason" => "encode"),
+            leases_acquired: counter!(LEASES, "namespace" => ns.clone(), "outcome" => "acquired"),
+            leases_held: counter!(LEASES, "namespace" => ns.clone(), "outcome" => "held"),
+            lease_takeovers: counter!(LEASES, "namespace" => ns.clone(), "outcome" => "takeover"),
+            lease_wait_timeouts: counter!(LEASE_WAIT_TIMEOUTS, "namespace" => ns.clone()),
+            fills_refused_lease_lost: counter!(FILLS_REFUSED, "namespace" => ns.clone(), "reason" => "lease_lost"),
+            fills_refused_older: counter!(FILLS_REFUSED, "namespace" => ns.clone(), "reason" => "older"),
             l1_evictions: counter!(L1_EVICTIONS, "namespace" => ns.clone()),
             l1_bytes: gauge!(L1_BYTES, "namespace" => ns.clone()),
             store_errors: [
                 [store("get", "error"), store("get", "timeout")],
                 [store("set", "error"), store("set", "timeout")],
                 [store("delete", "error"), store("delete", "timeout")],
+                [store("lease", "error"), store("lease", "timeout")],
             ],
         }
     }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use crate::freshness::now_ms;
 use crate::metrics::{CacheMetrics, FailureKind, StoreOp};
-use crate::store::{SetOutcome, Store, StoreError};
+use crate::store::{FillOutcome, SetOutcome, Store, StoreError};
 
 pub(crate) struct Remote {
     store: Arc<dyn Store>,
@@ -66,6 +66,42 @@ impl Remote {
     ) -> Result<SetOutcome, StoreError> {
         let fut = self.store.set_if_not_older(key, value, ttl, version);
         self.call(StoreOp::Set, key, fut).await
+    }
+
+    pub async fn try_lease(
+        &self,
+        key: &str,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.call(StoreOp::Lease, key, self.store.try_lease(key, token, ttl))
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn fill_leased(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        version: u64,
+        token: u64,
+        channel: &str,
+    ) -> Result<FillOutcome, StoreError> {
+        let fut = self
+            .store
+            .fill_leased(key, value, ttl, version, token, channel);
+        self.call(StoreOp::Set, key, fut).await
+    }
+
+    pub async fn release_lease(&self, key: &str, token: u64) -> Result<(), StoreError> {
+        self.call(StoreOp::Lease, key, self.store.release_lease(key, token))
+            .await
+    }
+
+    /// The deadline applied to each call.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
     }
 
     pub async fn delete(&self, key: &str) -> Result<bool, StoreError> {

@@ -45,8 +45,15 @@ impl Calls {
 #[error("origin failed: {0}")]
 pub struct OriginError(pub String);
 
+/// A private metrics recorder's counters. The debugging snapshot drains counters (delta
+/// semantics), so totals are accumulated here across snapshots.
+pub struct Metrics {
+    snapshotter: Snapshotter,
+    totals: std::sync::Mutex<std::collections::HashMap<metrics_util::CompositeKey, u64>>,
+}
+
 /// Builds a cache whose metrics go to a private recorder, returning both.
-pub fn with_metrics<K, V>(build: impl FnOnce() -> CacheBuilder<K, V>) -> (Cache<K, V>, Snapshotter)
+pub fn with_metrics<K, V>(build: impl FnOnce() -> CacheBuilder<K, V>) -> (Cache<K, V>, Metrics)
 where
     K: herdwise::CacheKey + ?Sized,
     V: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
@@ -54,26 +61,31 @@ where
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let cache = metrics::with_local_recorder(&recorder, || build().build().unwrap());
-    (cache, snapshotter)
+    let metrics = Metrics {
+        snapshotter,
+        totals: Default::default(),
+    };
+    (cache, metrics)
 }
 
-/// The value of counter `name` whose labels include all of `labels`.
-pub fn counter(snapshotter: &Snapshotter, name: &str, labels: &[(&str, &str)]) -> u64 {
-    snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(key, _, _, _)| {
+/// The total of counter `name` over the series whose labels include all of `labels`.
+pub fn counter(metrics: &Metrics, name: &str, labels: &[(&str, &str)]) -> u64 {
+    let mut totals = metrics.totals.lock().unwrap();
+    for (key, _, _, value) in metrics.snapshotter.snapshot().into_vec() {
+        if let DebugValue::Counter(n) = value {
+            *totals.entry(key).or_insert(0) += n;
+        }
+    }
+    totals
+        .iter()
+        .filter(|(key, _)| {
             let key = key.key();
             key.name() == name
                 && labels
                     .iter()
                     .all(|(k, v)| key.labels().any(|l| l.key() == *k && l.value() == *v))
         })
-        .map(|(_, _, _, value)| match value {
-            DebugValue::Counter(n) => n,
-            _ => 0,
-        })
+        .map(|(_, n)| *n)
         .sum()
 }
 

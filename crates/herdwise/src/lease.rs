@@ -1,0 +1,198 @@
+//! Cross-instance load leases, as the cache uses them.
+//!
+//! On an L2 miss, the in-process leader tries to take the key's lease in L2. Whoever holds it
+//! loads from the origin and fills through the *fenced* fill, which succeeds only while the
+//! lease is still theirs: any write or invalidation of the key meanwhile voids the lease, so a
+//! slow load can never put an older value over a newer origin state (the cache-aside race).
+//! Instances that find the lease taken wait for the fill: woken by the fill's announcement on
+//! the namespace's channel, re-checking at a poll interval in case a message is lost, and giving
+//! up after a deadline to load themselves (counted). So a stuck or dead holder costs extra origin
+//! load, never an outage; a dead holder's lease expires after its TTL anyway.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{broadcast, Notify};
+
+use crate::store::{Store, StoreEvent};
+
+/// Lease settings of a cache.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LeaseConfig {
+    /// How long a lease lives unless released: bounds how long a dead holder blocks others.
+    /// A load slower than this loses its lease and is not cached.
+    pub ttl: Duration,
+    /// How long a waiter waits for another instance's fill before loading itself.
+    pub wait: Duration,
+    /// Re-check interval while waiting (the fallback when a fill announcement is lost).
+    pub poll: Duration,
+}
+
+/// The wake-up of one key's waiters, and how many are registered.
+type Waiting = (Arc<Notify>, usize);
+
+/// Instances waiting for fills, by stored key, woken by the store's fill announcements.
+pub(crate) struct FillWaiters {
+    store: Arc<dyn Store>,
+    channel: String,
+    waiting: Mutex<HashMap<Box<str>, Waiting>>,
+    subscribed: Mutex<bool>,
+}
+
+impl FillWaiters {
+    pub fn new(store: Arc<dyn Store>, namespace: &str) -> Arc<Self> {
+        Arc::new(FillWaiters {
+            store,
+            channel: fill_channel(namespace),
+            waiting: Mutex::new(HashMap::new()),
+            subscribed: Mutex::new(false),
+        })
+    }
+
+    /// The channel fills of this namespace are announced on.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// Registers interest in `key`'s fill. Subscribes on first use (inside the runtime).
+    pub fn register(self: &Arc<Self>, key: &str) -> Registration {
+        self.ensure_subscribed();
+        let notify = {
+            let mut waiting = self.waiting.lock();
+            let entry = waiting
+                .entry(key.into())
+                .or_insert_with(|| (Arc::new(Notify::new()), 0));
+            entry.1 += 1;
+            entry.0.clone()
+        };
+        Registration {
+            waiters: self.clone(),
+            key: key.into(),
+            notify,
+        }
+    }
+
+    fn ensure_subscribed(self: &Arc<Self>) {
+        let mut subscribed = self.subscribed.lock();
+        if *subscribed {
+            return;
+        }
+        if let Some(events) = self.store.subscribe(&self.channel) {
+            *subscribed = true;
+            tokio::spawn(listen(Arc::downgrade(self), events));
+        }
+    }
+
+    fn wake(&self, key: &str) {
+        if let Some((notify, _)) = self.waiting.lock().get(key) {
+            notify.notify_waiters();
+        }
+    }
+}
+
+/// Forwards fill announcements to the waiters, until the cache is gone.
+async fn listen(waiters: Weak<FillWaiters>, mut events: broadcast::Receiver<StoreEvent>) {
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                if waiters.strong_count() == 0 {
+                    return;
+                }
+                continue;
+            }
+        };
+        let Some(waiters) = waiters.upgrade() else {
+            return;
+        };
+        match event {
+            Ok(StoreEvent::Message(key)) => {
+                if let Ok(key) = std::str::from_utf8(&key) {
+                    waiters.wake(key);
+                }
+            }
+            // Missed announcements only delay waiters until their next poll.
+            Ok(StoreEvent::Subscribed) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// One caller's interest in one key's fill; unregisters on drop.
+pub(crate) struct Registration {
+    waiters: Arc<FillWaiters>,
+    key: Box<str>,
+    pub notify: Arc<Notify>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut waiting = self.waiters.waiting.lock();
+        if let Some(entry) = waiting.get_mut(&*self.key) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                waiting.remove(&*self.key);
+            }
+        }
+    }
+}
+
+/// A lease this instance holds. Dropped without [`HeldLease::disarm`] (the holder was
+/// cancelled or panicked), it releases the lease in the background so waiters need not sit out
+/// its TTL.
+pub(crate) struct HeldLease {
+    store: Arc<dyn Store>,
+    key: String,
+    pub token: u64,
+    deadline: Duration,
+    armed: bool,
+}
+
+impl HeldLease {
+    pub fn new(store: Arc<dyn Store>, key: &str, token: u64, deadline: Duration) -> Self {
+        HeldLease {
+            store,
+            key: key.to_string(),
+            token,
+            deadline,
+            armed: true,
+        }
+    }
+
+    /// The fill (or an explicit release) took care of the lease.
+    pub fn disarm(mut self) {
+        self.armed = false;
+    }
+
+    /// The stored key the lease is on.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // the lease's TTL frees it
+        };
+        let (store, key, token, deadline) = (
+            self.store.clone(),
+            std::mem::take(&mut self.key),
+            self.token,
+            self.deadline,
+        );
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(deadline, store.release_lease(&key, token)).await;
+        });
+    }
+}
+
+/// The channel a namespace's fills are announced on.
+pub(crate) fn fill_channel(namespace: &str) -> String {
+    format!("herdwise:fills:{namespace}")
+}
