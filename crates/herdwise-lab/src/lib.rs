@@ -149,6 +149,12 @@ pub async fn measure(
             max_us,
         })
         .collect();
+    let mut extra = std::collections::BTreeMap::new();
+    // Reads of a millisecond or more waited for a load (L1/L2 hits take microseconds).
+    if let (Some(p99), slow) = recording.quantile_of_slow(1_000, 0.99) {
+        extra.insert("waiting_reads".into(), slow as f64);
+        extra.insert("waiting_reads_p99_ms".into(), p99 as f64 / 1000.0);
+    }
     StrategyResult {
         name: fleet.name.clone(),
         reads: recording.reads(),
@@ -159,7 +165,7 @@ pub async fn measure(
         origin_rejected: Some(origin.rejected() - rejected_before),
         origin_peak_in_flight: Some(origin.peak_in_flight()),
         tiers: Some(fleet.counts()),
-        extra: Default::default(),
+        extra,
         timeline,
     }
 }

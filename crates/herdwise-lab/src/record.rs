@@ -107,6 +107,27 @@ impl Recorder {
         summarize(&self.latency)
     }
 
+    /// The `q` quantile (µs) of the reads that took at least `at_least_us`, and how many did:
+    /// e.g. the latency of the callers that had to wait for a load.
+    pub fn quantile_of_slow(&self, at_least_us: u64, q: f64) -> (Option<u64>, u64) {
+        let slow: Vec<(u64, u64)> = self
+            .latency
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .filter(|(value, _)| *value >= at_least_us)
+            .collect();
+        let total: u64 = slow.iter().map(|(_, n)| n).sum();
+        let rank = (q * total as f64).ceil() as u64;
+        let mut seen = 0;
+        for (value, n) in &slow {
+            seen += n;
+            if seen >= rank.max(1) {
+                return (Some(*value), total);
+            }
+        }
+        (None, total)
+    }
+
     /// `(reads, errors, p99 µs, max µs)` for each second.
     pub fn per_second(&self) -> Vec<(u64, u64, u64, u64)> {
         self.seconds
@@ -151,5 +172,8 @@ mod tests {
         assert!((99..=101).contains(&l.p50));
         assert!(l.max >= 49_000);
         assert_eq!(a.per_second()[0].0, 100);
+        let (p99_slow, slow) = a.quantile_of_slow(1_000, 0.99);
+        assert_eq!(slow, 1);
+        assert!(p99_slow.unwrap() >= 49_000);
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod hit_path;
 pub mod hot_key_expiry;
+pub mod invalidation_race;
 pub mod l2_throughput;
 pub mod redis_outage;
 pub mod zipf;
@@ -13,11 +14,12 @@ use crate::report::{ScenarioResult, StrategyResult};
 use crate::{LabError, Settings};
 
 /// Every scenario, in the order `all` runs them.
-pub const ALL: [&str; 5] = [
+pub const ALL: [&str; 6] = [
     "hit-path",
     "l2-throughput",
     "zipf",
     "hot-key-expiry",
+    "invalidation-race",
     "redis-outage",
 ];
 
@@ -28,6 +30,7 @@ pub async fn run(name: &str, settings: &Settings) -> Result<ScenarioResult, LabE
         "l2-throughput" => l2_throughput::run(settings).await,
         "zipf" => zipf::run(settings).await,
         "hot-key-expiry" => hot_key_expiry::run(settings).await,
+        "invalidation-race" => invalidation_race::run(settings).await,
         "redis-outage" => redis_outage::run(settings).await,
         other => Err(LabError::Usage(format!(
             "unknown scenario {other:?}; one of {} or all",
