@@ -18,6 +18,7 @@ fn meta() -> Meta {
         version: 4,
         load_duration: Duration::from_micros(5),
         negative: false,
+        stale_copy: false,
         codec_id: 1,
     }
 }

@@ -31,6 +31,10 @@ pub const DEFAULT_L1_MAX_BYTES: u64 = 64 << 20;
 pub const DEFAULT_L1_TTL_CAP: Duration = Duration::from_secs(60);
 /// Default largest encoded value.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 4 << 20;
+/// Default window past an entry's fresh time in which it is served if the origin fails.
+pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(300);
+/// Default pace at which a failing origin is retried while stale values are served.
+pub const DEFAULT_FAIL_SAFE_THROTTLE: Duration = Duration::from_secs(10);
 /// Default lifetime of a load lease.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 /// Default re-check interval while waiting for another instance's fill.
@@ -74,6 +78,10 @@ pub struct CacheBuilder<K: ?Sized, V> {
     max_key_bytes: usize,
     max_in_flight: usize,
     lease: Option<LeaseConfig>,
+    stale_while_revalidate: Duration,
+    stale_if_error: Duration,
+    fail_safe_throttle: Duration,
+    hard_timeout: Option<Duration>,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -103,6 +111,10 @@ where
                 wait: DEFAULT_LEASE_TTL,
                 poll: DEFAULT_LEASE_POLL,
             }),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: DEFAULT_STALE_IF_ERROR,
+            fail_safe_throttle: DEFAULT_FAIL_SAFE_THROTTLE,
+            hard_timeout: None,
             _key: PhantomData,
         }
     }
@@ -231,6 +243,35 @@ where
         self
     }
 
+    /// Stale-while-revalidate window (default 0: off). Past its fresh time, an entry that another
+    /// instance is already refreshing is served at once, flagged stale, for this long.
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.stale_while_revalidate = window;
+        self
+    }
+
+    /// Stale-if-error ("fail-safe") window (default 5 min; 0 turns it off). If the loader fails
+    /// or times out, an entry up to this far past its fresh time is served, flagged stale,
+    /// instead of the error. Entries are kept in L2 for this long past their TTL.
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = window;
+        self
+    }
+
+    /// After serving stale because the origin failed, the stale value counts as fresh again for
+    /// this long (default 10 s), so a failing origin is retried at that pace, not on every read.
+    pub fn fail_safe_throttle(mut self, throttle: Duration) -> Self {
+        self.fail_safe_throttle = throttle;
+        self
+    }
+
+    /// Gives up on a loader call after this long (default: no limit). A timed-out load is
+    /// [`Error::LoaderTimeout`], or the stale value within the stale-if-error window.
+    pub fn loader_timeout(mut self, timeout: Duration) -> Self {
+        self.hard_timeout = Some(timeout);
+        self
+    }
+
     /// Validates the configuration and builds the cache.
     pub fn build(self) -> Result<Cache<K, V>> {
         if self.ttl.is_zero() {
@@ -258,6 +299,12 @@ where
                     "lease ttl and poll interval must be positive".into(),
                 ));
             }
+        }
+        if self.fail_safe_throttle.is_zero() && !self.stale_if_error.is_zero() {
+            return Err(Error::Config("fail_safe_throttle must be positive".into()));
+        }
+        if self.hard_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::Config("loader_timeout must be positive".into()));
         }
         if self.max_in_flight == 0 {
             return Err(Error::Config("max_in_flight must be positive".into()));
@@ -289,12 +336,16 @@ where
                 jitter: self.ttl_jitter,
                 negative_ttl: self.negative_ttl,
                 l1_cap: self.l1_ttl_cap,
+                stale_while_revalidate: self.stale_while_revalidate,
+                stale_if_error: self.stale_if_error,
+                fail_safe_throttle: self.fail_safe_throttle,
             },
             compression: self.compression,
             max_value_bytes: self.max_value_bytes,
             metrics,
             lease: self.lease,
             fill_waiters,
+            hard_timeout: self.hard_timeout,
         }))
     }
 }

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | 0 | 2 | magic `HW` |
 //! | 2 | 1 | format version (1) |
-//! | 3 | 1 | flags: bit 0 negative entry, bit 1 compressed (lz4) |
+//! | 3 | 1 | flags: bit 0 negative entry, bit 1 compressed (lz4), bit 2 stale copy (re-stored by fail-safe while the origin fails) |
 //! | 4 | 1 | codec id |
 //! | 5 | 3 | reserved, zero |
 //! | 8 | 8 | created at, unix ms |
@@ -32,6 +32,7 @@ const MAGIC: [u8; 2] = *b"HW";
 const FORMAT_VERSION: u8 = 1;
 const FLAG_NEGATIVE: u8 = 1;
 const FLAG_COMPRESSED: u8 = 2;
+const FLAG_STALE_COPY: u8 = 4;
 
 /// Metadata stored with every entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +49,8 @@ pub struct Meta {
     pub load_duration: Duration,
     /// `true` for a negative entry ("does not exist at the origin").
     pub negative: bool,
+    /// `true` for a stale value re-stored because the origin failed (served flagged as stale).
+    pub stale_copy: bool,
     /// The id of the codec that wrote the payload.
     pub codec_id: u8,
 }
@@ -127,6 +130,9 @@ pub fn encode(meta: &Meta, payload: &[u8], compression: Compression) -> Vec<u8> 
     if compressed.is_some() {
         flags |= FLAG_COMPRESSED;
     }
+    if meta.stale_copy {
+        flags |= FLAG_STALE_COPY;
+    }
     out.push(flags);
     out.push(meta.codec_id);
     out.extend_from_slice(&[0, 0, 0]);
@@ -163,7 +169,8 @@ pub fn decode_meta(bytes: &[u8]) -> Result<Meta, EnvelopeError> {
         return Err(EnvelopeError::UnsupportedFormat(bytes[2]));
     }
     let flags = bytes[3];
-    if flags & !(FLAG_NEGATIVE | FLAG_COMPRESSED) != 0 || bytes[5..8] != [0, 0, 0] {
+    if flags & !(FLAG_NEGATIVE | FLAG_COMPRESSED | FLAG_STALE_COPY) != 0 || bytes[5..8] != [0, 0, 0]
+    {
         return Err(EnvelopeError::Inconsistent);
     }
     let meta = Meta {
@@ -173,6 +180,7 @@ pub fn decode_meta(bytes: &[u8]) -> Result<Meta, EnvelopeError> {
         version: be_u64(bytes, VERSION_OFFSET),
         load_duration: Duration::from_micros(u64::from(be_u32(bytes, 40))),
         negative: flags & FLAG_NEGATIVE != 0,
+        stale_copy: flags & FLAG_STALE_COPY != 0,
         codec_id: bytes[4],
     };
     if meta.stale_until_ms < meta.fresh_until_ms || meta.fresh_until_ms < meta.created_at_ms {
@@ -250,6 +258,7 @@ mod tests {
             version: 0x0102_0304_0506_0708,
             load_duration: Duration::from_micros(1234),
             negative: false,
+            stale_copy: false,
             codec_id: 1,
         }
     }

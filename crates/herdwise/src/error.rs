@@ -47,6 +47,10 @@ pub enum Error {
     #[error("loader failed: {0}")]
     Loader(Arc<dyn std::error::Error + Send + Sync + 'static>),
 
+    /// The loader did not finish within its hard timeout. Nothing was cached.
+    #[error("loader timed out after {0:?}")]
+    LoaderTimeout(std::time::Duration),
+
     /// The loader panicked. Nothing was cached; coalesced callers got this error too.
     #[error("loader panicked")]
     LoaderPanicked,

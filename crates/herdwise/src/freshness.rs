@@ -28,6 +28,39 @@ pub(crate) struct TtlPolicy {
     /// L1 entries live at most this long, whatever the L2 TTL (events can be lost; this bounds
     /// how long a lost invalidation can be served from memory).
     pub l1_cap: Duration,
+    /// Past its fresh time, an entry is still served at once while another caller refreshes
+    /// it (stale-while-revalidate) for this long.
+    pub stale_while_revalidate: Duration,
+    /// Past its fresh time, an entry is still served if the load fails or times out
+    /// (stale-if-error, "fail-safe") for this long.
+    pub stale_if_error: Duration,
+    /// After serving stale because the origin failed, the stale value counts as fresh again for
+    /// this long, so a failing origin is retried at this pace instead of on every read.
+    pub fail_safe_throttle: Duration,
+}
+
+/// Where an entry stands at a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Freshness {
+    /// Serve it.
+    Fresh,
+    /// Past its fresh time by this many ms, but not past its stale time.
+    Stale(u64),
+    /// Past its stale time: as good as absent.
+    Expired,
+}
+
+impl Freshness {
+    /// `meta` at `now_ms`.
+    pub fn of(fresh_until_ms: u64, stale_until_ms: u64, now_ms: u64) -> Self {
+        if now_ms < fresh_until_ms {
+            Freshness::Fresh
+        } else if now_ms < stale_until_ms {
+            Freshness::Stale(now_ms - fresh_until_ms)
+        } else {
+            Freshness::Expired
+        }
+    }
 }
 
 impl TtlPolicy {
@@ -37,6 +70,11 @@ impl TtlPolicy {
             return base;
         }
         base + base.mul_f64(rand::random::<f64>() * self.jitter)
+    }
+
+    /// How long entries are kept past their fresh time (the larger stale window).
+    pub fn stale_window(&self) -> Duration {
+        self.stale_while_revalidate.max(self.stale_if_error)
     }
 
     /// Metadata for an entry written now with the given (already jittered) TTL.
@@ -50,22 +88,36 @@ impl TtlPolicy {
         codec_id: u8,
     ) -> Meta {
         let fresh_until_ms = now_ms.saturating_add(ttl.as_millis() as u64);
+        let stale_window = if negative {
+            // "Does not exist" is not worth serving past its (short) TTL.
+            Duration::ZERO
+        } else {
+            self.stale_window()
+        };
         Meta {
             created_at_ms: now_ms,
             fresh_until_ms,
-            // No stale window yet: an entry is served until it is no longer fresh.
-            stale_until_ms: fresh_until_ms,
+            stale_until_ms: fresh_until_ms.saturating_add(stale_window.as_millis() as u64),
             version,
             load_duration,
             negative,
+            stale_copy: false,
             codec_id,
         }
     }
 
-    /// How long an entry with `meta` may live in L1, from `now_ms`.
-    pub fn l1_ttl(&self, meta: &Meta, now_ms: u64) -> Duration {
-        let remaining = Duration::from_millis(meta.fresh_until_ms.saturating_sub(now_ms));
-        remaining.min(self.l1_cap)
+    /// How long an entry with `meta` may live in L1 from `now_ms` (to its stale time, capped),
+    /// and how long of that it is fresh.
+    pub fn l1_lifetimes(&self, meta: &Meta, now_ms: u64) -> (Duration, Duration) {
+        let live =
+            Duration::from_millis(meta.stale_until_ms.saturating_sub(now_ms)).min(self.l1_cap);
+        let fresh = Duration::from_millis(meta.fresh_until_ms.saturating_sub(now_ms)).min(live);
+        (live, fresh)
+    }
+
+    /// The L2 lifetime of an entry written with a fresh `ttl`: its stale window included.
+    pub fn l2_ttl(&self, meta: &Meta) -> Duration {
+        Duration::from_millis(meta.stale_until_ms.saturating_sub(meta.created_at_ms))
     }
 }
 
@@ -79,6 +131,9 @@ mod tests {
             jitter,
             negative_ttl: Some(Duration::from_secs(5)),
             l1_cap: Duration::from_secs(60),
+            stale_while_revalidate: Duration::from_secs(10),
+            stale_if_error: Duration::from_secs(30),
+            fail_safe_throttle: Duration::from_secs(5),
         }
     }
 
@@ -95,11 +150,34 @@ mod tests {
     }
 
     #[test]
-    fn l1_ttl_is_capped() {
+    fn l1_lifetimes_are_capped_and_include_the_stale_window() {
         let p = policy(0.0);
         let m = p.meta(1_000, Duration::from_secs(100), Duration::ZERO, 0, false, 1);
-        assert_eq!(p.l1_ttl(&m, 1_000), Duration::from_secs(60));
-        assert_eq!(p.l1_ttl(&m, 91_000), Duration::from_secs(10));
-        assert_eq!(p.l1_ttl(&m, 200_000), Duration::ZERO);
+        assert_eq!(
+            m.stale_until_ms, 131_000,
+            "the larger stale window (30 s) is kept"
+        );
+        assert_eq!(p.l2_ttl(&m), Duration::from_secs(130));
+        assert_eq!(
+            p.l1_lifetimes(&m, 1_000),
+            (Duration::from_secs(60), Duration::from_secs(60))
+        );
+        assert_eq!(
+            p.l1_lifetimes(&m, 91_000),
+            (Duration::from_secs(40), Duration::from_secs(10))
+        );
+        assert_eq!(
+            p.l1_lifetimes(&m, 200_000),
+            (Duration::ZERO, Duration::ZERO)
+        );
+        let negative = p.meta(1_000, Duration::from_secs(5), Duration::ZERO, 0, true, 1);
+        assert_eq!(negative.stale_until_ms, negative.fresh_until_ms);
+    }
+
+    #[test]
+    fn freshness_classifies_by_the_two_deadlines() {
+        assert_eq!(Freshness::of(10, 20, 5), Freshness::Fresh);
+        assert_eq!(Freshness::of(10, 20, 13), Freshness::Stale(3));
+        assert_eq!(Freshness::of(10, 20, 20), Freshness::Expired);
     }
 }

@@ -38,7 +38,8 @@
 //! - [`store`]: the L2 trait and its implementations ([`MemoryStore`], [`RedisStore`]).
 //! - [`metrics`]: the name of every metric.
 //! - internal: `local` (L1), `flight` (single-flight), `lease` (cross-instance load leases and
-//!   fill notifications), `remote` (deadlines and failure accounting around the store), `freshness` (TTL policy), `cache` and `builder` (composition).
+//!   fill notifications), `read_through` (the read path and its failure decisions), `tiers`
+//!   (entries in and out of L1/L2), `remote` (deadlines and failure accounting around the store), `freshness` (TTL policy), `cache` and `builder` (composition).
 
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
@@ -55,17 +56,20 @@ pub mod key;
 mod lease;
 mod local;
 pub mod metrics;
+mod read_through;
 mod remote;
 pub mod store;
+mod tiers;
 
 pub use builder::{
-    CacheBuilder, DEFAULT_L1_MAX_BYTES, DEFAULT_L1_TTL_CAP, DEFAULT_LEASE_POLL, DEFAULT_LEASE_TTL,
-    DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_VALUE_BYTES, DEFAULT_NEGATIVE_TTL, DEFAULT_TTL,
-    DEFAULT_TTL_JITTER,
+    CacheBuilder, DEFAULT_FAIL_SAFE_THROTTLE, DEFAULT_L1_MAX_BYTES, DEFAULT_L1_TTL_CAP,
+    DEFAULT_LEASE_POLL, DEFAULT_LEASE_TTL, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_VALUE_BYTES,
+    DEFAULT_NEGATIVE_TTL, DEFAULT_STALE_IF_ERROR, DEFAULT_TTL, DEFAULT_TTL_JITTER,
 };
 pub use cache::{Cache, WriteOutcome};
 pub use codec::{Codec, CodecError, Json, Postcard};
 pub use envelope::Compression;
 pub use error::{Error, Result};
 pub use key::{encode_key, CacheKey, KeyEncoder, KeyError};
+pub use read_through::{Fetched, LoadOptions};
 pub use store::{MemoryStore, RedisStore, RedisStoreBuilder, SetOutcome, Store, StoreError};

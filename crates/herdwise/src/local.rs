@@ -13,6 +13,8 @@ use metrics::Counter;
 use quick_cache::sync::Cache as Engine;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 
+use crate::envelope::Meta;
+
 /// Bookkeeping bytes charged to every entry on top of key and value.
 const ENTRY_OVERHEAD: u64 = 96;
 
@@ -21,9 +23,13 @@ const ENTRY_OVERHEAD: u64 = 96;
 pub(crate) struct L1Entry<V> {
     /// `None` for a negative entry.
     pub value: Option<Arc<V>>,
+    /// Gone after this (the entry's stale time, capped by the L1 cap).
     pub expires_at: Instant,
-    /// The value version (for versioned writes).
-    pub version: u64,
+    /// Fresh until this; between it and `expires_at` the entry is a stale fallback only.
+    pub fresh_until: Instant,
+    /// The entry's envelope metadata (fresh/stale times in unix ms, flags) for stale-window
+    /// decisions shared with L2.
+    pub meta: Meta,
     /// Encoded size, charged against the byte bound.
     pub size: u32,
 }
@@ -33,7 +39,8 @@ impl<V> Clone for L1Entry<V> {
         L1Entry {
             value: self.value.clone(),
             expires_at: self.expires_at,
-            version: self.version,
+            fresh_until: self.fresh_until,
+            meta: self.meta,
             size: self.size,
         }
     }
@@ -99,7 +106,8 @@ impl<V> LocalTier<V> {
         })
     }
 
-    /// The live entry for `key`, if any; an expired entry is removed and reported as absent.
+    /// The live (fresh or stale) entry for `key`, if any; an expired entry is removed and
+    /// reported as absent.
     pub fn get(&self, key: &str) -> Option<L1Entry<V>> {
         let engine = self.engine.as_ref()?;
         let entry = engine.get(key)?;
@@ -112,26 +120,30 @@ impl<V> LocalTier<V> {
         None
     }
 
-    /// Stores an entry that expires after `ttl` (nothing is stored for a zero TTL).
+    /// Stores an entry that lives for `live` and is fresh for the first `fresh` of it
+    /// (nothing is stored for a zero lifetime).
+    #[allow(clippy::too_many_arguments)]
     pub fn insert(
         &self,
         key: &str,
         value: Option<Arc<V>>,
-        version: u64,
+        meta: &Meta,
         size: usize,
-        ttl: Duration,
+        (live, fresh): (Duration, Duration),
     ) {
         let Some(engine) = self.engine.as_ref() else {
             return;
         };
-        if ttl.is_zero() {
+        if live.is_zero() {
             engine.remove(key);
             return;
         }
+        let now = Instant::now();
         let entry = L1Entry {
             value,
-            expires_at: Instant::now() + ttl,
-            version,
+            expires_at: now + live,
+            fresh_until: now + fresh.min(live),
+            meta: *meta,
             size: u32::try_from(size).unwrap_or(u32::MAX),
         };
         engine.insert(key.into(), entry);
@@ -166,6 +178,19 @@ impl<V> LocalTier<V> {
 mod tests {
     use super::*;
 
+    fn meta() -> Meta {
+        Meta {
+            created_at_ms: 0,
+            fresh_until_ms: 0,
+            stale_until_ms: 0,
+            version: 0,
+            load_duration: Duration::ZERO,
+            negative: false,
+            stale_copy: false,
+            codec_id: 1,
+        }
+    }
+
     fn tier(bytes: u64) -> LocalTier<Vec<u8>> {
         LocalTier::new(bytes, Counter::noop(), metrics::Gauge::noop()).unwrap()
     }
@@ -173,13 +198,8 @@ mod tests {
     #[test]
     fn entries_expire_at_their_deadline() {
         let l1 = tier(1 << 20);
-        l1.insert(
-            "a",
-            Some(Arc::new(vec![1])),
-            0,
-            1,
-            Duration::from_millis(30),
-        );
+        let ms30 = Duration::from_millis(30);
+        l1.insert("a", Some(Arc::new(vec![1])), &meta(), 1, (ms30, ms30));
         assert!(l1.get("a").is_some());
         std::thread::sleep(Duration::from_millis(40));
         assert!(l1.get("a").is_none());
@@ -194,9 +214,9 @@ mod tests {
             l1.insert(
                 &format!("k{i}"),
                 Some(Arc::new(vec![0u8; size])),
-                0,
+                &meta(),
                 size,
-                Duration::from_secs(60),
+                (Duration::from_secs(60), Duration::from_secs(60)),
             );
             assert!(l1.weight() <= l1.capacity(), "after insert {i}");
         }
@@ -206,7 +226,8 @@ mod tests {
     #[test]
     fn disabled_tier_stores_nothing() {
         let l1 = tier(0);
-        l1.insert("a", Some(Arc::new(vec![1])), 0, 1, Duration::from_secs(1));
+        let s = Duration::from_secs(1);
+        l1.insert("a", Some(Arc::new(vec![1])), &meta(), 1, (s, s));
         assert!(l1.get("a").is_none());
     }
 }

@@ -8,7 +8,8 @@
 //! | `herdwise_hits_total` | counter | `tier` = `l1`/`l2` | reads answered by a tier (negative entries included) |
 //! | `herdwise_misses_total` | counter | | reads that found nothing usable in any tier |
 //! | `herdwise_loads_total` | counter | | loader calls |
-//! | `herdwise_load_errors_total` | counter | `kind` = `error`/`panic` | loader failures (never cached) |
+//! | `herdwise_load_errors_total` | counter | `kind` = `error`/`panic`/`timeout` | loader failures (never cached) |
+//! | `herdwise_stale_served_total` | counter | `reason` = `error`/`refreshing` | stale values served: the origin failed (stale-if-error), or another instance is refreshing (stale-while-revalidate) |
 //! | `herdwise_coalesced_waits_total` | counter | | callers that waited for another caller's load |
 //! | `herdwise_flight_bypass_total` | counter | | loads not coalesced because the in-flight map was full |
 //! | `herdwise_negative_stored_total` | counter | | negative entries written |
@@ -31,6 +32,8 @@ pub const MISSES: &str = "herdwise_misses_total";
 pub const LOADS: &str = "herdwise_loads_total";
 /// Loader failures.
 pub const LOAD_ERRORS: &str = "herdwise_load_errors_total";
+/// Stale values served.
+pub const STALE_SERVED: &str = "herdwise_stale_served_total";
 /// Callers that waited on another caller's load.
 pub const COALESCED_WAITS: &str = "herdwise_coalesced_waits_total";
 /// Loads not coalesced because the in-flight map was full.
@@ -79,6 +82,9 @@ pub(crate) struct CacheMetrics {
     pub loads: Counter,
     pub load_errors: Counter,
     pub load_panics: Counter,
+    pub load_timeouts: Counter,
+    pub stale_served_error: Counter,
+    pub stale_served_refreshing: Counter,
     pub coalesced_waits: Counter,
     pub flight_bypass: Counter,
     pub negative_stored: Counter,
@@ -108,6 +114,9 @@ impl CacheMetrics {
             loads: counter!(LOADS, "namespace" => ns.clone()),
             load_errors: counter!(LOAD_ERRORS, "namespace" => ns.clone(), "kind" => "error"),
             load_panics: counter!(LOAD_ERRORS, "namespace" => ns.clone(), "kind" => "panic"),
+            load_timeouts: counter!(LOAD_ERRORS, "namespace" => ns.clone(), "kind" => "timeout"),
+            stale_served_error: counter!(STALE_SERVED, "namespace" => ns.clone(), "reason" => "error"),
+            stale_served_refreshing: counter!(STALE_SERVED, "namespace" => ns.clone(), "reason" => "refreshing"),
             coalesced_waits: counter!(COALESCED_WAITS, "namespace" => ns.clone()),
             flight_bypass: counter!(FLIGHT_BYPASS, "namespace" => ns.clone()),
             negative_stored: counter!(NEGATIVE_STORED, "namespace" => ns.clone()),

@@ -18,6 +18,7 @@ fn envelope_with_version(version: u64, payload: &[u8]) -> Bytes {
         version,
         load_duration: Duration::ZERO,
         negative: false,
+        stale_copy: false,
         codec_id: 1,
     };
     Bytes::from(envelope::encode(&meta, payload, Compression::None))

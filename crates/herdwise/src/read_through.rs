@@ -1,0 +1,572 @@
+//! The read path of `get_or_load`: L1 → single-flight → L2 → cross-instance lease → loader
+//! (under a timeout) → fenced fill, with stale values as the fallback along the way.
+//!
+//! What a failure at each step means is decided here: a store failure is a miss; another
+//! instance's load in progress is waited for (or, within the stale-while-revalidate window,
+//! answered with the stale value at once); a loader failure or timeout is answered with the
+//! stale value within the stale-if-error window (re-stored as a flagged copy so the failing
+//! origin is retried at the throttle pace, not on every read), and otherwise is the callers'
+//! error — never cached.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt as _;
+
+use crate::cache::{Cache, Lookup};
+use crate::error::{Error, Result};
+use crate::flight::Join;
+use crate::freshness::now_ms;
+use crate::key::CacheKey;
+use crate::lease::{HeldLease, LeaseConfig};
+use crate::store::FillOutcome;
+use crate::tiers::{Fallback, L2Read, WriteMode};
+
+/// What a read through the cache returned.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), herdwise::Error> {
+/// use herdwise::{Cache, LoadOptions};
+/// let cache: Cache<u64, String> = Cache::builder("docs").build()?;
+/// let fetched = cache
+///     .get_or_load_with(&1, &LoadOptions::default(), |_| async {
+///         Ok::<_, std::io::Error>(Some("x".to_string()))
+///     })
+///     .await?;
+/// assert!(!fetched.stale);
+/// assert_eq!(fetched.value.as_deref().map(String::as_str), Some("x"));
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Fetched<V> {
+    /// The value; `None` if the origin has none.
+    pub value: Option<Arc<V>>,
+    /// `true` if the value is past its fresh time: served while another caller refreshes it, or
+    /// because the origin failed (stale-if-error).
+    pub stale: bool,
+}
+
+impl<V> Clone for Fetched<V> {
+    fn clone(&self) -> Self {
+        Fetched {
+            value: self.value.clone(),
+            stale: self.stale,
+        }
+    }
+}
+
+impl<V> Fetched<V> {
+    pub(crate) fn fresh(value: Option<Arc<V>>) -> Self {
+        Fetched {
+            value,
+            stale: false,
+        }
+    }
+    pub(crate) fn of(value: Option<Arc<V>>, stale: bool) -> Self {
+        Fetched { value, stale }
+    }
+}
+
+/// Per-call overrides of the cache's read-through defaults.
+///
+/// ```
+/// use std::time::Duration;
+/// let opts = herdwise::LoadOptions::default()
+///     .hard_timeout(Duration::from_millis(200))
+///     .stale_if_error(Duration::from_secs(600));
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct LoadOptions {
+    hard_timeout: Option<Duration>,
+    stale_if_error: Option<Duration>,
+    stale_while_revalidate: Option<Duration>,
+}
+
+impl LoadOptions {
+    /// Give up on the loader after this long ([`Error::LoaderTimeout`], or the stale value within
+    /// the stale-if-error window).
+    pub fn hard_timeout(mut self, timeout: Duration) -> Self {
+        self.hard_timeout = Some(timeout);
+        self
+    }
+
+    /// Serve a value up to this far past its fresh time if the load fails or times out (capped
+    /// by how long the cache keeps entries: its own stale windows).
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = Some(window);
+        self
+    }
+
+    /// While another instance refreshes the key, serve a value up to this far past its fresh
+    /// time at once instead of waiting.
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.stale_while_revalidate = Some(window);
+        self
+    }
+}
+
+/// What a load hands to every coalesced caller.
+pub(crate) type LoadResult<V> = Result<Fetched<V>>;
+
+/// How a loaded value goes into L2.
+enum FillMode {
+    /// Through the fenced fill: written only while our lease holds.
+    Leased(HeldLease),
+    /// Version-checked write without a lease (leases off, L2 failing, or a waiter that gave up).
+    Unleased,
+}
+
+/// What trying to take a lease found.
+enum LeaseAttempt<V> {
+    /// Ours: load and fill.
+    Taken(HeldLease),
+    /// Someone filled the key just before: use that.
+    Filled(Option<Arc<V>>, bool),
+    /// Another instance holds it.
+    Held,
+    /// L2 did not answer.
+    Failed,
+}
+
+/// How waiting for another instance's fill ended.
+enum Waited<V> {
+    /// The fill arrived.
+    Value(Option<Arc<V>>, bool),
+    /// The holder gave up its lease and we took it.
+    Lease(HeldLease),
+    /// Deadline passed, or L2 failed: load without a lease.
+    Unleased,
+}
+
+/// The windows one call works with (cache defaults, overridden per call).
+struct Windows {
+    hard_timeout: Option<Duration>,
+    stale_if_error: Duration,
+    stale_while_revalidate: Duration,
+}
+
+impl<K, V> Cache<K, V>
+where
+    K: CacheKey + ?Sized,
+    V: Send + Sync + 'static,
+{
+    /// [`Cache::get_or_load`] with per-call options, telling whether the value is stale.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// use std::time::Duration;
+    /// use herdwise::{Cache, Error, LoadOptions};
+    /// let cache: Cache<u64, String> = Cache::builder("docs").build()?;
+    /// let slow = LoadOptions::default().hard_timeout(Duration::from_millis(10));
+    /// let result = cache
+    ///     .get_or_load_with(&1, &slow, |_| async {
+    ///         tokio::time::sleep(Duration::from_secs(1)).await;
+    ///         Ok::<_, std::io::Error>(Some("late".to_string()))
+    ///     })
+    ///     .await;
+    /// assert!(matches!(result, Err(Error::LoaderTimeout(_))));
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_or_load_with<'k, F, Fut, E>(
+        &self,
+        key: &'k K,
+        options: &LoadOptions,
+        loader: F,
+    ) -> Result<Fetched<V>>
+    where
+        F: FnOnce(&'k K) -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let (stored_key, fallback) = match self.lookup_l1(key)? {
+            Lookup::Fresh(value, stale) => return Ok(Fetched::of(value, stale)),
+            Lookup::Miss {
+                stored_key,
+                fallback,
+            } => (stored_key, fallback),
+        };
+        let windows = self.windows(options);
+        loop {
+            match self.inner.flights.join(&stored_key) {
+                Join::Leader(leader) => {
+                    let result = self
+                        .lead(&stored_key, key, loader, &windows, fallback)
+                        .await;
+                    leader.complete(result.clone());
+                    return result;
+                }
+                Join::Waiter(waiter) => {
+                    self.inner.metrics.coalesced_waits.increment(1);
+                    if let Some(result) = waiter.wait().await {
+                        return result;
+                    }
+                    // The leader was cancelled: go round again, possibly as the new leader.
+                }
+                Join::Bypass => {
+                    self.inner.metrics.flight_bypass.increment(1);
+                    return self
+                        .lead(&stored_key, key, loader, &windows, fallback)
+                        .await;
+                }
+            }
+        }
+    }
+
+    fn windows(&self, options: &LoadOptions) -> Windows {
+        let policy = &self.inner.ttl;
+        Windows {
+            hard_timeout: options.hard_timeout.or(self.inner.hard_timeout),
+            stale_if_error: options.stale_if_error.unwrap_or(policy.stale_if_error),
+            stale_while_revalidate: options
+                .stale_while_revalidate
+                .unwrap_or(policy.stale_while_revalidate),
+        }
+    }
+
+    /// The leader's work for one key: re-check L1, then L2, then (under the cross-instance
+    /// lease when enabled) load.
+    async fn lead<'k, F, Fut, E>(
+        &self,
+        stored_key: &str,
+        key: &'k K,
+        loader: F,
+        windows: &Windows,
+        fallback: Option<Fallback<V>>,
+    ) -> LoadResult<V>
+    where
+        F: FnOnce(&'k K) -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let inner = &*self.inner;
+        // A previous leader may have filled L1 between our miss and our election.
+        let mut fallback = fallback;
+        if let Some(entry) = inner.l1.get(stored_key) {
+            if entry.fresh_until > Instant::now() {
+                inner.metrics.l1_hits.increment(1);
+                return Ok(Fetched::of(entry.value, entry.meta.stale_copy));
+            }
+        }
+        match self.read_l2(stored_key).await {
+            L2Read::Fresh(value, stale) => return Ok(Fetched::of(value, stale)),
+            L2Read::Stale(found) => fallback = Fallback::newer(fallback, Some(found)),
+            L2Read::Miss => {}
+        }
+        inner.metrics.misses.increment(1);
+        let Some(lease) = inner.lease else {
+            return self
+                .load(
+                    stored_key,
+                    key,
+                    loader,
+                    FillMode::Unleased,
+                    windows,
+                    fallback,
+                )
+                .await;
+        };
+        let mode = match self.take_lease(stored_key, &lease).await {
+            LeaseAttempt::Taken(held) => {
+                inner.metrics.leases_acquired.increment(1);
+                FillMode::Leased(held)
+            }
+            LeaseAttempt::Filled(value, stale) => return Ok(Fetched::of(value, stale)),
+            LeaseAttempt::Held => {
+                inner.metrics.leases_held.increment(1);
+                // Someone is refreshing: a recent enough stale value answers at once.
+                if let Some(found) = fallback
+                    .as_ref()
+                    .filter(|f| f.usable_within(windows.stale_while_revalidate, now_ms()))
+                {
+                    inner.metrics.stale_served_refreshing.increment(1);
+                    return Ok(Fetched::of(found.value.clone(), true));
+                }
+                match self.wait_for_fill(stored_key, &lease).await {
+                    Waited::Value(value, stale) => return Ok(Fetched::of(value, stale)),
+                    Waited::Lease(held) => {
+                        inner.metrics.lease_takeovers.increment(1);
+                        FillMode::Leased(held)
+                    }
+                    Waited::Unleased => FillMode::Unleased,
+                }
+            }
+            // L2 cannot coordinate (down, slow): load uncoordinated rather than fail.
+            LeaseAttempt::Failed => FillMode::Unleased,
+        };
+        self.load(stored_key, key, loader, mode, windows, fallback)
+            .await
+    }
+
+    /// Tries to take the key's lease. Having taken it, re-reads L2: the previous holder may have
+    /// filled and released between our read and our lease, and loading again would be a second
+    /// origin call for the same expiry.
+    async fn take_lease(&self, stored_key: &str, lease: &LeaseConfig) -> LeaseAttempt<V> {
+        let remote = &self.inner.remote;
+        let token: u64 = rand::random();
+        match remote.try_lease(stored_key, token, lease.ttl).await {
+            Ok(true) => {
+                let held =
+                    HeldLease::new(remote.store().clone(), stored_key, token, remote.deadline());
+                match self.read_l2(stored_key).await {
+                    L2Read::Fresh(value, stale) => {
+                        self.release(FillMode::Leased(held)).await;
+                        LeaseAttempt::Filled(value, stale)
+                    }
+                    L2Read::Stale(_) | L2Read::Miss => LeaseAttempt::Taken(held),
+                }
+            }
+            Ok(false) => LeaseAttempt::Held,
+            Err(_) => LeaseAttempt::Failed,
+        }
+    }
+
+    /// Waits for the instance holding the lease to fill the key: woken by its announcement,
+    /// re-checking every poll interval, for at most the lease's wait deadline.
+    async fn wait_for_fill(&self, stored_key: &str, lease: &LeaseConfig) -> Waited<V> {
+        let registration = self.inner.fill_waiters.register(stored_key);
+        let deadline = tokio::time::Instant::now() + lease.wait;
+        loop {
+            // Armed before checking, so a fill between the check and the wait is not missed.
+            let notified = registration.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let L2Read::Fresh(value, stale) = self.read_l2(stored_key).await {
+                return Waited::Value(value, stale);
+            }
+            match self.take_lease(stored_key, lease).await {
+                LeaseAttempt::Taken(held) => return Waited::Lease(held),
+                LeaseAttempt::Filled(value, stale) => return Waited::Value(value, stale),
+                LeaseAttempt::Held => {}
+                LeaseAttempt::Failed => return Waited::Unleased,
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                self.inner.metrics.lease_wait_timeouts.increment(1);
+                tracing::debug!(
+                    key = stored_key,
+                    "gave up waiting for another instance's fill"
+                );
+                return Waited::Unleased;
+            }
+            let pause = lease.poll.min(deadline - now);
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    async fn load<'k, F, Fut, E>(
+        &self,
+        stored_key: &str,
+        key: &'k K,
+        loader: F,
+        mode: FillMode,
+        windows: &Windows,
+        fallback: Option<Fallback<V>>,
+    ) -> LoadResult<V>
+    where
+        F: FnOnce(&'k K) -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let metrics = &self.inner.metrics;
+        metrics.loads.increment(1);
+        let started = Instant::now();
+        // The loader is called inside the guarded future, so a panic while *building* the
+        // future is caught too.
+        let guarded = AssertUnwindSafe(async move { loader(key).await }).catch_unwind();
+        let outcome = match windows.hard_timeout {
+            Some(limit) => match tokio::time::timeout(limit, guarded).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    metrics.load_timeouts.increment(1);
+                    let err = Error::LoaderTimeout(limit);
+                    return self
+                        .fail_safe(stored_key, mode, windows, fallback, err)
+                        .await;
+                }
+            },
+            None => guarded.await,
+        };
+        let load_duration = started.elapsed();
+        let value = match outcome {
+            Err(_panic) => {
+                metrics.load_panics.increment(1);
+                tracing::error!(key = stored_key, "loader panicked; nothing cached");
+                let err = Error::LoaderPanicked;
+                return self
+                    .fail_safe(stored_key, mode, windows, fallback, err)
+                    .await;
+            }
+            Ok(Err(err)) => {
+                metrics.load_errors.increment(1);
+                tracing::debug!(key = stored_key, error = %err, "loader failed; nothing cached");
+                let err = Error::Loader(Arc::new(err));
+                return self
+                    .fail_safe(stored_key, mode, windows, fallback, err)
+                    .await;
+            }
+            Ok(Ok(value)) => value.map(Arc::new),
+        };
+        if value.is_none() && self.inner.ttl.negative_ttl.is_none() {
+            self.release(mode).await;
+            return Ok(Fetched::fresh(None));
+        }
+        self.fill(stored_key, value.as_ref(), load_duration, mode)
+            .await;
+        if value.is_none() {
+            metrics.negative_stored.increment(1);
+        }
+        Ok(Fetched::fresh(value))
+    }
+
+    /// The load failed: serve the stale value if it is within the stale-if-error window (and
+    /// re-store it as a flagged copy for the throttle period), else return the error.
+    async fn fail_safe(
+        &self,
+        stored_key: &str,
+        mode: FillMode,
+        windows: &Windows,
+        fallback: Option<Fallback<V>>,
+        err: Error,
+    ) -> LoadResult<V> {
+        let inner = &*self.inner;
+        let Some(found) = fallback.filter(|f| f.usable_within(windows.stale_if_error, now_ms()))
+        else {
+            self.release(mode).await;
+            return Err(err);
+        };
+        inner.metrics.stale_served_error.increment(1);
+        tracing::warn!(
+            key = stored_key,
+            error = %err,
+            "origin failed; serving the stale value (stale-if-error)"
+        );
+        match self.encode_stale_copy(&found, inner.ttl.fail_safe_throttle) {
+            Ok(encoded) => {
+                let size = encoded.bytes.len();
+                match mode {
+                    FillMode::Leased(held) => {
+                        let filled = inner
+                            .remote
+                            .fill_leased(
+                                stored_key,
+                                encoded.bytes.clone(),
+                                inner.ttl.l2_ttl(&encoded.meta),
+                                encoded.meta.version,
+                                held.token,
+                                inner.fill_waiters.channel(),
+                            )
+                            .await;
+                        held.disarm();
+                        if !matches!(filled, Ok(FillOutcome::LeaseLost)) {
+                            self.mirror_in_l1(stored_key, found.value.as_ref(), &encoded, size);
+                        }
+                    }
+                    FillMode::Unleased => {
+                        self.mirror_in_l1(stored_key, found.value.as_ref(), &encoded, size);
+                    }
+                }
+            }
+            Err(_) => self.release(mode).await,
+        }
+        Ok(Fetched::of(found.value, true))
+    }
+
+    /// Gives a lease back after a load that produced nothing to cache.
+    async fn release(&self, mode: FillMode) {
+        if let FillMode::Leased(held) = mode {
+            let _ = self
+                .inner
+                .remote
+                .release_lease(held.key(), held.token)
+                .await;
+            held.disarm();
+        }
+    }
+
+    /// Caches what a loader produced. A value that cannot be cached is still returned to the
+    /// callers; it is only counted and logged here.
+    async fn fill(
+        &self,
+        stored_key: &str,
+        value: Option<&Arc<V>>,
+        load_duration: Duration,
+        mode: FillMode,
+    ) {
+        let inner = &*self.inner;
+        let ttl = match value {
+            Some(_) => inner.ttl.ttl,
+            None => match inner.ttl.negative_ttl {
+                Some(ttl) => ttl,
+                None => return self.release(mode).await,
+            },
+        };
+        let encoded = match self.encode_entry(value, ttl, 0, load_duration) {
+            Ok(encoded) => encoded,
+            Err(err) => {
+                match err {
+                    Error::ValueTooLarge { .. } => inner.metrics.too_large.increment(1),
+                    _ => inner.metrics.encode_failures.increment(1),
+                }
+                tracing::warn!(key = stored_key, error = %err, "loaded value not cached");
+                return self.release(mode).await;
+            }
+        };
+        let held = match mode {
+            // A fill carries no version: it never replaces a versioned entry.
+            FillMode::Unleased => {
+                let _ = self
+                    .store_encoded(stored_key, value, encoded, WriteMode::IfNotOlder)
+                    .await;
+                return;
+            }
+            FillMode::Leased(held) => held,
+        };
+        let size = encoded.bytes.len();
+        let filled = inner
+            .remote
+            .fill_leased(
+                stored_key,
+                encoded.bytes.clone(),
+                inner.ttl.l2_ttl(&encoded.meta),
+                encoded.meta.version,
+                held.token,
+                inner.fill_waiters.channel(),
+            )
+            .await;
+        match filled {
+            Ok(FillOutcome::Stored) => {
+                held.disarm();
+                self.mirror_in_l1(stored_key, value, &encoded, size);
+            }
+            Ok(FillOutcome::RefusedOlder) => {
+                held.disarm();
+                inner.metrics.fills_refused_older.increment(1);
+                inner.l1.remove(stored_key);
+            }
+            Ok(FillOutcome::LeaseLost) => {
+                // The key was written or invalidated while we loaded: what we loaded may be
+                // older than the origin now. Callers get it; no tier keeps it.
+                held.disarm();
+                inner.metrics.fills_refused_lease_lost.increment(1);
+                tracing::debug!(
+                    key = stored_key,
+                    "fill refused: lease voided during the load"
+                );
+            }
+            Err(_) => {
+                // L2 is failing: keep the value in this process only; the lease (if it still
+                // exists) is released in the background or expires.
+                self.mirror_in_l1(stored_key, value, &encoded, size);
+            }
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! Moving entries between typed values and the tiers: encoding envelopes, reading L2 into L1,
+//! writing L2 and mirroring the outcome in L1. No policy about *when* to read or write: that is
+//! the read path's (`read_through`) and the public API's (`cache`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::cache::{Cache, WriteOutcome};
+use crate::envelope::{self, EnvelopeError, Meta};
+use crate::error::{Error, Result};
+use crate::freshness::{now_ms, Freshness};
+use crate::key::CacheKey;
+use crate::store::SetOutcome;
+
+/// How a write reaches L2.
+#[derive(Clone, Copy)]
+pub(crate) enum WriteMode {
+    /// Unconditional SET that also voids load leases (an explicit cache-aside write).
+    Overwrite,
+    /// Refused if L2 holds a higher value version (fills and versioned writes).
+    IfNotOlder,
+}
+
+/// An entry ready to be written.
+pub(crate) struct Encoded {
+    pub bytes: Bytes,
+    pub meta: Meta,
+    /// When `meta` was computed (unix ms).
+    pub now: u64,
+}
+
+/// A value that is past its fresh time but may still be served: while another caller refreshes
+/// it, or when the origin fails.
+pub(crate) struct Fallback<V> {
+    pub value: Option<Arc<V>>,
+    pub meta: Meta,
+}
+
+impl<V> Clone for Fallback<V> {
+    fn clone(&self) -> Self {
+        Fallback {
+            value: self.value.clone(),
+            meta: self.meta,
+        }
+    }
+}
+
+impl<V> Fallback<V> {
+    /// Whether it is at most `window` past its fresh time and not past its stale time.
+    pub fn usable_within(&self, window: Duration, now_ms: u64) -> bool {
+        match Freshness::of(self.meta.fresh_until_ms, self.meta.stale_until_ms, now_ms) {
+            Freshness::Fresh => true,
+            Freshness::Stale(age_ms) => age_ms <= window.as_millis() as u64,
+            Freshness::Expired => false,
+        }
+    }
+
+    /// The newer (by fresh time) of two fallbacks.
+    pub fn newer(a: Option<Self>, b: Option<Self>) -> Option<Self> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(if b.meta.fresh_until_ms > a.meta.fresh_until_ms {
+                b
+            } else {
+                a
+            }),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// What L2 had for a key.
+pub(crate) enum L2Read<V> {
+    /// A fresh entry (`None` inside: a negative entry). `bool`: it is a fail-safe stale copy.
+    Fresh(Option<Arc<V>>, bool),
+    /// Only a stale one.
+    Stale(Fallback<V>),
+    /// Nothing usable (absent, failed, expired or corrupt — the latter deleted and counted).
+    Miss,
+}
+
+impl<K, V> Cache<K, V>
+where
+    K: CacheKey + ?Sized,
+    V: Send + Sync + 'static,
+{
+    /// An L2 lookup that fills L1 on a hit (a stale hit too, as a fallback).
+    pub(crate) async fn read_l2(&self, stored_key: &str) -> L2Read<V> {
+        let inner = &*self.inner;
+        let Some(bytes) = inner.remote.get(stored_key).await else {
+            return L2Read::Miss;
+        };
+        let now = now_ms();
+        match self.decode_entry(&bytes) {
+            Ok((meta, value)) => {
+                let freshness = Freshness::of(meta.fresh_until_ms, meta.stale_until_ms, now);
+                if freshness == Freshness::Expired {
+                    return L2Read::Miss;
+                }
+                inner.l1.insert(
+                    stored_key,
+                    value.clone(),
+                    &meta,
+                    bytes.len(),
+                    inner.ttl.l1_lifetimes(&meta, now),
+                );
+                if freshness == Freshness::Fresh {
+                    inner.metrics.l2_hits.increment(1);
+                    L2Read::Fresh(value, meta.stale_copy)
+                } else {
+                    L2Read::Stale(Fallback { value, meta })
+                }
+            }
+            Err(reason) => {
+                inner.metrics.corrupt_entries.increment(1);
+                tracing::warn!(
+                    namespace = inner.keys.namespace(),
+                    key = stored_key,
+                    %reason,
+                    "corrupt cache entry: treated as a miss and deleted"
+                );
+                let _ = inner.remote.delete(stored_key).await;
+                L2Read::Miss
+            }
+        }
+    }
+
+    fn decode_entry(&self, bytes: &[u8]) -> std::result::Result<(Meta, Option<Arc<V>>), String> {
+        let inner = &*self.inner;
+        let (meta, payload) =
+            envelope::decode(bytes, inner.max_value_bytes).map_err(|e| e.to_string())?;
+        if meta.codec_id != inner.codec.id() {
+            return Err(EnvelopeError::CodecMismatch {
+                found: meta.codec_id,
+                expected: inner.codec.id(),
+            }
+            .to_string());
+        }
+        if meta.negative {
+            return Ok((meta, None));
+        }
+        let value = inner.codec.decode(&payload).map_err(|e| e.to_string())?;
+        Ok((meta, Some(Arc::new(value))))
+    }
+
+    /// Envelope bytes for `value` (`None` = negative entry), fresh for a jittered `ttl`.
+    pub(crate) fn encode_entry(
+        &self,
+        value: Option<&Arc<V>>,
+        ttl: Duration,
+        version: u64,
+        load_duration: Duration,
+    ) -> Result<Encoded> {
+        let inner = &*self.inner;
+        let payload = self.encode_payload(value)?;
+        let now = now_ms();
+        let meta = inner.ttl.meta(
+            now,
+            inner.ttl.jittered(ttl),
+            load_duration,
+            version,
+            value.is_none(),
+            inner.codec.id(),
+        );
+        Ok(self.seal(meta, &payload, now))
+    }
+
+    /// Envelope bytes re-storing a stale `fallback` as a flagged stale copy that counts as fresh
+    /// for `throttle` — never past the fallback's own stale time, so max-stale still holds.
+    pub(crate) fn encode_stale_copy(
+        &self,
+        fallback: &Fallback<V>,
+        throttle: Duration,
+    ) -> Result<Encoded> {
+        let payload = self.encode_payload(fallback.value.as_ref())?;
+        let now = now_ms();
+        let stale_until_ms = fallback.meta.stale_until_ms;
+        let meta = Meta {
+            created_at_ms: now,
+            fresh_until_ms: now
+                .saturating_add(throttle.as_millis() as u64)
+                .min(stale_until_ms),
+            stale_until_ms,
+            stale_copy: true,
+            ..fallback.meta
+        };
+        if meta.stale_until_ms <= now {
+            return Err(Error::Config("stale copy past its stale time".into()));
+        }
+        Ok(self.seal(meta, &payload, now))
+    }
+
+    fn encode_payload(&self, value: Option<&Arc<V>>) -> Result<Vec<u8>> {
+        let inner = &*self.inner;
+        let payload = match value {
+            Some(v) => inner
+                .codec
+                .encode(v)
+                .map_err(|e| Error::Encode(e.to_string().into()))?,
+            None => Vec::new(),
+        };
+        if payload.len() > inner.max_value_bytes {
+            return Err(Error::ValueTooLarge {
+                size: payload.len(),
+                limit: inner.max_value_bytes,
+            });
+        }
+        Ok(payload)
+    }
+
+    fn seal(&self, meta: Meta, payload: &[u8], now: u64) -> Encoded {
+        let bytes = Bytes::from(envelope::encode(&meta, payload, self.inner.compression));
+        Encoded { bytes, meta, now }
+    }
+
+    /// Writes encoded bytes to L2, then mirrors the outcome in L1.
+    pub(crate) async fn store_encoded(
+        &self,
+        stored_key: &str,
+        value: Option<&Arc<V>>,
+        encoded: Encoded,
+        mode: WriteMode,
+    ) -> WriteOutcome {
+        let inner = &*self.inner;
+        let size = encoded.bytes.len();
+        let ttl = inner.ttl.l2_ttl(&encoded.meta);
+        let remote = match mode {
+            WriteMode::Overwrite => inner
+                .remote
+                .set(stored_key, encoded.bytes.clone(), ttl)
+                .await
+                .map(|()| SetOutcome::Stored),
+            WriteMode::IfNotOlder => {
+                inner
+                    .remote
+                    .set_if_not_older(stored_key, encoded.bytes.clone(), ttl, encoded.meta.version)
+                    .await
+            }
+        };
+        let outcome = match remote {
+            Ok(SetOutcome::Stored) => WriteOutcome::Stored,
+            Ok(SetOutcome::RefusedOlder) => {
+                inner.l1.remove(stored_key);
+                return WriteOutcome::RefusedOlder;
+            }
+            Err(_) => WriteOutcome::LocalOnly,
+        };
+        self.mirror_in_l1(stored_key, value, &encoded, size);
+        outcome
+    }
+
+    /// Puts what was just written to L2 into L1, for the entry's L1 lifetimes.
+    pub(crate) fn mirror_in_l1(
+        &self,
+        stored_key: &str,
+        value: Option<&Arc<V>>,
+        encoded: &Encoded,
+        size: usize,
+    ) {
+        let inner = &*self.inner;
+        inner.l1.insert(
+            stored_key,
+            value.cloned(),
+            &encoded.meta,
+            size,
+            inner.ttl.l1_lifetimes(&encoded.meta, encoded.now),
+        );
+    }
+}
