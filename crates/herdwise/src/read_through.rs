@@ -22,7 +22,7 @@ use crate::freshness::now_ms;
 use crate::key::CacheKey;
 use crate::lease::{HeldLease, LeaseConfig};
 use crate::store::FillOutcome;
-use crate::tiers::{Fallback, L2Read, WriteMode};
+use crate::tiers::{Encoded, Fallback, L2Read, WriteMode};
 
 /// What a read through the cache returned.
 ///
@@ -454,17 +454,7 @@ where
                 let size = encoded.bytes.len();
                 match mode {
                     FillMode::Leased(held) => {
-                        let filled = inner
-                            .remote
-                            .fill_leased(
-                                stored_key,
-                                encoded.bytes.clone(),
-                                inner.ttl.l2_ttl(&encoded.meta),
-                                encoded.meta.version,
-                                held.token,
-                                inner.fill_waiters.channel(),
-                            )
-                            .await;
+                        let filled = self.fenced_fill(stored_key, &encoded, &held).await;
                         held.disarm();
                         if !matches!(filled, Ok(FillOutcome::LeaseLost)) {
                             self.mirror_in_l1(stored_key, found.value.as_ref(), &encoded, size);
@@ -478,6 +468,27 @@ where
             Err(_) => self.release(mode).await,
         }
         Ok(Fetched::of(found.value, true))
+    }
+
+    /// Writes `encoded` to L2 if `held` still holds the key's lease, and announces the fill.
+    async fn fenced_fill(
+        &self,
+        stored_key: &str,
+        encoded: &Encoded,
+        held: &HeldLease,
+    ) -> std::result::Result<FillOutcome, crate::store::StoreError> {
+        let inner = &*self.inner;
+        inner
+            .remote
+            .fill_leased(
+                stored_key,
+                encoded.bytes.clone(),
+                inner.ttl.l2_ttl(&encoded.meta),
+                encoded.meta.version,
+                held.token,
+                inner.fill_waiters.channel(),
+            )
+            .await
     }
 
     /// Gives a lease back after a load that produced nothing to cache.
@@ -531,18 +542,7 @@ where
             FillMode::Leased(held) => held,
         };
         let size = encoded.bytes.len();
-        let filled = inner
-            .remote
-            .fill_leased(
-                stored_key,
-                encoded.bytes.clone(),
-                inner.ttl.l2_ttl(&encoded.meta),
-                encoded.meta.version,
-                held.token,
-                inner.fill_waiters.channel(),
-            )
-            .await;
-        match filled {
+        match self.fenced_fill(stored_key, &encoded, &held).await {
             Ok(FillOutcome::Stored) => {
                 held.disarm();
                 self.mirror_in_l1(stored_key, value, &encoded, size);
