@@ -14,6 +14,7 @@ use crate::flight::Flights;
 use crate::freshness::TtlPolicy;
 use crate::key::{CacheKey, KeySpace, DEFAULT_MAX_KEY_BYTES};
 use crate::lease::{FillWaiters, LeaseConfig};
+use crate::loader::{Loader, SharedLoader};
 use crate::local::LocalTier;
 use crate::metrics::CacheMetrics;
 use crate::remote::Remote;
@@ -35,6 +36,8 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 4 << 20;
 pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(300);
 /// Default pace at which a failing origin is retried while stale values are served.
 pub const DEFAULT_FAIL_SAFE_THROTTLE: Duration = Duration::from_secs(10);
+/// Default XFetch eagerness (the paper's optimum).
+pub const DEFAULT_XFETCH_BETA: f64 = 1.0;
 /// Default lifetime of a load lease.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 /// Default re-check interval while waiting for another instance's fill.
@@ -82,6 +85,8 @@ pub struct CacheBuilder<K: ?Sized, V> {
     stale_if_error: Duration,
     fail_safe_throttle: Duration,
     hard_timeout: Option<Duration>,
+    loader: Option<SharedLoader<K, V>>,
+    xfetch_beta: f64,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -115,6 +120,8 @@ where
             stale_if_error: DEFAULT_STALE_IF_ERROR,
             fail_safe_throttle: DEFAULT_FAIL_SAFE_THROTTLE,
             hard_timeout: None,
+            loader: None,
+            xfetch_beta: DEFAULT_XFETCH_BETA,
             _key: PhantomData,
         }
     }
@@ -272,6 +279,22 @@ where
         self
     }
 
+    /// Registers the loader [`Cache::fetch`] uses, which also lets the cache refresh in the
+    /// background: stale-while-revalidate answers with the stale value while the loader runs
+    /// behind it, and XFetch refreshes hot entries shortly before they expire.
+    pub fn loader(mut self, loader: impl Loader<K, V>) -> Self {
+        self.loader = Some(Arc::new(loader));
+        self
+    }
+
+    /// XFetch eagerness β for [`Cache::fetch`] (default 1.0; 0 disables early refresh). An
+    /// entry is refreshed early with probability `exp(-remaining / (β·Δ))`, Δ being how long its
+    /// last load took: slow loads start earlier, cheap ones barely ever.
+    pub fn xfetch_beta(mut self, beta: f64) -> Self {
+        self.xfetch_beta = beta;
+        self
+    }
+
     /// Validates the configuration and builds the cache.
     pub fn build(self) -> Result<Cache<K, V>> {
         if self.ttl.is_zero() {
@@ -306,6 +329,11 @@ where
         if self.hard_timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::Config("loader_timeout must be positive".into()));
         }
+        if !(self.xfetch_beta >= 0.0 && self.xfetch_beta.is_finite()) {
+            return Err(Error::Config(
+                "xfetch_beta must be a finite number >= 0".into(),
+            ));
+        }
         if self.max_in_flight == 0 {
             return Err(Error::Config("max_in_flight must be positive".into()));
         }
@@ -325,27 +353,31 @@ where
             .unwrap_or_else(|| store.default_timeout());
         let fill_waiters = FillWaiters::new(store.clone(), &self.namespace);
         let remote = Remote::new(store, deadline, metrics.clone(), &self.namespace);
-        Ok(Cache::from_inner(Inner {
-            keys,
-            l1,
-            remote,
-            flights: Flights::new(self.max_in_flight),
-            codec: self.codec.unwrap_or_else(|| Arc::new(Postcard)),
-            ttl: TtlPolicy {
-                ttl: self.ttl,
-                jitter: self.ttl_jitter,
-                negative_ttl: self.negative_ttl,
-                l1_cap: self.l1_ttl_cap,
-                stale_while_revalidate: self.stale_while_revalidate,
-                stale_if_error: self.stale_if_error,
-                fail_safe_throttle: self.fail_safe_throttle,
+        Ok(Cache::from_parts(
+            Inner {
+                keys,
+                l1,
+                remote,
+                flights: Flights::new(self.max_in_flight),
+                codec: self.codec.unwrap_or_else(|| Arc::new(Postcard)),
+                ttl: TtlPolicy {
+                    ttl: self.ttl,
+                    jitter: self.ttl_jitter,
+                    negative_ttl: self.negative_ttl,
+                    l1_cap: self.l1_ttl_cap,
+                    stale_while_revalidate: self.stale_while_revalidate,
+                    stale_if_error: self.stale_if_error,
+                    fail_safe_throttle: self.fail_safe_throttle,
+                },
+                compression: self.compression,
+                max_value_bytes: self.max_value_bytes,
+                metrics,
+                lease: self.lease,
+                fill_waiters,
+                hard_timeout: self.hard_timeout,
+                xfetch_beta: self.xfetch_beta,
             },
-            compression: self.compression,
-            max_value_bytes: self.max_value_bytes,
-            metrics,
-            lease: self.lease,
-            fill_waiters,
-            hard_timeout: self.hard_timeout,
-        }))
+            self.loader,
+        ))
     }
 }

@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 
 use crate::builder::CacheBuilder;
 use crate::codec::Codec;
-use crate::envelope::Compression;
+use crate::envelope::{Compression, Meta};
 use crate::error::Result;
 use crate::flight::Flights;
 use crate::freshness::TtlPolicy;
 use crate::key::{CacheKey, KeySpace};
 use crate::lease::{FillWaiters, LeaseConfig};
+use crate::loader::SharedLoader;
 use crate::local::LocalTier;
 use crate::metrics::CacheMetrics;
 use crate::read_through::{LoadOptions, LoadResult};
@@ -53,6 +54,8 @@ pub(crate) struct Inner<V> {
     pub fill_waiters: Arc<FillWaiters>,
     /// Default limit on a loader call.
     pub hard_timeout: Option<Duration>,
+    /// XFetch eagerness (0 disables early refresh).
+    pub xfetch_beta: f64,
 }
 
 /// A typed, multi-tier, read-through cache.
@@ -81,6 +84,8 @@ pub(crate) struct Inner<V> {
 /// ```
 pub struct Cache<K: ?Sized, V> {
     pub(crate) inner: Arc<Inner<V>>,
+    /// The registered loader, for `fetch` and background refreshes.
+    pub(crate) loader: Option<SharedLoader<K, V>>,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -88,6 +93,7 @@ impl<K: ?Sized, V> Clone for Cache<K, V> {
     fn clone(&self) -> Self {
         Cache {
             inner: self.inner.clone(),
+            loader: self.loader.clone(),
             _key: PhantomData,
         }
     }
@@ -105,8 +111,8 @@ impl<K: ?Sized, V> std::fmt::Debug for Cache<K, V> {
 
 /// What L1 had for a key.
 pub(crate) enum Lookup<V> {
-    /// A fresh entry (`bool`: a fail-safe stale copy).
-    Fresh(Option<Arc<V>>, bool),
+    /// A fresh entry, with its metadata.
+    Fresh(Option<Arc<V>>, Meta),
     /// Nothing fresh; maybe a stale fallback.
     Miss {
         stored_key: String,
@@ -135,9 +141,10 @@ where
     K: CacheKey + ?Sized,
     V: Send + Sync + 'static,
 {
-    pub(crate) fn from_inner(inner: Inner<V>) -> Self {
+    pub(crate) fn from_parts(inner: Inner<V>, loader: Option<SharedLoader<K, V>>) -> Self {
         Cache {
             inner: Arc::new(inner),
+            loader,
             _key: PhantomData,
         }
     }
@@ -289,7 +296,7 @@ where
             Ok(match inner.l1.get(buf) {
                 Some(entry) if entry.fresh_until > Instant::now() => {
                     inner.metrics.l1_hits.increment(1);
-                    Lookup::Fresh(entry.value, entry.meta.stale_copy)
+                    Lookup::Fresh(entry.value, entry.meta)
                 }
                 Some(entry) => Lookup::Miss {
                     stored_key: buf.clone(),

@@ -55,6 +55,11 @@ pub enum Error {
     #[error("loader panicked")]
     LoaderPanicked,
 
+    /// [`Cache::fetch`](crate::Cache::fetch) needs a loader registered with
+    /// [`CacheBuilder::loader`](crate::CacheBuilder::loader).
+    #[error("no loader registered: use CacheBuilder::loader, or get_or_load with a loader")]
+    NoLoader,
+
     /// The builder was given an invalid configuration.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -121,6 +121,20 @@ impl TtlPolicy {
     }
 }
 
+/// XFetch (Vattani, Chierichetti, Lowenstein, "Optimal Probabilistic Cache Stampede
+/// Prevention"): recompute early when `now − Δ·β·ln(u) ≥ expiry`, with `Δ` the time the last load
+/// took, `β` the eagerness (1 is the paper's optimum; 0 disables) and `u` uniform in (0, 1]. The
+/// closer the expiry and the slower the load, the likelier an early refresh; on average one
+/// reader refreshes just in time, and nobody waits at expiry.
+pub(crate) fn xfetch_due(meta: &Meta, now_ms: u64, beta: f64, u: f64) -> bool {
+    if beta <= 0.0 || meta.load_duration.is_zero() || u <= 0.0 {
+        return false;
+    }
+    let delta_ms = meta.load_duration.as_secs_f64() * 1000.0;
+    let gap_ms = -delta_ms * beta * u.ln();
+    now_ms as f64 + gap_ms >= meta.fresh_until_ms as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +186,36 @@ mod tests {
         );
         let negative = p.meta(1_000, Duration::from_secs(5), Duration::ZERO, 0, true, 1);
         assert_eq!(negative.stale_until_ms, negative.fresh_until_ms);
+    }
+
+    #[test]
+    fn xfetch_gets_likelier_as_expiry_nears() {
+        let p = policy(0.0);
+        let m = p.meta(
+            0,
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            0,
+            false,
+            1,
+        );
+        let share = |now: u64| {
+            let n = 10_000;
+            (1..=n)
+                .filter(|i| xfetch_due(&m, now, 1.0, *i as f64 / n as f64))
+                .count() as f64
+                / n as f64
+        };
+        // P(due) = exp(-remaining / Δ): 100 ms before expiry ≈ 0.37, 500 ms before ≈ 0.007.
+        assert!((share(9_900) - 0.368).abs() < 0.01, "{}", share(9_900));
+        assert!(share(9_500) < 0.01);
+        assert_eq!(share(1_000), 0.0);
+        assert!(!xfetch_due(&m, 9_999, 0.0, 0.001), "beta 0 disables it");
+        let unmeasured = p.meta(0, Duration::from_secs(10), Duration::ZERO, 0, false, 1);
+        assert!(
+            !xfetch_due(&unmeasured, 9_999, 1.0, 0.001),
+            "no load time, no early refresh"
+        );
     }
 
     #[test]

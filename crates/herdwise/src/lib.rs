@@ -36,9 +36,11 @@
 //!   compression).
 //! - [`codec`]: payload formats (postcard by default, JSON).
 //! - [`store`]: the L2 trait and its implementations ([`MemoryStore`], [`RedisStore`]).
+//! - [`loader`]: loaders registered on the cache (for `fetch` and background refresh).
 //! - [`metrics`]: the name of every metric.
 //! - internal: `local` (L1), `flight` (single-flight), `lease` (cross-instance load leases and
-//!   fill notifications), `read_through` (the read path and its failure decisions), `tiers`
+//!   fill notifications), `read_through` (the read path and its failure decisions), `refresh`
+//!   (`fetch` and background refresh: stale-while-revalidate, XFetch), `tiers`
 //!   (entries in and out of L1/L2), `remote` (deadlines and failure accounting around the store), `freshness` (TTL policy), `cache` and `builder` (composition).
 
 #![deny(missing_docs)]
@@ -54,9 +56,11 @@ mod flight;
 mod freshness;
 pub mod key;
 mod lease;
+pub mod loader;
 mod local;
 pub mod metrics;
 mod read_through;
+mod refresh;
 mod remote;
 pub mod store;
 mod tiers;
@@ -65,11 +69,13 @@ pub use builder::{
     CacheBuilder, DEFAULT_FAIL_SAFE_THROTTLE, DEFAULT_L1_MAX_BYTES, DEFAULT_L1_TTL_CAP,
     DEFAULT_LEASE_POLL, DEFAULT_LEASE_TTL, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_VALUE_BYTES,
     DEFAULT_NEGATIVE_TTL, DEFAULT_STALE_IF_ERROR, DEFAULT_TTL, DEFAULT_TTL_JITTER,
+    DEFAULT_XFETCH_BETA,
 };
 pub use cache::{Cache, WriteOutcome};
 pub use codec::{Codec, CodecError, Json, Postcard};
 pub use envelope::Compression;
 pub use error::{Error, Result};
 pub use key::{encode_key, CacheKey, KeyEncoder, KeyError};
+pub use loader::{Loader, LoaderError};
 pub use read_through::{Fetched, LoadOptions};
 pub use store::{MemoryStore, RedisStore, RedisStoreBuilder, SetOutcome, Store, StoreError};

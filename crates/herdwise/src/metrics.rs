@@ -11,6 +11,7 @@
 //! | `herdwise_load_errors_total` | counter | `kind` = `error`/`panic`/`timeout` | loader failures (never cached) |
 //! | `herdwise_stale_served_total` | counter | `reason` = `error`/`refreshing` | stale values served: the origin failed (stale-if-error), or another instance is refreshing (stale-while-revalidate) |
 //! | `herdwise_coalesced_waits_total` | counter | | callers that waited for another caller's load |
+//! | `herdwise_refreshes_total` | counter | `trigger` = `swr`/`xfetch` | background refreshes started (at most one runs per key across instances) |
 //! | `herdwise_flight_bypass_total` | counter | | loads not coalesced because the in-flight map was full |
 //! | `herdwise_negative_stored_total` | counter | | negative entries written |
 //! | `herdwise_store_errors_total` | counter | `op`, `kind` = `error`/`timeout` | failed remote-store calls |
@@ -32,6 +33,8 @@ pub const MISSES: &str = "herdwise_misses_total";
 pub const LOADS: &str = "herdwise_loads_total";
 /// Loader failures.
 pub const LOAD_ERRORS: &str = "herdwise_load_errors_total";
+/// Background refreshes started.
+pub const REFRESHES: &str = "herdwise_refreshes_total";
 /// Stale values served.
 pub const STALE_SERVED: &str = "herdwise_stale_served_total";
 /// Callers that waited on another caller's load.
@@ -85,6 +88,8 @@ pub(crate) struct CacheMetrics {
     pub load_timeouts: Counter,
     pub stale_served_error: Counter,
     pub stale_served_refreshing: Counter,
+    pub refreshes_swr: Counter,
+    pub refreshes_xfetch: Counter,
     pub coalesced_waits: Counter,
     pub flight_bypass: Counter,
     pub negative_stored: Counter,
@@ -117,6 +122,8 @@ impl CacheMetrics {
             load_timeouts: counter!(LOAD_ERRORS, "namespace" => ns.clone(), "kind" => "timeout"),
             stale_served_error: counter!(STALE_SERVED, "namespace" => ns.clone(), "reason" => "error"),
             stale_served_refreshing: counter!(STALE_SERVED, "namespace" => ns.clone(), "reason" => "refreshing"),
+            refreshes_swr: counter!(REFRESHES, "namespace" => ns.clone(), "trigger" => "swr"),
+            refreshes_xfetch: counter!(REFRESHES, "namespace" => ns.clone(), "trigger" => "xfetch"),
             coalesced_waits: counter!(COALESCED_WAITS, "namespace" => ns.clone()),
             flight_bypass: counter!(FLIGHT_BYPASS, "namespace" => ns.clone()),
             negative_stored: counter!(NEGATIVE_STORED, "namespace" => ns.clone()),

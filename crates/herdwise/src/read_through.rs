@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt as _;
 
 use crate::cache::{Cache, Lookup};
+use crate::envelope::Meta;
 use crate::error::{Error, Result};
 use crate::flight::Join;
 use crate::freshness::now_ms;
@@ -143,8 +144,11 @@ enum Waited<V> {
     Unleased,
 }
 
+/// Starts a background refresh of the entry that is fresh until the given unix ms.
+pub(crate) type Background<'a> = dyn Fn(u64) + Send + Sync + 'a;
+
 /// The windows one call works with (cache defaults, overridden per call).
-struct Windows {
+pub(crate) struct Windows {
     hard_timeout: Option<Duration>,
     stale_if_error: Duration,
     stale_while_revalidate: Duration,
@@ -185,18 +189,48 @@ where
         E: std::error::Error + Send + Sync + 'static,
     {
         let (stored_key, fallback) = match self.lookup_l1(key)? {
-            Lookup::Fresh(value, stale) => return Ok(Fetched::of(value, stale)),
+            Lookup::Fresh(value, meta) => return Ok(Fetched::of(value, meta.stale_copy)),
             Lookup::Miss {
                 stored_key,
                 fallback,
             } => (stored_key, fallback),
         };
         let windows = self.windows(options);
+        self.through(&stored_key, key, loader, &windows, fallback, None)
+            .await
+    }
+
+    /// Everything after an L1 miss: coalesce in-process, then lead (or wait for the leader).
+    /// `background`, when the caller can refresh in the background, starts a refresh of the
+    /// entry fresh until the given unix ms (so a stale value can be answered at once).
+    pub(crate) async fn through<'k, F, Fut, E>(
+        &self,
+        stored_key: &str,
+        key: &'k K,
+        loader: F,
+        windows: &Windows,
+        fallback: Option<Fallback<V>>,
+        background: Option<&Background<'_>>,
+    ) -> Result<Fetched<V>>
+    where
+        F: FnOnce(&'k K) -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        // Stale-while-revalidate from L1: answer before joining any load in flight (which may be
+        // the very refresh we would start), so the promise "at once" holds for every caller.
+        if let (Some(start_refresh), Some(found)) = (background, fallback.as_ref()) {
+            if found.usable_within(windows.stale_while_revalidate, now_ms()) {
+                start_refresh(found.meta.fresh_until_ms);
+                self.inner.metrics.stale_served_refreshing.increment(1);
+                return Ok(Fetched::of(found.value.clone(), true));
+            }
+        }
         loop {
-            match self.inner.flights.join(&stored_key) {
+            match self.inner.flights.join(stored_key) {
                 Join::Leader(leader) => {
                     let result = self
-                        .lead(&stored_key, key, loader, &windows, fallback)
+                        .lead(stored_key, key, loader, windows, fallback, None, background)
                         .await;
                     leader.complete(result.clone());
                     return result;
@@ -211,14 +245,14 @@ where
                 Join::Bypass => {
                     self.inner.metrics.flight_bypass.increment(1);
                     return self
-                        .lead(&stored_key, key, loader, &windows, fallback)
+                        .lead(stored_key, key, loader, windows, fallback, None, background)
                         .await;
                 }
             }
         }
     }
 
-    fn windows(&self, options: &LoadOptions) -> Windows {
+    pub(crate) fn windows(&self, options: &LoadOptions) -> Windows {
         let policy = &self.inner.ttl;
         Windows {
             hard_timeout: options.hard_timeout.or(self.inner.hard_timeout),
@@ -230,14 +264,18 @@ where
     }
 
     /// The leader's work for one key: re-check L1, then L2, then (under the cross-instance
-    /// lease when enabled) load.
-    async fn lead<'k, F, Fut, E>(
+    /// lease when enabled) load. With `refresh_of`, this is a refresh: an entry fresh until that
+    /// time or earlier is the one being replaced, so it counts as stale here.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn lead<'k, F, Fut, E>(
         &self,
         stored_key: &str,
         key: &'k K,
         loader: F,
         windows: &Windows,
         fallback: Option<Fallback<V>>,
+        refresh_of: Option<u64>,
+        background: Option<&Background<'_>>,
     ) -> LoadResult<V>
     where
         F: FnOnce(&'k K) -> Fut,
@@ -247,18 +285,34 @@ where
         let inner = &*self.inner;
         // A previous leader may have filled L1 between our miss and our election.
         let mut fallback = fallback;
+        let superseded = |meta: &Meta| refresh_of.is_some_and(|r| meta.fresh_until_ms <= r);
         if let Some(entry) = inner.l1.get(stored_key) {
-            if entry.fresh_until > Instant::now() {
+            if entry.fresh_until > Instant::now() && !superseded(&entry.meta) {
                 inner.metrics.l1_hits.increment(1);
                 return Ok(Fetched::of(entry.value, entry.meta.stale_copy));
             }
         }
         match self.read_l2(stored_key).await {
-            L2Read::Fresh(value, stale) => return Ok(Fetched::of(value, stale)),
+            L2Read::Fresh(value, meta) if !superseded(&meta) => {
+                return Ok(Fetched::of(value, meta.stale_copy))
+            }
+            L2Read::Fresh(value, meta) => {
+                fallback = Fallback::newer(fallback, Some(Fallback { value, meta }))
+            }
             L2Read::Stale(found) => fallback = Fallback::newer(fallback, Some(found)),
             L2Read::Miss => {}
         }
-        inner.metrics.misses.increment(1);
+        if refresh_of.is_none() {
+            inner.metrics.misses.increment(1);
+        }
+        // Stale-while-revalidate with a loader that can run in the background: answer now.
+        if let (Some(start_refresh), Some(found)) = (background, fallback.as_ref()) {
+            if found.usable_within(windows.stale_while_revalidate, now_ms()) {
+                start_refresh(found.meta.fresh_until_ms);
+                inner.metrics.stale_served_refreshing.increment(1);
+                return Ok(Fetched::of(found.value.clone(), true));
+            }
+        }
         let Some(lease) = inner.lease else {
             return self
                 .load(
@@ -271,7 +325,7 @@ where
                 )
                 .await;
         };
-        let mode = match self.take_lease(stored_key, &lease).await {
+        let mode = match self.take_lease(stored_key, &lease, refresh_of).await {
             LeaseAttempt::Taken(held) => {
                 inner.metrics.leases_acquired.increment(1);
                 FillMode::Leased(held)
@@ -287,7 +341,7 @@ where
                     inner.metrics.stale_served_refreshing.increment(1);
                     return Ok(Fetched::of(found.value.clone(), true));
                 }
-                match self.wait_for_fill(stored_key, &lease).await {
+                match self.wait_for_fill(stored_key, &lease, refresh_of).await {
                     Waited::Value(value, stale) => return Ok(Fetched::of(value, stale)),
                     Waited::Lease(held) => {
                         inner.metrics.lease_takeovers.increment(1);
@@ -306,7 +360,12 @@ where
     /// Tries to take the key's lease. Having taken it, re-reads L2: the previous holder may have
     /// filled and released between our read and our lease, and loading again would be a second
     /// origin call for the same expiry.
-    async fn take_lease(&self, stored_key: &str, lease: &LeaseConfig) -> LeaseAttempt<V> {
+    async fn take_lease(
+        &self,
+        stored_key: &str,
+        lease: &LeaseConfig,
+        refresh_of: Option<u64>,
+    ) -> LeaseAttempt<V> {
         let remote = &self.inner.remote;
         let token: u64 = rand::random();
         match remote.try_lease(stored_key, token, lease.ttl).await {
@@ -314,11 +373,13 @@ where
                 let held =
                     HeldLease::new(remote.store().clone(), stored_key, token, remote.deadline());
                 match self.read_l2(stored_key).await {
-                    L2Read::Fresh(value, stale) => {
+                    L2Read::Fresh(value, meta)
+                        if refresh_of.is_none_or(|r| meta.fresh_until_ms > r) =>
+                    {
                         self.release(FillMode::Leased(held)).await;
-                        LeaseAttempt::Filled(value, stale)
+                        LeaseAttempt::Filled(value, meta.stale_copy)
                     }
-                    L2Read::Stale(_) | L2Read::Miss => LeaseAttempt::Taken(held),
+                    _ => LeaseAttempt::Taken(held),
                 }
             }
             Ok(false) => LeaseAttempt::Held,
@@ -328,7 +389,12 @@ where
 
     /// Waits for the instance holding the lease to fill the key: woken by its announcement,
     /// re-checking every poll interval, for at most the lease's wait deadline.
-    async fn wait_for_fill(&self, stored_key: &str, lease: &LeaseConfig) -> Waited<V> {
+    async fn wait_for_fill(
+        &self,
+        stored_key: &str,
+        lease: &LeaseConfig,
+        refresh_of: Option<u64>,
+    ) -> Waited<V> {
         let registration = self.inner.fill_waiters.register(stored_key);
         let deadline = tokio::time::Instant::now() + lease.wait;
         loop {
@@ -336,10 +402,11 @@ where
             let notified = registration.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let L2Read::Fresh(value, stale) = self.read_l2(stored_key).await {
-                return Waited::Value(value, stale);
+            if let L2Read::Fresh(value, meta) = self.read_l2(stored_key).await {
+                // (For a refresh, even the old entry will do: the holder is refreshing it.)
+                return Waited::Value(value, meta.stale_copy);
             }
-            match self.take_lease(stored_key, lease).await {
+            match self.take_lease(stored_key, lease, refresh_of).await {
                 LeaseAttempt::Taken(held) => return Waited::Lease(held),
                 LeaseAttempt::Filled(value, stale) => return Waited::Value(value, stale),
                 LeaseAttempt::Held => {}

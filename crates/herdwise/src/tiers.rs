@@ -72,8 +72,8 @@ impl<V> Fallback<V> {
 
 /// What L2 had for a key.
 pub(crate) enum L2Read<V> {
-    /// A fresh entry (`None` inside: a negative entry). `bool`: it is a fail-safe stale copy.
-    Fresh(Option<Arc<V>>, bool),
+    /// A fresh entry (`None` inside: a negative entry).
+    Fresh(Option<Arc<V>>, Meta),
     /// Only a stale one.
     Stale(Fallback<V>),
     /// Nothing usable (absent, failed, expired or corrupt — the latter deleted and counted).
@@ -107,7 +107,7 @@ where
                 );
                 if freshness == Freshness::Fresh {
                     inner.metrics.l2_hits.increment(1);
-                    L2Read::Fresh(value, meta.stale_copy)
+                    L2Read::Fresh(value, meta)
                 } else {
                     L2Read::Stale(Fallback { value, meta })
                 }

@@ -1,0 +1,115 @@
+//! Reads through the registered loader, and the background refreshes that only such a loader
+//! makes possible: stale-while-revalidate (answer with the stale value, refresh behind it) and
+//! XFetch (refresh a fresh entry early, with a probability that rises as its expiry nears).
+//!
+//! A background refresh runs the same read path as a load, marked with the entry it replaces,
+//! so it goes through the same single-flight, lease and fenced fill: at most one refresh per key
+//! across all instances, and a refresh that an invalidation overtakes is not written.
+
+use std::borrow::Borrow;
+use std::sync::Arc;
+
+use crate::cache::{Cache, Lookup};
+use crate::envelope::Meta;
+use crate::error::{Error, Result};
+use crate::flight::Join;
+use crate::freshness::{now_ms, xfetch_due};
+use crate::key::CacheKey;
+use crate::read_through::{Fetched, LoadOptions};
+
+impl<K, V> Cache<K, V>
+where
+    K: CacheKey + ToOwned + Sync + ?Sized + 'static,
+    K::Owned: Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    /// Reads `key` through L1, L2 and the loader registered with
+    /// [`CacheBuilder::loader`](crate::CacheBuilder::loader). Like
+    /// [`Cache::get_or_load`], plus background refresh: stale-while-revalidate and XFetch early
+    /// refresh. [`Error::NoLoader`] if none is registered.
+    pub async fn fetch(&self, key: &K) -> Result<Option<Arc<V>>> {
+        self.fetch_with(key, &LoadOptions::default())
+            .await
+            .map(|fetched| fetched.value)
+    }
+
+    /// [`Cache::fetch`] with per-call options, telling whether the value is stale.
+    pub async fn fetch_with(&self, key: &K, options: &LoadOptions) -> Result<Fetched<V>> {
+        let loader = self.loader.clone().ok_or(Error::NoLoader)?;
+        let (stored_key, fallback) = match self.lookup_l1(key)? {
+            Lookup::Fresh(value, meta) => {
+                if self.refresh_early(&meta) {
+                    self.inner.metrics.refreshes_xfetch.increment(1);
+                    let stored_key = self.inner.keys.stored_key(key)?;
+                    self.spawn_refresh(key.to_owned(), stored_key, meta.fresh_until_ms);
+                }
+                return Ok(Fetched::of(value, meta.stale_copy));
+            }
+            Lookup::Miss {
+                stored_key,
+                fallback,
+            } => (stored_key, fallback),
+        };
+        let windows = self.windows(options);
+        let background = |refresh_of: u64| {
+            self.inner.metrics.refreshes_swr.increment(1);
+            self.spawn_refresh(key.to_owned(), stored_key.clone(), refresh_of);
+        };
+        self.through(
+            &stored_key,
+            key,
+            |k: &K| loader.load(k),
+            &windows,
+            fallback,
+            Some(&background),
+        )
+        .await
+    }
+
+    /// Whether XFetch says to refresh this fresh entry now.
+    fn refresh_early(&self, meta: &Meta) -> bool {
+        let beta = self.inner.xfetch_beta;
+        // 1 - [0, 1) is (0, 1]: ln stays finite.
+        beta > 0.0 && xfetch_due(meta, now_ms(), beta, 1.0 - rand::random::<f64>())
+    }
+
+    /// Refreshes the entry fresh until `refresh_of` in the background. In-process, one refresh
+    /// per key: if a caller is loading the key right now (often the one that asked for this
+    /// refresh), the refresh waits for it and then decides.
+    pub(crate) fn spawn_refresh(&self, owned: K::Owned, stored_key: String, refresh_of: u64) {
+        let Some(loader) = self.loader.clone() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let cache = self.clone();
+        runtime.spawn(async move {
+            let key: &K = owned.borrow();
+            for _ in 0..2 {
+                match cache.inner.flights.join(&stored_key) {
+                    Join::Leader(leader) => {
+                        let windows = cache.windows(&LoadOptions::default());
+                        let result = cache
+                            .lead(
+                                &stored_key,
+                                key,
+                                |k: &K| loader.load(k),
+                                &windows,
+                                None,
+                                Some(refresh_of),
+                                None,
+                            )
+                            .await;
+                        leader.complete(result);
+                        return;
+                    }
+                    Join::Waiter(waiter) => {
+                        let _ = waiter.wait().await;
+                    }
+                    Join::Bypass => return,
+                }
+            }
+        });
+    }
+}
