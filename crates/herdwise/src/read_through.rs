@@ -219,12 +219,8 @@ where
     {
         // Stale-while-revalidate from L1: answer before joining any load in flight (which may be
         // the very refresh we would start), so the promise "at once" holds for every caller.
-        if let (Some(start_refresh), Some(found)) = (background, fallback.as_ref()) {
-            if found.usable_within(windows.stale_while_revalidate, now_ms()) {
-                start_refresh(found.meta.fresh_until_ms);
-                self.inner.metrics.stale_served_refreshing.increment(1);
-                return Ok(Fetched::of(found.value.clone(), true));
-            }
+        if let Some(stale) = self.revalidate_behind(background, fallback.as_ref(), windows) {
+            return Ok(stale);
         }
         loop {
             match self.inner.flights.join(stored_key) {
@@ -250,6 +246,23 @@ where
                 }
             }
         }
+    }
+
+    /// If a background refresh is possible and `fallback` is within the stale-while-revalidate
+    /// window: starts the refresh and returns the stale answer.
+    fn revalidate_behind(
+        &self,
+        background: Option<&Background<'_>>,
+        fallback: Option<&Fallback<V>>,
+        windows: &Windows,
+    ) -> Option<Fetched<V>> {
+        let (start_refresh, found) = (background?, fallback?);
+        if !found.usable_within(windows.stale_while_revalidate, now_ms()) {
+            return None;
+        }
+        start_refresh(found.meta.fresh_until_ms);
+        self.inner.metrics.stale_served_refreshing.increment(1);
+        Some(Fetched::of(found.value.clone(), true))
     }
 
     pub(crate) fn windows(&self, options: &LoadOptions) -> Windows {
@@ -306,12 +319,8 @@ where
             inner.metrics.misses.increment(1);
         }
         // Stale-while-revalidate with a loader that can run in the background: answer now.
-        if let (Some(start_refresh), Some(found)) = (background, fallback.as_ref()) {
-            if found.usable_within(windows.stale_while_revalidate, now_ms()) {
-                start_refresh(found.meta.fresh_until_ms);
-                inner.metrics.stale_served_refreshing.increment(1);
-                return Ok(Fetched::of(found.value.clone(), true));
-            }
+        if let Some(stale) = self.revalidate_behind(background, fallback.as_ref(), windows) {
+            return Ok(stale);
         }
         let Some(lease) = inner.lease else {
             return self
