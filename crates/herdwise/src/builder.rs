@@ -85,6 +85,7 @@ pub struct CacheBuilder<K: ?Sized, V> {
     stale_if_error: Duration,
     fail_safe_throttle: Duration,
     hard_timeout: Option<Duration>,
+    soft_timeout: Option<Duration>,
     loader: Option<SharedLoader<K, V>>,
     xfetch_beta: f64,
     _key: PhantomData<fn(&K)>,
@@ -120,6 +121,7 @@ where
             stale_if_error: DEFAULT_STALE_IF_ERROR,
             fail_safe_throttle: DEFAULT_FAIL_SAFE_THROTTLE,
             hard_timeout: None,
+            soft_timeout: None,
             loader: None,
             xfetch_beta: DEFAULT_XFETCH_BETA,
             _key: PhantomData,
@@ -295,6 +297,13 @@ where
         self
     }
 
+    /// For [`Cache::fetch`]: if a load takes longer than this and a stale value exists, the stale
+    /// value is returned and the load finishes in the background (default: off).
+    pub fn loader_soft_timeout(mut self, timeout: Duration) -> Self {
+        self.soft_timeout = Some(timeout);
+        self
+    }
+
     /// Validates the configuration and builds the cache.
     pub fn build(self) -> Result<Cache<K, V>> {
         if self.ttl.is_zero() {
@@ -375,6 +384,7 @@ where
                 lease: self.lease,
                 fill_waiters,
                 hard_timeout: self.hard_timeout,
+                soft_timeout: self.soft_timeout,
                 xfetch_beta: self.xfetch_beta,
             },
             self.loader,

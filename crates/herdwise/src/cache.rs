@@ -54,6 +54,8 @@ pub(crate) struct Inner<V> {
     pub fill_waiters: Arc<FillWaiters>,
     /// Default limit on a loader call.
     pub hard_timeout: Option<Duration>,
+    /// Default soft limit (for `fetch`): past it, a stale value answers and the load goes on.
+    pub soft_timeout: Option<Duration>,
     /// XFetch eagerness (0 disables early refresh).
     pub xfetch_beta: f64,
 }

@@ -9,7 +9,7 @@
 //! | `herdwise_misses_total` | counter | | reads that found nothing usable in any tier |
 //! | `herdwise_loads_total` | counter | | loader calls |
 //! | `herdwise_load_errors_total` | counter | `kind` = `error`/`panic`/`timeout` | loader failures (never cached) |
-//! | `herdwise_stale_served_total` | counter | `reason` = `error`/`refreshing` | stale values served: the origin failed (stale-if-error), or another instance is refreshing (stale-while-revalidate) |
+//! | `herdwise_stale_served_total` | counter | `reason` = `error`/`refreshing`/`soft_timeout` | stale values served: the origin failed (stale-if-error), a refresh is under way (stale-while-revalidate), or the load passed its soft timeout |
 //! | `herdwise_coalesced_waits_total` | counter | | callers that waited for another caller's load |
 //! | `herdwise_refreshes_total` | counter | `trigger` = `swr`/`xfetch` | background refreshes started (at most one runs per key across instances) |
 //! | `herdwise_flight_bypass_total` | counter | | loads not coalesced because the in-flight map was full |
@@ -88,6 +88,7 @@ pub(crate) struct CacheMetrics {
     pub load_timeouts: Counter,
     pub stale_served_error: Counter,
     pub stale_served_refreshing: Counter,
+    pub stale_served_soft_timeout: Counter,
     pub refreshes_swr: Counter,
     pub refreshes_xfetch: Counter,
     pub coalesced_waits: Counter,
@@ -122,6 +123,7 @@ impl CacheMetrics {
             load_timeouts: counter!(LOAD_ERRORS, "namespace" => ns.clone(), "kind" => "timeout"),
             stale_served_error: counter!(STALE_SERVED, "namespace" => ns.clone(), "reason" => "error"),
             stale_served_refreshing: counter!(STALE_SERVED, "namespace" => ns.clone(), "reason" => "refreshing"),
+            stale_served_soft_timeout: counter!(STALE_SERVED, "namespace" => ns.clone(), "reason" => "soft_timeout"),
             refreshes_swr: counter!(REFRESHES, "namespace" => ns.clone(), "trigger" => "swr"),
             refreshes_xfetch: counter!(REFRESHES, "namespace" => ns.clone(), "trigger" => "xfetch"),
             coalesced_waits: counter!(COALESCED_WAITS, "namespace" => ns.clone()),

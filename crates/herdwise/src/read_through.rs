@@ -84,6 +84,7 @@ impl<V> Fetched<V> {
 #[must_use]
 pub struct LoadOptions {
     hard_timeout: Option<Duration>,
+    soft_timeout: Option<Duration>,
     stale_if_error: Option<Duration>,
     stale_while_revalidate: Option<Duration>,
 }
@@ -93,6 +94,13 @@ impl LoadOptions {
     /// the stale-if-error window).
     pub fn hard_timeout(mut self, timeout: Duration) -> Self {
         self.hard_timeout = Some(timeout);
+        self
+    }
+
+    /// With [`Cache::fetch_with`]: if the load takes longer than this and a stale value exists,
+    /// return the stale value and let the load finish in the background.
+    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
+        self.soft_timeout = Some(timeout);
         self
     }
 
@@ -150,7 +158,8 @@ pub(crate) type Background<'a> = dyn Fn(u64) + Send + Sync + 'a;
 /// The windows one call works with (cache defaults, overridden per call).
 pub(crate) struct Windows {
     hard_timeout: Option<Duration>,
-    stale_if_error: Duration,
+    pub soft_timeout: Option<Duration>,
+    pub stale_if_error: Duration,
     stale_while_revalidate: Duration,
 }
 
@@ -269,6 +278,7 @@ where
         let policy = &self.inner.ttl;
         Windows {
             hard_timeout: options.hard_timeout.or(self.inner.hard_timeout),
+            soft_timeout: options.soft_timeout.or(self.inner.soft_timeout),
             stale_if_error: options.stale_if_error.unwrap_or(policy.stale_if_error),
             stale_while_revalidate: options
                 .stale_while_revalidate

@@ -16,6 +16,7 @@ use crate::flight::Join;
 use crate::freshness::{now_ms, xfetch_due};
 use crate::key::CacheKey;
 use crate::read_through::{Fetched, LoadOptions};
+use crate::tiers::Fallback;
 
 impl<K, V> Cache<K, V>
 where
@@ -34,7 +35,44 @@ where
     }
 
     /// [`Cache::fetch`] with per-call options, telling whether the value is stale.
+    ///
+    /// With a soft timeout ([`LoadOptions::soft_timeout`],
+    /// [`CacheBuilder::loader_soft_timeout`](crate::CacheBuilder::loader_soft_timeout)): if the
+    /// load takes longer and a stale value exists (within the stale-if-error window), the stale
+    /// value is returned then, and the load goes on in the background to fill the cache.
     pub async fn fetch_with(&self, key: &K, options: &LoadOptions) -> Result<Fetched<V>> {
+        if self.loader.is_none() {
+            return Err(Error::NoLoader);
+        }
+        let Some(soft) = self.windows(options).soft_timeout else {
+            return self.fetch_now(key, options).await;
+        };
+        // Run the read as a task, so it can outlive this call and still fill the cache.
+        let (cache, owned, opts) = (self.clone(), key.to_owned(), options.clone());
+        let mut read = tokio::spawn(async move { cache.fetch_now(owned.borrow(), &opts).await });
+        match tokio::time::timeout(soft, &mut read).await {
+            Ok(joined) => joined.unwrap_or(Err(Error::LoaderPanicked)),
+            Err(_) => {
+                // The read put any stale value it found into L1.
+                let windows = self.windows(options);
+                let stored_key = self.inner.keys.stored_key(key)?;
+                let stale = self.inner.l1.get(&stored_key).map(|entry| Fallback {
+                    value: entry.value,
+                    meta: entry.meta,
+                });
+                match stale.filter(|f| f.usable_within(windows.stale_if_error, now_ms())) {
+                    Some(found) => {
+                        self.inner.metrics.stale_served_soft_timeout.increment(1);
+                        Ok(Fetched::of(found.value, true))
+                    }
+                    // Nothing to fall back on: wait for the read (the hard timeout bounds it).
+                    None => read.await.unwrap_or(Err(Error::LoaderPanicked)),
+                }
+            }
+        }
+    }
+
+    async fn fetch_now(&self, key: &K, options: &LoadOptions) -> Result<Fetched<V>> {
         let loader = self.loader.clone().ok_or(Error::NoLoader)?;
         let (stored_key, fallback) = match self.lookup_l1(key)? {
             Lookup::Fresh(value, meta) => {

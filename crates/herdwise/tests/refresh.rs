@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 struct Origin {
     value: Arc<Mutex<String>>,
     calls: Calls,
-    latency: Duration,
+    latency: Arc<Mutex<Duration>>,
 }
 
 impl Origin {
@@ -23,7 +23,7 @@ impl Origin {
         Origin {
             value: Arc::new(Mutex::new(value.to_string())),
             calls: Calls::default(),
-            latency,
+            latency: Arc::new(Mutex::new(latency)),
         }
     }
     fn loader(
@@ -38,7 +38,8 @@ impl Origin {
             Box::pin(async move {
                 origin.calls.hit();
                 let v = origin.value.lock().clone();
-                tokio::time::sleep(origin.latency).await;
+                let latency = *origin.latency.lock();
+                tokio::time::sleep(latency).await;
                 Ok(Some(v))
             })
         }
@@ -169,4 +170,56 @@ async fn xfetch_refreshes_before_expiry_so_nobody_waits_at_expiry() {
         calls >= 4,
         "early refreshes happened ({calls} loads in 2.5 s of a 600 ms TTL)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soft_timeout_answers_stale_and_the_load_still_fills() {
+    let server = common::redis();
+    let origin = Origin::new("v1", Duration::from_millis(10));
+    let cache: Cache<u64, String> = Cache::builder("soft")
+        .store(common::store(&server).await)
+        .ttl(Duration::from_millis(200))
+        .no_ttl_jitter()
+        .xfetch_beta(0.0)
+        .loader_soft_timeout(Duration::from_millis(50))
+        .loader(origin.loader())
+        .build()
+        .unwrap();
+    cache.fetch(&1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    *origin.value.lock() = "v2".to_string();
+    *origin.latency.lock() = Duration::from_millis(400);
+
+    let t = Instant::now();
+    let got = cache
+        .fetch_with(&1, &herdwise::LoadOptions::default())
+        .await
+        .unwrap();
+    assert!(got.stale, "past the soft timeout the stale value answers");
+    assert_eq!(got.value.as_deref().map(String::as_str), Some("v1"));
+    assert!(
+        t.elapsed() < Duration::from_millis(250),
+        "took {:?}",
+        t.elapsed()
+    );
+
+    let filled = common::eventually(Duration::from_secs(3), async || {
+        cache.get(&1).await.unwrap().as_deref().map(String::as_str) == Some("v2")
+    })
+    .await;
+    assert!(
+        filled,
+        "the slow load finished in the background and filled the cache"
+    );
+    assert_eq!(origin.calls.get(), 2);
+
+    // no stale value to fall back on: the caller waits for the load
+    *origin.latency.lock() = Duration::from_millis(150);
+    let t = Instant::now();
+    let got = cache
+        .fetch_with(&2, &herdwise::LoadOptions::default())
+        .await
+        .unwrap();
+    assert!(!got.stale);
+    assert!(t.elapsed() >= Duration::from_millis(140));
 }
