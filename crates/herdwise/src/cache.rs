@@ -144,8 +144,12 @@ where
     V: Send + Sync + 'static,
 {
     pub(crate) fn from_parts(inner: Inner<V>, loader: Option<SharedLoader<K, V>>) -> Self {
+        Self::from_arc(Arc::new(inner), loader)
+    }
+
+    pub(crate) fn from_arc(inner: Arc<Inner<V>>, loader: Option<SharedLoader<K, V>>) -> Self {
         Cache {
-            inner: Arc::new(inner),
+            inner,
             loader,
             _key: PhantomData,
         }

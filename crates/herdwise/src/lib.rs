@@ -78,4 +78,5 @@ pub use error::{Error, Result};
 pub use key::{encode_key, CacheKey, KeyEncoder, KeyError};
 pub use loader::{Loader, LoaderError};
 pub use read_through::{Fetched, LoadOptions};
+pub use refresh::RefreshAhead;
 pub use store::{MemoryStore, RedisStore, RedisStoreBuilder, SetOutcome, Store, StoreError};

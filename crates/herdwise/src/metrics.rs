@@ -11,7 +11,7 @@
 //! | `herdwise_load_errors_total` | counter | `kind` = `error`/`panic`/`timeout` | loader failures (never cached) |
 //! | `herdwise_stale_served_total` | counter | `reason` = `error`/`refreshing`/`soft_timeout` | stale values served: the origin failed (stale-if-error), a refresh is under way (stale-while-revalidate), or the load passed its soft timeout |
 //! | `herdwise_coalesced_waits_total` | counter | | callers that waited for another caller's load |
-//! | `herdwise_refreshes_total` | counter | `trigger` = `swr`/`xfetch` | background refreshes started (at most one runs per key across instances) |
+//! | `herdwise_refreshes_total` | counter | `trigger` = `swr`/`xfetch`/`ahead` | background refreshes started (at most one runs per key across instances) |
 //! | `herdwise_flight_bypass_total` | counter | | loads not coalesced because the in-flight map was full |
 //! | `herdwise_negative_stored_total` | counter | | negative entries written |
 //! | `herdwise_store_errors_total` | counter | `op`, `kind` = `error`/`timeout` | failed remote-store calls |
@@ -91,6 +91,7 @@ pub(crate) struct CacheMetrics {
     pub stale_served_soft_timeout: Counter,
     pub refreshes_swr: Counter,
     pub refreshes_xfetch: Counter,
+    pub refreshes_ahead: Counter,
     pub coalesced_waits: Counter,
     pub flight_bypass: Counter,
     pub negative_stored: Counter,
@@ -126,6 +127,7 @@ impl CacheMetrics {
             stale_served_soft_timeout: counter!(STALE_SERVED, "namespace" => ns.clone(), "reason" => "soft_timeout"),
             refreshes_swr: counter!(REFRESHES, "namespace" => ns.clone(), "trigger" => "swr"),
             refreshes_xfetch: counter!(REFRESHES, "namespace" => ns.clone(), "trigger" => "xfetch"),
+            refreshes_ahead: counter!(REFRESHES, "namespace" => ns.clone(), "trigger" => "ahead"),
             coalesced_waits: counter!(COALESCED_WAITS, "namespace" => ns.clone()),
             flight_bypass: counter!(FLIGHT_BYPASS, "namespace" => ns.clone()),
             negative_stored: counter!(NEGATIVE_STORED, "namespace" => ns.clone()),

@@ -8,6 +8,7 @@
 
 use std::borrow::Borrow;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::cache::{Cache, Lookup};
 use crate::envelope::Meta;
@@ -16,7 +17,7 @@ use crate::flight::Join;
 use crate::freshness::{now_ms, xfetch_due};
 use crate::key::CacheKey;
 use crate::read_through::{Fetched, LoadOptions};
-use crate::tiers::Fallback;
+use crate::tiers::{Fallback, L2Read};
 
 impl<K, V> Cache<K, V>
 where
@@ -104,6 +105,93 @@ where
         .await
     }
 
+    /// Keeps `keys` refreshed ahead of their expiry, for as long as the returned handle lives:
+    /// each key is reloaded (through the lease, so once across instances) when less than
+    /// `ahead` × TTL of its freshness remains, and loaded if it is missing. For keys that must
+    /// never be cold — a homepage, a config blob.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// use herdwise::Cache;
+    /// let config: Cache<str, String> = Cache::builder("config")
+    ///     .loader(|name: &str| {
+    ///         let name = name.to_string();
+    ///         async move { Ok::<_, std::io::Error>(Some(format!("settings of {name}"))) }
+    ///     })
+    ///     .build()?;
+    /// let _hot = config.refresh_ahead(["homepage".to_string()], 0.2)?;
+    /// // ... while `_hot` lives, "homepage" is reloaded when 20 % of its TTL is left.
+    /// # Ok(()) }
+    /// ```
+    pub fn refresh_ahead(
+        &self,
+        keys: impl IntoIterator<Item = K::Owned>,
+        ahead: f64,
+    ) -> Result<RefreshAhead>
+    where
+        K::Owned: Clone,
+    {
+        let loader = self.loader.clone().ok_or(Error::NoLoader)?;
+        if !(ahead > 0.0 && ahead < 1.0) {
+            return Err(Error::Config(
+                "refresh_ahead: `ahead` must be within (0, 1)".into(),
+            ));
+        }
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::Config("refresh_ahead needs a Tokio runtime".into()))?;
+        let keys: Vec<K::Owned> = keys.into_iter().collect();
+        let ttl = self.inner.ttl.ttl;
+        let lead_time = ttl.mul_f64(ahead);
+        let period = (lead_time / 4).clamp(Duration::from_millis(20), Duration::from_secs(5));
+        let weak = Arc::downgrade(&self.inner);
+        let task = runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                // Hold the cache only while checking, so the task ends with the cache.
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let cache = Cache::from_arc(inner, Some(loader.clone()));
+                for owned in &keys {
+                    cache.refresh_if_due(owned, lead_time).await;
+                }
+            }
+        });
+        Ok(RefreshAhead {
+            task: task.abort_handle(),
+        })
+    }
+
+    /// Refreshes `owned` in the background if less than `lead_time` of freshness is left; loads
+    /// it now if it is missing.
+    async fn refresh_if_due(&self, owned: &K::Owned, lead_time: Duration)
+    where
+        K::Owned: Clone,
+    {
+        let key: &K = owned.borrow();
+        let Ok(stored_key) = self.inner.keys.stored_key(key) else {
+            return;
+        };
+        let fresh_until_ms = match self.inner.l1.get(&stored_key) {
+            Some(entry) => Some(entry.meta.fresh_until_ms),
+            None => match self.read_l2(&stored_key).await {
+                L2Read::Fresh(_, meta) => Some(meta.fresh_until_ms),
+                L2Read::Stale(_) | L2Read::Miss => None,
+            },
+        };
+        match fresh_until_ms {
+            Some(until) if until > now_ms() + lead_time.as_millis() as u64 => {}
+            Some(until) => {
+                self.inner.metrics.refreshes_ahead.increment(1);
+                self.spawn_refresh(owned.clone(), stored_key, until);
+            }
+            None => {
+                let _ = self.fetch(key).await;
+            }
+        }
+    }
+
     /// Whether XFetch says to refresh this fresh entry now.
     fn refresh_early(&self, meta: &Meta) -> bool {
         let beta = self.inner.xfetch_beta;
@@ -149,5 +237,19 @@ where
                 }
             }
         });
+    }
+}
+
+/// Keeps keys refreshed ahead of expiry while it lives (see [`Cache::refresh_ahead`]); dropping
+/// it stops the refreshing.
+#[derive(Debug)]
+#[must_use = "refreshing stops when the handle is dropped"]
+pub struct RefreshAhead {
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for RefreshAhead {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

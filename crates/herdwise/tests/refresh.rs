@@ -223,3 +223,50 @@ async fn a_soft_timeout_answers_stale_and_the_load_still_fills() {
     assert!(!got.stale);
     assert!(t.elapsed() >= Duration::from_millis(140));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_ahead_keeps_a_key_warm_until_the_handle_is_dropped() {
+    let server = common::redis();
+    let origin = Origin::new("v", Duration::from_millis(30));
+    let cache: Cache<u64, String> = Cache::builder("ahead")
+        .store(common::store(&server).await)
+        .ttl(Duration::from_millis(400))
+        .no_ttl_jitter()
+        .xfetch_beta(0.0)
+        .stale_if_error(Duration::ZERO)
+        .loader(origin.loader())
+        .build()
+        .unwrap();
+    let hot = cache.refresh_ahead([1u64], 0.5).unwrap();
+    // nobody reads through the loader: plain cache-aside gets, which never load
+    let warm = common::eventually(Duration::from_secs(2), async || {
+        cache.get(&1).await.unwrap().is_some()
+    })
+    .await;
+    assert!(warm, "a registered key is loaded without anyone asking");
+    let until = Instant::now() + Duration::from_millis(1600);
+    let mut misses = 0;
+    while Instant::now() < until {
+        if cache.get(&1).await.unwrap().is_none() {
+            misses += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(misses, 0, "refreshed before every expiry");
+    let calls = origin.calls.get();
+    assert!(calls >= 4, "{calls} loads over ~4 TTLs");
+
+    drop(hot);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let after = origin.calls.get();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        origin.calls.get(),
+        after,
+        "dropping the handle stops the refreshing"
+    );
+    assert!(
+        cache.get(&1).await.unwrap().is_none(),
+        "and the key then expires"
+    );
+}
