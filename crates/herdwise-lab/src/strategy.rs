@@ -4,6 +4,8 @@
 //!   origin and SET with a TTL; if Redis fails, go to the origin. No coalescing, no L1, no jitter.
 //! - `herdwise`: the library with its defaults.
 //! - `herdwise-no-l1`: the library with L1 disabled (to see what L1 buys).
+//! - `herdwise-fetch`: the library reading through a registered loader (`Cache::fetch`), which
+//!   adds background refresh: XFetch early refresh (on by default) and stale-while-revalidate.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -159,22 +161,30 @@ pub async fn naive(
 struct Herdwise {
     cache: Cache<u64, Vec<u8>>,
     origin: Arc<Origin>,
+    /// Read through the registered loader (`fetch`) instead of a per-call loader.
+    fetch: bool,
 }
 
 #[async_trait]
 impl Reader for Herdwise {
     async fn read(&self, key: u64) -> Result<usize, String> {
         let origin = &self.origin;
-        self.cache
-            .get_or_load(&key, |k| async move { origin.load(*k).await.map(Some) })
-            .await
+        let value = if self.fetch {
+            self.cache.fetch(&key).await
+        } else {
+            self.cache
+                .get_or_load(&key, |k| async move { origin.load(*k).await.map(Some) })
+                .await
+        };
+        value
             .map(|v| v.map_or(0, |v| v.len()))
             .map_err(|e| e.to_string())
     }
 }
 
 /// N Herdwise instances (each its own `Cache`, L1 and Redis connection), configured by
-/// `configure` on top of `namespace("lab")` + the Redis store.
+/// `configure` on top of `namespace("lab")` + the Redis store. A name ending in `-fetch` reads
+/// through a registered loader (`Cache::fetch`).
 pub async fn herdwise(
     name: &str,
     redis_url: &str,
@@ -187,12 +197,24 @@ pub async fn herdwise(
     let mut readers: Vec<Arc<dyn Reader>> = Vec::new();
     for _ in 0..instances {
         let store = RedisStore::connect(redis_url).await?;
+        let fetch = name.ends_with("-fetch");
+        let registered = origin.clone();
         let cache = metrics::with_local_recorder(&recorder, || {
-            configure(Cache::builder("lab").store(store)).build()
+            let builder = configure(Cache::builder("lab").store(store));
+            let builder = if fetch {
+                builder.loader(move |k: &u64| {
+                    let (origin, k) = (registered.clone(), *k);
+                    async move { origin.load(k).await.map(Some) }
+                })
+            } else {
+                builder
+            };
+            builder.build()
         })?;
         readers.push(Arc::new(Herdwise {
             cache,
             origin: origin.clone(),
+            fetch,
         }));
     }
     Ok(Fleet {
