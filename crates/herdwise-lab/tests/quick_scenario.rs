@@ -66,5 +66,10 @@ async fn invalidation_race_leaves_no_stale_entry_in_the_shared_tier() {
         0.0,
         "fenced fills leave nothing stale in L2"
     );
+    assert_eq!(
+        result.strategy("herdwise").unwrap().extra["stale_l1_copies_on_other_instances"],
+        0.0,
+        "the backplane leaves nothing stale in the other instances' L1"
+    );
     assert!(result.strategy("naive").unwrap().extra["writes"] > 0.0);
 }

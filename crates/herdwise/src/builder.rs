@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::backplane::Backplane;
 use crate::cache::{Cache, Inner};
 use crate::codec::{Codec, Postcard};
 use crate::envelope::Compression;
@@ -88,6 +89,7 @@ pub struct CacheBuilder<K: ?Sized, V> {
     soft_timeout: Option<Duration>,
     loader: Option<SharedLoader<K, V>>,
     xfetch_beta: f64,
+    backplane: bool,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -124,6 +126,7 @@ where
             soft_timeout: None,
             loader: None,
             xfetch_beta: DEFAULT_XFETCH_BETA,
+            backplane: true,
             _key: PhantomData,
         }
     }
@@ -304,6 +307,13 @@ where
         self
     }
 
+    /// Turns the invalidation backplane off (default on): writes and invalidations are then not
+    /// announced to other instances, whose L1 copies live until the L1 TTL cap.
+    pub fn no_backplane(mut self) -> Self {
+        self.backplane = false;
+        self
+    }
+
     /// Validates the configuration and builds the cache.
     pub fn build(self) -> Result<Cache<K, V>> {
         if self.ttl.is_zero() {
@@ -361,6 +371,9 @@ where
             .store_timeout
             .unwrap_or_else(|| store.default_timeout());
         let fill_waiters = FillWaiters::new(store.clone(), &self.namespace);
+        let backplane = self
+            .backplane
+            .then(|| Backplane::new(store.clone(), &self.namespace));
         let remote = Remote::new(store, deadline, metrics.clone(), &self.namespace);
         Ok(Cache::from_parts(
             Inner {
@@ -386,6 +399,7 @@ where
                 hard_timeout: self.hard_timeout,
                 soft_timeout: self.soft_timeout,
                 xfetch_beta: self.xfetch_beta,
+                backplane,
             },
             self.loader,
         ))

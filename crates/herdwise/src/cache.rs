@@ -11,6 +11,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::backplane::{Backplane, Invalidation};
 use crate::builder::CacheBuilder;
 use crate::codec::Codec;
 use crate::envelope::{Compression, Meta};
@@ -58,6 +59,8 @@ pub(crate) struct Inner<V> {
     pub soft_timeout: Option<Duration>,
     /// XFetch eagerness (0 disables early refresh).
     pub xfetch_beta: f64,
+    /// `None`: other instances' L1s are not told about writes (the L1 cap bounds staleness).
+    pub backplane: Option<Backplane>,
 }
 
 /// A typed, multi-tier, read-through cache.
@@ -251,17 +254,20 @@ where
             .await
     }
 
-    /// Removes `key` from L1 and L2 (positive and negative entries alike) and voids any load in
-    /// flight for it, on any instance: that load's fill will be refused.
+    /// Removes `key` from L1 and L2 (positive and negative entries alike), voids any load in
+    /// flight for it on any instance (that load's fill will be refused), and tells the other
+    /// instances to drop it from their L1.
     ///
     /// An L2 failure is logged and counted (`herdwise_store_errors_total{op="delete"}`), not
     /// returned: the entry's TTL is the safety net.
     pub async fn invalidate(&self, key: &K) -> Result<()> {
+        self.ensure_backplane();
         let stored_key = self.inner.keys.stored_key(key)?;
         self.inner.l1.remove(&stored_key);
         let _ = self.inner.remote.delete(&stored_key).await;
         // Dropping L1 again closes the window where a concurrent L2 read refilled it.
         self.inner.l1.remove(&stored_key);
+        self.announce(&stored_key).await;
         Ok(())
     }
 
@@ -295,7 +301,24 @@ where
         self.inner.l1.len()
     }
 
+    /// Listens to other instances' invalidations from the first use on (it needs a runtime).
+    fn ensure_backplane(&self) {
+        if let Some(backplane) = self.inner.backplane.as_ref() {
+            backplane.ensure_listening(&self.inner);
+        }
+    }
+
+    /// Tells the other instances to drop `stored_key` from their L1.
+    async fn announce(&self, stored_key: &str) {
+        if let Some(backplane) = self.inner.backplane.as_ref() {
+            backplane
+                .publish(&self.inner.remote, Invalidation::Key(stored_key))
+                .await;
+        }
+    }
+
     pub(crate) fn lookup_l1(&self, key: &K) -> Result<Lookup<V>> {
+        self.ensure_backplane();
         let inner = &*self.inner;
         let lookup = |buf: &mut String| -> Result<Lookup<V>> {
             inner.keys.write(key, buf)?;
@@ -331,18 +354,25 @@ where
         version: u64,
         mode: WriteMode,
     ) -> Result<WriteOutcome> {
-        let encoded =
-            match self.encode_entry(Some(&value), self.inner.ttl.ttl, version, Duration::ZERO) {
-                Ok(encoded) => encoded,
-                Err(err) => {
-                    // The caller meant to replace the value: do not keep serving the old one.
-                    self.inner.l1.remove(stored_key);
-                    let _ = self.inner.remote.delete(stored_key).await;
-                    return Err(err);
-                }
-            };
-        Ok(self
+        self.ensure_backplane();
+        let ttl = self.inner.ttl.ttl;
+        let encoded = match self.encode_entry(Some(&value), ttl, version, Duration::ZERO) {
+            Ok(encoded) => encoded,
+            Err(err) => {
+                // The caller meant to replace the value: do not keep serving the old one.
+                self.inner.l1.remove(stored_key);
+                let _ = self.inner.remote.delete(stored_key).await;
+                self.announce(stored_key).await;
+                return Err(err);
+            }
+        };
+        let outcome = self
             .store_encoded(stored_key, Some(&value), encoded, mode)
-            .await)
+            .await;
+        // Other instances' L1 copies are older than what was just written.
+        if outcome != WriteOutcome::RefusedOlder {
+            self.announce(stored_key).await;
+        }
+        Ok(outcome)
     }
 }

@@ -38,7 +38,7 @@
 //! - [`store`]: the L2 trait and its implementations ([`MemoryStore`], [`RedisStore`]).
 //! - [`loader`]: loaders registered on the cache (for `fetch` and background refresh).
 //! - [`metrics`]: the name of every metric.
-//! - internal: `local` (L1), `flight` (single-flight), `lease` (cross-instance load leases and
+//! - internal: `backplane` (invalidations to every instance's L1), `local` (L1), `flight` (single-flight), `lease` (cross-instance load leases and
 //!   fill notifications), `read_through` (the read path and its failure decisions), `refresh`
 //!   (`fetch` and background refresh: stale-while-revalidate, XFetch), `tiers`
 //!   (entries in and out of L1/L2), `remote` (deadlines and failure accounting around the store), `freshness` (TTL policy), `cache` and `builder` (composition).
@@ -47,6 +47,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod backplane;
 mod builder;
 mod cache;
 pub mod codec;

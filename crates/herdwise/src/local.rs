@@ -6,6 +6,8 @@
 //! value. An entry's weight is its key plus its encoded size plus a fixed overhead, which keeps
 //! the byte bound honest for values whose in-memory size is close to their encoded size.
 
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,10 +71,21 @@ impl<V> Lifecycle<Box<str>, L1Entry<V>> for EvictionCounter {
 
 type EngineOf<V> = Engine<Box<str>, L1Entry<V>, ByteWeighter, DefaultHashBuilder, EvictionCounter>;
 
+/// Stripes of the invalidation epochs.
+const EPOCH_STRIPES: usize = 1024;
+
 /// The byte-bounded in-process tier. A `max_bytes` of 0 disables it (every call is a no-op).
+///
+/// Invalidation epochs close the race between a read (or fill) that is about to put a value into
+/// L1 and an invalidation that arrives meanwhile: every invalidation bumps its key's stripe
+/// (a clear bumps them all) *before* removing the key, and an insert made under an older epoch is
+/// withdrawn right after it is made. Whichever happens first, the old value does not stay.
 pub(crate) struct LocalTier<V> {
     engine: Option<EngineOf<V>>,
     bytes_gauge: metrics::Gauge,
+    stripes: Box<[AtomicU64]>,
+    cleared: AtomicU64,
+    hasher: DefaultHashBuilder,
 }
 
 impl<V> LocalTier<V> {
@@ -81,10 +94,14 @@ impl<V> LocalTier<V> {
         evictions: Counter,
         bytes_gauge: metrics::Gauge,
     ) -> Result<Self, String> {
+        let stripes = (0..EPOCH_STRIPES).map(|_| AtomicU64::new(0)).collect();
         if max_bytes == 0 {
             return Ok(LocalTier {
                 engine: None,
                 bytes_gauge,
+                stripes,
+                cleared: AtomicU64::new(0),
+                hasher: DefaultHashBuilder::default(),
             });
         }
         // A rough item estimate only sizes the tables; the weight is the real bound.
@@ -103,6 +120,9 @@ impl<V> LocalTier<V> {
         Ok(LocalTier {
             engine: Some(engine),
             bytes_gauge,
+            stripes,
+            cleared: AtomicU64::new(0),
+            hasher: DefaultHashBuilder::default(),
         })
     }
 
@@ -120,8 +140,28 @@ impl<V> LocalTier<V> {
         None
     }
 
-    /// Stores an entry that lives for `live` and is fresh for the first `fresh` of it
-    /// (nothing is stored for a zero lifetime).
+    fn stripe(&self, key: &str) -> &AtomicU64 {
+        let i = (self.hasher.hash_one(key) as usize) % EPOCH_STRIPES;
+        &self.stripes[i]
+    }
+
+    /// The invalidation epoch of `key`: take it *before* the remote call whose result goes into
+    /// L1, and pass it to [`LocalTier::insert`].
+    pub fn epoch(&self, key: &str) -> u64 {
+        self.cleared
+            .load(Ordering::Acquire)
+            .wrapping_add(self.stripe(key).load(Ordering::Acquire))
+    }
+
+    /// Removes `key` because another instance invalidated it: bumps its epoch first, so an
+    /// insert racing with this one is withdrawn.
+    pub fn invalidate(&self, key: &str) {
+        self.stripe(key).fetch_add(1, Ordering::AcqRel);
+        self.remove(key);
+    }
+
+    /// Stores an entry that lives for `live` and is fresh for the first `fresh` of it (nothing is
+    /// stored for a zero lifetime) — unless `key` was invalidated since `epoch` was taken.
     #[allow(clippy::too_many_arguments)]
     pub fn insert(
         &self,
@@ -130,10 +170,14 @@ impl<V> LocalTier<V> {
         meta: &Meta,
         size: usize,
         (live, fresh): (Duration, Duration),
+        epoch: u64,
     ) {
         let Some(engine) = self.engine.as_ref() else {
             return;
         };
+        if self.epoch(key) != epoch {
+            return;
+        }
         if live.is_zero() {
             engine.remove(key);
             return;
@@ -146,7 +190,12 @@ impl<V> LocalTier<V> {
             meta: *meta,
             size: u32::try_from(size).unwrap_or(u32::MAX),
         };
+        let expires_at = entry.expires_at;
         engine.insert(key.into(), entry);
+        // An invalidation between the check above and the insert: withdraw what we put in.
+        if self.epoch(key) != epoch {
+            engine.remove_if(key, |e| e.expires_at == expires_at);
+        }
         self.bytes_gauge.set(engine.weight() as f64);
     }
 
@@ -155,6 +204,15 @@ impl<V> LocalTier<V> {
             if engine.remove(key).is_some() {
                 self.bytes_gauge.set(engine.weight() as f64);
             }
+        }
+    }
+
+    /// Drops every entry (events were missed: nothing here can be trusted any more).
+    pub fn clear(&self) {
+        self.cleared.fetch_add(1, Ordering::AcqRel);
+        if let Some(engine) = self.engine.as_ref() {
+            engine.clear();
+            self.bytes_gauge.set(0.0);
         }
     }
 
@@ -199,7 +257,14 @@ mod tests {
     fn entries_expire_at_their_deadline() {
         let l1 = tier(1 << 20);
         let ms30 = Duration::from_millis(30);
-        l1.insert("a", Some(Arc::new(vec![1])), &meta(), 1, (ms30, ms30));
+        l1.insert(
+            "a",
+            Some(Arc::new(vec![1])),
+            &meta(),
+            1,
+            (ms30, ms30),
+            l1.epoch("a"),
+        );
         assert!(l1.get("a").is_some());
         std::thread::sleep(Duration::from_millis(40));
         assert!(l1.get("a").is_none());
@@ -217,6 +282,7 @@ mod tests {
                 &meta(),
                 size,
                 (Duration::from_secs(60), Duration::from_secs(60)),
+                l1.epoch(&format!("k{i}")),
             );
             assert!(l1.weight() <= l1.capacity(), "after insert {i}");
         }
@@ -227,7 +293,30 @@ mod tests {
     fn disabled_tier_stores_nothing() {
         let l1 = tier(0);
         let s = Duration::from_secs(1);
-        l1.insert("a", Some(Arc::new(vec![1])), &meta(), 1, (s, s));
+        l1.insert("a", Some(Arc::new(vec![1])), &meta(), 1, (s, s), 0);
         assert!(l1.get("a").is_none());
+    }
+
+    #[test]
+    fn an_insert_under_an_older_epoch_does_not_stay() {
+        let l1 = tier(1 << 20);
+        let s = Duration::from_secs(10);
+        let before = l1.epoch("k");
+        l1.invalidate("k"); // arrives while the read was in flight
+        l1.insert("k", Some(Arc::new(vec![1])), &meta(), 1, (s, s), before);
+        assert!(l1.get("k").is_none());
+        let before = l1.epoch("k");
+        l1.clear();
+        l1.insert("k", Some(Arc::new(vec![1])), &meta(), 1, (s, s), before);
+        assert!(l1.get("k").is_none());
+        l1.insert(
+            "k",
+            Some(Arc::new(vec![1])),
+            &meta(),
+            1,
+            (s, s),
+            l1.epoch("k"),
+        );
+        assert!(l1.get("k").is_some());
     }
 }

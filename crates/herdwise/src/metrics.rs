@@ -20,6 +20,8 @@
 //! | `herdwise_leases_total` | counter | `outcome` = `acquired`/`held`/`takeover` | lease attempts after an L2 miss (`held`: another instance loads; `takeover`: a waiter took a lease its holder gave up) |
 //! | `herdwise_lease_wait_timeouts_total` | counter | | waiters that gave up on another instance's fill and loaded themselves |
 //! | `herdwise_fills_refused_total` | counter | `reason` = `lease_lost`/`older` | fills not written: the lease was voided by a write/invalidation (or expired), or L2 holds a newer version |
+//! | `herdwise_backplane_received_total` | counter | | invalidations received from other instances |
+//! | `herdwise_backplane_resets_total` | counter | `reason` = `gap`/`resubscribed`/`lagged` | L1 cleared because invalidation events may have been missed |
 //! | `herdwise_l1_evictions_total` | counter | | L1 entries evicted for space |
 //! | `herdwise_l1_bytes` | gauge | | L1 weight in bytes |
 
@@ -55,6 +57,10 @@ pub const LEASES: &str = "herdwise_leases_total";
 pub const LEASE_WAIT_TIMEOUTS: &str = "herdwise_lease_wait_timeouts_total";
 /// Fills that were not written.
 pub const FILLS_REFUSED: &str = "herdwise_fills_refused_total";
+/// Invalidations received from other instances.
+pub const BACKPLANE_RECEIVED: &str = "herdwise_backplane_received_total";
+/// L1 clears because events may have been missed.
+pub const BACKPLANE_RESETS: &str = "herdwise_backplane_resets_total";
 /// L1 evictions.
 pub const L1_EVICTIONS: &str = "herdwise_l1_evictions_total";
 /// L1 weight in bytes.
@@ -104,6 +110,9 @@ pub(crate) struct CacheMetrics {
     pub lease_wait_timeouts: Counter,
     pub fills_refused_lease_lost: Counter,
     pub fills_refused_older: Counter,
+    pub backplane_received: Counter,
+    /// gap, resubscribed, lagged.
+    backplane_resets: [Counter; 3],
     pub l1_evictions: Counter,
     pub l1_bytes: Gauge,
     /// `[op][kind]`, see [`StoreOp`] and [`FailureKind`].
@@ -140,6 +149,10 @@ impl CacheMetrics {
             lease_wait_timeouts: counter!(LEASE_WAIT_TIMEOUTS, "namespace" => ns.clone()),
             fills_refused_lease_lost: counter!(FILLS_REFUSED, "namespace" => ns.clone(), "reason" => "lease_lost"),
             fills_refused_older: counter!(FILLS_REFUSED, "namespace" => ns.clone(), "reason" => "older"),
+            backplane_received: counter!(BACKPLANE_RECEIVED, "namespace" => ns.clone()),
+            backplane_resets: ["gap", "resubscribed", "lagged"].map(
+                |reason| counter!(BACKPLANE_RESETS, "namespace" => ns.clone(), "reason" => reason),
+            ),
             l1_evictions: counter!(L1_EVICTIONS, "namespace" => ns.clone()),
             l1_bytes: gauge!(L1_BYTES, "namespace" => ns.clone()),
             store_errors: [
@@ -149,6 +162,15 @@ impl CacheMetrics {
                 [store("lease", "error"), store("lease", "timeout")],
             ],
         }
+    }
+
+    pub fn backplane_reset(&self, reason: &str) {
+        let i = match reason {
+            "gap" => 0,
+            "resubscribed" => 1,
+            _ => 2,
+        };
+        self.backplane_resets[i].increment(1);
     }
 
     pub fn store_failure(&self, op: StoreOp, kind: FailureKind) {

@@ -464,6 +464,7 @@ where
     {
         let metrics = &self.inner.metrics;
         metrics.loads.increment(1);
+        let epoch = self.inner.l1.epoch(stored_key);
         let started = Instant::now();
         // The loader is called inside the guarded future, so a panic while *building* the
         // future is caught too.
@@ -505,7 +506,7 @@ where
             self.release(mode).await;
             return Ok(Fetched::fresh(None));
         }
-        self.fill(stored_key, value.as_ref(), load_duration, mode)
+        self.fill(stored_key, value.as_ref(), load_duration, mode, epoch)
             .await;
         if value.is_none() {
             metrics.negative_stored.increment(1);
@@ -529,6 +530,7 @@ where
             self.release(mode).await;
             return Err(err);
         };
+        let epoch = inner.l1.epoch(stored_key);
         inner.metrics.stale_served_error.increment(1);
         tracing::warn!(
             key = stored_key,
@@ -543,11 +545,17 @@ where
                         let filled = self.fenced_fill(stored_key, &encoded, &held).await;
                         held.disarm();
                         if !matches!(filled, Ok(FillOutcome::LeaseLost)) {
-                            self.mirror_in_l1(stored_key, found.value.as_ref(), &encoded, size);
+                            self.mirror_in_l1(
+                                stored_key,
+                                found.value.as_ref(),
+                                &encoded,
+                                size,
+                                epoch,
+                            );
                         }
                     }
                     FillMode::Unleased => {
-                        self.mirror_in_l1(stored_key, found.value.as_ref(), &encoded, size);
+                        self.mirror_in_l1(stored_key, found.value.as_ref(), &encoded, size, epoch);
                     }
                 }
             }
@@ -591,12 +599,15 @@ where
 
     /// Caches what a loader produced. A value that cannot be cached is still returned to the
     /// callers; it is only counted and logged here.
+    /// `epoch`: L1's invalidation epoch of the key from before the load; if another instance
+    /// invalidated the key since, the value does not go into L1.
     async fn fill(
         &self,
         stored_key: &str,
         value: Option<&Arc<V>>,
         load_duration: Duration,
         mode: FillMode,
+        epoch: u64,
     ) {
         let inner = &*self.inner;
         let ttl = match value {
@@ -631,7 +642,7 @@ where
         match self.fenced_fill(stored_key, &encoded, &held).await {
             Ok(FillOutcome::Stored) => {
                 held.disarm();
-                self.mirror_in_l1(stored_key, value, &encoded, size);
+                self.mirror_in_l1(stored_key, value, &encoded, size, epoch);
             }
             Ok(FillOutcome::RefusedOlder) => {
                 held.disarm();
@@ -651,7 +662,7 @@ where
             Err(_) => {
                 // L2 is failing: keep the value in this process only; the lease (if it still
                 // exists) is released in the background or expires.
-                self.mirror_in_l1(stored_key, value, &encoded, size);
+                self.mirror_in_l1(stored_key, value, &encoded, size, epoch);
             }
         }
     }

@@ -99,6 +99,11 @@ impl Remote {
             .await
     }
 
+    pub async fn publish(&self, channel: &str, message: Bytes) -> Result<(), StoreError> {
+        self.call(StoreOp::Set, channel, self.store.publish(channel, message))
+            .await
+    }
+
     /// The deadline applied to each call.
     pub fn deadline(&self) -> Duration {
         self.deadline

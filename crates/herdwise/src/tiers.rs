@@ -88,6 +88,7 @@ where
     /// An L2 lookup that fills L1 on a hit (a stale hit too, as a fallback).
     pub(crate) async fn read_l2(&self, stored_key: &str) -> L2Read<V> {
         let inner = &*self.inner;
+        let epoch = inner.l1.epoch(stored_key);
         let Some(bytes) = inner.remote.get(stored_key).await else {
             return L2Read::Miss;
         };
@@ -104,6 +105,7 @@ where
                     &meta,
                     bytes.len(),
                     inner.ttl.l1_lifetimes(&meta, now),
+                    epoch,
                 );
                 if freshness == Freshness::Fresh {
                     inner.metrics.l2_hits.increment(1);
@@ -225,6 +227,7 @@ where
         let inner = &*self.inner;
         let size = encoded.bytes.len();
         let ttl = inner.ttl.l2_ttl(&encoded.meta);
+        let epoch = inner.l1.epoch(stored_key);
         let remote = match mode {
             WriteMode::Overwrite => inner
                 .remote
@@ -246,17 +249,19 @@ where
             }
             Err(_) => WriteOutcome::LocalOnly,
         };
-        self.mirror_in_l1(stored_key, value, &encoded, size);
+        self.mirror_in_l1(stored_key, value, &encoded, size, epoch);
         outcome
     }
 
-    /// Puts what was just written to L2 into L1, for the entry's L1 lifetimes.
+    /// Puts what was just written to L2 into L1, for the entry's L1 lifetimes — unless the key
+    /// was invalidated since `epoch` (taken before the L2 write).
     pub(crate) fn mirror_in_l1(
         &self,
         stored_key: &str,
         value: Option<&Arc<V>>,
         encoded: &Encoded,
         size: usize,
+        epoch: u64,
     ) {
         let inner = &*self.inner;
         inner.l1.insert(
@@ -265,6 +270,7 @@ where
             &encoded.meta,
             size,
             inner.ttl.l1_lifetimes(&encoded.meta, encoded.now),
+            epoch,
         );
     }
 }

@@ -240,6 +240,14 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn publish(&self, channel: &str, message: Bytes) -> Result<(), StoreError> {
+        let channels = self.inner.channels.lock();
+        if let Some(sender) = channels.get(channel) {
+            let _ = sender.send(StoreEvent::Message(message));
+        }
+        Ok(())
+    }
+
     fn subscribe(&self, channel: &str) -> Option<broadcast::Receiver<StoreEvent>> {
         let mut channels = self.inner.channels.lock();
         let sender = channels

@@ -155,6 +155,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Releases the lease on `key` if `token` holds it (compare-and-delete, never a blind DEL).
     async fn release_lease(&self, key: &str, token: u64) -> Result<(), StoreError>;
 
+    /// Publishes `message` on `channel` (to the subscribers of every instance).
+    async fn publish(&self, channel: &str, message: Bytes) -> Result<(), StoreError>;
+
     /// Subscribes to `channel`. The store keeps the subscription alive (resubscribing after a
     /// disconnect, announcing it with [`StoreEvent::Subscribed`]) for as long as a receiver
     /// exists. Must be called inside a Tokio runtime. `None` if the store has no messaging

@@ -332,6 +332,16 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    async fn publish(&self, channel: &str, message: Bytes) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _receivers: i64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(message.as_ref())
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     fn subscribe(&self, channel: &str) -> Option<broadcast::Receiver<StoreEvent>> {
         let runtime = tokio::runtime::Handle::try_current().ok()?;
         let (tx, rx) = broadcast::channel(4096);

@@ -1,0 +1,189 @@
+//! The invalidation backplane: every write or invalidation is announced to the other instances,
+//! which drop the key from their L1.
+//!
+//! Messages are `sender|sequence|kind|payload` on the namespace's channel (`herdwise:inv:<ns>`):
+//! the sender id tells an instance to ignore its own messages, and per-sender sequence numbers
+//! reveal lost ones. Whenever events may have been missed — a sequence gap, a resubscription
+//! after a disconnect or a Redis restart, a listener that fell behind — the instance clears its
+//! whole L1 for the namespace. So a lost event costs a few cache misses, never stale data for
+//! longer than it takes to notice; and the L1 TTL cap remains the last net.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::broadcast;
+
+use crate::cache::Inner;
+use crate::remote::Remote;
+use crate::store::{Store, StoreEvent};
+
+/// Most senders whose sequence is tracked; past it, tracking restarts (pods come and go).
+const MAX_SENDERS: usize = 10_000;
+
+/// What an event invalidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Invalidation<'a> {
+    /// One stored key.
+    Key(&'a str),
+}
+
+/// One instance's end of the backplane.
+pub(crate) struct Backplane {
+    store: Arc<dyn Store>,
+    channel: String,
+    sender: u64,
+    sequence: AtomicU64,
+    listening: AtomicBool,
+}
+
+impl Backplane {
+    pub fn new(store: Arc<dyn Store>, namespace: &str) -> Self {
+        Backplane {
+            store,
+            channel: format!("herdwise:inv:{namespace}"),
+            sender: rand::random(),
+            sequence: AtomicU64::new(0),
+            listening: AtomicBool::new(false),
+        }
+    }
+
+    /// Starts listening (once, inside a Tokio runtime; a later call retries if there was none).
+    pub fn ensure_listening<V: Send + Sync + 'static>(&self, inner: &Arc<Inner<V>>) {
+        if self.listening.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.listening.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match self.store.subscribe(&self.channel) {
+            Some(events) => {
+                runtime.spawn(listen(Arc::downgrade(inner), events, self.sender));
+            }
+            None => tracing::warn!(
+                channel = %self.channel,
+                "store has no messaging: other instances' L1s rely on the L1 TTL cap"
+            ),
+        }
+    }
+
+    /// Announces an invalidation to the other instances.
+    pub async fn publish(&self, remote: &Remote, what: Invalidation<'_>) {
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        let message = match what {
+            Invalidation::Key(key) => format!("{:x}|{sequence}|k|{key}", self.sender),
+        };
+        let _ = remote.publish(&self.channel, Bytes::from(message)).await;
+    }
+}
+
+/// A parsed message.
+#[derive(Debug, PartialEq, Eq)]
+struct Message<'a> {
+    sender: u64,
+    sequence: u64,
+    kind: &'a str,
+    payload: &'a str,
+}
+
+fn parse(bytes: &[u8]) -> Option<Message<'_>> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut parts = text.splitn(4, '|');
+    Some(Message {
+        sender: u64::from_str_radix(parts.next()?, 16).ok()?,
+        sequence: parts.next()?.parse().ok()?,
+        kind: parts.next()?,
+        payload: parts.next()?,
+    })
+}
+
+/// Applies other instances' invalidations to this instance's L1 until the cache is gone.
+async fn listen<V: Send + Sync + 'static>(
+    inner: Weak<Inner<V>>,
+    mut events: broadcast::Receiver<StoreEvent>,
+    own: u64,
+) {
+    let mut last: HashMap<u64, u64> = HashMap::new();
+    let mut subscribed_before = false;
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                if inner.strong_count() == 0 {
+                    return;
+                }
+                continue;
+            }
+        };
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let reset = |reason: &'static str| {
+            inner.l1.clear();
+            inner.metrics.backplane_reset(reason);
+            tracing::info!(
+                namespace = inner.keys.namespace(),
+                reason,
+                "L1 cleared: invalidation events may have been missed"
+            );
+        };
+        match event {
+            Ok(StoreEvent::Subscribed) => {
+                if subscribed_before {
+                    last.clear();
+                    reset("resubscribed");
+                }
+                subscribed_before = true;
+            }
+            Ok(StoreEvent::Message(bytes)) => {
+                let Some(message) = parse(&bytes) else {
+                    tracing::debug!("unreadable backplane message ignored");
+                    continue;
+                };
+                if message.sender == own {
+                    continue;
+                }
+                inner.metrics.backplane_received.increment(1);
+                if last.len() >= MAX_SENDERS {
+                    last.clear();
+                }
+                let previous = last.insert(message.sender, message.sequence);
+                if previous.is_some_and(|p| message.sequence != p + 1) {
+                    reset("gap");
+                    continue;
+                }
+                if message.kind == "k" {
+                    inner.l1.invalidate(message.payload);
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => reset("lagged"),
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_keys_may_contain_the_separator() {
+        let m = parse(b"ff|7|k|ns:v1:a|b").unwrap();
+        assert_eq!(
+            m,
+            Message {
+                sender: 255,
+                sequence: 7,
+                kind: "k",
+                payload: "ns:v1:a|b"
+            }
+        );
+        assert!(parse(b"zz|1|k|x").is_none());
+        assert!(parse(b"ff|1").is_none());
+    }
+}

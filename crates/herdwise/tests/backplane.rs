@@ -1,0 +1,176 @@
+//! The invalidation backplane: writes and invalidations on one instance reach every other
+//! instance's L1; lost events (gaps, lost subscriptions) clear L1 instead of leaving it stale.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{counter, OriginError};
+use herdwise::{metrics as m, Cache, MemoryStore, Store};
+
+async fn fleet(server: &herdwise_testkit::RedisServer, n: usize) -> Vec<Cache<u64, String>> {
+    let mut caches = Vec::new();
+    for _ in 0..n {
+        caches.push(
+            Cache::builder("bp")
+                .store(common::store(server).await)
+                .build()
+                .unwrap(),
+        );
+    }
+    caches
+}
+
+async fn load(cache: &Cache<u64, String>, key: u64, value: &str) -> Option<String> {
+    let value = value.to_string();
+    cache
+        .get_or_load(&key, |_| async move { Ok::<_, OriginError>(Some(value)) })
+        .await
+        .unwrap()
+        .map(|v| v.to_string())
+}
+
+/// Polls `cache.get(key)` until it no longer returns `old`; how long that took.
+async fn until_not(
+    cache: &Cache<u64, String>,
+    key: u64,
+    old: &str,
+    within: Duration,
+) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if cache
+            .get(&key)
+            .await
+            .unwrap()
+            .as_deref()
+            .map(String::as_str)
+            != Some(old)
+        {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_reaches_every_instances_l1() {
+    let server = common::redis();
+    let caches = fleet(&server, 3).await;
+    let mut took = Vec::new();
+    for key in 0..20u64 {
+        for cache in &caches {
+            assert_eq!(load(cache, key, "old").await.as_deref(), Some("old"));
+        }
+        // warm-up round: let every instance's subscription come up
+        if key == 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        caches[0].invalidate(&key).await.unwrap();
+        for cache in &caches[1..] {
+            let t = until_not(cache, key, "old", Duration::from_secs(2))
+                .await
+                .expect("another instance kept serving the invalidated value from L1");
+            took.push(t);
+        }
+    }
+    took.sort();
+    eprintln!(
+        "invalidation visible on other instances: p50 {:?}, max {:?} ({} samples)",
+        took[took.len() / 2],
+        took[took.len() - 1],
+        took.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_replaces_other_instances_l1_copies() {
+    let server = common::redis();
+    let caches = fleet(&server, 2).await;
+    load(&caches[0], 1, "v1").await;
+    load(&caches[1], 1, "v1").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    caches[0].set(&1, "v2".to_string()).await.unwrap();
+    let seen = common::eventually(Duration::from_secs(2), async || {
+        caches[1]
+            .get(&1)
+            .await
+            .unwrap()
+            .as_deref()
+            .map(String::as_str)
+            == Some("v2")
+    })
+    .await;
+    assert!(
+        seen,
+        "the other instance must read the new value, not its L1 copy"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_subscription_clears_l1_on_resubscribe() {
+    let server = common::redis();
+    let store = common::store(&server).await;
+    let (b, metrics) =
+        common::with_metrics(|| Cache::<u64, String>::builder("bp").store(store.clone()));
+    let a: Cache<u64, String> = Cache::builder("bp")
+        .store(common::store(&server).await)
+        .build()
+        .unwrap();
+    load(&a, 1, "old").await;
+    load(&b, 1, "old").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Every subscriber connection dies (as on a network blip); A's invalidation is published
+    // while B has no subscription, so B never receives it.
+    let mut raw = common::raw(&server).await;
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    a.invalidate(&1).await.unwrap();
+
+    let cleared = until_not(&b, 1, "old", Duration::from_secs(5)).await;
+    assert!(
+        cleared.is_some(),
+        "B must stop serving the old value once it resubscribes"
+    );
+    assert!(counter(&metrics, m::BACKPLANE_RESETS, &[("reason", "resubscribed")]) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_gap_clears_l1() {
+    let store = MemoryStore::new();
+    let (cache, metrics) =
+        common::with_metrics(|| Cache::<u64, String>::builder("bp").store(store.clone()));
+    for key in 0..5 {
+        load(&cache, key, "v").await;
+    }
+    assert_eq!(cache.l1_len(), 5);
+    let send = |seq: u64, key: &str| {
+        let store = store.clone();
+        let message = format!("abc|{seq}|k|{key}");
+        async move {
+            store
+                .publish("herdwise:inv:bp", Bytes::from(message))
+                .await
+                .unwrap()
+        }
+    };
+    send(1, "bp:v1:0").await;
+    send(2, "bp:v1:1").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(cache.l1_len(), 3, "in-order events drop just their keys");
+    send(4, "bp:v1:2").await; // 3 was lost
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(cache.l1_len(), 0, "a gap clears L1");
+    assert_eq!(
+        counter(&metrics, m::BACKPLANE_RESETS, &[("reason", "gap")]),
+        1
+    );
+}
