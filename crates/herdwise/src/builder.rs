@@ -19,6 +19,7 @@ use crate::loader::{Loader, SharedLoader};
 use crate::local::LocalTier;
 use crate::metrics::CacheMetrics;
 use crate::remote::Remote;
+use crate::retry::RetryQueue;
 use crate::store::{MemoryStore, Store};
 
 /// Default TTL of positive entries.
@@ -400,6 +401,7 @@ where
                 soft_timeout: self.soft_timeout,
                 xfetch_beta: self.xfetch_beta,
                 backplane,
+                retries: RetryQueue::new(),
             },
             self.loader,
         ))

@@ -25,6 +25,7 @@ use crate::local::LocalTier;
 use crate::metrics::CacheMetrics;
 use crate::read_through::{LoadOptions, LoadResult};
 use crate::remote::Remote;
+use crate::retry::RetryQueue;
 use crate::tiers::{Fallback, L2Read, WriteMode};
 
 /// What a write did.
@@ -61,6 +62,8 @@ pub(crate) struct Inner<V> {
     pub xfetch_beta: f64,
     /// `None`: other instances' L1s are not told about writes (the L1 cap bounds staleness).
     pub backplane: Option<Backplane>,
+    /// Failed invalidations, retried in the background.
+    pub retries: RetryQueue,
 }
 
 /// A typed, multi-tier, read-through cache.
@@ -258,17 +261,24 @@ where
     /// flight for it on any instance (that load's fill will be refused), and tells the other
     /// instances to drop it from their L1.
     ///
-    /// An L2 failure is logged and counted (`herdwise_store_errors_total{op="delete"}`), not
-    /// returned: the entry's TTL is the safety net.
+    /// An L2 failure is not returned: the invalidation is retried in the background from a
+    /// bounded queue with backoff (`herdwise_invalidation_retries_total`), and what cannot be
+    /// retried is counted as dead-lettered; the entry's TTL is the last net.
     pub async fn invalidate(&self, key: &K) -> Result<()> {
-        self.ensure_backplane();
         let stored_key = self.inner.keys.stored_key(key)?;
-        self.inner.l1.remove(&stored_key);
-        let _ = self.inner.remote.delete(&stored_key).await;
-        // Dropping L1 again closes the window where a concurrent L2 read refilled it.
-        self.inner.l1.remove(&stored_key);
-        self.announce(&stored_key).await;
+        self.invalidate_stored(&stored_key).await;
         Ok(())
+    }
+
+    /// Invalidates a stored key: L1 (under a new epoch, so a read in flight cannot put it
+    /// back), L2 (retried in the background if that fails), and the other instances' L1.
+    pub(crate) async fn invalidate_stored(&self, stored_key: &str) {
+        self.ensure_backplane();
+        self.inner.l1.invalidate(stored_key);
+        if self.inner.remote.delete(stored_key).await.is_err() {
+            self.inner.retries.push(&self.inner, stored_key);
+        }
+        self.announce(stored_key).await;
     }
 
     /// The key as stored in L2 (`namespace:v<schema>:<key>`), e.g. for `redis-cli`.

@@ -47,6 +47,10 @@ pub enum Error {
     #[error("loader failed: {0}")]
     Loader(Arc<dyn std::error::Error + Send + Sync + 'static>),
 
+    /// The origin write of `write_through`/`write_around` failed; the cache was not touched.
+    #[error("origin write failed: {0}")]
+    OriginWrite(Arc<dyn std::error::Error + Send + Sync + 'static>),
+
     /// The loader did not finish within its hard timeout. Nothing was cached.
     #[error("loader timed out after {0:?}")]
     LoaderTimeout(std::time::Duration),

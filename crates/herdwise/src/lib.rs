@@ -41,7 +41,8 @@
 //! - internal: `backplane` (invalidations to every instance's L1), `local` (L1), `flight` (single-flight), `lease` (cross-instance load leases and
 //!   fill notifications), `read_through` (the read path and its failure decisions), `refresh`
 //!   (`fetch` and background refresh: stale-while-revalidate, XFetch), `tiers`
-//!   (entries in and out of L1/L2), `remote` (deadlines and failure accounting around the store), `freshness` (TTL policy), `cache` and `builder` (composition).
+//!   (entries in and out of L1/L2), `write` (write-through, write-around), `retry` (failed
+//!   invalidations retried), `remote` (deadlines and failure accounting around the store), `freshness` (TTL policy), `cache` and `builder` (composition).
 
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
@@ -63,8 +64,10 @@ pub mod metrics;
 mod read_through;
 mod refresh;
 mod remote;
+mod retry;
 pub mod store;
 mod tiers;
+mod write;
 
 pub use builder::{
     CacheBuilder, DEFAULT_FAIL_SAFE_THROTTLE, DEFAULT_L1_MAX_BYTES, DEFAULT_L1_TTL_CAP,

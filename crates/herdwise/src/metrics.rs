@@ -22,6 +22,8 @@
 //! | `herdwise_fills_refused_total` | counter | `reason` = `lease_lost`/`older` | fills not written: the lease was voided by a write/invalidation (or expired), or L2 holds a newer version |
 //! | `herdwise_backplane_received_total` | counter | | invalidations received from other instances |
 //! | `herdwise_backplane_resets_total` | counter | `reason` = `gap`/`resubscribed`/`lagged` | L1 cleared because invalidation events may have been missed |
+//! | `herdwise_invalidation_retries_total` | counter | `outcome` = `queued`/`succeeded` | invalidations that failed against L2 and were queued for retry, and those a retry completed |
+//! | `herdwise_invalidations_dead_lettered_total` | counter | | invalidations given up (queue full, or every retry failed) |
 //! | `herdwise_l1_evictions_total` | counter | | L1 entries evicted for space |
 //! | `herdwise_l1_bytes` | gauge | | L1 weight in bytes |
 
@@ -61,6 +63,10 @@ pub const FILLS_REFUSED: &str = "herdwise_fills_refused_total";
 pub const BACKPLANE_RECEIVED: &str = "herdwise_backplane_received_total";
 /// L1 clears because events may have been missed.
 pub const BACKPLANE_RESETS: &str = "herdwise_backplane_resets_total";
+/// Failed invalidations queued for retry, and completed retries.
+pub const INVALIDATION_RETRIES: &str = "herdwise_invalidation_retries_total";
+/// Invalidations given up.
+pub const INVALIDATIONS_DEAD_LETTERED: &str = "herdwise_invalidations_dead_lettered_total";
 /// L1 evictions.
 pub const L1_EVICTIONS: &str = "herdwise_l1_evictions_total";
 /// L1 weight in bytes.
@@ -111,6 +117,9 @@ pub(crate) struct CacheMetrics {
     pub fills_refused_lease_lost: Counter,
     pub fills_refused_older: Counter,
     pub backplane_received: Counter,
+    pub invalidation_retries_queued: Counter,
+    pub invalidation_retries_succeeded: Counter,
+    pub invalidations_dead_lettered: Counter,
     /// gap, resubscribed, lagged.
     backplane_resets: [Counter; 3],
     pub l1_evictions: Counter,
@@ -150,6 +159,9 @@ impl CacheMetrics {
             fills_refused_lease_lost: counter!(FILLS_REFUSED, "namespace" => ns.clone(), "reason" => "lease_lost"),
             fills_refused_older: counter!(FILLS_REFUSED, "namespace" => ns.clone(), "reason" => "older"),
             backplane_received: counter!(BACKPLANE_RECEIVED, "namespace" => ns.clone()),
+            invalidation_retries_queued: counter!(INVALIDATION_RETRIES, "namespace" => ns.clone(), "outcome" => "queued"),
+            invalidation_retries_succeeded: counter!(INVALIDATION_RETRIES, "namespace" => ns.clone(), "outcome" => "succeeded"),
+            invalidations_dead_lettered: counter!(INVALIDATIONS_DEAD_LETTERED, "namespace" => ns.clone()),
             backplane_resets: ["gap", "resubscribed", "lagged"].map(
                 |reason| counter!(BACKPLANE_RESETS, "namespace" => ns.clone(), "reason" => reason),
             ),

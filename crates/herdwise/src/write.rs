@@ -1,0 +1,96 @@
+//! Write patterns: the origin is written first, then the cache is made consistent with it.
+//!
+//! - write-through: origin write, then the new value is cached — versioned when the origin hands
+//!   out versions, so a concurrent older fill can never replace it; a `set` also voids loads in
+//!   flight. If the cache write fails, the key is invalidated (retried) rather than left old.
+//! - write-around: origin write, then invalidate (delete, not set: a set would race with
+//!   concurrent reads). Also the right call after a *create*: it clears a negative entry.
+//!
+//! If the origin write fails, nothing is cached and the cache is not touched.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::cache::{Cache, WriteOutcome};
+use crate::error::{Error, Result};
+use crate::key::CacheKey;
+
+impl<K, V> Cache<K, V>
+where
+    K: CacheKey + ?Sized,
+    V: Send + Sync + 'static,
+{
+    /// Writes `value` to the origin with `write`, then caches it. `write` returns the version the
+    /// origin gave the value (a row version, an LSN), or `None` if it has none.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// let cache: herdwise::Cache<u64, String> = herdwise::Cache::builder("users").build()?;
+    /// cache
+    ///     .write_through(&7, "ada".to_string(), |name| {
+    ///         let name = name.clone();
+    ///         async move {
+    ///             // UPDATE users SET name = $1 WHERE id = 7 RETURNING version
+    ///             let _ = name;
+    ///             Ok::<_, std::io::Error>(Some(42))
+    ///         }
+    ///     })
+    ///     .await?;
+    /// assert_eq!(cache.get(&7).await?.as_deref().map(String::as_str), Some("ada"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn write_through<F, Fut, E>(
+        &self,
+        key: &K,
+        value: impl Into<Arc<V>>,
+        write: F,
+    ) -> Result<WriteOutcome>
+    where
+        F: FnOnce(&V) -> Fut,
+        Fut: Future<Output = std::result::Result<Option<u64>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let stored_key = self.inner.keys.stored_key(key)?;
+        let value = value.into();
+        let version = write(&value)
+            .await
+            .map_err(|e| Error::OriginWrite(Arc::new(e)))?;
+        let outcome = match version {
+            Some(version) => self.set_versioned(key, value, version).await,
+            None => self.set(key, value).await,
+        };
+        match outcome {
+            // L2 could not be written: it may still hold the old value. Invalidate (with retries).
+            Ok(WriteOutcome::LocalOnly) => {
+                self.invalidate_stored(&stored_key).await;
+                Ok(WriteOutcome::LocalOnly)
+            }
+            other => other,
+        }
+    }
+
+    /// Writes to the origin with `write`, then invalidates `key` everywhere (L1 of every
+    /// instance, L2, loads in flight). A failed L2 invalidation is retried in the background.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// let cache: herdwise::Cache<u64, String> = herdwise::Cache::builder("users").build()?;
+    /// cache
+    ///     .write_around(&7, || async { Ok::<_, std::io::Error>(()) /* INSERT ... */ })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn write_around<F, Fut, T, E>(&self, key: &K, write: F) -> Result<T>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let stored_key = self.inner.keys.stored_key(key)?;
+        let written = write().await.map_err(|e| Error::OriginWrite(Arc::new(e)))?;
+        self.invalidate_stored(&stored_key).await;
+        Ok(written)
+    }
+}

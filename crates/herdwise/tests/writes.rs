@@ -1,0 +1,183 @@
+//! Write-through and write-around against real Redis: origin first, then the cache, with the
+//! partial failures handled (origin fails: cache untouched; cache fails: invalidation retried).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{counter, Calls, OriginError};
+use herdwise::{metrics as m, Cache, Error, WriteOutcome};
+use parking_lot::Mutex;
+
+async fn cache(server: &herdwise_testkit::RedisServer) -> Cache<u64, String> {
+    Cache::builder("writes")
+        .store(common::store(server).await)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_through_write_around_clears_the_negative_entry() {
+    let server = common::redis();
+    let cache = cache(&server).await;
+    let db: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let read = |db: Arc<Mutex<Option<String>>>| {
+        move |_: &u64| async move { Ok::<_, OriginError>(db.lock().clone()) }
+    };
+    assert_eq!(cache.get_or_load(&1, read(db.clone())).await.unwrap(), None);
+    // the negative entry answers now
+    *db.lock() = Some("created".to_string());
+    assert_eq!(cache.get_or_load(&1, read(db.clone())).await.unwrap(), None);
+    // ... until the create goes through write-around
+    let d = db.clone();
+    cache
+        .write_around(&1, || async move {
+            *d.lock() = Some("created".to_string());
+            Ok::<_, OriginError>(())
+        })
+        .await
+        .unwrap();
+    let got = cache.get_or_load(&1, read(db.clone())).await.unwrap();
+    assert_eq!(got.as_deref().map(String::as_str), Some("created"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_invalidation_is_retried_until_redis_answers() {
+    let server = common::redis();
+    let store = common::store(&server).await;
+    let (cache, metrics) =
+        common::with_metrics(|| Cache::<u64, String>::builder("writes").store(store.clone()));
+    cache.set(&1, "old".to_string()).await.unwrap();
+
+    server.pause().unwrap();
+    let written = cache
+        .write_around(&1, || async { Ok::<_, OriginError>("new row") })
+        .await
+        .unwrap();
+    assert_eq!(written, "new row", "the origin write's result comes back");
+    assert_eq!(
+        cache.get(&1).await.unwrap(),
+        None,
+        "this instance's L1 is invalidated at once"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.resume().unwrap();
+
+    let reader = self::cache(&server).await;
+    let gone = common::eventually(Duration::from_secs(5), async || {
+        reader.get(&1).await.unwrap().is_none()
+    })
+    .await;
+    assert!(
+        gone,
+        "the retried invalidation removed the old value from L2"
+    );
+    assert!(counter(&metrics, m::INVALIDATION_RETRIES, &[("outcome", "queued")]) >= 1);
+    // (A timed-out UNLINK may still run when Redis resumes; the retry completes regardless.)
+    let retried = common::eventually(Duration::from_secs(5), async || {
+        counter(
+            &metrics,
+            m::INVALIDATION_RETRIES,
+            &[("outcome", "succeeded")],
+        ) >= 1
+    })
+    .await;
+    assert!(retried, "the queued retry completed");
+    assert_eq!(counter(&metrics, m::INVALIDATIONS_DEAD_LETTERED, &[]), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_through_caches_only_what_the_origin_accepted() {
+    let server = common::redis();
+    let cache = cache(&server).await;
+    cache.set(&1, "old".to_string()).await.unwrap();
+    // origin refuses: nothing cached, the old value untouched
+    let failed = cache
+        .write_through(&1, "new".to_string(), |_| async {
+            Err::<Option<u64>, _>(OriginError("constraint violated".into()))
+        })
+        .await;
+    assert!(matches!(failed, Err(Error::OriginWrite(_))));
+    assert_eq!(
+        cache.get(&1).await.unwrap().as_deref().map(String::as_str),
+        Some("old")
+    );
+    // origin accepts with a version: cached, and an older versioned write cannot replace it
+    let outcome = cache
+        .write_through(&1, "new".to_string(), |_| async {
+            Ok::<_, OriginError>(Some(5))
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome, WriteOutcome::Stored);
+    assert_eq!(
+        cache
+            .set_versioned(&1, "older".to_string(), 4)
+            .await
+            .unwrap(),
+        WriteOutcome::RefusedOlder
+    );
+    let reader = self::cache(&server).await;
+    assert_eq!(
+        reader.get(&1).await.unwrap().as_deref().map(String::as_str),
+        Some("new")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_through_refuses_a_concurrent_older_fill() {
+    let server = common::redis();
+    let (a, b) = (cache(&server).await, cache(&server).await);
+    let calls = Calls::default();
+    let slow_read = {
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            b.get_or_load(&2, |_| async move {
+                calls.hit();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok::<_, OriginError>(Some("read before the write".to_string()))
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.write_through(&2, "written".to_string(), |_| async {
+        Ok::<_, OriginError>(None)
+    })
+    .await
+    .unwrap();
+    slow_read.await.unwrap().unwrap();
+    assert_eq!(calls.get(), 1);
+    let reader = cache(&server).await;
+    assert_eq!(
+        reader.get(&2).await.unwrap().as_deref().map(String::as_str),
+        Some("written")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_through_with_l2_down_invalidates_instead_of_leaving_the_old_value() {
+    let server = common::redis();
+    let cache = cache(&server).await;
+    cache.set(&3, "old".to_string()).await.unwrap();
+    server.pause().unwrap();
+    let outcome = cache
+        .write_through(&3, "new".to_string(), |_| async {
+            Ok::<_, OriginError>(None)
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome, WriteOutcome::LocalOnly);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.resume().unwrap();
+    let reader = self::cache(&server).await;
+    let not_old = common::eventually(Duration::from_secs(5), async || {
+        reader.get(&3).await.unwrap().as_deref().map(String::as_str) != Some("old")
+    })
+    .await;
+    assert!(
+        not_old,
+        "L2 must not keep serving the value the origin replaced"
+    );
+}
