@@ -28,7 +28,12 @@ const MAX_SENDERS: usize = 10_000;
 pub(crate) enum Invalidation<'a> {
     /// One stored key.
     Key(&'a str),
+    /// The whole namespace: it moved to this generation.
+    Clear(u64),
 }
+
+/// How often an instance re-reads the namespace generation, in case a clear event was lost.
+const GENERATION_RESYNC: Duration = Duration::from_secs(10);
 
 /// One instance's end of the backplane.
 pub(crate) struct Backplane {
@@ -77,6 +82,9 @@ impl Backplane {
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
         let message = match what {
             Invalidation::Key(key) => format!("{:x}|{sequence}|k|{key}", self.sender),
+            Invalidation::Clear(generation) => {
+                format!("{:x}|{sequence}|c|{generation}", self.sender)
+            }
         };
         let _ = remote.publish(&self.channel, Bytes::from(message)).await;
     }
@@ -102,7 +110,8 @@ fn parse(bytes: &[u8]) -> Option<Message<'_>> {
     })
 }
 
-/// Applies other instances' invalidations to this instance's L1 until the cache is gone.
+/// Applies other instances' invalidations to this instance's L1 until the cache is gone, and
+/// re-reads the namespace generation now and then in case a clear event was lost.
 async fn listen<V: Send + Sync + 'static>(
     inner: Weak<Inner<V>>,
     mut events: broadcast::Receiver<StoreEvent>,
@@ -110,12 +119,16 @@ async fn listen<V: Send + Sync + 'static>(
 ) {
     let mut last: HashMap<u64, u64> = HashMap::new();
     let mut subscribed_before = false;
+    let mut resync = tokio::time::interval(GENERATION_RESYNC);
     loop {
         let event = tokio::select! {
             event = events.recv() => event,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                if inner.strong_count() == 0 {
-                    return;
+            _ = resync.tick() => {
+                match inner.upgrade() {
+                    Some(inner) => {
+                        sync_generation(&inner).await;
+                    }
+                    None => return,
                 }
                 continue;
             }
@@ -123,20 +136,11 @@ async fn listen<V: Send + Sync + 'static>(
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let reset = |reason: &'static str| {
-            inner.l1.clear();
-            inner.metrics.backplane_reset(reason);
-            tracing::info!(
-                namespace = inner.keys.namespace(),
-                reason,
-                "L1 cleared: invalidation events may have been missed"
-            );
-        };
         match event {
             Ok(StoreEvent::Subscribed) => {
                 if subscribed_before {
                     last.clear();
-                    reset("resubscribed");
+                    reset(&inner, "resubscribed").await;
                 }
                 subscribed_before = true;
             }
@@ -154,16 +158,59 @@ async fn listen<V: Send + Sync + 'static>(
                 }
                 let previous = last.insert(message.sender, message.sequence);
                 if previous.is_some_and(|p| message.sequence != p + 1) {
-                    reset("gap");
+                    reset(&inner, "gap").await;
                     continue;
                 }
-                if message.kind == "k" {
-                    inner.l1.invalidate(message.payload);
+                match message.kind {
+                    "k" => inner.l1.invalidate(message.payload),
+                    "c" => {
+                        if let Ok(generation) = message.payload.parse::<u64>() {
+                            if inner.keys.advance_generation(generation) {
+                                inner.l1.clear();
+                            }
+                        }
+                    }
+                    _ => {}
                 }
             }
-            Err(broadcast::error::RecvError::Lagged(_)) => reset("lagged"),
+            Err(broadcast::error::RecvError::Lagged(_)) => reset(&inner, "lagged").await,
             Err(broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+/// Events may have been missed: nothing in L1 can be trusted, and the generation may have moved.
+async fn reset<V: Send + Sync + 'static>(inner: &Inner<V>, reason: &'static str) {
+    inner.l1.clear();
+    inner.metrics.backplane_reset(reason);
+    tracing::info!(
+        namespace = inner.keys.namespace(),
+        reason,
+        "L1 cleared: invalidation events may have been missed"
+    );
+    sync_generation(inner).await;
+}
+
+/// The store key holding a namespace's generation.
+pub(crate) fn generation_key(namespace: &str) -> String {
+    format!("herdwise:gen:{namespace}")
+}
+
+/// Reads the namespace generation from the store and moves to it if it is newer (clearing L1:
+/// entries of the old generation are unreachable anyway). `true` once the store answered.
+pub(crate) async fn sync_generation<V: Send + Sync + 'static>(inner: &Inner<V>) -> bool {
+    match inner
+        .remote
+        .counter(&generation_key(inner.keys.namespace()))
+        .await
+    {
+        Ok(generation) => {
+            if inner.keys.advance_generation(generation) {
+                inner.l1.clear();
+            }
+            true
+        }
+        Err(_) => false,
     }
 }
 

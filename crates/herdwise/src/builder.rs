@@ -402,6 +402,7 @@ where
                 xfetch_beta: self.xfetch_beta,
                 backplane,
                 retries: RetryQueue::new(),
+                generation_synced: std::sync::atomic::AtomicBool::new(false),
             },
             self.loader,
         ))

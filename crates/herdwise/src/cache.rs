@@ -8,10 +8,11 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backplane::{Backplane, Invalidation};
+use crate::backplane::{generation_key, sync_generation, Backplane, Invalidation};
 use crate::builder::CacheBuilder;
 use crate::codec::Codec;
 use crate::envelope::{Compression, Meta};
@@ -64,6 +65,8 @@ pub(crate) struct Inner<V> {
     pub backplane: Option<Backplane>,
     /// Failed invalidations, retried in the background.
     pub retries: RetryQueue,
+    /// The namespace generation has been read from the store at least once.
+    pub generation_synced: AtomicBool,
 }
 
 /// A typed, multi-tier, read-through cache.
@@ -174,6 +177,7 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn get(&self, key: &K) -> Result<Option<Arc<V>>> {
+        self.ensure_generation().await;
         let stored_key = match self.lookup_l1(key)? {
             Lookup::Fresh(value, _) => return Ok(value),
             Lookup::Miss { stored_key, .. } => stored_key,
@@ -228,6 +232,7 @@ where
     /// A value larger than `max_value_bytes` (or one the codec cannot encode) is an error, and
     /// the key is invalidated so that the old value is not served in its place.
     pub async fn set(&self, key: &K, value: impl Into<Arc<V>>) -> Result<WriteOutcome> {
+        self.ensure_generation().await;
         let stored_key = self.inner.keys.stored_key(key)?;
         self.write(&stored_key, value.into(), 0, WriteMode::Overwrite)
             .await
@@ -252,6 +257,7 @@ where
         value: impl Into<Arc<V>>,
         version: u64,
     ) -> Result<WriteOutcome> {
+        self.ensure_generation().await;
         let stored_key = self.inner.keys.stored_key(key)?;
         self.write(&stored_key, value.into(), version, WriteMode::IfNotOlder)
             .await
@@ -265,6 +271,7 @@ where
     /// bounded queue with backoff (`herdwise_invalidation_retries_total`), and what cannot be
     /// retried is counted as dead-lettered; the entry's TTL is the last net.
     pub async fn invalidate(&self, key: &K) -> Result<()> {
+        self.ensure_generation().await;
         let stored_key = self.inner.keys.stored_key(key)?;
         self.invalidate_stored(&stored_key).await;
         Ok(())
@@ -274,6 +281,7 @@ where
     /// back), L2 (retried in the background if that fails), and the other instances' L1.
     pub(crate) async fn invalidate_stored(&self, stored_key: &str) {
         self.ensure_backplane();
+        self.ensure_generation().await;
         self.inner.l1.invalidate(stored_key);
         if self.inner.remote.delete(stored_key).await.is_err() {
             self.inner.retries.push(&self.inner, stored_key);
@@ -309,6 +317,49 @@ where
     /// Entries in L1.
     pub fn l1_len(&self) -> usize {
         self.inner.l1.len()
+    }
+
+    /// Removes every entry of the namespace, on every instance, in O(1): the namespace moves to
+    /// a new generation (one `INCR`), which is part of every stored key, so old entries are
+    /// unreachable at once and die by their TTL. Other instances switch on the backplane event
+    /// (or, if it is lost, at their next generation check, at most 10 s later).
+    ///
+    /// Unlike `invalidate`, a store failure is returned: nothing was cleared.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// let cache: herdwise::Cache<u64, String> = herdwise::Cache::builder("docs").build()?;
+    /// cache.set(&1, "x".to_string()).await?;
+    /// cache.clear().await?;
+    /// assert_eq!(cache.get(&1).await?, None);
+    /// # Ok(()) }
+    /// ```
+    pub async fn clear(&self) -> Result<()> {
+        self.ensure_backplane();
+        let inner = &*self.inner;
+        let generation = inner
+            .remote
+            .increment(&generation_key(inner.keys.namespace()))
+            .await?;
+        inner.keys.advance_generation(generation);
+        inner.generation_synced.store(true, Ordering::Release);
+        inner.l1.clear();
+        if let Some(backplane) = inner.backplane.as_ref() {
+            backplane
+                .publish(&inner.remote, Invalidation::Clear(generation))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Reads the namespace generation once, before the first use of the cache.
+    pub(crate) async fn ensure_generation(&self) {
+        if !self.inner.generation_synced.load(Ordering::Acquire)
+            && sync_generation(&self.inner).await
+        {
+            self.inner.generation_synced.store(true, Ordering::Release);
+        }
     }
 
     /// Listens to other instances' invalidations from the first use on (it needs a runtime).

@@ -129,11 +129,17 @@ impl KeyEncoder<'_> {
 }
 
 /// The prefix and limits that turn a typed key into the stored key.
-#[derive(Debug, Clone)]
+///
+/// The namespace generation is part of the prefix: generation 0 is `namespace:v<schema>:`, a
+/// later one `namespace:v<schema>%g<generation>:`. `%` never appears unescaped in an encoded key,
+/// so the two forms cannot collide; bumping the generation makes every old entry unreachable at
+/// once (a namespace clear in O(1)), and the old entries die by their TTL.
+#[derive(Debug)]
 pub(crate) struct KeySpace {
-    /// `namespace:v<schema>:`.
-    prefix: String,
+    /// `namespace:v<schema>`.
+    base: String,
     namespace: String,
+    generation: std::sync::atomic::AtomicU64,
     max_len: usize,
 }
 
@@ -141,10 +147,33 @@ impl KeySpace {
     pub(crate) fn new(namespace: &str, schema: u32, max_len: usize) -> Result<Self, KeyError> {
         validate_namespace(namespace)?;
         Ok(KeySpace {
-            prefix: format!("{namespace}:v{schema}:"),
+            base: format!("{namespace}:v{schema}"),
             namespace: namespace.to_string(),
+            generation: std::sync::atomic::AtomicU64::new(0),
             max_len,
         })
+    }
+
+    /// The namespace generation in use.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Moves to `generation` if it is newer; `true` if it changed.
+    pub(crate) fn advance_generation(&self, generation: u64) -> bool {
+        self.generation
+            .fetch_max(generation, std::sync::atomic::Ordering::AcqRel)
+            < generation
+    }
+
+    fn push_prefix(&self, buf: &mut String) {
+        buf.push_str(&self.base);
+        let generation = self.generation();
+        if generation > 0 {
+            buf.push_str("%g");
+            buf.push_str(itoa::Buffer::new().format(generation));
+        }
+        buf.push(':');
     }
 
     pub(crate) fn namespace(&self) -> &str {
@@ -158,7 +187,7 @@ impl KeySpace {
         buf: &mut String,
     ) -> Result<(), KeyError> {
         buf.clear();
-        buf.push_str(&self.prefix);
+        self.push_prefix(buf);
         let start = buf.len();
         let mut enc = KeyEncoder {
             buf,
@@ -184,7 +213,7 @@ impl KeySpace {
 
     /// The stored key for `key`, as a new string.
     pub(crate) fn stored_key<K: CacheKey + ?Sized>(&self, key: &K) -> Result<String, KeyError> {
-        let mut buf = String::with_capacity(self.prefix.len() + 24);
+        let mut buf = String::with_capacity(self.base.len() + 32);
         self.write(key, &mut buf)?;
         Ok(buf)
     }
@@ -372,6 +401,17 @@ mod tests {
             encode_key(&id).unwrap(),
             "a1b2c3d4-0000-0000-0000-000000000001"
         );
+    }
+
+    #[test]
+    fn generations_change_the_prefix_without_colliding_with_keys() {
+        let space = space();
+        space.advance_generation(3);
+        assert_eq!(space.stored_key(&42u64).unwrap(), "catalog:v3%g3:42");
+        assert!(!space.advance_generation(2), "generations never go back");
+        // a user key that looks like a generation stays distinct
+        let plain = KeySpace::new("catalog", 3, 64).unwrap();
+        assert_eq!(plain.stored_key("%g3:42").unwrap(), "catalog:v3:%25g3%3A42");
     }
 
     #[test]

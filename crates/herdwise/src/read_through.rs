@@ -197,6 +197,7 @@ where
         Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
         E: std::error::Error + Send + Sync + 'static,
     {
+        self.ensure_generation().await;
         let (stored_key, fallback) = match self.lookup_l1(key)? {
             Lookup::Fresh(value, meta) => return Ok(Fetched::of(value, meta.stale_copy)),
             Lookup::Miss {

@@ -75,6 +75,7 @@ where
 
     async fn fetch_now(&self, key: &K, options: &LoadOptions) -> Result<Fetched<V>> {
         let loader = self.loader.clone().ok_or(Error::NoLoader)?;
+        self.ensure_generation().await;
         let (stored_key, fallback) = match self.lookup_l1(key)? {
             Lookup::Fresh(value, meta) => {
                 if self.refresh_early(&meta) {

@@ -104,6 +104,15 @@ impl Remote {
             .await
     }
 
+    pub async fn increment(&self, key: &str) -> Result<u64, StoreError> {
+        self.call(StoreOp::Set, key, self.store.increment(key))
+            .await
+    }
+
+    pub async fn counter(&self, key: &str) -> Result<u64, StoreError> {
+        self.call(StoreOp::Get, key, self.store.counter(key)).await
+    }
+
     /// The deadline applied to each call.
     pub fn deadline(&self) -> Duration {
         self.deadline

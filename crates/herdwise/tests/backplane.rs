@@ -174,3 +174,61 @@ async fn a_sequence_gap_clears_l1() {
         1
     );
 }
+
+/// Total `calls` of the given command in `INFO commandstats`.
+async fn calls_of(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
+        .and_then(|l| l.split("calls=").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_empties_the_namespace_everywhere_in_constant_work() {
+    let server = common::redis();
+    let caches = fleet(&server, 2).await;
+    for key in 0..200u64 {
+        load(&caches[0], key, "old").await;
+        load(&caches[1], key, "old").await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut raw = common::raw(&server).await;
+    let deletes_before = calls_of(&mut raw, "unlink").await + calls_of(&mut raw, "del").await;
+
+    caches[0].clear().await.unwrap();
+
+    let deletes_after = calls_of(&mut raw, "unlink").await + calls_of(&mut raw, "del").await;
+    assert_eq!(
+        deletes_after, deletes_before,
+        "a clear deletes nothing: old entries die by TTL"
+    );
+    for key in 0..200u64 {
+        assert_eq!(caches[0].get(&key).await.unwrap(), None);
+    }
+    let b_cleared = common::eventually(Duration::from_secs(2), async || {
+        caches[1].get(&0).await.unwrap().is_none() && caches[1].get(&199).await.unwrap().is_none()
+    })
+    .await;
+    assert!(b_cleared, "the other instance moves to the new generation");
+    // a cache created after the clear starts on the new generation
+    let late = fleet(&server, 1).await.remove(0);
+    assert_eq!(late.get(&5).await.unwrap(), None);
+    assert!(
+        late.stored_key(&5).unwrap().contains("%g1:"),
+        "{}",
+        late.stored_key(&5).unwrap()
+    );
+    // and life goes on
+    caches[1].set(&5, "new".to_string()).await.unwrap();
+    assert_eq!(
+        late.get(&5).await.unwrap().as_deref().map(String::as_str),
+        Some("new")
+    );
+}

@@ -39,6 +39,8 @@ struct Inner {
     /// Writers to one key serialize on its stripe, so a versioned set is check-then-write
     /// without a window in between. Each stripe also holds the load leases of its keys.
     stripes: Vec<Mutex<Leases>>,
+    /// Counters (no TTL, not evicted).
+    counters: Mutex<HashMap<String, u64>>,
     /// Subscriptions by channel (in-process messaging).
     channels: Mutex<HashMap<String, broadcast::Sender<StoreEvent>>>,
 }
@@ -90,6 +92,7 @@ impl MemoryStore {
                 engine,
                 stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
                 channels: Mutex::new(HashMap::new()),
+                counters: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -238,6 +241,17 @@ impl Store for MemoryStore {
             leases.remove(key);
         }
         Ok(())
+    }
+
+    async fn increment(&self, key: &str) -> Result<u64, StoreError> {
+        let mut counters = self.inner.counters.lock();
+        let value = counters.entry(key.to_string()).or_insert(0);
+        *value += 1;
+        Ok(*value)
+    }
+
+    async fn counter(&self, key: &str) -> Result<u64, StoreError> {
+        Ok(self.inner.counters.lock().get(key).copied().unwrap_or(0))
     }
 
     async fn publish(&self, channel: &str, message: Bytes) -> Result<(), StoreError> {

@@ -155,6 +155,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Releases the lease on `key` if `token` holds it (compare-and-delete, never a blind DEL).
     async fn release_lease(&self, key: &str, token: u64) -> Result<(), StoreError>;
 
+    /// Atomically adds 1 to the counter `key` (created at 0, no TTL) and returns the new value.
+    async fn increment(&self, key: &str) -> Result<u64, StoreError>;
+
+    /// The counter `key` (0 if absent).
+    async fn counter(&self, key: &str) -> Result<u64, StoreError>;
+
     /// Publishes `message` on `channel` (to the subscribers of every instance).
     async fn publish(&self, channel: &str, message: Bytes) -> Result<(), StoreError>;
 

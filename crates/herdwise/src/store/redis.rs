@@ -332,6 +332,17 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    async fn increment(&self, key: &str) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        Ok(redis::cmd("INCR").arg(key).query_async(&mut conn).await?)
+    }
+
+    async fn counter(&self, key: &str) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let value: Option<u64> = redis::cmd("GET").arg(key).query_async(&mut conn).await?;
+        Ok(value.unwrap_or(0))
+    }
+
     async fn publish(&self, channel: &str, message: Bytes) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let _receivers: i64 = redis::cmd("PUBLISH")
