@@ -403,6 +403,7 @@ where
                 backplane,
                 retries: RetryQueue::new(),
                 generation_synced: std::sync::atomic::AtomicBool::new(false),
+                generation_attempt_ms: std::sync::atomic::AtomicU64::new(0),
             },
             self.loader,
         ))

@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use crate::codec::Codec;
 use crate::envelope::{Compression, Meta};
 use crate::error::Result;
 use crate::flight::Flights;
-use crate::freshness::TtlPolicy;
+use crate::freshness::{now_ms, TtlPolicy};
 use crate::key::{CacheKey, KeySpace};
 use crate::lease::{FillWaiters, LeaseConfig};
 use crate::loader::SharedLoader;
@@ -67,6 +67,8 @@ pub(crate) struct Inner<V> {
     pub retries: RetryQueue,
     /// The namespace generation has been read from the store at least once.
     pub generation_synced: AtomicBool,
+    /// When reading it was last attempted (unix ms).
+    pub generation_attempt_ms: AtomicU64,
 }
 
 /// A typed, multi-tier, read-through cache.
@@ -353,12 +355,26 @@ where
         Ok(())
     }
 
-    /// Reads the namespace generation once, before the first use of the cache.
+    /// Reads the namespace generation once, before the first use of the cache. While the store
+    /// does not answer, at most one attempt a second: reads must not pay a store deadline each
+    /// because Redis is down (the backplane re-reads the generation later anyway).
     pub(crate) async fn ensure_generation(&self) {
-        if !self.inner.generation_synced.load(Ordering::Acquire)
-            && sync_generation(&self.inner).await
+        let inner = &*self.inner;
+        if inner.generation_synced.load(Ordering::Acquire) {
+            return;
+        }
+        let now = now_ms();
+        let last = inner.generation_attempt_ms.load(Ordering::Acquire);
+        if now.saturating_sub(last) < 1_000
+            || inner
+                .generation_attempt_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
         {
-            self.inner.generation_synced.store(true, Ordering::Release);
+            return;
+        }
+        if sync_generation(inner).await {
+            inner.generation_synced.store(true, Ordering::Release);
         }
     }
 

@@ -609,3 +609,34 @@ async fn versioned_writes_never_go_backwards_across_instances() {
     assert_eq!(fresh.get(&key).await.unwrap().as_deref(), Some(&v(0)));
     let _ = Arc::new(());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_first_used_while_redis_is_down_does_not_pay_a_deadline_per_read() {
+    let server = common::redis();
+    let cache = catalog(common::store(&server).await);
+    server.pause().unwrap();
+    let load = |k: &ProductKey| {
+        let id = k.0;
+        async move { Ok::<_, OriginError>(Some(product(id))) }
+    };
+    // the first read pays the deadlines of a dead Redis (generation, L2, lease, fill)...
+    cache.get_or_load(&ProductKey(1), load).await.unwrap();
+    // ...but L1 hits afterwards must not wait on Redis again
+    let t = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(
+            cache
+                .get_or_load(&ProductKey(1), load)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(&product(1))
+        );
+    }
+    let took = t.elapsed();
+    server.resume().unwrap();
+    assert!(
+        took < Duration::from_millis(500),
+        "20 L1 hits took {took:?}"
+    );
+}
