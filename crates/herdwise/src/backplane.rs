@@ -30,6 +30,8 @@ pub(crate) enum Invalidation<'a> {
     Key(&'a str),
     /// The whole namespace: it moved to this generation.
     Clear(u64),
+    /// Every stored key starting with this.
+    Prefix(&'a str),
 }
 
 /// How often an instance re-reads the namespace generation, in case a clear event was lost.
@@ -85,6 +87,7 @@ impl Backplane {
             Invalidation::Clear(generation) => {
                 format!("{:x}|{sequence}|c|{generation}", self.sender)
             }
+            Invalidation::Prefix(prefix) => format!("{:x}|{sequence}|p|{prefix}", self.sender),
         };
         let _ = remote.publish(&self.channel, Bytes::from(message)).await;
     }
@@ -163,6 +166,7 @@ async fn listen<V: Send + Sync + 'static>(
                 }
                 match message.kind {
                     "k" => inner.l1.invalidate(message.payload),
+                    "p" => inner.l1.remove_prefix(message.payload),
                     "c" => {
                         if let Ok(generation) = message.payload.parse::<u64>() {
                             if inner.keys.advance_generation(generation) {

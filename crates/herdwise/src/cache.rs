@@ -29,6 +29,9 @@ use crate::remote::Remote;
 use crate::retry::RetryQueue;
 use crate::tiers::{Fallback, L2Read, WriteMode};
 
+/// How long a prefix invalidation may take to walk L2.
+const PREFIX_DELETE_DEADLINE: Duration = Duration::from_secs(60);
+
 /// What a write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -319,6 +322,49 @@ where
     /// Entries in L1.
     pub fn l1_len(&self) -> usize {
         self.inner.l1.len()
+    }
+
+    /// Invalidates every key that starts with the components of `prefix` — e.g. `&(user_id,)` or
+    /// `&user_id` for a cache keyed by `(user_id, item)`: the key equal to the prefix and every
+    /// key with more components after it (`42` matches `42` and `42:x`, not `420`). L2 is walked
+    /// with `SCAN` in batches of 1 000 and `UNLINK`ed (never `KEYS`, never blocking Redis); loads
+    /// in flight under the prefix are voided; every instance drops the matching L1 entries.
+    /// Returns how many L2 entries were removed; a store failure is returned (nothing or only
+    /// part was removed, and the caller should know).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// let cache: herdwise::Cache<(u64, String), u32> = herdwise::Cache::builder("recs").build()?;
+    /// cache.set(&(42, "a".into()), 1).await?;
+    /// cache.set(&(42, "b".into()), 2).await?;
+    /// cache.set(&(420, "a".into()), 3).await?;
+    /// assert_eq!(cache.invalidate_prefix(&42u64).await?, 2);
+    /// assert_eq!(cache.get(&(420, "a".into())).await?.as_deref(), Some(&3));
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate_prefix<P: CacheKey + ?Sized>(&self, prefix: &P) -> Result<u64> {
+        self.ensure_generation().await;
+        self.ensure_backplane();
+        let inner = &*self.inner;
+        let exact = inner.keys.stored_key(prefix)?;
+        let below = format!("{exact}:");
+        inner.l1.remove_prefix(&below);
+        inner.l1.invalidate(&exact);
+        let removed_below = inner
+            .remote
+            .delete_prefix(&below, PREFIX_DELETE_DEADLINE)
+            .await?;
+        let removed_exact = u64::from(inner.remote.delete(&exact).await?);
+        if let Some(backplane) = inner.backplane.as_ref() {
+            backplane
+                .publish(&inner.remote, Invalidation::Prefix(&below))
+                .await;
+            backplane
+                .publish(&inner.remote, Invalidation::Key(&exact))
+                .await;
+        }
+        Ok(removed_below + removed_exact)
     }
 
     /// Removes every entry of the namespace, on every instance, in O(1): the namespace moves to

@@ -207,6 +207,16 @@ impl<V> LocalTier<V> {
         }
     }
 
+    /// Drops every entry whose key starts with `prefix` (a global epoch bump withdraws inserts
+    /// racing with it).
+    pub fn remove_prefix(&self, prefix: &str) {
+        self.cleared.fetch_add(1, Ordering::AcqRel);
+        if let Some(engine) = self.engine.as_ref() {
+            engine.retain(|key, _| !key.starts_with(prefix));
+            self.bytes_gauge.set(engine.weight() as f64);
+        }
+    }
+
     /// Drops every entry (events were missed: nothing here can be trusted any more).
     pub fn clear(&self) {
         self.cleared.fetch_add(1, Ordering::AcqRel);

@@ -113,6 +113,25 @@ impl Remote {
         self.call(StoreOp::Get, key, self.store.counter(key)).await
     }
 
+    /// Prefix deletion walks the keyspace in batches: it gets a deadline of its own.
+    pub async fn delete_prefix(&self, prefix: &str, deadline: Duration) -> Result<u64, StoreError> {
+        let err = match tokio::time::timeout(deadline, self.store.delete_prefix(prefix)).await {
+            Ok(Ok(n)) => return Ok(n),
+            Ok(Err(err)) => {
+                self.metrics
+                    .store_failure(StoreOp::Delete, FailureKind::Error);
+                err
+            }
+            Err(_) => {
+                self.metrics
+                    .store_failure(StoreOp::Delete, FailureKind::Timeout);
+                StoreError::Timeout(deadline)
+            }
+        };
+        self.warn_throttled(StoreOp::Delete, prefix, &err);
+        Err(err)
+    }
+
     /// The deadline applied to each call.
     pub fn deadline(&self) -> Duration {
         self.deadline

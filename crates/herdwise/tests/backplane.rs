@@ -232,3 +232,64 @@ async fn clear_empties_the_namespace_everywhere_in_constant_work() {
         Some("new")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_invalidation_removes_exactly_the_keys_below_it_everywhere() {
+    let server = common::redis();
+    let mut caches: Vec<Cache<(u64, u64), String>> = Vec::new();
+    for _ in 0..2 {
+        caches.push(
+            Cache::builder("recs")
+                .store(common::store(&server).await)
+                .build()
+                .unwrap(),
+        );
+    }
+    for item in 0..3000u64 {
+        caches[0]
+            .set(&(42, item), format!("42/{item}"))
+            .await
+            .unwrap();
+    }
+    for item in 0..100u64 {
+        caches[0]
+            .set(&(420, item), format!("420/{item}"))
+            .await
+            .unwrap();
+    }
+    // the other instance has some of them in its L1
+    for item in 0..50u64 {
+        assert!(caches[1].get(&(42, item)).await.unwrap().is_some());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    assert_eq!(caches[0].invalidate_prefix(&42u64).await.unwrap(), 3000);
+    for item in [0u64, 49, 2999] {
+        assert_eq!(caches[0].get(&(42, item)).await.unwrap(), None);
+    }
+    let b_cleared = common::eventually(Duration::from_secs(2), async || {
+        let mut none = true;
+        for item in 0..50u64 {
+            none &= caches[1].get(&(42, item)).await.unwrap().is_none();
+        }
+        none
+    })
+    .await;
+    assert!(
+        b_cleared,
+        "the other instance dropped its L1 copies under the prefix"
+    );
+    assert_eq!(
+        caches[1]
+            .get(&(420, 7))
+            .await
+            .unwrap()
+            .as_deref()
+            .map(String::as_str),
+        Some("420/7"),
+        "42 is not a prefix of 420"
+    );
+    let mut raw = common::raw(&server).await;
+    let left: u64 = redis::cmd("DBSIZE").query_async(&mut raw).await.unwrap();
+    assert_eq!(left, 100, "only the 420 keys remain in Redis");
+}

@@ -104,6 +104,26 @@ async fn contract(store: &dyn Store) {
         let stored = store.get(&key).await.unwrap().unwrap();
         assert_eq!(envelope::decode_meta(&stored).unwrap().version, base + 1);
     }
+    // prefix deletion: literal prefixes (glob characters are not patterns), leases voided
+    for key in ["c:p*x:1", "c:p*x:2", "c:pyx:1", "c:p*x"] {
+        store.set(key, Bytes::from_static(b"v"), ttl).await.unwrap();
+    }
+    assert!(store.try_lease("c:p*x:3", 77, ttl).await.unwrap());
+    assert_eq!(store.delete_prefix("c:p*x:").await.unwrap(), 2);
+    assert!(
+        store.get("c:pyx:1").await.unwrap().is_some(),
+        "`*` matched literally"
+    );
+    assert!(
+        store.get("c:p*x").await.unwrap().is_some(),
+        "only keys below the prefix"
+    );
+    assert!(store.get("c:p*x:1").await.unwrap().is_none());
+    assert!(
+        store.try_lease("c:p*x:3", 78, ttl).await.unwrap(),
+        "a lease under the prefix (for a key not stored) was voided"
+    );
+
     // a non-envelope value does not block a versioned set
     store
         .set("c:junk", Bytes::from_static(b"junk"), ttl)

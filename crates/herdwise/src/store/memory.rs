@@ -191,6 +191,28 @@ impl Store for MemoryStore {
         Ok(self.inner.engine.remove(key).is_some())
     }
 
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
+        let doomed: Vec<Box<str>> = self
+            .inner
+            .engine
+            .iter()
+            .map(|(key, _)| key)
+            .filter(|key| key.starts_with(prefix))
+            .collect();
+        let mut removed = 0;
+        for key in doomed {
+            let mut leases = self.stripe(&key).lock();
+            if self.inner.engine.remove(&*key).is_some() {
+                removed += 1;
+            }
+            leases.remove(&key);
+        }
+        for stripe in &self.inner.stripes {
+            stripe.lock().retain(|key, _| !key.starts_with(prefix));
+        }
+        Ok(removed)
+    }
+
     async fn try_lease(&self, key: &str, token: u64, ttl: Duration) -> Result<bool, StoreError> {
         let mut leases = self.stripe(key).lock();
         let now = Instant::now();

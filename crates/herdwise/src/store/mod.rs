@@ -74,6 +74,18 @@ pub fn lease_key(key: &str) -> String {
     format!("{{{key}}}:lease")
 }
 
+/// `text` with the glob characters of Redis `MATCH` patterns escaped.
+pub(crate) fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// A failed store call.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -134,6 +146,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Removes `key` and voids its load lease; `true` if a value was removed.
     async fn delete(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// Removes every key that starts with `prefix`, and voids their load leases (also leases of
+    /// keys not currently stored). Works in bounded batches (Redis: `SCAN MATCH` + `UNLINK`,
+    /// never `KEYS`), so other clients are not blocked. Returns the number of values removed.
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError>;
 
     /// Takes the load lease on `key` for `ttl` if nobody holds it (`SET NX PX`).
     async fn try_lease(&self, key: &str, token: u64, ttl: Duration) -> Result<bool, StoreError>;

@@ -14,8 +14,14 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use tokio::sync::broadcast;
 
-use super::{lease_key, lua_version_guard, FillOutcome, SetOutcome, Store, StoreError, StoreEvent};
+use super::{
+    glob_escape, lease_key, lua_version_guard, FillOutcome, SetOutcome, Store, StoreError,
+    StoreEvent,
+};
 use crate::envelope::VERSION_OFFSET;
+
+/// Keys asked of each `SCAN` step: small enough that no step blocks Redis noticeably.
+const SCAN_BATCH: usize = 1000;
 
 /// Default deadline for one Redis call, applied by the cache.
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
@@ -276,6 +282,47 @@ impl Store for RedisStore {
             .query_async(&mut conn)
             .await?;
         Ok(removed > 0)
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut removed = 0;
+        // Values, then the leases of any key under the prefix (`{<key>}:lease`).
+        for pattern in [
+            format!("{}*", glob_escape(prefix)),
+            format!("{{{}*", glob_escape(prefix)),
+        ] {
+            let leases = pattern.starts_with('{');
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_BATCH)
+                    .query_async(&mut conn)
+                    .await?;
+                if !keys.is_empty() {
+                    let mut unlink = redis::cmd("UNLINK");
+                    for key in &keys {
+                        unlink.arg(key);
+                        if !leases {
+                            unlink.arg(lease_key(key));
+                        }
+                    }
+                    let n: u64 = unlink.query_async(&mut conn).await?;
+                    if !leases {
+                        removed += n.min(keys.len() as u64);
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(removed)
     }
 
     async fn try_lease(&self, key: &str, token: u64, ttl: Duration) -> Result<bool, StoreError> {
