@@ -87,6 +87,8 @@ fn l1_benches(c: &mut Criterion) {
     for k in 0..1000u64 {
         raw.insert(k, std::sync::Arc::new(vec![1u8; 100]));
     }
+    // Inside the runtime, as in a service (the cache starts its background listeners once).
+    let _entered = runtime.enter();
     let mut group = c.benchmark_group("l1_hit");
     let mut k = 0u64;
     group.bench_function("herdwise Cache::get", |b| {

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::backplane::{generation_key, sync_generation, Backplane, Invalidation};
 use crate::builder::CacheBuilder;
@@ -405,10 +405,13 @@ where
     /// does not answer, at most one attempt a second: reads must not pay a store deadline each
     /// because Redis is down (the backplane re-reads the generation later anyway).
     pub(crate) async fn ensure_generation(&self) {
-        let inner = &*self.inner;
-        if inner.generation_synced.load(Ordering::Acquire) {
-            return;
+        if !self.inner.generation_synced.load(Ordering::Acquire) {
+            self.sync_generation_throttled().await;
         }
+    }
+
+    async fn sync_generation_throttled(&self) {
+        let inner = &*self.inner;
         let now = now_ms();
         let last = inner.generation_attempt_ms.load(Ordering::Acquire);
         if now.saturating_sub(last) < 1_000
@@ -445,12 +448,12 @@ where
         let inner = &*self.inner;
         let lookup = |buf: &mut String| -> Result<Lookup<V>> {
             inner.keys.write(key, buf)?;
-            Ok(match inner.l1.get(buf) {
-                Some(entry) if entry.fresh_until > Instant::now() => {
+            Ok(match inner.l1.get_classified(buf) {
+                Some((entry, true)) => {
                     inner.metrics.l1_hits.increment(1);
                     Lookup::Fresh(entry.value, entry.meta)
                 }
-                Some(entry) => Lookup::Miss {
+                Some((entry, false)) => Lookup::Miss {
                     stored_key: buf.clone(),
                     fallback: Some(Fallback {
                         value: entry.value,

@@ -129,10 +129,17 @@ impl<V> LocalTier<V> {
     /// The live (fresh or stale) entry for `key`, if any; an expired entry is removed and
     /// reported as absent.
     pub fn get(&self, key: &str) -> Option<L1Entry<V>> {
+        self.get_classified(key).map(|(entry, _)| entry)
+    }
+
+    /// [`LocalTier::get`], and whether the entry is fresh, with one clock read for both.
+    pub fn get_classified(&self, key: &str) -> Option<(L1Entry<V>, bool)> {
         let engine = self.engine.as_ref()?;
         let entry = engine.get(key)?;
-        if entry.expires_at > Instant::now() {
-            return Some(entry);
+        let now = Instant::now();
+        if entry.expires_at > now {
+            let fresh = entry.fresh_until > now;
+            return Some((entry, fresh));
         }
         let deadline = entry.expires_at;
         // Remove only the entry we saw expire, not a fresher one inserted meanwhile.
