@@ -5,6 +5,7 @@ pub mod hit_path;
 pub mod hot_key_expiry;
 pub mod invalidation_race;
 pub mod l2_throughput;
+pub mod prefix_invalidation;
 pub mod redis_outage;
 pub mod zipf;
 
@@ -14,12 +15,13 @@ use crate::report::{ScenarioResult, StrategyResult};
 use crate::{LabError, Settings};
 
 /// Every scenario, in the order `all` runs them.
-pub const ALL: [&str; 6] = [
+pub const ALL: [&str; 7] = [
     "hit-path",
     "l2-throughput",
     "zipf",
     "hot-key-expiry",
     "invalidation-race",
+    "prefix-invalidation",
     "redis-outage",
 ];
 
@@ -31,6 +33,7 @@ pub async fn run(name: &str, settings: &Settings) -> Result<ScenarioResult, LabE
         "zipf" => zipf::run(settings).await,
         "hot-key-expiry" => hot_key_expiry::run(settings).await,
         "invalidation-race" => invalidation_race::run(settings).await,
+        "prefix-invalidation" => prefix_invalidation::run(settings).await,
         "redis-outage" => redis_outage::run(settings).await,
         other => Err(LabError::Usage(format!(
             "unknown scenario {other:?}; one of {} or all",
