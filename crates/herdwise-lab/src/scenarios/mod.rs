@@ -3,6 +3,7 @@
 
 pub mod hit_path;
 pub mod hot_key_expiry;
+pub mod invalidation_fanout;
 pub mod invalidation_race;
 pub mod l2_throughput;
 pub mod prefix_invalidation;
@@ -15,12 +16,13 @@ use crate::report::{ScenarioResult, StrategyResult};
 use crate::{LabError, Settings};
 
 /// Every scenario, in the order `all` runs them.
-pub const ALL: [&str; 7] = [
+pub const ALL: [&str; 8] = [
     "hit-path",
     "l2-throughput",
     "zipf",
     "hot-key-expiry",
     "invalidation-race",
+    "invalidation-fanout",
     "prefix-invalidation",
     "redis-outage",
 ];
@@ -33,6 +35,7 @@ pub async fn run(name: &str, settings: &Settings) -> Result<ScenarioResult, LabE
         "zipf" => zipf::run(settings).await,
         "hot-key-expiry" => hot_key_expiry::run(settings).await,
         "invalidation-race" => invalidation_race::run(settings).await,
+        "invalidation-fanout" => invalidation_fanout::run(settings).await,
         "prefix-invalidation" => prefix_invalidation::run(settings).await,
         "redis-outage" => redis_outage::run(settings).await,
         other => Err(LabError::Usage(format!(
