@@ -73,8 +73,7 @@ impl RedisServer {
     /// Kills the server with SIGKILL (by PID) and waits for it to exit.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // A paused process must be continued to die promptly on some kernels' accounting;
-            // SIGKILL works on stopped processes, so no SIGCONT is needed.
+            // SIGKILL also ends a process stopped with SIGSTOP: no SIGCONT needed.
             let _ = child.kill();
             let _ = child.wait();
         }
