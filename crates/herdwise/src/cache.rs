@@ -187,7 +187,8 @@ where
             Lookup::Fresh(value, _) => return Ok(value),
             Lookup::Miss { stored_key, .. } => stored_key,
         };
-        match self.read_l2(&stored_key).await {
+        // Boxed: an L1 hit should not carry the size of the L2 read in its future.
+        match Box::pin(self.read_l2(&stored_key)).await {
             L2Read::Fresh(value, _) => Ok(value),
             L2Read::Stale(_) | L2Read::Miss => {
                 self.inner.metrics.misses.increment(1);
@@ -406,7 +407,8 @@ where
     /// because Redis is down (the backplane re-reads the generation later anyway).
     pub(crate) async fn ensure_generation(&self) {
         if !self.inner.generation_synced.load(Ordering::Acquire) {
-            self.sync_generation_throttled().await;
+            // Boxed: the cold path must not grow every caller's future.
+            Box::pin(self.sync_generation_throttled()).await;
         }
     }
 

@@ -206,8 +206,9 @@ where
             } => (stored_key, fallback),
         };
         let windows = self.windows(options);
-        self.through(&stored_key, key, loader, &windows, fallback, None)
-            .await
+        // Boxed: the miss path (lease, load, fill) is large; an L1 hit should not pay for moving
+        // it around, nor should every task that awaits the cache carry it.
+        Box::pin(self.through(&stored_key, key, loader, &windows, fallback, None)).await
     }
 
     /// Everything after an L1 miss: coalesce in-process, then lead (or wait for the leader).

@@ -95,14 +95,15 @@ where
             self.inner.metrics.refreshes_swr.increment(1);
             self.spawn_refresh(key.to_owned(), stored_key.clone(), refresh_of);
         };
-        self.through(
+        // Boxed, as in `get_or_load_with`: keep the hit path's future small.
+        Box::pin(self.through(
             &stored_key,
             key,
             |k: &K| loader.load(k),
             &windows,
             fallback,
             Some(&background),
-        )
+        ))
         .await
     }
 
