@@ -540,7 +540,7 @@ where
             "origin failed; serving the stale value (stale-if-error)"
         );
         match self.encode_stale_copy(&found, inner.ttl.fail_safe_throttle) {
-            Ok(encoded) => {
+            Ok(Some(encoded)) => {
                 let size = encoded.bytes.len();
                 match mode {
                     FillMode::Leased(held) => {
@@ -561,7 +561,8 @@ where
                     }
                 }
             }
-            Err(_) => self.release(mode).await,
+            // Past its stale time already, or not encodable: nothing to re-store.
+            Ok(None) | Err(_) => self.release(mode).await,
         }
         Ok(Fetched::of(found.value, true))
     }

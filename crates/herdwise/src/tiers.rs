@@ -170,11 +170,12 @@ where
 
     /// Envelope bytes re-storing a stale `fallback` as a flagged stale copy that counts as fresh
     /// for `throttle` — never past the fallback's own stale time, so max-stale still holds.
+    /// `None` if that time has already passed (nothing worth re-storing).
     pub(crate) fn encode_stale_copy(
         &self,
         fallback: &Fallback<V>,
         throttle: Duration,
-    ) -> Result<Encoded> {
+    ) -> Result<Option<Encoded>> {
         let payload = self.encode_payload(fallback.value.as_ref())?;
         let now = now_ms();
         let stale_until_ms = fallback.meta.stale_until_ms;
@@ -188,9 +189,9 @@ where
             ..fallback.meta
         };
         if meta.stale_until_ms <= now {
-            return Err(Error::Config("stale copy past its stale time".into()));
+            return Ok(None);
         }
-        Ok(self.seal(meta, &payload, now))
+        Ok(Some(self.seal(meta, &payload, now)))
     }
 
     fn encode_payload(&self, value: Option<&Arc<V>>) -> Result<Vec<u8>> {
