@@ -37,7 +37,8 @@ fn envelope_benches(c: &mut Criterion) {
         let plain = envelope::encode(&meta(), &payload, Compression::None);
         group.bench_function(format!("decode/{size}B"), |b| {
             b.iter(|| {
-                envelope::decode(black_box(&plain), 1 << 20).map(|(m, p)| (m.version, p.len()))
+                envelope::decode(black_box(&plain), 1 << 20)
+                    .map(|d| (d.meta.version, d.payload.len()))
             })
         });
         let lz4 = Compression::Lz4 { min_bytes: 1 };
@@ -47,7 +48,8 @@ fn envelope_benches(c: &mut Criterion) {
         let compressed = envelope::encode(&meta(), &payload, lz4);
         group.bench_function(format!("decode_lz4/{size}B"), |b| {
             b.iter(|| {
-                envelope::decode(black_box(&compressed), 1 << 20).map(|(m, p)| (m.version, p.len()))
+                envelope::decode(black_box(&compressed), 1 << 20)
+                    .map(|d| (d.meta.version, d.payload.len()))
             })
         });
     }

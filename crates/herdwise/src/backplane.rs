@@ -34,6 +34,10 @@ pub(crate) enum Invalidation<'a> {
     Prefix(&'a str),
 }
 
+/// Message kind of a tag invalidation: `t`, payload `<clock>|<tag>`. Sent by the store itself, in
+/// the script that invalidates the tag (see `Backplane::tag_announcement`).
+const TAG_KIND: &str = "t";
+
 /// How often an instance re-reads the namespace generation, in case a clear event was lost.
 const GENERATION_RESYNC: Duration = Duration::from_secs(10);
 
@@ -77,6 +81,15 @@ impl Backplane {
                 "store has no messaging: other instances' L1s rely on the L1 TTL cap"
             ),
         }
+    }
+
+    /// The channel and message prefix for a tag invalidation that the store announces itself
+    /// (it appends `<clock>|<tag>`). Takes a sequence number: if the store call fails, the
+    /// receivers see a gap and start over, which is the safe side.
+    pub fn tag_announcement(&self) -> (&str, String) {
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        let prefix = format!("{:x}|{sequence}|{TAG_KIND}|", self.sender);
+        (&self.channel, prefix)
     }
 
     /// Announces an invalidation to the other instances.
@@ -123,15 +136,25 @@ async fn listen<V: Send + Sync + 'static>(
     let mut last: HashMap<u64, u64> = HashMap::new();
     let mut subscribed_before = false;
     let mut resync = tokio::time::interval(GENERATION_RESYNC);
+    // The store's tag clock at the previous check: events of invalidations older than that must
+    // have arrived by now.
+    let mut clock_at_last_check = 0;
     loop {
         let event = tokio::select! {
             event = events.recv() => event,
             _ = resync.tick() => {
-                match inner.upgrade() {
-                    Some(inner) => {
-                        sync_generation(&inner).await;
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                if let Some(clock) = sync_generation(&inner).await {
+                    if !inner.tags.is_complete() {
+                        if subscribed_before {
+                            inner.tags.complete(clock);
+                        }
+                    } else if inner.tags.event_clock() < clock_at_last_check {
+                        reset(&inner, "tag_events_missed").await;
                     }
-                    None => return,
+                    clock_at_last_check = clock;
                 }
                 continue;
             }
@@ -144,6 +167,9 @@ async fn listen<V: Send + Sync + 'static>(
                 if subscribed_before {
                     last.clear();
                     reset(&inner, "resubscribed").await;
+                } else if let Some(clock) = sync_generation(&inner).await {
+                    // Listening from here on: every later tag invalidation arrives as an event.
+                    inner.tags.complete(clock);
                 }
                 subscribed_before = true;
             }
@@ -167,6 +193,14 @@ async fn listen<V: Send + Sync + 'static>(
                 match message.kind {
                     "k" => inner.l1.invalidate(message.payload),
                     "p" => inner.l1.remove_prefix(message.payload),
+                    TAG_KIND => {
+                        // L1 entries carrying the tag fail their check on the next hit.
+                        if let Some((clock, tag)) = message.payload.split_once('|') {
+                            if let Ok(clock) = clock.parse::<u64>() {
+                                inner.tags.invalidated(tag, clock);
+                            }
+                        }
+                    }
                     "c" => {
                         if let Ok(generation) = message.payload.parse::<u64>() {
                             if inner.keys.advance_generation(generation) {
@@ -183,8 +217,11 @@ async fn listen<V: Send + Sync + 'static>(
     }
 }
 
-/// Events may have been missed: nothing in L1 can be trusted, and the generation may have moved.
+/// Events may have been missed: nothing in L1 or the tag ledger can be trusted, and the
+/// generation may have moved. Called by the listener, so once the store answers, the ledger is
+/// complete again from the clock it reads.
 async fn reset<V: Send + Sync + 'static>(inner: &Inner<V>, reason: &'static str) {
+    inner.tags.reset();
     inner.l1.clear();
     inner.metrics.backplane_reset(reason);
     tracing::info!(
@@ -192,7 +229,9 @@ async fn reset<V: Send + Sync + 'static>(inner: &Inner<V>, reason: &'static str)
         reason,
         "L1 cleared: invalidation events may have been missed"
     );
-    sync_generation(inner).await;
+    if let Some(clock) = sync_generation(inner).await {
+        inner.tags.complete(clock);
+    }
 }
 
 /// The store key holding a namespace's generation.
@@ -200,21 +239,23 @@ pub(crate) fn generation_key(namespace: &str) -> String {
     format!("herdwise:gen:{namespace}")
 }
 
-/// Reads the namespace generation from the store and moves to it if it is newer (clearing L1:
-/// entries of the old generation are unreachable anyway). `true` once the store answered.
-pub(crate) async fn sync_generation<V: Send + Sync + 'static>(inner: &Inner<V>) -> bool {
-    match inner
-        .remote
-        .counter(&generation_key(inner.keys.namespace()))
-        .await
-    {
-        Ok(generation) => {
-            if inner.keys.advance_generation(generation) {
+/// Reads the namespace generation and tag clock from the store (one round trip), moves to the
+/// generation if it is newer (clearing L1: entries of the old generation are unreachable anyway)
+/// and lets new entries be stamped with the clock. The clock, once the store answered.
+pub(crate) async fn sync_generation<V: Send + Sync + 'static>(inner: &Inner<V>) -> Option<u64> {
+    let keys = [
+        generation_key(inner.keys.namespace()),
+        inner.tag_clock_key.clone(),
+    ];
+    match inner.remote.counters(&keys).await.as_deref() {
+        Ok([generation, clock]) => {
+            if inner.keys.advance_generation(*generation) {
                 inner.l1.clear();
             }
-            true
+            inner.tags.saw_clock(*clock);
+            Some(*clock)
         }
-        Err(_) => false,
+        _ => None,
     }
 }
 

@@ -10,6 +10,7 @@ use crate::backplane::Backplane;
 use crate::cache::{Cache, Inner};
 use crate::codec::{Codec, Postcard};
 use crate::envelope::Compression;
+use crate::envelope::MAX_STORED_TAGS;
 use crate::error::{Error, Result};
 use crate::flight::Flights;
 use crate::freshness::TtlPolicy;
@@ -21,6 +22,7 @@ use crate::metrics::CacheMetrics;
 use crate::remote::Remote;
 use crate::retry::RetryQueue;
 use crate::store::{MemoryStore, Store};
+use crate::tags::{clock_key, TagLedger, TagsFrom, DEFAULT_MAX_TAGS_PER_ENTRY};
 
 /// Default TTL of positive entries.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
@@ -91,6 +93,8 @@ pub struct CacheBuilder<K: ?Sized, V> {
     loader: Option<SharedLoader<K, V>>,
     xfetch_beta: f64,
     backplane: bool,
+    max_tags: usize,
+    tags_from: Option<TagsFrom<V>>,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -128,6 +132,8 @@ where
             loader: None,
             xfetch_beta: DEFAULT_XFETCH_BETA,
             backplane: true,
+            max_tags: DEFAULT_MAX_TAGS_PER_ENTRY,
+            tags_from: None,
             _key: PhantomData,
         }
     }
@@ -315,6 +321,33 @@ where
         self
     }
 
+    /// Most tags one entry may carry (default 16, at most 64). Tags cost bytes on every entry
+    /// and a check on every read of a tagged entry: tag by what gets invalidated together
+    /// (`category:shoes`), not by every attribute.
+    pub fn max_tags_per_entry(mut self, max: usize) -> Self {
+        self.max_tags = max;
+        self
+    }
+
+    /// Derives tags from every value the cache stores (loads and writes), in addition to the
+    /// tags a call gives. A value whose derived tags are invalid or too many is returned to its
+    /// callers but not cached (`herdwise_uncacheable_values_total{reason="encode"}`); a `set`
+    /// of it is an error.
+    ///
+    /// ```
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Product { id: u64, category: String }
+    ///
+    /// let cache: herdwise::Cache<u64, Product> = herdwise::Cache::builder("products")
+    ///     .tags_from(|p: &Product| vec![format!("category:{}", p.category)])
+    ///     .build()
+    ///     .unwrap();
+    /// ```
+    pub fn tags_from(mut self, derive: impl Fn(&V) -> Vec<String> + Send + Sync + 'static) -> Self {
+        self.tags_from = Some(Arc::new(derive));
+        self
+    }
+
     /// Validates the configuration and builds the cache.
     pub fn build(self) -> Result<Cache<K, V>> {
         if self.ttl.is_zero() {
@@ -354,6 +387,11 @@ where
                 "xfetch_beta must be a finite number >= 0".into(),
             ));
         }
+        if self.max_tags == 0 || self.max_tags > MAX_STORED_TAGS {
+            return Err(Error::Config(format!(
+                "max_tags_per_entry must be within 1..={MAX_STORED_TAGS}"
+            )));
+        }
         if self.max_in_flight == 0 {
             return Err(Error::Config("max_in_flight must be positive".into()));
         }
@@ -376,6 +414,19 @@ where
             .backplane
             .then(|| Backplane::new(store.clone(), &self.namespace));
         let remote = Remote::new(store, deadline, metrics.clone(), &self.namespace);
+        let ttl_policy = TtlPolicy {
+            ttl: self.ttl,
+            jitter: self.ttl_jitter,
+            negative_ttl: self.negative_ttl,
+            l1_cap: self.l1_ttl_cap,
+            stale_while_revalidate: self.stale_while_revalidate,
+            stale_if_error: self.stale_if_error,
+            fail_safe_throttle: self.fail_safe_throttle,
+        };
+        // A mark must outlive every entry it can invalidate (twice over, for instances of this
+        // namespace configured with longer TTLs), or those entries would come back.
+        let longest_entry = self.ttl.mul_f64(1.0 + self.ttl_jitter) + ttl_policy.stale_window();
+        let tag_mark_ttl = longest_entry * 2 + Duration::from_secs(60);
         Ok(Cache::from_parts(
             Inner {
                 keys,
@@ -383,15 +434,7 @@ where
                 remote,
                 flights: Flights::new(self.max_in_flight),
                 codec: self.codec.unwrap_or_else(|| Arc::new(Postcard)),
-                ttl: TtlPolicy {
-                    ttl: self.ttl,
-                    jitter: self.ttl_jitter,
-                    negative_ttl: self.negative_ttl,
-                    l1_cap: self.l1_ttl_cap,
-                    stale_while_revalidate: self.stale_while_revalidate,
-                    stale_if_error: self.stale_if_error,
-                    fail_safe_throttle: self.fail_safe_throttle,
-                },
+                ttl: ttl_policy,
                 compression: self.compression,
                 max_value_bytes: self.max_value_bytes,
                 metrics,
@@ -404,6 +447,11 @@ where
                 retries: RetryQueue::new(),
                 generation_synced: std::sync::atomic::AtomicBool::new(false),
                 generation_attempt_ms: std::sync::atomic::AtomicU64::new(0),
+                tags: TagLedger::default(),
+                tag_clock_key: clock_key(&self.namespace),
+                tag_mark_ttl,
+                max_tags: self.max_tags,
+                tags_from: self.tags_from,
             },
             self.loader,
         ))

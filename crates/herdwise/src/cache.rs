@@ -26,8 +26,10 @@ use crate::local::LocalTier;
 use crate::metrics::CacheMetrics;
 use crate::read_through::{LoadOptions, LoadResult};
 use crate::remote::Remote;
-use crate::retry::RetryQueue;
+use crate::retry::{Retry, RetryQueue};
+use crate::tags::{TagLedger, TagsFrom};
 use crate::tiers::{Fallback, L2Read, WriteMode};
+use crate::write::WriteOptions;
 
 /// How long a prefix invalidation may take to walk L2.
 const PREFIX_DELETE_DEADLINE: Duration = Duration::from_secs(60);
@@ -72,6 +74,16 @@ pub(crate) struct Inner<V> {
     pub generation_synced: AtomicBool,
     /// When reading it was last attempted (unix ms).
     pub generation_attempt_ms: AtomicU64,
+    /// What this instance knows of tag invalidations.
+    pub tags: TagLedger,
+    /// The store key of the namespace's tag clock.
+    pub tag_clock_key: String,
+    /// How long a tag's mark is kept: longer than any entry it can invalidate lives.
+    pub tag_mark_ttl: Duration,
+    /// Most tags on one entry.
+    pub max_tags: usize,
+    /// Tags derived from every value the cache stores.
+    pub tags_from: Option<TagsFrom<V>>,
 }
 
 /// A typed, multi-tier, read-through cache.
@@ -189,7 +201,7 @@ where
         };
         // Boxed: an L1 hit should not carry the size of the L2 read in its future.
         match Box::pin(self.read_l2(&stored_key)).await {
-            L2Read::Fresh(value, _) => Ok(value),
+            L2Read::Fresh(value, ..) => Ok(value),
             L2Read::Stale(_) | L2Read::Miss => {
                 self.inner.metrics.misses.increment(1);
                 Ok(None)
@@ -238,9 +250,38 @@ where
     /// A value larger than `max_value_bytes` (or one the codec cannot encode) is an error, and
     /// the key is invalidated so that the old value is not served in its place.
     pub async fn set(&self, key: &K, value: impl Into<Arc<V>>) -> Result<WriteOutcome> {
+        self.set_with(key, value, &WriteOptions::default()).await
+    }
+
+    /// [`Cache::set`] with options: tags the entry carries (for [`Cache::invalidate_tag`]), and
+    /// a value version (as [`Cache::set_versioned`]). A bad tag, or more tags than
+    /// `max_tags_per_entry`, is an error, and the key is invalidated so that the old value is
+    /// not served in place of the new one.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// use herdwise::{Cache, WriteOptions};
+    /// let cache: Cache<u64, String> = Cache::builder("products").build()?;
+    /// let opts = WriteOptions::default().version(3).tags(["brand:acme", "category:lamps"]);
+    /// cache.set_with(&7, "desk lamp".to_string(), &opts).await?;
+    /// cache.invalidate_tag("brand:acme").await?;
+    /// assert_eq!(cache.get(&7).await?, None);
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_with(
+        &self,
+        key: &K,
+        value: impl Into<Arc<V>>,
+        options: &WriteOptions,
+    ) -> Result<WriteOutcome> {
         self.ensure_generation().await;
         let stored_key = self.inner.keys.stored_key(key)?;
-        self.write(&stored_key, value.into(), 0, WriteMode::Overwrite)
+        let (version, mode) = match options.version {
+            Some(version) => (version, WriteMode::IfNotOlder),
+            None => (0, WriteMode::Overwrite),
+        };
+        self.write(&stored_key, value.into(), version, mode, &options.tags)
             .await
     }
 
@@ -263,9 +304,7 @@ where
         value: impl Into<Arc<V>>,
         version: u64,
     ) -> Result<WriteOutcome> {
-        self.ensure_generation().await;
-        let stored_key = self.inner.keys.stored_key(key)?;
-        self.write(&stored_key, value.into(), version, WriteMode::IfNotOlder)
+        self.set_with(key, value, &WriteOptions::default().version(version))
             .await
     }
 
@@ -290,7 +329,9 @@ where
         self.ensure_generation().await;
         self.inner.l1.invalidate(stored_key);
         if self.inner.remote.delete(stored_key).await.is_err() {
-            self.inner.retries.push(&self.inner, stored_key);
+            self.inner
+                .retries
+                .push(&self.inner, Retry::Key(stored_key.into()));
         }
         self.announce(stored_key).await;
     }
@@ -424,13 +465,13 @@ where
         {
             return;
         }
-        if sync_generation(inner).await {
+        if sync_generation(inner).await.is_some() {
             inner.generation_synced.store(true, Ordering::Release);
         }
     }
 
     /// Listens to other instances' invalidations from the first use on (it needs a runtime).
-    fn ensure_backplane(&self) {
+    pub(crate) fn ensure_backplane(&self) {
         if let Some(backplane) = self.inner.backplane.as_ref() {
             backplane.ensure_listening(&self.inner);
         }
@@ -445,12 +486,24 @@ where
         }
     }
 
+    /// The live L1 entry for a stored key, if its tags (if any) let it be served.
+    pub(crate) fn l1_get(&self, stored_key: &str) -> Option<crate::local::L1Entry<V>> {
+        self.inner
+            .l1
+            .get(stored_key)
+            .filter(|entry| self.l1_tags_ok(entry.tags.as_ref()))
+    }
+
     pub(crate) fn lookup_l1(&self, key: &K) -> Result<Lookup<V>> {
         self.ensure_backplane();
         let inner = &*self.inner;
         let lookup = |buf: &mut String| -> Result<Lookup<V>> {
             inner.keys.write(key, buf)?;
-            Ok(match inner.l1.get_classified(buf) {
+            let found = inner
+                .l1
+                .get_classified(buf)
+                .filter(|(entry, _)| self.l1_tags_ok(entry.tags.as_ref()));
+            Ok(match found {
                 Some((entry, true)) => {
                     inner.metrics.l1_hits.increment(1);
                     Lookup::Fresh(entry.value, entry.meta)
@@ -460,6 +513,7 @@ where
                     fallback: Some(Fallback {
                         value: entry.value,
                         meta: entry.meta,
+                        tags: entry.tags,
                     }),
                 },
                 None => Lookup::Miss {
@@ -481,10 +535,15 @@ where
         value: Arc<V>,
         version: u64,
         mode: WriteMode,
+        tags: &[Box<str>],
     ) -> Result<WriteOutcome> {
         self.ensure_backplane();
         let ttl = self.inner.ttl.ttl;
-        let encoded = match self.encode_entry(Some(&value), ttl, version, Duration::ZERO) {
+        let stamp = self.inner.tags.stamp();
+        let encoded = match self
+            .entry_tags(tags, Some(&value), stamp)
+            .and_then(|tags| self.encode_entry(Some(&value), ttl, version, Duration::ZERO, tags))
+        {
             Ok(encoded) => encoded,
             Err(err) => {
                 // The caller meant to replace the value: do not keep serving the old one.

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | 0 | 2 | magic `HW` |
 //! | 2 | 1 | format version (1) |
-//! | 3 | 1 | flags: bit 0 negative entry, bit 1 compressed (lz4), bit 2 stale copy (re-stored by fail-safe while the origin fails) |
+//! | 3 | 1 | flags: bit 0 negative entry, bit 1 compressed (lz4), bit 2 stale copy (re-stored by fail-safe while the origin fails), bit 3 tagged |
 //! | 4 | 1 | codec id |
 //! | 5 | 3 | reserved, zero |
 //! | 8 | 8 | created at, unix ms |
@@ -16,6 +16,10 @@
 //! | 40 | 4 | load duration, µs (the Δ of XFetch) |
 //! | 44 | 4 | payload length |
 //! | 48 | 4 | CRC-32 of bytes 0..48 and the payload |
+//!
+//! The body follows the header. A tagged entry's body starts with its tag block: the tag clock it
+//! was stamped with (`u64`), the number of tags (`u8`), then each tag as `u8 length` + UTF-8
+//! bytes. The value payload comes next; the payload length field counts the whole body.
 //!
 //! A compressed payload is `u32 uncompressed length` + an lz4 block. Decoding never trusts the
 //! bytes: every length is checked against the input and the configured value limit before
@@ -33,6 +37,33 @@ const FORMAT_VERSION: u8 = 1;
 const FLAG_NEGATIVE: u8 = 1;
 const FLAG_COMPRESSED: u8 = 2;
 const FLAG_STALE_COPY: u8 = 4;
+const FLAG_TAGGED: u8 = 8;
+/// Most tags one stored entry can carry (the format's limit; caches enforce a lower one).
+pub const MAX_STORED_TAGS: usize = 64;
+/// Longest tag, in bytes.
+pub const MAX_TAG_BYTES: usize = 128;
+
+/// The tags an entry carries, and the namespace's tag clock when the entry's value was read from
+/// the origin (or written). The entry is valid while none of its tags was invalidated at a
+/// later clock value (see the cache's `invalidate_tag`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagStamp {
+    /// The tag clock the entry was stamped with.
+    pub clock: u64,
+    /// The tags, each 1..=`MAX_TAG_BYTES` bytes, at most `MAX_STORED_TAGS` of them.
+    pub tags: Box<[Box<str>]>,
+}
+
+/// A decoded entry: header fields, tags (if any) and the value payload.
+#[derive(Debug)]
+pub struct Decoded<'a> {
+    /// The header fields.
+    pub meta: Meta,
+    /// The entry's tags, if it was stored with any.
+    pub tags: Option<TagStamp>,
+    /// The (decompressed) value payload; empty for a negative entry.
+    pub payload: Cow<'a, [u8]>,
+}
 
 /// Metadata stored with every entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +143,33 @@ pub enum EnvelopeError {
 
 /// Encodes `meta` + `payload` into stored bytes, compressing if `compression` says so.
 pub fn encode(meta: &Meta, payload: &[u8], compression: Compression) -> Vec<u8> {
+    encode_tagged(meta, None, payload, compression)
+}
+
+/// [`encode`] with a tag block. Tags past the format's limits (`MAX_STORED_TAGS`,
+/// `MAX_TAG_BYTES`) must be rejected by the caller before; here they are cut off.
+pub fn encode_tagged(
+    meta: &Meta,
+    tags: Option<&TagStamp>,
+    payload: &[u8],
+    compression: Compression,
+) -> Vec<u8> {
+    let mut tag_block = Vec::new();
+    if let Some(stamp) = tags {
+        tag_block.extend_from_slice(&stamp.clock.to_be_bytes());
+        let kept: Vec<&str> = stamp
+            .tags
+            .iter()
+            .map(|t| &**t)
+            .filter(|t| !t.is_empty() && t.len() <= MAX_TAG_BYTES)
+            .take(MAX_STORED_TAGS)
+            .collect();
+        tag_block.push(kept.len() as u8);
+        for tag in kept {
+            tag_block.push(tag.len() as u8);
+            tag_block.extend_from_slice(tag.as_bytes());
+        }
+    }
     let compressed = match compression {
         Compression::Lz4 { min_bytes } if payload.len() >= min_bytes && !payload.is_empty() => {
             let block = lz4_flex::block::compress(payload);
@@ -119,7 +177,7 @@ pub fn encode(meta: &Meta, payload: &[u8], compression: Compression) -> Vec<u8> 
         }
         _ => None,
     };
-    let body_len = compressed.as_ref().map_or(payload.len(), |b| b.len() + 4);
+    let body_len = tag_block.len() + compressed.as_ref().map_or(payload.len(), |b| b.len() + 4);
     let mut out = Vec::with_capacity(HEADER_LEN + body_len);
     out.extend_from_slice(&MAGIC);
     out.push(FORMAT_VERSION);
@@ -133,6 +191,9 @@ pub fn encode(meta: &Meta, payload: &[u8], compression: Compression) -> Vec<u8> 
     if meta.stale_copy {
         flags |= FLAG_STALE_COPY;
     }
+    if tags.is_some() {
+        flags |= FLAG_TAGGED;
+    }
     out.push(flags);
     out.push(meta.codec_id);
     out.extend_from_slice(&[0, 0, 0]);
@@ -145,6 +206,7 @@ pub fn encode(meta: &Meta, payload: &[u8], compression: Compression) -> Vec<u8> 
     out.extend_from_slice(&(body_len as u32).to_be_bytes());
     let crc_at = out.len();
     out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(&tag_block);
     match &compressed {
         Some(block) => {
             out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
@@ -169,7 +231,8 @@ pub fn decode_meta(bytes: &[u8]) -> Result<Meta, EnvelopeError> {
         return Err(EnvelopeError::UnsupportedFormat(bytes[2]));
     }
     let flags = bytes[3];
-    if flags & !(FLAG_NEGATIVE | FLAG_COMPRESSED | FLAG_STALE_COPY) != 0 || bytes[5..8] != [0, 0, 0]
+    if flags & !(FLAG_NEGATIVE | FLAG_COMPRESSED | FLAG_STALE_COPY | FLAG_TAGGED) != 0
+        || bytes[5..8] != [0, 0, 0]
     {
         return Err(EnvelopeError::Inconsistent);
     }
@@ -190,7 +253,7 @@ pub fn decode_meta(bytes: &[u8]) -> Result<Meta, EnvelopeError> {
 }
 
 /// Decodes stored bytes, verifying the checksum and decompressing (bounded by `max_payload`).
-pub fn decode(bytes: &[u8], max_payload: usize) -> Result<(Meta, Cow<'_, [u8]>), EnvelopeError> {
+pub fn decode(bytes: &[u8], max_payload: usize) -> Result<Decoded<'_>, EnvelopeError> {
     let meta = decode_meta(bytes)?;
     let body_len = be_u32(bytes, 44) as usize;
     let body = &bytes[HEADER_LEN..];
@@ -203,27 +266,69 @@ pub fn decode(bytes: &[u8], max_payload: usize) -> Result<(Meta, Cow<'_, [u8]>),
     if checksum(bytes) != be_u32(bytes, 48) {
         return Err(EnvelopeError::Checksum);
     }
+    let (tags, body) = if bytes[3] & FLAG_TAGGED != 0 {
+        let (tags, rest) = decode_tags(body)?;
+        (Some(tags), rest)
+    } else {
+        (None, body)
+    };
     if meta.negative && !body.is_empty() {
         return Err(EnvelopeError::Inconsistent);
     }
-    if bytes[3] & FLAG_COMPRESSED == 0 {
+    let payload = if bytes[3] & FLAG_COMPRESSED == 0 {
         if body.len() > max_payload {
             return Err(EnvelopeError::TooLarge(body.len()));
         }
-        return Ok((meta, Cow::Borrowed(body)));
+        Cow::Borrowed(body)
+    } else {
+        if body.len() < 4 {
+            return Err(EnvelopeError::Truncated(bytes.len()));
+        }
+        let raw_len = be_u32(body, 0) as usize;
+        if raw_len > max_payload {
+            return Err(EnvelopeError::TooLarge(raw_len));
+        }
+        let mut raw = vec![0u8; raw_len];
+        match lz4_flex::block::decompress_into(&body[4..], &mut raw) {
+            Ok(n) if n == raw_len => Cow::Owned(raw),
+            _ => return Err(EnvelopeError::Decompress),
+        }
+    };
+    Ok(Decoded {
+        meta,
+        tags,
+        payload,
+    })
+}
+
+/// The tag block at the start of `body`, and what follows it.
+fn decode_tags(body: &[u8]) -> Result<(TagStamp, &[u8]), EnvelopeError> {
+    let truncated = || EnvelopeError::Truncated(body.len());
+    if body.len() < 9 {
+        return Err(truncated());
     }
-    if body.len() < 4 {
-        return Err(EnvelopeError::Truncated(bytes.len()));
+    let clock = be_u64(body, 0);
+    let count = body[8] as usize;
+    if count == 0 || count > MAX_STORED_TAGS {
+        return Err(EnvelopeError::Inconsistent);
     }
-    let raw_len = be_u32(body, 0) as usize;
-    if raw_len > max_payload {
-        return Err(EnvelopeError::TooLarge(raw_len));
+    let mut at = 9;
+    let mut tags = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = *body.get(at).ok_or_else(truncated)? as usize;
+        let raw = body.get(at + 1..at + 1 + len).ok_or_else(truncated)?;
+        if len == 0 || len > MAX_TAG_BYTES {
+            return Err(EnvelopeError::Inconsistent);
+        }
+        let tag = std::str::from_utf8(raw).map_err(|_| EnvelopeError::Inconsistent)?;
+        tags.push(Box::from(tag));
+        at += 1 + len;
     }
-    let mut raw = vec![0u8; raw_len];
-    match lz4_flex::block::decompress_into(&body[4..], &mut raw) {
-        Ok(n) if n == raw_len => Ok((meta, Cow::Owned(raw))),
-        _ => Err(EnvelopeError::Decompress),
-    }
+    let stamp = TagStamp {
+        clock,
+        tags: tags.into_boxed_slice(),
+    };
+    Ok((stamp, &body[at..]))
 }
 
 /// CRC-32 over everything but the checksum field itself.
@@ -268,15 +373,63 @@ mod tests {
         let small = b"hello".to_vec();
         let bytes = encode(&meta(), &small, Compression::default());
         assert_eq!(bytes.len(), HEADER_LEN + 5);
-        let (m, p) = decode(&bytes, 1 << 20).unwrap();
-        assert_eq!(m, meta());
-        assert_eq!(&*p, b"hello");
+        let d = decode(&bytes, 1 << 20).unwrap();
+        assert_eq!(d.meta, meta());
+        assert_eq!(d.tags, None);
+        assert_eq!(&*d.payload, b"hello");
 
         let big = vec![b'a'; 100_000];
         let bytes = encode(&meta(), &big, Compression::Lz4 { min_bytes: 1024 });
         assert!(bytes.len() < 2_000, "repetitive payload must compress");
-        let (_, p) = decode(&bytes, 1 << 20).unwrap();
-        assert_eq!(&*p, &big[..]);
+        let d = decode(&bytes, 1 << 20).unwrap();
+        assert_eq!(&*d.payload, &big[..]);
+    }
+
+    fn stamp() -> TagStamp {
+        TagStamp {
+            clock: 0x00AA_BBCC_DDEE_FF11,
+            tags: vec![Box::from("category:shoes"), Box::from("brand:ü")].into_boxed_slice(),
+        }
+    }
+
+    #[test]
+    fn tags_round_trip_with_plain_compressed_and_negative_entries() {
+        let big = vec![b'z'; 50_000];
+        let lz4 = Compression::Lz4 { min_bytes: 1024 };
+        for (payload, compression) in [(&b"v"[..], Compression::None), (&big[..], lz4)] {
+            let bytes = encode_tagged(&meta(), Some(&stamp()), payload, compression);
+            let d = decode(&bytes, 1 << 20).unwrap();
+            assert_eq!(d.tags, Some(stamp()));
+            assert_eq!(&*d.payload, payload);
+            assert_eq!(be_u64(&bytes, VERSION_OFFSET), meta().version);
+        }
+        let negative = Meta {
+            negative: true,
+            ..meta()
+        };
+        let bytes = encode_tagged(&negative, Some(&stamp()), b"", Compression::None);
+        let d = decode(&bytes, 1 << 20).unwrap();
+        assert!(d.meta.negative);
+        assert_eq!(d.tags, Some(stamp()));
+        assert!(d.payload.is_empty());
+    }
+
+    #[test]
+    fn damaged_tag_blocks_are_rejected_without_panicking() {
+        let bytes = encode_tagged(&meta(), Some(&stamp()), b"payload", Compression::None);
+        for len in 0..bytes.len() {
+            assert!(
+                decode(&bytes[..len], 1 << 20).is_err(),
+                "truncated to {len}"
+            );
+        }
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut bad = bytes.clone();
+                bad[i] ^= 1 << bit;
+                assert!(decode(&bad, 1 << 20).is_err(), "flip byte {i} bit {bit}");
+            }
+        }
     }
 
     #[test]
@@ -310,6 +463,9 @@ mod tests {
     fn lying_lengths_are_bounded_by_the_value_limit() {
         let big = vec![0u8; 10_000];
         let bytes = encode(&meta(), &big, Compression::Lz4 { min_bytes: 1 });
-        assert_eq!(decode(&bytes, 1_000), Err(EnvelopeError::TooLarge(10_000)));
+        assert_eq!(
+            decode(&bytes, 1_000).map(|d| d.payload.len()),
+            Err(EnvelopeError::TooLarge(10_000))
+        );
     }
 }

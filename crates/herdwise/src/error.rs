@@ -30,6 +30,19 @@ pub enum Error {
     #[error("invalid cache key: {0}")]
     InvalidKey(#[from] KeyError),
 
+    /// A tag is empty, longer than 128 bytes, or contains a control character.
+    #[error("invalid tag {0:?}: tags are 1-128 bytes without control characters")]
+    InvalidTag(String),
+
+    /// An entry would carry more tags than the cache allows (`max_tags_per_entry`).
+    #[error("{count} tags on one entry exceed the limit of {limit}")]
+    TooManyTags {
+        /// Distinct tags the entry would carry.
+        count: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+
     /// The encoded value is larger than the cache accepts.
     #[error("value of {size} bytes exceeds the limit of {limit} bytes")]
     ValueTooLarge {

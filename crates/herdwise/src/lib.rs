@@ -66,6 +66,7 @@ mod refresh;
 mod remote;
 mod retry;
 pub mod store;
+mod tags;
 mod tiers;
 mod write;
 
@@ -83,4 +84,8 @@ pub use key::{encode_key, CacheKey, KeyEncoder, KeyError};
 pub use loader::{Loader, LoaderError};
 pub use read_through::{Fetched, LoadOptions};
 pub use refresh::RefreshAhead;
-pub use store::{MemoryStore, RedisStore, RedisStoreBuilder, SetOutcome, Store, StoreError};
+pub use store::{
+    Announcement, MemoryStore, RedisStore, RedisStoreBuilder, SetOutcome, Store, StoreError,
+};
+pub use tags::DEFAULT_MAX_TAGS_PER_ENTRY;
+pub use write::WriteOptions;

@@ -15,7 +15,7 @@ use metrics::Counter;
 use quick_cache::sync::Cache as Engine;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 
-use crate::envelope::Meta;
+use crate::envelope::{Meta, TagStamp};
 
 /// Bookkeeping bytes charged to every entry on top of key and value.
 const ENTRY_OVERHEAD: u64 = 96;
@@ -34,6 +34,9 @@ pub(crate) struct L1Entry<V> {
     pub meta: Meta,
     /// Encoded size, charged against the byte bound.
     pub size: u32,
+    /// The entry's tags, checked on every hit against what this instance knows of tag
+    /// invalidations (`tags`).
+    pub tags: Option<Arc<TagStamp>>,
 }
 
 impl<V> Clone for L1Entry<V> {
@@ -44,6 +47,7 @@ impl<V> Clone for L1Entry<V> {
             fresh_until: self.fresh_until,
             meta: self.meta,
             size: self.size,
+            tags: self.tags.clone(),
         }
     }
 }
@@ -178,6 +182,7 @@ impl<V> LocalTier<V> {
         size: usize,
         (live, fresh): (Duration, Duration),
         epoch: u64,
+        tags: Option<Arc<TagStamp>>,
     ) {
         let Some(engine) = self.engine.as_ref() else {
             return;
@@ -196,6 +201,7 @@ impl<V> LocalTier<V> {
             fresh_until: now + fresh.min(live),
             meta: *meta,
             size: u32::try_from(size).unwrap_or(u32::MAX),
+            tags,
         };
         let expires_at = entry.expires_at;
         engine.insert(key.into(), entry);
@@ -281,6 +287,7 @@ mod tests {
             1,
             (ms30, ms30),
             l1.epoch("a"),
+            None,
         );
         assert!(l1.get("a").is_some());
         std::thread::sleep(Duration::from_millis(40));
@@ -300,6 +307,7 @@ mod tests {
                 size,
                 (Duration::from_secs(60), Duration::from_secs(60)),
                 l1.epoch(&format!("k{i}")),
+                None,
             );
             assert!(l1.weight() <= l1.capacity(), "after insert {i}");
         }
@@ -310,7 +318,7 @@ mod tests {
     fn disabled_tier_stores_nothing() {
         let l1 = tier(0);
         let s = Duration::from_secs(1);
-        l1.insert("a", Some(Arc::new(vec![1])), &meta(), 1, (s, s), 0);
+        l1.insert("a", Some(Arc::new(vec![1])), &meta(), 1, (s, s), 0, None);
         assert!(l1.get("a").is_none());
     }
 
@@ -320,11 +328,27 @@ mod tests {
         let s = Duration::from_secs(10);
         let before = l1.epoch("k");
         l1.invalidate("k"); // arrives while the read was in flight
-        l1.insert("k", Some(Arc::new(vec![1])), &meta(), 1, (s, s), before);
+        l1.insert(
+            "k",
+            Some(Arc::new(vec![1])),
+            &meta(),
+            1,
+            (s, s),
+            before,
+            None,
+        );
         assert!(l1.get("k").is_none());
         let before = l1.epoch("k");
         l1.clear();
-        l1.insert("k", Some(Arc::new(vec![1])), &meta(), 1, (s, s), before);
+        l1.insert(
+            "k",
+            Some(Arc::new(vec![1])),
+            &meta(),
+            1,
+            (s, s),
+            before,
+            None,
+        );
         assert!(l1.get("k").is_none());
         l1.insert(
             "k",
@@ -333,6 +357,7 @@ mod tests {
             1,
             (s, s),
             l1.epoch("k"),
+            None,
         );
         assert!(l1.get("k").is_some());
     }

@@ -21,7 +21,10 @@
 //! | `herdwise_lease_wait_timeouts_total` | counter | | waiters that gave up on another instance's fill and loaded themselves |
 //! | `herdwise_fills_refused_total` | counter | `reason` = `lease_lost`/`older` | fills not written: the lease was voided by a write/invalidation (or expired), or L2 holds a newer version |
 //! | `herdwise_backplane_received_total` | counter | | invalidations received from other instances |
-//! | `herdwise_backplane_resets_total` | counter | `reason` = `gap`/`resubscribed`/`lagged` | L1 cleared because invalidation events may have been missed |
+//! | `herdwise_backplane_resets_total` | counter | `reason` = `gap`/`resubscribed`/`lagged`/`tag_events_missed` | L1 cleared because invalidation events may have been missed |
+//! | `herdwise_tag_invalidations_total` | counter | | `invalidate_tag` calls |
+//! | `herdwise_tag_store_checks_total` | counter | | tagged entries checked against the store's marks (one `MGET`) because local knowledge could not decide |
+//! | `herdwise_tag_invalidated_reads_total` | counter | | entries found in L1 or L2 but not served because one of their tags was invalidated after them |
 //! | `herdwise_invalidation_retries_total` | counter | `outcome` = `queued`/`succeeded` | invalidations that failed against L2 and were queued for retry, and those a retry completed |
 //! | `herdwise_invalidations_dead_lettered_total` | counter | | invalidations given up (queue full, or every retry failed) |
 //! | `herdwise_l1_evictions_total` | counter | | L1 entries evicted for space |
@@ -63,6 +66,12 @@ pub const FILLS_REFUSED: &str = "herdwise_fills_refused_total";
 pub const BACKPLANE_RECEIVED: &str = "herdwise_backplane_received_total";
 /// L1 clears because events may have been missed.
 pub const BACKPLANE_RESETS: &str = "herdwise_backplane_resets_total";
+/// `invalidate_tag` calls.
+pub const TAG_INVALIDATIONS: &str = "herdwise_tag_invalidations_total";
+/// Tagged entries checked against the store.
+pub const TAG_STORE_CHECKS: &str = "herdwise_tag_store_checks_total";
+/// Entries not served because a tag of theirs was invalidated.
+pub const TAG_INVALIDATED_READS: &str = "herdwise_tag_invalidated_reads_total";
 /// Failed invalidations queued for retry, and completed retries.
 pub const INVALIDATION_RETRIES: &str = "herdwise_invalidation_retries_total";
 /// Invalidations given up.
@@ -117,11 +126,14 @@ pub(crate) struct CacheMetrics {
     pub fills_refused_lease_lost: Counter,
     pub fills_refused_older: Counter,
     pub backplane_received: Counter,
+    pub tag_invalidations: Counter,
+    pub tag_store_checks: Counter,
+    pub tag_invalidated_reads: Counter,
     pub invalidation_retries_queued: Counter,
     pub invalidation_retries_succeeded: Counter,
     pub invalidations_dead_lettered: Counter,
-    /// gap, resubscribed, lagged.
-    backplane_resets: [Counter; 3],
+    /// gap, resubscribed, lagged, tag_events_missed.
+    backplane_resets: [Counter; 4],
     pub l1_evictions: Counter,
     pub l1_bytes: Gauge,
     /// `[op][kind]`, see [`StoreOp`] and [`FailureKind`].
@@ -159,10 +171,13 @@ impl CacheMetrics {
             fills_refused_lease_lost: counter!(FILLS_REFUSED, "namespace" => ns.clone(), "reason" => "lease_lost"),
             fills_refused_older: counter!(FILLS_REFUSED, "namespace" => ns.clone(), "reason" => "older"),
             backplane_received: counter!(BACKPLANE_RECEIVED, "namespace" => ns.clone()),
+            tag_invalidations: counter!(TAG_INVALIDATIONS, "namespace" => ns.clone()),
+            tag_store_checks: counter!(TAG_STORE_CHECKS, "namespace" => ns.clone()),
+            tag_invalidated_reads: counter!(TAG_INVALIDATED_READS, "namespace" => ns.clone()),
             invalidation_retries_queued: counter!(INVALIDATION_RETRIES, "namespace" => ns.clone(), "outcome" => "queued"),
             invalidation_retries_succeeded: counter!(INVALIDATION_RETRIES, "namespace" => ns.clone(), "outcome" => "succeeded"),
             invalidations_dead_lettered: counter!(INVALIDATIONS_DEAD_LETTERED, "namespace" => ns.clone()),
-            backplane_resets: ["gap", "resubscribed", "lagged"].map(
+            backplane_resets: ["gap", "resubscribed", "lagged", "tag_events_missed"].map(
                 |reason| counter!(BACKPLANE_RESETS, "namespace" => ns.clone(), "reason" => reason),
             ),
             l1_evictions: counter!(L1_EVICTIONS, "namespace" => ns.clone()),
@@ -180,7 +195,8 @@ impl CacheMetrics {
         let i = match reason {
             "gap" => 0,
             "resubscribed" => 1,
-            _ => 2,
+            "lagged" => 2,
+            _ => 3,
         };
         self.backplane_resets[i].increment(1);
     }

@@ -17,12 +17,14 @@ use futures::FutureExt as _;
 
 use crate::cache::{Cache, Lookup};
 use crate::envelope::Meta;
+use crate::envelope::TagStamp;
 use crate::error::{Error, Result};
 use crate::flight::Join;
 use crate::freshness::now_ms;
 use crate::key::CacheKey;
 use crate::lease::{HeldLease, LeaseConfig};
 use crate::store::FillOutcome;
+use crate::tags::collect_tags;
 use crate::tiers::{Encoded, Fallback, L2Read, WriteMode};
 
 /// What a read through the cache returned.
@@ -87,9 +89,37 @@ pub struct LoadOptions {
     soft_timeout: Option<Duration>,
     stale_if_error: Option<Duration>,
     stale_while_revalidate: Option<Duration>,
+    tags: Option<Arc<[Box<str>]>>,
 }
 
 impl LoadOptions {
+    /// Tags the loaded entry carries (for [`Cache::invalidate_tag`]), in addition to those the
+    /// cache derives from the value. Checked before loading: 1-128 bytes each, no control
+    /// characters, at most `max_tags_per_entry` in all ([`Error::InvalidTag`],
+    /// [`Error::TooManyTags`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// use herdwise::{Cache, LoadOptions};
+    /// let cache: Cache<u64, String> = Cache::builder("products").build()?;
+    /// let opts = LoadOptions::default().tags(["category:shoes"]);
+    /// let load = |_: &u64| async { Ok::<_, std::io::Error>(Some("boot".to_string())) };
+    /// cache.get_or_load_with(&1, &opts, load).await?;
+    /// cache.invalidate_tag("category:shoes").await?;
+    /// assert_eq!(cache.get(&1).await?, None);
+    /// # Ok(()) }
+    /// ```
+    pub fn tags<I, T>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        let tags: Vec<Box<str>> = tags.into_iter().map(|t| Box::from(t.as_ref())).collect();
+        self.tags = Some(tags.into());
+        self
+    }
+
     /// Give up on the loader after this long ([`Error::LoaderTimeout`], or the stale value within
     /// the stale-if-error window).
     pub fn hard_timeout(mut self, timeout: Duration) -> Self {
@@ -161,6 +191,8 @@ pub(crate) struct Windows {
     pub soft_timeout: Option<Duration>,
     pub stale_if_error: Duration,
     stale_while_revalidate: Duration,
+    /// The call's own tags for what it loads.
+    tags: Option<Arc<[Box<str>]>>,
 }
 
 impl<K, V> Cache<K, V>
@@ -206,6 +238,9 @@ where
             } => (stored_key, fallback),
         };
         let windows = self.windows(options);
+        if let Some(tags) = windows.tags.as_deref() {
+            collect_tags(tags.iter().map(|t| &**t), self.inner.max_tags)?;
+        }
         // Boxed: the miss path (lease, load, fill) is large; an L1 hit should not pay for moving
         // it around, nor should every task that awaits the cache carry it.
         Box::pin(self.through(&stored_key, key, loader, &windows, fallback, None)).await
@@ -285,6 +320,7 @@ where
             stale_while_revalidate: options
                 .stale_while_revalidate
                 .unwrap_or(policy.stale_while_revalidate),
+            tags: options.tags.clone(),
         }
     }
 
@@ -311,18 +347,18 @@ where
         // A previous leader may have filled L1 between our miss and our election.
         let mut fallback = fallback;
         let superseded = |meta: &Meta| refresh_of.is_some_and(|r| meta.fresh_until_ms <= r);
-        if let Some(entry) = inner.l1.get(stored_key) {
+        if let Some(entry) = self.l1_get(stored_key) {
             if entry.fresh_until > Instant::now() && !superseded(&entry.meta) {
                 inner.metrics.l1_hits.increment(1);
                 return Ok(Fetched::of(entry.value, entry.meta.stale_copy));
             }
         }
         match self.read_l2(stored_key).await {
-            L2Read::Fresh(value, meta) if !superseded(&meta) => {
+            L2Read::Fresh(value, meta, _) if !superseded(&meta) => {
                 return Ok(Fetched::of(value, meta.stale_copy))
             }
-            L2Read::Fresh(value, meta) => {
-                fallback = Fallback::newer(fallback, Some(Fallback { value, meta }))
+            L2Read::Fresh(value, meta, tags) => {
+                fallback = Fallback::newer(fallback, Some(Fallback { value, meta, tags }))
             }
             L2Read::Stale(found) => fallback = Fallback::newer(fallback, Some(found)),
             L2Read::Miss => {}
@@ -394,7 +430,7 @@ where
                 let held =
                     HeldLease::new(remote.store().clone(), stored_key, token, remote.deadline());
                 match self.read_l2(stored_key).await {
-                    L2Read::Fresh(value, meta)
+                    L2Read::Fresh(value, meta, _)
                         if refresh_of.is_none_or(|r| meta.fresh_until_ms > r) =>
                     {
                         self.release(FillMode::Leased(held)).await;
@@ -423,7 +459,7 @@ where
             let notified = registration.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let L2Read::Fresh(value, meta) = self.read_l2(stored_key).await {
+            if let L2Read::Fresh(value, meta, _) = self.read_l2(stored_key).await {
                 // (For a refresh, even the old entry will do: the holder is refreshing it.)
                 return Waited::Value(value, meta.stale_copy);
             }
@@ -467,6 +503,9 @@ where
         let metrics = &self.inner.metrics;
         metrics.loads.increment(1);
         let epoch = self.inner.l1.epoch(stored_key);
+        // The tag clock before the origin is read: a tag invalidated from here on outdates
+        // what this load returns.
+        let tag_clock = self.inner.tags.stamp();
         let started = Instant::now();
         // The loader is called inside the guarded future, so a panic while *building* the
         // future is caught too.
@@ -508,7 +547,18 @@ where
             self.release(mode).await;
             return Ok(Fetched::fresh(None));
         }
-        self.fill(stored_key, value.as_ref(), load_duration, mode, epoch)
+        let call_tags = windows.tags.as_deref().unwrap_or(&[]);
+        let tags = match self.entry_tags(call_tags, value.as_deref(), tag_clock) {
+            Ok(tags) => tags,
+            Err(err) => {
+                // The value is good; only its tags are not (e.g. derived past the cap).
+                metrics.encode_failures.increment(1);
+                tracing::warn!(key = stored_key, error = %err, "loaded value not cached");
+                self.release(mode).await;
+                return Ok(Fetched::fresh(value));
+            }
+        };
+        self.fill(stored_key, value.as_ref(), load_duration, mode, epoch, tags)
             .await;
         if value.is_none() {
             metrics.negative_stored.increment(1);
@@ -611,6 +661,7 @@ where
         load_duration: Duration,
         mode: FillMode,
         epoch: u64,
+        tags: Option<Arc<TagStamp>>,
     ) {
         let inner = &*self.inner;
         let ttl = match value {
@@ -620,7 +671,7 @@ where
                 None => return self.release(mode).await,
             },
         };
-        let encoded = match self.encode_entry(value, ttl, 0, load_duration) {
+        let encoded = match self.encode_entry(value, ttl, 0, load_duration, tags) {
             Ok(encoded) => encoded,
             Err(err) => {
                 match err {

@@ -57,9 +57,10 @@ where
                 // The read put any stale value it found into L1.
                 let windows = self.windows(options);
                 let stored_key = self.inner.keys.stored_key(key)?;
-                let stale = self.inner.l1.get(&stored_key).map(|entry| Fallback {
+                let stale = self.l1_get(&stored_key).map(|entry| Fallback {
                     value: entry.value,
                     meta: entry.meta,
+                    tags: entry.tags,
                 });
                 match stale.filter(|f| f.usable_within(windows.stale_if_error, now_ms())) {
                     Some(found) => {
@@ -175,10 +176,10 @@ where
         let Ok(stored_key) = self.inner.keys.stored_key(key) else {
             return;
         };
-        let fresh_until_ms = match self.inner.l1.get(&stored_key) {
+        let fresh_until_ms = match self.l1_get(&stored_key) {
             Some(entry) => Some(entry.meta.fresh_until_ms),
             None => match self.read_l2(&stored_key).await {
-                L2Read::Fresh(_, meta) => Some(meta.fresh_until_ms),
+                L2Read::Fresh(_, meta, _) => Some(meta.fresh_until_ms),
                 L2Read::Stale(_) | L2Read::Miss => None,
             },
         };

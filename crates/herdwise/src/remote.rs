@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use crate::freshness::now_ms;
 use crate::metrics::{CacheMetrics, FailureKind, StoreOp};
-use crate::store::{FillOutcome, SetOutcome, Store, StoreError};
+use crate::store::{Announcement, FillOutcome, SetOutcome, Store, StoreError};
 
 pub(crate) struct Remote {
     store: Arc<dyn Store>,
@@ -109,8 +109,21 @@ impl Remote {
             .await
     }
 
-    pub async fn counter(&self, key: &str) -> Result<u64, StoreError> {
-        self.call(StoreOp::Get, key, self.store.counter(key)).await
+    pub async fn counters(&self, keys: &[String]) -> Result<Vec<u64>, StoreError> {
+        let key = keys.first().map_or("", String::as_str);
+        self.call(StoreOp::Get, key, self.store.counters(keys))
+            .await
+    }
+
+    pub async fn bump_tag(
+        &self,
+        clock_key: &str,
+        mark_key: &str,
+        mark_ttl: Duration,
+        announce: Option<Announcement<'_>>,
+    ) -> Result<u64, StoreError> {
+        let fut = self.store.bump_tag(clock_key, mark_key, mark_ttl, announce);
+        self.call(StoreOp::Delete, mark_key, fut).await
     }
 
     /// Prefix deletion walks the keyspace in batches: it gets a deadline of its own.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::cache::{Cache, WriteOutcome};
-use crate::envelope::{self, EnvelopeError, Meta};
+use crate::envelope::{self, EnvelopeError, Meta, TagStamp};
 use crate::error::{Error, Result};
 use crate::freshness::{now_ms, Freshness};
 use crate::key::CacheKey;
@@ -29,6 +29,8 @@ pub(crate) struct Encoded {
     pub meta: Meta,
     /// When `meta` was computed (unix ms).
     pub now: u64,
+    /// The entry's tags, as stored.
+    pub tags: Option<Arc<TagStamp>>,
 }
 
 /// A value that is past its fresh time but may still be served: while another caller refreshes
@@ -36,6 +38,8 @@ pub(crate) struct Encoded {
 pub(crate) struct Fallback<V> {
     pub value: Option<Arc<V>>,
     pub meta: Meta,
+    /// Kept when the fallback is re-stored, so a later tag invalidation still reaches it.
+    pub tags: Option<Arc<TagStamp>>,
 }
 
 impl<V> Clone for Fallback<V> {
@@ -43,6 +47,7 @@ impl<V> Clone for Fallback<V> {
         Fallback {
             value: self.value.clone(),
             meta: self.meta,
+            tags: self.tags.clone(),
         }
     }
 }
@@ -72,8 +77,8 @@ impl<V> Fallback<V> {
 
 /// What L2 had for a key.
 pub(crate) enum L2Read<V> {
-    /// A fresh entry (`None` inside: a negative entry).
-    Fresh(Option<Arc<V>>, Meta),
+    /// A fresh entry (`None` inside: a negative entry), and its tags.
+    Fresh(Option<Arc<V>>, Meta, Option<Arc<TagStamp>>),
     /// Only a stale one.
     Stale(Fallback<V>),
     /// Nothing usable (absent, failed, expired or corrupt — the latter deleted and counted).
@@ -94,10 +99,21 @@ where
         };
         let now = now_ms();
         match self.decode_entry(&bytes) {
-            Ok((meta, value)) => {
+            Ok((meta, tags, value)) => {
                 let freshness = Freshness::of(meta.fresh_until_ms, meta.stale_until_ms, now);
                 if freshness == Freshness::Expired {
                     return L2Read::Miss;
+                }
+                let tags = tags.map(Arc::new);
+                if let Some(stamp) = tags.as_ref() {
+                    if !self.tags_valid(stamp).await {
+                        inner.metrics.tag_invalidated_reads.increment(1);
+                        // A versioned entry would refuse the unversioned fill that replaces it.
+                        if meta.version > 0 {
+                            let _ = inner.remote.delete(stored_key).await;
+                        }
+                        return L2Read::Miss;
+                    }
                 }
                 inner.l1.insert(
                     stored_key,
@@ -106,12 +122,13 @@ where
                     bytes.len(),
                     inner.ttl.l1_lifetimes(&meta, now),
                     epoch,
+                    tags.clone(),
                 );
                 if freshness == Freshness::Fresh {
                     inner.metrics.l2_hits.increment(1);
-                    L2Read::Fresh(value, meta)
+                    L2Read::Fresh(value, meta, tags)
                 } else {
-                    L2Read::Stale(Fallback { value, meta })
+                    L2Read::Stale(Fallback { value, meta, tags })
                 }
             }
             Err(reason) => {
@@ -128,10 +145,17 @@ where
         }
     }
 
-    fn decode_entry(&self, bytes: &[u8]) -> std::result::Result<(Meta, Option<Arc<V>>), String> {
+    #[allow(clippy::type_complexity)]
+    fn decode_entry(
+        &self,
+        bytes: &[u8],
+    ) -> std::result::Result<(Meta, Option<TagStamp>, Option<Arc<V>>), String> {
         let inner = &*self.inner;
-        let (meta, payload) =
-            envelope::decode(bytes, inner.max_value_bytes).map_err(|e| e.to_string())?;
+        let envelope::Decoded {
+            meta,
+            tags,
+            payload,
+        } = envelope::decode(bytes, inner.max_value_bytes).map_err(|e| e.to_string())?;
         if meta.codec_id != inner.codec.id() {
             return Err(EnvelopeError::CodecMismatch {
                 found: meta.codec_id,
@@ -140,10 +164,10 @@ where
             .to_string());
         }
         if meta.negative {
-            return Ok((meta, None));
+            return Ok((meta, tags, None));
         }
         let value = inner.codec.decode(&payload).map_err(|e| e.to_string())?;
-        Ok((meta, Some(Arc::new(value))))
+        Ok((meta, tags, Some(Arc::new(value))))
     }
 
     /// Envelope bytes for `value` (`None` = negative entry), fresh for a jittered `ttl`.
@@ -153,6 +177,7 @@ where
         ttl: Duration,
         version: u64,
         load_duration: Duration,
+        tags: Option<Arc<TagStamp>>,
     ) -> Result<Encoded> {
         let inner = &*self.inner;
         let payload = self.encode_payload(value)?;
@@ -165,7 +190,7 @@ where
             value.is_none(),
             inner.codec.id(),
         );
-        Ok(self.seal(meta, &payload, now))
+        Ok(self.seal(meta, tags, &payload, now))
     }
 
     /// Envelope bytes re-storing a stale `fallback` as a flagged stale copy that counts as fresh
@@ -191,7 +216,7 @@ where
         if meta.stale_until_ms <= now {
             return Ok(None);
         }
-        Ok(Some(self.seal(meta, &payload, now)))
+        Ok(Some(self.seal(meta, fallback.tags.clone(), &payload, now)))
     }
 
     fn encode_payload(&self, value: Option<&Arc<V>>) -> Result<Vec<u8>> {
@@ -212,9 +237,19 @@ where
         Ok(payload)
     }
 
-    fn seal(&self, meta: Meta, payload: &[u8], now: u64) -> Encoded {
-        let bytes = Bytes::from(envelope::encode(&meta, payload, self.inner.compression));
-        Encoded { bytes, meta, now }
+    fn seal(&self, meta: Meta, tags: Option<Arc<TagStamp>>, payload: &[u8], now: u64) -> Encoded {
+        let bytes = Bytes::from(envelope::encode_tagged(
+            &meta,
+            tags.as_deref(),
+            payload,
+            self.inner.compression,
+        ));
+        Encoded {
+            bytes,
+            meta,
+            now,
+            tags,
+        }
     }
 
     /// Writes encoded bytes to L2, then mirrors the outcome in L1.
@@ -272,6 +307,7 @@ where
             size,
             inner.ttl.l1_lifetimes(&encoded.meta, encoded.now),
             epoch,
+            encoded.tags.clone(),
         );
     }
 }

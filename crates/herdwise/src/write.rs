@@ -15,6 +15,41 @@ use crate::cache::{Cache, WriteOutcome};
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
 
+/// Per-write options of [`Cache::set_with`]: a value version and tags.
+///
+/// ```
+/// let opts = herdwise::WriteOptions::default()
+///     .version(17)
+///     .tags(["category:shoes", "brand:acme"]);
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct WriteOptions {
+    pub(crate) version: Option<u64>,
+    pub(crate) tags: Vec<Box<str>>,
+}
+
+impl WriteOptions {
+    /// Write only unless the stored entry has a higher version (see [`Cache::set_versioned`]).
+    pub fn version(mut self, version: u64) -> Self {
+        self.version = Some(version);
+        self
+    }
+
+    /// Tags the entry carries, in addition to those the cache derives from the value
+    /// ([`CacheBuilder::tags_from`](crate::CacheBuilder::tags_from)). Checked when the write
+    /// happens: 1-128 bytes each, no control characters, at most `max_tags_per_entry` in all.
+    pub fn tags<I, T>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        self.tags
+            .extend(tags.into_iter().map(|t| Box::from(t.as_ref())));
+        self
+    }
+}
+
 impl<K, V> Cache<K, V>
 where
     K: CacheKey + ?Sized,

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{counter, OriginError};
+use common::{calls_of, counter, OriginError};
 use herdwise::{metrics as m, Cache, MemoryStore, Store};
 
 async fn fleet(server: &herdwise_testkit::RedisServer, n: usize) -> Vec<Cache<u64, String>> {
@@ -173,21 +173,6 @@ async fn a_sequence_gap_clears_l1() {
         counter(&metrics, m::BACKPLANE_RESETS, &[("reason", "gap")]),
         1
     );
-}
-
-/// Total `calls` of the given command in `INFO commandstats`.
-async fn calls_of(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
-        .and_then(|l| l.split("calls=").nth(1))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

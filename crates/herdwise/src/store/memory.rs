@@ -12,7 +12,7 @@ use quick_cache::sync::Cache as Engine;
 use quick_cache::Weighter;
 use tokio::sync::broadcast;
 
-use super::{stored_version, FillOutcome, SetOutcome, Store, StoreError, StoreEvent};
+use super::{stored_version, Announcement, FillOutcome, SetOutcome, Store, StoreError, StoreEvent};
 
 /// Default bound of a [`MemoryStore`]: 256 MiB.
 pub const DEFAULT_MEMORY_STORE_BYTES: u64 = 256 << 20;
@@ -39,8 +39,8 @@ struct Inner {
     /// Writers to one key serialize on its stripe, so a versioned set is check-then-write
     /// without a window in between. Each stripe also holds the load leases of its keys.
     stripes: Vec<Mutex<Leases>>,
-    /// Counters (no TTL, not evicted).
-    counters: Mutex<HashMap<String, u64>>,
+    /// Counters and tag marks (not evicted; a mark expires at its deadline).
+    counters: Mutex<HashMap<String, (u64, Option<Instant>)>>,
     /// Subscriptions by channel (in-process messaging).
     channels: Mutex<HashMap<String, broadcast::Sender<StoreEvent>>>,
 }
@@ -121,9 +121,22 @@ impl MemoryStore {
     }
 
     fn publish(&self, channel: &str, key: &str) {
+        self.send(channel, Bytes::copy_from_slice(key.as_bytes()));
+    }
+
+    fn send(&self, channel: &str, message: Bytes) {
         let channels = self.inner.channels.lock();
         if let Some(sender) = channels.get(channel) {
-            let _ = sender.send(StoreEvent::Message(Bytes::copy_from_slice(key.as_bytes())));
+            let _ = sender.send(StoreEvent::Message(message));
+        }
+    }
+
+    /// A counter's value, 0 if absent or expired.
+    fn counter_value(&self, counters: &HashMap<String, (u64, Option<Instant>)>, key: &str) -> u64 {
+        match counters.get(key) {
+            Some((value, None)) => *value,
+            Some((value, Some(deadline))) if *deadline > Instant::now() => *value,
+            _ => 0,
         }
     }
 
@@ -267,20 +280,61 @@ impl Store for MemoryStore {
 
     async fn increment(&self, key: &str) -> Result<u64, StoreError> {
         let mut counters = self.inner.counters.lock();
-        let value = counters.entry(key.to_string()).or_insert(0);
-        *value += 1;
-        Ok(*value)
+        let value = counters.entry(key.to_string()).or_insert((0, None));
+        value.0 += 1;
+        Ok(value.0)
     }
 
     async fn counter(&self, key: &str) -> Result<u64, StoreError> {
-        Ok(self.inner.counters.lock().get(key).copied().unwrap_or(0))
+        Ok(self.counter_value(&self.inner.counters.lock(), key))
+    }
+
+    async fn counters(&self, keys: &[String]) -> Result<Vec<u64>, StoreError> {
+        let counters = self.inner.counters.lock();
+        Ok(keys
+            .iter()
+            .map(|k| self.counter_value(&counters, k))
+            .collect())
+    }
+
+    async fn bump_tag(
+        &self,
+        clock_key: &str,
+        mark_key: &str,
+        mark_ttl: Duration,
+        announce: Option<Announcement<'_>>,
+    ) -> Result<u64, StoreError> {
+        let clock = {
+            let mut counters = self.inner.counters.lock();
+            let clock = counters.entry(clock_key.to_string()).or_insert_with(|| {
+                let micros = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as u64);
+                (micros, None)
+            });
+            clock.0 += 1;
+            let value = clock.0;
+            // Expired marks are dropped now and then, so the map stays bounded by live marks.
+            if counters.len() >= 1024 && counters.len().is_power_of_two() {
+                let now = Instant::now();
+                counters.retain(|_, (_, deadline)| deadline.is_none_or(|d| d > now));
+            }
+            counters.insert(
+                mark_key.to_string(),
+                (value, Some(Instant::now() + mark_ttl)),
+            );
+            if let Some(a) = announce {
+                // Under the counters lock: announcements leave in clock order, as in Redis.
+                let message = format!("{}{value}{}", a.prefix, a.suffix);
+                self.send(a.channel, Bytes::from(message));
+            }
+            value
+        };
+        Ok(clock)
     }
 
     async fn publish(&self, channel: &str, message: Bytes) -> Result<(), StoreError> {
-        let channels = self.inner.channels.lock();
-        if let Some(sender) = channels.get(channel) {
-            let _ = sender.send(StoreEvent::Message(message));
-        }
+        self.send(channel, message);
         Ok(())
     }
 

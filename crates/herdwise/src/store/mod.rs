@@ -59,6 +59,18 @@ pub enum FillOutcome {
     LeaseLost,
 }
 
+/// An announcement a store makes in the same atomic step as a write: `prefix + value + suffix`
+/// published on `channel`, `value` being what the write produced (e.g. a new tag clock value).
+#[derive(Debug, Clone, Copy)]
+pub struct Announcement<'a> {
+    /// The pub/sub channel.
+    pub channel: &'a str,
+    /// Text before the value.
+    pub prefix: &'a str,
+    /// Text after the value.
+    pub suffix: &'a str,
+}
+
 /// A message from a store subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreEvent {
@@ -177,6 +189,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// The counter `key` (0 if absent).
     async fn counter(&self, key: &str) -> Result<u64, StoreError>;
+
+    /// Several counters in one round trip, in order (0 for an absent one).
+    async fn counters(&self, keys: &[String]) -> Result<Vec<u64>, StoreError>;
+
+    /// Invalidates a tag, atomically: advances the tag clock `clock_key` by one, records the new
+    /// value under `mark_key` for `mark_ttl`, and makes `announce` with it. A clock that does not
+    /// exist starts at the store's current time in microseconds, so that a clock lost with the
+    /// store's data restarts above every value handed out before. Returns the new clock value.
+    async fn bump_tag(
+        &self,
+        clock_key: &str,
+        mark_key: &str,
+        mark_ttl: Duration,
+        announce: Option<Announcement<'_>>,
+    ) -> Result<u64, StoreError>;
 
     /// Publishes `message` on `channel` (to the subscribers of every instance).
     async fn publish(&self, channel: &str, message: Bytes) -> Result<(), StoreError>;

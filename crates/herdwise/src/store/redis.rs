@@ -15,8 +15,8 @@ use redis::Script;
 use tokio::sync::broadcast;
 
 use super::{
-    glob_escape, lease_key, lua_version_guard, FillOutcome, SetOutcome, Store, StoreError,
-    StoreEvent,
+    glob_escape, lease_key, lua_version_guard, Announcement, FillOutcome, SetOutcome, Store,
+    StoreError, StoreEvent,
 };
 use crate::envelope::VERSION_OFFSET;
 
@@ -56,6 +56,23 @@ return 1
         lua_version_guard(3, 4, 5, "redis.call('PUBLISH', ARGV[7], KEYS[1]) return 0")
     )
 }
+
+/// Tag invalidation: KEYS[1] the tag clock, KEYS[2] the tag's mark; ARGV[1] the mark's TTL (ms),
+/// ARGV[2] the channel ('' for none), ARGV[3]/ARGV[4] the message around the new clock value.
+/// The value travels as the string GET returns: Lua numbers would print in exponent form.
+const BUMP_TAG: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[1], t[1] .. string.format('%06d', tonumber(t[2])))
+end
+redis.call('INCR', KEYS[1])
+local c = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[2], c, 'PX', ARGV[1])
+if ARGV[2] ~= '' then
+  redis.call('PUBLISH', ARGV[2], ARGV[3] .. c .. ARGV[4])
+end
+return c
+"#;
 
 /// Compare-and-delete of a lease: KEYS[1] lease, ARGV[1] token.
 const RELEASE_LEASE: &str = r#"
@@ -151,6 +168,7 @@ pub struct RedisStore {
     set_if_not_older: Script,
     fill_leased: Script,
     release_lease: Script,
+    bump_tag: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -185,6 +203,7 @@ impl RedisStore {
             set_if_not_older: Script::new(&set_if_not_older_script()),
             fill_leased: Script::new(&fill_leased_script()),
             release_lease: Script::new(RELEASE_LEASE),
+            bump_tag: Script::new(BUMP_TAG),
         }
     }
 
@@ -388,6 +407,44 @@ impl Store for RedisStore {
         let mut conn = self.conn.clone();
         let value: Option<u64> = redis::cmd("GET").arg(key).query_async(&mut conn).await?;
         Ok(value.unwrap_or(0))
+    }
+
+    async fn counters(&self, keys: &[String]) -> Result<Vec<u64>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let values: Vec<Option<String>> =
+            redis::cmd("MGET").arg(keys).query_async(&mut conn).await?;
+        Ok(values
+            .into_iter()
+            .map(|v| v.and_then(|v| v.parse().ok()).unwrap_or(0))
+            .collect())
+    }
+
+    async fn bump_tag(
+        &self,
+        clock_key: &str,
+        mark_key: &str,
+        mark_ttl: Duration,
+        announce: Option<Announcement<'_>>,
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let (channel, prefix, suffix) =
+            announce.map_or(("", "", ""), |a| (a.channel, a.prefix, a.suffix));
+        let clock: String = self
+            .bump_tag
+            .key(clock_key)
+            .key(mark_key)
+            .arg(px(mark_ttl))
+            .arg(channel)
+            .arg(prefix)
+            .arg(suffix)
+            .invoke_async(&mut conn)
+            .await?;
+        clock
+            .parse()
+            .map_err(|_| StoreError::Other(format!("tag clock is not a number: {clock:?}")))
     }
 
     async fn publish(&self, channel: &str, message: Bytes) -> Result<(), StoreError> {

@@ -1,0 +1,484 @@
+//! Tags: invalidate every entry carrying a label (`"category:shoes"`) in one round trip, whatever
+//! the number of entries.
+//!
+//! How: each namespace has a *tag clock*, a counter in the store. Invalidating a tag is one Lua
+//! script: advance the clock to `c`, record `c` as the tag's *mark* (the clock value of its last
+//! invalidation), and announce `(tag, c)` on the backplane. Every entry carrying tags is stamped
+//! with a clock value known *before* its value was read from the origin (or written). An entry
+//! is valid while every one of its tags has a mark ≤ its stamp: a tag invalidated after the
+//! entry's value was read has a higher mark. So nothing is deleted or enumerated — entries of an
+//! invalidated tag are unreadable at once and die by their TTL — and the decision compares
+//! counters, never wall clocks, so clock skew between pods cannot make an invalidation miss.
+//!
+//! The price is on reads: a tagged entry must be checked against its tags' marks. Each instance
+//! keeps a [`TagLedger`]: the marks it has learned, kept exact by the backplane (every
+//! invalidation is announced in the same script that makes it). While it listens, the ledger is
+//! *complete* from the clock value it read when its subscription started: an entry stamped at or
+//! after that value is judged locally, with no round trip. Anything else (an older stamp, a tag
+//! not in the ledger, no subscription) is checked against the store with one `MGET` of the marks,
+//! whose answers then stay in the ledger. Whenever events may have been missed, the ledger starts
+//! over, exactly like L1.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::cache::{Cache, Inner};
+use crate::envelope::{TagStamp, MAX_STORED_TAGS, MAX_TAG_BYTES};
+use crate::error::{Error, Result};
+use crate::key::CacheKey;
+use crate::retry::Retry;
+use crate::store::{Announcement, StoreError};
+
+/// Derives an entry's tags from its value (`CacheBuilder::tags_from`).
+pub(crate) type TagsFrom<V> = Arc<dyn Fn(&V) -> Vec<String> + Send + Sync>;
+
+/// Default cap on the tags of one entry.
+pub const DEFAULT_MAX_TAGS_PER_ENTRY: usize = 16;
+/// Most marks an instance remembers; past it, it forgets them and checks older entries against
+/// the store again (bounded memory whatever the number of tags).
+const MAX_MARKS: usize = 100_000;
+/// A local invalidation whose store write has not succeeded yet: every entry with the tag is
+/// invalid on this instance until the real mark is known.
+const PENDING: u64 = u64::MAX;
+
+/// Checks a tag: 1..=128 bytes, no control characters.
+pub(crate) fn validate_tag(tag: &str) -> Result<()> {
+    if tag.is_empty() || tag.len() > MAX_TAG_BYTES || tag.chars().any(char::is_control) {
+        return Err(Error::InvalidTag(tag.chars().take(160).collect()));
+    }
+    Ok(())
+}
+
+/// Validates and de-duplicates `tags`, enforcing the per-entry cap.
+pub(crate) fn collect_tags<'a>(
+    tags: impl IntoIterator<Item = &'a str>,
+    cap: usize,
+) -> Result<Box<[Box<str>]>> {
+    let mut out: Vec<Box<str>> = Vec::new();
+    for tag in tags {
+        validate_tag(tag)?;
+        if !out.iter().any(|t| &**t == tag) {
+            out.push(tag.into());
+        }
+    }
+    let limit = cap.min(MAX_STORED_TAGS);
+    if out.len() > limit {
+        return Err(Error::TooManyTags {
+            count: out.len(),
+            limit,
+        });
+    }
+    Ok(out.into_boxed_slice())
+}
+
+/// The store key of a namespace's tag clock. The clock and the marks share a hash tag, so in
+/// Redis Cluster they live in one slot: one script can bump both, one `MGET` can read them.
+pub(crate) fn clock_key(namespace: &str) -> String {
+    format!("herdwise:{{tags:{namespace}}}:clock")
+}
+
+/// The store key of a tag's mark.
+pub(crate) fn mark_key(namespace: &str, tag: &str) -> String {
+    format!("herdwise:{{tags:{namespace}}}:mark:{tag}")
+}
+
+/// What local knowledge says about an entry's tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// No tag of the entry was invalidated after its stamp.
+    Valid,
+    /// A tag was.
+    Invalid,
+    /// Not known here: ask the store.
+    Unknown,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The highest tag clock value known (the stamp for new entries).
+    clock: u64,
+    /// The highest clock value accounted for by events (own invalidations, the backplane, or a
+    /// completion): the periodic check compares it with the store's clock to notice lost events.
+    event_clock: u64,
+    /// `Some(f)`: every invalidation with a clock value above `f` is in `marks` (the backplane
+    /// delivers them). `None`: nothing can be judged valid locally.
+    complete_from: Option<u64>,
+    /// Tag → the clock value of its last invalidation, exact while the ledger is complete.
+    marks: HashMap<Box<str>, u64>,
+    /// Bumped whenever the ledger starts over; answers to store reads started in an older era
+    /// are not remembered.
+    era: u64,
+}
+
+/// One instance's knowledge of tag invalidations.
+#[derive(Debug, Default)]
+pub(crate) struct TagLedger {
+    state: RwLock<State>,
+}
+
+impl TagLedger {
+    /// The clock value to stamp an entry with, taken before its value is read from the origin.
+    pub fn stamp(&self) -> u64 {
+        self.state.read().clock
+    }
+
+    /// The current era (take it before a store read whose answer goes to [`Self::learn`]).
+    pub fn era(&self) -> u64 {
+        self.state.read().era
+    }
+
+    /// The clock value accounted for by events.
+    pub fn event_clock(&self) -> u64 {
+        self.state.read().event_clock
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.state.read().complete_from.is_some()
+    }
+
+    /// Judges `stamp` with local knowledge only.
+    pub fn verdict(&self, stamp: &TagStamp) -> Verdict {
+        let state = self.state.read();
+        let mut all_known = true;
+        for tag in stamp.tags.iter() {
+            match state.marks.get(tag) {
+                Some(&mark) if mark > stamp.clock => return Verdict::Invalid,
+                Some(_) => {}
+                None => all_known = false,
+            }
+        }
+        match state.complete_from {
+            Some(_) if all_known => Verdict::Valid,
+            Some(from) if stamp.clock >= from => Verdict::Valid,
+            _ => Verdict::Unknown,
+        }
+    }
+
+    /// Judges `stamp` with marks just read from the store (`marks[i]` for `stamp.tags[i]`,
+    /// 0 if absent) and remembers them if the ledger is complete and still in `era`.
+    pub fn learn(&self, era: u64, stamp: &TagStamp, clock: u64, marks: &[u64]) -> bool {
+        let mut state = self.state.write();
+        state.clock = state.clock.max(clock);
+        let valid = stamp.tags.iter().zip(marks).all(|(tag, &mark)| {
+            mark <= stamp.clock && state.marks.get(tag).is_none_or(|&m| m <= stamp.clock)
+        });
+        if state.era == era && state.complete_from.is_some() {
+            for (tag, &mark) in stamp.tags.iter().zip(marks) {
+                Self::record(&mut state, tag, mark);
+            }
+        }
+        valid
+    }
+
+    /// Another instance (or this one) invalidated `tag` at clock value `mark`.
+    pub fn invalidated(&self, tag: &str, mark: u64) {
+        let mut state = self.state.write();
+        state.clock = state.clock.max(mark);
+        state.event_clock = state.event_clock.max(mark);
+        match state.marks.get_mut(tag) {
+            // A pending local invalidation is replaced by the real mark once it is known.
+            Some(m) if *m == PENDING => *m = mark,
+            _ => Self::record(&mut state, tag, mark),
+        }
+    }
+
+    /// This instance invalidates `tag` but the store has not confirmed it: until then, every
+    /// entry with the tag is invalid here.
+    pub fn invalidate_pending(&self, tag: &str) {
+        let mut state = self.state.write();
+        Self::record(&mut state, tag, PENDING);
+    }
+
+    /// The clock as read from the store (startup, periodic checks): stamps move forward.
+    pub fn saw_clock(&self, clock: u64) {
+        let mut state = self.state.write();
+        state.clock = state.clock.max(clock);
+    }
+
+    /// Events may have been missed: forget every mark; nothing is judged valid locally until
+    /// [`Self::complete`]. Pending local invalidations are kept (the store does not know them).
+    pub fn reset(&self) {
+        let mut state = self.state.write();
+        state.complete_from = None;
+        state.marks.retain(|_, m| *m == PENDING);
+        state.era += 1;
+    }
+
+    /// Listening again, and the store's clock read after the subscription started is `clock`:
+    /// every later invalidation will arrive as an event.
+    pub fn complete(&self, clock: u64) {
+        let mut state = self.state.write();
+        state.marks.retain(|_, m| *m == PENDING);
+        state.era += 1;
+        state.clock = state.clock.max(clock);
+        state.event_clock = state.event_clock.max(clock);
+        state.complete_from = Some(clock);
+    }
+
+    fn record(state: &mut State, tag: &str, mark: u64) {
+        if state.marks.len() >= MAX_MARKS && !state.marks.contains_key(tag) {
+            // Forget, but stay correct: what was known up to now is no longer known, so only
+            // entries stamped from now on can be judged locally.
+            state.marks.retain(|_, m| *m == PENDING);
+            state.complete_from = state.complete_from.map(|_| state.clock);
+            state.era += 1;
+        }
+        let slot = state.marks.entry(tag.into()).or_insert(0);
+        *slot = (*slot).max(mark);
+    }
+}
+
+/// Invalidates `tag` in the store (one round trip, announced to the other instances by the store
+/// in the same step) and records the new mark in this instance's ledger.
+pub(crate) async fn bump<V: Send + Sync + 'static>(
+    inner: &Inner<V>,
+    tag: &str,
+) -> std::result::Result<u64, StoreError> {
+    let mark = mark_key(inner.keys.namespace(), tag);
+    let announced = inner.backplane.as_ref().map(|b| b.tag_announcement());
+    let suffix = format!("|{tag}");
+    let announce = announced.as_ref().map(|(channel, prefix)| Announcement {
+        channel,
+        prefix,
+        suffix: &suffix,
+    });
+    let clock = inner
+        .remote
+        .bump_tag(&inner.tag_clock_key, &mark, inner.tag_mark_ttl, announce)
+        .await?;
+    inner.tags.invalidated(tag, clock);
+    Ok(clock)
+}
+
+impl<K, V> Cache<K, V>
+where
+    K: CacheKey + ?Sized,
+    V: Send + Sync + 'static,
+{
+    /// Invalidates every entry carrying `tag`, on every instance, in one round trip whatever the
+    /// number of entries: the tag is marked as invalidated at the next value of the namespace's
+    /// tag clock, and every entry stamped before that mark is unreadable from then on (it dies by
+    /// its TTL). This instance stops serving them at once; the others when the store's
+    /// announcement reaches them (or, if they may have missed it, when they notice and start
+    /// over). Loads in flight whose value was read before the invalidation are not served from
+    /// the cache afterwards either: their entries carry the older stamp.
+    ///
+    /// A store failure is not returned: the invalidation is retried in the background (and, until
+    /// it succeeds, this instance treats every entry with the tag as invalid).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// use herdwise::{Cache, WriteOptions};
+    /// let cache: Cache<u64, String> = Cache::builder("products").build()?;
+    /// let shoes = WriteOptions::default().tags(["category:shoes"]);
+    /// cache.set_with(&1, "boot".to_string(), &shoes).await?;
+    /// cache.set_with(&2, "sandal".to_string(), &shoes).await?;
+    /// cache.set(&3, "lamp".to_string()).await?;
+    ///
+    /// cache.invalidate_tag("category:shoes").await?;
+    /// assert_eq!(cache.get(&1).await?, None);
+    /// assert_eq!(cache.get(&2).await?, None);
+    /// assert!(cache.get(&3).await?.is_some());
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
+        validate_tag(tag)?;
+        self.ensure_backplane();
+        self.ensure_generation().await;
+        let inner = &self.inner;
+        inner.metrics.tag_invalidations.increment(1);
+        inner.tags.invalidate_pending(tag);
+        if bump(inner, tag).await.is_err() {
+            inner.retries.push(inner, Retry::Tag(tag.into()));
+        }
+        Ok(())
+    }
+
+    /// Whether an entry with these tags may be served: judged locally when the ledger can, else
+    /// against the store's marks (one `MGET`). If the store cannot answer, `false` (a miss).
+    pub(crate) async fn tags_valid(&self, stamp: &TagStamp) -> bool {
+        let inner = &*self.inner;
+        match inner.tags.verdict(stamp) {
+            Verdict::Valid => true,
+            Verdict::Invalid => false,
+            Verdict::Unknown => {
+                inner.metrics.tag_store_checks.increment(1);
+                let era = inner.tags.era();
+                let namespace = inner.keys.namespace();
+                let mut keys = Vec::with_capacity(stamp.tags.len() + 1);
+                keys.push(inner.tag_clock_key.clone());
+                keys.extend(stamp.tags.iter().map(|t| mark_key(namespace, t)));
+                match inner.remote.counters(&keys).await {
+                    Ok(values) if values.len() == keys.len() => {
+                        inner.tags.learn(era, stamp, values[0], &values[1..])
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+
+    /// Whether an L1 entry with these tags may be served. Only a local `Valid` counts: anything
+    /// else goes to L2, where the store can decide.
+    pub(crate) fn l1_tags_ok(&self, tags: Option<&Arc<TagStamp>>) -> bool {
+        match tags {
+            None => true,
+            Some(stamp) => match self.inner.tags.verdict(stamp) {
+                Verdict::Valid => true,
+                Verdict::Invalid => {
+                    self.inner.metrics.tag_invalidated_reads.increment(1);
+                    false
+                }
+                Verdict::Unknown => false,
+            },
+        }
+    }
+
+    /// The tags an entry carries: the call's own and those the cache derives from the value,
+    /// stamped with `clock` (the ledger's clock from before the value was read or written).
+    pub(crate) fn entry_tags(
+        &self,
+        call_tags: &[Box<str>],
+        value: Option<&V>,
+        clock: u64,
+    ) -> Result<Option<Arc<TagStamp>>> {
+        let derived = match (self.inner.tags_from.as_ref(), value) {
+            (Some(derive), Some(value)) => derive(value),
+            _ => Vec::new(),
+        };
+        if call_tags.is_empty() && derived.is_empty() {
+            return Ok(None);
+        }
+        let all = call_tags
+            .iter()
+            .map(|t| &**t)
+            .chain(derived.iter().map(String::as_str));
+        let tags = collect_tags(all, self.inner.max_tags)?;
+        Ok(Some(Arc::new(TagStamp { clock, tags })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(clock: u64, tags: &[&str]) -> TagStamp {
+        TagStamp {
+            clock,
+            tags: tags.iter().map(|t| Box::from(*t)).collect(),
+        }
+    }
+
+    #[test]
+    fn tags_are_validated_deduplicated_and_capped() {
+        assert!(collect_tags(["a", "b", "a"], 16).unwrap().len() == 2);
+        assert!(matches!(collect_tags([""], 16), Err(Error::InvalidTag(_))));
+        assert!(matches!(
+            collect_tags(["a\nb"], 16),
+            Err(Error::InvalidTag(_))
+        ));
+        let long = "x".repeat(129);
+        assert!(matches!(
+            collect_tags([long.as_str()], 16),
+            Err(Error::InvalidTag(_))
+        ));
+        assert!(matches!(
+            collect_tags(["a", "b", "c"], 2),
+            Err(Error::TooManyTags { count: 3, limit: 2 })
+        ));
+    }
+
+    #[test]
+    fn nothing_is_valid_locally_before_the_ledger_is_complete() {
+        let ledger = TagLedger::default();
+        assert_eq!(ledger.verdict(&stamp(5, &["t"])), Verdict::Unknown);
+        ledger.invalidated("t", 7);
+        assert_eq!(ledger.verdict(&stamp(5, &["t"])), Verdict::Invalid);
+        assert_eq!(ledger.verdict(&stamp(7, &["t"])), Verdict::Unknown);
+    }
+
+    #[test]
+    fn a_complete_ledger_judges_later_stamps_locally() {
+        let ledger = TagLedger::default();
+        ledger.complete(100);
+        assert_eq!(ledger.stamp(), 100);
+        assert_eq!(ledger.verdict(&stamp(100, &["t", "u"])), Verdict::Valid);
+        assert_eq!(
+            ledger.verdict(&stamp(99, &["t"])),
+            Verdict::Unknown,
+            "older stamp"
+        );
+        ledger.invalidated("t", 101);
+        assert_eq!(ledger.verdict(&stamp(100, &["u", "t"])), Verdict::Invalid);
+        assert_eq!(ledger.verdict(&stamp(101, &["t"])), Verdict::Valid);
+        assert_eq!(
+            ledger.stamp(),
+            101,
+            "new entries are stamped after the invalidation"
+        );
+        // An old stamp whose tags were all learned from the store is judged exactly.
+        let old = stamp(50, &["u"]);
+        assert!(ledger.learn(ledger.era(), &old, 101, &[0]));
+        assert_eq!(ledger.verdict(&old), Verdict::Valid);
+        ledger.reset();
+        assert_eq!(ledger.verdict(&stamp(101, &["t"])), Verdict::Unknown);
+    }
+
+    #[test]
+    fn learned_marks_decide_and_an_era_change_discards_them() {
+        let ledger = TagLedger::default();
+        ledger.complete(10);
+        let s = stamp(5, &["a", "b"]);
+        let era = ledger.era();
+        assert!(
+            !ledger.learn(era, &s, 12, &[3, 8]),
+            "b was invalidated at 8 > 5"
+        );
+        assert_eq!(ledger.verdict(&s), Verdict::Invalid);
+        assert_eq!(ledger.stamp(), 12);
+        let t = stamp(5, &["c"]);
+        ledger.reset();
+        ledger.complete(12);
+        assert!(
+            ledger.learn(era, &t, 12, &[0]),
+            "valid by the store's answer"
+        );
+        assert_eq!(
+            ledger.verdict(&t),
+            Verdict::Unknown,
+            "a stale era is not remembered"
+        );
+    }
+
+    #[test]
+    fn a_pending_local_invalidation_holds_until_confirmed_and_survives_resets() {
+        let ledger = TagLedger::default();
+        ledger.complete(10);
+        ledger.invalidate_pending("t");
+        assert_eq!(ledger.verdict(&stamp(1_000, &["t"])), Verdict::Invalid);
+        ledger.reset();
+        ledger.complete(20);
+        assert_eq!(ledger.verdict(&stamp(1_000, &["t"])), Verdict::Invalid);
+        ledger.invalidated("t", 21);
+        assert_eq!(ledger.verdict(&stamp(21, &["t"])), Verdict::Valid);
+        assert_eq!(ledger.verdict(&stamp(20, &["t"])), Verdict::Invalid);
+    }
+
+    #[test]
+    fn forgetting_marks_at_the_bound_stays_correct() {
+        let ledger = TagLedger::default();
+        ledger.complete(0);
+        ledger.invalidated("old", 5);
+        for i in 0..MAX_MARKS as u64 {
+            ledger.invalidated(&format!("t{i}"), 10 + i);
+        }
+        let clock = ledger.stamp();
+        // "old" was forgotten: an entry stamped before the forgetting must be checked again.
+        assert_eq!(ledger.verdict(&stamp(3, &["old"])), Verdict::Unknown);
+        assert_eq!(ledger.verdict(&stamp(clock, &["old"])), Verdict::Valid);
+        assert!(ledger.state.read().marks.len() <= MAX_MARKS);
+    }
+}

@@ -1,0 +1,376 @@
+//! Tag invalidation against real Redis: every tagged entry unreadable on every instance after one
+//! round trip, loads that read the origin before the invalidation not served after it, lost
+//! events, outages, bad tags.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{calls_of, counter, OriginError};
+use herdwise::{metrics as m, Cache, Error, LoadOptions, WriteOptions};
+use tokio::sync::Notify;
+
+const SHOES: &str = "category:shoes";
+
+async fn instance(server: &herdwise_testkit::RedisServer) -> Cache<u64, String> {
+    Cache::builder("tags")
+        .store(common::store(server).await)
+        .build()
+        .unwrap()
+}
+
+async fn value(cache: &Cache<u64, String>, key: u64) -> Option<String> {
+    cache.get(&key).await.unwrap().map(|v| v.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_round_trip_makes_every_tagged_entry_unreadable_on_every_instance() {
+    let server = common::redis();
+    let (a, b, c) = (
+        instance(&server).await,
+        instance(&server).await,
+        instance(&server).await,
+    );
+    let shoes = WriteOptions::default().tags([SHOES, "brand:acme"]);
+    for key in 0..1_000u64 {
+        a.set_with(&key, format!("shoe-{key}"), &shoes)
+            .await
+            .unwrap();
+    }
+    for key in 1_000..1_100u64 {
+        a.set(&key, format!("lamp-{key}")).await.unwrap();
+    }
+    // B and C read everything (into their L1) once their subscriptions are up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for cache in [&b, &c] {
+        for key in 0..1_100u64 {
+            assert!(value(cache, key).await.is_some());
+        }
+    }
+
+    // The script's first use on a server costs a NOSCRIPT answer and a SCRIPT LOAD: not counted.
+    a.invalidate_tag("warm-up").await.unwrap();
+    let mut raw = common::raw(&server).await;
+    let (evals, dels, unlinks) = (
+        calls_of(&mut raw, "evalsha").await,
+        calls_of(&mut raw, "del").await,
+        calls_of(&mut raw, "unlink").await,
+    );
+    let started = Instant::now();
+    a.invalidate_tag(SHOES).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(
+        calls_of(&mut raw, "evalsha").await,
+        evals + 1,
+        "one script call"
+    );
+    assert_eq!(
+        calls_of(&mut raw, "del").await,
+        dels,
+        "nothing deleted one by one"
+    );
+    assert_eq!(calls_of(&mut raw, "unlink").await, unlinks);
+    eprintln!("invalidate_tag of 1000 entries took {took:?}");
+
+    for key in 0..1_000u64 {
+        assert_eq!(
+            value(&a, key).await,
+            None,
+            "the invalidating instance, key {key}"
+        );
+    }
+    for cache in [&b, &c] {
+        let stopped = common::eventually(Duration::from_secs(2), async || {
+            value(cache, 0).await.is_none() && value(cache, 999).await.is_none()
+        })
+        .await;
+        assert!(stopped, "another instance kept serving tagged entries");
+        for key in 0..1_000u64 {
+            assert_eq!(value(cache, key).await, None, "key {key}");
+        }
+        for key in 1_000..1_100u64 {
+            assert!(value(cache, key).await.is_some(), "untagged entries stay");
+        }
+    }
+    // Entries written after the invalidation carry the new stamp and are served.
+    a.set_with(&5, "new".to_string(), &shoes).await.unwrap();
+    assert_eq!(value(&b, 5).await.as_deref(), Some("new"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_that_read_the_origin_before_the_invalidation_is_not_cached_after_it() {
+    let server = common::redis();
+    let cache = instance(&server).await;
+    let tagged = LoadOptions::default().tags([SHOES]);
+    let (loading, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let load = {
+        let (cache, tagged, loading, release) = (
+            cache.clone(),
+            tagged.clone(),
+            loading.clone(),
+            release.clone(),
+        );
+        tokio::spawn(async move {
+            cache
+                .get_or_load_with(&1, &tagged, |_| async move {
+                    loading.notify_one();
+                    release.notified().await;
+                    Ok::<_, OriginError>(Some("read before".to_string()))
+                })
+                .await
+                .unwrap()
+        })
+    };
+    loading.notified().await;
+    cache.invalidate_tag(SHOES).await.unwrap();
+    release.notify_one();
+    let fetched = load.await.unwrap();
+    assert_eq!(
+        fetched.value.as_deref().map(String::as_str),
+        Some("read before")
+    );
+    // Its caller got it, but no tier serves it now.
+    assert_eq!(value(&cache, 1).await, None);
+    let other = instance(&server).await;
+    assert_eq!(value(&other, 1).await, None);
+    let reloaded = cache
+        .get_or_load_with(&1, &tagged, |_| async {
+            Ok::<_, OriginError>(Some("read after".to_string()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        reloaded.value.as_deref().map(String::as_str),
+        Some("read after")
+    );
+    assert_eq!(value(&other, 1).await.as_deref(), Some("read after"));
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+struct Product {
+    id: u64,
+    category: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_derived_from_values_and_versioned_entries_are_invalidated_too() {
+    let server = common::redis();
+    let cache: Cache<u64, Product> = Cache::builder("derived")
+        .store(common::store(&server).await)
+        .tags_from(|p: &Product| vec![format!("category:{}", p.category)])
+        .build()
+        .unwrap();
+    let boot = |id| Product {
+        id,
+        category: "shoes".into(),
+    };
+    cache.set_versioned(&1, boot(1), 7).await.unwrap();
+    cache
+        .get_or_load(
+            &2,
+            |id| async move { Ok::<_, OriginError>(Some(boot(*id))) },
+        )
+        .await
+        .unwrap();
+    cache
+        .set(
+            &3,
+            Product {
+                id: 3,
+                category: "lamps".into(),
+            },
+        )
+        .await
+        .unwrap();
+    cache.invalidate_tag(SHOES).await.unwrap();
+    assert!(cache.get(&1).await.unwrap().is_none());
+    assert!(cache.get(&2).await.unwrap().is_none());
+    assert!(cache.get(&3).await.unwrap().is_some());
+    // The versioned entry would have refused an unversioned fill; it is gone instead.
+    let fresh = cache
+        .get_or_load(
+            &1,
+            |id| async move { Ok::<_, OriginError>(Some(boot(*id))) },
+        )
+        .await
+        .unwrap();
+    assert!(fresh.is_some());
+    let other: Cache<u64, Product> = Cache::builder("derived")
+        .store(common::store(&server).await)
+        .build()
+        .unwrap();
+    assert_eq!(other.get(&1).await.unwrap().as_deref(), Some(&boot(1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tags_are_clear_errors_and_nothing_stale_is_left() {
+    let server = common::redis();
+    let cache: Cache<u64, String> = Cache::builder("badtags")
+        .store(common::store(&server).await)
+        .max_tags_per_entry(2)
+        .build()
+        .unwrap();
+    cache.set(&1, "old".to_string()).await.unwrap();
+    let too_many = WriteOptions::default().tags(["a", "b", "c"]);
+    let err = cache
+        .set_with(&1, "new".to_string(), &too_many)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::TooManyTags { count: 3, limit: 2 }),
+        "{err}"
+    );
+    assert_eq!(
+        value(&cache, 1).await,
+        None,
+        "the old value is not left in place"
+    );
+
+    let calls = common::Calls::default();
+    let bad = LoadOptions::default().tags(["ok", "bad\ttag"]);
+    let err = cache
+        .get_or_load_with(&2, &bad, |_| {
+            calls.hit();
+            async { Ok::<_, OriginError>(Some("x".to_string())) }
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidTag(_)), "{err}");
+    assert_eq!(calls.get(), 0, "rejected before the origin is asked");
+    assert!(matches!(
+        cache.invalidate_tag("").await,
+        Err(Error::InvalidTag(_))
+    ));
+    assert!(matches!(
+        cache.invalidate_tag(&"x".repeat(129)).await,
+        Err(Error::InvalidTag(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_lost_the_event_stops_serving_once_it_resubscribes() {
+    let server = common::redis();
+    let a = instance(&server).await;
+    let store = common::store(&server).await;
+    let (b, metrics) =
+        common::with_metrics(|| Cache::<u64, String>::builder("tags").store(store.clone()));
+    let shoes = WriteOptions::default().tags([SHOES]);
+    for key in 0..50u64 {
+        a.set_with(&key, "old".to_string(), &shoes).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for key in 0..50u64 {
+        assert!(value(&b, key).await.is_some());
+    }
+    let mut raw = common::raw(&server).await;
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    a.invalidate_tag(SHOES).await.unwrap();
+    let stopped = common::eventually(Duration::from_secs(5), async || {
+        value(&b, 0).await.is_none()
+    })
+    .await;
+    assert!(
+        stopped,
+        "B must stop serving once it notices it may have missed events"
+    );
+    for key in 0..50u64 {
+        assert_eq!(value(&b, key).await, None);
+    }
+    assert!(counter(&metrics, m::BACKPLANE_RESETS, &[("reason", "resubscribed")]) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complete_ledger_checks_tags_without_round_trips() {
+    let server = common::redis();
+    let a = instance(&server).await;
+    let store = common::store(&server).await;
+    let (b, metrics) =
+        common::with_metrics(|| Cache::<u64, String>::builder("tags").store(store.clone()));
+    b.get(&0).await.unwrap(); // first use: subscribes
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let shoes = WriteOptions::default().tags([SHOES]);
+    for key in 0..100u64 {
+        a.set_with(&key, "v".to_string(), &shoes).await.unwrap();
+    }
+    for key in 0..100u64 {
+        assert!(value(&b, key).await.is_some());
+    }
+    assert_eq!(
+        counter(&metrics, m::TAG_STORE_CHECKS, &[]),
+        0,
+        "entries stamped after B started listening are judged locally"
+    );
+    a.invalidate_tag(SHOES).await.unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(2), async || value(&b, 0)
+            .await
+            .is_none())
+        .await
+    );
+    assert_eq!(counter(&metrics, m::TAG_STORE_CHECKS, &[]), 0);
+    assert!(counter(&metrics, m::TAG_INVALIDATED_READS, &[]) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_during_an_outage_holds_locally_and_reaches_redis_later() {
+    let server = common::redis();
+    let cache = instance(&server).await;
+    let shoes = WriteOptions::default().tags([SHOES]);
+    cache.set_with(&1, "old".to_string(), &shoes).await.unwrap();
+    assert!(value(&cache, 1).await.is_some());
+    server.pause().unwrap();
+    let started = Instant::now();
+    cache.invalidate_tag(SHOES).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "bounded by the store deadline"
+    );
+    assert_eq!(
+        value(&cache, 1).await,
+        None,
+        "this instance stops serving at once"
+    );
+    server.resume().unwrap();
+    let other = instance(&server).await;
+    let reached = common::eventually(Duration::from_secs(5), async || {
+        value(&other, 1).await.is_none()
+    })
+    .await;
+    assert!(reached, "the retried invalidation must reach Redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tag_clock_restarts_above_its_old_values_after_redis_loses_its_data() {
+    let mut server = common::redis();
+    let cache = instance(&server).await;
+    cache.invalidate_tag(SHOES).await.unwrap();
+    let read_clock = |url: String| async move {
+        let mut conn = redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let clock: u64 = redis::cmd("GET")
+            .arg("herdwise:{tags:tags}:clock")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        clock
+    };
+    let before = read_clock(server.url()).await;
+    server.restart().unwrap();
+    let restarted = instance(&server).await;
+    restarted.invalidate_tag(SHOES).await.unwrap();
+    let after = read_clock(server.url()).await;
+    assert!(
+        after > before,
+        "a clock lost with Redis' data must restart above the old one ({before} → {after})"
+    );
+}
