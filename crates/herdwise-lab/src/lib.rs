@@ -4,10 +4,11 @@
 //! in the same run, against a real `redis-server` the lab starts (and kills, restarts) itself and
 //! a simulated origin whose counters are exact.
 //!
-//! Modules: [`origin`] (the simulated database), [`strategy`] (naive and Herdwise fleets),
+//! Modules: [`origin`] (the simulated database), [`bystanders`] (other clients of the same Redis), [`strategy`] (naive and Herdwise fleets),
 //! [`drive`] (the load driver), [`record`] (latency/timeline recording), [`report`] (table, JSON,
 //! plots), [`scenarios`] (what is measured).
 
+pub mod bystanders;
 pub mod drive;
 pub mod origin;
 pub mod record;

@@ -73,3 +73,19 @@ async fn invalidation_race_leaves_no_stale_entry_in_the_shared_tier() {
     );
     assert!(result.strategy("naive").unwrap().extra["writes"] > 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_invalidation_takes_one_round_trip_and_leaves_nothing_readable() {
+    let settings = Settings {
+        quick: true,
+        ..Default::default()
+    };
+    let result = scenarios::run("tag-invalidation", &settings).await.unwrap();
+    let figure = |name: &str, what: &str| result.strategy(name).unwrap().extra[what];
+    assert_eq!(figure("herdwise", "round_trips"), 1.0);
+    assert_eq!(figure("tag-index-lua", "round_trips"), 1.0);
+    assert!(figure("naive", "round_trips") > 1_000.0);
+    for name in ["naive", "tag-index-lua", "herdwise"] {
+        assert_eq!(figure(name, "entries_still_served"), 0.0, "{name}");
+    }
+}

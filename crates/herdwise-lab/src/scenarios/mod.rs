@@ -8,6 +8,7 @@ pub mod invalidation_race;
 pub mod l2_throughput;
 pub mod prefix_invalidation;
 pub mod redis_outage;
+pub mod tag_invalidation;
 pub mod zipf;
 
 use std::collections::BTreeMap;
@@ -16,7 +17,7 @@ use crate::report::{ScenarioResult, StrategyResult};
 use crate::{LabError, Settings};
 
 /// Every scenario, in the order `all` runs them.
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 9] = [
     "hit-path",
     "l2-throughput",
     "zipf",
@@ -24,6 +25,7 @@ pub const ALL: [&str; 8] = [
     "invalidation-race",
     "invalidation-fanout",
     "prefix-invalidation",
+    "tag-invalidation",
     "redis-outage",
 ];
 
@@ -37,6 +39,7 @@ pub async fn run(name: &str, settings: &Settings) -> Result<ScenarioResult, LabE
         "invalidation-race" => invalidation_race::run(settings).await,
         "invalidation-fanout" => invalidation_fanout::run(settings).await,
         "prefix-invalidation" => prefix_invalidation::run(settings).await,
+        "tag-invalidation" => tag_invalidation::run(settings).await,
         "redis-outage" => redis_outage::run(settings).await,
         other => Err(LabError::Usage(format!(
             "unknown scenario {other:?}; one of {} or all",

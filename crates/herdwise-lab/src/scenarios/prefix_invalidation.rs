@@ -4,8 +4,6 @@
 //! each took and the other clients' read latency meanwhile.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herdwise::{Cache, RedisStore};
@@ -14,7 +12,7 @@ use redis::aio::ConnectionManager;
 use serde_json::json;
 
 use super::compare;
-use crate::record::Recorder;
+use crate::bystanders::Bystanders;
 use crate::report::{ScenarioResult, StrategyResult};
 use crate::{LabError, Settings};
 
@@ -41,38 +39,14 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
             }
             let () = pipe.query_async(&mut admin).await?;
         }
-        let mut pipe = redis::pipe();
-        for i in 0..1_000 {
-            pipe.cmd("SET").arg(format!("other:{i}")).arg("y").ignore();
-        }
-        let () = pipe.query_async(&mut admin).await?;
+        Bystanders::seed(&mut admin).await?;
 
         let bar = settings.progress_bar(
             &format!("prefix-invalidation {name}"),
             Duration::from_secs(5),
         );
-        let started = Instant::now();
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut bystanders = Vec::new();
-        for b in 0..BYSTANDERS {
-            let mut conn = ConnectionManager::new(redis::Client::open(url.as_str())?).await?;
-            let stop = stop.clone();
-            bystanders.push(tokio::spawn(async move {
-                let mut recorder = Recorder::new(started, 120);
-                let mut i = b as u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    let r: Result<Option<String>, _> = redis::cmd("GET")
-                        .arg(format!("other:{}", i % 1_000))
-                        .query_async(&mut conn)
-                        .await;
-                    recorder.record(t.elapsed(), r.is_ok());
-                    i += 7;
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                recorder
-            }));
-        }
+        let bystanders = Bystanders::start(&url, BYSTANDERS).await?;
+        let started = bystanders.started();
         // A quiet baseline, then the invalidation.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let t = Instant::now();
@@ -98,13 +72,7 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
         };
         let took = t.elapsed();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        stop.store(true, Ordering::Relaxed);
-        let mut merged = Recorder::new(started, 120);
-        for b in bystanders {
-            if let Ok(r) = b.await {
-                merged.merge(&r);
-            }
-        }
+        let merged = bystanders.finish().await;
         bar.finish_and_clear();
         let mut result = StrategyResult {
             name: name.into(),
