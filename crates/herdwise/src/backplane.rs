@@ -41,20 +41,60 @@ const TAG_KIND: &str = "t";
 /// How often an instance re-reads the namespace generation, in case a clear event was lost.
 const GENERATION_RESYNC: Duration = Duration::from_secs(10);
 
+/// How invalidation events travel between instances.
+///
+/// ```
+/// use herdwise::{BackplaneTransport, Cache};
+/// let cache: Cache<u64, String> = Cache::builder("users")
+///     .backplane_transport(BackplaneTransport::Streams { max_len: 10_000 })
+///     .build()
+///     .unwrap();
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum BackplaneTransport {
+    /// Redis pub/sub on `herdwise:inv:<namespace>` (the default): cheapest, fire-and-forget. An
+    /// instance that loses its subscription, even for a moment, clears its L1 when it is back.
+    #[default]
+    PubSub,
+    /// A Redis Stream, `herdwise:{ns:<namespace>}:events`, trimmed to about `max_len` entries.
+    /// Each event is stored, so an instance that loses its connection resumes after the last
+    /// event it read and keeps its L1 — unless the events it missed were trimmed meanwhile (or
+    /// the stream was lost with Redis' data), which it detects and answers by clearing L1.
+    Streams {
+        /// About how many events the stream keeps: how far behind an instance may fall and
+        /// still resume (at 1 000 invalidations a second, 10 000 is ten seconds).
+        max_len: usize,
+    },
+}
+
+/// The stream of a namespace's events (in the namespace's coordination slot, see `tags`).
+fn stream_key(namespace: &str) -> String {
+    format!("herdwise:{{ns:{namespace}}}:events")
+}
+
 /// One instance's end of the backplane.
 pub(crate) struct Backplane {
     store: Arc<dyn Store>,
+    /// The pub/sub channel, or the stream.
     channel: String,
+    /// `Some` for a stream: its approximate length.
+    stream_max_len: Option<usize>,
     sender: u64,
     sequence: AtomicU64,
     listening: AtomicBool,
 }
 
 impl Backplane {
-    pub fn new(store: Arc<dyn Store>, namespace: &str) -> Self {
+    pub fn new(store: Arc<dyn Store>, namespace: &str, transport: BackplaneTransport) -> Self {
+        let (channel, stream_max_len) = match transport {
+            BackplaneTransport::PubSub => (format!("herdwise:inv:{namespace}"), None),
+            BackplaneTransport::Streams { max_len } => (stream_key(namespace), Some(max_len)),
+        };
         Backplane {
             store,
-            channel: format!("herdwise:inv:{namespace}"),
+            channel,
+            stream_max_len,
             sender: rand::random(),
             sequence: AtomicU64::new(0),
             listening: AtomicBool::new(false),
@@ -72,7 +112,11 @@ impl Backplane {
         if self.listening.swap(true, Ordering::AcqRel) {
             return;
         }
-        match self.store.subscribe(&self.channel) {
+        let events = match self.stream_max_len {
+            None => self.store.subscribe(&self.channel),
+            Some(_) => self.store.stream_subscribe(&self.channel),
+        };
+        match events {
             Some(events) => {
                 runtime.spawn(listen(Arc::downgrade(inner), events, self.sender));
             }
@@ -83,13 +127,13 @@ impl Backplane {
         }
     }
 
-    /// The channel and message prefix for a tag invalidation that the store announces itself
-    /// (it appends `<clock>|<tag>`). Takes a sequence number: if the store call fails, the
-    /// receivers see a gap and start over, which is the safe side.
-    pub fn tag_announcement(&self) -> (&str, String) {
+    /// The channel (or stream) and message prefix for a tag invalidation that the store
+    /// announces itself (it appends `<clock>|<tag>`). Takes a sequence number: if the store call
+    /// fails, the receivers see a gap and start over, which is the safe side.
+    pub fn tag_announcement(&self) -> (&str, Option<usize>, String) {
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
         let prefix = format!("{:x}|{sequence}|{TAG_KIND}|", self.sender);
-        (&self.channel, prefix)
+        (&self.channel, self.stream_max_len, prefix)
     }
 
     /// Announces an invalidation to the other instances.
@@ -102,7 +146,11 @@ impl Backplane {
             }
             Invalidation::Prefix(prefix) => format!("{:x}|{sequence}|p|{prefix}", self.sender),
         };
-        let _ = remote.publish(&self.channel, Bytes::from(message)).await;
+        let message = Bytes::from(message);
+        let _ = match self.stream_max_len {
+            None => remote.publish(&self.channel, message).await,
+            Some(max_len) => remote.stream_append(&self.channel, message, max_len).await,
+        };
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::backplane::Backplane;
+use crate::backplane::{Backplane, BackplaneTransport};
 use crate::cache::{Cache, Inner};
 use crate::codec::{Codec, Postcard};
 use crate::envelope::Compression;
@@ -93,6 +93,7 @@ pub struct CacheBuilder<K: ?Sized, V> {
     loader: Option<SharedLoader<K, V>>,
     xfetch_beta: f64,
     backplane: bool,
+    transport: BackplaneTransport,
     max_tags: usize,
     tags_from: Option<TagsFrom<V>>,
     _key: PhantomData<fn(&K)>,
@@ -132,6 +133,7 @@ where
             loader: None,
             xfetch_beta: DEFAULT_XFETCH_BETA,
             backplane: true,
+            transport: BackplaneTransport::PubSub,
             max_tags: DEFAULT_MAX_TAGS_PER_ENTRY,
             tags_from: None,
             _key: PhantomData,
@@ -321,6 +323,14 @@ where
         self
     }
 
+    /// How invalidation events travel (default [`BackplaneTransport::PubSub`]). With
+    /// [`BackplaneTransport::Streams`], an instance that loses its connection for a moment
+    /// resumes from the last event it read instead of clearing its L1.
+    pub fn backplane_transport(mut self, transport: BackplaneTransport) -> Self {
+        self.transport = transport;
+        self
+    }
+
     /// Most tags one entry may carry (default 16, at most 64). Tags cost bytes on every entry
     /// and a check on every read of a tagged entry: tag by what gets invalidated together
     /// (`category:shoes`), not by every attribute.
@@ -387,6 +397,11 @@ where
                 "xfetch_beta must be a finite number >= 0".into(),
             ));
         }
+        if matches!(self.transport, BackplaneTransport::Streams { max_len } if max_len < 100) {
+            return Err(Error::Config(
+                "backplane stream max_len must be at least 100".into(),
+            ));
+        }
         if self.max_tags == 0 || self.max_tags > MAX_STORED_TAGS {
             return Err(Error::Config(format!(
                 "max_tags_per_entry must be within 1..={MAX_STORED_TAGS}"
@@ -412,7 +427,7 @@ where
         let fill_waiters = FillWaiters::new(store.clone(), &self.namespace);
         let backplane = self
             .backplane
-            .then(|| Backplane::new(store.clone(), &self.namespace));
+            .then(|| Backplane::new(store.clone(), &self.namespace, self.transport));
         let remote = Remote::new(store, deadline, metrics.clone(), &self.namespace);
         let ttl_policy = TtlPolicy {
             ttl: self.ttl,

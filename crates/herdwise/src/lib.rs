@@ -70,6 +70,7 @@ mod tags;
 mod tiers;
 mod write;
 
+pub use backplane::BackplaneTransport;
 pub use builder::{
     CacheBuilder, DEFAULT_FAIL_SAFE_THROTTLE, DEFAULT_L1_MAX_BYTES, DEFAULT_L1_TTL_CAP,
     DEFAULT_LEASE_POLL, DEFAULT_LEASE_TTL, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_VALUE_BYTES,

@@ -104,6 +104,16 @@ impl Remote {
             .await
     }
 
+    pub async fn stream_append(
+        &self,
+        stream: &str,
+        message: Bytes,
+        max_len: usize,
+    ) -> Result<(), StoreError> {
+        let fut = self.store.stream_append(stream, message, max_len);
+        self.call(StoreOp::Set, stream, fut).await
+    }
+
     pub async fn increment(&self, key: &str) -> Result<u64, StoreError> {
         self.call(StoreOp::Set, key, self.store.increment(key))
             .await

@@ -73,15 +73,16 @@ pub(crate) fn collect_tags<'a>(
     Ok(out.into_boxed_slice())
 }
 
-/// The store key of a namespace's tag clock. The clock and the marks share a hash tag, so in
-/// Redis Cluster they live in one slot: one script can bump both, one `MGET` can read them.
+/// The store key of a namespace's tag clock. The clock, the marks and the event stream share a
+/// hash tag, so in Redis Cluster they live in one slot: one script can bump the clock, write the
+/// mark and append the event; one `MGET` can read the marks.
 pub(crate) fn clock_key(namespace: &str) -> String {
-    format!("herdwise:{{tags:{namespace}}}:clock")
+    format!("herdwise:{{ns:{namespace}}}:tagclock")
 }
 
 /// The store key of a tag's mark.
 pub(crate) fn mark_key(namespace: &str, tag: &str) -> String {
-    format!("herdwise:{{tags:{namespace}}}:mark:{tag}")
+    format!("herdwise:{{ns:{namespace}}}:tag:{tag}")
 }
 
 /// What local knowledge says about an entry's tags.
@@ -239,11 +240,14 @@ pub(crate) async fn bump<V: Send + Sync + 'static>(
     let mark = mark_key(inner.keys.namespace(), tag);
     let announced = inner.backplane.as_ref().map(|b| b.tag_announcement());
     let suffix = format!("|{tag}");
-    let announce = announced.as_ref().map(|(channel, prefix)| Announcement {
-        channel,
-        prefix,
-        suffix: &suffix,
-    });
+    let announce = announced
+        .as_ref()
+        .map(|(channel, stream_max_len, prefix)| Announcement {
+            channel,
+            stream_max_len: *stream_max_len,
+            prefix,
+            suffix: &suffix,
+        });
     let clock = inner
         .remote
         .bump_tag(&inner.tag_clock_key, &mark, inner.tag_mark_ttl, announce)

@@ -358,7 +358,7 @@ async fn the_tag_clock_restarts_above_its_old_values_after_redis_loses_its_data(
             .await
             .unwrap();
         let clock: u64 = redis::cmd("GET")
-            .arg("herdwise:{tags:tags}:clock")
+            .arg("herdwise:{ns:tags}:tagclock")
             .query_async(&mut conn)
             .await
             .unwrap();

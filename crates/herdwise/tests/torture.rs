@@ -12,12 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::OriginError;
-use herdwise::Cache;
+use herdwise::{Cache, LoadOptions};
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
 
 const KEYS: u64 = 100;
-const BOUND: Duration = Duration::from_millis(500);
 
 /// The origin: a version per key, and when each version was superseded by a completed write.
 struct Origin {
@@ -53,7 +52,7 @@ impl Origin {
         self.committed[key as usize].fetch_max(version, Ordering::SeqCst);
     }
     /// Whether reading `got` at `started`, when `floor` was committed, breaks the contract.
-    fn violates(&self, key: u64, got: u64, floor: u64, started: Instant) -> bool {
+    fn violates(&self, key: u64, got: u64, floor: u64, started: Instant, bound: Duration) -> bool {
         if got >= floor {
             return false;
         }
@@ -61,9 +60,47 @@ impl Origin {
         // `got` was replaced by the write of `got + 1`: stale for how long when the read began?
         superseded
             .get(got as usize)
-            .is_some_and(|at| started.saturating_duration_since(*at) > BOUND)
+            .is_some_and(|at| started.saturating_duration_since(*at) > bound)
     }
 }
+
+/// How the workload goes.
+#[derive(Clone, Copy)]
+struct Pace {
+    /// Origin read latency: `base + key % 5` ms.
+    origin_ms: u64,
+    /// Writers, each pausing this many ms (uniform) between writes.
+    writers: u64,
+    writer_pause_ms: (u64, u64),
+    /// Entry TTL.
+    ttl: Duration,
+    /// How stale a read may be: the time the backplane takes to deliver, with room to spare.
+    bound: Duration,
+}
+
+/// Invalidating keys: many small writes, short loads.
+const KEY_PACE: Pace = Pace {
+    origin_ms: 1,
+    writers: 2,
+    writer_pause_ms: (5, 20),
+    ttl: Duration::from_secs(300),
+    bound: Duration::from_millis(500),
+};
+
+/// Invalidating group tags (`g<key % 50>`). Built so that a mistake would show: loads are slow
+/// and, with a short TTL, start at random times, so writes often land inside one; each group is
+/// invalidated only about once a second, so an entry wrongly taken for fresh would outlive the
+/// (tighter) bound instead of being killed again first.
+const TAG_PACE: Pace = Pace {
+    origin_ms: 20,
+    writers: 4,
+    writer_pause_ms: (40, 120),
+    ttl: Duration::from_millis(1_000),
+    bound: Duration::from_millis(200),
+};
+
+/// Tag groups in the tag variant.
+const GROUPS: u64 = 50;
 
 /// Runs readers and writers for `duration` against `read`/`write_then_invalidate`; returns
 /// (reads, violations).
@@ -71,6 +108,7 @@ async fn run<R, RF, W, WF>(
     duration: Duration,
     origin: Arc<Origin>,
     readers: usize,
+    pace: Pace,
     read: R,
     write: W,
 ) -> (u64, u64)
@@ -99,14 +137,14 @@ where
                 let started = Instant::now();
                 if let Some(got) = read(r, key, origin.clone()).await {
                     reads.fetch_add(1, Ordering::Relaxed);
-                    if origin.violates(key, got, floor, started) {
+                    if origin.violates(key, got, floor, started, pace.bound) {
                         violations.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
         }));
     }
-    for w in 0..2u64 {
+    for w in 0..pace.writers {
         let (write, origin) = (write.clone(), origin.clone());
         tasks.push(tokio::spawn(async move {
             let mut rng = rand::rngs::SmallRng::seed_from_u64(1000 + w);
@@ -115,7 +153,8 @@ where
                 let version = origin.write(key);
                 write(key).await;
                 origin.completed(key, version);
-                tokio::time::sleep(Duration::from_millis(rng.random_range(5..20))).await;
+                let (low, high) = pace.writer_pause_ms;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(low..high))).await;
             }
         }));
     }
@@ -128,18 +167,31 @@ where
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_never_go_staler_than_the_bound_under_concurrent_writes() {
-    let server = common::redis();
-    let duration = Duration::from_secs(3);
+/// How Herdwise's writers make the cache consistent after an origin write.
+#[derive(Clone, Copy)]
+enum Invalidate {
+    /// `write_around` the key.
+    Key,
+    /// Invalidate the key's group tag (every entry is tagged `g<key % 10>`).
+    Tag,
+}
 
-    // Herdwise: three instances, write-around invalidation.
+/// Herdwise: three instances reading through the cache, writers invalidating as `how` says.
+async fn herdwise(
+    server: &herdwise_testkit::RedisServer,
+    duration: Duration,
+    how: Invalidate,
+) -> (u64, u64) {
+    let pace = match how {
+        Invalidate::Key => KEY_PACE,
+        Invalidate::Tag => TAG_PACE,
+    };
     let mut caches: Vec<Cache<u64, u64>> = Vec::new();
     for _ in 0..3 {
         caches.push(
             Cache::builder("torture")
-                .store(common::store(&server).await)
-                .ttl(Duration::from_secs(300))
+                .store(common::store(server).await)
+                .ttl(pace.ttl)
                 .build()
                 .unwrap(),
         );
@@ -147,34 +199,66 @@ async fn reads_never_go_staler_than_the_bound_under_concurrent_writes() {
     let caches = Arc::new(caches);
     let origin = Origin::new();
     let (c1, c2) = (caches.clone(), caches.clone());
-    let (reads, violations) = run(
+    run(
         duration,
         origin.clone(),
         12,
+        pace,
         move |r, key, origin| {
             let caches = c1.clone();
             async move {
-                let latency = Duration::from_millis(1 + key % 5);
+                let latency = Duration::from_millis(pace.origin_ms + key % 5);
+                let group = LoadOptions::default().tags([format!("g{}", key % GROUPS)]);
                 caches[r % 3]
-                    .get_or_load(&key, |k| async move {
+                    .get_or_load_with(&key, &group, |k| async move {
                         Ok::<_, OriginError>(Some(origin.read(*k, latency).await))
                     })
                     .await
                     .ok()
-                    .flatten()
+                    .and_then(|f| f.value)
                     .map(|v| *v)
             }
         },
         move |key| {
             let caches = c2.clone();
             async move {
-                let _ = caches[(key % 3) as usize]
-                    .write_around(&key, || async { Ok::<_, OriginError>(()) })
-                    .await;
+                let cache = &caches[(key % 3) as usize];
+                match how {
+                    Invalidate::Key => {
+                        let _ = cache
+                            .write_around(&key, || async { Ok::<_, OriginError>(()) })
+                            .await;
+                    }
+                    Invalidate::Tag => {
+                        let _ = cache.invalidate_tag(&format!("g{}", key % GROUPS)).await;
+                    }
+                }
             }
         },
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_invalidation_keeps_reads_within_the_bound_under_concurrent_writes() {
+    let server = common::redis();
+    let (reads, violations) = herdwise(&server, Duration::from_secs(4), Invalidate::Tag).await;
+    eprintln!(
+        "torture (tags): herdwise {violations} violations in {reads} reads (bound {:?})",
+        TAG_PACE.bound
+    );
+    assert!(reads > 1_000, "the workload ran ({reads} reads)");
+    assert_eq!(
+        violations, 0,
+        "a read returned a value stale beyond the bound"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_never_go_staler_than_the_bound_under_concurrent_writes() {
+    let server = common::redis();
+    let duration = Duration::from_secs(3);
+    let (reads, violations) = herdwise(&server, duration, Invalidate::Key).await;
 
     // Naive cache-aside on the same server, same workload.
     let conn = common::raw(&server).await;
@@ -184,6 +268,7 @@ async fn reads_never_go_staler_than_the_bound_under_concurrent_writes() {
         duration,
         naive_origin.clone(),
         12,
+        KEY_PACE,
         move |_r, key, origin| {
             let mut conn = n1.clone();
             async move {
@@ -218,7 +303,8 @@ async fn reads_never_go_staler_than_the_bound_under_concurrent_writes() {
     .await;
 
     eprintln!(
-        "torture: herdwise {violations} violations in {reads} reads; naive {naive_violations} in {naive_reads} (bound {BOUND:?})"
+        "torture: herdwise {violations} violations in {reads} reads; naive {naive_violations} in {naive_reads} (bound {:?})",
+        KEY_PACE.bound
     );
     assert!(reads > 1_000, "the workload ran ({reads} reads)");
     assert_eq!(

@@ -63,8 +63,11 @@ pub enum FillOutcome {
 /// published on `channel`, `value` being what the write produced (e.g. a new tag clock value).
 #[derive(Debug, Clone, Copy)]
 pub struct Announcement<'a> {
-    /// The pub/sub channel.
+    /// The pub/sub channel, or the stream.
     pub channel: &'a str,
+    /// `Some(max_len)`: append to the stream `channel` (trimmed to about `max_len` entries, see
+    /// [`Store::stream_append`]) instead of publishing.
+    pub stream_max_len: Option<usize>,
     /// Text before the value.
     pub prefix: &'a str,
     /// Text after the value.
@@ -207,6 +210,31 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Publishes `message` on `channel` (to the subscribers of every instance).
     async fn publish(&self, channel: &str, message: Bytes) -> Result<(), StoreError>;
+
+    /// Appends `message` to the stream `stream`, trimmed to about `max_len` entries (Redis:
+    /// `XADD MAXLEN ~`). The default publishes on the channel of that name: a store without
+    /// durable streams delivers to current listeners only.
+    async fn stream_append(
+        &self,
+        stream: &str,
+        message: Bytes,
+        max_len: usize,
+    ) -> Result<(), StoreError> {
+        let _ = max_len;
+        self.publish(stream, message).await
+    }
+
+    /// Reads `stream` from its end on, for as long as a receiver exists. After a disconnect the
+    /// store resumes after the last entry it delivered; it sends [`StoreEvent::Subscribed`] at
+    /// the start and again only when it cannot prove that nothing was lost meanwhile (the entries
+    /// after its position were trimmed, or the stream was lost with the store's data). The
+    /// default subscribes to the channel of that name.
+    fn stream_subscribe(
+        &self,
+        stream: &str,
+    ) -> Option<tokio::sync::broadcast::Receiver<StoreEvent>> {
+        self.subscribe(stream)
+    }
 
     /// Subscribes to `channel`. The store keeps the subscription alive (resubscribing after a
     /// disconnect, announcing it with [`StoreEvent::Subscribed`]) for as long as a receiver

@@ -58,8 +58,9 @@ return 1
 }
 
 /// Tag invalidation: KEYS[1] the tag clock, KEYS[2] the tag's mark; ARGV[1] the mark's TTL (ms),
-/// ARGV[2] the channel ('' for none), ARGV[3]/ARGV[4] the message around the new clock value.
-/// The value travels as the string GET returns: Lua numbers would print in exponent form.
+/// ARGV[2] the channel or stream ('' for none), ARGV[3]/ARGV[4] the message around the new clock
+/// value, ARGV[5] the stream's max length ('' to publish instead). The value travels as the
+/// string GET returns: Lua numbers would print in exponent form.
 const BUMP_TAG: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then
   local t = redis.call('TIME')
@@ -69,7 +70,11 @@ redis.call('INCR', KEYS[1])
 local c = redis.call('GET', KEYS[1])
 redis.call('SET', KEYS[2], c, 'PX', ARGV[1])
 if ARGV[2] ~= '' then
-  redis.call('PUBLISH', ARGV[2], ARGV[3] .. c .. ARGV[4])
+  if ARGV[5] == '' then
+    redis.call('PUBLISH', ARGV[2], ARGV[3] .. c .. ARGV[4])
+  else
+    redis.call('XADD', ARGV[2], 'MAXLEN', '~', ARGV[5], '*', 'm', ARGV[3] .. c .. ARGV[4])
+  end
 end
 return c
 "#;
@@ -432,6 +437,9 @@ impl Store for RedisStore {
         let mut conn = self.conn.clone();
         let (channel, prefix, suffix) =
             announce.map_or(("", "", ""), |a| (a.channel, a.prefix, a.suffix));
+        let stream_max_len = announce
+            .and_then(|a| a.stream_max_len)
+            .map_or(String::new(), |n| n.to_string());
         let clock: String = self
             .bump_tag
             .key(clock_key)
@@ -440,6 +448,7 @@ impl Store for RedisStore {
             .arg(channel)
             .arg(prefix)
             .arg(suffix)
+            .arg(stream_max_len)
             .invoke_async(&mut conn)
             .await?;
         clock
@@ -455,6 +464,33 @@ impl Store for RedisStore {
             .query_async(&mut conn)
             .await?;
         Ok(())
+    }
+
+    async fn stream_append(
+        &self,
+        stream: &str,
+        message: Bytes,
+        max_len: usize,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _id: String = redis::cmd("XADD")
+            .arg(stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(max_len)
+            .arg("*")
+            .arg("m")
+            .arg(message.as_ref())
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    fn stream_subscribe(&self, stream: &str) -> Option<broadcast::Receiver<StoreEvent>> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (tx, rx) = broadcast::channel(4096);
+        runtime.spawn(keep_reading(self.client.clone(), stream.to_string(), tx));
+        Some(rx)
     }
 
     fn subscribe(&self, channel: &str) -> Option<broadcast::Receiver<StoreEvent>> {
@@ -513,5 +549,221 @@ async fn keep_subscribed(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// How long one `XREAD` blocks: also how often the reader notices that nobody listens any more.
+const STREAM_BLOCK: Duration = Duration::from_secs(1);
+/// Entries per `XREAD`.
+const STREAM_BATCH: usize = 512;
+/// The position before any entry.
+const STREAM_START: &str = "0-0";
+
+/// Entries as `XRANGE`/`XREVRANGE`/`XREAD` return them: id and field-value pairs.
+type StreamEntries = Vec<(String, Vec<Vec<u8>>)>;
+
+/// Where a stream reader stands.
+#[derive(Debug, Clone)]
+struct StreamPosition {
+    /// The id to read after.
+    last: String,
+    /// The stream's `entries-added` when the reader started (or restarted).
+    added_at_start: u64,
+    /// Entries read since then.
+    read: u64,
+}
+
+/// What `XINFO STREAM` says, as far as continuity goes.
+struct StreamInfo {
+    entries_added: u64,
+    length: u64,
+    last_generated_id: String,
+}
+
+/// Reads `stream` for as long as anyone listens: forwards the `m` field of each entry, and after
+/// a disconnect resumes after the last entry forwarded. Sends `Subscribed` at the start, and again
+/// whenever it cannot prove continuity (then it restarts from the stream's end).
+async fn keep_reading(client: redis::Client, stream: String, tx: broadcast::Sender<StoreEvent>) {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(STREAM_BLOCK + Duration::from_secs(2)));
+    let mut position: Option<StreamPosition> = None;
+    let mut backoff = Duration::from_millis(50);
+    while tx.receiver_count() > 0 {
+        let mut conn = match client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::debug!(%stream, error = %e, "event stream connection failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        let _: Result<(), _> = redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg("herdwise-events")
+            .query_async(&mut conn)
+            .await;
+        let info = match stream_info(&mut conn, &stream).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!(%stream, error = %e, "event stream unreadable");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        let mut at = match position.take() {
+            Some(p) if continuous(&p, info.as_ref()) => p,
+            previous => {
+                if previous.is_some() {
+                    tracing::warn!(%stream, "events were missed while disconnected");
+                }
+                if tx.send(StoreEvent::Subscribed).is_err() {
+                    return;
+                }
+                info.map_or(
+                    StreamPosition {
+                        last: STREAM_START.to_string(),
+                        added_at_start: 0,
+                        read: 0,
+                    },
+                    |i| StreamPosition {
+                        last: i.last_generated_id,
+                        added_at_start: i.entries_added,
+                        read: 0,
+                    },
+                )
+            }
+        };
+        loop {
+            let read: Result<Option<Vec<(String, StreamEntries)>>, _> = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(STREAM_BATCH)
+                .arg("BLOCK")
+                .arg(STREAM_BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(&at.last)
+                .query_async(&mut conn)
+                .await;
+            let Ok(read) = read else { break };
+            for (_, entries) in read.unwrap_or_default() {
+                for (id, fields) in entries {
+                    if let Some(message) = message_field(&fields) {
+                        if tx.send(StoreEvent::Message(message)).is_err() {
+                            return;
+                        }
+                    }
+                    at.last = id;
+                    at.read += 1;
+                }
+            }
+            if tx.receiver_count() == 0 {
+                return;
+            }
+        }
+        position = Some(at);
+        tracing::warn!(%stream, "event stream connection lost; resuming");
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// The value of field `m` in a field-value list.
+fn message_field(fields: &[Vec<u8>]) -> Option<Bytes> {
+    fields
+        .chunks(2)
+        .find(|pair| pair.len() == 2 && pair[0] == b"m")
+        .map(|pair| Bytes::copy_from_slice(&pair[1]))
+}
+
+/// `XINFO STREAM` (Redis 7: `entries-added`), or `None` if the stream does not exist.
+async fn stream_info(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+) -> Result<Option<StreamInfo>, redis::RedisError> {
+    let exists: bool = redis::cmd("EXISTS").arg(stream).query_async(conn).await?;
+    if !exists {
+        return Ok(None);
+    }
+    let info: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(stream)
+        .query_async(conn)
+        .await?;
+    let field = |name: &[u8]| {
+        info.chunks(2).find_map(|pair| match pair {
+            [redis::Value::BulkString(k), v] if k == name => Some(v.clone()),
+            _ => None,
+        })
+    };
+    let number = |name: &[u8]| field(name).and_then(|v| redis::from_redis_value::<u64>(v).ok());
+    let (Some(entries_added), Some(length), Some(last)) = (
+        number(b"entries-added"),
+        number(b"length"),
+        field(b"last-generated-id").and_then(|v| redis::from_redis_value::<String>(v).ok()),
+    ) else {
+        // Before Redis 7 there is no `entries-added`: continuity cannot be proven.
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "XINFO STREAM without entries-added (Redis < 7)",
+        )));
+    };
+    Ok(Some(StreamInfo {
+        entries_added,
+        length,
+        last_generated_id: last,
+    }))
+}
+
+/// Whether reading on from `at` misses nothing: every entry added since the reader's start that
+/// it has not read is still in the stream (trimming removes the oldest entries first, so if the
+/// stream is at least as long as the unread part, none of it was trimmed), and the stream is the
+/// same one (a stream lost with Redis' data and recreated has fewer entries added).
+fn continuous(at: &StreamPosition, info: Option<&StreamInfo>) -> bool {
+    let seen = at.added_at_start + at.read;
+    match info {
+        None => seen == 0,
+        Some(info) => info.entries_added >= seen && info.length >= info.entries_added - seen,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(added_at_start: u64, read: u64) -> StreamPosition {
+        StreamPosition {
+            last: "1-0".into(),
+            added_at_start,
+            read,
+        }
+    }
+
+    fn info(entries_added: u64, length: u64) -> StreamInfo {
+        StreamInfo {
+            entries_added,
+            length,
+            last_generated_id: "9-0".into(),
+        }
+    }
+
+    #[test]
+    fn continuity_needs_every_unread_entry_still_in_the_same_stream() {
+        // Started when 100 had been added, read 5; 3 more added since, all still there.
+        assert!(continuous(&at(100, 5), Some(&info(108, 50))));
+        // 3 unread, but the stream was trimmed to 2 entries: one of them is gone.
+        assert!(!continuous(&at(100, 5), Some(&info(108, 2))));
+        // Fewer entries ever added than we saw: a new stream (Redis lost its data).
+        assert!(!continuous(&at(100, 5), Some(&info(10, 10))));
+        // Gone entirely: fine only if there never was anything.
+        assert!(continuous(&at(0, 0), None));
+        assert!(!continuous(&at(0, 1), None));
+        // Nothing unread, stream trimmed to nothing: nothing was missed.
+        assert!(continuous(&at(100, 8), Some(&info(108, 0))));
     }
 }
