@@ -414,9 +414,8 @@ mod tests {
         assert!(d.payload.is_empty());
     }
 
-    #[test]
-    fn damaged_tag_blocks_are_rejected_without_panicking() {
-        let bytes = encode_tagged(&meta(), Some(&stamp()), b"payload", Compression::None);
+    /// Every truncation and every single-bit flip of `bytes` is an error, never a panic.
+    fn assert_every_damage_rejected(bytes: &[u8]) {
         for len in 0..bytes.len() {
             assert!(
                 decode(&bytes[..len], 1 << 20).is_err(),
@@ -425,11 +424,21 @@ mod tests {
         }
         for i in 0..bytes.len() {
             for bit in 0..8 {
-                let mut bad = bytes.clone();
+                let mut bad = bytes.to_vec();
                 bad[i] ^= 1 << bit;
                 assert!(decode(&bad, 1 << 20).is_err(), "flip byte {i} bit {bit}");
             }
         }
+    }
+
+    #[test]
+    fn damaged_tag_blocks_are_rejected_without_panicking() {
+        assert_every_damage_rejected(&encode_tagged(
+            &meta(),
+            Some(&stamp()),
+            b"payload",
+            Compression::None,
+        ));
     }
 
     #[test]
@@ -442,20 +451,7 @@ mod tests {
     fn every_truncation_and_bit_flip_is_rejected_without_panicking() {
         let payload: Vec<u8> = (0..200u32).map(|i| (i * 7) as u8).collect();
         for compression in [Compression::None, Compression::Lz4 { min_bytes: 1 }] {
-            let bytes = encode(&meta(), &payload, compression);
-            for len in 0..bytes.len() {
-                assert!(
-                    decode(&bytes[..len], 1 << 20).is_err(),
-                    "truncated to {len}"
-                );
-            }
-            for i in 0..bytes.len() {
-                for bit in 0..8 {
-                    let mut bad = bytes.clone();
-                    bad[i] ^= 1 << bit;
-                    assert!(decode(&bad, 1 << 20).is_err(), "flip byte {i} bit {bit}");
-                }
-            }
+            assert_every_damage_rejected(&encode(&meta(), &payload, compression));
         }
     }
 

@@ -126,13 +126,7 @@ async fn a_lost_subscription_clears_l1_on_resubscribe() {
     // Every subscriber connection dies (as on a network blip); A's invalidation is published
     // while B has no subscription, so B never receives it.
     let mut raw = common::raw(&server).await;
-    let _: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    common::kill_pubsub_clients(&mut raw).await;
     a.invalidate(&1).await.unwrap();
 
     let cleared = until_not(&b, 1, "old", Duration::from_secs(5)).await;

@@ -87,11 +87,12 @@ async fn invalidations_and_tags_travel_on_the_stream() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_brief_disconnect_resumes_from_the_stream_and_keeps_l1() {
-    let server = common::redis();
-    let a = builder(common::store(&server).await).build().unwrap();
-    let store = common::store(&server).await;
+/// Instances A and B (with metrics), both with keys 1..=20 in L1 and listening.
+async fn two_loaded(
+    server: &herdwise_testkit::RedisServer,
+) -> (Cache<u64, String>, Cache<u64, String>, common::Metrics) {
+    let a = builder(common::store(server).await).build().unwrap();
+    let store = common::store(server).await;
     let (b, metrics) = common::with_metrics(|| builder(store.clone()));
     for key in 1..=20 {
         load(&a, key).await;
@@ -99,6 +100,13 @@ async fn a_brief_disconnect_resumes_from_the_stream_and_keeps_l1() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(b.l1_len(), 20);
+    (a, b, metrics)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brief_disconnect_resumes_from_the_stream_and_keeps_l1() {
+    let server = common::redis();
+    let (a, b, metrics) = two_loaded(&server).await;
     let mut raw = common::raw(&server).await;
     assert_eq!(kill_stream_readers(&mut raw).await, 2);
     // Published while B's reader is disconnected (it reconnects after 50 ms).
@@ -114,14 +122,7 @@ async fn a_brief_disconnect_resumes_from_the_stream_and_keeps_l1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_trimmed_while_disconnected_clear_l1() {
     let server = common::redis();
-    let a = builder(common::store(&server).await).build().unwrap();
-    let store = common::store(&server).await;
-    let (b, metrics) = common::with_metrics(|| builder(store.clone()));
-    for key in 1..=20 {
-        load(&a, key).await;
-        load(&b, key).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (a, b, metrics) = two_loaded(&server).await;
     let mut raw = common::raw(&server).await;
     kill_stream_readers(&mut raw).await;
     a.invalidate(&1).await.unwrap();

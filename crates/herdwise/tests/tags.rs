@@ -264,13 +264,7 @@ async fn an_instance_that_lost_the_event_stops_serving_once_it_resubscribes() {
         assert!(value(&b, key).await.is_some());
     }
     let mut raw = common::raw(&server).await;
-    let _: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    common::kill_pubsub_clients(&mut raw).await;
     a.invalidate_tag(SHOES).await.unwrap();
     let stopped = common::eventually(Duration::from_secs(5), async || {
         value(&b, 0).await.is_none()

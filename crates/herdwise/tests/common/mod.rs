@@ -117,3 +117,14 @@ pub async fn calls_of(conn: &mut redis::aio::MultiplexedConnection, command: &st
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
+
+/// Kills every pub/sub connection of the server (as a network blip would).
+pub async fn kill_pubsub_clients(conn: &mut redis::aio::MultiplexedConnection) {
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(conn)
+        .await
+        .unwrap();
+}
