@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::backplane::{Backplane, BackplaneTransport};
+use crate::breaker::BreakerConfig;
 use crate::cache::{Cache, Inner};
 use crate::codec::{Codec, Postcard};
 use crate::envelope::Compression;
@@ -94,6 +95,7 @@ pub struct CacheBuilder<K: ?Sized, V> {
     xfetch_beta: f64,
     backplane: bool,
     transport: BackplaneTransport,
+    breaker: Option<BreakerConfig>,
     max_tags: usize,
     tags_from: Option<TagsFrom<V>>,
     _key: PhantomData<fn(&K)>,
@@ -134,6 +136,7 @@ where
             xfetch_beta: DEFAULT_XFETCH_BETA,
             backplane: true,
             transport: BackplaneTransport::PubSub,
+            breaker: Some(BreakerConfig::default()),
             max_tags: DEFAULT_MAX_TAGS_PER_ENTRY,
             tags_from: None,
             _key: PhantomData,
@@ -331,6 +334,21 @@ where
         self
     }
 
+    /// The circuit breaker on the remote tier (default: on, [`BreakerConfig::default`]). While
+    /// it is open no store call is made: reads go L1 → origin, writes stay in L1, failed
+    /// invalidations wait in the retry queue.
+    pub fn circuit_breaker(mut self, config: BreakerConfig) -> Self {
+        self.breaker = Some(config);
+        self
+    }
+
+    /// Turns the circuit breaker off: every store call is attempted (each bounded by the store
+    /// deadline).
+    pub fn no_circuit_breaker(mut self) -> Self {
+        self.breaker = None;
+        self
+    }
+
     /// Most tags one entry may carry (default 16, at most 64). Tags cost bytes on every entry
     /// and a check on every read of a tagged entry: tag by what gets invalidated together
     /// (`category:shoes`), not by every attribute.
@@ -428,7 +446,16 @@ where
         let backplane = self
             .backplane
             .then(|| Backplane::new(store.clone(), &self.namespace, self.transport));
-        let remote = Remote::new(store, deadline, metrics.clone(), &self.namespace);
+        if let Some(breaker) = self.breaker.as_ref() {
+            breaker.validate().map_err(Error::Config)?;
+        }
+        let remote = Remote::new(
+            store,
+            deadline,
+            self.breaker,
+            metrics.clone(),
+            &self.namespace,
+        );
         let ttl_policy = TtlPolicy {
             ttl: self.ttl,
             jitter: self.ttl_jitter,

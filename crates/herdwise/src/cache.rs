@@ -361,6 +361,16 @@ where
         self.inner.l1.capacity()
     }
 
+    /// The state of the circuit breaker on the remote tier.
+    ///
+    /// ```
+    /// let cache: herdwise::Cache<u64, ()> = herdwise::Cache::builder("users").build().unwrap();
+    /// assert_eq!(cache.breaker_state(), herdwise::BreakerState::Closed);
+    /// ```
+    pub fn breaker_state(&self) -> crate::BreakerState {
+        self.inner.remote.breaker_state()
+    }
+
     /// Entries in L1.
     pub fn l1_len(&self) -> usize {
         self.inner.l1.len()

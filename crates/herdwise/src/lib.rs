@@ -49,6 +49,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod backplane;
+mod breaker;
 mod builder;
 mod cache;
 pub mod codec;
@@ -71,6 +72,7 @@ mod tiers;
 mod write;
 
 pub use backplane::BackplaneTransport;
+pub use breaker::{BreakerConfig, BreakerState};
 pub use builder::{
     CacheBuilder, DEFAULT_FAIL_SAFE_THROTTLE, DEFAULT_L1_MAX_BYTES, DEFAULT_L1_TTL_CAP,
     DEFAULT_LEASE_POLL, DEFAULT_LEASE_TTL, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_VALUE_BYTES,

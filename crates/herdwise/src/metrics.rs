@@ -27,6 +27,9 @@
 //! | `herdwise_tag_invalidated_reads_total` | counter | | entries found in L1 or L2 but not served because one of their tags was invalidated after them |
 //! | `herdwise_invalidation_retries_total` | counter | `outcome` = `queued`/`succeeded` | invalidations that failed against L2 and were queued for retry, and those a retry completed |
 //! | `herdwise_invalidations_dead_lettered_total` | counter | | invalidations given up (queue full, or every retry failed) |
+//! | `herdwise_breaker_state` | gauge | | circuit breaker on the remote tier: 0 closed, 1 open, 2 half-open |
+//! | `herdwise_breaker_transitions_total` | counter | `to` = `closed`/`open`/`half_open` | breaker state changes |
+//! | `herdwise_breaker_rejected_total` | counter | | remote calls not made because the breaker was open |
 //! | `herdwise_l1_evictions_total` | counter | | L1 entries evicted for space |
 //! | `herdwise_l1_bytes` | gauge | | L1 weight in bytes |
 
@@ -76,6 +79,12 @@ pub const TAG_INVALIDATED_READS: &str = "herdwise_tag_invalidated_reads_total";
 pub const INVALIDATION_RETRIES: &str = "herdwise_invalidation_retries_total";
 /// Invalidations given up.
 pub const INVALIDATIONS_DEAD_LETTERED: &str = "herdwise_invalidations_dead_lettered_total";
+/// Circuit breaker state (0 closed, 1 open, 2 half-open).
+pub const BREAKER_STATE: &str = "herdwise_breaker_state";
+/// Breaker state changes.
+pub const BREAKER_TRANSITIONS: &str = "herdwise_breaker_transitions_total";
+/// Remote calls skipped because the breaker was open.
+pub const BREAKER_REJECTED: &str = "herdwise_breaker_rejected_total";
 /// L1 evictions.
 pub const L1_EVICTIONS: &str = "herdwise_l1_evictions_total";
 /// L1 weight in bytes.
@@ -136,6 +145,10 @@ pub(crate) struct CacheMetrics {
     backplane_resets: [Counter; 4],
     pub l1_evictions: Counter,
     pub l1_bytes: Gauge,
+    pub breaker_state: Gauge,
+    /// closed, open, half-open.
+    breaker_transitions: [Counter; 3],
+    pub breaker_rejected: Counter,
     /// `[op][kind]`, see [`StoreOp`] and [`FailureKind`].
     store_errors: [[Counter; 2]; 4],
 }
@@ -182,6 +195,10 @@ impl CacheMetrics {
             ),
             l1_evictions: counter!(L1_EVICTIONS, "namespace" => ns.clone()),
             l1_bytes: gauge!(L1_BYTES, "namespace" => ns.clone()),
+            breaker_state: gauge!(BREAKER_STATE, "namespace" => ns.clone()),
+            breaker_transitions: ["closed", "open", "half_open"]
+                .map(|to| counter!(BREAKER_TRANSITIONS, "namespace" => ns.clone(), "to" => to)),
+            breaker_rejected: counter!(BREAKER_REJECTED, "namespace" => ns.clone()),
             store_errors: [
                 [store("get", "error"), store("get", "timeout")],
                 [store("set", "error"), store("set", "timeout")],
@@ -199,6 +216,16 @@ impl CacheMetrics {
             _ => 3,
         };
         self.backplane_resets[i].increment(1);
+    }
+
+    pub fn breaker_transition(&self, to: crate::breaker::BreakerState) {
+        use crate::breaker::BreakerState;
+        let i = match to {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        };
+        self.breaker_transitions[i].increment(1);
     }
 
     pub fn store_failure(&self, op: StoreOp, kind: FailureKind) {

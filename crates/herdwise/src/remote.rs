@@ -7,16 +7,19 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::breaker::{Breaker, BreakerConfig, BreakerState, Permit};
 use crate::freshness::now_ms;
 use crate::metrics::{CacheMetrics, FailureKind, StoreOp};
 use crate::store::{Announcement, FillOutcome, SetOutcome, Store, StoreError};
 
 pub(crate) struct Remote {
     store: Arc<dyn Store>,
+    /// `None`: every call is attempted.
+    breaker: Option<Breaker>,
     deadline: Duration,
     metrics: CacheMetrics,
     namespace: String,
@@ -28,10 +31,14 @@ impl Remote {
     pub fn new(
         store: Arc<dyn Store>,
         deadline: Duration,
+        breaker: Option<BreakerConfig>,
         metrics: CacheMetrics,
         namespace: &str,
     ) -> Self {
         Remote {
+            breaker: breaker.map(|config| {
+                Breaker::new(config.with_deadline(deadline), namespace, metrics.clone())
+            }),
             store,
             deadline,
             metrics,
@@ -136,8 +143,20 @@ impl Remote {
         self.call(StoreOp::Delete, mark_key, fut).await
     }
 
-    /// Prefix deletion walks the keyspace in batches: it gets a deadline of its own.
+    /// The breaker's state (`Closed` when there is none).
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker
+            .as_ref()
+            .map_or(BreakerState::Closed, Breaker::state)
+    }
+
+    /// Prefix deletion walks the keyspace in batches: it gets a deadline of its own (and is not
+    /// judged by the breaker, which it would trip for being long).
     pub async fn delete_prefix(&self, prefix: &str, deadline: Duration) -> Result<u64, StoreError> {
+        if self.breaker_state() == BreakerState::Open {
+            self.metrics.breaker_rejected.increment(1);
+            return Err(StoreError::CircuitOpen);
+        }
         let err = match tokio::time::timeout(deadline, self.store.delete_prefix(prefix)).await {
             Ok(Ok(n)) => return Ok(n),
             Ok(Err(err)) => {
@@ -171,7 +190,19 @@ impl Remote {
         key: &str,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let err = match tokio::time::timeout(self.deadline, fut).await {
+        let permit = match self.breaker.as_ref().map(Breaker::permit) {
+            Some(Permit::Rejected) => {
+                self.metrics.breaker_rejected.increment(1);
+                return Err(StoreError::CircuitOpen);
+            }
+            permit => permit,
+        };
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.deadline, fut).await;
+        if let (Some(breaker), Some(permit)) = (self.breaker.as_ref(), permit) {
+            breaker.record(permit, !matches!(result, Ok(Ok(_))), started.elapsed());
+        }
+        let err = match result {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(err)) => {
                 self.metrics.store_failure(op, FailureKind::Error);

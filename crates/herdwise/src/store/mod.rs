@@ -108,6 +108,9 @@ pub enum StoreError {
     /// The call did not finish within its deadline.
     #[error("store call timed out after {0:?}")]
     Timeout(Duration),
+    /// The circuit breaker is open: the call was not made.
+    #[error("circuit breaker open: remote tier skipped")]
+    CircuitOpen,
     /// Redis answered with an error, or the connection failed.
     #[error("redis: {0}")]
     Redis(#[from] ::redis::RedisError),

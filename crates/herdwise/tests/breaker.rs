@@ -1,0 +1,104 @@
+//! The circuit breaker against a real Redis that is frozen (SIGSTOP: slow but alive) or killed:
+//! it opens within a second, no read waits for Redis while it is open, and a probe closes it
+//! once Redis is back.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{counter, OriginError};
+use herdwise::{metrics as m, BreakerConfig, BreakerState, Cache};
+
+async fn read(cache: &Cache<u64, String>, key: u64) -> Duration {
+    let t = Instant::now();
+    let got = cache
+        .get_or_load(&key, |k| {
+            let v = format!("v{k}");
+            async move { Ok::<_, OriginError>(Some(v)) }
+        })
+        .await
+        .unwrap();
+    assert!(got.is_some(), "reads keep succeeding from the origin");
+    t.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_opens_the_breaker_and_reads_stop_waiting_for_it() {
+    let server = common::redis();
+    let store = common::store(&server).await;
+    let (cache, metrics) = common::with_metrics(|| {
+        Cache::<u64, String>::builder("br")
+            .store(store.clone())
+            .l1_max_bytes(0)
+            .circuit_breaker(BreakerConfig::default().open_for(Duration::from_millis(500)))
+    });
+    for key in 0..200 {
+        read(&cache, key).await;
+    }
+    assert_eq!(cache.breaker_state(), BreakerState::Closed);
+
+    server.pause().unwrap();
+    let fault = Instant::now();
+    let mut key = 1_000;
+    while cache.breaker_state() != BreakerState::Open {
+        assert!(
+            fault.elapsed() < Duration::from_secs(1),
+            "the breaker must open within 1 s"
+        );
+        read(&cache, key).await;
+        key += 1;
+    }
+    let opened_after = fault.elapsed();
+    // Open: no store call at all, so a miss costs only the origin.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..50 {
+        slowest = slowest.max(read(&cache, key).await);
+        key += 1;
+    }
+    eprintln!("breaker opened {opened_after:?} after SIGSTOP; slowest read while open {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(25),
+        "a read waited for Redis: {slowest:?}"
+    );
+    assert!(counter(&metrics, m::BREAKER_REJECTED, &[]) > 0);
+
+    server.resume().unwrap();
+    let closed = common::eventually(Duration::from_secs(3), async || {
+        read(&cache, 1).await;
+        cache.breaker_state() == BreakerState::Closed
+    })
+    .await;
+    assert!(closed, "a probe must close the breaker once Redis answers");
+    assert!(counter(&metrics, m::BREAKER_TRANSITIONS, &[("to", "half_open")]) >= 1);
+    assert!(counter(&metrics, m::BREAKER_TRANSITIONS, &[("to", "closed")]) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_redis_opens_it_and_a_restart_closes_it() {
+    let mut server = common::redis();
+    let cache: Cache<u64, String> = Cache::builder("br")
+        .store(common::store(&server).await)
+        .l1_max_bytes(0)
+        .circuit_breaker(BreakerConfig::default().open_for(Duration::from_millis(300)))
+        .build()
+        .unwrap();
+    read(&cache, 0).await;
+    server.kill();
+    let fault = Instant::now();
+    let mut key = 1;
+    while cache.breaker_state() != BreakerState::Open {
+        assert!(
+            fault.elapsed() < Duration::from_secs(1),
+            "the breaker must open within 1 s"
+        );
+        read(&cache, key).await;
+        key += 1;
+    }
+    server.restart().unwrap();
+    let closed = common::eventually(Duration::from_secs(5), async || {
+        read(&cache, 0).await;
+        cache.breaker_state() == BreakerState::Closed
+    })
+    .await;
+    assert!(closed);
+}
