@@ -20,6 +20,7 @@ use crate::lease::{FillWaiters, LeaseConfig};
 use crate::loader::{Loader, SharedLoader};
 use crate::local::LocalTier;
 use crate::metrics::CacheMetrics;
+use crate::origin_limit::OriginLimit;
 use crate::remote::Remote;
 use crate::retry::RetryQueue;
 use crate::store::{MemoryStore, Store};
@@ -96,6 +97,7 @@ pub struct CacheBuilder<K: ?Sized, V> {
     backplane: bool,
     transport: BackplaneTransport,
     breaker: Option<BreakerConfig>,
+    origin_limit: Option<(usize, Duration)>,
     max_tags: usize,
     tags_from: Option<TagsFrom<V>>,
     _key: PhantomData<fn(&K)>,
@@ -137,6 +139,7 @@ where
             backplane: true,
             transport: BackplaneTransport::PubSub,
             breaker: Some(BreakerConfig::default()),
+            origin_limit: None,
             max_tags: DEFAULT_MAX_TAGS_PER_ENTRY,
             tags_from: None,
             _key: PhantomData,
@@ -349,6 +352,25 @@ where
         self
     }
 
+    /// Origin protection: at most `max_concurrent` loader calls of this cache at once (default:
+    /// no limit). A load beyond it answers with the stale value if one is usable within the
+    /// stale-if-error window, else waits up to `max_wait` for a slot, else fails with
+    /// [`Error::Overloaded`] — so that when Redis is down or the cache is cold, the database
+    /// sees a bounded load instead of every miss at once. Size it from what the origin can
+    /// serve per instance.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cache: herdwise::Cache<u64, String> = herdwise::Cache::builder("users")
+    ///     .origin_concurrency_limit(32, Duration::from_millis(200))
+    ///     .build()
+    ///     .unwrap();
+    /// ```
+    pub fn origin_concurrency_limit(mut self, max_concurrent: usize, max_wait: Duration) -> Self {
+        self.origin_limit = Some((max_concurrent, max_wait));
+        self
+    }
+
     /// Most tags one entry may carry (default 16, at most 64). Tags cost bytes on every entry
     /// and a check on every read of a tagged entry: tag by what gets invalidated together
     /// (`category:shoes`), not by every attribute.
@@ -418,6 +440,11 @@ where
         if matches!(self.transport, BackplaneTransport::Streams { max_len } if max_len < 100) {
             return Err(Error::Config(
                 "backplane stream max_len must be at least 100".into(),
+            ));
+        }
+        if self.origin_limit.is_some_and(|(max, _)| max == 0) {
+            return Err(Error::Config(
+                "origin_concurrency_limit must allow at least one load".into(),
             ));
         }
         if self.max_tags == 0 || self.max_tags > MAX_STORED_TAGS {
@@ -494,6 +521,9 @@ where
                 tag_mark_ttl,
                 max_tags: self.max_tags,
                 tags_from: self.tags_from,
+                origin_limit: self
+                    .origin_limit
+                    .map(|(max, wait)| OriginLimit::new(max, wait)),
             },
             self.loader,
         ))

@@ -24,6 +24,7 @@ use crate::lease::{FillWaiters, LeaseConfig};
 use crate::loader::SharedLoader;
 use crate::local::LocalTier;
 use crate::metrics::CacheMetrics;
+use crate::origin_limit::OriginLimit;
 use crate::read_through::{LoadOptions, LoadResult};
 use crate::remote::Remote;
 use crate::retry::{Retry, RetryQueue};
@@ -84,6 +85,8 @@ pub(crate) struct Inner<V> {
     pub max_tags: usize,
     /// Tags derived from every value the cache stores.
     pub tags_from: Option<TagsFrom<V>>,
+    /// `None`: loader calls are not limited.
+    pub origin_limit: Option<OriginLimit>,
 }
 
 /// A typed, multi-tier, read-through cache.
@@ -369,6 +372,14 @@ where
     /// ```
     pub fn breaker_state(&self) -> crate::BreakerState {
         self.inner.remote.breaker_state()
+    }
+
+    /// Loader calls running now (0 if no origin limit is configured).
+    pub fn origin_loads_in_flight(&self) -> usize {
+        self.inner
+            .origin_limit
+            .as_ref()
+            .map_or(0, OriginLimit::in_use)
     }
 
     /// Entries in L1.

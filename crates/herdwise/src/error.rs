@@ -68,6 +68,17 @@ pub enum Error {
     #[error("loader timed out after {0:?}")]
     LoaderTimeout(std::time::Duration),
 
+    /// The origin is at its concurrency limit, no stale value could answer, and no slot came
+    /// free within the wait: the load was shed rather than queued (see
+    /// `CacheBuilder::origin_concurrency_limit`). Nothing was cached.
+    #[error("origin overloaded: {limit} loads already running, none finished within {waited:?}")]
+    Overloaded {
+        /// The configured limit.
+        limit: usize,
+        /// How long the call waited for a slot.
+        waited: std::time::Duration,
+    },
+
     /// The loader panicked. Nothing was cached; coalesced callers got this error too.
     #[error("loader panicked")]
     LoaderPanicked,

@@ -62,6 +62,7 @@ mod lease;
 pub mod loader;
 mod local;
 pub mod metrics;
+mod origin_limit;
 mod read_through;
 mod refresh;
 mod remote;

@@ -30,6 +30,7 @@
 //! | `herdwise_breaker_state` | gauge | | circuit breaker on the remote tier: 0 closed, 1 open, 2 half-open |
 //! | `herdwise_breaker_transitions_total` | counter | `to` = `closed`/`open`/`half_open` | breaker state changes |
 //! | `herdwise_breaker_rejected_total` | counter | | remote calls not made because the breaker was open |
+//! | `herdwise_origin_limited_total` | counter | `outcome` = `stale`/`waited`/`overloaded` | loads that found the origin at its concurrency limit: answered stale, waited for a slot, or shed with `Error::Overloaded` |
 //! | `herdwise_l1_evictions_total` | counter | | L1 entries evicted for space |
 //! | `herdwise_l1_bytes` | gauge | | L1 weight in bytes |
 
@@ -85,6 +86,8 @@ pub const BREAKER_STATE: &str = "herdwise_breaker_state";
 pub const BREAKER_TRANSITIONS: &str = "herdwise_breaker_transitions_total";
 /// Remote calls skipped because the breaker was open.
 pub const BREAKER_REJECTED: &str = "herdwise_breaker_rejected_total";
+/// Loads that found the origin at its concurrency limit.
+pub const ORIGIN_LIMITED: &str = "herdwise_origin_limited_total";
 /// L1 evictions.
 pub const L1_EVICTIONS: &str = "herdwise_l1_evictions_total";
 /// L1 weight in bytes.
@@ -149,6 +152,9 @@ pub(crate) struct CacheMetrics {
     /// closed, open, half-open.
     breaker_transitions: [Counter; 3],
     pub breaker_rejected: Counter,
+    pub origin_limited_stale: Counter,
+    pub origin_limited_waited: Counter,
+    pub origin_limited_overloaded: Counter,
     /// `[op][kind]`, see [`StoreOp`] and [`FailureKind`].
     store_errors: [[Counter; 2]; 4],
 }
@@ -199,6 +205,9 @@ impl CacheMetrics {
             breaker_transitions: ["closed", "open", "half_open"]
                 .map(|to| counter!(BREAKER_TRANSITIONS, "namespace" => ns.clone(), "to" => to)),
             breaker_rejected: counter!(BREAKER_REJECTED, "namespace" => ns.clone()),
+            origin_limited_stale: counter!(ORIGIN_LIMITED, "namespace" => ns.clone(), "outcome" => "stale"),
+            origin_limited_waited: counter!(ORIGIN_LIMITED, "namespace" => ns.clone(), "outcome" => "waited"),
+            origin_limited_overloaded: counter!(ORIGIN_LIMITED, "namespace" => ns.clone(), "outcome" => "overloaded"),
             store_errors: [
                 [store("get", "error"), store("get", "timeout")],
                 [store("set", "error"), store("set", "timeout")],

@@ -23,6 +23,7 @@ use crate::flight::Join;
 use crate::freshness::now_ms;
 use crate::key::CacheKey;
 use crate::lease::{HeldLease, LeaseConfig};
+use crate::origin_limit::Slot;
 use crate::store::FillOutcome;
 use crate::tags::collect_tags;
 use crate::tiers::{Encoded, Fallback, L2Read, WriteMode};
@@ -501,6 +502,38 @@ where
         E: std::error::Error + Send + Sync + 'static,
     {
         let metrics = &self.inner.metrics;
+        // Origin protection: held until the load and its fill are done.
+        let _slot = match self.inner.origin_limit.as_ref() {
+            None => None,
+            Some(limit) => match limit.try_slot() {
+                Slot::Granted(permit) => Some(permit),
+                Slot::Busy => {
+                    let stale = fallback
+                        .as_ref()
+                        .filter(|f| f.usable_within(windows.stale_if_error, now_ms()));
+                    if let Some(found) = stale {
+                        metrics.origin_limited_stale.increment(1);
+                        let value = found.value.clone();
+                        self.release(mode).await;
+                        return Ok(Fetched::of(value, true));
+                    }
+                    match limit.wait_slot().await {
+                        Some(permit) => {
+                            metrics.origin_limited_waited.increment(1);
+                            Some(permit)
+                        }
+                        None => {
+                            metrics.origin_limited_overloaded.increment(1);
+                            self.release(mode).await;
+                            return Err(Error::Overloaded {
+                                limit: limit.max_concurrent,
+                                waited: limit.max_wait,
+                            });
+                        }
+                    }
+                }
+            },
+        };
         metrics.loads.increment(1);
         let epoch = self.inner.l1.epoch(stored_key);
         // The tag clock before the origin is read: a tag invalidated from here on outdates
