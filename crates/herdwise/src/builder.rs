@@ -15,6 +15,7 @@ use crate::envelope::MAX_STORED_TAGS;
 use crate::error::{Error, Result};
 use crate::flight::Flights;
 use crate::freshness::TtlPolicy;
+use crate::hotkeys::HotKeys;
 use crate::key::{CacheKey, KeySpace, DEFAULT_MAX_KEY_BYTES};
 use crate::lease::{FillWaiters, LeaseConfig};
 use crate::loader::{Loader, SharedLoader};
@@ -48,6 +49,8 @@ pub const DEFAULT_XFETCH_BETA: f64 = 1.0;
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 /// Default re-check interval while waiting for another instance's fill.
 pub const DEFAULT_LEASE_POLL: Duration = Duration::from_millis(100);
+/// Default number of hot keys reported.
+pub const DEFAULT_HOT_KEYS: usize = 10;
 /// Default bound on keys with a load in flight.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
 
@@ -98,6 +101,7 @@ pub struct CacheBuilder<K: ?Sized, V> {
     transport: BackplaneTransport,
     breaker: Option<BreakerConfig>,
     origin_limit: Option<(usize, Duration)>,
+    hot_keys: usize,
     max_tags: usize,
     tags_from: Option<TagsFrom<V>>,
     _key: PhantomData<fn(&K)>,
@@ -140,6 +144,7 @@ where
             transport: BackplaneTransport::PubSub,
             breaker: Some(BreakerConfig::default()),
             origin_limit: None,
+            hot_keys: DEFAULT_HOT_KEYS,
             max_tags: DEFAULT_MAX_TAGS_PER_ENTRY,
             tags_from: None,
             _key: PhantomData,
@@ -371,6 +376,12 @@ where
         self
     }
 
+    /// How many of the hottest keys [`Cache::hot_keys`] reports (default 10).
+    pub fn hot_keys(mut self, k: usize) -> Self {
+        self.hot_keys = k;
+        self
+    }
+
     /// Most tags one entry may carry (default 16, at most 64). Tags cost bytes on every entry
     /// and a check on every read of a tagged entry: tag by what gets invalidated together
     /// (`category:shoes`), not by every attribute.
@@ -521,6 +532,7 @@ where
                 tag_mark_ttl,
                 max_tags: self.max_tags,
                 tags_from: self.tags_from,
+                hot_keys: HotKeys::new(self.hot_keys),
                 origin_limit: self
                     .origin_limit
                     .map(|(max, wait)| OriginLimit::new(max, wait)),

@@ -19,6 +19,7 @@ use crate::envelope::{Compression, Meta};
 use crate::error::Result;
 use crate::flight::Flights;
 use crate::freshness::{now_ms, TtlPolicy};
+use crate::hotkeys::HotKeys;
 use crate::key::{CacheKey, KeySpace};
 use crate::lease::{FillWaiters, LeaseConfig};
 use crate::loader::SharedLoader;
@@ -87,6 +88,8 @@ pub(crate) struct Inner<V> {
     pub tags_from: Option<TagsFrom<V>>,
     /// `None`: loader calls are not limited.
     pub origin_limit: Option<OriginLimit>,
+    /// Read frequencies (sampled), for `hot_keys`.
+    pub hot_keys: HotKeys,
 }
 
 /// A typed, multi-tier, read-through cache.
@@ -374,6 +377,25 @@ where
         self.inner.remote.breaker_state()
     }
 
+    /// The most-read keys of this instance lately (stored keys, hottest first) with their
+    /// estimated reads: a count-min sketch over sampled reads, halved now and then so that keys
+    /// that cooled down fall out.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// let cache: herdwise::Cache<u64, u32> = herdwise::Cache::builder("hot").build()?;
+    /// cache.set(&7, 1).await?;
+    /// for _ in 0..1_000 {
+    ///     cache.get(&7).await?;
+    /// }
+    /// assert_eq!(cache.hot_keys()[0].0, "hot:v1:7");
+    /// # Ok(()) }
+    /// ```
+    pub fn hot_keys(&self) -> Vec<(String, u64)> {
+        self.inner.hot_keys.top()
+    }
+
     /// Loader calls running now (0 if no origin limit is configured).
     pub fn origin_loads_in_flight(&self) -> usize {
         self.inner
@@ -520,6 +542,7 @@ where
         let inner = &*self.inner;
         let lookup = |buf: &mut String| -> Result<Lookup<V>> {
             inner.keys.write(key, buf)?;
+            inner.hot_keys.record(buf);
             let found = inner
                 .l1
                 .get_classified(buf)

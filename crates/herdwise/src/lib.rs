@@ -57,6 +57,7 @@ pub mod envelope;
 mod error;
 mod flight;
 mod freshness;
+mod hotkeys;
 pub mod key;
 mod lease;
 pub mod loader;
@@ -75,10 +76,10 @@ mod write;
 pub use backplane::BackplaneTransport;
 pub use breaker::{BreakerConfig, BreakerState};
 pub use builder::{
-    CacheBuilder, DEFAULT_FAIL_SAFE_THROTTLE, DEFAULT_L1_MAX_BYTES, DEFAULT_L1_TTL_CAP,
-    DEFAULT_LEASE_POLL, DEFAULT_LEASE_TTL, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_VALUE_BYTES,
-    DEFAULT_NEGATIVE_TTL, DEFAULT_STALE_IF_ERROR, DEFAULT_TTL, DEFAULT_TTL_JITTER,
-    DEFAULT_XFETCH_BETA,
+    CacheBuilder, DEFAULT_FAIL_SAFE_THROTTLE, DEFAULT_HOT_KEYS, DEFAULT_L1_MAX_BYTES,
+    DEFAULT_L1_TTL_CAP, DEFAULT_LEASE_POLL, DEFAULT_LEASE_TTL, DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_VALUE_BYTES, DEFAULT_NEGATIVE_TTL, DEFAULT_STALE_IF_ERROR, DEFAULT_TTL,
+    DEFAULT_TTL_JITTER, DEFAULT_XFETCH_BETA,
 };
 pub use cache::{Cache, WriteOutcome};
 pub use codec::{Codec, CodecError, Json, Postcard};
