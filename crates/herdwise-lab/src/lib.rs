@@ -26,6 +26,29 @@ use crate::origin::Origin;
 use crate::report::{Point, StrategyResult};
 use crate::strategy::Fleet;
 
+/// Total `calls` in `INFO commandstats`: of `command` only, or of every command but `INFO`
+/// itself. Commands run inside Lua scripts are counted too.
+pub async fn command_calls(
+    conn: &mut redis::aio::ConnectionManager,
+    command: Option<&str>,
+) -> Result<u64, LabError> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await?;
+    let wanted = command.map(|c| format!("cmdstat_{c}:"));
+    Ok(info
+        .lines()
+        .filter(|l| match &wanted {
+            Some(prefix) => l.starts_with(prefix.as_str()),
+            None => l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"),
+        })
+        .filter_map(|l| l.split("calls=").nth(1))
+        .filter_map(|rest| rest.split(',').next())
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum())
+}
+
 /// Anything that stops a lab run.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {

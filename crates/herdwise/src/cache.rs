@@ -534,7 +534,7 @@ where
         self.inner
             .l1
             .get(stored_key)
-            .filter(|entry| self.l1_tags_ok(entry.tags.as_ref()))
+            .filter(|entry| self.l1_entry_ok(stored_key, entry))
     }
 
     pub(crate) fn lookup_l1(&self, key: &K) -> Result<Lookup<V>> {
@@ -546,7 +546,7 @@ where
             let found = inner
                 .l1
                 .get_classified(buf)
-                .filter(|(entry, _)| self.l1_tags_ok(entry.tags.as_ref()));
+                .filter(|(entry, _)| self.l1_entry_ok(buf, entry));
             Ok(match found {
                 Some((entry, true)) => {
                     inner.metrics.l1_hits.increment(1);

@@ -212,6 +212,19 @@ impl<V> LocalTier<V> {
         self.bytes_gauge.set(engine.weight() as f64);
     }
 
+    /// Removes `entry` from under `key`, but not a newer entry inserted there meanwhile.
+    pub fn remove_entry(&self, key: &str, entry: &L1Entry<V>) {
+        if let Some(engine) = self.engine.as_ref() {
+            let deadline = entry.expires_at;
+            if engine
+                .remove_if(key, |e| e.expires_at == deadline)
+                .is_some()
+            {
+                self.bytes_gauge.set(engine.weight() as f64);
+            }
+        }
+    }
+
     pub fn remove(&self, key: &str) {
         if let Some(engine) = self.engine.as_ref() {
             if engine.remove(key).is_some() {

@@ -239,9 +239,6 @@ where
             } => (stored_key, fallback),
         };
         let windows = self.windows(options);
-        if let Some(tags) = windows.tags.as_deref() {
-            collect_tags(tags.iter().map(|t| &**t), self.inner.max_tags)?;
-        }
         // Boxed: the miss path (lease, load, fill) is large; an L1 hit should not pay for moving
         // it around, nor should every task that awaits the cache carry it.
         Box::pin(self.through(&stored_key, key, loader, &windows, fallback, None)).await
@@ -264,6 +261,11 @@ where
         Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
         E: std::error::Error + Send + Sync + 'static,
     {
+        // The call's tags are checked before the origin is asked (not at fill time, when the
+        // only choice left would be to return the value uncached).
+        if let Some(tags) = windows.tags.as_deref() {
+            collect_tags(tags.iter().map(|t| &**t), self.inner.max_tags)?;
+        }
         // Stale-while-revalidate from L1: answer before joining any load in flight (which may be
         // the very refresh we would start), so the promise "at once" holds for every caller.
         if let Some(stale) = self.revalidate_behind(background, fallback.as_ref(), windows) {

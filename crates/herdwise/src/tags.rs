@@ -28,6 +28,7 @@ use crate::cache::{Cache, Inner};
 use crate::envelope::{TagStamp, MAX_STORED_TAGS, MAX_TAG_BYTES};
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
+use crate::local::L1Entry;
 use crate::retry::Retry;
 use crate::store::{Announcement, StoreError};
 
@@ -325,19 +326,21 @@ where
         }
     }
 
-    /// Whether an L1 entry with these tags may be served. Only a local `Valid` counts: anything
-    /// else goes to L2, where the store can decide.
-    pub(crate) fn l1_tags_ok(&self, tags: Option<&Arc<TagStamp>>) -> bool {
-        match tags {
-            None => true,
-            Some(stamp) => match self.inner.tags.verdict(stamp) {
-                Verdict::Valid => true,
-                Verdict::Invalid => {
-                    self.inner.metrics.tag_invalidated_reads.increment(1);
-                    false
-                }
-                Verdict::Unknown => false,
-            },
+    /// Whether the L1 entry found under `stored_key` may be served. Only a local `Valid` counts:
+    /// anything else goes to L2, where the store can decide. An entry a tag invalidation killed
+    /// is dropped from L1 at once (so it is judged, counted and kept in memory only once).
+    pub(crate) fn l1_entry_ok(&self, stored_key: &str, entry: &L1Entry<V>) -> bool {
+        let Some(stamp) = entry.tags.as_ref() else {
+            return true;
+        };
+        match self.inner.tags.verdict(stamp) {
+            Verdict::Valid => true,
+            Verdict::Invalid => {
+                self.inner.metrics.tag_invalidated_reads.increment(1);
+                self.inner.l1.remove_entry(stored_key, entry);
+                false
+            }
+            Verdict::Unknown => false,
         }
     }
 

@@ -22,6 +22,22 @@ async fn read(cache: &Cache<u64, String>, key: u64) -> Duration {
     t.elapsed()
 }
 
+/// Reads new keys from `first_key` on until the breaker opens, which must happen within 1 s of
+/// the fault (just injected); how long it took, and the next unused key.
+async fn read_until_open(cache: &Cache<u64, String>, first_key: u64) -> (Duration, u64) {
+    let fault = Instant::now();
+    let mut key = first_key;
+    while cache.breaker_state() != BreakerState::Open {
+        assert!(
+            fault.elapsed() < Duration::from_secs(1),
+            "the breaker must open within 1 s"
+        );
+        read(cache, key).await;
+        key += 1;
+    }
+    (fault.elapsed(), key)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_redis_opens_the_breaker_and_reads_stop_waiting_for_it() {
     let server = common::redis();
@@ -38,17 +54,7 @@ async fn a_frozen_redis_opens_the_breaker_and_reads_stop_waiting_for_it() {
     assert_eq!(cache.breaker_state(), BreakerState::Closed);
 
     server.pause().unwrap();
-    let fault = Instant::now();
-    let mut key = 1_000;
-    while cache.breaker_state() != BreakerState::Open {
-        assert!(
-            fault.elapsed() < Duration::from_secs(1),
-            "the breaker must open within 1 s"
-        );
-        read(&cache, key).await;
-        key += 1;
-    }
-    let opened_after = fault.elapsed();
+    let (opened_after, mut key) = read_until_open(&cache, 1_000).await;
     // Open: no store call at all, so a miss costs only the origin.
     let mut slowest = Duration::ZERO;
     for _ in 0..50 {
@@ -84,16 +90,7 @@ async fn a_killed_redis_opens_it_and_a_restart_closes_it() {
         .unwrap();
     read(&cache, 0).await;
     server.kill();
-    let fault = Instant::now();
-    let mut key = 1;
-    while cache.breaker_state() != BreakerState::Open {
-        assert!(
-            fault.elapsed() < Duration::from_secs(1),
-            "the breaker must open within 1 s"
-        );
-        read(&cache, key).await;
-        key += 1;
-    }
+    read_until_open(&cache, 1).await;
     server.restart().unwrap();
     let closed = common::eventually(Duration::from_secs(5), async || {
         read(&cache, 0).await;

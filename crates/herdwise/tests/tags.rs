@@ -92,6 +92,11 @@ async fn one_round_trip_makes_every_tagged_entry_unreadable_on_every_instance() 
         for key in 1_000..1_100u64 {
             assert!(value(cache, key).await.is_some(), "untagged entries stay");
         }
+        assert_eq!(
+            cache.l1_len(),
+            100,
+            "dead entries are dropped from L1, not kept"
+        );
     }
     // Entries written after the invalidation carry the new stamp and are served.
     a.set_with(&5, "new".to_string(), &shoes).await.unwrap();
@@ -367,4 +372,21 @@ async fn the_tag_clock_restarts_above_its_old_values_after_redis_loses_its_data(
         after > before,
         "a clock lost with Redis' data must restart above the old one ({before} → {after})"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_checks_the_calls_tags_before_asking_the_origin() {
+    let calls = common::Calls::default();
+    let counted = calls.clone();
+    let cache: Cache<u64, String> = Cache::builder("fetchtags")
+        .loader(move |_: &u64| {
+            counted.hit();
+            async { Ok::<_, OriginError>(Some("x".to_string())) }
+        })
+        .build()
+        .unwrap();
+    let bad = LoadOptions::default().tags(["fine", ""]);
+    let err = cache.fetch_with(&1, &bad).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidTag(_)), "{err}");
+    assert_eq!(calls.get(), 0);
 }

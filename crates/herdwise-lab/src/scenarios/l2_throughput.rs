@@ -51,21 +51,6 @@ impl Reader for HerdwiseGet {
     }
 }
 
-/// Total `calls` over all commands in `INFO commandstats`.
-async fn command_calls(conn: &mut ConnectionManager) -> Result<u64, LabError> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await?;
-    Ok(info
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"))
-        .filter_map(|l| l.split("calls=").nth(1))
-        .filter_map(|rest| rest.split(',').next())
-        .filter_map(|n| n.parse::<u64>().ok())
-        .sum())
-}
-
 /// A Herdwise cache that reads Redis on every call (L1 off, no compression).
 async fn l2_only_cache(url: &str, label: &str) -> Result<Cache<u64, Vec<u8>>, LabError> {
     Ok(Cache::builder(&format!("l2-{label}"))
@@ -130,7 +115,7 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
             ("herdwise get (L1 off)", herdwise_readers),
         ] {
             let fleet = Fleet::new(format!("{name} {label}"), readers);
-            let calls_before = command_calls(&mut admin).await?;
+            let calls_before = crate::command_calls(&mut admin, None).await?;
             let bar = settings.progress_bar(&format!("l2-throughput {name} {label}"), duration);
             let started = Instant::now();
             let mut result = measure(
@@ -146,7 +131,7 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
                 &bar,
             )
             .await;
-            let calls = command_calls(&mut admin)
+            let calls = crate::command_calls(&mut admin, None)
                 .await?
                 .saturating_sub(calls_before);
             result.extra.insert(

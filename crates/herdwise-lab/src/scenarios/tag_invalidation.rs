@@ -234,13 +234,13 @@ async fn herdwise(
         b.get(&i).await?;
     }
     a.invalidate_tag("warm-up").await?; // loads the script: not part of the measure
-    let evals = calls_of(admin, "evalsha").await?;
+    let evals = crate::command_calls(admin, Some("evalsha")).await?;
     let (took, bystanders) = with_bystanders(url, async {
         a.invalidate_tag(TAG).await?;
         Ok(())
     })
     .await?;
-    let round_trips = calls_of(admin, "evalsha").await? - evals;
+    let round_trips = crate::command_calls(admin, Some("evalsha")).await? - evals;
     // How long until B, which held every entry in L1, stops serving them.
     let t = Instant::now();
     while b.get(&0).await?.is_some() && t.elapsed() < Duration::from_secs(5) {
@@ -263,19 +263,4 @@ async fn herdwise(
         bystanders,
         extra,
     })
-}
-
-/// Total `calls` of `command` in `INFO commandstats`.
-async fn calls_of(conn: &mut ConnectionManager, command: &str) -> Result<u64, LabError> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await?;
-    Ok(info
-        .lines()
-        .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
-        .and_then(|l| l.split("calls=").nth(1))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0))
 }
