@@ -4,9 +4,10 @@
 //! Messages are `sender|sequence|kind|payload` on the namespace's channel (`herdwise:inv:<ns>`):
 //! the sender id tells an instance to ignore its own messages, and per-sender sequence numbers
 //! reveal lost ones. Whenever events may have been missed — a sequence gap, a resubscription
-//! after a disconnect or a Redis restart, a listener that fell behind — the instance clears its
-//! whole L1 for the namespace. So a lost event costs a few cache misses, never stale data for
-//! longer than it takes to notice; and the L1 TTL cap remains the last net.
+//! after a disconnect or a Redis restart, a listener that fell behind — the instance demotes its
+//! whole L1 for the namespace (see `recovery`): every entry is checked against L2 before it is
+//! served again. So a lost event costs an L2 read per key, never stale data for longer than it
+//! takes to notice; and the L1 TTL cap remains the last net.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -54,13 +55,14 @@ const GENERATION_RESYNC: Duration = Duration::from_secs(10);
 #[non_exhaustive]
 pub enum BackplaneTransport {
     /// Redis pub/sub on `herdwise:inv:<namespace>` (the default): cheapest, fire-and-forget. An
-    /// instance that loses its subscription, even for a moment, clears its L1 when it is back.
+    /// instance that loses its subscription, even for a moment, re-checks its L1 against L2 when
+    /// it is back.
     #[default]
     PubSub,
     /// A Redis Stream, `herdwise:{ns:<namespace>}:events`, trimmed to about `max_len` entries.
     /// Each event is stored, so an instance that loses its connection resumes after the last
     /// event it read and keeps its L1 — unless the events it missed were trimmed meanwhile (or
-    /// the stream was lost with Redis' data), which it detects and answers by clearing L1.
+    /// the stream was lost with Redis' data), which it detects and answers by re-checking L1.
     Streams {
         /// About how many events the stream keeps: how far behind an instance may fall and
         /// still resume (at 1 000 invalidations a second, 10 000 is ten seconds).
@@ -270,12 +272,14 @@ async fn listen<V: Send + Sync + 'static>(
 /// complete again from the clock it reads.
 async fn reset<V: Send + Sync + 'static>(inner: &Inner<V>, reason: &'static str) {
     inner.tags.reset();
-    inner.l1.clear();
+    // Demoted, not cleared: every entry is checked against L2 before it is used again, and
+    // stays a fallback meanwhile (clearing would send every read to the origin if L2 was lost).
+    inner.recovery.demote();
     inner.metrics.backplane_reset(reason);
     tracing::info!(
         namespace = inner.keys.namespace(),
         reason,
-        "L1 cleared: invalidation events may have been missed"
+        "L1 demoted: invalidation events may have been missed"
     );
     if let Some(clock) = sync_generation(inner).await {
         inner.tags.complete(clock);

@@ -14,9 +14,12 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use parking_lot::Mutex;
 
 use crate::metrics::CacheMetrics;
+use crate::recovery::Recovery;
 
 /// Buckets per window.
 const BUCKETS: usize = 10;
@@ -183,10 +186,17 @@ pub(crate) struct Breaker {
     inner: Mutex<Inner>,
     namespace: String,
     metrics: CacheMetrics,
+    /// Told when a probe closes the breaker: the remote tier is back.
+    recovery: Arc<Recovery>,
 }
 
 impl Breaker {
-    pub fn new(config: BreakerConfig, namespace: &str, metrics: CacheMetrics) -> Self {
+    pub fn new(
+        config: BreakerConfig,
+        namespace: &str,
+        metrics: CacheMetrics,
+        recovery: Arc<Recovery>,
+    ) -> Self {
         metrics.breaker_state.set(BreakerState::Closed.gauge());
         let now = Instant::now();
         Breaker {
@@ -201,6 +211,7 @@ impl Breaker {
             }),
             namespace: namespace.to_string(),
             metrics,
+            recovery,
         }
     }
 
@@ -241,6 +252,7 @@ impl Breaker {
             } else {
                 inner.buckets = [Bucket::default(); BUCKETS];
                 self.transition(&mut inner, BreakerState::Closed);
+                self.recovery.recovered();
             }
             return;
         }
@@ -305,7 +317,8 @@ mod tests {
     use super::*;
 
     fn breaker(config: BreakerConfig) -> Breaker {
-        Breaker::new(config, "t", CacheMetrics::new("t"))
+        let recovery = Arc::new(Recovery::new(Duration::from_secs(1)));
+        Breaker::new(config, "t", CacheMetrics::new("t"), recovery)
     }
 
     fn config() -> BreakerConfig {

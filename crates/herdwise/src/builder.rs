@@ -22,10 +22,12 @@ use crate::loader::{Loader, SharedLoader};
 use crate::local::LocalTier;
 use crate::metrics::CacheMetrics;
 use crate::origin_limit::OriginLimit;
+use crate::recovery::Recovery;
 use crate::remote::Remote;
 use crate::retry::RetryQueue;
 use crate::store::{MemoryStore, Store};
 use crate::tags::{clock_key, TagLedger, TagsFrom, DEFAULT_MAX_TAGS_PER_ENTRY};
+use crate::warm::RewarmPolicy;
 
 /// Default TTL of positive entries.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
@@ -51,6 +53,8 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 pub const DEFAULT_LEASE_POLL: Duration = Duration::from_millis(100);
 /// Default number of hot keys reported.
 pub const DEFAULT_HOT_KEYS: usize = 10;
+/// How long after a remote-tier recovery L1 answers for keys the remote tier lost.
+pub const DEFAULT_RECOVERY_WINDOW: Duration = Duration::from_secs(30);
 /// Default bound on keys with a load in flight.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
 
@@ -104,6 +108,8 @@ pub struct CacheBuilder<K: ?Sized, V> {
     hot_keys: usize,
     max_tags: usize,
     tags_from: Option<TagsFrom<V>>,
+    recovery_window: Duration,
+    rewarm: Option<RewarmPolicy>,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -147,6 +153,8 @@ where
             hot_keys: DEFAULT_HOT_KEYS,
             max_tags: DEFAULT_MAX_TAGS_PER_ENTRY,
             tags_from: None,
+            recovery_window: DEFAULT_RECOVERY_WINDOW,
+            rewarm: Some(RewarmPolicy::default()),
             _key: PhantomData,
         }
     }
@@ -376,6 +384,50 @@ where
         self
     }
 
+    /// How long after the remote tier recovers from an outage (the breaker closes again) L1
+    /// answers, flagged stale, for keys the remote tier lost, instead of sending each of them to
+    /// the origin at once (default 30 s). Every L1 entry is re-checked against L2 first; the
+    /// staggered re-warm reloads the hottest keys meanwhile. `Duration::ZERO`: reads of lost
+    /// keys load at once.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cache: herdwise::Cache<u64, String> = herdwise::Cache::builder("users")
+    ///     .recovery_window(Duration::from_secs(10))
+    ///     .build()
+    ///     .unwrap();
+    /// ```
+    pub fn recovery_window(mut self, window: Duration) -> Self {
+        self.recovery_window = window;
+        self
+    }
+
+    /// How the hottest keys are reloaded after the remote tier recovers from an outage (default
+    /// [`RewarmPolicy::default`]: top 1 % within 5 s, top 10 % within the next 10 s, the rest
+    /// of the tracked keys within the next 15 s). Needs a registered loader; the keys are those
+    /// this instance read with [`Cache::fetch`] lately, ranked by the hot-key tracker.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let policy = herdwise::RewarmPolicy::default()
+    ///     .stages([(0.01, Duration::from_secs(30)), (0.1, Duration::from_secs(60)), (1.0, Duration::from_secs(60))])
+    ///     .max_keys(5_000);
+    /// let cache: herdwise::Cache<u64, String> = herdwise::Cache::builder("users")
+    ///     .rewarm_after_recovery(policy)
+    ///     .build()
+    ///     .unwrap();
+    /// ```
+    pub fn rewarm_after_recovery(mut self, policy: RewarmPolicy) -> Self {
+        self.rewarm = Some(policy);
+        self
+    }
+
+    /// No automatic re-warm after a recovery.
+    pub fn no_rewarm_after_recovery(mut self) -> Self {
+        self.rewarm = None;
+        self
+    }
+
     /// How many of the hottest keys [`Cache::hot_keys`] reports (default 10).
     pub fn hot_keys(mut self, k: usize) -> Self {
         self.hot_keys = k;
@@ -466,12 +518,18 @@ where
         if self.max_in_flight == 0 {
             return Err(Error::Config("max_in_flight must be positive".into()));
         }
+        if let Some(policy) = self.rewarm.as_ref() {
+            policy.validate().map_err(Error::Config)?;
+        }
         let keys = KeySpace::new(&self.namespace, self.schema_version, self.max_key_bytes)?;
         let metrics = CacheMetrics::new(&self.namespace);
+        let recovery = Arc::new(Recovery::new(self.recovery_window));
+        let hot_keys = HotKeys::new(self.hot_keys, metrics.hottest_key_share.clone());
         let l1 = LocalTier::new(
             self.l1_max_bytes,
             metrics.l1_evictions.clone(),
             metrics.l1_bytes.clone(),
+            recovery.clone(),
         )
         .map_err(Error::Config)?;
         let store = self
@@ -493,6 +551,7 @@ where
             self.breaker,
             metrics.clone(),
             &self.namespace,
+            recovery.clone(),
         );
         let ttl_policy = TtlPolicy {
             ttl: self.ttl,
@@ -532,10 +591,15 @@ where
                 tag_mark_ttl,
                 max_tags: self.max_tags,
                 tags_from: self.tags_from,
-                hot_keys: HotKeys::new(self.hot_keys),
+                hot_keys,
                 origin_limit: self
                     .origin_limit
                     .map(|(max, wait)| OriginLimit::new(max, wait)),
+                recovery,
+                rewarm: self.rewarm,
+                key_book: std::sync::OnceLock::new(),
+                rewarm_started: std::sync::atomic::AtomicBool::new(false),
+                warmed: std::sync::atomic::AtomicBool::new(false),
             },
             self.loader,
         ))

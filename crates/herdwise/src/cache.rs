@@ -5,11 +5,12 @@
 //! decisions), `tiers` (entries in and out of L1/L2), `lease`, `flight`, `remote`, `local` — and
 //! this file only holds them together.
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::backplane::{generation_key, sync_generation, Backplane, Invalidation};
@@ -23,14 +24,16 @@ use crate::hotkeys::HotKeys;
 use crate::key::{CacheKey, KeySpace};
 use crate::lease::{FillWaiters, LeaseConfig};
 use crate::loader::SharedLoader;
-use crate::local::LocalTier;
+use crate::local::{L1Entry, LocalTier, Standing};
 use crate::metrics::CacheMetrics;
 use crate::origin_limit::OriginLimit;
 use crate::read_through::{LoadOptions, LoadResult};
+use crate::recovery::Recovery;
 use crate::remote::Remote;
 use crate::retry::{Retry, RetryQueue};
 use crate::tags::{TagLedger, TagsFrom};
 use crate::tiers::{Fallback, L2Read, WriteMode};
+use crate::warm::RewarmPolicy;
 use crate::write::WriteOptions;
 
 /// How long a prefix invalidation may take to walk L2.
@@ -90,6 +93,16 @@ pub(crate) struct Inner<V> {
     pub origin_limit: Option<OriginLimit>,
     /// Read frequencies (sampled), for `hot_keys`.
     pub hot_keys: HotKeys,
+    /// L1 demotion and remote-tier recoveries.
+    pub recovery: Arc<Recovery>,
+    /// `None`: no automatic re-warm after a recovery.
+    pub rewarm: Option<RewarmPolicy>,
+    /// Typed keys worth re-warming (a `KeyBook<K::Owned>`, typed where `K: ToOwned` is known).
+    pub key_book: OnceLock<Box<dyn Any + Send + Sync>>,
+    /// The re-warm task has been started.
+    pub rewarm_started: AtomicBool,
+    /// A warm has completed (see `is_warm`).
+    pub warmed: AtomicBool,
 }
 
 /// A typed, multi-tier, read-through cache.
@@ -201,11 +214,24 @@ where
     /// ```
     pub async fn get(&self, key: &K) -> Result<Option<Arc<V>>> {
         self.ensure_generation().await;
-        let stored_key = match self.lookup_l1(key)? {
+        let (stored_key, mut fallback) = match self.lookup_l1(key)? {
             Lookup::Fresh(value, _) => return Ok(value),
-            Lookup::Miss { stored_key, .. } => stored_key,
+            Lookup::Miss {
+                stored_key,
+                fallback,
+            } => (stored_key, fallback),
         };
-        // Boxed: an L1 hit should not carry the size of the L2 read in its future.
+        if fallback.as_ref().is_some_and(|f| f.unverified) {
+            // Boxed: an L1 hit should not carry the size of the L2 read in its future.
+            let stale_if_error = self.inner.ttl.stale_if_error;
+            let verify = self.verify_in_l2(&stored_key, &mut fallback, stale_if_error, false);
+            if let Some(answer) = Box::pin(verify).await {
+                return Ok(answer.value);
+            }
+            // L2 was asked and has nothing fresh.
+            self.inner.metrics.misses.increment(1);
+            return Ok(None);
+        }
         match Box::pin(self.read_l2(&stored_key)).await {
             L2Read::Fresh(value, ..) => Ok(value),
             L2Read::Stale(_) | L2Read::Miss => {
@@ -529,12 +555,13 @@ where
         }
     }
 
-    /// The live L1 entry for a stored key, if its tags (if any) let it be served.
-    pub(crate) fn l1_get(&self, stored_key: &str) -> Option<crate::local::L1Entry<V>> {
+    /// The live L1 entry for a stored key and how it may be used, if its tags (if any) let it
+    /// be served.
+    pub(crate) fn l1_get(&self, stored_key: &str) -> Option<(L1Entry<V>, Standing)> {
         self.inner
             .l1
-            .get(stored_key)
-            .filter(|entry| self.l1_entry_ok(stored_key, entry))
+            .get_classified(stored_key)
+            .filter(|(entry, _)| self.l1_entry_ok(stored_key, entry))
     }
 
     pub(crate) fn lookup_l1(&self, key: &K) -> Result<Lookup<V>> {
@@ -548,17 +575,13 @@ where
                 .get_classified(buf)
                 .filter(|(entry, _)| self.l1_entry_ok(buf, entry));
             Ok(match found {
-                Some((entry, true)) => {
+                Some((entry, Standing::Fresh)) => {
                     inner.metrics.l1_hits.increment(1);
                     Lookup::Fresh(entry.value, entry.meta)
                 }
-                Some((entry, false)) => Lookup::Miss {
+                Some((entry, standing)) => Lookup::Miss {
                     stored_key: buf.clone(),
-                    fallback: Some(Fallback {
-                        value: entry.value,
-                        meta: entry.meta,
-                        tags: entry.tags,
-                    }),
+                    fallback: Some(Fallback::from_l1(entry, standing)),
                 },
                 None => Lookup::Miss {
                     stored_key: buf.clone(),

@@ -18,12 +18,16 @@ const DEPTH: usize = 4;
 const WIDTH: usize = 4096;
 /// One read in this many is counted.
 const SAMPLE: u32 = 64;
+/// Samples between two updates of the hottest-key gauge.
+const SHARE_EVERY: u64 = 1 << 10;
 /// Samples between two halvings of every count.
 const DECAY_EVERY: u64 = 1 << 16;
 
 /// Count-min sketch and top candidates of one cache.
 pub(crate) struct HotKeys {
     k: usize,
+    /// The hottest key's share of the (decayed) samples, refreshed every `SHARE_EVERY` samples.
+    share_gauge: metrics::Gauge,
     hashers: [quick_cache::DefaultHashBuilder; DEPTH],
     state: Mutex<State>,
 }
@@ -31,19 +35,23 @@ pub(crate) struct HotKeys {
 struct State {
     counts: Box<[[u32; WIDTH]; DEPTH]>,
     samples: u64,
+    /// Samples, halved with the counts: what a count is a share of.
+    weight: u64,
     /// Key → estimate when last seen: at most `4 k` candidates.
     candidates: HashMap<Box<str>, u32>,
 }
 
 impl HotKeys {
     /// Tracks the `k` hottest keys.
-    pub fn new(k: usize) -> Self {
+    pub fn new(k: usize, share_gauge: metrics::Gauge) -> Self {
         HotKeys {
             k: k.max(1),
+            share_gauge,
             hashers: std::array::from_fn(|_| quick_cache::DefaultHashBuilder::default()),
             state: Mutex::new(State {
                 counts: Box::new([[0; WIDTH]; DEPTH]),
                 samples: 0,
+                weight: 0,
                 candidates: HashMap::new(),
             }),
         }
@@ -64,7 +72,14 @@ impl HotKeys {
             estimate = estimate.min(*c);
         }
         state.samples += 1;
+        state.weight += 1;
+        if state.samples % SHARE_EVERY == 0 {
+            let hottest = state.candidates.values().max().copied().unwrap_or(0);
+            self.share_gauge
+                .set(f64::from(hottest) / state.weight.max(1) as f64);
+        }
         if state.samples % DECAY_EVERY == 0 {
+            state.weight /= 2;
             for row in state.counts.iter_mut() {
                 row.iter_mut().for_each(|c| *c /= 2);
             }
@@ -91,6 +106,18 @@ impl HotKeys {
                 state.candidates.insert(key.into(), estimate);
             }
         }
+    }
+
+    /// The estimated (sampled) reads of any key: for ranking keys that are not candidates.
+    pub fn estimate(&self, key: &str) -> u64 {
+        let slots: [usize; DEPTH] =
+            std::array::from_fn(|row| (self.hashers[row].hash_one(key) as usize) % WIDTH);
+        let state = self.state.lock();
+        let min = (0..DEPTH)
+            .map(|row| state.counts[row][slots[row]])
+            .min()
+            .unwrap_or(0);
+        u64::from(min) * u64::from(SAMPLE)
     }
 
     /// The hottest keys, hottest first, with their estimated reads (scaled back from the
@@ -149,7 +176,7 @@ mod tests {
 
     #[test]
     fn finds_the_true_top_10_of_a_zipf_stream() {
-        let hot = HotKeys::new(10);
+        let hot = HotKeys::new(10, metrics::Gauge::noop());
         let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
         let mut draw = zipf_sampler(100_000, 1.0);
         let mut truth = vec![0u64; 100_000];
@@ -177,7 +204,7 @@ mod tests {
 
     #[test]
     fn a_key_that_cools_down_falls_out() {
-        let hot = HotKeys::new(1);
+        let hot = HotKeys::new(1, metrics::Gauge::noop());
         for _ in 0..(DECAY_EVERY as usize * SAMPLE as usize / 2) {
             hot.record("old");
         }

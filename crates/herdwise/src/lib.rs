@@ -65,12 +65,14 @@ mod local;
 pub mod metrics;
 mod origin_limit;
 mod read_through;
+mod recovery;
 mod refresh;
 mod remote;
 mod retry;
 pub mod store;
 mod tags;
 mod tiers;
+mod warm;
 mod write;
 
 pub use backplane::BackplaneTransport;
@@ -78,8 +80,8 @@ pub use breaker::{BreakerConfig, BreakerState};
 pub use builder::{
     CacheBuilder, DEFAULT_FAIL_SAFE_THROTTLE, DEFAULT_HOT_KEYS, DEFAULT_L1_MAX_BYTES,
     DEFAULT_L1_TTL_CAP, DEFAULT_LEASE_POLL, DEFAULT_LEASE_TTL, DEFAULT_MAX_IN_FLIGHT,
-    DEFAULT_MAX_VALUE_BYTES, DEFAULT_NEGATIVE_TTL, DEFAULT_STALE_IF_ERROR, DEFAULT_TTL,
-    DEFAULT_TTL_JITTER, DEFAULT_XFETCH_BETA,
+    DEFAULT_MAX_VALUE_BYTES, DEFAULT_NEGATIVE_TTL, DEFAULT_RECOVERY_WINDOW, DEFAULT_STALE_IF_ERROR,
+    DEFAULT_TTL, DEFAULT_TTL_JITTER, DEFAULT_XFETCH_BETA,
 };
 pub use cache::{Cache, WriteOutcome};
 pub use codec::{Codec, CodecError, Json, Postcard};
@@ -93,4 +95,5 @@ pub use store::{
     Announcement, MemoryStore, RedisStore, RedisStoreBuilder, SetOutcome, Store, StoreError,
 };
 pub use tags::DEFAULT_MAX_TAGS_PER_ENTRY;
+pub use warm::{RewarmPolicy, WarmOptions, WarmReport};
 pub use write::WriteOptions;

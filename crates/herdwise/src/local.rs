@@ -16,6 +16,7 @@ use quick_cache::sync::Cache as Engine;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 
 use crate::envelope::{Meta, TagStamp};
+use crate::recovery::Recovery;
 
 /// Bookkeeping bytes charged to every entry on top of key and value.
 const ENTRY_OVERHEAD: u64 = 96;
@@ -37,6 +38,20 @@ pub(crate) struct L1Entry<V> {
     /// The entry's tags, checked on every hit against what this instance knows of tag
     /// invalidations (`tags`).
     pub tags: Option<Arc<TagStamp>>,
+    /// The demotion era it was stored in (see `recovery`): from an earlier era, it is
+    /// unverified.
+    pub era: u64,
+}
+
+/// How an L1 entry may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// Serve it.
+    Fresh,
+    /// Past its fresh time: a fallback only.
+    Stale,
+    /// Stored before events were missed (an outage, a backplane gap): ask L2 before using it.
+    Unverified,
 }
 
 impl<V> Clone for L1Entry<V> {
@@ -48,6 +63,7 @@ impl<V> Clone for L1Entry<V> {
             meta: self.meta,
             size: self.size,
             tags: self.tags.clone(),
+            era: self.era,
         }
     }
 }
@@ -90,6 +106,7 @@ pub(crate) struct LocalTier<V> {
     stripes: Box<[AtomicU64]>,
     cleared: AtomicU64,
     hasher: DefaultHashBuilder,
+    recovery: Arc<Recovery>,
 }
 
 impl<V> LocalTier<V> {
@@ -97,6 +114,7 @@ impl<V> LocalTier<V> {
         max_bytes: u64,
         evictions: Counter,
         bytes_gauge: metrics::Gauge,
+        recovery: Arc<Recovery>,
     ) -> Result<Self, String> {
         let stripes = (0..EPOCH_STRIPES).map(|_| AtomicU64::new(0)).collect();
         if max_bytes == 0 {
@@ -106,6 +124,7 @@ impl<V> LocalTier<V> {
                 stripes,
                 cleared: AtomicU64::new(0),
                 hasher: DefaultHashBuilder::default(),
+                recovery,
             });
         }
         // A rough item estimate only sizes the tables; the weight is the real bound.
@@ -127,23 +146,31 @@ impl<V> LocalTier<V> {
             stripes,
             cleared: AtomicU64::new(0),
             hasher: DefaultHashBuilder::default(),
+            recovery,
         })
     }
 
     /// The live (fresh or stale) entry for `key`, if any; an expired entry is removed and
     /// reported as absent.
+    #[cfg(test)]
     pub fn get(&self, key: &str) -> Option<L1Entry<V>> {
         self.get_classified(key).map(|(entry, _)| entry)
     }
 
-    /// [`LocalTier::get`], and whether the entry is fresh, with one clock read for both.
-    pub fn get_classified(&self, key: &str) -> Option<(L1Entry<V>, bool)> {
+    /// [`LocalTier::get`], and how the entry may be used, with one clock read for both.
+    pub fn get_classified(&self, key: &str) -> Option<(L1Entry<V>, Standing)> {
         let engine = self.engine.as_ref()?;
         let entry = engine.get(key)?;
         let now = Instant::now();
         if entry.expires_at > now {
-            let fresh = entry.fresh_until > now;
-            return Some((entry, fresh));
+            let standing = if entry.era != self.recovery.era() {
+                Standing::Unverified
+            } else if entry.fresh_until > now {
+                Standing::Fresh
+            } else {
+                Standing::Stale
+            };
+            return Some((entry, standing));
         }
         let deadline = entry.expires_at;
         // Remove only the entry we saw expire, not a fresher one inserted meanwhile.
@@ -190,6 +217,7 @@ impl<V> LocalTier<V> {
         if self.epoch(key) != epoch {
             return;
         }
+        let era = self.recovery.era();
         if live.is_zero() {
             engine.remove(key);
             return;
@@ -202,6 +230,7 @@ impl<V> LocalTier<V> {
             meta: *meta,
             size: u32::try_from(size).unwrap_or(u32::MAX),
             tags,
+            era,
         };
         let expires_at = entry.expires_at;
         engine.insert(key.into(), entry);
@@ -210,6 +239,36 @@ impl<V> LocalTier<V> {
             engine.remove_if(key, |e| e.expires_at == expires_at);
         }
         self.bytes_gauge.set(engine.weight() as f64);
+    }
+
+    /// Keeps the unverified entry under `key` (if it is still there and still unverified) as a
+    /// flagged stale copy of the current era, served for `fresh_for` at most: L2 lost the key
+    /// after an outage, and re-asking it on every read would only add load. `epoch` is taken
+    /// before L2 was asked, so an invalidation meanwhile wins.
+    pub fn keep_unverified(&self, key: &str, fresh_for: Duration, epoch: u64) {
+        let Some(engine) = self.engine.as_ref() else {
+            return;
+        };
+        let era = self.recovery.era();
+        let Some(entry) = engine.get(key).filter(|e| e.era != era) else {
+            return;
+        };
+        let now = Instant::now();
+        let live = entry.expires_at.saturating_duration_since(now);
+        let meta = Meta {
+            stale_copy: true,
+            ..entry.meta
+        };
+        let size = entry.size as usize;
+        self.insert(
+            key,
+            entry.value,
+            &meta,
+            size,
+            (live, fresh_for),
+            epoch,
+            entry.tags,
+        );
     }
 
     /// Removes `entry` from under `key`, but not a newer entry inserted there meanwhile.
@@ -286,7 +345,8 @@ mod tests {
     }
 
     fn tier(bytes: u64) -> LocalTier<Vec<u8>> {
-        LocalTier::new(bytes, Counter::noop(), metrics::Gauge::noop()).unwrap()
+        let recovery = Arc::new(Recovery::new(Duration::from_secs(1)));
+        LocalTier::new(bytes, Counter::noop(), metrics::Gauge::noop(), recovery).unwrap()
     }
 
     #[test]
@@ -325,6 +385,26 @@ mod tests {
             assert!(l1.weight() <= l1.capacity(), "after insert {i}");
         }
         assert!(l1.len() > 10);
+    }
+
+    #[test]
+    fn a_demotion_leaves_entries_unverified_until_stored_again() {
+        let recovery = Arc::new(Recovery::new(Duration::from_secs(1)));
+        let l1: LocalTier<Vec<u8>> = LocalTier::new(
+            1 << 20,
+            Counter::noop(),
+            metrics::Gauge::noop(),
+            recovery.clone(),
+        )
+        .unwrap();
+        let s = Duration::from_secs(10);
+        let put = |k: &str| l1.insert(k, None, &meta(), 1, (s, s), l1.epoch(k), None);
+        put("a");
+        assert_eq!(l1.get_classified("a").unwrap().1, Standing::Fresh);
+        recovery.demote();
+        assert_eq!(l1.get_classified("a").unwrap().1, Standing::Unverified);
+        put("a");
+        assert_eq!(l1.get_classified("a").unwrap().1, Standing::Fresh);
     }
 
     #[test]

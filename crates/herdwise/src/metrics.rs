@@ -21,7 +21,7 @@
 //! | `herdwise_lease_wait_timeouts_total` | counter | | waiters that gave up on another instance's fill and loaded themselves |
 //! | `herdwise_fills_refused_total` | counter | `reason` = `lease_lost`/`older` | fills not written: the lease was voided by a write/invalidation (or expired), or L2 holds a newer version |
 //! | `herdwise_backplane_received_total` | counter | | invalidations received from other instances |
-//! | `herdwise_backplane_resets_total` | counter | `reason` = `gap`/`resubscribed`/`lagged`/`tag_events_missed` | L1 cleared because invalidation events may have been missed |
+//! | `herdwise_backplane_resets_total` | counter | `reason` = `gap`/`resubscribed`/`lagged`/`tag_events_missed` | L1 demoted (every entry re-checked against L2 before use) because invalidation events may have been missed |
 //! | `herdwise_tag_invalidations_total` | counter | | `invalidate_tag` calls |
 //! | `herdwise_tag_store_checks_total` | counter | | tagged entries checked against the store's marks (one `MGET`) because local knowledge could not decide |
 //! | `herdwise_tag_invalidated_reads_total` | counter | | entries found in L1 or L2 but not served because one of their tags was invalidated after them |
@@ -31,6 +31,9 @@
 //! | `herdwise_breaker_transitions_total` | counter | `to` = `closed`/`open`/`half_open` | breaker state changes |
 //! | `herdwise_breaker_rejected_total` | counter | | remote calls not made because the breaker was open |
 //! | `herdwise_origin_limited_total` | counter | `outcome` = `stale`/`waited`/`overloaded` | loads that found the origin at its concurrency limit: answered stale, waited for a slot, or shed with `Error::Overloaded` |
+//! | `herdwise_recovery_served_from_l1_total` | counter | | reads answered from L1 (flagged stale) in the window after a remote-tier recovery, for keys the remote tier lost |
+//! | `herdwise_warmed_total` | counter | `outcome` = `loaded`/`cached`/`absent`/`failed`, `trigger` = `warm`/`recovery` | keys warmed: loaded from the origin, already cached, not at the origin, or failed |
+//! | `herdwise_hottest_key_share` | gauge | | the hottest key's share of recent reads (sampled; refreshed every ~65k reads) |
 //! | `herdwise_l1_evictions_total` | counter | | L1 entries evicted for space |
 //! | `herdwise_l1_bytes` | gauge | | L1 weight in bytes |
 
@@ -88,6 +91,12 @@ pub const BREAKER_TRANSITIONS: &str = "herdwise_breaker_transitions_total";
 pub const BREAKER_REJECTED: &str = "herdwise_breaker_rejected_total";
 /// Loads that found the origin at its concurrency limit.
 pub const ORIGIN_LIMITED: &str = "herdwise_origin_limited_total";
+/// Reads answered from L1 after a recovery, for keys the remote tier lost.
+pub const RECOVERY_SERVED_FROM_L1: &str = "herdwise_recovery_served_from_l1_total";
+/// Keys warmed.
+pub const WARMED: &str = "herdwise_warmed_total";
+/// The hottest key's share of recent reads.
+pub const HOTTEST_KEY_SHARE: &str = "herdwise_hottest_key_share";
 /// L1 evictions.
 pub const L1_EVICTIONS: &str = "herdwise_l1_evictions_total";
 /// L1 weight in bytes.
@@ -157,6 +166,26 @@ pub(crate) struct CacheMetrics {
     pub origin_limited_overloaded: Counter,
     /// `[op][kind]`, see [`StoreOp`] and [`FailureKind`].
     store_errors: [[Counter; 2]; 4],
+    pub recovery_served_from_l1: Counter,
+    pub hottest_key_share: Gauge,
+    /// `[trigger][outcome]`, see [`WarmTrigger`] and [`WarmOutcome`].
+    warmed: [[Counter; 4]; 2],
+}
+
+/// What started a warm, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WarmTrigger {
+    Warm,
+    Recovery,
+}
+
+/// What warming one key did, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WarmOutcome {
+    Loaded,
+    Cached,
+    Absent,
+    Failed,
 }
 
 impl CacheMetrics {
@@ -214,7 +243,18 @@ impl CacheMetrics {
                 [store("delete", "error"), store("delete", "timeout")],
                 [store("lease", "error"), store("lease", "timeout")],
             ],
+            recovery_served_from_l1: counter!(RECOVERY_SERVED_FROM_L1, "namespace" => ns.clone()),
+            hottest_key_share: gauge!(HOTTEST_KEY_SHARE, "namespace" => ns.clone()),
+            warmed: ["warm", "recovery"].map(|trigger| {
+                ["loaded", "cached", "absent", "failed"].map(|outcome| {
+                    counter!(WARMED, "namespace" => ns.clone(), "trigger" => trigger, "outcome" => outcome)
+                })
+            }),
         }
+    }
+
+    pub fn warmed(&self, trigger: WarmTrigger, outcome: WarmOutcome) {
+        self.warmed[trigger as usize][outcome as usize].increment(1);
     }
 
     pub fn backplane_reset(&self, reason: &str) {

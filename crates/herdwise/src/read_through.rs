@@ -23,6 +23,7 @@ use crate::flight::Join;
 use crate::freshness::now_ms;
 use crate::key::CacheKey;
 use crate::lease::{HeldLease, LeaseConfig};
+use crate::local::Standing;
 use crate::origin_limit::Slot;
 use crate::store::FillOutcome;
 use crate::tags::collect_tags;
@@ -194,6 +195,8 @@ pub(crate) struct Windows {
     stale_while_revalidate: Duration,
     /// The call's own tags for what it loads.
     tags: Option<Arc<[Box<str>]>>,
+    /// A re-warm: it must reach the origin even in the recovery window.
+    pub warming: bool,
 }
 
 impl<K, V> Cache<K, V>
@@ -266,6 +269,18 @@ where
         if let Some(tags) = windows.tags.as_deref() {
             collect_tags(tags.iter().map(|t| &**t), self.inner.max_tags)?;
         }
+        let mut fallback = fallback;
+        if let Some(answer) = self
+            .verify_in_l2(
+                stored_key,
+                &mut fallback,
+                windows.stale_if_error,
+                windows.warming,
+            )
+            .await
+        {
+            return Ok(answer);
+        }
         // Stale-while-revalidate from L1: answer before joining any load in flight (which may be
         // the very refresh we would start), so the promise "at once" holds for every caller.
         if let Some(stale) = self.revalidate_behind(background, fallback.as_ref(), windows) {
@@ -324,7 +339,46 @@ where
                 .stale_while_revalidate
                 .unwrap_or(policy.stale_while_revalidate),
             tags: options.tags.clone(),
+            warming: false,
         }
+    }
+
+    /// An L1 entry from before events were missed stands in `fallback`: ask L2 first, and take
+    /// its copy if it has one. If L2 lost the key and a remote-tier recovery is recent, answer
+    /// from L1 (flagged stale) and keep the entry a while longer — the staggered re-warm, or the
+    /// first read after the window, reloads it — rather than send every such read to the
+    /// origin at once. `Some` when that settles the read.
+    pub(crate) async fn verify_in_l2(
+        &self,
+        stored_key: &str,
+        fallback: &mut Option<Fallback<V>>,
+        stale_if_error: Duration,
+        warming: bool,
+    ) -> Option<Fetched<V>> {
+        if !fallback.as_ref().is_some_and(|f| f.unverified) {
+            return None;
+        }
+        let inner = &*self.inner;
+        let epoch = inner.l1.epoch(stored_key);
+        match self.read_l2(stored_key).await {
+            L2Read::Fresh(value, meta, _) => return Some(Fetched::of(value, meta.stale_copy)),
+            L2Read::Stale(found) => *fallback = Some(found),
+            L2Read::Miss => {}
+        }
+        let window_left = inner.recovery.window_left()?;
+        if warming {
+            return None;
+        }
+        let found = fallback
+            .as_ref()
+            .filter(|f| f.unverified && f.usable_within(stale_if_error, now_ms()))?;
+        // Spread over a second window, so that the entries kept do not all fall due together.
+        let spread = inner.recovery.window().mul_f64(rand::random::<f64>());
+        inner
+            .l1
+            .keep_unverified(stored_key, window_left + spread, epoch);
+        inner.metrics.recovery_served_from_l1.increment(1);
+        Some(Fetched::of(found.value.clone(), true))
     }
 
     /// The leader's work for one key: re-check L1, then L2, then (under the cross-instance
@@ -350,8 +404,8 @@ where
         // A previous leader may have filled L1 between our miss and our election.
         let mut fallback = fallback;
         let superseded = |meta: &Meta| refresh_of.is_some_and(|r| meta.fresh_until_ms <= r);
-        if let Some(entry) = self.l1_get(stored_key) {
-            if entry.fresh_until > Instant::now() && !superseded(&entry.meta) {
+        if let Some((entry, Standing::Fresh)) = self.l1_get(stored_key) {
+            if !superseded(&entry.meta) {
                 inner.metrics.l1_hits.increment(1);
                 return Ok(Fetched::of(entry.value, entry.meta.stale_copy));
             }
@@ -361,7 +415,7 @@ where
                 return Ok(Fetched::of(value, meta.stale_copy))
             }
             L2Read::Fresh(value, meta, tags) => {
-                fallback = Fallback::newer(fallback, Some(Fallback { value, meta, tags }))
+                fallback = Fallback::newer(fallback, Some(Fallback::from_l2(value, meta, tags)))
             }
             L2Read::Stale(found) => fallback = Fallback::newer(fallback, Some(found)),
             L2Read::Miss => {}
@@ -510,9 +564,10 @@ where
             Some(limit) => match limit.try_slot() {
                 Slot::Granted(permit) => Some(permit),
                 Slot::Busy => {
-                    let stale = fallback
-                        .as_ref()
-                        .filter(|f| f.usable_within(windows.stale_if_error, now_ms()));
+                    // (A warm is there to load: it waits for a slot instead.)
+                    let stale = fallback.as_ref().filter(|f| {
+                        !windows.warming && f.usable_within(windows.stale_if_error, now_ms())
+                    });
                     if let Some(found) = stale {
                         metrics.origin_limited_stale.increment(1);
                         let value = found.value.clone();

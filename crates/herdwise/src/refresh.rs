@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::flight::Join;
 use crate::freshness::{now_ms, xfetch_due};
 use crate::key::CacheKey;
+use crate::local::Standing;
 use crate::read_through::{Fetched, LoadOptions};
 use crate::tiers::{Fallback, L2Read};
 
@@ -57,11 +58,9 @@ where
                 // The read put any stale value it found into L1.
                 let windows = self.windows(options);
                 let stored_key = self.inner.keys.stored_key(key)?;
-                let stale = self.l1_get(&stored_key).map(|entry| Fallback {
-                    value: entry.value,
-                    meta: entry.meta,
-                    tags: entry.tags,
-                });
+                let stale = self
+                    .l1_get(&stored_key)
+                    .map(|(entry, standing)| Fallback::from_l1(entry, standing));
                 match stale.filter(|f| f.usable_within(windows.stale_if_error, now_ms())) {
                     Some(found) => {
                         self.inner.metrics.stale_served_soft_timeout.increment(1);
@@ -91,6 +90,8 @@ where
                 fallback,
             } => (stored_key, fallback),
         };
+        self.remember(&stored_key, key);
+        self.ensure_rewarm();
         let windows = self.windows(options);
         let background = |refresh_of: u64| {
             self.inner.metrics.refreshes_swr.increment(1);
@@ -177,8 +178,8 @@ where
             return;
         };
         let fresh_until_ms = match self.l1_get(&stored_key) {
-            Some(entry) => Some(entry.meta.fresh_until_ms),
-            None => match self.read_l2(&stored_key).await {
+            Some((entry, Standing::Fresh | Standing::Stale)) => Some(entry.meta.fresh_until_ms),
+            Some((_, Standing::Unverified)) | None => match self.read_l2(&stored_key).await {
                 L2Read::Fresh(_, meta, _) => Some(meta.fresh_until_ms),
                 L2Read::Stale(_) | L2Read::Miss => None,
             },

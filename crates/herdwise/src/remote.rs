@@ -14,6 +14,7 @@ use bytes::Bytes;
 use crate::breaker::{Breaker, BreakerConfig, BreakerState, Permit};
 use crate::freshness::now_ms;
 use crate::metrics::{CacheMetrics, FailureKind, StoreOp};
+use crate::recovery::Recovery;
 use crate::store::{Announcement, FillOutcome, SetOutcome, Store, StoreError};
 
 pub(crate) struct Remote {
@@ -34,10 +35,12 @@ impl Remote {
         breaker: Option<BreakerConfig>,
         metrics: CacheMetrics,
         namespace: &str,
+        recovery: Arc<Recovery>,
     ) -> Self {
         Remote {
             breaker: breaker.map(|config| {
-                Breaker::new(config.with_deadline(deadline), namespace, metrics.clone())
+                let config = config.with_deadline(deadline);
+                Breaker::new(config, namespace, metrics.clone(), recovery)
             }),
             store,
             deadline,

@@ -12,6 +12,7 @@ use crate::envelope::{self, EnvelopeError, Meta, TagStamp};
 use crate::error::{Error, Result};
 use crate::freshness::{now_ms, Freshness};
 use crate::key::CacheKey;
+use crate::local::{L1Entry, Standing};
 use crate::store::SetOutcome;
 
 /// How a write reaches L2.
@@ -40,6 +41,8 @@ pub(crate) struct Fallback<V> {
     pub meta: Meta,
     /// Kept when the fallback is re-stored, so a later tag invalidation still reaches it.
     pub tags: Option<Arc<TagStamp>>,
+    /// From an L1 entry stored before events were missed: L2 must be asked before it is used.
+    pub unverified: bool,
 }
 
 impl<V> Clone for Fallback<V> {
@@ -48,11 +51,32 @@ impl<V> Clone for Fallback<V> {
             value: self.value.clone(),
             meta: self.meta,
             tags: self.tags.clone(),
+            unverified: self.unverified,
         }
     }
 }
 
 impl<V> Fallback<V> {
+    /// A fallback from an L1 entry that is not fresh (stale, or unverified).
+    pub fn from_l1(entry: L1Entry<V>, standing: Standing) -> Self {
+        Fallback {
+            value: entry.value,
+            meta: entry.meta,
+            tags: entry.tags,
+            unverified: standing == Standing::Unverified,
+        }
+    }
+
+    /// A fallback read from L2 (verified by definition).
+    pub fn from_l2(value: Option<Arc<V>>, meta: Meta, tags: Option<Arc<TagStamp>>) -> Self {
+        Fallback {
+            value,
+            meta,
+            tags,
+            unverified: false,
+        }
+    }
+
     /// Whether it is at most `window` past its fresh time and not past its stale time.
     pub fn usable_within(&self, window: Duration, now_ms: u64) -> bool {
         match Freshness::of(self.meta.fresh_until_ms, self.meta.stale_until_ms, now_ms) {
@@ -128,7 +152,7 @@ where
                     inner.metrics.l2_hits.increment(1);
                     L2Read::Fresh(value, meta, tags)
                 } else {
-                    L2Read::Stale(Fallback { value, meta, tags })
+                    L2Read::Stale(Fallback::from_l2(value, meta, tags))
                 }
             }
             Err(reason) => {

@@ -1,0 +1,109 @@
+//! What happens when the remote tier comes back after an outage.
+//!
+//! While Redis was unreachable, L1 kept serving and took what the origin returned; invalidation
+//! events were lost meanwhile, so nothing in L1 can be trusted as it stands. Clearing L1 would be
+//! safe but would send every read to a Redis that may have come back empty — and from there to
+//! the origin: the second herd. So L1 is *demoted* instead: every entry present becomes
+//! unverified (an era counter moves on; entries remember the era they were stored in). An
+//! unverified entry is never served as fresh: its next read asks L2 first, and L2's copy wins.
+//!
+//! For a short window after a recovery (the re-warm window), an unverified or stale entry whose
+//! L2 copy is gone is still answered from L1 (flagged stale, counted) instead of calling the
+//! origin; the staggered re-warm (`warm`) reloads the hottest keys meanwhile, top 1 % first.
+//! After the window, reads load as usual. The staleness this adds is bounded by the window.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::freshness::now_ms;
+
+/// The demotion era and the last remote-tier recovery, shared by the breaker (which reports
+/// recoveries), L1 (which stamps entries with the era) and the read path.
+#[derive(Debug)]
+pub(crate) struct Recovery {
+    era: AtomicU64,
+    /// Unix ms of the last recovery (0: none yet).
+    recovered_at_ms: AtomicU64,
+    /// How long after a recovery L1 answers for keys L2 lost.
+    window: Duration,
+    /// Recoveries so far, for the re-warm task to wait on.
+    recoveries: watch::Sender<u64>,
+}
+
+impl Recovery {
+    pub fn new(window: Duration) -> Self {
+        Recovery {
+            era: AtomicU64::new(0),
+            recovered_at_ms: AtomicU64::new(0),
+            window,
+            recoveries: watch::Sender::new(0),
+        }
+    }
+
+    /// The current era: an L1 entry stored under an earlier one is unverified.
+    #[inline]
+    pub fn era(&self) -> u64 {
+        self.era.load(Ordering::Acquire)
+    }
+
+    /// Events may have been missed (backplane gap, resubscription): every L1 entry becomes
+    /// unverified.
+    pub fn demote(&self) {
+        self.era.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The remote tier answered again after the breaker had opened: demote L1, open the re-warm
+    /// window, and wake the re-warm task.
+    pub fn recovered(&self) {
+        self.demote();
+        self.recovered_at_ms.store(now_ms(), Ordering::Release);
+        self.recoveries.send_modify(|n| *n += 1);
+    }
+
+    /// What is left of the window opened by the last recovery, if it is still open.
+    pub fn window_left(&self) -> Option<Duration> {
+        let at = self.recovered_at_ms.load(Ordering::Acquire);
+        let elapsed = now_ms().saturating_sub(at);
+        let window = self.window.as_millis() as u64;
+        (at != 0 && elapsed < window).then(|| Duration::from_millis(window - elapsed))
+    }
+
+    /// How long L1 answers for lost keys after a recovery.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// A receiver that sees every later recovery.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.recoveries.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recovery_demotes_and_opens_the_window() {
+        let r = Recovery::new(Duration::from_millis(50));
+        let mut seen = r.subscribe();
+        assert!(r.window_left().is_none());
+        let era = r.era();
+        r.recovered();
+        assert!(r.era() > era);
+        assert!(r.window_left().is_some());
+        assert!(seen.has_changed().unwrap());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(r.window_left().is_none());
+        let era = r.era();
+        r.demote();
+        assert!(
+            r.era() > era && r.window_left().is_none(),
+            "a demotion opens no window"
+        );
+        seen.mark_unchanged();
+        assert!(!seen.has_changed().unwrap());
+    }
+}

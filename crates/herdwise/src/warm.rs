@@ -1,0 +1,451 @@
+//! Warming: loading keys before they are asked for — at startup (`warm`, `warm_with`, and the
+//! `is_warm` readiness signal) and after the remote tier recovers from an outage (the staggered
+//! re-warm).
+//!
+//! Every key is warmed through the ordinary read path (L1 → L2 → lease → loader → fenced fill),
+//! so a key another instance already loaded costs an L2 read, not an origin call, and the origin
+//! limit applies. Keys go hottest first (as the hot-key tracker ranks them), a bounded number at
+//! a time, each after a random delay so that many instances warming together do not arrive in
+//! step.
+//!
+//! After a recovery, Redis may have come back empty: re-warming every key at once would be the
+//! second herd. The re-warm goes by popularity percentile instead — the top 1 % of the keys this
+//! instance read lately, spread over the first stage; then the top 10 %; then the rest — while
+//! L1 answers for the keys not reached yet (see `recovery`).
+
+use std::borrow::Borrow;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+
+use crate::cache::Cache;
+use crate::error::{Error, Result};
+use crate::key::CacheKey;
+use crate::local::Standing;
+use crate::metrics::{WarmOutcome, WarmTrigger};
+use crate::read_through::LoadOptions;
+use crate::tiers::Fallback;
+
+/// How [`Cache::warm`] goes about it.
+///
+/// ```
+/// use std::time::Duration;
+/// let options = herdwise::WarmOptions::default()
+///     .concurrency(4)
+///     .jitter(Duration::from_millis(500));
+/// ```
+#[derive(Debug, Clone, Copy)]
+#[must_use]
+pub struct WarmOptions {
+    concurrency: usize,
+    jitter: Duration,
+}
+
+impl Default for WarmOptions {
+    /// 8 keys at a time, no delay.
+    fn default() -> Self {
+        WarmOptions {
+            concurrency: 8,
+            jitter: Duration::ZERO,
+        }
+    }
+}
+
+impl WarmOptions {
+    /// How many keys are loaded at once (at least 1).
+    pub fn concurrency(mut self, keys: usize) -> Self {
+        self.concurrency = keys.max(1);
+        self
+    }
+
+    /// Each key waits a random time up to this long before it is loaded, so that instances
+    /// started together do not ask the origin in step.
+    pub fn jitter(mut self, jitter: Duration) -> Self {
+        self.jitter = jitter;
+        self
+    }
+}
+
+/// What a warm did, key by key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WarmReport {
+    /// Loaded from the origin and cached.
+    pub loaded: usize,
+    /// Already cached (L1 or L2): nothing to load.
+    pub cached: usize,
+    /// Not at the origin (cached as a negative entry if negative caching is on).
+    pub absent: usize,
+    /// Invalid keys and failed loads (the origin's error, a timeout, `Overloaded`).
+    pub failed: usize,
+}
+
+impl WarmReport {
+    fn add(&mut self, outcome: WarmOutcome) {
+        match outcome {
+            WarmOutcome::Loaded => self.loaded += 1,
+            WarmOutcome::Cached => self.cached += 1,
+            WarmOutcome::Absent => self.absent += 1,
+            WarmOutcome::Failed => self.failed += 1,
+        }
+    }
+}
+
+/// How the hottest keys are reloaded after the remote tier recovers from an outage.
+///
+/// Stages are `(share, duration)`: the keys up to that share of the ranking (hottest first)
+/// that earlier stages did not cover, each started at a random time within the duration; a
+/// stage begins when the previous one is over.
+///
+/// ```
+/// use std::time::Duration;
+/// let policy = herdwise::RewarmPolicy::default()
+///     .stages([(0.01, Duration::from_secs(10)), (0.1, Duration::from_secs(20)), (1.0, Duration::from_secs(30))])
+///     .concurrency(2)
+///     .max_keys(2_000);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub struct RewarmPolicy {
+    stages: Vec<(f64, Duration)>,
+    concurrency: usize,
+    max_keys: usize,
+}
+
+impl Default for RewarmPolicy {
+    /// Top 1 % within 5 s, top 10 % within the next 10 s, every tracked key within the next
+    /// 15 s; 4 loads at a time; up to 1 000 keys tracked.
+    fn default() -> Self {
+        RewarmPolicy {
+            stages: vec![
+                (0.01, Duration::from_secs(5)),
+                (0.10, Duration::from_secs(10)),
+                (1.0, Duration::from_secs(15)),
+            ],
+            concurrency: 4,
+            max_keys: 1_000,
+        }
+    }
+}
+
+impl RewarmPolicy {
+    /// The stages, as `(share of the ranking, duration)`, shares increasing up to at most 1.
+    pub fn stages(mut self, stages: impl IntoIterator<Item = (f64, Duration)>) -> Self {
+        self.stages = stages.into_iter().collect();
+        self
+    }
+
+    /// Loads at once (at least 1).
+    pub fn concurrency(mut self, loads: usize) -> Self {
+        self.concurrency = loads.max(1);
+        self
+    }
+
+    /// How many recently read keys are remembered for re-warming.
+    pub fn max_keys(mut self, keys: usize) -> Self {
+        self.max_keys = keys;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> std::result::Result<(), String> {
+        let mut previous = 0.0;
+        for (share, _) in &self.stages {
+            if !(*share > previous && *share <= 1.0) {
+                return Err("re-warm stage shares must increase, within (0, 1]".into());
+            }
+            previous = *share;
+        }
+        if self.max_keys == 0 {
+            return Err("re-warm max_keys must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// The typed keys this instance read lately (bounded; frequently read keys stay longest), for
+/// the re-warm to load: the hot-key tracker only knows stored keys.
+struct KeyBook<O> {
+    keys: quick_cache::sync::Cache<Box<str>, Arc<O>>,
+}
+
+impl<K, V> Cache<K, V>
+where
+    K: CacheKey + ?Sized,
+    V: Send + Sync + 'static,
+{
+    /// Whether a [`Cache::warm`] or [`Cache::warm_with`] has completed with at most half of its
+    /// keys failed: for a readiness probe, so traffic arrives after the cache is useful.
+    /// Re-warming after an outage does not change it: taking every instance out of service at
+    /// once because Redis came back would be an outage of its own.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// let cache: herdwise::Cache<u64, u64> = herdwise::Cache::builder("ready").build()?;
+    /// assert!(!cache.is_warm());
+    /// cache.warm_with([1, 2, 3], |id: &u64| {
+    ///     let id = *id;
+    ///     async move { Ok::<_, std::io::Error>(Some(id * 10)) }
+    /// }).await?;
+    /// assert!(cache.is_warm());
+    /// # Ok(()) }
+    /// ```
+    pub fn is_warm(&self) -> bool {
+        self.inner.warmed.load(Ordering::Acquire)
+    }
+}
+
+impl<K, V> Cache<K, V>
+where
+    K: CacheKey + ToOwned + Sync + ?Sized + 'static,
+    K::Owned: Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    /// Loads `keys` through the registered loader ([`Error::NoLoader`] without one), hottest
+    /// first, with [`WarmOptions::default`]. Keys already cached are not loaded again.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// let cache: herdwise::Cache<u64, String> = herdwise::Cache::builder("users")
+    ///     .loader(|id: &u64| {
+    ///         let id = *id;
+    ///         async move { Ok::<_, std::io::Error>(Some(format!("user-{id}"))) }
+    ///     })
+    ///     .build()?;
+    /// let report = cache.warm([1, 2, 3]).await?;
+    /// assert_eq!(report.loaded, 3);
+    /// assert_eq!(cache.warm([1]).await?.cached, 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn warm(&self, keys: impl IntoIterator<Item = K::Owned>) -> Result<WarmReport> {
+        self.warm_opts(keys, WarmOptions::default()).await
+    }
+
+    /// [`Cache::warm`] with options.
+    pub async fn warm_opts(
+        &self,
+        keys: impl IntoIterator<Item = K::Owned>,
+        options: WarmOptions,
+    ) -> Result<WarmReport> {
+        let loader = self.loader.clone().ok_or(Error::NoLoader)?;
+        self.warm_with_opts(keys, move |k: &K| loader.load(k), options)
+            .await
+    }
+
+    /// Loads `keys` through `loader` (called once per key that is not cached yet), hottest
+    /// first, with [`WarmOptions::default`]. For caches read with `get_or_load`, or to warm
+    /// from a query that is cheaper in bulk.
+    pub async fn warm_with<F, Fut, E>(
+        &self,
+        keys: impl IntoIterator<Item = K::Owned>,
+        loader: F,
+    ) -> Result<WarmReport>
+    where
+        F: Fn(&K) -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        self.warm_with_opts(keys, loader, WarmOptions::default())
+            .await
+    }
+
+    /// [`Cache::warm_with`] with options.
+    pub async fn warm_with_opts<F, Fut, E>(
+        &self,
+        keys: impl IntoIterator<Item = K::Owned>,
+        loader: F,
+        options: WarmOptions,
+    ) -> Result<WarmReport>
+    where
+        F: Fn(&K) -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        self.ensure_generation().await;
+        let mut report = WarmReport::default();
+        let mut ranked = Vec::new();
+        for owned in keys {
+            match self.inner.keys.stored_key(owned.borrow()) {
+                Ok(stored) => ranked.push((self.inner.hot_keys.estimate(&stored), owned)),
+                Err(_) => {
+                    self.inner
+                        .metrics
+                        .warmed(WarmTrigger::Warm, WarmOutcome::Failed);
+                    report.failed += 1;
+                }
+            }
+        }
+        // Stable: equally popular keys keep the caller's order (often a ranking of its own).
+        ranked.sort_by_key(|entry| std::cmp::Reverse(entry.0));
+        let loader = &loader;
+        let outcomes: Vec<WarmOutcome> = futures::stream::iter(ranked)
+            .map(|(_, owned)| async move {
+                if !options.jitter.is_zero() {
+                    tokio::time::sleep(options.jitter.mul_f64(rand::random::<f64>())).await;
+                }
+                let owned = Arc::new(owned);
+                let key: &K = (*owned).borrow();
+                let outcome = self.warm_one(key, |k: &K| loader(k)).await;
+                self.remember_shared(key, owned.clone());
+                outcome
+            })
+            .buffer_unordered(options.concurrency)
+            .collect()
+            .await;
+        for outcome in outcomes {
+            self.inner.metrics.warmed(WarmTrigger::Warm, outcome);
+            report.add(outcome);
+        }
+        let total = report.loaded + report.cached + report.absent + report.failed;
+        if report.failed * 2 <= total {
+            self.inner.warmed.store(true, Ordering::Release);
+        }
+        Ok(report)
+    }
+
+    /// Warms one key through the read path: a fresh L1 entry is enough; an unverified or stale
+    /// one is checked against L2 and loaded if L2 has nothing.
+    async fn warm_one<'k, F, Fut, E>(&self, key: &'k K, loader: F) -> WarmOutcome
+    where
+        F: FnOnce(&'k K) -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let Ok(stored_key) = self.inner.keys.stored_key(key) else {
+            return WarmOutcome::Failed;
+        };
+        let fallback = match self.l1_get(&stored_key) {
+            Some((_, Standing::Fresh)) => return WarmOutcome::Cached,
+            Some((entry, standing)) => Some(Fallback::from_l1(entry, standing)),
+            None => None,
+        };
+        let mut windows = self.windows(&LoadOptions::default());
+        windows.warming = true;
+        let called = AtomicBool::new(false);
+        let called_ref = &called;
+        let counted = move |k: &'k K| {
+            called_ref.store(true, Ordering::Relaxed);
+            loader(k)
+        };
+        match self
+            .through(&stored_key, key, counted, &windows, fallback, None)
+            .await
+        {
+            Ok(fetched) if !called.load(Ordering::Relaxed) || fetched.stale => WarmOutcome::Cached,
+            Ok(fetched) if fetched.value.is_none() => WarmOutcome::Absent,
+            Ok(_) => WarmOutcome::Loaded,
+            Err(err) => {
+                tracing::debug!(key = stored_key, error = %err, "warming a key failed");
+                WarmOutcome::Failed
+            }
+        }
+    }
+
+    /// Remembers `key` for the re-warm (called on L1 misses of `fetch`, and by `warm`).
+    pub(crate) fn remember(&self, stored_key: &str, key: &K) {
+        if let Some(book) = self.key_book() {
+            if !book.keys.contains_key(stored_key) {
+                book.keys
+                    .insert(stored_key.into(), Arc::new(key.to_owned()));
+            }
+        }
+    }
+
+    fn remember_shared(&self, key: &K, owned: Arc<K::Owned>) {
+        if let (Some(book), Ok(stored_key)) = (self.key_book(), self.inner.keys.stored_key(key)) {
+            book.keys.insert(stored_key.into(), owned);
+        }
+    }
+
+    fn key_book(&self) -> Option<&KeyBook<K::Owned>> {
+        let policy = self.inner.rewarm.as_ref()?;
+        self.loader.as_ref()?;
+        self.inner
+            .key_book
+            .get_or_init(|| {
+                Box::new(KeyBook::<K::Owned> {
+                    keys: quick_cache::sync::Cache::new(policy.max_keys),
+                })
+            })
+            .downcast_ref::<KeyBook<K::Owned>>()
+    }
+
+    /// Starts the task that re-warms after each recovery (once; it ends with the cache).
+    pub(crate) fn ensure_rewarm(&self) {
+        let inner = &*self.inner;
+        if inner.rewarm.is_none() || inner.rewarm_started.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(loader) = self.loader.clone() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if inner.rewarm_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let mut recoveries = inner.recovery.subscribe();
+        runtime.spawn(async move {
+            while recoveries.changed().await.is_ok() {
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let cache = Cache::<K, V>::from_arc(inner, Some(loader.clone()));
+                cache.rewarm().await;
+            }
+        });
+    }
+
+    /// One staggered re-warm: the remembered keys ranked by popularity, stage by stage.
+    async fn rewarm(&self) {
+        let (Some(policy), Some(book), Some(loader)) = (
+            self.inner.rewarm.clone(),
+            self.key_book(),
+            self.loader.clone(),
+        ) else {
+            return;
+        };
+        let hot = &self.inner.hot_keys;
+        let mut ranked: Vec<(u64, Arc<K::Owned>)> = book
+            .keys
+            .iter()
+            .map(|(stored, owned)| (hot.estimate(&stored), owned))
+            .collect();
+        ranked.sort_by_key(|entry| std::cmp::Reverse(entry.0));
+        tracing::info!(
+            namespace = self.namespace(),
+            keys = ranked.len(),
+            "remote tier recovered: staggered re-warm of the hottest keys"
+        );
+        let total = ranked.len();
+        let mut done = 0;
+        for (share, span) in &policy.stages {
+            let end = ((total as f64 * share).ceil() as usize).clamp(done, total);
+            let stage_start = tokio::time::Instant::now();
+            let mut batch: Vec<(Duration, Arc<K::Owned>)> = ranked[done..end]
+                .iter()
+                .map(|(_, owned)| (span.mul_f64(rand::random::<f64>()), owned.clone()))
+                .collect();
+            batch.sort_by_key(|(at, _)| *at);
+            let loader = &loader;
+            futures::stream::iter(batch)
+                .map(|(at, owned)| async move {
+                    tokio::time::sleep_until(stage_start + at).await;
+                    let key: &K = (*owned).borrow();
+                    let outcome = self.warm_one(key, |k: &K| loader.load(k)).await;
+                    self.inner.metrics.warmed(WarmTrigger::Recovery, outcome);
+                })
+                .buffer_unordered(policy.concurrency)
+                .collect::<()>()
+                .await;
+            tokio::time::sleep_until(stage_start + *span).await;
+            done = end;
+        }
+    }
+}
