@@ -143,6 +143,7 @@ pub async fn measure(
         keys,
         pace,
     } = load;
+    origin.begin_run(started);
     let queries_before = origin.queries();
     let rejected_before = origin.rejected();
     let recording = drive::drive(

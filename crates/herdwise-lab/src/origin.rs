@@ -45,7 +45,10 @@ pub struct Overloaded(pub usize);
 pub struct Origin {
     config: OriginConfig,
     slots: Arc<Semaphore>,
-    started: Instant,
+    created: Instant,
+    /// When the measured run began, in ns after `created`: the per-second counters count from
+    /// there (a preload between creating the origin and the run must not shift them).
+    run_start_ns: AtomicU64,
     queries: AtomicU64,
     rejected: AtomicU64,
     in_flight: AtomicUsize,
@@ -61,7 +64,8 @@ impl Origin {
         Arc::new(Origin {
             slots: Arc::new(Semaphore::new(config.max_concurrency)),
             config,
-            started: Instant::now(),
+            created: Instant::now(),
+            run_start_ns: AtomicU64::new(0),
             queries: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
@@ -81,9 +85,17 @@ impl Origin {
         v
     }
 
+    /// Counts the per-second figures from `at` on (the start of the measured run).
+    pub fn begin_run(&self, at: Instant) {
+        let offset = at.saturating_duration_since(self.created).as_nanos() as u64;
+        self.run_start_ns.store(offset, Ordering::Relaxed);
+    }
+
     /// One query.
     pub async fn load(&self, key: u64) -> Result<Vec<u8>, Overloaded> {
-        let second = self.started.elapsed().as_secs() as usize;
+        let since_created = self.created.elapsed().as_nanos() as u64;
+        let since_run = since_created.saturating_sub(self.run_start_ns.load(Ordering::Relaxed));
+        let second = (since_run / 1_000_000_000) as usize;
         self.queries.fetch_add(1, Ordering::Relaxed);
         if let Some(c) = self.per_second.get(second) {
             c.fetch_add(1, Ordering::Relaxed);

@@ -192,12 +192,34 @@ pub async fn herdwise(
     origin: &Arc<Origin>,
     configure: impl Fn(CacheBuilder<u64, Vec<u8>>) -> CacheBuilder<u64, Vec<u8>>,
 ) -> Result<Fleet, LabError> {
+    let fetch = name.ends_with("-fetch");
+    herdwise_fleet(name, redis_url, instances, origin, fetch, configure).await
+}
+
+/// [`herdwise`], reading through a registered loader whatever the name.
+pub async fn herdwise_fetch(
+    name: &str,
+    redis_url: &str,
+    instances: usize,
+    origin: &Arc<Origin>,
+    configure: impl Fn(CacheBuilder<u64, Vec<u8>>) -> CacheBuilder<u64, Vec<u8>>,
+) -> Result<Fleet, LabError> {
+    herdwise_fleet(name, redis_url, instances, origin, true, configure).await
+}
+
+async fn herdwise_fleet(
+    name: &str,
+    redis_url: &str,
+    instances: usize,
+    origin: &Arc<Origin>,
+    fetch: bool,
+    configure: impl Fn(CacheBuilder<u64, Vec<u8>>) -> CacheBuilder<u64, Vec<u8>>,
+) -> Result<Fleet, LabError> {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let mut readers: Vec<Arc<dyn Reader>> = Vec::new();
     for _ in 0..instances {
         let store = RedisStore::connect(redis_url).await?;
-        let fetch = name.ends_with("-fetch");
         let registered = origin.clone();
         let cache = metrics::with_local_recorder(&recorder, || {
             let builder = configure(Cache::builder("lab").store(store));

@@ -53,6 +53,10 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 pub const DEFAULT_LEASE_POLL: Duration = Duration::from_millis(100);
 /// Default number of hot keys reported.
 pub const DEFAULT_HOT_KEYS: usize = 10;
+/// Default bound of the hot-key shield (L1 disabled).
+pub const DEFAULT_HOT_KEY_SHIELD_BYTES: u64 = 1 << 20;
+/// Default life of a hot-key shield entry.
+pub const DEFAULT_HOT_KEY_SHIELD_LIFE: Duration = Duration::from_secs(1);
 /// How long after a remote-tier recovery L1 answers for keys the remote tier lost.
 pub const DEFAULT_RECOVERY_WINDOW: Duration = Duration::from_secs(30);
 /// Default bound on keys with a load in flight.
@@ -110,6 +114,7 @@ pub struct CacheBuilder<K: ?Sized, V> {
     tags_from: Option<TagsFrom<V>>,
     recovery_window: Duration,
     rewarm: Option<RewarmPolicy>,
+    hot_key_shield: Option<(u64, Duration)>,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -155,6 +160,7 @@ where
             tags_from: None,
             recovery_window: DEFAULT_RECOVERY_WINDOW,
             rewarm: Some(RewarmPolicy::default()),
+            hot_key_shield: Some((DEFAULT_HOT_KEY_SHIELD_BYTES, DEFAULT_HOT_KEY_SHIELD_LIFE)),
             _key: PhantomData,
         }
     }
@@ -204,9 +210,35 @@ where
         self
     }
 
-    /// L1 bound in bytes (default 64 MiB; 0 disables L1).
+    /// L1 bound in bytes (default 64 MiB; 0 disables L1 — except for the hot-key shield, see
+    /// [`CacheBuilder::hot_key_shield`]).
     pub fn l1_max_bytes(mut self, bytes: u64) -> Self {
         self.l1_max_bytes = bytes;
+        self
+    }
+
+    /// With L1 disabled (`l1_max_bytes(0)`), the hottest keys (see
+    /// [`CacheBuilder::hot_keys`]) still get an in-process copy, of at most `max_bytes` in all,
+    /// each kept for at most `life` (default 1 MiB, 1 s): one key read 100 000 times a second
+    /// by every instance would otherwise be 100 000 Redis reads a second on one shard.
+    /// Invalidations reach the shield like any L1. No effect when L1 is enabled.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cache: herdwise::Cache<u64, String> = herdwise::Cache::builder("prices")
+    ///     .l1_max_bytes(0)
+    ///     .hot_key_shield(256 << 10, Duration::from_millis(200))
+    ///     .build()
+    ///     .unwrap();
+    /// ```
+    pub fn hot_key_shield(mut self, max_bytes: u64, life: Duration) -> Self {
+        self.hot_key_shield = Some((max_bytes, life));
+        self
+    }
+
+    /// No hot-key shield: with L1 disabled, every read goes to L2.
+    pub fn no_hot_key_shield(mut self) -> Self {
+        self.hot_key_shield = None;
         self
     }
 
@@ -525,13 +557,27 @@ where
         let metrics = CacheMetrics::new(&self.namespace);
         let recovery = Arc::new(Recovery::new(self.recovery_window));
         let hot_keys = HotKeys::new(self.hot_keys, metrics.hottest_key_share.clone());
+        // L1 off: the hot-key shield (if any) is a small L1 that admits hot keys only.
+        let shield = self.hot_key_shield.filter(|_| self.l1_max_bytes == 0);
+        if shield.is_some_and(|(bytes, life)| bytes == 0 || life.is_zero()) {
+            return Err(Error::Config(
+                "hot_key_shield bytes and life must be positive".into(),
+            ));
+        }
+        let l1_bytes = shield.map_or(self.l1_max_bytes, |(bytes, _)| bytes);
         let l1 = LocalTier::new(
-            self.l1_max_bytes,
+            l1_bytes,
             metrics.l1_evictions.clone(),
             metrics.l1_bytes.clone(),
             recovery.clone(),
         )
         .map_err(Error::Config)?;
+        let l1 = if shield.is_some() {
+            l1.shield_only()
+        } else {
+            l1
+        };
+        let l1_cap = shield.map_or(self.l1_ttl_cap, |(_, life)| life.min(self.l1_ttl_cap));
         let store = self
             .store
             .unwrap_or_else(|| Arc::new(MemoryStore::new()) as Arc<dyn Store>);
@@ -557,7 +603,7 @@ where
             ttl: self.ttl,
             jitter: self.ttl_jitter,
             negative_ttl: self.negative_ttl,
-            l1_cap: self.l1_ttl_cap,
+            l1_cap,
             stale_while_revalidate: self.stale_while_revalidate,
             stale_if_error: self.stale_if_error,
             fail_safe_throttle: self.fail_safe_throttle,

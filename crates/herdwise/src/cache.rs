@@ -234,7 +234,7 @@ where
         }
         match Box::pin(self.read_l2(&stored_key)).await {
             L2Read::Fresh(value, ..) => Ok(value),
-            L2Read::Stale(_) | L2Read::Miss => {
+            L2Read::Stale(_) | L2Read::Miss | L2Read::Unavailable => {
                 self.inner.metrics.misses.increment(1);
                 Ok(None)
             }

@@ -18,6 +18,8 @@ const DEPTH: usize = 4;
 const WIDTH: usize = 4096;
 /// One read in this many is counted.
 const SAMPLE: u32 = 64;
+/// Fewest samples (about 64 reads each) before a key counts as hot.
+const MIN_HOT_SAMPLES: u32 = 16;
 /// Samples between two updates of the hottest-key gauge.
 const SHARE_EVERY: u64 = 1 << 10;
 /// Samples between two halvings of every count.
@@ -106,6 +108,17 @@ impl HotKeys {
                 state.candidates.insert(key.into(), estimate);
             }
         }
+    }
+
+    /// Whether `key` is among the `k` hottest now, with at least `MIN_HOT_SAMPLES` samples
+    /// (a key read a few times is not hot, however quiet the cache).
+    pub fn is_hot(&self, key: &str) -> bool {
+        let state = self.state.lock();
+        let Some(&count) = state.candidates.get(key) else {
+            return false;
+        };
+        count >= MIN_HOT_SAMPLES
+            && state.candidates.values().filter(|c| **c > count).count() < self.k
     }
 
     /// The estimated (sampled) reads of any key: for ranking keys that are not candidates.
@@ -200,6 +213,24 @@ mod tests {
             "precision {precision}: {found:?} vs {true_top:?}"
         );
         assert_eq!(found[0].0, true_top[0], "the hottest key is named first");
+    }
+
+    #[test]
+    fn only_the_top_k_with_enough_reads_are_hot() {
+        let hot = HotKeys::new(2, metrics::Gauge::noop());
+        for (key, reads) in [("a", 40_000), ("b", 20_000), ("c", 10_000), ("d", 200)] {
+            for _ in 0..reads {
+                hot.record(key);
+            }
+        }
+        assert!(hot.is_hot("a") && hot.is_hot("b"));
+        assert!(!hot.is_hot("c"), "third of k = 2");
+        assert!(!hot.is_hot("d") && !hot.is_hot("never"));
+        let quiet = HotKeys::new(10, metrics::Gauge::noop());
+        for _ in 0..200 {
+            quiet.record("x");
+        }
+        assert!(!quiet.is_hot("x"), "a few reads are not hot");
     }
 
     #[test]

@@ -107,6 +107,8 @@ pub(crate) struct LocalTier<V> {
     cleared: AtomicU64,
     hasher: DefaultHashBuilder,
     recovery: Arc<Recovery>,
+    /// A hot-key shield (L1 otherwise disabled): only hot keys are admitted.
+    hot_only: bool,
 }
 
 impl<V> LocalTier<V> {
@@ -125,6 +127,7 @@ impl<V> LocalTier<V> {
                 cleared: AtomicU64::new(0),
                 hasher: DefaultHashBuilder::default(),
                 recovery,
+                hot_only: false,
             });
         }
         // A rough item estimate only sizes the tables; the weight is the real bound.
@@ -147,7 +150,19 @@ impl<V> LocalTier<V> {
             cleared: AtomicU64::new(0),
             hasher: DefaultHashBuilder::default(),
             recovery,
+            hot_only: false,
         })
+    }
+
+    /// Admit only the keys the caller says are hot (see [`LocalTier::hot_only`]).
+    pub fn shield_only(mut self) -> Self {
+        self.hot_only = true;
+        self
+    }
+
+    /// Whether this tier is a hot-key shield: callers insert hot keys only.
+    pub fn hot_only(&self) -> bool {
+        self.hot_only
     }
 
     /// The live (fresh or stale) entry for `key`, if any; an expired entry is removed and

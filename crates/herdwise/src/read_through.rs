@@ -25,7 +25,7 @@ use crate::key::CacheKey;
 use crate::lease::{HeldLease, LeaseConfig};
 use crate::local::Standing;
 use crate::origin_limit::Slot;
-use crate::store::FillOutcome;
+use crate::store::{FillOutcome, StoreError};
 use crate::tags::collect_tags;
 use crate::tiers::{Encoded, Fallback, L2Read, WriteMode};
 
@@ -160,6 +160,8 @@ enum FillMode {
     Leased(HeldLease),
     /// Version-checked write without a lease (leases off, L2 failing, or a waiter that gave up).
     Unleased,
+    /// L2 did not answer this read: the value goes into L1 only.
+    LocalOnly,
 }
 
 /// What trying to take a lease found.
@@ -180,8 +182,10 @@ enum Waited<V> {
     Value(Option<Arc<V>>, bool),
     /// The holder gave up its lease and we took it.
     Lease(HeldLease),
-    /// Deadline passed, or L2 failed: load without a lease.
+    /// Deadline passed: load without a lease.
     Unleased,
+    /// L2 failed: load, and keep the value in L1 only.
+    RemoteDown,
 }
 
 /// Starts a background refresh of the entry that is fresh until the given unix ms.
@@ -364,6 +368,14 @@ where
             L2Read::Fresh(value, meta, _) => return Some(Fetched::of(value, meta.stale_copy)),
             L2Read::Stale(found) => *fallback = Some(found),
             L2Read::Miss => {}
+            L2Read::Unavailable => {
+                // Down again: L1 keeps serving, as in any outage.
+                let found = fallback
+                    .as_ref()
+                    .filter(|f| f.usable_within(stale_if_error, now_ms()))?;
+                inner.metrics.stale_served_error.increment(1);
+                return Some(Fetched::of(found.value.clone(), true));
+            }
         }
         let window_left = inner.recovery.window_left()?;
         if warming {
@@ -403,6 +415,7 @@ where
         let inner = &*self.inner;
         // A previous leader may have filled L1 between our miss and our election.
         let mut fallback = fallback;
+        let mut remote_down = false;
         let superseded = |meta: &Meta| refresh_of.is_some_and(|r| meta.fresh_until_ms <= r);
         if let Some((entry, Standing::Fresh)) = self.l1_get(stored_key) {
             if !superseded(&entry.meta) {
@@ -419,6 +432,8 @@ where
             }
             L2Read::Stale(found) => fallback = Fallback::newer(fallback, Some(found)),
             L2Read::Miss => {}
+            // One remote deadline per read at most: no lease, and the fill stays in L1.
+            L2Read::Unavailable => remote_down = true,
         }
         if refresh_of.is_none() {
             inner.metrics.misses.increment(1);
@@ -427,17 +442,18 @@ where
         if let Some(stale) = self.revalidate_behind(background, fallback.as_ref(), windows) {
             return Ok(stale);
         }
-        let Some(lease) = inner.lease else {
-            return self
-                .load(
-                    stored_key,
-                    key,
-                    loader,
-                    FillMode::Unleased,
-                    windows,
-                    fallback,
-                )
-                .await;
+        let lease = match inner.lease {
+            Some(lease) if !remote_down => lease,
+            _ => {
+                let mode = if remote_down {
+                    FillMode::LocalOnly
+                } else {
+                    FillMode::Unleased
+                };
+                return self
+                    .load(stored_key, key, loader, mode, windows, fallback)
+                    .await;
+            }
         };
         let mode = match self.take_lease(stored_key, &lease, refresh_of).await {
             LeaseAttempt::Taken(held) => {
@@ -462,10 +478,12 @@ where
                         FillMode::Leased(held)
                     }
                     Waited::Unleased => FillMode::Unleased,
+                    Waited::RemoteDown => FillMode::LocalOnly,
                 }
             }
-            // L2 cannot coordinate (down, slow): load uncoordinated rather than fail.
-            LeaseAttempt::Failed => FillMode::Unleased,
+            // L2 cannot coordinate (down, slow): load uncoordinated rather than fail, and do not
+            // wait for L2 again in this read.
+            LeaseAttempt::Failed => FillMode::LocalOnly,
         };
         self.load(stored_key, key, loader, mode, windows, fallback)
             .await
@@ -497,6 +515,18 @@ where
                 }
             }
             Ok(false) => LeaseAttempt::Held,
+            Err(StoreError::Timeout(_)) => {
+                // The SET may still run when a slow Redis catches up, leaving a lease nobody
+                // holds (every other instance would wait its TTL). Send a release after it: on
+                // the same connection, it runs after the SET.
+                drop(HeldLease::new(
+                    remote.store().clone(),
+                    stored_key,
+                    token,
+                    remote.deadline(),
+                ));
+                LeaseAttempt::Failed
+            }
             Err(_) => LeaseAttempt::Failed,
         }
     }
@@ -516,15 +546,17 @@ where
             let notified = registration.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let L2Read::Fresh(value, meta, _) = self.read_l2(stored_key).await {
+            match self.read_l2(stored_key).await {
                 // (For a refresh, even the old entry will do: the holder is refreshing it.)
-                return Waited::Value(value, meta.stale_copy);
+                L2Read::Fresh(value, meta, _) => return Waited::Value(value, meta.stale_copy),
+                L2Read::Unavailable => return Waited::RemoteDown,
+                L2Read::Stale(_) | L2Read::Miss => {}
             }
             match self.take_lease(stored_key, lease, refresh_of).await {
                 LeaseAttempt::Taken(held) => return Waited::Lease(held),
                 LeaseAttempt::Filled(value, stale) => return Waited::Value(value, stale),
                 LeaseAttempt::Held => {}
-                LeaseAttempt::Failed => return Waited::Unleased,
+                LeaseAttempt::Failed => return Waited::RemoteDown,
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -696,7 +728,7 @@ where
                             );
                         }
                     }
-                    FillMode::Unleased => {
+                    FillMode::Unleased | FillMode::LocalOnly => {
                         self.mirror_in_l1(stored_key, found.value.as_ref(), &encoded, size, epoch);
                     }
                 }
@@ -773,6 +805,11 @@ where
             }
         };
         let held = match mode {
+            FillMode::LocalOnly => {
+                let size = encoded.bytes.len();
+                self.mirror_in_l1(stored_key, value, &encoded, size, epoch);
+                return;
+            }
             // A fill carries no version: it never replaces a versioned entry.
             FillMode::Unleased => {
                 let _ = self

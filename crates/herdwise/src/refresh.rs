@@ -181,7 +181,7 @@ where
             Some((entry, Standing::Fresh | Standing::Stale)) => Some(entry.meta.fresh_until_ms),
             Some((_, Standing::Unverified)) | None => match self.read_l2(&stored_key).await {
                 L2Read::Fresh(_, meta, _) => Some(meta.fresh_until_ms),
-                L2Read::Stale(_) | L2Read::Miss => None,
+                L2Read::Stale(_) | L2Read::Miss | L2Read::Unavailable => None,
             },
         };
         match fresh_until_ms {

@@ -54,12 +54,9 @@ impl Remote {
         &self.store
     }
 
-    /// The stored bytes, or `None` on a miss *or a failure* (which is counted and logged).
-    pub async fn get(&self, key: &str) -> Option<Bytes> {
-        self.call(StoreOp::Get, key, self.store.get(key))
-            .await
-            .ok()
-            .flatten()
+    /// The stored bytes (`None` on a miss), or the failure (counted and logged).
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        self.call(StoreOp::Get, key, self.store.get(key)).await
     }
 
     pub async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {

@@ -105,8 +105,11 @@ pub(crate) enum L2Read<V> {
     Fresh(Option<Arc<V>>, Meta, Option<Arc<TagStamp>>),
     /// Only a stale one.
     Stale(Fallback<V>),
-    /// Nothing usable (absent, failed, expired or corrupt — the latter deleted and counted).
+    /// Nothing usable (absent, expired or corrupt — the latter deleted and counted).
     Miss,
+    /// L2 did not answer (failed, too slow, or the breaker is open): the rest of this read
+    /// should not wait for it again.
+    Unavailable,
 }
 
 impl<K, V> Cache<K, V>
@@ -118,8 +121,10 @@ where
     pub(crate) async fn read_l2(&self, stored_key: &str) -> L2Read<V> {
         let inner = &*self.inner;
         let epoch = inner.l1.epoch(stored_key);
-        let Some(bytes) = inner.remote.get(stored_key).await else {
-            return L2Read::Miss;
+        let bytes = match inner.remote.get(stored_key).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return L2Read::Miss,
+            Err(_) => return L2Read::Unavailable,
         };
         let now = now_ms();
         match self.decode_entry(&bytes) {
@@ -139,7 +144,7 @@ where
                         return L2Read::Miss;
                     }
                 }
-                inner.l1.insert(
+                self.l1_insert(
                     stored_key,
                     value.clone(),
                     &meta,
@@ -323,15 +328,35 @@ where
         size: usize,
         epoch: u64,
     ) {
-        let inner = &*self.inner;
-        inner.l1.insert(
+        self.l1_insert(
             stored_key,
             value.cloned(),
             &encoded.meta,
             size,
-            inner.ttl.l1_lifetimes(&encoded.meta, encoded.now),
+            self.inner.ttl.l1_lifetimes(&encoded.meta, encoded.now),
             epoch,
             encoded.tags.clone(),
         );
+    }
+
+    /// Puts an entry into L1 — unless L1 is only a hot-key shield and the key is not hot.
+    #[allow(clippy::too_many_arguments)]
+    fn l1_insert(
+        &self,
+        stored_key: &str,
+        value: Option<Arc<V>>,
+        meta: &Meta,
+        size: usize,
+        lifetimes: (Duration, Duration),
+        epoch: u64,
+        tags: Option<Arc<TagStamp>>,
+    ) {
+        let inner = &*self.inner;
+        if inner.l1.hot_only() && !inner.hot_keys.is_hot(stored_key) {
+            return;
+        }
+        inner
+            .l1
+            .insert(stored_key, value, meta, size, lifetimes, epoch, tags);
     }
 }

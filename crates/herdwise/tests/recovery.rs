@@ -269,3 +269,85 @@ async fn the_rewarm_after_a_recovery_goes_by_popularity_stage_by_stage() {
         Some("v5")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_waits_for_a_frozen_redis_once_at_most() {
+    let server = common::redis();
+    let store = common::store(&server).await;
+    let (cache, metrics) = common::with_metrics(|| {
+        Cache::<u64, String>::builder("outage-once")
+            .store(store)
+            .store_timeout(Duration::from_millis(50))
+            .no_circuit_breaker()
+    });
+    cache.get(&0).await.unwrap();
+    // Let the backplane subscribe (and read the generation) before Redis freezes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.pause().unwrap();
+    let calls = Calls::default();
+    let mut slowest = Duration::ZERO;
+    for key in 1..=10u64 {
+        let started = Instant::now();
+        let got = cache
+            .get_or_load(&key, |k| {
+                calls.hit();
+                let v = format!("v{k}");
+                async move { Ok::<_, OriginError>(Some(v)) }
+            })
+            .await
+            .unwrap();
+        slowest = slowest.max(started.elapsed());
+        assert!(got.is_some());
+    }
+    server.resume().unwrap();
+    eprintln!("slowest read with Redis frozen: {slowest:?}");
+    assert_eq!(calls.get(), 10);
+    let failed = |op: &str| counter(&metrics, m::STORE_ERRORS, &[("op", op)]);
+    assert_eq!(failed("get"), 10, "one timed-out GET per read");
+    assert_eq!(failed("lease") + failed("set"), 0, "and nothing after it");
+    // What was loaded meanwhile is in L1.
+    assert_eq!(
+        cache.get(&3).await.unwrap().as_deref().map(String::as_str),
+        Some("v3")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_timed_out_is_released_when_redis_catches_up() {
+    let server = common::redis();
+    let cache: Cache<u64, String> = Cache::builder("outage-lease")
+        .store(common::store(&server).await)
+        .store_timeout(Duration::from_millis(50))
+        .no_circuit_breaker()
+        .build()
+        .unwrap();
+    cache.get(&0).await.unwrap();
+    let mut raw = common::raw(&server).await;
+    let lease = format!("{{{}}}:lease", cache.stored_key(&1).unwrap());
+    // Writes stall for 300 ms (reads go on): the lease's SET NX times out here, and Redis runs
+    // it later.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(300)
+        .arg("WRITE")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let got = cache
+        .get_or_load(&1, |_| async {
+            Ok::<_, OriginError>(Some("v".to_string()))
+        })
+        .await
+        .unwrap();
+    assert!(got.is_some());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&lease)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(
+        !exists,
+        "a lease nobody holds would make every other instance wait out its TTL"
+    );
+}

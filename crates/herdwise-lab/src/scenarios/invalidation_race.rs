@@ -236,7 +236,12 @@ async fn herdwise_cache(url: &str, l1: bool) -> Result<Cache<u64, u64>, LabError
     let builder = Cache::builder("race")
         .store(RedisStore::connect(url).await?)
         .ttl(Duration::from_secs(300));
-    Ok(if l1 { builder } else { builder.l1_max_bytes(0) }.build()?)
+    Ok(if l1 {
+        builder
+    } else {
+        builder.l1_max_bytes(0).no_hot_key_shield()
+    }
+    .build()?)
 }
 
 /// Keys whose value in the shared tier is older than the origin, and (Herdwise) stale copies in

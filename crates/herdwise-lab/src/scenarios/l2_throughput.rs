@@ -56,6 +56,7 @@ async fn l2_only_cache(url: &str, label: &str) -> Result<Cache<u64, Vec<u8>>, La
     Ok(Cache::builder(&format!("l2-{label}"))
         .store(RedisStore::connect(url).await?)
         .l1_max_bytes(0)
+        .no_hot_key_shield()
         .compression(Compression::None)
         .ttl(Duration::from_secs(3600))
         .build()?)

@@ -1,7 +1,10 @@
-//! `redis-outage`: a steady, warm load (Redis preloaded, fixed offered rate); at 1/3 of the run
-//! Redis is killed (SIGKILL), at 2/3 restarted on the same port — empty, as a cache restarts.
-//! The origin can serve a warm cache's misses but not every read: past 32 queries in flight it
-//! rejects, the "database melts" model. Shows origin load, failed reads and latency over time.
+//! `redis-outage`: a steady load on a warm cache whose entries expire and reload all the time
+//! (TTLs spread over 5 s), then the remote tier's faults in turn: Redis frozen (SIGSTOP — slow
+//! but alive), resumed, killed (SIGKILL), and restarted empty on the same port, as a cache
+//! restarts. Five equal phases. The origin can serve the steady misses but not every read: past
+//! 32 queries in flight it rejects, the "database melts" model. Herdwise runs with its defaults
+//! plus a registered loader (so it can re-warm) and an origin limit of 8 loads per instance.
+//! Shows origin load, failed reads and latency over time, and per phase.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -13,24 +16,46 @@ use herdwise_testkit::RedisServer;
 use redis::aio::ConnectionManager;
 use serde_json::json;
 
-use super::compare;
+use super::{compare, ratio};
 use crate::drive::{Keys, Pace};
 use crate::origin::{Origin, OriginConfig, Overload};
 use crate::report::{ScenarioResult, StrategyResult};
 use crate::{measure, strategy, LabError, Load, Settings};
 
 const KEYS: u64 = 100_000;
+/// Entries live 5 s, so a steady state (reached within the first phase) has misses to compare
+/// the outage with.
+const TTL: Duration = Duration::from_secs(5);
+/// Loads each Herdwise instance may run at once (4 × 8 = the origin's 32).
+const ORIGIN_LIMIT: usize = 8;
+/// How long a load waits for a slot before `Overloaded`.
+const ORIGIN_WAIT: Duration = Duration::from_millis(250);
+
+/// What happens to Redis at the start of each phase after the first.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Pause,
+    Resume,
+    Kill,
+    Restart,
+}
+
+const PHASES: [(&str, Option<Fault>); 5] = [
+    ("steady", None),
+    ("frozen", Some(Fault::Pause)),
+    ("resumed", Some(Fault::Resume)),
+    ("killed", Some(Fault::Kill)),
+    ("restarted", Some(Fault::Restart)),
+];
 
 /// Runs the scenario.
 pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
     let instances = settings.instances_or(4);
     let concurrency = settings.concurrency_or(128);
-    let duration = settings.duration_or(Duration::from_secs(30), Duration::from_secs(12));
+    let duration = settings.duration_or(Duration::from_secs(60), Duration::from_secs(30));
+    let phase = duration / PHASES.len() as u32;
     let rate = 20_000.0;
-    let kill_at = duration / 3;
-    let restart_at = duration * 2 / 3;
     let keys = Keys::Zipf { n: KEYS, s: 0.99 };
-    let ttl = Duration::from_secs(300);
     let origin_config = OriginConfig {
         base_latency: Duration::from_millis(2),
         jitter: Duration::from_millis(1),
@@ -46,17 +71,21 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
         let origin = Origin::new(origin_config.clone(), duration.as_secs() as usize + 2);
         let fleet = match name {
             "naive" => {
-                preload_naive(&url, &origin, ttl).await?;
-                strategy::naive(&url, instances, &origin, ttl).await?
+                preload_naive(&url, &origin).await?;
+                strategy::naive(&url, instances, &origin, TTL).await?
             }
             _ => {
-                preload_herdwise(&url, &origin, ttl).await?;
-                strategy::herdwise(name, &url, instances, &origin, |b| b.ttl(ttl)).await?
+                preload_herdwise(&url, &origin).await?;
+                strategy::herdwise_fetch(name, &url, instances, &origin, |b| {
+                    b.ttl(TTL)
+                        .origin_concurrency_limit(ORIGIN_LIMIT, ORIGIN_WAIT)
+                })
+                .await?
             }
         };
         let bar = settings.progress_bar(&format!("redis-outage {name}"), duration);
         let started = Instant::now();
-        let faults = tokio::spawn(inject_faults(server.clone(), started, kill_at, restart_at));
+        let faults = tokio::spawn(inject_faults(server.clone(), started, phase));
         let load = Load {
             concurrency,
             duration,
@@ -67,39 +96,49 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
         };
         let mut result = measure(&fleet, &origin, load, started, &bar).await;
         if let Ok(Err(e)) = faults.await {
-            tracing::error!("restarting redis failed: {e}");
+            tracing::error!("fault injection failed: {e}");
         }
-        summarize_windows(&mut result, kill_at, restart_at, duration);
+        summarize_phases(&mut result, phase);
         strategies.push(result);
     }
-    let events = vec![
-        (
-            kill_at.as_secs_f64(),
-            "redis-server killed (SIGKILL)".to_string(),
-        ),
-        (
-            restart_at.as_secs_f64(),
-            "redis-server restarted (empty)".to_string(),
-        ),
-    ];
+    let events = PHASES
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, fault))| {
+            let what = match (*fault)? {
+                Fault::Pause => "redis-server frozen (SIGSTOP)",
+                Fault::Resume => "resumed (SIGCONT)",
+                Fault::Kill => "killed (SIGKILL)",
+                Fault::Restart => "restarted (empty)",
+            };
+            Some(((phase * i as u32).as_secs_f64(), what.to_string()))
+        })
+        .collect();
     let mut ratios = BTreeMap::new();
     let pair = ("herdwise", "naive");
-    compare(
-        &mut ratios,
-        &strategies,
-        pair,
-        "origin qps during outage",
-        |r| r.extra.get("origin_qps_outage").copied().unwrap_or(0.0),
-    );
+    for (label, _) in PHASES.iter().skip(1) {
+        compare(
+            &mut ratios,
+            &strategies,
+            pair,
+            &format!("failed reads {label}"),
+            |r| {
+                r.extra
+                    .get(&format!("failed_reads_{label}"))
+                    .copied()
+                    .unwrap_or(0.0)
+            },
+        );
+    }
     compare(&mut ratios, &strategies, pair, "failed reads", |r| {
         r.errors as f64
     });
     Ok(ScenarioResult {
         name: "redis-outage".into(),
         description: format!(
-            "Zipf(0.99) over {KEYS} preloaded keys, {rate} reads/s offered by {concurrency} readers over {instances} instances; Redis killed at {:.0}s, restarted empty at {:.0}s; origin rejects past 32 in flight",
-            kill_at.as_secs_f64(),
-            restart_at.as_secs_f64()
+            "Zipf(0.99) over {KEYS} preloaded keys (TTLs spread over {}s), {rate} reads/s offered by {concurrency} readers over {instances} instances; phases of {}s: steady, Redis frozen (SIGSTOP), resumed, killed (SIGKILL), restarted empty; origin rejects past 32 in flight; herdwise: fetch, origin limit {ORIGIN_LIMIT}/instance",
+            TTL.as_secs(),
+            phase.as_secs()
         ),
         params: BTreeMap::from([
             ("instances".into(), json!(instances)),
@@ -107,7 +146,9 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
             ("reads_per_sec".into(), json!(rate)),
             ("duration_s".into(), json!(duration.as_secs_f64())),
             ("keys".into(), json!(keys)),
+            ("ttl_s".into(), json!(TTL.as_secs())),
             ("origin".into(), json!(origin_config)),
+            ("herdwise_origin_limit".into(), json!(ORIGIN_LIMIT)),
         ]),
         strategies,
         ratios,
@@ -118,29 +159,40 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
 async fn inject_faults(
     server: Arc<Mutex<RedisServer>>,
     started: Instant,
-    kill_at: Duration,
-    restart_at: Duration,
+    phase: Duration,
 ) -> Result<(), String> {
-    tokio::time::sleep_until((started + kill_at).into()).await;
-    let s = server.clone();
-    tokio::task::spawn_blocking(move || {
-        if let Ok(mut s) = s.lock() {
-            s.kill();
-        }
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    tokio::time::sleep_until((started + restart_at).into()).await;
-    tokio::task::spawn_blocking(move || match server.lock() {
-        Ok(mut s) => s.restart().map_err(|e| e.to_string()),
-        Err(_) => Err("server lock poisoned".to_string()),
-    })
-    .await
-    .map_err(|e| e.to_string())?
+    for (i, (_, fault)) in PHASES.iter().enumerate() {
+        let Some(fault) = *fault else {
+            continue;
+        };
+        tokio::time::sleep_until((started + phase * i as u32).into()).await;
+        let s = server.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut s = s.lock().map_err(|_| "server lock poisoned".to_string())?;
+            match fault {
+                Fault::Pause => s.pause().map_err(|e| e.to_string()),
+                Fault::Resume => s.resume().map_err(|e| e.to_string()),
+                Fault::Kill => {
+                    s.kill();
+                    Ok(())
+                }
+                Fault::Restart => s.restart().map_err(|e| e.to_string()),
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
+
+/// A key's remaining life at preload: spread over the TTL, so entries expire at a steady pace
+/// from the start instead of all at once.
+fn preload_ttl(key: u64) -> Duration {
+    TTL.mul_f64((key % 20 + 1) as f64 / 20.0)
 }
 
 /// Every key into Redis the way naive code stores it (pipelined, outside the measured run).
-async fn preload_naive(url: &str, origin: &Origin, ttl: Duration) -> Result<(), LabError> {
+async fn preload_naive(url: &str, origin: &Origin) -> Result<(), LabError> {
     let mut conn = ConnectionManager::new(redis::Client::open(url)?).await?;
     for chunk in (1..=KEYS).collect::<Vec<_>>().chunks(1000) {
         let mut pipe = redis::pipe();
@@ -149,7 +201,7 @@ async fn preload_naive(url: &str, origin: &Origin, ttl: Duration) -> Result<(), 
                 .arg(format!("naive:{k}"))
                 .arg(origin.value_of(*k))
                 .arg("PX")
-                .arg(ttl.as_millis() as u64)
+                .arg(preload_ttl(*k).as_millis() as u64)
                 .ignore();
         }
         let () = pipe.query_async(&mut conn).await?;
@@ -157,17 +209,24 @@ async fn preload_naive(url: &str, origin: &Origin, ttl: Duration) -> Result<(), 
     Ok(())
 }
 
-/// Every key into Redis through a Herdwise cache with L1 off (so no fleet instance starts with a
-/// warm L1 it did not earn).
-async fn preload_herdwise(url: &str, origin: &Origin, ttl: Duration) -> Result<(), LabError> {
-    let cache: Cache<u64, Vec<u8>> = Cache::builder("lab")
-        .store(RedisStore::connect(url).await?)
-        .ttl(ttl)
-        .l1_max_bytes(0)
-        .build()?;
+/// Every key into Redis through Herdwise caches with L1 off (so no fleet instance starts with
+/// a warm L1 it did not earn), one per preload TTL.
+async fn preload_herdwise(url: &str, origin: &Origin) -> Result<(), LabError> {
+    let mut caches = Vec::new();
+    for bucket in 0..20u64 {
+        let cache: Cache<u64, Vec<u8>> = Cache::builder("lab")
+            .store(RedisStore::connect(url).await?)
+            .ttl(preload_ttl(bucket))
+            .no_ttl_jitter()
+            .l1_max_bytes(0)
+            .no_hot_key_shield()
+            .build()?;
+        caches.push(cache);
+    }
+    let caches = &caches;
     let results: Vec<_> = futures::stream::iter(1..=KEYS)
         .map(|k| {
-            let cache = cache.clone();
+            let cache = caches[(k % 20) as usize].clone();
             let value = origin.value_of(k);
             async move { cache.set(&k, value).await }
         })
@@ -180,19 +239,11 @@ async fn preload_herdwise(url: &str, origin: &Origin, ttl: Duration) -> Result<(
     Ok(())
 }
 
-/// Adds per-window figures: before the kill, during the outage, after the restart.
-fn summarize_windows(
-    r: &mut StrategyResult,
-    kill_at: Duration,
-    restart_at: Duration,
-    end: Duration,
-) {
-    let windows = [
-        ("steady", 0, kill_at.as_secs()),
-        ("outage", kill_at.as_secs(), restart_at.as_secs()),
-        ("recovery", restart_at.as_secs(), end.as_secs()),
-    ];
-    for (label, from, to) in windows {
+/// Adds per-phase figures, and the origin load of each phase against the steady phase's.
+fn summarize_phases(r: &mut StrategyResult, phase: Duration) {
+    let steady_origin = phase_origin_qps(r, 0, phase);
+    for (i, (label, _)) in PHASES.iter().enumerate() {
+        let (from, to) = (phase.as_secs() * i as u64, phase.as_secs() * (i as u64 + 1));
         let points: Vec<_> = r
             .timeline
             .iter()
@@ -200,16 +251,36 @@ fn summarize_windows(
             .collect();
         let secs = points.len().max(1) as f64;
         let origin: u64 = points.iter().map(|p| p.origin_queries).sum();
+        let peak_origin = points.iter().map(|p| p.origin_queries).max().unwrap_or(0);
         let errors: u64 = points.iter().map(|p| p.errors).sum();
         let reads: u64 = points.iter().map(|p| p.reads).sum();
         let p99 = points.iter().map(|p| p.p99_us).max().unwrap_or(0);
-        r.extra
-            .insert(format!("origin_qps_{label}"), origin as f64 / secs);
-        r.extra
-            .insert(format!("failed_reads_{label}"), errors as f64);
-        r.extra
-            .insert(format!("reads_per_sec_{label}"), reads as f64 / secs);
-        r.extra
-            .insert(format!("worst_second_p99_ms_{label}"), p99 as f64 / 1000.0);
+        let max = points.iter().map(|p| p.max_us).max().unwrap_or(0);
+        let extra = &mut r.extra;
+        extra.insert(format!("origin_qps_{label}"), origin as f64 / secs);
+        extra.insert(format!("origin_peak_second_{label}"), peak_origin as f64);
+        extra.insert(
+            format!("origin_vs_steady_{label}"),
+            ratio(origin as f64 / secs, steady_origin),
+        );
+        extra.insert(
+            format!("origin_peak_vs_steady_{label}"),
+            ratio(peak_origin as f64, steady_origin),
+        );
+        extra.insert(format!("failed_reads_{label}"), errors as f64);
+        extra.insert(format!("reads_per_sec_{label}"), reads as f64 / secs);
+        extra.insert(format!("worst_second_p99_ms_{label}"), p99 as f64 / 1000.0);
+        extra.insert(format!("slowest_read_ms_{label}"), max as f64 / 1000.0);
     }
+}
+
+fn phase_origin_qps(r: &StrategyResult, index: u64, phase: Duration) -> f64 {
+    let (from, to) = (phase.as_secs() * index, phase.as_secs() * (index + 1));
+    let points: Vec<_> = r
+        .timeline
+        .iter()
+        .filter(|p| p.second >= from && p.second < to)
+        .collect();
+    let origin: u64 = points.iter().map(|p| p.origin_queries).sum();
+    origin as f64 / points.len().max(1) as f64
 }

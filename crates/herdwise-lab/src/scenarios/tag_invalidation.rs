@@ -201,7 +201,11 @@ async fn herdwise(
     let build = |l1: bool| async move {
         let builder =
             Cache::<u64, String>::builder("products").store(RedisStore::connect(url).await?);
-        let builder = if l1 { builder } else { builder.l1_max_bytes(0) };
+        let builder = if l1 {
+            builder
+        } else {
+            builder.l1_max_bytes(0).no_hot_key_shield()
+        };
         Ok::<_, LabError>(builder.build()?)
     };
     let (a, b, no_l1) = (build(true).await?, build(true).await?, build(false).await?);

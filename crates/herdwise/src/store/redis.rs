@@ -172,7 +172,6 @@ pub struct RedisStore {
     call_timeout: Duration,
     set_if_not_older: Script,
     fill_leased: Script,
-    release_lease: Script,
     bump_tag: Script,
 }
 
@@ -207,7 +206,6 @@ impl RedisStore {
             call_timeout,
             set_if_not_older: Script::new(&set_if_not_older_script()),
             fill_leased: Script::new(&fill_leased_script()),
-            release_lease: Script::new(RELEASE_LEASE),
             bump_tag: Script::new(BUMP_TAG),
         }
     }
@@ -394,11 +392,15 @@ impl Store for RedisStore {
 
     async fn release_lease(&self, key: &str, token: u64) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let _: i64 = self
-            .release_lease
-            .key(lease_key(key))
+        // EVAL, not EVALSHA: a release is often sent and abandoned (after a lease attempt timed
+        // out) and must work by itself when Redis gets to it — no NOSCRIPT and reload round
+        // trip that nobody would be waiting to make. Releases are rare; the script is short.
+        let _: i64 = redis::cmd("EVAL")
+            .arg(RELEASE_LEASE)
+            .arg(1)
+            .arg(lease_key(key))
             .arg(token)
-            .invoke_async(&mut conn)
+            .query_async(&mut conn)
             .await?;
         Ok(())
     }
