@@ -24,6 +24,7 @@ use crate::metrics::CacheMetrics;
 use crate::origin_limit::OriginLimit;
 use crate::recovery::Recovery;
 use crate::remote::Remote;
+use crate::replicas::{Replicas, MAX_REPLICAS};
 use crate::retry::RetryQueue;
 use crate::store::{MemoryStore, Store};
 use crate::tags::{clock_key, TagLedger, TagsFrom, DEFAULT_MAX_TAGS_PER_ENTRY};
@@ -115,6 +116,7 @@ pub struct CacheBuilder<K: ?Sized, V> {
     recovery_window: Duration,
     rewarm: Option<RewarmPolicy>,
     hot_key_shield: Option<(u64, Duration)>,
+    replicas: Option<Replicas>,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -161,6 +163,7 @@ where
             recovery_window: DEFAULT_RECOVERY_WINDOW,
             rewarm: Some(RewarmPolicy::default()),
             hot_key_shield: Some((DEFAULT_HOT_KEY_SHIELD_BYTES, DEFAULT_HOT_KEY_SHIELD_LIFE)),
+            replicas: None,
             _key: PhantomData,
         }
     }
@@ -233,6 +236,28 @@ where
     /// ```
     pub fn hot_key_shield(mut self, max_bytes: u64, life: Duration) -> Self {
         self.hot_key_shield = Some((max_bytes, life));
+        self
+    }
+
+    /// Hot-key splitting (default off): each hot key (see [`CacheBuilder::hot_keys`]) gets
+    /// `copies` copies in L2 (1-16), each kept for at most `life`; its readers pick the primary
+    /// or a copy at random, so on Redis Cluster its reads spread over up to `copies + 1` shards.
+    /// Writes and invalidations delete the copies too (one more `DEL` per copy). A reader that
+    /// refreshed a copy just before an invalidation can leave the old value there for `life` at
+    /// most: keep it short.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cache: herdwise::Cache<u64, String> = herdwise::Cache::builder("flash-sale")
+    ///     .hot_key_replicas(4, Duration::from_secs(1))
+    ///     .build()
+    ///     .unwrap();
+    /// ```
+    pub fn hot_key_replicas(mut self, copies: u8, life: Duration) -> Self {
+        self.replicas = Some(Replicas {
+            count: copies,
+            life,
+        });
         self
     }
 
@@ -553,6 +578,14 @@ where
         if let Some(policy) = self.rewarm.as_ref() {
             policy.validate().map_err(Error::Config)?;
         }
+        if self
+            .replicas
+            .is_some_and(|r| r.count == 0 || r.count > MAX_REPLICAS || r.life.is_zero())
+        {
+            return Err(Error::Config(format!(
+                "hot_key_replicas: 1..={MAX_REPLICAS} copies with a positive life"
+            )));
+        }
         let keys = KeySpace::new(&self.namespace, self.schema_version, self.max_key_bytes)?;
         let metrics = CacheMetrics::new(&self.namespace);
         let recovery = Arc::new(Recovery::new(self.recovery_window));
@@ -646,6 +679,7 @@ where
                 key_book: std::sync::OnceLock::new(),
                 rewarm_started: std::sync::atomic::AtomicBool::new(false),
                 warmed: std::sync::atomic::AtomicBool::new(false),
+                replicas: self.replicas,
             },
             self.loader,
         ))

@@ -30,6 +30,7 @@ use crate::origin_limit::OriginLimit;
 use crate::read_through::{LoadOptions, LoadResult};
 use crate::recovery::Recovery;
 use crate::remote::Remote;
+use crate::replicas::Replicas;
 use crate::retry::{Retry, RetryQueue};
 use crate::tags::{TagLedger, TagsFrom};
 use crate::tiers::{Fallback, L2Read, WriteMode};
@@ -103,6 +104,8 @@ pub(crate) struct Inner<V> {
     pub rewarm_started: AtomicBool,
     /// A warm has completed (see `is_warm`).
     pub warmed: AtomicBool,
+    /// `None`: hot keys have no copies in L2.
+    pub replicas: Option<Replicas>,
 }
 
 /// A typed, multi-tier, read-through cache.
@@ -365,6 +368,7 @@ where
                 .retries
                 .push(&self.inner, Retry::Key(stored_key.into()));
         }
+        self.drop_replicas(stored_key).await;
         self.announce(stored_key).await;
     }
 
@@ -467,6 +471,7 @@ where
             .delete_prefix(&below, PREFIX_DELETE_DEADLINE)
             .await?;
         let removed_exact = u64::from(inner.remote.delete(&exact).await?);
+        self.drop_replicas(&exact).await;
         if let Some(backplane) = inner.backplane.as_ref() {
             backplane
                 .publish(&inner.remote, Invalidation::Prefix(&below))
@@ -616,6 +621,7 @@ where
                 // The caller meant to replace the value: do not keep serving the old one.
                 self.inner.l1.remove(stored_key);
                 let _ = self.inner.remote.delete(stored_key).await;
+                self.drop_replicas(stored_key).await;
                 self.announce(stored_key).await;
                 return Err(err);
             }
@@ -623,6 +629,10 @@ where
         let outcome = self
             .store_encoded(stored_key, Some(&value), encoded, mode)
             .await;
+        if outcome == WriteOutcome::Stored {
+            // Copies of the old value must not outlive it.
+            self.drop_replicas(stored_key).await;
+        }
         // Other instances' L1 copies are older than what was just written.
         if outcome != WriteOutcome::RefusedOlder {
             self.announce(stored_key).await;

@@ -68,6 +68,7 @@ mod read_through;
 mod recovery;
 mod refresh;
 mod remote;
+mod replicas;
 mod retry;
 pub mod store;
 mod tags;

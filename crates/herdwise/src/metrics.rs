@@ -33,6 +33,7 @@
 //! | `herdwise_origin_limited_total` | counter | `outcome` = `stale`/`waited`/`overloaded` | loads that found the origin at its concurrency limit: answered stale, waited for a slot, or shed with `Error::Overloaded` |
 //! | `herdwise_recovery_served_from_l1_total` | counter | | reads answered from L1 (flagged stale) in the window after a remote-tier recovery, for keys the remote tier lost |
 //! | `herdwise_warmed_total` | counter | `outcome` = `loaded`/`cached`/`absent`/`failed`, `trigger` = `warm`/`recovery` | keys warmed: loaded from the origin, already cached, not at the origin, or failed |
+//! | `herdwise_replica_reads_total` | counter | `outcome` = `hit`/`miss` | reads of a hot key's L2 copy (`miss`: the copy was missing, the primary was read and the copy rewritten) |
 //! | `herdwise_hottest_key_share` | gauge | | the hottest key's share of recent reads (sampled; refreshed every ~65k reads) |
 //! | `herdwise_l1_evictions_total` | counter | | L1 entries evicted for space |
 //! | `herdwise_l1_bytes` | gauge | | L1 weight in bytes |
@@ -95,6 +96,8 @@ pub const ORIGIN_LIMITED: &str = "herdwise_origin_limited_total";
 pub const RECOVERY_SERVED_FROM_L1: &str = "herdwise_recovery_served_from_l1_total";
 /// Keys warmed.
 pub const WARMED: &str = "herdwise_warmed_total";
+/// Reads of a hot key's L2 copies.
+pub const REPLICA_READS: &str = "herdwise_replica_reads_total";
 /// The hottest key's share of recent reads.
 pub const HOTTEST_KEY_SHARE: &str = "herdwise_hottest_key_share";
 /// L1 evictions.
@@ -168,6 +171,8 @@ pub(crate) struct CacheMetrics {
     store_errors: [[Counter; 2]; 4],
     pub recovery_served_from_l1: Counter,
     pub hottest_key_share: Gauge,
+    pub replica_reads_hit: Counter,
+    pub replica_reads_miss: Counter,
     /// `[trigger][outcome]`, see [`WarmTrigger`] and [`WarmOutcome`].
     warmed: [[Counter; 4]; 2],
 }
@@ -245,6 +250,8 @@ impl CacheMetrics {
             ],
             recovery_served_from_l1: counter!(RECOVERY_SERVED_FROM_L1, "namespace" => ns.clone()),
             hottest_key_share: gauge!(HOTTEST_KEY_SHARE, "namespace" => ns.clone()),
+            replica_reads_hit: counter!(REPLICA_READS, "namespace" => ns.clone(), "outcome" => "hit"),
+            replica_reads_miss: counter!(REPLICA_READS, "namespace" => ns.clone(), "outcome" => "miss"),
             warmed: ["warm", "recovery"].map(|trigger| {
                 ["loaded", "cached", "absent", "failed"].map(|outcome| {
                     counter!(WARMED, "namespace" => ns.clone(), "trigger" => trigger, "outcome" => outcome)

@@ -108,6 +108,7 @@ async fn attempt<V: Send + Sync + 'static>(inner: &Inner<V>, what: &Retry) -> bo
             if inner.remote.delete(key).await.is_err() {
                 return false;
             }
+            crate::replicas::delete_replicas(inner, key).await;
             inner.l1.invalidate(key);
             if let Some(backplane) = inner.backplane.as_ref() {
                 backplane

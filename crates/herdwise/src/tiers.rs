@@ -121,7 +121,7 @@ where
     pub(crate) async fn read_l2(&self, stored_key: &str) -> L2Read<V> {
         let inner = &*self.inner;
         let epoch = inner.l1.epoch(stored_key);
-        let bytes = match inner.remote.get(stored_key).await {
+        let bytes = match self.read_remote(stored_key).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return L2Read::Miss,
             Err(_) => return L2Read::Unavailable,
@@ -140,6 +140,7 @@ where
                         // A versioned entry would refuse the unversioned fill that replaces it.
                         if meta.version > 0 {
                             let _ = inner.remote.delete(stored_key).await;
+                            self.drop_replicas(stored_key).await;
                         }
                         return L2Read::Miss;
                     }
@@ -169,6 +170,7 @@ where
                     "corrupt cache entry: treated as a miss and deleted"
                 );
                 let _ = inner.remote.delete(stored_key).await;
+                self.drop_replicas(stored_key).await;
                 L2Read::Miss
             }
         }

@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::calls_of;
-use herdwise::Cache;
+use common::{calls_of, counter};
+use herdwise::{metrics as m, Cache};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_l1_off_hot_keys_are_shielded_and_cold_keys_are_not() {
@@ -76,4 +76,82 @@ async fn with_l1_off_hot_keys_are_shielded_and_cold_keys_are_not() {
     })
     .await;
     assert!(replaced, "the shield must not outlive an invalidation");
+}
+
+async fn exists(raw: &mut redis::aio::MultiplexedConnection, key: &str) -> bool {
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async(raw)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_key_is_split_over_copies_that_writes_and_invalidations_remove() {
+    let server = common::redis();
+    let store = common::store(&server).await;
+    let (cache, metrics) = common::with_metrics(|| {
+        Cache::<u64, String>::builder("split")
+            .store(store.clone())
+            .l1_max_bytes(0)
+            .no_hot_key_shield()
+            .hot_keys(1)
+            .hot_key_replicas(4, Duration::from_secs(30))
+    });
+    let mut raw = common::raw(&server).await;
+    let primary = cache.stored_key(&7).unwrap();
+    let copy = |i: u8| format!("{primary}%r{i}");
+    cache.set(&7, "v1".to_string()).await.unwrap();
+    cache.set(&8, "cold".to_string()).await.unwrap();
+    for i in 0..10_000 {
+        cache.get(&7).await.unwrap();
+        if i % 10 == 0 {
+            cache.get(&8).await.unwrap();
+        }
+    }
+    assert_eq!(cache.hot_keys()[0].0, primary);
+    // Readers picked the copies: each exists now, and most reads were answered by one.
+    for i in 1..=4 {
+        let made = common::eventually(Duration::from_secs(1), async || {
+            exists(&mut raw, &copy(i)).await
+        })
+        .await;
+        assert!(made, "copy {i} was never made");
+    }
+    assert!(counter(&metrics, m::REPLICA_READS, &[("outcome", "hit")]) > 1_000);
+    let cold = cache.stored_key(&8).unwrap();
+    assert!(
+        !exists(&mut raw, &format!("{cold}%r1")).await,
+        "a cold key has no copies"
+    );
+
+    // With the primary gone behind the cache's back, copies still answer some reads.
+    let _: () = redis::cmd("DEL")
+        .arg(&primary)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let mut answered = 0;
+    for _ in 0..100 {
+        answered += usize::from(cache.get(&7).await.unwrap().is_some());
+    }
+    assert!(answered > 50, "{answered} of 100 reads answered by copies");
+
+    // A write removes the copies: no read sees the old value after it.
+    cache.set(&7, "v2".to_string()).await.unwrap();
+    for _ in 0..500 {
+        assert_eq!(
+            cache.get(&7).await.unwrap().as_deref().map(String::as_str),
+            Some("v2")
+        );
+    }
+    // An invalidation removes the primary and every copy.
+    cache.invalidate(&7).await.unwrap();
+    assert_eq!(cache.get(&7).await.unwrap(), None);
+    for i in 1..=4 {
+        assert!(
+            !exists(&mut raw, &copy(i)).await,
+            "copy {i} outlived the invalidation"
+        );
+    }
 }
