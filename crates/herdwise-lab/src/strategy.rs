@@ -193,21 +193,11 @@ pub async fn herdwise(
     configure: impl Fn(CacheBuilder<u64, Vec<u8>>) -> CacheBuilder<u64, Vec<u8>>,
 ) -> Result<Fleet, LabError> {
     let fetch = name.ends_with("-fetch");
-    herdwise_fleet(name, redis_url, instances, origin, fetch, configure).await
+    herdwise_with(name, redis_url, instances, origin, fetch, configure).await
 }
 
-/// [`herdwise`], reading through a registered loader whatever the name.
-pub async fn herdwise_fetch(
-    name: &str,
-    redis_url: &str,
-    instances: usize,
-    origin: &Arc<Origin>,
-    configure: impl Fn(CacheBuilder<u64, Vec<u8>>) -> CacheBuilder<u64, Vec<u8>>,
-) -> Result<Fleet, LabError> {
-    herdwise_fleet(name, redis_url, instances, origin, true, configure).await
-}
-
-async fn herdwise_fleet(
+/// [`herdwise`], reading through a registered loader (`fetch`) or not, whatever the name.
+pub async fn herdwise_with(
     name: &str,
     redis_url: &str,
     instances: usize,

@@ -541,6 +541,8 @@ where
         }
         if sync_generation(inner).await.is_some() {
             inner.generation_synced.store(true, Ordering::Release);
+            // To tell, after an outage, whether Redis came back empty.
+            self.learn_sentinel().await;
         }
     }
 

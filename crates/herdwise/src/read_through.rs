@@ -377,10 +377,10 @@ where
                 return Some(Fetched::of(found.value.clone(), true));
             }
         }
-        let window_left = inner.recovery.window_left()?;
         if warming {
             return None;
         }
+        let window_left = self.lost_window().await?;
         let found = fallback
             .as_ref()
             .filter(|f| f.unverified && f.usable_within(stale_if_error, now_ms()))?;

@@ -7,17 +7,23 @@
 //! unverified (an era counter moves on; entries remember the era they were stored in). An
 //! unverified entry is never served as fresh: its next read asks L2 first, and L2's copy wins.
 //!
-//! For a short window after a recovery (the re-warm window), an unverified or stale entry whose
-//! L2 copy is gone is still answered from L1 (flagged stale, counted) instead of calling the
-//! origin; the staggered re-warm (`warm`) reloads the hottest keys meanwhile, top 1 % first.
-//! After the window, reads load as usual. The staleness this adds is bounded by the window.
+//! Whether Redis came back *empty* is checked, not assumed: each instance remembers a random
+//! token it found (or wrote) under a sentinel key; after a recovery, a missing or different token
+//! means Redis lost its data. Only then, for a short window (the re-warm window), is an
+//! unverified entry whose L2 copy is gone answered from L1 (flagged stale, counted) instead of
+//! calling the origin; the staggered re-warm (`warm`) reloads the hottest keys meanwhile, top
+//! 1 % first. If Redis kept its data, a missing copy means the key was invalidated or expired,
+//! and the read loads as usual. The staleness this adds is bounded by about twice the window.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::watch;
 
+use crate::cache::Cache;
 use crate::freshness::now_ms;
+use crate::key::CacheKey;
 
 /// The demotion era and the last remote-tier recovery, shared by the breaker (which reports
 /// recoveries), L1 (which stamps entries with the era) and the read path.
@@ -30,6 +36,22 @@ pub(crate) struct Recovery {
     window: Duration,
     /// Recoveries so far, for the re-warm task to wait on.
     recoveries: watch::Sender<u64>,
+    /// The sentinel token this instance last saw in the store (0: not known yet).
+    token: AtomicU64,
+    /// Whether the store lost its data before the last recovery: `UNKNOWN`, `LOST`, `INTACT`.
+    loss: AtomicU8,
+}
+
+/// Not checked yet since the last recovery.
+pub(crate) const UNKNOWN: u8 = 0;
+/// The store came back without the sentinel: its data is gone.
+pub(crate) const LOST: u8 = 1;
+/// The store kept its data.
+pub(crate) const INTACT: u8 = 2;
+
+/// The store key of a namespace's sentinel.
+pub(crate) fn sentinel_key(namespace: &str) -> String {
+    format!("herdwise:{{ns:{namespace}}}:sentinel")
 }
 
 impl Recovery {
@@ -39,7 +61,32 @@ impl Recovery {
             recovered_at_ms: AtomicU64::new(0),
             window,
             recoveries: watch::Sender::new(0),
+            token: AtomicU64::new(0),
+            loss: AtomicU8::new(UNKNOWN),
         }
+    }
+
+    /// The sentinel token last seen (0: none yet).
+    pub fn token(&self) -> u64 {
+        self.token.load(Ordering::Acquire)
+    }
+
+    /// Remembers the sentinel token found in (or written to) the store.
+    pub fn saw_token(&self, token: u64) {
+        self.token.store(token, Ordering::Release);
+    }
+
+    /// What is known of the store's data since the last recovery.
+    pub fn loss(&self) -> u8 {
+        self.loss.load(Ordering::Acquire)
+    }
+
+    /// Records whether the store lost its data (`LOST` or `INTACT`), unless this recovery was
+    /// judged already.
+    pub fn judge_once(&self, loss: u8) {
+        let _ = self
+            .loss
+            .compare_exchange(UNKNOWN, loss, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// The current era: an L1 entry stored under an earlier one is unverified.
@@ -58,6 +105,7 @@ impl Recovery {
     /// window, and wake the re-warm task.
     pub fn recovered(&self) {
         self.demote();
+        self.loss.store(UNKNOWN, Ordering::Release);
         self.recovered_at_ms.store(now_ms(), Ordering::Release);
         self.recoveries.send_modify(|n| *n += 1);
     }
@@ -78,6 +126,68 @@ impl Recovery {
     /// A receiver that sees every later recovery.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.recoveries.subscribe()
+    }
+}
+
+/// How long the sentinel is kept: far longer than any entry, refreshed at every loss.
+const SENTINEL_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+impl<K, V> Cache<K, V>
+where
+    K: CacheKey + ?Sized,
+    V: Send + Sync + 'static,
+{
+    /// The sentinel token now in the store, writing one if there is none. `None` if the store
+    /// does not answer.
+    async fn sentinel(&self) -> Option<u64> {
+        let remote = &self.inner.remote;
+        let key = sentinel_key(self.inner.keys.namespace());
+        let parse = |bytes: Bytes| std::str::from_utf8(&bytes).ok()?.parse::<u64>().ok();
+        if let Some(token) = remote.get(&key).await.ok()?.and_then(parse) {
+            return Some(token);
+        }
+        let token = rand::random::<u64>() | 1;
+        remote
+            .set(&key, Bytes::from(token.to_string()), SENTINEL_TTL)
+            .await
+            .ok()?;
+        // Another instance may have written its own meanwhile: the one that stayed counts.
+        remote.get(&key).await.ok()?.and_then(parse)
+    }
+
+    /// Learns the sentinel token at the first contact with the store.
+    pub(crate) async fn learn_sentinel(&self) {
+        if let Some(token) = self.sentinel().await {
+            self.inner.recovery.saw_token(token);
+        }
+    }
+
+    /// What is left of the recovery window, if a recovery is recent *and* the store came back
+    /// without its data (checked once per recovery, against the sentinel).
+    pub(crate) async fn lost_window(&self) -> Option<Duration> {
+        let recovery = &*self.inner.recovery;
+        let left = recovery.window_left()?;
+        if recovery.loss() == UNKNOWN {
+            let known = recovery.token();
+            let now = self.sentinel().await?;
+            // Never learned a token: no evidence of a loss.
+            let verdict = if known != 0 && now != known {
+                LOST
+            } else {
+                INTACT
+            };
+            // The first verdict of this recovery stands (a later reader may already see the
+            // token the first one wrote).
+            recovery.judge_once(verdict);
+            recovery.saw_token(now);
+            if verdict == LOST {
+                tracing::warn!(
+                    namespace = self.namespace(),
+                    "the remote tier came back without its data: L1 answers for lost keys during the recovery window"
+                );
+            }
+        }
+        (recovery.loss() == LOST).then_some(left)
     }
 }
 

@@ -110,23 +110,29 @@ async fn after_a_recovery_l1_is_rechecked_against_l2() {
         .no_backplane()
         .build()
         .unwrap();
-    a.set(&1, "old".to_string()).await.unwrap();
-    assert_eq!(
-        a.get(&1).await.unwrap().as_deref().map(String::as_str),
-        Some("old")
-    );
+    for key in [1, 2] {
+        a.set(&key, "old".to_string()).await.unwrap();
+        let got = a.get(&key).await.unwrap();
+        assert_eq!(got.as_deref().map(String::as_str), Some("old"));
+    }
 
     server.pause().unwrap();
     trip(&a).await;
     server.resume().unwrap();
-    // Written while `a` was cut off from the remote tier.
+    // Written and invalidated while `a` was cut off from the remote tier.
     b.set(&1, "new".to_string()).await.unwrap();
+    b.invalidate(&2).await.unwrap();
     until_closed(&a).await;
 
     assert_eq!(
         a.get(&1).await.unwrap().as_deref().map(String::as_str),
         Some("new"),
         "an L1 entry from before the outage must be checked against L2"
+    );
+    assert_eq!(
+        a.get(&2).await.unwrap(),
+        None,
+        "Redis kept its data: a key missing there was invalidated, and L1 must not answer for it"
     );
 }
 

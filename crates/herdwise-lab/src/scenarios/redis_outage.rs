@@ -77,7 +77,7 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
             }
             _ => {
                 preload_herdwise(&url, &origin).await?;
-                strategy::herdwise_fetch(name, &url, instances, &origin, |b| {
+                strategy::herdwise_with(name, &url, instances, &origin, true, |b| {
                     b.ttl(TTL)
                         .origin_concurrency_limit(ORIGIN_LIMIT, ORIGIN_WAIT)
                 })
