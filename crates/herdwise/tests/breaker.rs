@@ -80,17 +80,30 @@ async fn a_frozen_redis_opens_the_breaker_and_reads_stop_waiting_for_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_redis_opens_it_and_a_restart_closes_it() {
+async fn a_killed_redis_opens_it_a_failed_probe_reopens_it_and_a_restart_closes_it() {
     let mut server = common::redis();
-    let cache: Cache<u64, String> = Cache::builder("br")
-        .store(common::store(&server).await)
-        .l1_max_bytes(0)
-        .circuit_breaker(BreakerConfig::default().open_for(Duration::from_millis(300)))
-        .build()
-        .unwrap();
+    let store = common::store(&server).await;
+    let (cache, metrics) = common::with_metrics(|| {
+        Cache::<u64, String>::builder("br")
+            .store(store)
+            .l1_max_bytes(0)
+            .circuit_breaker(BreakerConfig::default().open_for(Duration::from_millis(300)))
+    });
     read(&cache, 0).await;
     server.kill();
-    read_until_open(&cache, 1).await;
+    let (_, mut key) = read_until_open(&cache, 1).await;
+    // Half-open while Redis is still dead: the one probe fails and the breaker opens again.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    read(&cache, key).await;
+    key += 1;
+    assert_eq!(
+        cache.breaker_state(),
+        BreakerState::Open,
+        "a failed probe re-opens it"
+    );
+    assert!(counter(&metrics, m::BREAKER_TRANSITIONS, &[("to", "half_open")]) >= 1);
+    assert!(counter(&metrics, m::BREAKER_TRANSITIONS, &[("to", "open")]) >= 2);
+    read(&cache, key).await;
     server.restart().unwrap();
     let closed = common::eventually(Duration::from_secs(5), async || {
         read(&cache, 0).await;
