@@ -387,12 +387,12 @@ where
         self.inner.keys.namespace()
     }
 
-    /// Bytes currently charged to L1 (0 if L1 is disabled).
+    /// Bytes currently charged to L1 (with L1 disabled: to the hot-key shield, if any).
     pub fn l1_bytes(&self) -> u64 {
         self.inner.l1.weight()
     }
 
-    /// The L1 byte bound (0 if L1 is disabled).
+    /// The L1 byte bound (with L1 disabled: the hot-key shield's, or 0 without one).
     pub fn l1_max_bytes(&self) -> u64 {
         self.inner.l1.capacity()
     }

@@ -226,6 +226,22 @@ where
     }
 
     /// [`Cache::warm`] with options.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// use std::time::Duration;
+    /// use herdwise::{Cache, WarmOptions};
+    /// let cache: Cache<u64, u64> = Cache::builder("scores")
+    ///     .loader(|id: &u64| {
+    ///         let id = *id;
+    ///         async move { Ok::<_, std::io::Error>(Some(id * 2)) }
+    ///     })
+    ///     .build()?;
+    /// let options = WarmOptions::default().concurrency(2).jitter(Duration::from_millis(5));
+    /// assert_eq!(cache.warm_opts(0..10, options).await?.loaded, 10);
+    /// # Ok(()) }
+    /// ```
     pub async fn warm_opts(
         &self,
         keys: impl IntoIterator<Item = K::Owned>,
@@ -239,6 +255,20 @@ where
     /// Loads `keys` through `loader` (called once per key that is not cached yet), hottest
     /// first, with [`WarmOptions::default`]. For caches read with `get_or_load`, or to warm
     /// from a query that is cheaper in bulk.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// let cache: herdwise::Cache<str, String> = herdwise::Cache::builder("pages").build()?;
+    /// let report = cache
+    ///     .warm_with(["home".to_string(), "about".to_string()], |page: &str| {
+    ///         let html = format!("<h1>{page}</h1>");
+    ///         async move { Ok::<_, std::io::Error>(Some(html)) }
+    ///     })
+    ///     .await?;
+    /// assert_eq!(report.loaded, 2);
+    /// # Ok(()) }
+    /// ```
     pub async fn warm_with<F, Fut, E>(
         &self,
         keys: impl IntoIterator<Item = K::Owned>,
@@ -254,6 +284,20 @@ where
     }
 
     /// [`Cache::warm_with`] with options.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// use herdwise::{Cache, WarmOptions};
+    /// let cache: Cache<u64, u64> = Cache::builder("ranks").build()?;
+    /// let load = |id: &u64| {
+    ///     let id = *id;
+    ///     async move { Ok::<_, std::io::Error>((id % 2 == 0).then_some(id)) }
+    /// };
+    /// let report = cache.warm_with_opts(0..4, load, WarmOptions::default().concurrency(1)).await?;
+    /// assert_eq!((report.loaded, report.absent), (2, 2));
+    /// # Ok(()) }
+    /// ```
     pub async fn warm_with_opts<F, Fut, E>(
         &self,
         keys: impl IntoIterator<Item = K::Owned>,
