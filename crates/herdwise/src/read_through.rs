@@ -366,7 +366,10 @@ where
         let epoch = inner.l1.epoch(stored_key);
         match self.read_l2(stored_key).await {
             L2Read::Fresh(value, meta, _) => return Some(Fetched::of(value, meta.stale_copy)),
-            L2Read::Stale(found) => *fallback = Some(found),
+            L2Read::Stale(found) => {
+                *fallback = Some(found);
+                return None;
+            }
             L2Read::Miss => {}
             L2Read::Unavailable => {
                 // Down again: L1 keeps serving, as in any outage.
@@ -377,20 +380,27 @@ where
                 return Some(Fetched::of(found.value.clone(), true));
             }
         }
-        if warming {
-            return None;
+        // L2 has no copy. If Redis lost its data, L1 answers for the key during the window.
+        if !warming {
+            if let Some(window_left) = self.lost_window().await {
+                let usable = fallback
+                    .as_ref()
+                    .filter(|f| f.usable_within(stale_if_error, now_ms()));
+                if let Some(found) = usable {
+                    // Spread over a second window, so the kept entries do not fall due together.
+                    let spread = inner.recovery.window().mul_f64(rand::random::<f64>());
+                    inner
+                        .l1
+                        .keep_unverified(stored_key, window_left + spread, epoch);
+                    inner.metrics.recovery_served_from_l1.increment(1);
+                    return Some(Fetched::of(found.value.clone(), true));
+                }
+            }
         }
-        let window_left = self.lost_window().await?;
-        let found = fallback
-            .as_ref()
-            .filter(|f| f.unverified && f.usable_within(stale_if_error, now_ms()))?;
-        // Spread over a second window, so that the entries kept do not all fall due together.
-        let spread = inner.recovery.window().mul_f64(rand::random::<f64>());
-        inner
-            .l1
-            .keep_unverified(stored_key, window_left + spread, epoch);
-        inner.metrics.recovery_served_from_l1.increment(1);
-        Some(Fetched::of(found.value.clone(), true))
+        // Otherwise the copy was invalidated or expired while this instance missed the events:
+        // its old value must not stand in for it, not even as a fallback.
+        *fallback = None;
+        None
     }
 
     /// The leader's work for one key: re-check L1, then L2, then (under the cross-instance

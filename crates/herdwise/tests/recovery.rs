@@ -110,7 +110,7 @@ async fn after_a_recovery_l1_is_rechecked_against_l2() {
         .no_backplane()
         .build()
         .unwrap();
-    for key in [1, 2] {
+    for key in [1, 2, 3] {
         a.set(&key, "old".to_string()).await.unwrap();
         let got = a.get(&key).await.unwrap();
         assert_eq!(got.as_deref().map(String::as_str), Some("old"));
@@ -122,6 +122,7 @@ async fn after_a_recovery_l1_is_rechecked_against_l2() {
     // Written and invalidated while `a` was cut off from the remote tier.
     b.set(&1, "new".to_string()).await.unwrap();
     b.invalidate(&2).await.unwrap();
+    b.invalidate(&3).await.unwrap();
     until_closed(&a).await;
 
     assert_eq!(
@@ -133,6 +134,16 @@ async fn after_a_recovery_l1_is_rechecked_against_l2() {
         a.get(&2).await.unwrap(),
         None,
         "Redis kept its data: a key missing there was invalidated, and L1 must not answer for it"
+    );
+    // Not even as a stale fallback when the origin fails.
+    let failing = a
+        .get_or_load(&3, |_| async {
+            Err::<Option<String>, _>(OriginError("down".into()))
+        })
+        .await;
+    assert!(
+        failing.is_err(),
+        "an invalidated value came back: {failing:?}"
     );
 }
 
