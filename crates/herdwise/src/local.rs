@@ -286,6 +286,17 @@ impl<V> LocalTier<V> {
         );
     }
 
+    /// Removes the entry under `key` if it is unverified (stored before the last demotion):
+    /// L2 says it is gone, and nothing may fall back on it.
+    pub fn remove_unverified(&self, key: &str) {
+        if let Some(engine) = self.engine.as_ref() {
+            let era = self.recovery.era();
+            if engine.remove_if(key, |e| e.era != era).is_some() {
+                self.bytes_gauge.set(engine.weight() as f64);
+            }
+        }
+    }
+
     /// Removes `entry` from under `key`, but not a newer entry inserted there meanwhile.
     pub fn remove_entry(&self, key: &str, entry: &L1Entry<V>) {
         if let Some(engine) = self.engine.as_ref() {

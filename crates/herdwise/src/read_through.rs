@@ -400,6 +400,7 @@ where
         // Otherwise the copy was invalidated or expired while this instance missed the events:
         // its old value must not stand in for it, not even as a fallback.
         *fallback = None;
+        inner.l1.remove_unverified(stored_key);
         None
     }
 

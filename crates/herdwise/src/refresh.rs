@@ -61,7 +61,11 @@ where
                 let stale = self
                     .l1_get(&stored_key)
                     .map(|(entry, standing)| Fallback::from_l1(entry, standing));
-                match stale.filter(|f| f.usable_within(windows.stale_if_error, now_ms())) {
+                // (Never an unverified entry: L2 was not asked about it.)
+                let usable = |f: &Fallback<V>| {
+                    !f.unverified && f.usable_within(windows.stale_if_error, now_ms())
+                };
+                match stale.filter(usable) {
                     Some(found) => {
                         self.inner.metrics.stale_served_soft_timeout.increment(1);
                         Ok(Fetched::of(found.value, true))
