@@ -196,7 +196,7 @@ pub async fn herdwise(
     herdwise_with(name, redis_url, instances, origin, fetch, configure).await
 }
 
-/// [`herdwise`], reading through a registered loader (`fetch`) or not, whatever the name.
+/// [`herdwise()`], reading through a registered loader (`fetch`) or not, whatever the name.
 pub async fn herdwise_with(
     name: &str,
     redis_url: &str,

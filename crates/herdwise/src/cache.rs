@@ -250,7 +250,7 @@ where
     /// `Ok(Some(v))` is cached for the TTL; `Ok(None)` ("not at the origin") is cached as a
     /// negative entry for the negative TTL; `Err(e)` is returned to every waiting caller and
     /// never cached. If the leading caller is cancelled, a waiting caller takes over with its own
-    /// loader; if the loader panics, every caller gets [`Error::LoaderPanicked`].
+    /// loader; if the loader panics, every caller gets [`Error::LoaderPanicked`](crate::Error::LoaderPanicked).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

@@ -77,7 +77,7 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// A store bounded at [`DEFAULT_MEMORY_STORE_BYTES`].
+    /// A store bounded at [`DEFAULT_MEMORY_STORE_BYTES`](crate::store::DEFAULT_MEMORY_STORE_BYTES) (256 MiB).
     pub fn new() -> Self {
         Self::with_max_bytes(DEFAULT_MEMORY_STORE_BYTES)
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use self::memory::MemoryStore;
+pub use self::memory::{MemoryStore, DEFAULT_MEMORY_STORE_BYTES};
 pub use self::redis::{RedisStore, RedisStoreBuilder};
 
 /// Version check shared by the Lua scripts: returns from the script with `refused` if the stored
