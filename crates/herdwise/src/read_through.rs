@@ -482,7 +482,7 @@ where
                     inner.metrics.stale_served_refreshing.increment(1);
                     return Ok(Fetched::of(found.value.clone(), true));
                 }
-                match self.wait_for_fill(stored_key, &lease, refresh_of).await {
+                match self.wait_for_fill(stored_key, &lease).await {
                     Waited::Value(value, stale) => return Ok(Fetched::of(value, stale)),
                     Waited::Lease(held) => {
                         inner.metrics.lease_takeovers.increment(1);
@@ -500,9 +500,11 @@ where
             .await
     }
 
-    /// Tries to take the key's lease. Having taken it, re-reads L2: the previous holder may have
-    /// filled and released between our read and our lease, and loading again would be a second
-    /// origin call for the same expiry.
+    /// Tries to take the key's lease, and reads L2 right after in the same round trip: the
+    /// previous holder may have filled and released between our read and our lease, and
+    /// loading again would be a second origin call for the same expiry. A fresh value found
+    /// there answers whether or not the lease was taken (a lease taken for nothing is given
+    /// back).
     async fn take_lease(
         &self,
         stored_key: &str,
@@ -511,21 +513,9 @@ where
     ) -> LeaseAttempt<V> {
         let remote = &self.inner.remote;
         let token: u64 = rand::random();
-        match remote.try_lease(stored_key, token, lease.ttl).await {
-            Ok(true) => {
-                let held =
-                    HeldLease::new(remote.store().clone(), stored_key, token, remote.deadline());
-                match self.read_l2(stored_key).await {
-                    L2Read::Fresh(value, meta, _)
-                        if refresh_of.is_none_or(|r| meta.fresh_until_ms > r) =>
-                    {
-                        self.release(FillMode::Leased(held)).await;
-                        LeaseAttempt::Filled(value, meta.stale_copy)
-                    }
-                    _ => LeaseAttempt::Taken(held),
-                }
-            }
-            Ok(false) => LeaseAttempt::Held,
+        let epoch = self.inner.l1.epoch(stored_key);
+        let (taken, current) = match remote.try_lease_and_get(stored_key, token, lease.ttl).await {
+            Ok(found) => found,
             Err(StoreError::Timeout(_)) => {
                 // The SET may still run when a slow Redis catches up, leaving a lease nobody
                 // holds (every other instance would wait its TTL). Send a release after it: on
@@ -536,20 +526,32 @@ where
                     token,
                     remote.deadline(),
                 ));
-                LeaseAttempt::Failed
+                return LeaseAttempt::Failed;
             }
-            Err(_) => LeaseAttempt::Failed,
+            Err(_) => return LeaseAttempt::Failed,
+        };
+        let held = taken
+            .then(|| HeldLease::new(remote.store().clone(), stored_key, token, remote.deadline()));
+        let filled = match self.judge_l2(stored_key, Ok(current), epoch).await {
+            L2Read::Fresh(value, meta, _) if refresh_of.is_none_or(|r| meta.fresh_until_ms > r) => {
+                Some((value, meta.stale_copy))
+            }
+            _ => None,
+        };
+        match (held, filled) {
+            (Some(held), Some((value, stale))) => {
+                self.release(FillMode::Leased(held)).await;
+                LeaseAttempt::Filled(value, stale)
+            }
+            (None, Some((value, stale))) => LeaseAttempt::Filled(value, stale),
+            (Some(held), None) => LeaseAttempt::Taken(held),
+            (None, None) => LeaseAttempt::Held,
         }
     }
 
     /// Waits for the instance holding the lease to fill the key: woken by its announcement,
     /// re-checking every poll interval, for at most the lease's wait deadline.
-    async fn wait_for_fill(
-        &self,
-        stored_key: &str,
-        lease: &LeaseConfig,
-        refresh_of: Option<u64>,
-    ) -> Waited<V> {
+    async fn wait_for_fill(&self, stored_key: &str, lease: &LeaseConfig) -> Waited<V> {
         let registration = self.inner.fill_waiters.register(stored_key);
         let deadline = tokio::time::Instant::now() + lease.wait;
         loop {
@@ -557,13 +559,9 @@ where
             let notified = registration.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.read_l2(stored_key).await {
-                // (For a refresh, even the old entry will do: the holder is refreshing it.)
-                L2Read::Fresh(value, meta, _) => return Waited::Value(value, meta.stale_copy),
-                L2Read::Unavailable => return Waited::RemoteDown,
-                L2Read::Stale(_) | L2Read::Miss => {}
-            }
-            match self.take_lease(stored_key, lease, refresh_of).await {
+            // A fill, or the holder's lease given up (ours now). `None`: for a refresh, even the
+            // entry being refreshed will do — its holder is refreshing it.
+            match self.take_lease(stored_key, lease, None).await {
                 LeaseAttempt::Taken(held) => return Waited::Lease(held),
                 LeaseAttempt::Filled(value, stale) => return Waited::Value(value, stale),
                 LeaseAttempt::Held => {}

@@ -75,14 +75,14 @@ impl Remote {
         self.call(StoreOp::Set, key, fut).await
     }
 
-    pub async fn try_lease(
+    pub async fn try_lease_and_get(
         &self,
         key: &str,
         token: u64,
         ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        self.call(StoreOp::Lease, key, self.store.try_lease(key, token, ttl))
-            .await
+    ) -> Result<(bool, Option<Bytes>), StoreError> {
+        let fut = self.store.try_lease_and_get(key, token, ttl);
+        self.call(StoreOp::Lease, key, fut).await
     }
 
     #[allow(clippy::too_many_arguments)]

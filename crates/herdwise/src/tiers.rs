@@ -119,9 +119,22 @@ where
 {
     /// An L2 lookup that fills L1 on a hit (a stale hit too, as a fallback).
     pub(crate) async fn read_l2(&self, stored_key: &str) -> L2Read<V> {
+        let epoch = self.inner.l1.epoch(stored_key);
+        let read = self.read_remote(stored_key).await;
+        self.judge_l2(stored_key, read, epoch).await
+    }
+
+    /// What bytes read from L2 (by `read_l2`, or along with a lease) are worth: decoded, checked
+    /// (expiry, tags), put into L1 (unless the key was invalidated since `epoch`, taken before
+    /// the read); corrupt bytes are deleted and counted.
+    pub(crate) async fn judge_l2(
+        &self,
+        stored_key: &str,
+        read: std::result::Result<Option<Bytes>, crate::store::StoreError>,
+        epoch: u64,
+    ) -> L2Read<V> {
         let inner = &*self.inner;
-        let epoch = inner.l1.epoch(stored_key);
-        let bytes = match self.read_remote(stored_key).await {
+        let bytes = match read {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return L2Read::Miss,
             Err(_) => return L2Read::Unavailable,

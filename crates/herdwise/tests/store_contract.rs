@@ -169,6 +169,23 @@ async fn lease_contract(store: &dyn Store) {
     );
     store.release_lease("l:a", 3).await.unwrap();
 
+    // lease and read together: the read comes after the lease, and sees what is stored
+    let (taken, value) = store.try_lease_and_get("l:a", 9, lease_ttl).await.unwrap();
+    assert!(taken);
+    assert_eq!(value, Some(envelope_with_version(0, b"a")));
+    let (taken, value) = store.try_lease_and_get("l:a", 10, lease_ttl).await.unwrap();
+    assert!(!taken, "held by 9");
+    assert!(value.is_some());
+    store.release_lease("l:a", 9).await.unwrap();
+    assert_eq!(
+        store
+            .try_lease_and_get("l:none", 11, lease_ttl)
+            .await
+            .unwrap(),
+        (true, None)
+    );
+    store.release_lease("l:none", 11).await.unwrap();
+
     // a write voids the lease: the slow fill that started before it is refused
     assert!(store.try_lease("l:b", 4, lease_ttl).await.unwrap());
     store

@@ -173,6 +173,34 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Takes the load lease on `key` for `ttl` if nobody holds it (`SET NX PX`).
     async fn try_lease(&self, key: &str, token: u64, ttl: Duration) -> Result<bool, StoreError>;
 
+    /// [`Store::try_lease`], then reads `key` (in that order): whether the lease was taken, and
+    /// what was stored right after — a fill that landed just before the lease, or the value a
+    /// holder is refreshing. Stores that can pipeline do both in one round trip (Redis does).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use herdwise::{MemoryStore, Store};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let store = MemoryStore::new();
+    /// let ttl = Duration::from_secs(5);
+    /// assert_eq!(store.try_lease_and_get("k", 1, ttl).await.unwrap(), (true, None));
+    /// store.set("k", "v".into(), ttl).await.unwrap(); // (voids the lease)
+    /// let (taken, value) = store.try_lease_and_get("k", 2, ttl).await.unwrap();
+    /// assert!(taken);
+    /// assert_eq!(value.as_deref(), Some(&b"v"[..]));
+    /// # }
+    /// ```
+    async fn try_lease_and_get(
+        &self,
+        key: &str,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<(bool, Option<Bytes>), StoreError> {
+        let taken = self.try_lease(key, token, ttl).await?;
+        Ok((taken, self.get(key).await?))
+    }
+
     /// Fenced fill, atomically: if `token` still holds the lease on `key`, release it and store
     /// `value` unless the stored entry has a higher version. Then (whatever the outcome) publish
     /// `key` on `channel`, so that instances waiting for this fill wake up.

@@ -360,6 +360,28 @@ impl Store for RedisStore {
         Ok(taken.is_some())
     }
 
+    async fn try_lease_and_get(
+        &self,
+        key: &str,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<(bool, Option<Bytes>), StoreError> {
+        let mut conn = self.conn.clone();
+        // Pipelined: one round trip, and the GET sees every fill that landed before the SET.
+        let (taken, value): (Option<String>, Option<Vec<u8>>) = redis::pipe()
+            .cmd("SET")
+            .arg(lease_key(key))
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(px(ttl))
+            .cmd("GET")
+            .arg(key)
+            .query_async(&mut conn)
+            .await?;
+        Ok((taken.is_some(), value.map(Bytes::from)))
+    }
+
     async fn fill_leased(
         &self,
         key: &str,
