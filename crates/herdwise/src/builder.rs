@@ -589,7 +589,11 @@ where
         let keys = KeySpace::new(&self.namespace, self.schema_version, self.max_key_bytes)?;
         let metrics = CacheMetrics::new(&self.namespace);
         let recovery = Arc::new(Recovery::new(self.recovery_window));
-        let hot_keys = HotKeys::new(self.hot_keys, metrics.hottest_key_share.clone());
+        let hot_keys = HotKeys::new(
+            self.hot_keys,
+            metrics.hottest_key_share.clone(),
+            CacheMetrics::hot_key_ranks(&self.namespace, self.hot_keys),
+        );
         // L1 off: the hot-key shield (if any) is a small L1 that admits hot keys only.
         let shield = self.hot_key_shield.filter(|_| self.l1_max_bytes == 0);
         if shield.is_some_and(|(bytes, life)| bytes == 0 || life.is_zero()) {

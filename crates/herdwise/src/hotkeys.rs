@@ -30,6 +30,9 @@ pub(crate) struct HotKeys {
     k: usize,
     /// The hottest key's share of the (decayed) samples, refreshed every `SHARE_EVERY` samples.
     share_gauge: metrics::Gauge,
+    /// Estimated reads of the hottest keys by rank (1 = hottest), refreshed with the share: the
+    /// top-k as a metric, without a label per key name (which would grow without bound).
+    rank_gauges: Vec<metrics::Gauge>,
     hashers: [quick_cache::DefaultHashBuilder; DEPTH],
     state: Mutex<State>,
 }
@@ -45,10 +48,11 @@ struct State {
 
 impl HotKeys {
     /// Tracks the `k` hottest keys.
-    pub fn new(k: usize, share_gauge: metrics::Gauge) -> Self {
+    pub fn new(k: usize, share_gauge: metrics::Gauge, rank_gauges: Vec<metrics::Gauge>) -> Self {
         HotKeys {
             k: k.max(1),
             share_gauge,
+            rank_gauges,
             hashers: std::array::from_fn(|_| quick_cache::DefaultHashBuilder::default()),
             state: Mutex::new(State {
                 counts: Box::new([[0; WIDTH]; DEPTH]),
@@ -76,9 +80,15 @@ impl HotKeys {
         state.samples += 1;
         state.weight += 1;
         if state.samples % SHARE_EVERY == 0 {
-            let hottest = state.candidates.values().max().copied().unwrap_or(0);
+            let mut counts: Vec<u32> = state.candidates.values().copied().collect();
+            counts.sort_unstable_by(|a, b| b.cmp(a));
+            let hottest = counts.first().copied().unwrap_or(0);
             self.share_gauge
                 .set(f64::from(hottest) / state.weight.max(1) as f64);
+            for (rank, gauge) in self.rank_gauges.iter().enumerate() {
+                let count = counts.get(rank).copied().unwrap_or(0);
+                gauge.set(f64::from(count) * f64::from(SAMPLE));
+            }
         }
         if state.samples % DECAY_EVERY == 0 {
             state.weight /= 2;
@@ -189,7 +199,7 @@ mod tests {
 
     #[test]
     fn finds_the_true_top_10_of_a_zipf_stream() {
-        let hot = HotKeys::new(10, metrics::Gauge::noop());
+        let hot = HotKeys::new(10, metrics::Gauge::noop(), Vec::new());
         let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
         let mut draw = zipf_sampler(100_000, 1.0);
         let mut truth = vec![0u64; 100_000];
@@ -217,7 +227,7 @@ mod tests {
 
     #[test]
     fn only_the_top_k_with_enough_reads_are_hot() {
-        let hot = HotKeys::new(2, metrics::Gauge::noop());
+        let hot = HotKeys::new(2, metrics::Gauge::noop(), Vec::new());
         for (key, reads) in [("a", 40_000), ("b", 20_000), ("c", 10_000), ("d", 200)] {
             for _ in 0..reads {
                 hot.record(key);
@@ -226,7 +236,7 @@ mod tests {
         assert!(hot.is_hot("a") && hot.is_hot("b"));
         assert!(!hot.is_hot("c"), "third of k = 2");
         assert!(!hot.is_hot("d") && !hot.is_hot("never"));
-        let quiet = HotKeys::new(10, metrics::Gauge::noop());
+        let quiet = HotKeys::new(10, metrics::Gauge::noop(), Vec::new());
         for _ in 0..200 {
             quiet.record("x");
         }
@@ -235,7 +245,7 @@ mod tests {
 
     #[test]
     fn a_key_that_cools_down_falls_out() {
-        let hot = HotKeys::new(1, metrics::Gauge::noop());
+        let hot = HotKeys::new(1, metrics::Gauge::noop(), Vec::new());
         for _ in 0..(DECAY_EVERY as usize * SAMPLE as usize / 2) {
             hot.record("old");
         }

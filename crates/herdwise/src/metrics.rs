@@ -35,6 +35,7 @@
 //! | `herdwise_warmed_total` | counter | `outcome` = `loaded`/`cached`/`absent`/`failed`, `trigger` = `warm`/`recovery` | keys warmed: loaded from the origin, already cached, not at the origin, or failed |
 //! | `herdwise_replica_reads_total` | counter | `outcome` = `hit`/`miss` | reads of a hot key's L2 copy (`miss`: the copy was missing, the primary was read and the copy rewritten) |
 //! | `herdwise_hottest_key_share` | gauge | | the hottest key's share of recent reads (sampled; refreshed every ~65k reads) |
+//! | `herdwise_hot_key_reads` | gauge | `rank` = `1`..`k` | estimated recent reads of the k hottest keys, by rank (names: `Cache::hot_keys`) |
 //! | `herdwise_l1_evictions_total` | counter | | L1 entries evicted for space |
 //! | `herdwise_l1_bytes` | gauge | | L1 weight in bytes |
 
@@ -100,6 +101,8 @@ pub const WARMED: &str = "herdwise_warmed_total";
 pub const REPLICA_READS: &str = "herdwise_replica_reads_total";
 /// The hottest key's share of recent reads.
 pub const HOTTEST_KEY_SHARE: &str = "herdwise_hottest_key_share";
+/// Estimated recent reads of the hottest keys, by rank.
+pub const HOT_KEY_READS: &str = "herdwise_hot_key_reads";
 /// L1 evictions.
 pub const L1_EVICTIONS: &str = "herdwise_l1_evictions_total";
 /// L1 weight in bytes.
@@ -258,6 +261,15 @@ impl CacheMetrics {
                 })
             }),
         }
+    }
+
+    /// One gauge per rank of the `k` hottest keys.
+    pub fn hot_key_ranks(namespace: &str, k: usize) -> Vec<Gauge> {
+        (1..=k)
+            .map(|rank| {
+                gauge!(HOT_KEY_READS, "namespace" => namespace.to_string(), "rank" => rank.to_string())
+            })
+            .collect()
     }
 
     pub fn warmed(&self, trigger: WarmTrigger, outcome: WarmOutcome) {

@@ -155,3 +155,34 @@ async fn a_hot_key_is_split_over_copies_that_writes_and_invalidations_remove() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_top_k_is_exported_by_rank() {
+    let (cache, metrics) = common::with_metrics(|| Cache::<u64, u64>::builder("ranks").hot_keys(3));
+    for key in 0..5u64 {
+        cache.set(&key, key).await.unwrap();
+    }
+    // Key 0 read 8 times as often as key 1, which is read 8 times as often as keys 2-4.
+    // ~112k reads: ~1,750 samples, past the 1,024 after which the gauges are first set.
+    for _ in 0..1_500 {
+        for _ in 0..64 {
+            cache.get(&0).await.unwrap();
+        }
+        for _ in 0..8 {
+            cache.get(&1).await.unwrap();
+        }
+        for key in 2..5 {
+            cache.get(&key).await.unwrap();
+        }
+    }
+    let rank = |r: &str| common::gauge(&metrics, m::HOT_KEY_READS, &[("rank", r)]).unwrap_or(0.0);
+    let (first, second, third) = (rank("1"), rank("2"), rank("3"));
+    eprintln!("hot-key reads by rank: {first} {second} {third}");
+    assert!(first > 3.0 * second && second > 3.0 * third && third > 0.0);
+    assert!(
+        common::gauge(&metrics, m::HOT_KEY_READS, &[("rank", "4")]).is_none(),
+        "k = 3 ranks, no more"
+    );
+    let share = common::gauge(&metrics, m::HOTTEST_KEY_SHARE, &[]).unwrap();
+    assert!((0.6..0.95).contains(&share), "hottest share {share}");
+}

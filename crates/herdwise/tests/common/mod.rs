@@ -45,11 +45,38 @@ impl Calls {
 #[error("origin failed: {0}")]
 pub struct OriginError(pub String);
 
-/// A private metrics recorder's counters. The debugging snapshot drains counters (delta
-/// semantics), so totals are accumulated here across snapshots.
+/// A private metrics recorder's values. A debugging snapshot drains what it reports (counters
+/// and gauges are swapped to 0), so counters are summed and gauges' latest values kept here
+/// across snapshots.
 pub struct Metrics {
     snapshotter: Snapshotter,
-    totals: std::sync::Mutex<std::collections::HashMap<metrics_util::CompositeKey, u64>>,
+    seen: std::sync::Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    counters: std::collections::HashMap<metrics_util::CompositeKey, u64>,
+    gauges: std::collections::HashMap<metrics_util::CompositeKey, f64>,
+}
+
+impl Metrics {
+    fn take(&self) -> std::sync::MutexGuard<'_, Seen> {
+        let mut seen = self.seen.lock().unwrap();
+        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
+            match value {
+                DebugValue::Counter(n) => *seen.counters.entry(key).or_insert(0) += n,
+                // A snapshot swaps gauges to 0 too: 0 afterwards means "not set since".
+                DebugValue::Gauge(v) if v.into_inner() != 0.0 => {
+                    seen.gauges.insert(key, v.into_inner());
+                }
+                DebugValue::Gauge(_) => {
+                    seen.gauges.entry(key).or_insert(0.0);
+                }
+                DebugValue::Histogram(_) => {}
+            }
+        }
+        seen
+    }
 }
 
 /// Builds a cache whose metrics go to a private recorder, returning both.
@@ -63,30 +90,36 @@ where
     let cache = metrics::with_local_recorder(&recorder, || build().build().unwrap());
     let metrics = Metrics {
         snapshotter,
-        totals: Default::default(),
+        seen: Default::default(),
     };
     (cache, metrics)
 }
 
+fn matches(key: &metrics_util::CompositeKey, name: &str, labels: &[(&str, &str)]) -> bool {
+    let key = key.key();
+    key.name() == name
+        && labels
+            .iter()
+            .all(|(k, v)| key.labels().any(|l| l.key() == *k && l.value() == *v))
+}
+
 /// The total of counter `name` over the series whose labels include all of `labels`.
 pub fn counter(metrics: &Metrics, name: &str, labels: &[(&str, &str)]) -> u64 {
-    let mut totals = metrics.totals.lock().unwrap();
-    for (key, _, _, value) in metrics.snapshotter.snapshot().into_vec() {
-        if let DebugValue::Counter(n) = value {
-            *totals.entry(key).or_insert(0) += n;
-        }
-    }
-    totals
+    let seen = metrics.take();
+    seen.counters
         .iter()
-        .filter(|(key, _)| {
-            let key = key.key();
-            key.name() == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| key.labels().any(|l| l.key() == *k && l.value() == *v))
-        })
+        .filter(|(key, _)| matches(key, name, labels))
         .map(|(_, n)| *n)
         .sum()
+}
+
+/// The latest value of gauge `name` in a series whose labels include all of `labels`.
+pub fn gauge(metrics: &Metrics, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let seen = metrics.take();
+    seen.gauges
+        .iter()
+        .find(|(key, _)| matches(key, name, labels))
+        .map(|(_, v)| *v)
 }
 
 /// Polls `check` every 20 ms until it is true or `within` has passed.
