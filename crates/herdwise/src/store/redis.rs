@@ -216,6 +216,17 @@ impl RedisStore {
     }
 }
 
+/// `SET <lease> <token> NX PX <ttl>`: takes a load lease if nobody holds it.
+fn lease_command(key: &str, token: u64, ttl: Duration) -> redis::Cmd {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(lease_key(key))
+        .arg(token)
+        .arg("NX")
+        .arg("PX")
+        .arg(px(ttl));
+    cmd
+}
+
 /// Milliseconds for PX: at least 1 (PX 0 is an error).
 fn px(ttl: Duration) -> u64 {
     (ttl.as_millis() as u64).max(1)
@@ -349,12 +360,7 @@ impl Store for RedisStore {
 
     async fn try_lease(&self, key: &str, token: u64, ttl: Duration) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
-        let taken: Option<String> = redis::cmd("SET")
-            .arg(lease_key(key))
-            .arg(token)
-            .arg("NX")
-            .arg("PX")
-            .arg(px(ttl))
+        let taken: Option<String> = lease_command(key, token, ttl)
             .query_async(&mut conn)
             .await?;
         Ok(taken.is_some())
@@ -369,12 +375,7 @@ impl Store for RedisStore {
         let mut conn = self.conn.clone();
         // Pipelined: one round trip, and the GET sees every fill that landed before the SET.
         let (taken, value): (Option<String>, Option<Vec<u8>>) = redis::pipe()
-            .cmd("SET")
-            .arg(lease_key(key))
-            .arg(token)
-            .arg("NX")
-            .arg("PX")
-            .arg(px(ttl))
+            .add_command(lease_command(key, token, ttl))
             .cmd("GET")
             .arg(key)
             .query_async(&mut conn)
