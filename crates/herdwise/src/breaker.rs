@@ -240,6 +240,24 @@ impl Breaker {
         }
     }
 
+    /// A call made under `permit` was dropped after `took` without an outcome (a request
+    /// timeout, a cancelled task). If it had already been slow, it counts as a slow call (so
+    /// callers with short timeouts still trip the breaker on a frozen store, and a probe they
+    /// abandon re-opens it); otherwise it says nothing, and a probe hands its turn back so the
+    /// next call probes. Either way the breaker never waits for a probe that no longer runs.
+    pub fn abandon(&self, permit: Permit, took: Duration) {
+        if self.config.slow_call.is_some_and(|t| took >= t) {
+            return self.record(permit, false, took);
+        }
+        if permit != Permit::Probe {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        if inner.state == BreakerState::HalfOpen {
+            inner.probing = false;
+        }
+    }
+
     /// Records a call made under `permit`: whether it failed, and how long it took.
     pub fn record(&self, permit: Permit, failed: bool, took: Duration) {
         let slow = self.config.slow_call.is_some_and(|t| took >= t);
@@ -363,6 +381,38 @@ mod tests {
             b.record(permit, probe_took == FAST, probe_took);
             assert_eq!(b.state(), BreakerState::Open);
         }
+    }
+
+    #[test]
+    fn an_abandoned_probe_hands_its_turn_to_the_next_call() {
+        let b = breaker(config());
+        for _ in 0..4 {
+            b.record(b.permit(), true, FAST);
+        }
+        std::thread::sleep(Duration::from_millis(60));
+        let probe = b.permit();
+        assert_eq!(probe, Permit::Probe);
+        b.abandon(probe, FAST);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        let next = b.permit();
+        assert_eq!(next, Permit::Probe, "the next call probes");
+        // Abandoned after it was already slow: as good as a slow probe.
+        b.abandon(next, Duration::from_millis(20));
+        assert_eq!(b.state(), BreakerState::Open);
+        std::thread::sleep(Duration::from_millis(60));
+        let last = b.permit();
+        assert_eq!(last, Permit::Probe);
+        b.record(last, false, FAST);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn calls_abandoned_while_slow_still_trip_it() {
+        let b = breaker(config());
+        for _ in 0..5 {
+            b.abandon(b.permit(), Duration::from_millis(15));
+        }
+        assert_eq!(b.state(), BreakerState::Open);
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::replicas::{Replicas, MAX_REPLICAS};
 use crate::retry::RetryQueue;
 use crate::store::{MemoryStore, Store};
 use crate::tags::{clock_key, TagLedger, TagsFrom, DEFAULT_MAX_TAGS_PER_ENTRY};
+use crate::tiers::Weigher;
 use crate::warm::RewarmPolicy;
 
 /// Default TTL of positive entries.
@@ -117,6 +118,7 @@ pub struct CacheBuilder<K: ?Sized, V> {
     rewarm: Option<RewarmPolicy>,
     hot_key_shield: Option<(u64, Duration)>,
     replicas: Option<Replicas>,
+    weigher: Option<Weigher<V>>,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -164,6 +166,7 @@ where
             rewarm: Some(RewarmPolicy::default()),
             hot_key_shield: Some((DEFAULT_HOT_KEY_SHIELD_BYTES, DEFAULT_HOT_KEY_SHIELD_LIFE)),
             replicas: None,
+            weigher: None,
             _key: PhantomData,
         }
     }
@@ -217,6 +220,24 @@ where
     /// [`CacheBuilder::hot_key_shield`]).
     pub fn l1_max_bytes(mut self, bytes: u64) -> Self {
         self.l1_max_bytes = bytes;
+        self
+    }
+
+    /// How L1 weighs a value against [`CacheBuilder::l1_max_bytes`], in bytes (default: its
+    /// uncompressed encoded length — for postcard, a decoded value's heap size is usually 1-3x
+    /// that; more for maps and many small allocations). Give a weigher when your values' memory
+    /// differs much from their encoded size. Every entry is also charged its key, its tags and
+    /// 96 bytes of bookkeeping.
+    ///
+    /// ```
+    /// let cache: herdwise::Cache<u64, Vec<String>> = herdwise::Cache::builder("lists")
+    ///     .l1_max_bytes(32 << 20)
+    ///     .l1_weigher(|v: &Vec<String>| v.iter().map(|s| s.capacity() + 24).sum::<usize>() + 24)
+    ///     .build()
+    ///     .unwrap();
+    /// ```
+    pub fn l1_weigher(mut self, weigh: impl Fn(&V) -> usize + Send + Sync + 'static) -> Self {
+        self.weigher = Some(Arc::new(weigh));
         self
     }
 
@@ -684,6 +705,7 @@ where
                 rewarm_started: std::sync::atomic::AtomicBool::new(false),
                 warmed: std::sync::atomic::AtomicBool::new(false),
                 replicas: self.replicas,
+                weigher: self.weigher,
             },
             self.loader,
         ))

@@ -106,6 +106,8 @@ pub(crate) struct Inner<V> {
     pub warmed: AtomicBool,
     /// `None`: hot keys have no copies in L2.
     pub replicas: Option<Replicas>,
+    /// `None`: L1 weighs a value by its uncompressed payload length.
+    pub weigher: Option<crate::tiers::Weigher<V>>,
 }
 
 /// A typed, multi-tier, read-through cache.
@@ -369,6 +371,9 @@ where
                 .push(&self.inner, Retry::Key(stored_key.into()));
         }
         self.drop_replicas(stored_key).await;
+        // A local read during the delete may have put the old L2 value back into L1 (this
+        // instance ignores its own event): the invalidation is complete locally only now.
+        self.inner.l1.invalidate(stored_key);
         self.announce(stored_key).await;
     }
 
@@ -466,11 +471,21 @@ where
         let below = format!("{exact}:");
         inner.l1.remove_prefix(&below);
         inner.l1.invalidate(&exact);
-        let removed_below = inner
-            .remote
-            .delete_prefix(&below, PREFIX_DELETE_DEADLINE)
-            .await?;
-        let removed_exact = u64::from(inner.remote.delete(&exact).await?);
+        let removed = async {
+            let below = inner
+                .remote
+                .delete_prefix(&below, PREFIX_DELETE_DEADLINE)
+                .await?;
+            let exact = u64::from(inner.remote.delete(&exact).await?);
+            Ok::<_, crate::store::StoreError>(below + exact)
+        }
+        .await;
+        // Local reads during the walk may have put old L2 values back into L1 (this instance
+        // ignores its own events): drop them again, so the call is complete locally on return
+        // (also when the walk failed part way).
+        inner.l1.remove_prefix(&below);
+        inner.l1.invalidate(&exact);
+        let removed = removed?;
         self.drop_replicas(&exact).await;
         if let Some(backplane) = inner.backplane.as_ref() {
             backplane
@@ -480,7 +495,7 @@ where
                 .publish(&inner.remote, Invalidation::Key(&exact))
                 .await;
         }
-        Ok(removed_below + removed_exact)
+        Ok(removed)
     }
 
     /// Removes every entry of the namespace, on every instance, in O(1): the namespace moves to

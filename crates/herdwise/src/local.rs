@@ -3,8 +3,9 @@
 //! The engine is `quick_cache` (S3-FIFO-like, sharded). It has no TTLs of its own, so each entry
 //! carries its deadline and an expired entry is removed when a read finds it; until then it only
 //! occupies weight that eviction reclaims. Values are `Arc`s: a hit clones a pointer, never the
-//! value. An entry's weight is its key plus its encoded size plus a fixed overhead, which keeps
-//! the byte bound honest for values whose in-memory size is close to their encoded size.
+//! value. An entry's weight is its key plus what the caller weighs the entry at (the value's
+//! uncompressed payload length or the cache's weigher, plus its tags: see `tiers::l1_weight`)
+//! plus a fixed overhead — never the compressed bytes, which L1 does not hold.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +34,8 @@ pub(crate) struct L1Entry<V> {
     /// The entry's envelope metadata (fresh/stale times in unix ms, flags) for stale-window
     /// decisions shared with L2.
     pub meta: Meta,
-    /// Encoded size, charged against the byte bound.
+    /// The entry's weight (decoded value and tags, see `tiers::l1_weight`), charged against the
+    /// byte bound.
     pub size: u32,
     /// The entry's tags, checked on every hit against what this instance knows of tag
     /// invalidations (`tags`).

@@ -721,27 +721,18 @@ where
             "origin failed; serving the stale value (stale-if-error)"
         );
         match self.encode_stale_copy(&found, inner.ttl.fail_safe_throttle) {
-            Ok(Some(encoded)) => {
-                let size = encoded.bytes.len();
-                match mode {
-                    FillMode::Leased(held) => {
-                        let filled = self.fenced_fill(stored_key, &encoded, &held).await;
-                        held.disarm();
-                        if !matches!(filled, Ok(FillOutcome::LeaseLost)) {
-                            self.mirror_in_l1(
-                                stored_key,
-                                found.value.as_ref(),
-                                &encoded,
-                                size,
-                                epoch,
-                            );
-                        }
-                    }
-                    FillMode::Unleased | FillMode::LocalOnly => {
-                        self.mirror_in_l1(stored_key, found.value.as_ref(), &encoded, size, epoch);
+            Ok(Some(encoded)) => match mode {
+                FillMode::Leased(held) => {
+                    let filled = self.fenced_fill(stored_key, &encoded, &held).await;
+                    held.disarm();
+                    if !matches!(filled, Ok(FillOutcome::LeaseLost)) {
+                        self.mirror_in_l1(stored_key, found.value.as_ref(), &encoded, epoch);
                     }
                 }
-            }
+                FillMode::Unleased | FillMode::LocalOnly => {
+                    self.mirror_in_l1(stored_key, found.value.as_ref(), &encoded, epoch);
+                }
+            },
             // Past its stale time already, or not encodable: nothing to re-store.
             Ok(None) | Err(_) => self.release(mode).await,
         }
@@ -815,8 +806,7 @@ where
         };
         let held = match mode {
             FillMode::LocalOnly => {
-                let size = encoded.bytes.len();
-                self.mirror_in_l1(stored_key, value, &encoded, size, epoch);
+                self.mirror_in_l1(stored_key, value, &encoded, epoch);
                 return;
             }
             // A fill carries no version: it never replaces a versioned entry.
@@ -828,11 +818,10 @@ where
             }
             FillMode::Leased(held) => held,
         };
-        let size = encoded.bytes.len();
         match self.fenced_fill(stored_key, &encoded, &held).await {
             Ok(FillOutcome::Stored) => {
                 held.disarm();
-                self.mirror_in_l1(stored_key, value, &encoded, size, epoch);
+                self.mirror_in_l1(stored_key, value, &encoded, epoch);
             }
             Ok(FillOutcome::RefusedOlder) => {
                 held.disarm();
@@ -852,7 +841,7 @@ where
             Err(_) => {
                 // L2 is failing: keep the value in this process only; the lease (if it still
                 // exists) is released in the background or expires.
-                self.mirror_in_l1(stored_key, value, &encoded, size, epoch);
+                self.mirror_in_l1(stored_key, value, &encoded, epoch);
             }
         }
     }

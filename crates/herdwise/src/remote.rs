@@ -190,17 +190,25 @@ impl Remote {
         key: &str,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let permit = match self.breaker.as_ref().map(Breaker::permit) {
-            Some(Permit::Rejected) => {
-                self.metrics.breaker_rejected.increment(1);
-                return Err(StoreError::CircuitOpen);
-            }
-            permit => permit,
+        // Held across the await: if this future is dropped mid-call, the guard hands a
+        // half-open probe back instead of leaving the breaker waiting for it for good.
+        let permit = match self.breaker.as_ref() {
+            None => None,
+            Some(breaker) => match breaker.permit() {
+                Permit::Rejected => {
+                    self.metrics.breaker_rejected.increment(1);
+                    return Err(StoreError::CircuitOpen);
+                }
+                permit => Some(PermitGuard {
+                    breaker,
+                    permit: Some(permit),
+                    started: Instant::now(),
+                }),
+            },
         };
-        let started = Instant::now();
         let result = tokio::time::timeout(self.deadline, fut).await;
-        if let (Some(breaker), Some(permit)) = (self.breaker.as_ref(), permit) {
-            breaker.record(permit, !matches!(result, Ok(Ok(_))), started.elapsed());
+        if let Some(mut guard) = permit {
+            guard.record(!matches!(result, Ok(Ok(_))));
         }
         let err = match result {
             Ok(Ok(value)) => return Ok(value),
@@ -234,6 +242,30 @@ impl Remote {
                 error = %err,
                 "store call failed; serving from L1/origin (further failures this second not logged)"
             );
+        }
+    }
+}
+
+/// A breaker permit for one call in flight: recorded when the call ends, handed back when the
+/// call is dropped before it ends.
+struct PermitGuard<'a> {
+    breaker: &'a Breaker,
+    permit: Option<Permit>,
+    started: Instant,
+}
+
+impl PermitGuard<'_> {
+    fn record(&mut self, failed: bool) {
+        if let Some(permit) = self.permit.take() {
+            self.breaker.record(permit, failed, self.started.elapsed());
+        }
+    }
+}
+
+impl Drop for PermitGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.breaker.abandon(permit, self.started.elapsed());
         }
     }
 }

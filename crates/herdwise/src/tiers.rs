@@ -32,7 +32,33 @@ pub(crate) struct Encoded {
     pub now: u64,
     /// The entry's tags, as stored.
     pub tags: Option<Arc<TagStamp>>,
+    /// What the entry weighs in L1 (see [`l1_weight`]).
+    pub weight: usize,
 }
+
+/// What an entry weighs in L1: what L1 really holds, not the stored (possibly compressed) bytes.
+/// The decoded value is weighed by the cache's weigher if it has one, else by its uncompressed
+/// payload length (the codec's bytes: for postcard, a decoded value's heap size is usually
+/// within 1-3x of that, more for maps and many small allocations); plus its tags. `LocalTier`
+/// adds the key and a fixed overhead.
+pub(crate) fn l1_weight<V>(
+    weigher: Option<&Weigher<V>>,
+    value: Option<&V>,
+    payload_len: usize,
+    tags: Option<&TagStamp>,
+) -> usize {
+    let value_weight = match (weigher, value) {
+        (Some(weigh), Some(value)) => weigh(value),
+        _ => payload_len,
+    };
+    let tag_weight = tags.map_or(0, |t| {
+        t.tags.iter().map(|tag| tag.len() + 16).sum::<usize>() + 16
+    });
+    value_weight.saturating_add(tag_weight)
+}
+
+/// Weighs a value for L1 (`CacheBuilder::l1_weigher`).
+pub(crate) type Weigher<V> = Arc<dyn Fn(&V) -> usize + Send + Sync>;
 
 /// A value that is past its fresh time but may still be served: while another caller refreshes
 /// it, or when the origin fails.
@@ -141,7 +167,7 @@ where
         };
         let now = now_ms();
         match self.decode_entry(&bytes) {
-            Ok((meta, tags, value)) => {
+            Ok((meta, tags, value, payload_len)) => {
                 let freshness = Freshness::of(meta.fresh_until_ms, meta.stale_until_ms, now);
                 if freshness == Freshness::Expired {
                     return L2Read::Miss;
@@ -158,11 +184,17 @@ where
                         return L2Read::Miss;
                     }
                 }
+                let weight = l1_weight(
+                    inner.weigher.as_ref(),
+                    value.as_deref(),
+                    payload_len,
+                    tags.as_deref(),
+                );
                 self.l1_insert(
                     stored_key,
                     value.clone(),
                     &meta,
-                    bytes.len(),
+                    weight,
                     inner.ttl.l1_lifetimes(&meta, now),
                     epoch,
                     tags.clone(),
@@ -193,7 +225,7 @@ where
     fn decode_entry(
         &self,
         bytes: &[u8],
-    ) -> std::result::Result<(Meta, Option<TagStamp>, Option<Arc<V>>), String> {
+    ) -> std::result::Result<(Meta, Option<TagStamp>, Option<Arc<V>>, usize), String> {
         let inner = &*self.inner;
         let envelope::Decoded {
             meta,
@@ -208,10 +240,10 @@ where
             .to_string());
         }
         if meta.negative {
-            return Ok((meta, tags, None));
+            return Ok((meta, tags, None, 0));
         }
         let value = inner.codec.decode(&payload).map_err(|e| e.to_string())?;
-        Ok((meta, tags, Some(Arc::new(value))))
+        Ok((meta, tags, Some(Arc::new(value)), payload.len()))
     }
 
     /// Envelope bytes for `value` (`None` = negative entry), fresh for a jittered `ttl`.
@@ -234,7 +266,7 @@ where
             value.is_none(),
             inner.codec.id(),
         );
-        Ok(self.seal(meta, tags, &payload, now))
+        Ok(self.seal(meta, tags, &payload, now, value.map(|v| &**v)))
     }
 
     /// Envelope bytes re-storing a stale `fallback` as a flagged stale copy that counts as fresh
@@ -260,7 +292,14 @@ where
         if meta.stale_until_ms <= now {
             return Ok(None);
         }
-        Ok(Some(self.seal(meta, fallback.tags.clone(), &payload, now)))
+        let value = fallback.value.as_deref();
+        Ok(Some(self.seal(
+            meta,
+            fallback.tags.clone(),
+            &payload,
+            now,
+            value,
+        )))
     }
 
     fn encode_payload(&self, value: Option<&Arc<V>>) -> Result<Vec<u8>> {
@@ -281,7 +320,20 @@ where
         Ok(payload)
     }
 
-    fn seal(&self, meta: Meta, tags: Option<Arc<TagStamp>>, payload: &[u8], now: u64) -> Encoded {
+    fn seal(
+        &self,
+        meta: Meta,
+        tags: Option<Arc<TagStamp>>,
+        payload: &[u8],
+        now: u64,
+        value: Option<&V>,
+    ) -> Encoded {
+        let weight = l1_weight(
+            self.inner.weigher.as_ref(),
+            value,
+            payload.len(),
+            tags.as_deref(),
+        );
         let bytes = Bytes::from(envelope::encode_tagged(
             &meta,
             tags.as_deref(),
@@ -293,6 +345,7 @@ where
             meta,
             now,
             tags,
+            weight,
         }
     }
 
@@ -305,7 +358,6 @@ where
         mode: WriteMode,
     ) -> WriteOutcome {
         let inner = &*self.inner;
-        let size = encoded.bytes.len();
         let ttl = inner.ttl.l2_ttl(&encoded.meta);
         let epoch = inner.l1.epoch(stored_key);
         let remote = match mode {
@@ -329,7 +381,7 @@ where
             }
             Err(_) => WriteOutcome::LocalOnly,
         };
-        self.mirror_in_l1(stored_key, value, &encoded, size, epoch);
+        self.mirror_in_l1(stored_key, value, &encoded, epoch);
         outcome
     }
 
@@ -340,14 +392,13 @@ where
         stored_key: &str,
         value: Option<&Arc<V>>,
         encoded: &Encoded,
-        size: usize,
         epoch: u64,
     ) {
         self.l1_insert(
             stored_key,
             value.cloned(),
             &encoded.meta,
-            size,
+            encoded.weight,
             self.inner.ttl.l1_lifetimes(&encoded.meta, encoded.now),
             epoch,
             encoded.tags.clone(),

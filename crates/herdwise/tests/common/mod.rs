@@ -161,3 +161,134 @@ pub async fn kill_pubsub_clients(conn: &mut redis::aio::MultiplexedConnection) {
         .await
         .unwrap();
 }
+
+/// A store that delegates to `inner` but takes `delete_delay` longer to delete: a delete in slow
+/// motion (a slow network path, a pooled or cluster connection) while reads are answered at once.
+#[derive(Debug, Clone)]
+pub struct SlowDeletes<S> {
+    pub inner: S,
+    pub delete_delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl<S: herdwise::Store + Clone> herdwise::Store for SlowDeletes<S> {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn default_timeout(&self) -> Duration {
+        self.inner.default_timeout()
+    }
+    async fn get(&self, key: &str) -> Result<Option<bytes::Bytes>, herdwise::StoreError> {
+        self.inner.get(key).await
+    }
+    async fn get_many(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<Option<bytes::Bytes>>, herdwise::StoreError> {
+        self.inner.get_many(keys).await
+    }
+    async fn set(
+        &self,
+        key: &str,
+        value: bytes::Bytes,
+        ttl: Duration,
+    ) -> Result<(), herdwise::StoreError> {
+        self.inner.set(key, value, ttl).await
+    }
+    async fn set_if_not_older(
+        &self,
+        key: &str,
+        value: bytes::Bytes,
+        ttl: Duration,
+        version: u64,
+    ) -> Result<herdwise::SetOutcome, herdwise::StoreError> {
+        self.inner.set_if_not_older(key, value, ttl, version).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, herdwise::StoreError> {
+        tokio::time::sleep(self.delete_delay).await;
+        self.inner.delete(key).await
+    }
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, herdwise::StoreError> {
+        tokio::time::sleep(self.delete_delay).await;
+        self.inner.delete_prefix(prefix).await
+    }
+    async fn try_lease(
+        &self,
+        key: &str,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<bool, herdwise::StoreError> {
+        self.inner.try_lease(key, token, ttl).await
+    }
+    async fn try_lease_and_get(
+        &self,
+        key: &str,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<(bool, Option<bytes::Bytes>), herdwise::StoreError> {
+        self.inner.try_lease_and_get(key, token, ttl).await
+    }
+    async fn fill_leased(
+        &self,
+        key: &str,
+        value: bytes::Bytes,
+        ttl: Duration,
+        version: u64,
+        token: u64,
+        channel: &str,
+    ) -> Result<herdwise::store::FillOutcome, herdwise::StoreError> {
+        self.inner
+            .fill_leased(key, value, ttl, version, token, channel)
+            .await
+    }
+    async fn release_lease(&self, key: &str, token: u64) -> Result<(), herdwise::StoreError> {
+        self.inner.release_lease(key, token).await
+    }
+    async fn increment(&self, key: &str) -> Result<u64, herdwise::StoreError> {
+        self.inner.increment(key).await
+    }
+    async fn counter(&self, key: &str) -> Result<u64, herdwise::StoreError> {
+        self.inner.counter(key).await
+    }
+    async fn counters(&self, keys: &[String]) -> Result<Vec<u64>, herdwise::StoreError> {
+        self.inner.counters(keys).await
+    }
+    async fn bump_tag(
+        &self,
+        clock_key: &str,
+        mark_key: &str,
+        mark_ttl: Duration,
+        announce: Option<herdwise::Announcement<'_>>,
+    ) -> Result<u64, herdwise::StoreError> {
+        self.inner
+            .bump_tag(clock_key, mark_key, mark_ttl, announce)
+            .await
+    }
+    async fn publish(
+        &self,
+        channel: &str,
+        message: bytes::Bytes,
+    ) -> Result<(), herdwise::StoreError> {
+        self.inner.publish(channel, message).await
+    }
+    async fn stream_append(
+        &self,
+        stream: &str,
+        message: bytes::Bytes,
+        max_len: usize,
+    ) -> Result<(), herdwise::StoreError> {
+        self.inner.stream_append(stream, message, max_len).await
+    }
+    fn stream_subscribe(
+        &self,
+        stream: &str,
+    ) -> Option<tokio::sync::broadcast::Receiver<herdwise::store::StoreEvent>> {
+        self.inner.stream_subscribe(stream)
+    }
+    fn subscribe(
+        &self,
+        channel: &str,
+    ) -> Option<tokio::sync::broadcast::Receiver<herdwise::store::StoreEvent>> {
+        self.inner.subscribe(channel)
+    }
+}
