@@ -106,6 +106,8 @@ pub(crate) struct Inner<V> {
     pub warmed: AtomicBool,
     /// `None`: hot keys have no copies in L2.
     pub replicas: Option<Replicas>,
+    /// Keys with a background refresh running.
+    pub refreshing: crate::refresh::Refreshing,
     /// `None`: L1 weighs a value by its uncompressed payload length.
     pub weigher: Option<crate::tiers::Weigher<V>>,
 }
@@ -437,6 +439,17 @@ where
             .origin_limit
             .as_ref()
             .map_or(0, OriginLimit::in_use)
+    }
+
+    /// Background refreshes (stale-while-revalidate, XFetch, refresh-ahead) running now: at most
+    /// one per key.
+    ///
+    /// ```
+    /// let cache: herdwise::Cache<u64, ()> = herdwise::Cache::builder("users").build().unwrap();
+    /// assert_eq!(cache.background_refreshes(), 0);
+    /// ```
+    pub fn background_refreshes(&self) -> usize {
+        self.inner.refreshing.len()
     }
 
     /// Entries in L1.

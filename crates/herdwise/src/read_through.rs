@@ -27,7 +27,7 @@ use crate::local::Standing;
 use crate::origin_limit::Slot;
 use crate::store::{FillOutcome, StoreError};
 use crate::tags::collect_tags;
-use crate::tiers::{Encoded, Fallback, L2Read, WriteMode};
+use crate::tiers::{Encoded, Fallback, L2Read};
 
 /// What a read through the cache returned.
 ///
@@ -151,6 +151,10 @@ impl LoadOptions {
     }
 }
 
+/// Life of a fence opened for a load without the lease (at least the lease TTL): a load slower
+/// than this is returned to its callers but not cached.
+const FENCE_TTL: Duration = Duration::from_secs(30);
+
 /// What a load hands to every coalesced caller.
 pub(crate) type LoadResult<V> = Result<Fetched<V>>;
 
@@ -158,8 +162,9 @@ pub(crate) type LoadResult<V> = Result<Fetched<V>>;
 enum FillMode {
     /// Through the fenced fill: written only while our lease holds.
     Leased(HeldLease),
-    /// Version-checked write without a lease (leases off, L2 failing, or a waiter that gave up).
-    Unleased,
+    /// Without the lease (leases off, or a waiter that gave up): a fill fenced by this token
+    /// (see `Store::open_fence`), opened before the origin was read.
+    Fenced(u64),
     /// L2 did not answer this read: the value goes into L1 only.
     LocalOnly,
 }
@@ -459,7 +464,7 @@ where
                 let mode = if remote_down {
                     FillMode::LocalOnly
                 } else {
-                    FillMode::Unleased
+                    self.open_fence(stored_key).await
                 };
                 return self
                     .load(stored_key, key, loader, mode, windows, fallback)
@@ -488,7 +493,7 @@ where
                         inner.metrics.lease_takeovers.increment(1);
                         FillMode::Leased(held)
                     }
-                    Waited::Unleased => FillMode::Unleased,
+                    Waited::Unleased => self.open_fence(stored_key).await,
                     Waited::RemoteDown => FillMode::LocalOnly,
                 }
             }
@@ -498,6 +503,21 @@ where
         };
         self.load(stored_key, key, loader, mode, windows, fallback)
             .await
+    }
+
+    /// The fence for a load without the lease, opened before the origin is read; if L2 cannot
+    /// open it, the value goes into L1 only.
+    async fn open_fence(&self, stored_key: &str) -> FillMode {
+        let ttl = self.inner.lease.map_or(FENCE_TTL, |l| l.ttl.max(FENCE_TTL));
+        match self
+            .inner
+            .remote
+            .open_fence(stored_key, rand::random::<u64>() | 1, ttl)
+            .await
+        {
+            Ok(fence) => FillMode::Fenced(fence),
+            Err(_) => FillMode::LocalOnly,
+        }
     }
 
     /// Tries to take the key's lease, and reads L2 right after in the same round trip: the
@@ -729,7 +749,7 @@ where
                         self.mirror_in_l1(stored_key, found.value.as_ref(), &encoded, epoch);
                     }
                 }
-                FillMode::Unleased | FillMode::LocalOnly => {
+                FillMode::Fenced(_) | FillMode::LocalOnly => {
                     self.mirror_in_l1(stored_key, found.value.as_ref(), &encoded, epoch);
                 }
             },
@@ -809,29 +829,51 @@ where
                 self.mirror_in_l1(stored_key, value, &encoded, epoch);
                 return;
             }
-            // A fill carries no version: it never replaces a versioned entry.
-            FillMode::Unleased => {
-                let _ = self
-                    .store_encoded(stored_key, value, encoded, WriteMode::IfNotOlder)
+            FillMode::Fenced(fence) => {
+                // A fill carries no version: it never replaces a versioned entry.
+                let filled = inner
+                    .remote
+                    .fill_fenced(
+                        stored_key,
+                        encoded.bytes.clone(),
+                        inner.ttl.l2_ttl(&encoded.meta),
+                        encoded.meta.version,
+                        fence,
+                        inner.fill_waiters.channel(),
+                    )
                     .await;
-                return;
+                return self.after_fill(stored_key, value, &encoded, epoch, filled);
             }
             FillMode::Leased(held) => held,
         };
-        match self.fenced_fill(stored_key, &encoded, &held).await {
+        let filled = self.fenced_fill(stored_key, &encoded, &held).await;
+        if filled.is_ok() {
+            held.disarm();
+        } // else: dropped armed, the lease is released in the background (or expires)
+        self.after_fill(stored_key, value, &encoded, epoch, filled);
+    }
+
+    /// Mirrors a fenced fill's outcome in L1 (`epoch`: taken before the origin was read).
+    fn after_fill(
+        &self,
+        stored_key: &str,
+        value: Option<&Arc<V>>,
+        encoded: &Encoded,
+        epoch: u64,
+        filled: std::result::Result<FillOutcome, StoreError>,
+    ) {
+        let inner = &*self.inner;
+        match filled {
             Ok(FillOutcome::Stored) => {
-                held.disarm();
-                self.mirror_in_l1(stored_key, value, &encoded, epoch);
+                self.mirror_in_l1(stored_key, value, encoded, epoch);
             }
             Ok(FillOutcome::RefusedOlder) => {
-                held.disarm();
                 inner.metrics.fills_refused_older.increment(1);
                 inner.l1.remove(stored_key);
             }
             Ok(FillOutcome::LeaseLost) => {
                 // The key was written or invalidated while we loaded: what we loaded may be
                 // older than the origin now. Callers get it; no tier keeps it.
-                held.disarm();
                 inner.metrics.fills_refused_lease_lost.increment(1);
                 tracing::debug!(
                     key = stored_key,
@@ -839,9 +881,8 @@ where
                 );
             }
             Err(_) => {
-                // L2 is failing: keep the value in this process only; the lease (if it still
-                // exists) is released in the background or expires.
-                self.mirror_in_l1(stored_key, value, &encoded, epoch);
+                // L2 is failing: keep the value in this process only.
+                self.mirror_in_l1(stored_key, value, encoded, epoch);
             }
         }
     }

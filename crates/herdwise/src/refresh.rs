@@ -46,12 +46,37 @@ where
         if self.loader.is_none() {
             return Err(Error::NoLoader);
         }
-        let Some(soft) = self.windows(options).soft_timeout else {
-            return self.fetch_now(key, options).await;
+        self.ensure_generation().await;
+        let (stored_key, fallback) = match self.lookup_l1(key)? {
+            Lookup::Fresh(value, meta) => {
+                if self.refresh_early(&meta) {
+                    self.spawn_refresh(
+                        key.to_owned(),
+                        self.inner.keys.stored_key(key)?,
+                        meta.fresh_until_ms,
+                        Trigger::XFetch,
+                    );
+                }
+                return Ok(Fetched::of(value, meta.stale_copy));
+            }
+            Lookup::Miss {
+                stored_key,
+                fallback,
+            } => (stored_key, fallback),
         };
-        // Run the read as a task, so it can outlive this call and still fill the cache.
+        let Some(soft) = self.windows(options).soft_timeout else {
+            // Boxed, as in `get_or_load_with`: keep the hit path's future small.
+            return Box::pin(self.fetch_miss(key, stored_key, fallback, options)).await;
+        };
+        // Run the read as a task, so it can outlive this call and still fill the cache (only
+        // past an L1 miss: a hit spawns nothing).
         let (cache, owned, opts) = (self.clone(), key.to_owned(), options.clone());
-        let mut read = tokio::spawn(async move { cache.fetch_now(owned.borrow(), &opts).await });
+        let task_key = stored_key.clone();
+        let mut read = tokio::spawn(async move {
+            cache
+                .fetch_miss(owned.borrow(), task_key, fallback, &opts)
+                .await
+        });
         match tokio::time::timeout(soft, &mut read).await {
             Ok(joined) => joined.unwrap_or(Err(Error::LoaderPanicked)),
             Err(_) => {
@@ -77,39 +102,29 @@ where
         }
     }
 
-    async fn fetch_now(&self, key: &K, options: &LoadOptions) -> Result<Fetched<V>> {
+    /// A `fetch` past its L1 miss.
+    async fn fetch_miss(
+        &self,
+        key: &K,
+        stored_key: String,
+        fallback: Option<Fallback<V>>,
+        options: &LoadOptions,
+    ) -> Result<Fetched<V>> {
         let loader = self.loader.clone().ok_or(Error::NoLoader)?;
-        self.ensure_generation().await;
-        let (stored_key, fallback) = match self.lookup_l1(key)? {
-            Lookup::Fresh(value, meta) => {
-                if self.refresh_early(&meta) {
-                    self.inner.metrics.refreshes_xfetch.increment(1);
-                    let stored_key = self.inner.keys.stored_key(key)?;
-                    self.spawn_refresh(key.to_owned(), stored_key, meta.fresh_until_ms);
-                }
-                return Ok(Fetched::of(value, meta.stale_copy));
-            }
-            Lookup::Miss {
-                stored_key,
-                fallback,
-            } => (stored_key, fallback),
-        };
         self.remember(&stored_key, key);
         self.ensure_rewarm();
         let windows = self.windows(options);
         let background = |refresh_of: u64| {
-            self.inner.metrics.refreshes_swr.increment(1);
-            self.spawn_refresh(key.to_owned(), stored_key.clone(), refresh_of);
+            self.spawn_refresh(key.to_owned(), stored_key.clone(), refresh_of, Trigger::Swr);
         };
-        // Boxed, as in `get_or_load_with`: keep the hit path's future small.
-        Box::pin(self.through(
+        self.through(
             &stored_key,
             key,
             |k: &K| loader.load(k),
             &windows,
             fallback,
             Some(&background),
-        ))
+        )
         .await
     }
 
@@ -191,8 +206,7 @@ where
         match fresh_until_ms {
             Some(until) if until > now_ms() + lead_time.as_millis() as u64 => {}
             Some(until) => {
-                self.inner.metrics.refreshes_ahead.increment(1);
-                self.spawn_refresh(owned.clone(), stored_key, until);
+                self.spawn_refresh(owned.clone(), stored_key, until, Trigger::Ahead);
             }
             None => {
                 let _ = self.fetch(key).await;
@@ -207,18 +221,37 @@ where
         beta > 0.0 && xfetch_due(meta, now_ms(), beta, 1.0 - rand::random::<f64>())
     }
 
-    /// Refreshes the entry fresh until `refresh_of` in the background. In-process, one refresh
-    /// per key: if a caller is loading the key right now (often the one that asked for this
-    /// refresh), the refresh waits for it and then decides.
-    pub(crate) fn spawn_refresh(&self, owned: K::Owned, stored_key: String, refresh_of: u64) {
+    /// Refreshes the entry fresh until `refresh_of` in the background. At most one background
+    /// refresh per key per instance: while one is running (or waiting for a caller loading the
+    /// key right now, often the one that asked for it), another request for the key is dropped,
+    /// so stale reads and early-refresh hits never pile up tasks. Counted by trigger when one
+    /// starts.
+    pub(crate) fn spawn_refresh(
+        &self,
+        owned: K::Owned,
+        stored_key: String,
+        refresh_of: u64,
+        trigger: Trigger,
+    ) {
         let Some(loader) = self.loader.clone() else {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let Some(running) = self.inner.refreshing.start(&stored_key) else {
+            return;
+        };
+        let metrics = &self.inner.metrics;
+        match trigger {
+            Trigger::Swr => metrics.refreshes_swr.increment(1),
+            Trigger::XFetch => metrics.refreshes_xfetch.increment(1),
+            Trigger::Ahead => metrics.refreshes_ahead.increment(1),
+        }
         let cache = self.clone();
         runtime.spawn(async move {
+            // Released when the task ends, however it ends.
+            let _running = running;
             let key: &K = owned.borrow();
             for _ in 0..2 {
                 match cache.inner.flights.join(&stored_key) {
@@ -245,6 +278,59 @@ where
                 }
             }
         });
+    }
+}
+
+/// What asked for a background refresh.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Trigger {
+    Swr,
+    XFetch,
+    Ahead,
+}
+
+/// Keys with a background refresh running on this instance (bounded: past `max`, no new
+/// refresh starts until one ends).
+pub(crate) struct Refreshing {
+    keys: Arc<parking_lot::Mutex<std::collections::HashSet<Box<str>>>>,
+    max: usize,
+}
+
+/// One key's running refresh; ends it on drop.
+pub(crate) struct Running {
+    keys: Arc<parking_lot::Mutex<std::collections::HashSet<Box<str>>>>,
+    key: Box<str>,
+}
+
+impl Refreshing {
+    pub fn new(max: usize) -> Self {
+        Refreshing {
+            keys: Arc::default(),
+            max,
+        }
+    }
+
+    /// `None` if a refresh of `key` runs already (or too many run).
+    pub fn start(&self, key: &str) -> Option<Running> {
+        let mut keys = self.keys.lock();
+        if keys.len() >= self.max || !keys.insert(key.into()) {
+            return None;
+        }
+        Some(Running {
+            keys: self.keys.clone(),
+            key: key.into(),
+        })
+    }
+
+    /// Refreshes running now.
+    pub fn len(&self) -> usize {
+        self.keys.lock().len()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.keys.lock().remove(&self.key);
     }
 }
 

@@ -101,6 +101,32 @@ impl Remote {
         self.call(StoreOp::Set, key, fut).await
     }
 
+    pub async fn open_fence(
+        &self,
+        key: &str,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<u64, StoreError> {
+        let fut = self.store.open_fence(key, token, ttl);
+        self.call(StoreOp::Lease, key, fut).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn fill_fenced(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        version: u64,
+        fence: u64,
+        channel: &str,
+    ) -> Result<FillOutcome, StoreError> {
+        let fut = self
+            .store
+            .fill_fenced(key, value, ttl, version, fence, channel);
+        self.call(StoreOp::Set, key, fut).await
+    }
+
     pub async fn release_lease(&self, key: &str, token: u64) -> Result<(), StoreError> {
         self.call(StoreOp::Lease, key, self.store.release_lease(key, token))
             .await

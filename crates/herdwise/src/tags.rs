@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
@@ -40,9 +41,8 @@ pub const DEFAULT_MAX_TAGS_PER_ENTRY: usize = 16;
 /// Most marks an instance remembers; past it, it forgets them and checks older entries against
 /// the store again (bounded memory whatever the number of tags).
 const MAX_MARKS: usize = 100_000;
-/// A local invalidation whose store write has not succeeded yet: every entry with the tag is
-/// invalid on this instance until the real mark is known.
-const PENDING: u64 = u64::MAX;
+/// Most tags with a local invalidation the store has not confirmed yet.
+const MAX_PENDING: usize = 10_000;
 
 /// Checks a tag: 1..=128 bytes, no control characters.
 pub(crate) fn validate_tag(tag: &str) -> Result<()> {
@@ -95,6 +95,9 @@ pub(crate) enum Verdict {
     Invalid,
     /// Not known here: ask the store.
     Unknown,
+    /// A tag has a local invalidation the store has not confirmed yet: not served here, but
+    /// nothing is known against the entry elsewhere (it is not deleted from L2).
+    Pending,
 }
 
 #[derive(Debug, Default)]
@@ -112,15 +115,35 @@ struct State {
     /// Bumped whenever the ledger starts over; answers to store reads started in an older era
     /// are not remembered.
     era: u64,
+    /// Tags this instance invalidated without the store's confirmation yet, and until when that
+    /// holds: the longest life of an entry the invalidation could reach (past it, every such
+    /// entry has expired). Kept across resets (the store does not know them).
+    pending: HashMap<Box<str>, Instant>,
 }
 
 /// One instance's knowledge of tag invalidations.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct TagLedger {
     state: RwLock<State>,
+    /// How long an unconfirmed local invalidation holds.
+    pending_life: Duration,
+}
+
+impl Default for TagLedger {
+    fn default() -> Self {
+        TagLedger::new(Duration::from_secs(3600))
+    }
 }
 
 impl TagLedger {
+    /// A ledger whose unconfirmed local invalidations hold for `pending_life`.
+    pub fn new(pending_life: Duration) -> Self {
+        TagLedger {
+            state: RwLock::new(State::default()),
+            pending_life,
+        }
+    }
+
     /// The clock value to stamp an entry with, taken before its value is read from the origin.
     pub fn stamp(&self) -> u64 {
         self.state.read().clock
@@ -143,6 +166,13 @@ impl TagLedger {
     /// Judges `stamp` with local knowledge only.
     pub fn verdict(&self, stamp: &TagStamp) -> Verdict {
         let state = self.state.read();
+        if !state.pending.is_empty() {
+            let now = Instant::now();
+            let pending = |tag: &str| state.pending.get(tag).is_some_and(|&until| until > now);
+            if stamp.tags.iter().any(|t| pending(t)) {
+                return Verdict::Pending;
+            }
+        }
         let mut all_known = true;
         for tag in stamp.tags.iter() {
             match state.marks.get(tag) {
@@ -179,18 +209,39 @@ impl TagLedger {
         let mut state = self.state.write();
         state.clock = state.clock.max(mark);
         state.event_clock = state.event_clock.max(mark);
-        match state.marks.get_mut(tag) {
-            // A pending local invalidation is replaced by the real mark once it is known.
-            Some(m) if *m == PENDING => *m = mark,
-            _ => Self::record(&mut state, tag, mark),
-        }
+        Self::record(&mut state, tag, mark);
     }
 
-    /// This instance invalidates `tag` but the store has not confirmed it: until then, every
-    /// entry with the tag is invalid here.
-    pub fn invalidate_pending(&self, tag: &str) {
+    /// This instance's own invalidation of `tag` was written to the store at clock value `mark`:
+    /// the pending local invalidation (if any) gives way to the real mark.
+    pub fn confirmed(&self, tag: &str, mark: u64) {
         let mut state = self.state.write();
-        Self::record(&mut state, tag, PENDING);
+        state.pending.remove(tag);
+        state.clock = state.clock.max(mark);
+        state.event_clock = state.event_clock.max(mark);
+        Self::record(&mut state, tag, mark);
+    }
+
+    /// This instance invalidates `tag` but the store has not confirmed it: until then (or until
+    /// the pending life has passed), every entry with the tag is invalid here. `false` if too
+    /// many invalidations are pending already (the caller dead-letters it).
+    pub fn invalidate_pending(&self, tag: &str) -> bool {
+        let mut state = self.state.write();
+        let now = Instant::now();
+        if state.pending.len() >= MAX_PENDING && !state.pending.contains_key(tag) {
+            state.pending.retain(|_, until| *until > now);
+            if state.pending.len() >= MAX_PENDING {
+                return false;
+            }
+        }
+        state.pending.insert(tag.into(), now + self.pending_life);
+        true
+    }
+
+    /// Gives up the pending local invalidation of `tag` (its retries were given up once every
+    /// entry it could reach had expired).
+    pub fn drop_pending(&self, tag: &str) {
+        self.state.write().pending.remove(tag);
     }
 
     /// The clock as read from the store (startup, periodic checks): stamps move forward.
@@ -204,7 +255,7 @@ impl TagLedger {
     pub fn reset(&self) {
         let mut state = self.state.write();
         state.complete_from = None;
-        state.marks.retain(|_, m| *m == PENDING);
+        state.marks.clear();
         state.era += 1;
     }
 
@@ -212,7 +263,7 @@ impl TagLedger {
     /// every later invalidation will arrive as an event.
     pub fn complete(&self, clock: u64) {
         let mut state = self.state.write();
-        state.marks.retain(|_, m| *m == PENDING);
+        state.marks.clear();
         state.era += 1;
         state.clock = state.clock.max(clock);
         state.event_clock = state.event_clock.max(clock);
@@ -223,7 +274,7 @@ impl TagLedger {
         if state.marks.len() >= MAX_MARKS && !state.marks.contains_key(tag) {
             // Forget, but stay correct: what was known up to now is no longer known, so only
             // entries stamped from now on can be judged locally.
-            state.marks.retain(|_, m| *m == PENDING);
+            state.marks.clear();
             state.complete_from = state.complete_from.map(|_| state.clock);
             state.era += 1;
         }
@@ -253,7 +304,7 @@ pub(crate) async fn bump<V: Send + Sync + 'static>(
         .remote
         .bump_tag(&inner.tag_clock_key, &mark, inner.tag_mark_ttl, announce)
         .await?;
-    inner.tags.invalidated(tag, clock);
+    inner.tags.confirmed(tag, clock);
     Ok(clock)
 }
 
@@ -295,7 +346,13 @@ where
         self.ensure_generation().await;
         let inner = &self.inner;
         inner.metrics.tag_invalidations.increment(1);
-        inner.tags.invalidate_pending(tag);
+        if !inner.tags.invalidate_pending(tag) {
+            inner.metrics.invalidations_dead_lettered.increment(1);
+            tracing::error!(
+                tag,
+                "too many tag invalidations wait for the store: not held locally"
+            );
+        }
         if bump(inner, tag).await.is_err() {
             inner.retries.push(inner, Retry::Tag(tag.into()));
         }
@@ -303,12 +360,13 @@ where
     }
 
     /// Whether an entry with these tags may be served: judged locally when the ledger can, else
-    /// against the store's marks (one `MGET`). If the store cannot answer, `false` (a miss).
-    pub(crate) async fn tags_valid(&self, stamp: &TagStamp) -> bool {
+    /// against the store's marks (one `MGET`). `Valid`, `Invalid` (by a mark), or `Pending` (an
+    /// unconfirmed local invalidation; also the answer when the store cannot be asked: a miss
+    /// here, but no verdict against the entry).
+    pub(crate) async fn tags_valid(&self, stamp: &TagStamp) -> Verdict {
         let inner = &*self.inner;
         match inner.tags.verdict(stamp) {
-            Verdict::Valid => true,
-            Verdict::Invalid => false,
+            verdict @ (Verdict::Valid | Verdict::Invalid | Verdict::Pending) => verdict,
             Verdict::Unknown => {
                 inner.metrics.tag_store_checks.increment(1);
                 let era = inner.tags.era();
@@ -318,9 +376,13 @@ where
                 keys.extend(stamp.tags.iter().map(|t| mark_key(namespace, t)));
                 match inner.remote.counters(&keys).await {
                     Ok(values) if values.len() == keys.len() => {
-                        inner.tags.learn(era, stamp, values[0], &values[1..])
+                        if inner.tags.learn(era, stamp, values[0], &values[1..]) {
+                            Verdict::Valid
+                        } else {
+                            Verdict::Invalid
+                        }
                     }
-                    _ => false,
+                    _ => Verdict::Pending,
                 }
             }
         }
@@ -335,7 +397,7 @@ where
         };
         match self.inner.tags.verdict(stamp) {
             Verdict::Valid => true,
-            Verdict::Invalid => {
+            Verdict::Invalid | Verdict::Pending => {
                 self.inner.metrics.tag_invalidated_reads.increment(1);
                 self.inner.l1.remove_entry(stored_key, entry);
                 false
@@ -464,14 +526,33 @@ mod tests {
     fn a_pending_local_invalidation_holds_until_confirmed_and_survives_resets() {
         let ledger = TagLedger::default();
         ledger.complete(10);
-        ledger.invalidate_pending("t");
-        assert_eq!(ledger.verdict(&stamp(1_000, &["t"])), Verdict::Invalid);
+        assert!(ledger.invalidate_pending("t"));
+        assert_eq!(ledger.verdict(&stamp(1_000, &["t"])), Verdict::Pending);
         ledger.reset();
         ledger.complete(20);
-        assert_eq!(ledger.verdict(&stamp(1_000, &["t"])), Verdict::Invalid);
-        ledger.invalidated("t", 21);
+        assert_eq!(ledger.verdict(&stamp(1_000, &["t"])), Verdict::Pending);
+        ledger.invalidated("t", 19);
+        assert_eq!(
+            ledger.verdict(&stamp(1_000, &["t"])),
+            Verdict::Pending,
+            "another instance's mark does not confirm ours"
+        );
+        ledger.confirmed("t", 21);
         assert_eq!(ledger.verdict(&stamp(21, &["t"])), Verdict::Valid);
         assert_eq!(ledger.verdict(&stamp(20, &["t"])), Verdict::Invalid);
+    }
+
+    #[test]
+    fn a_pending_invalidation_ends_when_given_up_or_past_its_life() {
+        let ledger = TagLedger::new(Duration::from_millis(30));
+        ledger.complete(10);
+        assert!(ledger.invalidate_pending("t"));
+        assert!(ledger.invalidate_pending("u"));
+        assert_eq!(ledger.verdict(&stamp(10, &["t"])), Verdict::Pending);
+        ledger.drop_pending("t");
+        assert_eq!(ledger.verdict(&stamp(10, &["t"])), Verdict::Valid);
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(ledger.verdict(&stamp(10, &["u"])), Verdict::Valid);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::freshness::{now_ms, Freshness};
 use crate::key::CacheKey;
 use crate::local::{L1Entry, Standing};
 use crate::store::SetOutcome;
+use crate::tags::Verdict;
 
 /// How a write reaches L2.
 #[derive(Clone, Copy)]
@@ -174,10 +175,12 @@ where
                 }
                 let tags = tags.map(Arc::new);
                 if let Some(stamp) = tags.as_ref() {
-                    if !self.tags_valid(stamp).await {
+                    let verdict = self.tags_valid(stamp).await;
+                    if verdict != Verdict::Valid {
                         inner.metrics.tag_invalidated_reads.increment(1);
-                        // A versioned entry would refuse the unversioned fill that replaces it.
-                        if meta.version > 0 {
+                        // A versioned entry would refuse the unversioned fill that replaces it
+                        // (only on a mark's verdict: a pending one is this instance's alone).
+                        if verdict == Verdict::Invalid && meta.version > 0 {
                             let _ = inner.remote.delete(stored_key).await;
                             self.drop_replicas(stored_key).await;
                         }

@@ -6,7 +6,22 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herdwise::{BreakerConfig, BreakerState, Cache};
+use common::{counter, Calls, OriginError};
+use herdwise::{metrics as m, BreakerConfig, BreakerState, Cache, LoadOptions, WriteOptions};
+
+/// How many of `keys` exist in Redis.
+async fn existing(conn: &mut redis::aio::MultiplexedConnection, keys: &[String]) -> u64 {
+    let mut n = 0;
+    for chunk in keys.chunks(1_000) {
+        let found: u64 = redis::cmd("EXISTS")
+            .arg(chunk)
+            .query_async(conn)
+            .await
+            .unwrap();
+        n += found;
+    }
+    n
+}
 
 // Defect 1: a half-open probe whose caller is cancelled must not keep the breaker shut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,4 +193,276 @@ async fn d3_the_l1_bound_weighs_decoded_values_not_compressed_bytes() {
         assert!(c.l1_bytes() <= c.l1_max_bytes());
         assert!(c.l1_len() >= 8, "{name}: L1 still holds what fits");
     }
+}
+
+// Defect 4: a backlog of failed invalidations is applied within seconds once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d4_a_backlog_of_ten_thousand_invalidations_drains_within_seconds() {
+    let server = common::redis();
+    let mut raw = common::raw(&server).await;
+    let store = common::store(&server).await;
+    let (cache, metrics) = common::with_metrics(|| {
+        Cache::<u64, String>::builder("d4")
+            .store(store)
+            .l1_max_bytes(0)
+            .no_hot_key_shield()
+    });
+    const N: u64 = 10_000;
+    let keys: Vec<String> = (0..N).map(|k| cache.stored_key(&k).unwrap()).collect();
+    let mut pipe = redis::pipe();
+    for key in &keys {
+        pipe.cmd("SET")
+            .arg(key)
+            .arg("old")
+            .arg("EX")
+            .arg(600)
+            .ignore();
+    }
+    let () = pipe.query_async(&mut raw).await.unwrap();
+    cache.get(&0).await.unwrap(); // first contact (generation, sentinel)
+    server.pause().unwrap();
+    for k in 0..N {
+        cache.invalidate(&k).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.resume().unwrap();
+    let resumed = Instant::now();
+    let drained = common::eventually(Duration::from_secs(5), async || {
+        existing(&mut raw, &keys).await == 0
+    })
+    .await;
+    let left = existing(&mut raw, &keys).await;
+    eprintln!(
+        "backlog of {N}: {left} left after {:?}; dead-lettered {}",
+        resumed.elapsed(),
+        counter(&metrics, m::INVALIDATIONS_DEAD_LETTERED, &[])
+    );
+    assert!(
+        drained,
+        "{left} of {N} invalidations not applied 5 s after Redis came back"
+    );
+    assert_eq!(counter(&metrics, m::INVALIDATIONS_DEAD_LETTERED, &[]), 0);
+}
+
+// Defect 5: a tag invalidation that was given up must not leave the tag broken on this instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d5_a_dead_lettered_tag_invalidation_does_not_break_the_tag_for_good() {
+    let mut server = common::redis();
+    let store = common::store(&server).await;
+    let (cache, metrics) = common::with_metrics(|| {
+        Cache::<u64, String>::builder("d5")
+            .store(store)
+            .ttl(Duration::from_millis(500))
+            .no_ttl_jitter()
+            .stale_if_error(Duration::ZERO)
+            .circuit_breaker(BreakerConfig::default().open_for(Duration::from_millis(200)))
+    });
+    let tagged = WriteOptions::default().tags(["t"]);
+    cache.set_with(&1, "a".to_string(), &tagged).await.unwrap();
+    server.kill();
+    cache.invalidate_tag("t").await.unwrap();
+    assert_eq!(
+        cache.get(&1).await.unwrap(),
+        None,
+        "pending: not served here"
+    );
+    let given_up = common::eventually(Duration::from_secs(25), async || {
+        counter(&metrics, m::INVALIDATIONS_DEAD_LETTERED, &[]) >= 1
+    })
+    .await;
+    assert!(
+        given_up,
+        "the tag invalidation is dead-lettered while Redis is down"
+    );
+    server.restart().unwrap();
+    let calls = Calls::default();
+    let served = common::eventually(Duration::from_secs(5), async || {
+        cache.set_with(&2, "b".to_string(), &tagged).await.unwrap();
+        let opts = LoadOptions::default().tags(["t"]);
+        let load = |_: &u64| {
+            calls.hit();
+            async { Ok::<_, OriginError>(Some("c".to_string())) }
+        };
+        let _ = cache.get_or_load_with(&3, &opts, load).await.unwrap();
+        let before = calls.get();
+        let again = cache.get_or_load_with(&3, &opts, load).await.unwrap();
+        cache.get(&2).await.unwrap().is_some() && again.value.is_some() && calls.get() == before
+    })
+    .await;
+    assert!(served, "entries tagged `t` must be cached and served again");
+}
+
+// Defect 6: a fill without a lease (leases off) must be refused if an invalidation overtook it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d6_an_unleased_fill_overtaken_by_an_invalidation_is_refused() {
+    let server = common::redis();
+    let mut raw = common::raw(&server).await;
+    let build = async || -> Cache<u64, String> {
+        Cache::builder("d6")
+            .store(common::store(&server).await)
+            .no_leases()
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build().await, build().await);
+    let loading = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.get_or_load(&1, |_| async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok::<_, OriginError>(Some("old".to_string()))
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The origin changes and the writer invalidates, while A's load of the old state runs.
+    b.invalidate(&1).await.unwrap();
+    let returned = loading.await.unwrap().unwrap();
+    assert_eq!(returned.as_deref().map(String::as_str), Some("old"));
+    let stored_key = a.stored_key(&1).unwrap();
+    assert_eq!(
+        existing(&mut raw, &[stored_key]).await,
+        0,
+        "the overtaken fill was written to L2"
+    );
+    assert_eq!(a.get(&1).await.unwrap(), None, "nor kept in A's L1");
+    assert_eq!(b.get(&1).await.unwrap(), None);
+}
+
+// Defect 6, second form: a waiter that gave up on another instance's lease loads unleased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d6_a_waiter_that_gave_up_on_the_lease_is_fenced_too() {
+    let server = common::redis();
+    let mut raw = common::raw(&server).await;
+    let build = async || -> Cache<u64, String> {
+        Cache::builder("d6w")
+            .store(common::store(&server).await)
+            .lease_wait(Duration::from_millis(100), Duration::from_millis(20))
+            .build()
+            .unwrap()
+    };
+    let (holder, waiter, writer) = (build().await, build().await, build().await);
+    let slow = |ms: u64| {
+        move |_: &u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, OriginError>(Some("old".to_string()))
+        }
+    };
+    let held = {
+        let holder = holder.clone();
+        tokio::spawn(async move { holder.get_or_load(&1, slow(1_000)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let waited = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.get_or_load(&1, slow(300)).await })
+    };
+    // The waiter gives up at ~150 ms and loads until ~450 ms; the origin changes at ~250 ms.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    writer.invalidate(&1).await.unwrap();
+    waited.await.unwrap().unwrap();
+    held.await.unwrap().unwrap();
+    let stored_key = writer.stored_key(&1).unwrap();
+    assert_eq!(
+        existing(&mut raw, &[stored_key]).await,
+        0,
+        "a fill the invalidation overtook was written to L2"
+    );
+}
+
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+async fn slow_loader_cache(
+    server: &herdwise_testkit::RedisServer,
+    name: &str,
+) -> Cache<u64, String> {
+    let store = common::store(server).await;
+    Cache::builder(name)
+        .store(store)
+        .ttl(Duration::from_millis(200))
+        .no_ttl_jitter()
+        .stale_while_revalidate(Duration::from_secs(10))
+        .loader(|_: &u64| async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok::<_, OriginError>(Some("v".to_string()))
+        })
+        .build()
+        .unwrap()
+}
+
+// Defect 7: stale-while-revalidate starts one background refresh per key, not one per read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d7_stale_reads_start_one_refresh_not_one_task_each() {
+    let server = common::redis();
+    let cache = slow_loader_cache(&server, "d7s").await;
+    cache.fetch(&1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let before = alive_tasks();
+    for _ in 0..500 {
+        let got = cache.fetch_with(&1, &LoadOptions::default()).await.unwrap();
+        assert!(got.stale);
+    }
+    let spawned = alive_tasks().saturating_sub(before);
+    assert!(spawned <= 2, "{spawned} tasks alive after 500 stale reads");
+}
+
+// Defect 7: XFetch does not start a refresh while one for the key runs already.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d7_xfetch_starts_no_refresh_while_one_runs() {
+    let server = common::redis();
+    let store = common::store(&server).await;
+    let cache: Cache<u64, String> = Cache::builder("d7x")
+        .store(store)
+        .ttl(Duration::from_secs(60))
+        .xfetch_beta(1e9) // always due
+        .loader(|_: &u64| async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok::<_, OriginError>(Some("v".to_string()))
+        })
+        .build()
+        .unwrap();
+    cache.fetch(&1).await.unwrap();
+    let before = alive_tasks();
+    for _ in 0..500 {
+        assert!(cache.fetch(&1).await.unwrap().is_some());
+    }
+    let spawned = alive_tasks().saturating_sub(before);
+    assert!(
+        spawned <= 2,
+        "{spawned} tasks alive after 500 early-refresh hits"
+    );
+}
+
+// Defect 7: a soft timeout spawns nothing on a plain hit.
+#[tokio::test]
+async fn d7_a_soft_timeout_spawns_nothing_on_a_hit() {
+    let server = common::redis();
+    let cache: Cache<u64, String> = Cache::builder("d7t")
+        .store(common::store(&server).await)
+        .xfetch_beta(0.0)
+        .loader_soft_timeout(Duration::from_secs(1))
+        .loader(|_: &u64| async { Ok::<_, OriginError>(Some("v".to_string())) })
+        .build()
+        .unwrap();
+    cache.fetch(&1).await.unwrap();
+    let before = alive_tasks();
+    let opts = LoadOptions::default();
+    let mut reads: Vec<_> = (0..200)
+        .map(|_| Box::pin(cache.fetch_with(&1, &opts)))
+        .collect();
+    let mut ready = 0;
+    for read in reads.iter_mut() {
+        if let std::task::Poll::Ready(got) = futures::poll!(read.as_mut()) {
+            assert!(got.unwrap().value.is_some());
+            ready += 1;
+        }
+    }
+    let spawned = alive_tasks().saturating_sub(before);
+    assert_eq!(spawned, 0, "tasks spawned by 200 hits");
+    assert_eq!(ready, 200, "a hit answers on its first poll");
 }

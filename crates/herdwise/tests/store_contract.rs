@@ -245,6 +245,76 @@ async fn lease_contract(store: &dyn Store) {
         store.try_lease("l:e", 11, lease_ttl).await.unwrap(),
         "refusal released the lease"
     );
+    fence_contract(store).await;
+}
+
+/// Fences (loads without the lease): shared, taken down by writes, deletes and prefix deletes.
+async fn fence_contract(store: &dyn Store) {
+    let ttl = Duration::from_secs(30);
+    let fence_ttl = Duration::from_millis(300);
+    let fill = |key: &'static str, fence: u64| {
+        store.fill_fenced(key, envelope_with_version(0, b"f"), ttl, 0, fence, "fills")
+    };
+    let f = store.open_fence("f:a", 21, fence_ttl).await.unwrap();
+    assert_eq!(f, 21);
+    assert_eq!(
+        store.open_fence("f:a", 22, fence_ttl).await.unwrap(),
+        21,
+        "shared"
+    );
+    assert_eq!(fill("f:a", 21).await.unwrap(), FillOutcome::Stored);
+    assert_eq!(
+        fill("f:a", 21).await.unwrap(),
+        FillOutcome::Stored,
+        "it stays up"
+    );
+    assert_eq!(
+        fill("f:a", 22).await.unwrap(),
+        FillOutcome::LeaseLost,
+        "not ours"
+    );
+    store.delete("f:a").await.unwrap();
+    assert_eq!(
+        fill("f:a", 21).await.unwrap(),
+        FillOutcome::LeaseLost,
+        "deleted"
+    );
+    assert_eq!(store.get("f:a").await.unwrap(), None);
+
+    let f = store.open_fence("f:b", 23, fence_ttl).await.unwrap();
+    store
+        .set("f:b", Bytes::from_static(b"written"), ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        fill("f:b", f).await.unwrap(),
+        FillOutcome::LeaseLost,
+        "written"
+    );
+    assert_eq!(
+        store.get("f:b").await.unwrap().as_deref(),
+        Some(&b"written"[..])
+    );
+
+    let f = store.open_fence("f:c:1", 24, fence_ttl).await.unwrap();
+    store.delete_prefix("f:c:").await.unwrap();
+    assert_eq!(
+        fill("f:c:1", f).await.unwrap(),
+        FillOutcome::LeaseLost,
+        "prefix"
+    );
+
+    let f = store.open_fence("f:d", 25, fence_ttl).await.unwrap();
+    tokio::time::sleep(fence_ttl + Duration::from_millis(100)).await;
+    assert_eq!(
+        fill("f:d", f).await.unwrap(),
+        FillOutcome::LeaseLost,
+        "expired"
+    );
+    assert!(
+        store.try_lease("f:d", 26, fence_ttl).await.unwrap(),
+        "a fence is no lease"
+    );
 }
 
 #[tokio::test]

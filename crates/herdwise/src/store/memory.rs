@@ -46,7 +46,39 @@ struct Inner {
 }
 
 /// Load leases of one stripe: key → (token, expiry).
-type Leases = HashMap<Box<str>, (u64, Instant)>;
+type Claims = HashMap<Box<str>, (u64, Instant)>;
+
+/// The leases and fences (see [`Store::open_fence`]) of one stripe's keys.
+#[derive(Default)]
+struct Leases {
+    leases: Claims,
+    fences: Claims,
+}
+
+impl Leases {
+    fn get(&self, key: &str) -> Option<&(u64, Instant)> {
+        self.leases.get(key)
+    }
+
+    fn insert(&mut self, key: Box<str>, claim: (u64, Instant)) {
+        self.leases.insert(key, claim);
+    }
+
+    /// Takes down the key's lease and fence (a write or a delete).
+    fn remove(&mut self, key: &str) {
+        self.leases.remove(key);
+        self.fences.remove(key);
+    }
+
+    fn lease_remove(&mut self, key: &str) {
+        self.leases.remove(key);
+    }
+
+    fn retain(&mut self, keep: impl Fn(&Box<str>) -> bool) {
+        self.leases.retain(|k, _| keep(k));
+        self.fences.retain(|k, _| keep(k));
+    }
+}
 
 /// The embedded L2: bounded by bytes, TTLs honoured, no network. Cheap to clone; clones share
 /// the same storage, so several caches in one process can share it as their L2.
@@ -90,7 +122,9 @@ impl MemoryStore {
         MemoryStore {
             inner: Arc::new(Inner {
                 engine,
-                stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
+                stripes: (0..STRIPES)
+                    .map(|_| Mutex::new(Leases::default()))
+                    .collect(),
                 channels: Mutex::new(HashMap::new()),
                 counters: Mutex::new(HashMap::new()),
             }),
@@ -221,7 +255,7 @@ impl Store for MemoryStore {
             leases.remove(&key);
         }
         for stripe in &self.inner.stripes {
-            stripe.lock().retain(|key, _| !key.starts_with(prefix));
+            stripe.lock().retain(|key| !key.starts_with(prefix));
         }
         Ok(removed)
     }
@@ -253,7 +287,7 @@ impl Store for MemoryStore {
             if !ours {
                 FillOutcome::LeaseLost
             } else {
-                leases.remove(key);
+                leases.lease_remove(key);
                 let newer = self
                     .live(key)
                     .and_then(|current| stored_version(&current))
@@ -273,9 +307,53 @@ impl Store for MemoryStore {
     async fn release_lease(&self, key: &str, token: u64) -> Result<(), StoreError> {
         let mut leases = self.stripe(key).lock();
         if leases.get(key).is_some_and(|(t, _)| *t == token) {
-            leases.remove(key);
+            leases.lease_remove(key);
         }
         Ok(())
+    }
+
+    async fn open_fence(&self, key: &str, token: u64, ttl: Duration) -> Result<u64, StoreError> {
+        let mut claims = self.stripe(key).lock();
+        let now = Instant::now();
+        match claims.fences.get(key) {
+            Some(&(fence, expiry)) if expiry > now => Ok(fence),
+            _ => {
+                claims.fences.insert(key.into(), (token, now + ttl));
+                Ok(token)
+            }
+        }
+    }
+
+    async fn fill_fenced(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        version: u64,
+        fence: u64,
+        channel: &str,
+    ) -> Result<FillOutcome, StoreError> {
+        let outcome = {
+            let claims = self.stripe(key).lock();
+            let standing = claims
+                .fences
+                .get(key)
+                .is_some_and(|(f, expiry)| *f == fence && *expiry > Instant::now());
+            if !standing {
+                FillOutcome::LeaseLost
+            } else if self
+                .live(key)
+                .and_then(|current| stored_version(&current))
+                .is_some_and(|v| v > version)
+            {
+                FillOutcome::RefusedOlder
+            } else {
+                self.put(key, value, ttl);
+                FillOutcome::Stored
+            }
+        };
+        self.publish(channel, key);
+        Ok(outcome)
     }
 
     async fn increment(&self, key: &str) -> Result<u64, StoreError> {

@@ -89,6 +89,11 @@ pub fn lease_key(key: &str) -> String {
     format!("{{{key}}}:lease")
 }
 
+/// The fence key of `key`: `{key}:fence` (same slot as the value, like the lease).
+pub fn fence_key(key: &str) -> String {
+    format!("{{{key}}}:fence")
+}
+
 /// `text` with the glob characters of Redis `MATCH` patterns escaped.
 pub(crate) fn glob_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 8);
@@ -214,6 +219,41 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         token: u64,
         channel: &str,
     ) -> Result<FillOutcome, StoreError>;
+
+    /// Opens (or joins) the *fence* of `key` for a load made without the lease (leases off, or a
+    /// waiter that gave up on another instance's lease): sets the fence to `token` for `ttl`
+    /// unless a fence is already up, and returns the fence's token. Every write, delete or
+    /// prefix delete of `key` takes the fence down, like the lease; a fill made with
+    /// [`Store::fill_fenced`] is written only while the fence it opened still stands. So a load
+    /// that an invalidation overtook is never cached, leases or not. Several loads may share one
+    /// fence. The default (a store without fences) returns 0 and `fill_fenced` writes unfenced.
+    async fn open_fence(&self, key: &str, token: u64, ttl: Duration) -> Result<u64, StoreError> {
+        let _ = (key, token, ttl);
+        Ok(0)
+    }
+
+    /// Fenced fill without a lease, atomically: if the fence of `key` still holds `fence`, store
+    /// `value` unless the stored entry has a higher version (the fence stays up for the other
+    /// loads sharing it); then publish `key` on `channel`. [`FillOutcome::LeaseLost`] when the
+    /// fence is down (written, invalidated or expired since it was opened).
+    #[allow(clippy::too_many_arguments)]
+    async fn fill_fenced(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        version: u64,
+        fence: u64,
+        channel: &str,
+    ) -> Result<FillOutcome, StoreError> {
+        let _ = (fence, channel);
+        Ok(
+            match self.set_if_not_older(key, value, ttl, version).await? {
+                SetOutcome::Stored => FillOutcome::Stored,
+                SetOutcome::RefusedOlder => FillOutcome::RefusedOlder,
+            },
+        )
+    }
 
     /// Releases the lease on `key` if `token` holds it (compare-and-delete, never a blind DEL).
     async fn release_lease(&self, key: &str, token: u64) -> Result<(), StoreError>;

@@ -15,8 +15,8 @@ use redis::Script;
 use tokio::sync::broadcast;
 
 use super::{
-    glob_escape, lease_key, lua_version_guard, Announcement, FillOutcome, SetOutcome, Store,
-    StoreError, StoreEvent,
+    fence_key, glob_escape, lease_key, lua_version_guard, Announcement, FillOutcome, SetOutcome,
+    Store, StoreError, StoreEvent,
 };
 use crate::envelope::VERSION_OFFSET;
 
@@ -47,6 +47,25 @@ if holder ~= ARGV[6] then
   return -1
 end
 redis.call('DEL', KEYS[2])
+local cur = redis.call('GET', KEYS[1])
+{}
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[7], KEYS[1])
+return 1
+"#,
+        lua_version_guard(3, 4, 5, "redis.call('PUBLISH', ARGV[7], KEYS[1]) return 0")
+    )
+}
+
+/// The fenced fill without a lease. KEYS[1] value, KEYS[2] fence; ARGV as `fill_leased_script`
+/// (ARGV[6] the fence token). Returns 1 stored, 0 refused (older), -1 fence down.
+fn fill_fenced_script() -> String {
+    format!(
+        r#"
+if redis.call('GET', KEYS[2]) ~= ARGV[6] then
+  redis.call('PUBLISH', ARGV[7], KEYS[1])
+  return -1
+end
 local cur = redis.call('GET', KEYS[1])
 {}
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -172,6 +191,7 @@ pub struct RedisStore {
     call_timeout: Duration,
     set_if_not_older: Script,
     fill_leased: Script,
+    fill_fenced: Script,
     bump_tag: Script,
 }
 
@@ -206,6 +226,7 @@ impl RedisStore {
             call_timeout,
             set_if_not_older: Script::new(&set_if_not_older_script()),
             fill_leased: Script::new(&fill_leased_script()),
+            fill_fenced: Script::new(&fill_fenced_script()),
             bump_tag: Script::new(BUMP_TAG),
         }
     }
@@ -271,6 +292,7 @@ impl Store for RedisStore {
             .ignore()
             .cmd("UNLINK")
             .arg(lease_key(key))
+            .arg(fence_key(key))
             .ignore()
             .query_async(&mut conn)
             .await?;
@@ -312,6 +334,7 @@ impl Store for RedisStore {
             .arg(key)
             .cmd("UNLINK")
             .arg(lease_key(key))
+            .arg(fence_key(key))
             .query_async(&mut conn)
             .await?;
         Ok(removed > 0)
@@ -320,7 +343,8 @@ impl Store for RedisStore {
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
         let mut conn = self.conn.clone();
         let mut removed = 0;
-        // Values, then the leases of any key under the prefix (`{<key>}:lease`).
+        // Values, then the leases and fences of any key under the prefix (`{<key>}:lease`,
+        // `{<key>}:fence`).
         for pattern in [
             format!("{}*", glob_escape(prefix)),
             format!("{{{}*", glob_escape(prefix)),
@@ -341,7 +365,7 @@ impl Store for RedisStore {
                     for key in &keys {
                         unlink.arg(key);
                         if !leases {
-                            unlink.arg(lease_key(key));
+                            unlink.arg(lease_key(key)).arg(fence_key(key));
                         }
                     }
                     let n: u64 = unlink.query_async(&mut conn).await?;
@@ -403,6 +427,55 @@ impl Store for RedisStore {
             .arg(version & 0xFFFF_FFFF)
             .arg(VERSION_OFFSET)
             .arg(token)
+            .arg(channel)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match outcome {
+            1 => FillOutcome::Stored,
+            0 => FillOutcome::RefusedOlder,
+            _ => FillOutcome::LeaseLost,
+        })
+    }
+
+    async fn open_fence(&self, key: &str, token: u64, ttl: Duration) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let fence = fence_key(key);
+        // Pipelined: one round trip; the GET answers whichever fence stands.
+        let (_set, current): (Option<String>, Option<u64>) = redis::pipe()
+            .cmd("SET")
+            .arg(&fence)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(px(ttl))
+            .cmd("GET")
+            .arg(&fence)
+            .query_async(&mut conn)
+            .await?;
+        // Gone already (expired between the two): a token nobody holds, so the fill is refused.
+        Ok(current.unwrap_or(0))
+    }
+
+    async fn fill_fenced(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        version: u64,
+        fence: u64,
+        channel: &str,
+    ) -> Result<FillOutcome, StoreError> {
+        let mut conn = self.conn.clone();
+        let outcome: i64 = self
+            .fill_fenced
+            .key(key)
+            .key(fence_key(key))
+            .arg(value.as_ref())
+            .arg(px(ttl))
+            .arg(version >> 32)
+            .arg(version & 0xFFFF_FFFF)
+            .arg(VERSION_OFFSET)
+            .arg(fence)
             .arg(channel)
             .invoke_async(&mut conn)
             .await?;

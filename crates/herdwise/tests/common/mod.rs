@@ -244,6 +244,27 @@ impl<S: herdwise::Store + Clone> herdwise::Store for SlowDeletes<S> {
     async fn release_lease(&self, key: &str, token: u64) -> Result<(), herdwise::StoreError> {
         self.inner.release_lease(key, token).await
     }
+    async fn open_fence(
+        &self,
+        key: &str,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<u64, herdwise::StoreError> {
+        self.inner.open_fence(key, token, ttl).await
+    }
+    async fn fill_fenced(
+        &self,
+        key: &str,
+        value: bytes::Bytes,
+        ttl: Duration,
+        version: u64,
+        fence: u64,
+        channel: &str,
+    ) -> Result<herdwise::store::FillOutcome, herdwise::StoreError> {
+        self.inner
+            .fill_fenced(key, value, ttl, version, fence, channel)
+            .await
+    }
     async fn increment(&self, key: &str) -> Result<u64, herdwise::StoreError> {
         self.inner.increment(key).await
     }
