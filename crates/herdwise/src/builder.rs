@@ -674,7 +674,7 @@ where
             Inner {
                 keys,
                 l1,
-                remote,
+                remote: Arc::new(remote),
                 flights: Flights::new(self.max_in_flight),
                 codec: self.codec.unwrap_or_else(|| Arc::new(Postcard)),
                 ttl: ttl_policy,

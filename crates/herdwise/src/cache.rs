@@ -56,7 +56,7 @@ pub enum WriteOutcome {
 pub(crate) struct Inner<V> {
     pub keys: KeySpace,
     pub l1: LocalTier<V>,
-    pub remote: Remote,
+    pub remote: Arc<Remote>,
     pub flights: Flights<LoadResult<V>>,
     pub codec: Arc<dyn Codec<V>>,
     pub ttl: TtlPolicy,

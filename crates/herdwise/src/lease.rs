@@ -16,6 +16,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, Notify};
 
+use crate::remote::Remote;
 use crate::store::{Store, StoreEvent};
 
 /// Lease settings of a cache.
@@ -139,29 +140,39 @@ impl Drop for Registration {
     }
 }
 
-/// A lease this instance holds. Dropped without [`HeldLease::disarm`] (the holder was
-/// cancelled or panicked), it releases the lease in the background so waiters need not sit out
-/// its TTL.
+/// A lease this instance holds, or is asking for. Dropped without [`HeldLease::disarm`] (the
+/// holder was cancelled or panicked, or the request's outcome is unknown), it releases the lease
+/// in the background — compare-and-delete, so a release of a lease never taken is harmless — and
+/// waiters need not sit out its TTL. Every release goes through the remote door.
 pub(crate) struct HeldLease {
-    store: Arc<dyn Store>,
+    remote: Arc<Remote>,
     key: String,
     pub token: u64,
-    deadline: Duration,
     armed: bool,
+    /// The `SET NX` may still be on the wire: release right behind it, whatever the breaker.
+    unknown: bool,
 }
 
 impl HeldLease {
-    pub fn new(store: Arc<dyn Store>, key: &str, token: u64, deadline: Duration) -> Self {
+    /// Armed before the lease request is sent, so that dropping the request (a cancelled
+    /// caller, a timeout) still releases what it may have taken.
+    pub fn requesting(remote: Arc<Remote>, key: &str, token: u64) -> Self {
         HeldLease {
-            store,
+            remote,
             key: key.to_string(),
             token,
-            deadline,
             armed: true,
+            unknown: true,
         }
     }
 
-    /// The fill (or an explicit release) took care of the lease.
+    /// The store answered: the lease is ours.
+    pub fn taken(mut self) -> Self {
+        self.unknown = false;
+        self
+    }
+
+    /// The fill (or an explicit release) took care of the lease, or it was never taken.
     pub fn disarm(mut self) {
         self.armed = false;
     }
@@ -180,14 +191,18 @@ impl Drop for HeldLease {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return; // the lease's TTL frees it
         };
-        let (store, key, token, deadline) = (
-            self.store.clone(),
+        let (remote, key, token, unknown) = (
+            self.remote.clone(),
             std::mem::take(&mut self.key),
             self.token,
-            self.deadline,
+            self.unknown,
         );
         runtime.spawn(async move {
-            let _ = tokio::time::timeout(deadline, store.release_lease(&key, token)).await;
+            if unknown {
+                remote.release_after_unknown(&key, token).await;
+            } else {
+                let _ = remote.release_lease(&key, token).await;
+            }
         });
     }
 }

@@ -534,24 +534,25 @@ where
         let remote = &self.inner.remote;
         let token: u64 = rand::random();
         let epoch = self.inner.l1.epoch(stored_key);
+        // Armed before the request: if this read is dropped while the `SET NX` is on the wire,
+        // or the request times out (a slow Redis may still run it), the release follows it.
+        let request = HeldLease::requesting(remote.clone(), stored_key, token);
         let (taken, current) = match remote.try_lease_and_get(stored_key, token, lease.ttl).await {
             Ok(found) => found,
-            Err(StoreError::Timeout(_)) => {
-                // The SET may still run when a slow Redis catches up, leaving a lease nobody
-                // holds (every other instance would wait its TTL). Send a release after it: on
-                // the same connection, it runs after the SET.
-                drop(HeldLease::new(
-                    remote.store().clone(),
-                    stored_key,
-                    token,
-                    remote.deadline(),
-                ));
+            // Never sent: nothing to release.
+            Err(StoreError::CircuitOpen) => {
+                request.disarm();
                 return LeaseAttempt::Failed;
             }
+            // Unknown outcome: `request` is dropped armed and releases.
             Err(_) => return LeaseAttempt::Failed,
         };
-        let held = taken
-            .then(|| HeldLease::new(remote.store().clone(), stored_key, token, remote.deadline()));
+        let held = if taken {
+            Some(request.taken())
+        } else {
+            request.disarm();
+            None
+        };
         let filled = match self.judge_l2(stored_key, Ok(current), epoch).await {
             L2Read::Fresh(value, meta, _) if refresh_of.is_none_or(|r| meta.fresh_until_ms > r) => {
                 Some((value, meta.stale_copy))

@@ -132,6 +132,23 @@ impl Remote {
             .await
     }
 
+    /// The release that follows a lease attempt whose outcome is unknown (it timed out, or its
+    /// caller was dropped while it was on the wire): the one call that does not ask the
+    /// breaker. Its job is to run right after that `SET NX`, which is already queued on the
+    /// connection of a slow or frozen Redis — an open breaker would strand the lease for its
+    /// whole TTL, every other instance waiting it out. Under the deadline; failures counted.
+    pub async fn release_after_unknown(&self, key: &str, token: u64) {
+        let result =
+            tokio::time::timeout(self.deadline, self.store.release_lease(key, token)).await;
+        if !matches!(result, Ok(Ok(()))) {
+            let kind = match result {
+                Err(_) => FailureKind::Timeout,
+                _ => FailureKind::Error,
+            };
+            self.metrics.store_failure(StoreOp::Lease, kind);
+        }
+    }
+
     pub async fn publish(&self, channel: &str, message: Bytes) -> Result<(), StoreError> {
         self.call(StoreOp::Set, channel, self.store.publish(channel, message))
             .await
@@ -198,11 +215,6 @@ impl Remote {
         };
         self.warn_throttled(StoreOp::Delete, prefix, &err);
         Err(err)
-    }
-
-    /// The deadline applied to each call.
-    pub fn deadline(&self) -> Duration {
-        self.deadline
     }
 
     pub async fn delete(&self, key: &str) -> Result<bool, StoreError> {

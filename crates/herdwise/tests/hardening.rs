@@ -466,3 +466,92 @@ async fn d7_a_soft_timeout_spawns_nothing_on_a_hit() {
     assert_eq!(spawned, 0, "tasks spawned by 200 hits");
     assert_eq!(ready, 200, "a hit answers on its first poll");
 }
+
+async fn pause_writes(conn: &mut redis::aio::MultiplexedConnection, ms: u64) {
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(ms)
+        .arg("WRITE")
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+// Defect 1 (audit): a read dropped while its lease request is on the wire releases the lease,
+// so other instances do not wait out its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d1_a_read_dropped_during_its_lease_request_releases_the_lease() {
+    let server = common::redis();
+    let mut raw = common::raw(&server).await;
+    let build = async || -> Cache<u64, String> {
+        Cache::builder("d1l")
+            .store(common::store(&server).await)
+            .no_circuit_breaker()
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build().await, build().await);
+    a.get(&0).await.unwrap();
+    b.get(&0).await.unwrap();
+    pause_writes(&mut raw, 200).await;
+    let load = |_: &u64| async { Ok::<_, OriginError>(Some("v".to_string())) };
+    let dropped = tokio::time::timeout(Duration::from_millis(10), a.get_or_load(&1, load)).await;
+    assert!(
+        dropped.is_err(),
+        "the lease request waits on the paused Redis"
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let t = Instant::now();
+    let got = b.get_or_load(&1, load).await.unwrap();
+    assert!(got.is_some());
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "another instance waited {:?} for a lease nobody holds",
+        t.elapsed()
+    );
+}
+
+// Defect 11: a lease released by a cancelled holder goes through the breaker like every call:
+// nothing is sent to a Redis the breaker has shut out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d11_a_cancelled_holders_release_goes_through_the_breaker() {
+    let server = common::redis();
+    let mut raw = common::raw(&server).await;
+    let cache: Cache<u64, String> = Cache::builder("d11")
+        .store(common::store(&server).await)
+        .l1_max_bytes(0)
+        .no_hot_key_shield()
+        .circuit_breaker(BreakerConfig::default().open_for(Duration::from_secs(5)))
+        .build()
+        .unwrap();
+    cache.get(&0).await.unwrap();
+    let holder = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .get_or_load(&1, |_| async {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    Ok::<_, OriginError>(Some("v".to_string()))
+                })
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await; // the lease is taken, the load runs
+    let evals_before = common::calls_of(&mut raw, "eval").await;
+    server.pause().unwrap();
+    let t = Instant::now();
+    while cache.breaker_state() != BreakerState::Open {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "the breaker must open"
+        );
+        let _ = cache.get(&2).await;
+    }
+    holder.abort(); // the holder is cancelled while the breaker is open
+    let _ = holder.await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.resume().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let evals = common::calls_of(&mut raw, "eval").await - evals_before;
+    assert_eq!(evals, 0, "a release was sent past the open breaker");
+}
