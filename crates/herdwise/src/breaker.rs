@@ -105,13 +105,21 @@ impl BreakerConfig {
     pub(crate) fn validate(&self) -> Result<(), String> {
         let ratio_ok = |r: f64| r > 0.0 && r <= 1.0;
         if self.window.is_zero() || self.open_for.is_zero() {
-            return Err("breaker window and open_for must be positive".into());
+            return Err("circuit_breaker: window and open_for must be positive".into());
         }
         if !ratio_ok(self.failure_ratio) || !ratio_ok(self.slow_ratio) {
-            return Err("breaker ratios must be within (0, 1]".into());
+            return Err("circuit_breaker: ratios must be within (0, 1]".into());
+        }
+        let max = crate::builder::MAX_DURATION;
+        if self.window > max || self.open_for > max || self.slow_call.is_some_and(|t| t > max) {
+            return Err(
+                "circuit_breaker: window, open_for and slow_call are at most 10 years".into(),
+            );
         }
         if self.min_calls == 0 || self.consecutive == 0 {
-            return Err("breaker min_calls and consecutive_failures must be positive".into());
+            return Err(
+                "circuit_breaker: min_calls and consecutive_failures must be positive".into(),
+            );
         }
         Ok(())
     }

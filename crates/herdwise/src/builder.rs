@@ -61,6 +61,11 @@ pub const DEFAULT_HOT_KEY_SHIELD_BYTES: u64 = 1 << 20;
 pub const DEFAULT_HOT_KEY_SHIELD_LIFE: Duration = Duration::from_secs(1);
 /// How long after a remote-tier recovery L1 answers for keys the remote tier lost.
 pub const DEFAULT_RECOVERY_WINDOW: Duration = Duration::from_secs(30);
+/// Longest duration any option takes (10 years): far beyond any sensible setting, far below
+/// what `Instant` and unix-millisecond arithmetic can carry.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Most hot keys reported (each rank is a gauge series).
+const MAX_HOT_KEYS: usize = 1_000;
 /// Default bound on keys with a load in flight.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
 
@@ -539,8 +544,73 @@ where
         self
     }
 
+    /// Every duration and count the builder takes, checked against what the cache's time and
+    /// size arithmetic can carry: a value out of range is an [`Error::Config`] naming the
+    /// option, never a panic later.
+    fn check_limits(&self) -> Result<()> {
+        let max = MAX_DURATION;
+        let durations = [
+            ("ttl", Some(self.ttl)),
+            ("negative_ttl", self.negative_ttl),
+            ("l1_ttl_cap", Some(self.l1_ttl_cap)),
+            ("store_timeout", self.store_timeout),
+            ("stale_while_revalidate", Some(self.stale_while_revalidate)),
+            ("stale_if_error", Some(self.stale_if_error)),
+            ("fail_safe_throttle", Some(self.fail_safe_throttle)),
+            ("loader_timeout", self.hard_timeout),
+            ("loader_soft_timeout", self.soft_timeout),
+            ("recovery_window", Some(self.recovery_window)),
+            ("lease_ttl", self.lease.map(|l| l.ttl)),
+            ("lease_wait", self.lease.map(|l| l.wait)),
+            ("lease_wait (poll)", self.lease.map(|l| l.poll)),
+            (
+                "origin_concurrency_limit (max_wait)",
+                self.origin_limit.map(|(_, wait)| wait),
+            ),
+            ("hot_key_shield (life)", self.hot_key_shield.map(|(_, l)| l)),
+            ("hot_key_replicas (life)", self.replicas.map(|r| r.life)),
+        ];
+        for (name, value) in durations {
+            if value.is_some_and(|d| d > max) {
+                return Err(Error::Config(format!("{name} must be at most 10 years")));
+            }
+        }
+        if self.store_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::Config("store_timeout must be positive".into()));
+        }
+        if self.soft_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::Config("loader_soft_timeout must be positive".into()));
+        }
+        if self
+            .origin_limit
+            .is_some_and(|(n, _)| n > tokio::sync::Semaphore::MAX_PERMITS)
+        {
+            return Err(Error::Config(format!(
+                "origin_concurrency_limit must be at most {}",
+                tokio::sync::Semaphore::MAX_PERMITS
+            )));
+        }
+        if self.hot_keys > MAX_HOT_KEYS {
+            return Err(Error::Config(format!(
+                "hot_keys must be at most {MAX_HOT_KEYS}"
+            )));
+        }
+        if self.max_key_bytes < 16 || self.max_key_bytes > 1 << 20 {
+            return Err(Error::Config(
+                "max_key_bytes must be within 16..=1048576".into(),
+            ));
+        }
+        if self.max_in_flight > 1 << 24 {
+            return Err(Error::Config(
+                "max_in_flight must be at most 16777216".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Validates the configuration and builds the cache.
     pub fn build(self) -> Result<Cache<K, V>> {
+        self.check_limits()?;
         if self.ttl.is_zero() {
             return Err(Error::Config("ttl must be positive".into()));
         }

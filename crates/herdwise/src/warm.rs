@@ -154,12 +154,21 @@ impl RewarmPolicy {
         let mut previous = 0.0;
         for (share, _) in &self.stages {
             if !(*share > previous && *share <= 1.0) {
-                return Err("re-warm stage shares must increase, within (0, 1]".into());
+                return Err(
+                    "rewarm_after_recovery: stage shares must increase, within (0, 1]".into(),
+                );
             }
             previous = *share;
         }
-        if self.max_keys == 0 {
-            return Err("re-warm max_keys must be positive".into());
+        if self.max_keys == 0 || self.max_keys > 1_000_000 {
+            return Err("rewarm_after_recovery: max_keys must be within 1..=1000000".into());
+        }
+        if self
+            .stages
+            .iter()
+            .any(|(_, d)| *d > crate::builder::MAX_DURATION)
+        {
+            return Err("rewarm_after_recovery: a stage lasts at most 10 years".into());
         }
         Ok(())
     }
