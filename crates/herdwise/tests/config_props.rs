@@ -204,6 +204,26 @@ proptest! {
             .build()
             .unwrap();
         runtime.block_on(async {
+            match build(&k) {
+                Ok(cache) => exercise(&cache).await,
+                Err(Error::Config(message)) => assert!(!message.is_empty()),
+                Err(other) => panic!("not a configuration error: {other:?}"),
+            }
+        });
+    }
+}
+
+#[test]
+fn the_property_exercises_caches_that_build() {
+    // The property above means little if nearly every generated configuration is refused.
+    let runner_cases = 64;
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: runner_cases,
+        ..ProptestConfig::default()
+    });
+    let built = std::sync::atomic::AtomicUsize::new(0);
+    runner
+        .run(&knobs(), |k| {
             if build(&k).is_ok() {
                 built.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
