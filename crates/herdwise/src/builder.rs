@@ -609,6 +609,10 @@ where
     }
 
     /// Validates the configuration and builds the cache.
+    ///
+    /// **Install your metrics recorder first**: the cache registers its metric handles here, and
+    /// a cache built before the recorder exists records nothing, for good (a warning is logged
+    /// once per process when no recorder is found; see [`crate::metrics`]).
     pub fn build(self) -> Result<Cache<K, V>> {
         self.check_limits()?;
         if self.ttl.is_zero() {

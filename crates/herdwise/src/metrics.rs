@@ -1,7 +1,13 @@
 //! Every metric Herdwise emits, by name, in one place (through the `metrics` facade).
 //!
-//! All carry a `namespace` label. Handles are registered once when a cache is built, so the hot
-//! path only increments; install your recorder (Prometheus exporter, ...) before building caches.
+//! All carry a `namespace` label.
+//!
+//! **Install your recorder (Prometheus exporter, ...) before building caches.** Handles are
+//! registered once, when a cache is built, so the hot path only increments an atomic; a cache
+//! built before the recorder was installed keeps recording into nothing, for good. `build()`
+//! logs a warning (once per process) when it finds no recorder installed — judged by the
+//! recorder in scope being the `metrics` crate's no-op one (a zero-sized type; a zero-sized
+//! recorder of your own would be taken for it, and only cost you that warning).
 //!
 //! | name | kind | labels | meaning |
 //! |---|---|---|---|
@@ -39,7 +45,26 @@
 //! | `herdwise_l1_evictions_total` | counter | | L1 entries evicted for space |
 //! | `herdwise_l1_bytes` | gauge | | L1 weight in bytes |
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use metrics::{counter, gauge, Counter, Gauge};
+
+/// Whether the no-recorder warning was logged already.
+static WARNED_NO_RECORDER: AtomicBool = AtomicBool::new(false);
+
+/// Logs once per process that a cache is being built with no metrics recorder in scope (its
+/// handles would record nothing even after one is installed).
+fn warn_if_no_recorder(namespace: &str) {
+    // The facade's fallback is a zero-sized no-op recorder; real recorders hold state.
+    let noop = metrics::with_recorder(|recorder| std::mem::size_of_val(recorder) == 0);
+    if noop && !WARNED_NO_RECORDER.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            namespace,
+            "no metrics recorder is installed: this cache's metrics (and those of every cache \
+             built before one is) go nowhere; install the recorder before building caches"
+        );
+    }
+}
 
 /// Reads answered by a tier.
 pub const HITS: &str = "herdwise_hits_total";
@@ -198,6 +223,7 @@ pub(crate) enum WarmOutcome {
 
 impl CacheMetrics {
     pub fn new(namespace: &str) -> Self {
+        warn_if_no_recorder(namespace);
         let ns = namespace.to_string();
         let store = |op: &'static str, kind: &'static str| counter!(STORE_ERRORS, "namespace" => ns.clone(), "op" => op, "kind" => kind);
         CacheMetrics {
