@@ -224,3 +224,128 @@ mod tests {
         assert_eq!(server.raw_command("PING").expect("ping"), "+PONG");
     }
 }
+
+/// A TCP proxy on a free loopback port in front of a server, for network faults that a server
+/// process cannot fake: [`Proxy::freeze_subscribers`] makes every connection that has sent a
+/// `SUBSCRIBE` go silent — bytes are swallowed both ways, the connection stays open — as when a
+/// NAT or a proxy drops a long-lived connection without a reset. Other connections (the data
+/// connection) keep working. Threads end when their sockets close, and the listener when the
+/// proxy is dropped.
+#[derive(Debug)]
+pub struct Proxy {
+    port: u16,
+    state: std::sync::Arc<ProxyState>,
+}
+
+#[derive(Debug, Default)]
+struct ProxyState {
+    freeze_subscribers: std::sync::atomic::AtomicBool,
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+impl Proxy {
+    /// Starts forwarding from a free loopback port to `127.0.0.1:<target_port>`.
+    pub fn start(target_port: u16) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let state = std::sync::Arc::new(ProxyState::default());
+        let accept_state = state.clone();
+        std::thread::spawn(move || {
+            use std::sync::atomic::Ordering;
+            while !accept_state.stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let target = SocketAddrV4::new(Ipv4Addr::LOCALHOST, target_port);
+                        if let Ok(server) = TcpStream::connect(target) {
+                            let _ = client.set_nonblocking(false);
+                            forward(client, server, accept_state.clone());
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Ok(Proxy { port, state })
+    }
+
+    /// The port to connect to instead of the server's.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<proxy port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Makes subscriber connections (those that sent `SUBSCRIBE`) swallow everything, or lets
+    /// them through again.
+    pub fn freeze_subscribers(&self, frozen: bool) {
+        self.state
+            .freeze_subscribers
+            .store(frozen, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.state
+            .stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Copies both ways between `client` and `server` on two threads.
+fn forward(client: TcpStream, server: TcpStream, state: std::sync::Arc<ProxyState>) {
+    let subscriber = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pairs = [
+        (client.try_clone(), server.try_clone(), true),
+        (server.try_clone(), client.try_clone(), false),
+    ];
+    for (from, to, upstream) in pairs {
+        let (Ok(mut from), Ok(mut to)) = (from, to) else {
+            return;
+        };
+        let (state, subscriber) = (state.clone(), subscriber.clone());
+        std::thread::spawn(move || {
+            use std::sync::atomic::Ordering;
+            let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+            let mut buf = [0u8; 16 * 1024];
+            loop {
+                if state.stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+                let n = match from.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        continue
+                    }
+                    Err(_) => break,
+                };
+                if upstream
+                    && buf[..n]
+                        .windows(9)
+                        .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
+                {
+                    subscriber.store(true, Ordering::SeqCst);
+                }
+                if subscriber.load(Ordering::SeqCst)
+                    && state.freeze_subscribers.load(Ordering::SeqCst)
+                {
+                    continue; // swallowed
+                }
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            let _ = to.shutdown(std::net::Shutdown::Both);
+        });
+    }
+}

@@ -7,7 +7,9 @@
 //! after a disconnect or a Redis restart, a listener that fell behind — the instance demotes its
 //! whole L1 for the namespace (see `recovery`): every entry is checked against L2 before it is
 //! served again. So a lost event costs an L2 read per key, never stale data for longer than it
-//! takes to notice; and the L1 TTL cap remains the last net.
+//! takes to notice; and the L1 TTL cap remains the last net. A subscription the store reports
+//! lost (a closed connection, or one that stopped answering its health check) demotes L1 at
+//! once, and again every second until the subscription is back.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,6 +40,9 @@ pub(crate) enum Invalidation<'a> {
 /// Message kind of a tag invalidation: `t`, payload `<clock>|<tag>`. Sent by the store itself, in
 /// the script that invalidates the tag (see `Backplane::tag_announcement`).
 const TAG_KIND: &str = "t";
+
+/// While the subscription is lost, how often L1 is demoted again.
+const DEAF_DEMOTE: Duration = Duration::from_secs(1);
 
 /// How often an instance re-reads the namespace generation, in case a clear event was lost.
 const GENERATION_RESYNC: Duration = Duration::from_secs(10);
@@ -189,9 +194,20 @@ async fn listen<V: Send + Sync + 'static>(
     // The store's tag clock at the previous check: events of invalidations older than that must
     // have arrived by now.
     let mut clock_at_last_check = 0;
+    // Subscription lost and not back yet: nothing stored in L1 meanwhile can be trusted either,
+    // so L1 is demoted again every `DEAF_DEMOTE` until it is.
+    let mut deaf = false;
+    let mut deaf_tick = tokio::time::interval(DEAF_DEMOTE);
     loop {
         let event = tokio::select! {
             event = events.recv() => event,
+            _ = deaf_tick.tick(), if deaf => {
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                inner.recovery.demote();
+                continue;
+            }
             _ = resync.tick() => {
                 let Some(inner) = inner.upgrade() else {
                     return;
@@ -213,7 +229,20 @@ async fn listen<V: Send + Sync + 'static>(
             return;
         };
         match event {
+            Ok(StoreEvent::Lost) => {
+                // Not `reset`: the ledger stays incomplete until the subscription is back.
+                deaf = true;
+                deaf_tick.reset();
+                inner.tags.reset();
+                inner.recovery.demote();
+                inner.metrics.backplane_reset("subscription_lost");
+                tracing::info!(
+                    namespace = inner.keys.namespace(),
+                    "L1 demoted: the invalidation subscription was lost"
+                );
+            }
             Ok(StoreEvent::Subscribed) => {
+                deaf = false;
                 if subscribed_before {
                     last.clear();
                     reset(&inner, "resubscribed").await;

@@ -115,7 +115,8 @@ async fn listen(waiters: Weak<FillWaiters>, mut events: broadcast::Receiver<Stor
                 }
             }
             // Missed announcements only delay waiters until their next poll.
-            Ok(StoreEvent::Subscribed) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Ok(StoreEvent::Subscribed | StoreEvent::Lost)
+            | Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }

@@ -27,7 +27,7 @@
 //! | `herdwise_lease_wait_timeouts_total` | counter | | waiters that gave up on another instance's fill and loaded themselves |
 //! | `herdwise_fills_refused_total` | counter | `reason` = `lease_lost`/`older` | fills not written: the lease was voided by a write/invalidation (or expired), or L2 holds a newer version |
 //! | `herdwise_backplane_received_total` | counter | | invalidations received from other instances |
-//! | `herdwise_backplane_resets_total` | counter | `reason` = `gap`/`resubscribed`/`lagged`/`tag_events_missed` | L1 demoted (every entry re-checked against L2 before use) because invalidation events may have been missed |
+//! | `herdwise_backplane_resets_total` | counter | `reason` = `gap`/`resubscribed`/`lagged`/`tag_events_missed`/`subscription_lost` | L1 demoted (every entry re-checked against L2 before use) because invalidation events may have been missed |
 //! | `herdwise_tag_invalidations_total` | counter | | `invalidate_tag` calls |
 //! | `herdwise_tag_store_checks_total` | counter | | tagged entries checked against the store's marks (one `MGET`) because local knowledge could not decide |
 //! | `herdwise_tag_invalidated_reads_total` | counter | | entries found in L1 or L2 but not served because one of their tags was invalidated after them |
@@ -184,8 +184,8 @@ pub(crate) struct CacheMetrics {
     pub invalidation_retries_queued: Counter,
     pub invalidation_retries_succeeded: Counter,
     pub invalidations_dead_lettered: Counter,
-    /// gap, resubscribed, lagged, tag_events_missed.
-    backplane_resets: [Counter; 4],
+    /// gap, resubscribed, lagged, tag_events_missed, subscription_lost.
+    backplane_resets: [Counter; 5],
     pub l1_evictions: Counter,
     pub l1_bytes: Gauge,
     pub breaker_state: Gauge,
@@ -259,7 +259,7 @@ impl CacheMetrics {
             invalidation_retries_queued: counter!(INVALIDATION_RETRIES, "namespace" => ns.clone(), "outcome" => "queued"),
             invalidation_retries_succeeded: counter!(INVALIDATION_RETRIES, "namespace" => ns.clone(), "outcome" => "succeeded"),
             invalidations_dead_lettered: counter!(INVALIDATIONS_DEAD_LETTERED, "namespace" => ns.clone()),
-            backplane_resets: ["gap", "resubscribed", "lagged", "tag_events_missed"].map(
+            backplane_resets: ["gap", "resubscribed", "lagged", "tag_events_missed", "subscription_lost"].map(
                 |reason| counter!(BACKPLANE_RESETS, "namespace" => ns.clone(), "reason" => reason),
             ),
             l1_evictions: counter!(L1_EVICTIONS, "namespace" => ns.clone()),
@@ -307,6 +307,7 @@ impl CacheMetrics {
             "gap" => 0,
             "resubscribed" => 1,
             "lagged" => 2,
+            "subscription_lost" => 4,
             _ => 3,
         };
         self.backplane_resets[i].increment(1);

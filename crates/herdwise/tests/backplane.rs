@@ -134,7 +134,19 @@ async fn a_lost_subscription_makes_l1_recheck_on_resubscribe() {
         cleared.is_some(),
         "B must stop serving the old value once it resubscribes"
     );
-    assert!(counter(&metrics, m::BACKPLANE_RESETS, &[("reason", "resubscribed")]) >= 1);
+    // Demoted when the subscription was lost, and again once it is back.
+    assert!(
+        counter(
+            &metrics,
+            m::BACKPLANE_RESETS,
+            &[("reason", "subscription_lost")]
+        ) >= 1
+    );
+    let resubscribed = common::eventually(Duration::from_secs(3), async || {
+        counter(&metrics, m::BACKPLANE_RESETS, &[("reason", "resubscribed")]) >= 1
+    })
+    .await;
+    assert!(resubscribed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

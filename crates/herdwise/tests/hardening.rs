@@ -555,3 +555,44 @@ async fn d11_a_cancelled_holders_release_goes_through_the_breaker() {
     let evals = common::calls_of(&mut raw, "eval").await - evals_before;
     assert_eq!(evals, 0, "a release was sent past the open breaker");
 }
+
+// Defect 8: a half-open subscription connection (a NAT or proxy that dropped it silently) is
+// noticed by its health check, and the instance stops trusting its L1 instead of serving what
+// an invalidation it never received should have removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d8_a_silently_dropped_subscription_is_noticed_and_l1_demoted() {
+    let server = common::redis();
+    let proxy = herdwise_testkit::Proxy::start(server.port()).unwrap();
+    let behind_proxy = herdwise::RedisStore::builder(&proxy.url())
+        .pubsub_health_check(Duration::from_millis(300), Duration::from_millis(300))
+        .connect()
+        .await
+        .unwrap();
+    let (a, metrics) = common::with_metrics(|| {
+        Cache::<u64, String>::builder("d8")
+            .store(behind_proxy)
+            .l1_ttl_cap(Duration::from_secs(60))
+    });
+    let b: Cache<u64, String> = Cache::builder("d8")
+        .store(common::store(&server).await)
+        .build()
+        .unwrap();
+    b.set(&1, "old".to_string()).await.unwrap();
+    assert!(a.get(&1).await.unwrap().is_some()); // in A's L1 now
+    tokio::time::sleep(Duration::from_millis(300)).await; // A's subscription is up
+    proxy.freeze_subscribers(true);
+    b.invalidate(&1).await.unwrap(); // the event never reaches A
+    let noticed = common::eventually(Duration::from_secs(3), async || {
+        a.get(&1).await.unwrap().is_none()
+    })
+    .await;
+    assert!(noticed, "A still serves the invalidated value from L1");
+    assert!(
+        counter(
+            &metrics,
+            m::BACKPLANE_RESETS,
+            &[("reason", "subscription_lost")]
+        ) >= 1
+    );
+    proxy.freeze_subscribers(false);
+}

@@ -81,6 +81,9 @@ pub enum StoreEvent {
     Subscribed,
     /// A message published on the channel.
     Message(Bytes),
+    /// The subscription was lost (the connection closed, or stopped answering its health
+    /// check): messages published from now until the next `Subscribed` are missed.
+    Lost,
 }
 
 /// The lease key of `key`: `{key}:lease`. The hash tag is the whole value key, so in Redis

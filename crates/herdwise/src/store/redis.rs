@@ -124,6 +124,7 @@ pub struct RedisStoreBuilder {
     call_timeout: Duration,
     connection_timeout: Duration,
     reconnect_retries: usize,
+    pubsub_health: PubSubHealth,
 }
 
 impl RedisStoreBuilder {
@@ -146,6 +147,20 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// How often each subscription connection (invalidation events, fill announcements) is
+    /// pinged, and how long a reply may take before the subscription counts as lost (default
+    /// 1 s and 1 s): a half-open connection is noticed within `every + timeout`, the cache
+    /// stops trusting its L1 at once (demotes it) and the connection is replaced. Zero values
+    /// are raised to 10 ms.
+    pub fn pubsub_health_check(mut self, every: Duration, timeout: Duration) -> Self {
+        let floor = Duration::from_millis(10);
+        self.pubsub_health = PubSubHealth {
+            every: every.max(floor),
+            timeout: timeout.max(floor),
+        };
+        self
+    }
+
     fn manager_config(&self) -> ConnectionManagerConfig {
         ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connection_timeout))
@@ -161,7 +176,12 @@ impl RedisStoreBuilder {
         let client = redis::Client::open(self.url.as_str())?;
         let conn =
             ConnectionManager::new_with_config(client.clone(), self.manager_config()).await?;
-        Ok(RedisStore::from_parts(client, conn, self.call_timeout))
+        Ok(RedisStore::from_parts(
+            client,
+            conn,
+            self.call_timeout,
+            self.pubsub_health,
+        ))
     }
 
     /// Returns at once and connects on first use, so a service can start while Redis is down
@@ -169,7 +189,12 @@ impl RedisStoreBuilder {
     pub fn connect_lazy(self) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(self.url.as_str())?;
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), self.manager_config())?;
-        Ok(RedisStore::from_parts(client, conn, self.call_timeout))
+        Ok(RedisStore::from_parts(
+            client,
+            conn,
+            self.call_timeout,
+            self.pubsub_health,
+        ))
     }
 }
 
@@ -193,6 +218,7 @@ pub struct RedisStore {
     fill_leased: Script,
     fill_fenced: Script,
     bump_tag: Script,
+    pubsub_health: PubSubHealth,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -216,11 +242,21 @@ impl RedisStore {
             call_timeout: DEFAULT_REDIS_TIMEOUT,
             connection_timeout: Duration::from_secs(1),
             reconnect_retries: 2,
+            pubsub_health: PubSubHealth {
+                every: Duration::from_secs(1),
+                timeout: Duration::from_secs(1),
+            },
         }
     }
 
-    fn from_parts(client: redis::Client, conn: ConnectionManager, call_timeout: Duration) -> Self {
+    fn from_parts(
+        client: redis::Client,
+        conn: ConnectionManager,
+        call_timeout: Duration,
+        pubsub_health: PubSubHealth,
+    ) -> Self {
         RedisStore {
+            pubsub_health,
             client,
             conn,
             call_timeout,
@@ -598,6 +634,7 @@ impl Store for RedisStore {
             self.client.clone(),
             channel.to_string(),
             tx,
+            self.pubsub_health,
         ));
         Some(rx)
     }
@@ -606,48 +643,78 @@ impl Store for RedisStore {
 /// Holds a subscription to `channel` on a dedicated connection for as long as anyone listens:
 /// forwards messages, and after a disconnect resubscribes with backoff, announcing each
 /// (re)subscription so listeners know they may have missed messages.
+///
+/// A subscription connection is otherwise silent, so a half-open one (a NAT or proxy that
+/// dropped it without a reset) would lose every message unnoticed. It is pinged every
+/// `health.every`; a reply missing after `health.timeout` means the subscription is lost: the
+/// listeners get [`StoreEvent::Lost`] at once (they stop trusting what they hold), and the
+/// connection is replaced.
 async fn keep_subscribed(
     client: redis::Client,
     channel: String,
     tx: broadcast::Sender<StoreEvent>,
+    health: PubSubHealth,
 ) {
-    const IDLE_CHECK: Duration = Duration::from_secs(1);
     let mut backoff = Duration::from_millis(50);
     while tx.receiver_count() > 0 {
-        match tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub()).await {
-            Ok(Ok(mut pubsub)) => match pubsub.subscribe(&channel).await {
-                Ok(()) => {
-                    backoff = Duration::from_millis(50);
-                    let _ = tx.send(StoreEvent::Subscribed);
-                    let mut messages = pubsub.into_on_message();
-                    loop {
-                        tokio::select! {
-                            message = messages.next() => match message {
-                                Some(m) => {
-                                    let payload = Bytes::copy_from_slice(m.get_payload_bytes());
-                                    if tx.send(StoreEvent::Message(payload)).is_err() {
-                                        return;
-                                    }
-                                }
-                                None => break,
-                            },
-                            _ = tokio::time::sleep(IDLE_CHECK) => {
-                                if tx.receiver_count() == 0 {
+        let connect = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, connect).await {
+            Ok(Ok(pubsub)) => {
+                backoff = Duration::from_millis(50);
+                let _ = tx.send(StoreEvent::Subscribed);
+                let (mut sink, mut messages) = pubsub.split();
+                let mut ping = tokio::time::interval(health.every);
+                ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ping.reset();
+                let lost = loop {
+                    tokio::select! {
+                        message = messages.next() => match message {
+                            Some(m) => {
+                                let payload = Bytes::copy_from_slice(m.get_payload_bytes());
+                                if tx.send(StoreEvent::Message(payload)).is_err() {
                                     return;
                                 }
                             }
+                            None => break "connection closed",
+                        },
+                        _ = ping.tick() => {
+                            if tx.receiver_count() == 0 {
+                                return;
+                            }
+                            let pong = sink.ping::<redis::Value>();
+                            match tokio::time::timeout(health.timeout, pong).await {
+                                Ok(Ok(_)) => {}
+                                Ok(Err(_)) => break "ping failed",
+                                Err(_) => break "no reply to ping",
+                            }
                         }
                     }
-                    tracing::warn!(%channel, "redis subscription lost; resubscribing");
+                };
+                tracing::warn!(%channel, reason = lost, "redis subscription lost; resubscribing");
+                if tx.send(StoreEvent::Lost).is_err() {
+                    return;
                 }
-                Err(e) => tracing::debug!(%channel, error = %e, "subscribe failed"),
-            },
-            Ok(Err(e)) => tracing::debug!(%channel, error = %e, "pub/sub connection failed"),
-            Err(_) => tracing::debug!(%channel, "pub/sub connection timed out"),
+            }
+            Ok(Err(e)) => tracing::debug!(%channel, error = %e, "subscribe failed"),
+            Err(_) => tracing::debug!(%channel, "subscribe timed out"),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
+}
+
+/// How long connecting and subscribing may take.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How a subscription connection is checked (see [`RedisStoreBuilder::pubsub_health_check`]).
+#[derive(Debug, Clone, Copy)]
+struct PubSubHealth {
+    every: Duration,
+    timeout: Duration,
 }
 
 /// How long one `XREAD` blocks: also how often the reader notices that nobody listens any more.
