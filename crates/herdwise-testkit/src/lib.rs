@@ -226,11 +226,13 @@ mod tests {
 }
 
 /// A TCP proxy on a free loopback port in front of a server, for network faults that a server
-/// process cannot fake: [`Proxy::freeze_subscribers`] makes every connection that has sent a
-/// `SUBSCRIBE` go silent — bytes are swallowed both ways, the connection stays open — as when a
-/// NAT or a proxy drops a long-lived connection without a reset. Other connections (the data
-/// connection) keep working. Threads end when their sockets close, and the listener when the
-/// proxy is dropped.
+/// process cannot fake: [`Proxy::freeze_subscribers`] stalls every connection that has sent a
+/// `SUBSCRIBE` — nothing moves either way, the connection stays open — as when a NAT or a
+/// proxy drops a long-lived connection without a reset, while the other connections (the data
+/// connection) keep working; [`Proxy::freeze_all`] stalls every connection of one client, as a
+/// network partition would (the server, and other clients, go on). Bytes are held, not lost:
+/// they flow again when unfrozen. Threads end when their sockets close, and the listener when
+/// the proxy is dropped.
 #[derive(Debug)]
 pub struct Proxy {
     port: u16,
@@ -240,6 +242,7 @@ pub struct Proxy {
 #[derive(Debug, Default)]
 struct ProxyState {
     freeze_subscribers: std::sync::atomic::AtomicBool,
+    freeze_all: std::sync::atomic::AtomicBool,
     stopped: std::sync::atomic::AtomicBool,
 }
 
@@ -279,8 +282,14 @@ impl Proxy {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    /// Makes subscriber connections (those that sent `SUBSCRIBE`) swallow everything, or lets
-    /// them through again.
+    /// Stalls every connection through the proxy, or lets them through again.
+    pub fn freeze_all(&self, frozen: bool) {
+        self.state
+            .freeze_all
+            .store(frozen, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Stalls subscriber connections (those that sent `SUBSCRIBE`), or lets them through again.
     pub fn freeze_subscribers(&self, frozen: bool) {
         self.state
             .freeze_subscribers
@@ -313,6 +322,14 @@ fn forward(client: TcpStream, server: TcpStream, state: std::sync::Arc<ProxyStat
             let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
             let mut buf = [0u8; 16 * 1024];
             loop {
+                let frozen = || {
+                    state.freeze_all.load(Ordering::SeqCst)
+                        || (subscriber.load(Ordering::SeqCst)
+                            && state.freeze_subscribers.load(Ordering::SeqCst))
+                };
+                while frozen() && !state.stopped.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 if state.stopped.load(Ordering::Relaxed) {
                     break;
                 }
@@ -336,10 +353,9 @@ fn forward(client: TcpStream, server: TcpStream, state: std::sync::Arc<ProxyStat
                 {
                     subscriber.store(true, Ordering::SeqCst);
                 }
-                if subscriber.load(Ordering::SeqCst)
-                    && state.freeze_subscribers.load(Ordering::SeqCst)
-                {
-                    continue; // swallowed
+                // Read just before a freeze: held until it ends, like the rest.
+                while frozen() && !state.stopped.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(5));
                 }
                 if to.write_all(&buf[..n]).is_err() {
                     break;

@@ -324,19 +324,20 @@ pub(crate) fn generation_key(namespace: &str) -> String {
 /// generation if it is newer (clearing L1: entries of the old generation are unreachable anyway)
 /// and lets new entries be stamped with the clock. The clock, once the store answered.
 pub(crate) async fn sync_generation<V: Send + Sync + 'static>(inner: &Inner<V>) -> Option<u64> {
-    let keys = [
-        generation_key(inner.keys.namespace()),
-        inner.tag_clock_key.clone(),
-    ];
-    match inner.remote.counters(&keys).await.as_deref() {
-        Ok([generation, clock]) => {
-            if inner.keys.advance_generation(*generation) {
+    let generation_key = generation_key(inner.keys.namespace());
+    let read = inner
+        .remote
+        .read_tags(&inner.tag_table_key, &[], Some(&generation_key))
+        .await;
+    match read {
+        Ok(table) => {
+            if inner.keys.advance_generation(table.counter) {
                 inner.l1.clear();
             }
-            inner.tags.saw_clock(*clock);
-            Some(*clock)
+            inner.tags.saw_clock(table.clock);
+            Some(table.clock)
         }
-        _ => None,
+        Err(_) => None,
     }
 }
 

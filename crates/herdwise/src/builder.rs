@@ -27,7 +27,7 @@ use crate::remote::Remote;
 use crate::replicas::{Replicas, MAX_REPLICAS};
 use crate::retry::RetryQueue;
 use crate::store::{MemoryStore, Store};
-use crate::tags::{clock_key, TagLedger, TagsFrom, DEFAULT_MAX_TAGS_PER_ENTRY};
+use crate::tags::{table_key, TagLedger, TagsFrom, DEFAULT_MAX_TAGS_PER_ENTRY};
 use crate::tiers::Weigher;
 use crate::warm::RewarmPolicy;
 
@@ -765,7 +765,7 @@ where
                 generation_synced: std::sync::atomic::AtomicBool::new(false),
                 generation_attempt_ms: std::sync::atomic::AtomicU64::new(0),
                 tags: TagLedger::new(longest_entry),
-                tag_clock_key: clock_key(&self.namespace),
+                tag_table_key: table_key(&self.namespace),
                 tag_mark_ttl,
                 max_tags: self.max_tags,
                 tags_from: self.tags_from,

@@ -82,8 +82,8 @@ pub(crate) struct Inner<V> {
     pub generation_attempt_ms: AtomicU64,
     /// What this instance knows of tag invalidations.
     pub tags: TagLedger,
-    /// The store key of the namespace's tag clock.
-    pub tag_clock_key: String,
+    /// The store key of the namespace's tag table.
+    pub tag_table_key: String,
     /// How long a tag's mark is kept: longer than any entry it can invalidate lives.
     pub tag_mark_ttl: Duration,
     /// Most tags on one entry.

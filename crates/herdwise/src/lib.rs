@@ -99,6 +99,7 @@ pub use read_through::{Fetched, LoadOptions};
 pub use refresh::RefreshAhead;
 pub use store::{
     Announcement, MemoryStore, RedisStore, RedisStoreBuilder, SetOutcome, Store, StoreError,
+    TagTable,
 };
 pub use tags::DEFAULT_MAX_TAGS_PER_ENTRY;
 pub use warm::{RewarmPolicy, WarmOptions, WarmReport};

@@ -40,6 +40,8 @@ pub(crate) struct Recovery {
     token: AtomicU64,
     /// Whether the store lost its data before the last recovery: `UNKNOWN`, `LOST`, `INTACT`.
     loss: AtomicU8,
+    /// The store's server id when the token was last seen (`None`: not known).
+    server: parking_lot::Mutex<Option<String>>,
 }
 
 /// Not checked yet since the last recovery.
@@ -63,6 +65,7 @@ impl Recovery {
             recoveries: watch::Sender::new(0),
             token: AtomicU64::new(0),
             loss: AtomicU8::new(UNKNOWN),
+            server: parking_lot::Mutex::new(None),
         }
     }
 
@@ -71,9 +74,17 @@ impl Recovery {
         self.token.load(Ordering::Acquire)
     }
 
-    /// Remembers the sentinel token found in (or written to) the store.
-    pub fn saw_token(&self, token: u64) {
+    /// Remembers the sentinel token found in (or written to) the store, and who the store was.
+    pub fn saw_token(&self, token: u64, server: Option<String>) {
         self.token.store(token, Ordering::Release);
+        if server.is_some() {
+            *self.server.lock() = server;
+        }
+    }
+
+    /// The store's server id when the token was last seen.
+    pub fn server(&self) -> Option<String> {
+        self.server.lock().clone()
     }
 
     /// What is known of the store's data since the last recovery.
@@ -157,8 +168,9 @@ where
 
     /// Learns the sentinel token at the first contact with the store.
     pub(crate) async fn learn_sentinel(&self) {
+        let server = self.inner.remote.server_id().await.ok().flatten();
         if let Some(token) = self.sentinel().await {
-            self.inner.recovery.saw_token(token);
+            self.inner.recovery.saw_token(token, server);
         }
     }
 
@@ -169,9 +181,18 @@ where
         let left = recovery.window_left()?;
         if recovery.loss() == UNKNOWN {
             let known = recovery.token();
+            let known_server = recovery.server();
+            let server = self.inner.remote.server_id().await.ok().flatten();
             let now = self.sentinel().await?;
-            // Never learned a token: no evidence of a loss.
-            let verdict = if known != 0 && now != known {
+            // Never learned a token: no evidence of a loss. A missing sentinel on the same
+            // server (evicted, deleted) is no loss either: only a server that restarted (or
+            // was replaced) without the sentinel lost its data. Stores that cannot tell who
+            // they are fall back on the sentinel alone.
+            let restarted = match (&known_server, &server) {
+                (Some(before), Some(now)) => before != now,
+                _ => true,
+            };
+            let verdict = if known != 0 && now != known && restarted {
                 LOST
             } else {
                 INTACT
@@ -179,7 +200,7 @@ where
             // The first verdict of this recovery stands (a later reader may already see the
             // token the first one wrote).
             recovery.judge_once(verdict);
-            recovery.saw_token(now);
+            recovery.saw_token(now, server);
             if verdict == LOST {
                 tracing::warn!(
                     namespace = self.namespace(),

@@ -15,7 +15,7 @@ use crate::breaker::{Breaker, BreakerConfig, BreakerState, Permit};
 use crate::freshness::now_ms;
 use crate::metrics::{CacheMetrics, FailureKind, StoreOp};
 use crate::recovery::Recovery;
-use crate::store::{Announcement, FillOutcome, SetOutcome, Store, StoreError};
+use crate::store::{Announcement, FillOutcome, SetOutcome, Store, StoreError, TagTable};
 
 pub(crate) struct Remote {
     store: Arc<dyn Store>,
@@ -169,21 +169,29 @@ impl Remote {
             .await
     }
 
-    pub async fn counters(&self, keys: &[String]) -> Result<Vec<u64>, StoreError> {
-        let key = keys.first().map_or("", String::as_str);
-        self.call(StoreOp::Get, key, self.store.counters(keys))
-            .await
-    }
-
     pub async fn bump_tag(
         &self,
-        clock_key: &str,
-        mark_key: &str,
+        table: &str,
+        tag: &str,
         mark_ttl: Duration,
         announce: Option<Announcement<'_>>,
     ) -> Result<u64, StoreError> {
-        let fut = self.store.bump_tag(clock_key, mark_key, mark_ttl, announce);
-        self.call(StoreOp::Delete, mark_key, fut).await
+        let fut = self.store.bump_tag(table, tag, mark_ttl, announce);
+        self.call(StoreOp::Delete, table, fut).await
+    }
+
+    pub async fn server_id(&self) -> Result<Option<String>, StoreError> {
+        self.call(StoreOp::Get, "", self.store.server_id()).await
+    }
+
+    pub async fn read_tags(
+        &self,
+        table: &str,
+        tags: &[&str],
+        counter: Option<&str>,
+    ) -> Result<TagTable, StoreError> {
+        let fut = self.store.read_tags(table, tags, counter);
+        self.call(StoreOp::Get, table, fut).await
     }
 
     /// The breaker's state (`Closed` when there is none).

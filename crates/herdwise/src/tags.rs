@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::key::CacheKey;
 use crate::local::L1Entry;
 use crate::retry::Retry;
-use crate::store::{Announcement, StoreError};
+use crate::store::{Announcement, StoreError, TagTable};
 
 /// Derives an entry's tags from its value (`CacheBuilder::tags_from`).
 pub(crate) type TagsFrom<V> = Arc<dyn Fn(&V) -> Vec<String> + Send + Sync>;
@@ -74,16 +74,13 @@ pub(crate) fn collect_tags<'a>(
     Ok(out.into_boxed_slice())
 }
 
-/// The store key of a namespace's tag clock. The clock, the marks and the event stream share a
-/// hash tag, so in Redis Cluster they live in one slot: one script can bump the clock, write the
-/// mark and append the event; one `MGET` can read the marks.
-pub(crate) fn clock_key(namespace: &str) -> String {
-    format!("herdwise:{{ns:{namespace}}}:tagclock")
-}
-
-/// The store key of a tag's mark.
-pub(crate) fn mark_key(namespace: &str, tag: &str) -> String {
-    format!("herdwise:{{ns:{namespace}}}:tag:{tag}")
+/// The store key of a namespace's tag table: its clock, floor and every mark in one structure
+/// (a Redis hash with no TTL), so that an eviction takes all of them or none, and the loss is
+/// seen (a missing table is re-created with a floor: nothing stamped before is vouched for).
+/// It shares a hash tag with the event stream, so in Redis Cluster both live in one slot: one
+/// script can bump the clock, write the mark and append the event.
+pub(crate) fn table_key(namespace: &str) -> String {
+    format!("herdwise:{{ns:{namespace}}}:tags")
 }
 
 /// What local knowledge says about an entry's tags.
@@ -188,14 +185,18 @@ impl TagLedger {
         }
     }
 
-    /// Judges `stamp` with marks just read from the store (`marks[i]` for `stamp.tags[i]`,
-    /// 0 if absent) and remembers them if the ledger is complete and still in `era`.
-    pub fn learn(&self, era: u64, stamp: &TagStamp, clock: u64, marks: &[u64]) -> bool {
+    /// Judges `stamp` with the store's tag table just read (`table.marks[i]` for
+    /// `stamp.tags[i]`, 0 if absent): valid if stamped at or above the table's floor (below it,
+    /// the table was lost and re-created: nothing is vouched for) and above every mark. The
+    /// marks are remembered if the ledger is complete and still in `era`.
+    pub fn learn(&self, era: u64, stamp: &TagStamp, table: &TagTable) -> bool {
+        let marks = &table.marks;
         let mut state = self.state.write();
-        state.clock = state.clock.max(clock);
-        let valid = stamp.tags.iter().zip(marks).all(|(tag, &mark)| {
-            mark <= stamp.clock && state.marks.get(tag).is_none_or(|&m| m <= stamp.clock)
-        });
+        state.clock = state.clock.max(table.clock);
+        let valid = stamp.clock >= table.floor
+            && stamp.tags.iter().zip(marks).all(|(tag, &mark)| {
+                mark <= stamp.clock && state.marks.get(tag).is_none_or(|&m| m <= stamp.clock)
+            });
         if state.era == era && state.complete_from.is_some() {
             for (tag, &mark) in stamp.tags.iter().zip(marks) {
                 Self::record(&mut state, tag, mark);
@@ -289,7 +290,6 @@ pub(crate) async fn bump<V: Send + Sync + 'static>(
     inner: &Inner<V>,
     tag: &str,
 ) -> std::result::Result<u64, StoreError> {
-    let mark = mark_key(inner.keys.namespace(), tag);
     let announced = inner.backplane.as_ref().map(|b| b.tag_announcement());
     let suffix = format!("|{tag}");
     let announce = announced
@@ -302,7 +302,7 @@ pub(crate) async fn bump<V: Send + Sync + 'static>(
         });
     let clock = inner
         .remote
-        .bump_tag(&inner.tag_clock_key, &mark, inner.tag_mark_ttl, announce)
+        .bump_tag(&inner.tag_table_key, tag, inner.tag_mark_ttl, announce)
         .await?;
     inner.tags.confirmed(tag, clock);
     Ok(clock)
@@ -370,13 +370,14 @@ where
             Verdict::Unknown => {
                 inner.metrics.tag_store_checks.increment(1);
                 let era = inner.tags.era();
-                let namespace = inner.keys.namespace();
-                let mut keys = Vec::with_capacity(stamp.tags.len() + 1);
-                keys.push(inner.tag_clock_key.clone());
-                keys.extend(stamp.tags.iter().map(|t| mark_key(namespace, t)));
-                match inner.remote.counters(&keys).await {
-                    Ok(values) if values.len() == keys.len() => {
-                        if inner.tags.learn(era, stamp, values[0], &values[1..]) {
+                let tags: Vec<&str> = stamp.tags.iter().map(|t| &**t).collect();
+                match inner
+                    .remote
+                    .read_tags(&inner.tag_table_key, &tags, None)
+                    .await
+                {
+                    Ok(table) if table.marks.len() == tags.len() => {
+                        if inner.tags.learn(era, stamp, &table) {
                             Verdict::Valid
                         } else {
                             Verdict::Invalid
@@ -434,6 +435,26 @@ where
 mod tests {
     use super::*;
 
+    fn table(clock: u64, floor: u64, marks: &[u64]) -> TagTable {
+        TagTable {
+            clock,
+            floor,
+            marks: marks.to_vec(),
+            counter: 0,
+        }
+    }
+
+    #[test]
+    fn a_stamp_below_the_tables_floor_is_not_vouched_for() {
+        let ledger = TagLedger::default();
+        let s = stamp(50, &["a"]);
+        assert!(
+            !ledger.learn(ledger.era(), &s, &table(200, 100, &[0])),
+            "re-created table"
+        );
+        assert!(ledger.learn(ledger.era(), &stamp(100, &["a"]), &table(200, 100, &[0])));
+    }
+
     fn stamp(clock: u64, tags: &[&str]) -> TagStamp {
         TagStamp {
             clock,
@@ -490,7 +511,7 @@ mod tests {
         );
         // An old stamp whose tags were all learned from the store is judged exactly.
         let old = stamp(50, &["u"]);
-        assert!(ledger.learn(ledger.era(), &old, 101, &[0]));
+        assert!(ledger.learn(ledger.era(), &old, &table(101, 0, &[0])));
         assert_eq!(ledger.verdict(&old), Verdict::Valid);
         ledger.reset();
         assert_eq!(ledger.verdict(&stamp(101, &["t"])), Verdict::Unknown);
@@ -503,7 +524,7 @@ mod tests {
         let s = stamp(5, &["a", "b"]);
         let era = ledger.era();
         assert!(
-            !ledger.learn(era, &s, 12, &[3, 8]),
+            !ledger.learn(era, &s, &table(12, 0, &[3, 8])),
             "b was invalidated at 8 > 5"
         );
         assert_eq!(ledger.verdict(&s), Verdict::Invalid);
@@ -512,7 +533,7 @@ mod tests {
         ledger.reset();
         ledger.complete(12);
         assert!(
-            ledger.learn(era, &t, 12, &[0]),
+            ledger.learn(era, &t, &table(12, 0, &[0])),
             "valid by the store's answer"
         );
         assert_eq!(

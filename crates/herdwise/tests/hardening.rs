@@ -596,3 +596,119 @@ async fn d8_a_silently_dropped_subscription_is_noticed_and_l1_demoted() {
     );
     proxy.freeze_subscribers(false);
 }
+
+/// Deletes every key matching `pattern` (as an eviction of metadata would).
+async fn delete_matching(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> usize {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: i64 = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(conn)
+            .await
+            .unwrap();
+    }
+    keys.len()
+}
+
+// Defect 12: the tag metadata evicted (here: every `herdwise:{ns:…}` key deleted, under load)
+// must not make a tag's invalidation undone for an instance that checks against the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d12_evicted_tag_metadata_does_not_revive_invalidated_entries() {
+    let server = common::redis();
+    let mut raw = common::raw(&server).await;
+    let a: Cache<u64, String> = Cache::builder("d12")
+        .store(common::store(&server).await)
+        .build()
+        .unwrap();
+    let list = WriteOptions::default().tags(["list:7"]);
+    a.set_with(&1, "old list".to_string(), &list).await.unwrap();
+    a.invalidate_tag("list:7").await.unwrap(); // the entry stays in L2, dead by its tag
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let a = a.clone();
+            tokio::spawn(async move {
+                for i in 0..300u64 {
+                    let _ = a.get(&(i % 20)).await;
+                }
+            })
+        })
+        .collect();
+    let deleted = delete_matching(&mut raw, "herdwise:{ns:d12}:*").await;
+    assert!(deleted >= 1, "tag metadata existed");
+    for r in readers {
+        r.await.unwrap();
+    }
+    // A freshly started instance knows nothing of the invalidation but what the store says.
+    let fresh: Cache<u64, String> = Cache::builder("d12")
+        .store(common::store(&server).await)
+        .build()
+        .unwrap();
+    assert_eq!(
+        fresh.get(&1).await.unwrap(),
+        None,
+        "an entry the tag invalidated was served after its metadata was lost"
+    );
+    assert_eq!(a.get(&1).await.unwrap(), None);
+    // And tagged entries written after the loss are served again.
+    fresh
+        .set_with(&2, "new list".to_string(), &list)
+        .await
+        .unwrap();
+    let other: Cache<u64, String> = Cache::builder("d12")
+        .store(common::store(&server).await)
+        .build()
+        .unwrap();
+    assert!(other.get(&2).await.unwrap().is_some());
+}
+
+// Defect 12: an evicted recovery sentinel must not be taken for "Redis lost its data" (which
+// would let L1 answer for keys that were invalidated while this instance was cut off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d12_an_evicted_sentinel_is_not_taken_for_lost_data() {
+    let server = common::redis();
+    let mut raw = common::raw(&server).await;
+    let proxy = herdwise_testkit::Proxy::start(server.port()).unwrap();
+    let a: Cache<u64, String> = Cache::builder("d12s")
+        .store(herdwise::RedisStore::connect(&proxy.url()).await.unwrap())
+        .circuit_breaker(BreakerConfig::default().open_for(Duration::from_millis(300)))
+        .build()
+        .unwrap();
+    a.set(&1, "old".to_string()).await.unwrap();
+    assert!(a.get(&1).await.unwrap().is_some()); // in L1; sentinel learned
+    proxy.freeze_all(true); // A is cut off from Redis
+    let t = Instant::now();
+    while a.breaker_state() != BreakerState::Open {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "the breaker must open"
+        );
+        let _ = a.get(&(100 + t.elapsed().as_micros() as u64)).await;
+    }
+    // Meanwhile the key is invalidated (its event never reaches A) and the sentinel evicted.
+    let key = a.stored_key(&1).unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        delete_matching(&mut raw, "herdwise:{ns:d12s}:sentinel").await,
+        1
+    );
+    proxy.freeze_all(false);
+    let recovered = common::eventually(Duration::from_secs(5), async || {
+        let _ = a.get(&2).await;
+        a.breaker_state() == BreakerState::Closed
+    })
+    .await;
+    assert!(recovered);
+    assert_eq!(
+        a.get(&1).await.unwrap(),
+        None,
+        "L1 answered for a key invalidated while A was cut off"
+    );
+}

@@ -346,6 +346,11 @@ async fn redis_subscription_resubscribes_after_a_restart() {
     let mut events = store.subscribe("ch").unwrap();
     assert_eq!(next(&mut events).await, StoreEvent::Subscribed);
     server.kill();
+    assert_eq!(
+        next(&mut events).await,
+        StoreEvent::Lost,
+        "announces the loss"
+    );
     server.restart().unwrap();
     assert_eq!(
         next(&mut events).await,

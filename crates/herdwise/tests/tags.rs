@@ -282,7 +282,19 @@ async fn an_instance_that_lost_the_event_stops_serving_once_it_resubscribes() {
     for key in 0..50u64 {
         assert_eq!(value(&b, key).await, None);
     }
-    assert!(counter(&metrics, m::BACKPLANE_RESETS, &[("reason", "resubscribed")]) >= 1);
+    // Demoted when the subscription was lost, and again once it is back.
+    assert!(
+        counter(
+            &metrics,
+            m::BACKPLANE_RESETS,
+            &[("reason", "subscription_lost")]
+        ) >= 1
+    );
+    let resubscribed = common::eventually(Duration::from_secs(3), async || {
+        counter(&metrics, m::BACKPLANE_RESETS, &[("reason", "resubscribed")]) >= 1
+    })
+    .await;
+    assert!(resubscribed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,8 +368,9 @@ async fn the_tag_clock_restarts_above_its_old_values_after_redis_loses_its_data(
             .get_multiplexed_async_connection()
             .await
             .unwrap();
-        let clock: u64 = redis::cmd("GET")
-            .arg("herdwise:{ns:tags}:tagclock")
+        let clock: u64 = redis::cmd("HGET")
+            .arg("herdwise:{ns:tags}:tags")
+            .arg("clock")
             .query_async(&mut conn)
             .await
             .unwrap();

@@ -12,7 +12,9 @@ use quick_cache::sync::Cache as Engine;
 use quick_cache::Weighter;
 use tokio::sync::broadcast;
 
-use super::{stored_version, Announcement, FillOutcome, SetOutcome, Store, StoreError, StoreEvent};
+use super::{
+    stored_version, Announcement, FillOutcome, SetOutcome, Store, StoreError, StoreEvent, TagTable,
+};
 
 /// Default bound of a [`MemoryStore`]: 256 MiB.
 pub const DEFAULT_MEMORY_STORE_BYTES: u64 = 256 << 20;
@@ -41,8 +43,33 @@ struct Inner {
     stripes: Vec<Mutex<Leases>>,
     /// Counters and tag marks (not evicted; a mark expires at its deadline).
     counters: Mutex<HashMap<String, (u64, Option<Instant>)>>,
+    /// This store's identity (see `Store::server_id`).
+    id: u64,
+    /// Tag tables by name (see `Store::bump_tag`).
+    tag_tables: Mutex<HashMap<String, TagTableState>>,
     /// Subscriptions by channel (in-process messaging).
     channels: Mutex<HashMap<String, broadcast::Sender<StoreEvent>>>,
+}
+
+/// One tag table: clock, floor, and each tag's mark with its keep time.
+struct TagTableState {
+    clock: u64,
+    floor: u64,
+    marks: HashMap<String, (u64, Instant)>,
+}
+
+impl TagTableState {
+    /// A new table starts at the current time in microseconds, clock and floor alike.
+    fn new() -> Self {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        TagTableState {
+            clock: micros,
+            floor: micros,
+            marks: HashMap::new(),
+        }
+    }
 }
 
 /// Load leases of one stripe: key → (token, expiry).
@@ -127,6 +154,8 @@ impl MemoryStore {
                     .collect(),
                 channels: Mutex::new(HashMap::new()),
                 counters: Mutex::new(HashMap::new()),
+                tag_tables: Mutex::new(HashMap::new()),
+                id: rand::random(),
             }),
         }
     }
@@ -377,38 +406,63 @@ impl Store for MemoryStore {
 
     async fn bump_tag(
         &self,
-        clock_key: &str,
-        mark_key: &str,
+        table: &str,
+        tag: &str,
         mark_ttl: Duration,
         announce: Option<Announcement<'_>>,
     ) -> Result<u64, StoreError> {
-        let clock = {
-            let mut counters = self.inner.counters.lock();
-            let clock = counters.entry(clock_key.to_string()).or_insert_with(|| {
-                let micros = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_micros() as u64);
-                (micros, None)
-            });
-            clock.0 += 1;
-            let value = clock.0;
-            // Expired marks are dropped now and then, so the map stays bounded by live marks.
-            if counters.len() >= 1024 && counters.len().is_power_of_two() {
-                let now = Instant::now();
-                counters.retain(|_, (_, deadline)| deadline.is_none_or(|d| d > now));
-            }
-            counters.insert(
-                mark_key.to_string(),
-                (value, Some(Instant::now() + mark_ttl)),
-            );
-            if let Some(a) = announce {
-                // Under the counters lock: announcements leave in clock order, as in Redis.
-                let message = format!("{}{value}{}", a.prefix, a.suffix);
-                self.send(a.channel, Bytes::from(message));
-            }
-            value
-        };
-        Ok(clock)
+        let mut tables = self.inner.tag_tables.lock();
+        let table = tables
+            .entry(table.to_string())
+            .or_insert_with(TagTableState::new);
+        table.clock += 1;
+        let value = table.clock;
+        let now = Instant::now();
+        // Marks past their keep time are dropped now and then, so the table stays bounded.
+        if table.marks.len() >= 1024 && table.marks.len().is_power_of_two() {
+            table.marks.retain(|_, (_, until)| *until > now);
+        }
+        table.marks.insert(tag.to_string(), (value, now + mark_ttl));
+        if let Some(a) = announce {
+            // Under the lock: announcements leave in clock order, as in Redis.
+            let message = format!("{}{value}{}", a.prefix, a.suffix);
+            self.send(a.channel, Bytes::from(message));
+        }
+        Ok(value)
+    }
+
+    async fn read_tags(
+        &self,
+        table: &str,
+        tags: &[&str],
+        counter: Option<&str>,
+    ) -> Result<TagTable, StoreError> {
+        let counter = counter.map_or(0, |key| {
+            self.counter_value(&self.inner.counters.lock(), key)
+        });
+        let mut tables = self.inner.tag_tables.lock();
+        let table = tables
+            .entry(table.to_string())
+            .or_insert_with(TagTableState::new);
+        let now = Instant::now();
+        let marks = tags
+            .iter()
+            .map(|tag| match table.marks.get(*tag) {
+                Some(&(mark, until)) if until > now => mark,
+                _ => 0,
+            })
+            .collect();
+        Ok(TagTable {
+            clock: table.clock,
+            floor: table.floor,
+            marks,
+            counter,
+        })
+    }
+
+    async fn server_id(&self) -> Result<Option<String>, StoreError> {
+        // The embedded store lives as long as the process: it never comes back empty.
+        Ok(Some(format!("memory-{:x}", self.inner.id)))
     }
 
     async fn publish(&self, channel: &str, message: Bytes) -> Result<(), StoreError> {

@@ -74,6 +74,19 @@ pub struct Announcement<'a> {
     pub suffix: &'a str,
 }
 
+/// What [`Store::read_tags`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TagTable {
+    /// The clock: the stamp for what is read from the origin now.
+    pub clock: u64,
+    /// Entries stamped below this are not vouched for (the table was created then).
+    pub floor: u64,
+    /// The marks of the tags asked for, in order (0: never invalidated, or pruned).
+    pub marks: Vec<u64>,
+    /// The counter asked for along (0 if absent or not asked).
+    pub counter: u64,
+}
+
 /// A message from a store subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreEvent {
@@ -270,17 +283,42 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Several counters in one round trip, in order (0 for an absent one).
     async fn counters(&self, keys: &[String]) -> Result<Vec<u64>, StoreError>;
 
-    /// Invalidates a tag, atomically: advances the tag clock `clock_key` by one, records the new
-    /// value under `mark_key` for `mark_ttl`, and makes `announce` with it. A clock that does not
-    /// exist starts at the store's current time in microseconds, so that a clock lost with the
-    /// store's data restarts above every value handed out before. Returns the new clock value.
+    /// Invalidates `tag`, atomically: advances the clock of the tag table `table` by one,
+    /// records the new value as the tag's mark (kept at least `mark_ttl`), and makes `announce`
+    /// with it. Returns the new clock value.
+    ///
+    /// A namespace's clock, floor and marks live together in one table (Redis: one hash, one
+    /// key, no TTL), so that an eviction takes all of them or none. A table that does not exist
+    /// is created with clock and *floor* at the store's current time in microseconds: above
+    /// every value handed out before, and the floor says that nothing stamped below it can be
+    /// vouched for (see [`Store::read_tags`]). Marks older than `mark_ttl` are pruned a few at a
+    /// time by later invalidations: every entry stamped before them has expired.
     async fn bump_tag(
         &self,
-        clock_key: &str,
-        mark_key: &str,
+        table: &str,
+        tag: &str,
         mark_ttl: Duration,
         announce: Option<Announcement<'_>>,
     ) -> Result<u64, StoreError>;
+
+    /// The tag table `table`: its clock, its floor and the marks of `tags` (0 for a tag never
+    /// invalidated, or pruned), creating the table as [`Store::bump_tag`] does if it is missing
+    /// (lost, evicted): an entry is valid only if stamped at or above the floor and at or above
+    /// every mark of its tags. With `counter`, also that counter's value (0 if absent), in the
+    /// same round trip.
+    async fn read_tags(
+        &self,
+        table: &str,
+        tags: &[&str],
+        counter: Option<&str>,
+    ) -> Result<TagTable, StoreError>;
+
+    /// Who the store is: an id that changes when the server restarts (Redis: `run_id`), so
+    /// that a lost sentinel can be told apart from a lost server. `None` if the store cannot
+    /// tell (the default): a missing sentinel then counts as lost data.
+    async fn server_id(&self) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
 
     /// Publishes `message` on `channel` (to the subscribers of every instance).
     async fn publish(&self, channel: &str, message: Bytes) -> Result<(), StoreError>;

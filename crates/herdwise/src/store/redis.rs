@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 
 use super::{
     fence_key, glob_escape, lease_key, lua_version_guard, Announcement, FillOutcome, SetOutcome,
-    Store, StoreError, StoreEvent,
+    Store, StoreError, StoreEvent, TagTable,
 };
 use crate::envelope::VERSION_OFFSET;
 
@@ -76,26 +76,60 @@ return 1
     )
 }
 
-/// Tag invalidation: KEYS[1] the tag clock, KEYS[2] the tag's mark; ARGV[1] the mark's TTL (ms),
-/// ARGV[2] the channel or stream ('' for none), ARGV[3]/ARGV[4] the message around the new clock
-/// value, ARGV[5] the stream's max length ('' to publish instead). The value travels as the
-/// string GET returns: Lua numbers would print in exponent form.
-const BUMP_TAG: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  local t = redis.call('TIME')
-  redis.call('SET', KEYS[1], t[1] .. string.format('%06d', tonumber(t[2])))
+/// Creates the tag table KEYS[1] if it is missing (clock = floor = the server's time in µs);
+/// shared by the two tag scripts. Leaves the time in `now_us` (string) and `now_ms` (number).
+const TAG_TABLE_INIT: &str = r#"
+local t = redis.call('TIME')
+local now_us = t[1] .. string.format('%06d', tonumber(t[2]))
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('HEXISTS', KEYS[1], 'clock') == 0 then
+  redis.call('HSET', KEYS[1], 'clock', now_us, 'floor', now_us)
 end
-redis.call('INCR', KEYS[1])
-local c = redis.call('GET', KEYS[1])
-redis.call('SET', KEYS[2], c, 'PX', ARGV[1])
-if ARGV[2] ~= '' then
-  if ARGV[5] == '' then
-    redis.call('PUBLISH', ARGV[2], ARGV[3] .. c .. ARGV[4])
+"#;
+
+/// Tag invalidation: KEYS[1] the tag table; ARGV[1] the tag's field (`t:<tag>`), ARGV[2] how
+/// long marks are kept (ms), ARGV[3] the channel or stream ('' for none), ARGV[4]/ARGV[5] the
+/// message around the new clock value, ARGV[6] the stream's max length ('' to publish instead).
+/// A mark is `<clock>:<unix ms>`; each call prunes up to 32 fields past their keep time,
+/// resuming an HSCAN where the last call stopped. Values travel as strings (Lua numbers would
+/// print in exponent form).
+const BUMP_TAG_BODY: &str = r#"
+redis.call('HINCRBY', KEYS[1], 'clock', 1)
+local c = redis.call('HGET', KEYS[1], 'clock')
+redis.call('HSET', KEYS[1], ARGV[1], c .. ':' .. string.format('%.0f', now_ms))
+local keep = tonumber(ARGV[2])
+local scan = redis.call('HSCAN', KEYS[1], redis.call('HGET', KEYS[1], 'cursor') or '0', 'COUNT', 32)
+redis.call('HSET', KEYS[1], 'cursor', scan[1])
+local items = scan[2]
+for i = 1, #items, 2 do
+  local f = items[i]
+  if string.sub(f, 1, 2) == 't:' and f ~= ARGV[1] then
+    local at = tonumber(string.match(items[i + 1], ':(%d+)$'))
+    if at and at + keep < now_ms then
+      redis.call('HDEL', KEYS[1], f)
+    end
+  end
+end
+if ARGV[3] ~= '' then
+  if ARGV[6] == '' then
+    redis.call('PUBLISH', ARGV[3], ARGV[4] .. c .. ARGV[5])
   else
-    redis.call('XADD', ARGV[2], 'MAXLEN', '~', ARGV[5], '*', 'm', ARGV[3] .. c .. ARGV[4])
+    redis.call('XADD', ARGV[3], 'MAXLEN', '~', ARGV[6], '*', 'm', ARGV[4] .. c .. ARGV[5])
   end
 end
 return c
+"#;
+
+/// Reading the tag table: KEYS[1] the table, KEYS[2] (optional) a counter read along; ARGV the
+/// tags' fields. Returns {counter, clock, floor, mark...} as strings (false for absent).
+const READ_TAGS_BODY: &str = r#"
+local out = redis.call('HMGET', KEYS[1], 'clock', 'floor', unpack(ARGV))
+local counter = false
+if #KEYS > 1 then
+  counter = redis.call('GET', KEYS[2])
+end
+table.insert(out, 1, counter)
+return out
 "#;
 
 /// Compare-and-delete of a lease: KEYS[1] lease, ARGV[1] token.
@@ -171,11 +205,14 @@ impl RedisStoreBuilder {
             .set_max_delay(Duration::from_millis(500))
     }
 
-    /// Connects now; fails if Redis is unreachable.
+    /// Connects now; fails if Redis is unreachable. Reads `maxmemory-policy` where the server
+    /// allows it and warns when Redis may evict any key (`allkeys-*`): Herdwise detects the
+    /// loss of its metadata and stays correct, but every loss costs misses.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(self.url.as_str())?;
-        let conn =
+        let mut conn =
             ConnectionManager::new_with_config(client.clone(), self.manager_config()).await?;
+        check_eviction_policy(&mut conn).await;
         Ok(RedisStore::from_parts(
             client,
             conn,
@@ -218,6 +255,7 @@ pub struct RedisStore {
     fill_leased: Script,
     fill_fenced: Script,
     bump_tag: Script,
+    read_tags: Script,
     pubsub_health: PubSubHealth,
 }
 
@@ -263,13 +301,36 @@ impl RedisStore {
             set_if_not_older: Script::new(&set_if_not_older_script()),
             fill_leased: Script::new(&fill_leased_script()),
             fill_fenced: Script::new(&fill_fenced_script()),
-            bump_tag: Script::new(BUMP_TAG),
+            bump_tag: Script::new(&format!("{TAG_TABLE_INIT}{BUMP_TAG_BODY}")),
+            read_tags: Script::new(&format!("{TAG_TABLE_INIT}{READ_TAGS_BODY}")),
         }
     }
 
     /// The underlying connection, for commands Herdwise does not wrap.
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+}
+
+/// Warns if Redis may evict keys without a TTL too (`allkeys-*`). Herdwise's tag table and
+/// namespace generation carry no TTL, so `volatile-*` policies never evict them; the rest of its
+/// metadata (leases, fences, the recovery sentinel) is safe to lose. Managed Redis often refuses
+/// `CONFIG`: then nothing is said.
+async fn check_eviction_policy(conn: &mut ConnectionManager) {
+    let reply: Result<Vec<String>, _> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(conn)
+        .await;
+    match reply.as_deref() {
+        Ok([_, policy]) if policy.starts_with("allkeys-") => tracing::warn!(
+            policy = %policy,
+            "redis may evict any key: Herdwise notices when its tag table or generation is \
+             evicted and stays correct, at the cost of misses (tagged entries stamped before the \
+             loss are reloaded); a volatile-* policy never evicts them"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "maxmemory-policy not readable"),
     }
 }
 
@@ -563,8 +624,8 @@ impl Store for RedisStore {
 
     async fn bump_tag(
         &self,
-        clock_key: &str,
-        mark_key: &str,
+        table: &str,
+        tag: &str,
         mark_ttl: Duration,
         announce: Option<Announcement<'_>>,
     ) -> Result<u64, StoreError> {
@@ -576,8 +637,8 @@ impl Store for RedisStore {
             .map_or(String::new(), |n| n.to_string());
         let clock: String = self
             .bump_tag
-            .key(clock_key)
-            .key(mark_key)
+            .key(table)
+            .arg(format!("t:{tag}"))
             .arg(px(mark_ttl))
             .arg(channel)
             .arg(prefix)
@@ -588,6 +649,51 @@ impl Store for RedisStore {
         clock
             .parse()
             .map_err(|_| StoreError::Other(format!("tag clock is not a number: {clock:?}")))
+    }
+
+    async fn read_tags(
+        &self,
+        table: &str,
+        tags: &[&str],
+        counter: Option<&str>,
+    ) -> Result<TagTable, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.read_tags.key(table);
+        if let Some(counter) = counter {
+            invocation.key(counter);
+        }
+        for tag in tags {
+            invocation.arg(format!("t:{tag}"));
+        }
+        let values: Vec<Option<String>> = invocation.invoke_async(&mut conn).await?;
+        if values.len() != tags.len() + 3 {
+            return Err(StoreError::Other("tag table: unexpected reply".into()));
+        }
+        // A mark is `<clock>:<ms>`; the clock, floor and counter are plain numbers.
+        let number = |v: &Option<String>| {
+            v.as_deref()
+                .and_then(|v| v.split(':').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok(TagTable {
+            counter: number(&values[0]),
+            clock: number(&values[1]),
+            floor: number(&values[2]),
+            marks: values[3..].iter().map(number).collect(),
+        })
+    }
+
+    async fn server_id(&self) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await?;
+        Ok(info
+            .lines()
+            .find_map(|line| line.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_string()))
     }
 
     async fn publish(&self, channel: &str, message: Bytes) -> Result<(), StoreError> {

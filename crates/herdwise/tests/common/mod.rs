@@ -276,14 +276,23 @@ impl<S: herdwise::Store + Clone> herdwise::Store for SlowDeletes<S> {
     }
     async fn bump_tag(
         &self,
-        clock_key: &str,
-        mark_key: &str,
+        table: &str,
+        tag: &str,
         mark_ttl: Duration,
         announce: Option<herdwise::Announcement<'_>>,
     ) -> Result<u64, herdwise::StoreError> {
-        self.inner
-            .bump_tag(clock_key, mark_key, mark_ttl, announce)
-            .await
+        self.inner.bump_tag(table, tag, mark_ttl, announce).await
+    }
+    async fn server_id(&self) -> Result<Option<String>, herdwise::StoreError> {
+        self.inner.server_id().await
+    }
+    async fn read_tags(
+        &self,
+        table: &str,
+        tags: &[&str],
+        counter: Option<&str>,
+    ) -> Result<herdwise::TagTable, herdwise::StoreError> {
+        self.inner.read_tags(table, tags, counter).await
     }
     async fn publish(
         &self,
