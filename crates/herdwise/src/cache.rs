@@ -441,6 +441,17 @@ where
             .map_or(0, OriginLimit::in_use)
     }
 
+    /// Keys with a load in flight in this instance (single-flight leaders): 0 when the cache is
+    /// idle, whatever was cancelled.
+    ///
+    /// ```
+    /// let cache: herdwise::Cache<u64, ()> = herdwise::Cache::builder("users").build().unwrap();
+    /// assert_eq!(cache.loads_in_flight(), 0);
+    /// ```
+    pub fn loads_in_flight(&self) -> usize {
+        self.inner.flights.len()
+    }
+
     /// Background refreshes (stale-while-revalidate, XFetch, refresh-ahead) running now: at most
     /// one per key.
     ///

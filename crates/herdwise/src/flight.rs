@@ -63,7 +63,6 @@ impl<T: Clone> Flights<T> {
     }
 
     /// Keys with a load in flight.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map.lock().len()
     }

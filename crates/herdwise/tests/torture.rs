@@ -87,6 +87,16 @@ const KEY_PACE: Pace = Pace {
     bound: Duration::from_millis(500),
 };
 
+/// The cancellation storm: short-lived entries, so that many reads reach L2, the lease and the
+/// origin, where being dropped can leave something held.
+const STORM_PACE: Pace = Pace {
+    origin_ms: 2,
+    writers: 2,
+    writer_pause_ms: (5, 20),
+    ttl: Duration::from_millis(200),
+    bound: Duration::from_millis(500),
+};
+
 /// Invalidating group tags (`g<key % 50>`). Built so that a mistake would show: loads are slow
 /// and, with a short TTL, start at random times, so writes often land inside one; each group is
 /// invalidated only about once a second, so an entry wrongly taken for fresh would outlive the
@@ -182,41 +192,66 @@ async fn herdwise(
     duration: Duration,
     how: Invalidate,
 ) -> (u64, u64) {
+    herdwise_run(server, duration, how, false).await.0
+}
+
+/// Share of reads dropped at a random point in the cancellation storm.
+const STORM_SHARE: f64 = 0.3;
+
+/// As `herdwise`; with `storm`, a share of the reads are dropped after 0-5 ms (a request
+/// timeout), and the instances have an origin limit whose slots must come back. Returns the
+/// figures, the caches and the number of reads dropped.
+async fn herdwise_run(
+    server: &herdwise_testkit::RedisServer,
+    duration: Duration,
+    how: Invalidate,
+    storm: bool,
+) -> ((u64, u64), Arc<Vec<Cache<u64, u64>>>, Arc<AtomicU64>) {
     let pace = match how {
+        _ if storm => STORM_PACE,
         Invalidate::Key => KEY_PACE,
         Invalidate::Tag => TAG_PACE,
     };
     let mut caches: Vec<Cache<u64, u64>> = Vec::new();
     for _ in 0..3 {
-        caches.push(
-            Cache::builder("torture")
-                .store(common::store(server).await)
-                .ttl(pace.ttl)
-                .build()
-                .unwrap(),
-        );
+        let mut builder = Cache::builder("torture")
+            .store(common::store(server).await)
+            .ttl(pace.ttl);
+        if storm {
+            builder = builder.origin_concurrency_limit(16, Duration::from_millis(50));
+        }
+        caches.push(builder.build().unwrap());
     }
     let caches = Arc::new(caches);
     let origin = Origin::new();
-    let (c1, c2) = (caches.clone(), caches.clone());
-    run(
+    let dropped = Arc::new(AtomicU64::new(0));
+    let (c1, c2, dropped_reads) = (caches.clone(), caches.clone(), dropped.clone());
+    let figures = run(
         duration,
         origin.clone(),
         12,
         pace,
         move |r, key, origin| {
-            let caches = c1.clone();
+            let (caches, dropped) = (c1.clone(), dropped_reads.clone());
             async move {
                 let latency = Duration::from_millis(pace.origin_ms + key % 5);
                 let group = LoadOptions::default().tags([format!("g{}", key % GROUPS)]);
-                caches[r % 3]
-                    .get_or_load_with(&key, &group, |k| async move {
-                        Ok::<_, OriginError>(Some(origin.read(*k, latency).await))
-                    })
-                    .await
-                    .ok()
-                    .and_then(|f| f.value)
-                    .map(|v| *v)
+                let read = caches[r % 3].get_or_load_with(&key, &group, |k| async move {
+                    Ok::<_, OriginError>(Some(origin.read(*k, latency).await))
+                });
+                let result = if storm && rand::random::<f64>() < STORM_SHARE {
+                    let cut = Duration::from_micros(rand::random_range(0..5_000));
+                    match tokio::time::timeout(cut, read).await {
+                        Ok(result) => result,
+                        Err(_) => {
+                            dropped.fetch_add(1, Ordering::Relaxed);
+                            return None;
+                        }
+                    }
+                } else {
+                    read.await
+                };
+                result.ok().and_then(|f| f.value).map(|v| *v)
             }
         },
         move |key| {
@@ -236,7 +271,72 @@ async fn herdwise(
             }
         },
     )
-    .await
+    .await;
+    (figures, caches, dropped)
+}
+
+/// The key torture under a storm of cancelled reads: no violation, and afterwards nothing is
+/// stuck — no breaker left open, no single-flight slot, origin-limit slot, background refresh
+/// or lease left held — and every key reads at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_cancelled_reads_breaks_nothing_and_leaves_nothing_held() {
+    let server = common::redis();
+    let duration = Duration::from_secs(3);
+    let ((reads, violations), caches, dropped) =
+        herdwise_run(&server, duration, Invalidate::Key, true).await;
+    let dropped = dropped.load(Ordering::Relaxed);
+    eprintln!("storm: {violations} violations in {reads} reads, {dropped} reads dropped");
+    assert!(reads > 1_000 && dropped > 1_000, "the storm ran");
+    assert_eq!(
+        violations, 0,
+        "a read returned a value stale beyond the bound"
+    );
+    let idle = common::eventually(Duration::from_secs(2), async || {
+        caches.iter().all(|c| {
+            c.breaker_state() == herdwise::BreakerState::Closed
+                && c.loads_in_flight() == 0
+                && c.origin_loads_in_flight() == 0
+                && c.background_refreshes() == 0
+        })
+    })
+    .await;
+    for (i, c) in caches.iter().enumerate() {
+        eprintln!(
+            "instance {i}: breaker {:?}, loads {}, origin slots {}, refreshes {}",
+            c.breaker_state(),
+            c.loads_in_flight(),
+            c.origin_loads_in_flight(),
+            c.background_refreshes()
+        );
+    }
+    assert!(idle, "something stayed held after the storm");
+    let mut raw = common::raw(&server).await;
+    let leases = common::eventually(Duration::from_secs(2), async || {
+        let held: Vec<String> = redis::cmd("KEYS")
+            .arg("{torture:*}:lease")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        held.is_empty()
+    })
+    .await;
+    assert!(
+        leases,
+        "leases of cancelled reads were left in Redis (TTL 5 s)"
+    );
+    let t = Instant::now();
+    for key in 0..KEYS {
+        let got = caches[(key % 3) as usize]
+            .get_or_load(&key, |_| async { Ok::<_, OriginError>(Some(0)) })
+            .await
+            .unwrap();
+        assert!(got.is_some());
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "reads after the storm waited {:?}",
+        t.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
