@@ -286,7 +286,7 @@ async fn a_storm_of_cancelled_reads_breaks_nothing_and_leaves_nothing_held() {
         herdwise_run(&server, duration, Invalidate::Key, true).await;
     let dropped = dropped.load(Ordering::Relaxed);
     eprintln!("storm: {violations} violations in {reads} reads, {dropped} reads dropped");
-    assert!(reads > 1_000 && dropped > 1_000, "the storm ran");
+    assert!(reads > 1_000 && dropped > 200, "the storm ran");
     assert_eq!(
         violations, 0,
         "a read returned a value stale beyond the bound"
