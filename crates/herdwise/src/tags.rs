@@ -264,7 +264,9 @@ impl TagLedger {
     /// every later invalidation will arrive as an event.
     pub fn complete(&self, clock: u64) {
         let mut state = self.state.write();
-        state.marks.clear();
+        // Marks above `clock` were learned after the store was read (an invalidation made or
+        // received meanwhile): exact, and needed — the store's answer predates them.
+        state.marks.retain(|_, m| *m > clock);
         state.era += 1;
         state.clock = state.clock.max(clock);
         state.event_clock = state.event_clock.max(clock);
@@ -561,6 +563,17 @@ mod tests {
         ledger.confirmed("t", 21);
         assert_eq!(ledger.verdict(&stamp(21, &["t"])), Verdict::Valid);
         assert_eq!(ledger.verdict(&stamp(20, &["t"])), Verdict::Invalid);
+    }
+
+    #[test]
+    fn completing_from_an_older_read_keeps_the_marks_learned_since() {
+        // The listener read the store's clock (10), then this instance invalidated `t` (11),
+        // then the listener completes the ledger from its read.
+        let ledger = TagLedger::default();
+        ledger.confirmed("t", 11);
+        ledger.complete(10);
+        assert_eq!(ledger.verdict(&stamp(10, &["t"])), Verdict::Invalid);
+        assert_eq!(ledger.verdict(&stamp(11, &["t"])), Verdict::Valid);
     }
 
     #[test]
