@@ -206,6 +206,7 @@ async fn d4_a_backlog_of_ten_thousand_invalidations_drains_within_seconds() {
             .store(store)
             .l1_max_bytes(0)
             .no_hot_key_shield()
+            .circuit_breaker(BreakerConfig::default().open_for(Duration::from_millis(200)))
     });
     const N: u64 = 10_000;
     let keys: Vec<String> = (0..N).map(|k| cache.stored_key(&k).unwrap()).collect();
@@ -227,7 +228,9 @@ async fn d4_a_backlog_of_ten_thousand_invalidations_drains_within_seconds() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     server.resume().unwrap();
     let resumed = Instant::now();
-    let drained = common::eventually(Duration::from_secs(5), async || {
+    // Old code: ~10 a second. The bound leaves room for a debug build sharing two cores with
+    // the other tests of this file.
+    let drained = common::eventually(Duration::from_secs(8), async || {
         existing(&mut raw, &keys).await == 0
     })
     .await;
@@ -239,7 +242,7 @@ async fn d4_a_backlog_of_ten_thousand_invalidations_drains_within_seconds() {
     );
     assert!(
         drained,
-        "{left} of {N} invalidations not applied 5 s after Redis came back"
+        "{left} of {N} invalidations not applied 8 s after Redis came back"
     );
     assert_eq!(counter(&metrics, m::INVALIDATIONS_DEAD_LETTERED, &[]), 0);
 }
