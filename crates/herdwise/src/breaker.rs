@@ -248,6 +248,11 @@ impl Breaker {
         }
     }
 
+    /// Whether a call that took `took` is a slow one.
+    pub fn is_slow(&self, took: Duration) -> bool {
+        self.config.slow_call.is_some_and(|t| took >= t)
+    }
+
     /// A call made under `permit` was dropped after `took` without an outcome (a request
     /// timeout, a cancelled task). If it had already been slow, it counts as a slow call (so
     /// callers with short timeouts still trip the breaker on a frozen store, and a probe they

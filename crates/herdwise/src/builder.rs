@@ -740,10 +740,14 @@ where
             stale_if_error: self.stale_if_error,
             fail_safe_throttle: self.fail_safe_throttle,
         };
-        // A mark must outlive every entry it can invalidate (twice over, for instances of this
-        // namespace configured with longer TTLs), or those entries would come back.
-        let longest_entry = self.ttl.mul_f64(1.0 + self.ttl_jitter) + ttl_policy.stale_window();
-        let tag_mark_ttl = longest_entry * 2 + Duration::from_secs(60);
+        // The longest life of an entry this instance writes (positive or negative, with jitter
+        // and the stale window). A mark, a retried invalidation and a pending local one must
+        // outlive every entry they can reach — twice over, for instances of this namespace
+        // configured with longer TTLs — or those entries would come back.
+        let longest_ttl = self.ttl.max(self.negative_ttl.unwrap_or(Duration::ZERO));
+        let longest_entry = longest_ttl.mul_f64(1.0 + self.ttl_jitter) + ttl_policy.stale_window();
+        let reach = longest_entry * 2;
+        let tag_mark_ttl = reach + Duration::from_secs(60);
         Ok(Cache::from_parts(
             Inner {
                 keys,
@@ -761,10 +765,10 @@ where
                 soft_timeout: self.soft_timeout,
                 xfetch_beta: self.xfetch_beta,
                 backplane,
-                retries: RetryQueue::new(longest_entry),
+                retries: RetryQueue::new(reach),
                 generation_synced: std::sync::atomic::AtomicBool::new(false),
                 generation_attempt_ms: std::sync::atomic::AtomicU64::new(0),
-                tags: TagLedger::new(longest_entry),
+                tags: TagLedger::new(reach),
                 tag_table_key: table_key(&self.namespace),
                 tag_mark_ttl,
                 max_tags: self.max_tags,

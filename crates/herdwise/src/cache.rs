@@ -31,7 +31,7 @@ use crate::read_through::{LoadOptions, LoadResult};
 use crate::recovery::Recovery;
 use crate::remote::Remote;
 use crate::replicas::Replicas;
-use crate::retry::{Retry, RetryQueue};
+use crate::retry::{Retry, RetryOnDrop, RetryQueue};
 use crate::tags::{TagLedger, TagsFrom};
 use crate::tiers::{Fallback, L2Read, WriteMode};
 use crate::warm::RewarmPolicy;
@@ -367,16 +367,20 @@ where
         self.ensure_backplane();
         self.ensure_generation().await;
         self.inner.l1.invalidate(stored_key);
+        // Armed until the whole invalidation is done: if this call is dropped on the way (a
+        // request timeout), the retry queue finishes it.
+        let mut retry = Some(RetryOnDrop::new(&self.inner, Retry::Key(stored_key.into())));
         if self.inner.remote.delete(stored_key).await.is_err() {
-            self.inner
-                .retries
-                .push(&self.inner, Retry::Key(stored_key.into()));
+            drop(retry.take()); // queued now; until it goes through, L2's copy is not read
         }
         self.drop_replicas(stored_key).await;
         // A local read during the delete may have put the old L2 value back into L1 (this
         // instance ignores its own event): the invalidation is complete locally only now.
         self.inner.l1.invalidate(stored_key);
         self.announce(stored_key).await;
+        if let Some(retry) = retry {
+            retry.disarm();
+        }
     }
 
     /// The key as stored in L2 (`namespace:v<schema>:<key>`), e.g. for `redis-cli`.
@@ -490,36 +494,21 @@ where
     pub async fn invalidate_prefix<P: CacheKey + ?Sized>(&self, prefix: &P) -> Result<u64> {
         self.ensure_generation().await;
         self.ensure_backplane();
-        let inner = &*self.inner;
-        let exact = inner.keys.stored_key(prefix)?;
-        let below = format!("{exact}:");
-        inner.l1.remove_prefix(&below);
-        inner.l1.invalidate(&exact);
-        let removed = async {
-            let below = inner
-                .remote
-                .delete_prefix(&below, PREFIX_DELETE_DEADLINE)
-                .await?;
-            let exact = u64::from(inner.remote.delete(&exact).await?);
-            Ok::<_, crate::store::StoreError>(below + exact)
+        let exact = self.inner.keys.stored_key(prefix)?;
+        let walk = invalidate_prefix_stored(self.inner.clone(), exact);
+        // In a task of its own: a caller that gives up (a request timeout) stops neither the
+        // walk half way nor its announcement.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => match runtime.spawn(walk).await {
+                Ok(removed) => removed,
+                Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+                Err(_) => Err(crate::store::StoreError::Other(
+                    "the runtime shut down during a prefix invalidation".into(),
+                )
+                .into()),
+            },
+            Err(_) => walk.await,
         }
-        .await;
-        // Local reads during the walk may have put old L2 values back into L1 (this instance
-        // ignores its own events): drop them again, so the call is complete locally on return
-        // (also when the walk failed part way).
-        inner.l1.remove_prefix(&below);
-        inner.l1.invalidate(&exact);
-        let removed = removed?;
-        self.drop_replicas(&exact).await;
-        if let Some(backplane) = inner.backplane.as_ref() {
-            backplane
-                .publish(&inner.remote, Invalidation::Prefix(&below))
-                .await;
-            backplane
-                .publish(&inner.remote, Invalidation::Key(&exact))
-                .await;
-        }
-        Ok(removed)
     }
 
     /// Removes every entry of the namespace, on every instance, in O(1): the namespace moves to
@@ -680,4 +669,41 @@ where
         }
         Ok(outcome)
     }
+}
+
+/// `invalidate_prefix` for the stored key `exact`: L1, the L2 walk, L1 again, the replicas and
+/// the announcement.
+async fn invalidate_prefix_stored<V: Send + Sync + 'static>(
+    inner: Arc<Inner<V>>,
+    exact: String,
+) -> Result<u64> {
+    let inner = &*inner;
+    let below = format!("{exact}:");
+    inner.l1.remove_prefix(&below);
+    inner.l1.invalidate(&exact);
+    let removed = async {
+        let below = inner
+            .remote
+            .delete_prefix(&below, PREFIX_DELETE_DEADLINE)
+            .await?;
+        let exact = u64::from(inner.remote.delete(&exact).await?);
+        Ok::<_, crate::store::StoreError>(below + exact)
+    }
+    .await;
+    // Local reads during the walk may have put old L2 values back into L1 (this instance
+    // ignores its own events): drop them again, so the call is complete locally on return
+    // (also when the walk failed part way).
+    inner.l1.remove_prefix(&below);
+    inner.l1.invalidate(&exact);
+    let removed = removed?;
+    crate::replicas::delete_replicas(inner, &exact).await;
+    if let Some(backplane) = inner.backplane.as_ref() {
+        backplane
+            .publish(&inner.remote, Invalidation::Prefix(&below))
+            .await;
+        backplane
+            .publish(&inner.remote, Invalidation::Key(&exact))
+            .await;
+    }
+    Ok(removed)
 }

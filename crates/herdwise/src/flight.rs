@@ -62,6 +62,11 @@ impl<T: Clone> Flights<T> {
         })
     }
 
+    /// Whether a load of `key` is in flight (a caller joining now would be a waiter).
+    pub fn is_running(&self, key: &str) -> bool {
+        self.map.lock().contains_key(key)
+    }
+
     /// Keys with a load in flight.
     pub fn len(&self) -> usize {
         self.map.lock().len()

@@ -745,7 +745,9 @@ where
             Ok(Some(encoded)) => match mode {
                 FillMode::Leased(held) => {
                     let filled = self.fenced_fill(stored_key, &encoded, &held).await;
-                    held.disarm();
+                    if filled.is_ok() {
+                        held.disarm();
+                    } // else: dropped armed, the lease is released in the background
                     if !matches!(filled, Ok(FillOutcome::LeaseLost)) {
                         self.mirror_in_l1(stored_key, found.value.as_ref(), &encoded, epoch);
                     }

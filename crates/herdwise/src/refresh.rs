@@ -10,6 +10,8 @@ use std::borrow::Borrow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::Either;
+
 use crate::cache::{Cache, Lookup};
 use crate::envelope::Meta;
 use crate::error::{Error, Result};
@@ -68,17 +70,27 @@ where
             // Boxed, as in `get_or_load_with`: keep the hit path's future small.
             return Box::pin(self.fetch_miss(key, stored_key, fallback, options)).await;
         };
-        // Run the read as a task, so it can outlive this call and still fill the cache (only
-        // past an L1 miss: a hit spawns nothing).
-        let (cache, owned, opts) = (self.clone(), key.to_owned(), options.clone());
-        let task_key = stored_key.clone();
-        let mut read = tokio::spawn(async move {
-            cache
-                .fetch_miss(owned.borrow(), task_key, fallback, &opts)
-                .await
-        });
+        let mut read = if self.inner.flights.is_running(&stored_key) {
+            // Another read leads the load and fills the cache: this one only waits for it, and
+            // may stop waiting (nothing of it needs to outlive the call).
+            Box::pin(Either::Left(
+                self.fetch_miss(key, stored_key, fallback, options),
+            ))
+        } else {
+            // Run the read as a task, so it can outlive this call and still fill the cache (only
+            // past an L1 miss, and only for the leading read: a hit spawns nothing).
+            let (cache, owned, opts) = (self.clone(), key.to_owned(), options.clone());
+            let task = tokio::spawn(async move {
+                cache
+                    .fetch_miss(owned.borrow(), stored_key, fallback, &opts)
+                    .await
+            });
+            Box::pin(Either::Right(async move {
+                task.await.unwrap_or(Err(Error::LoaderPanicked))
+            }))
+        };
         match tokio::time::timeout(soft, &mut read).await {
-            Ok(joined) => joined.unwrap_or(Err(Error::LoaderPanicked)),
+            Ok(read) => read,
             Err(_) => {
                 // The read put any stale value it found into L1.
                 let windows = self.windows(options);
@@ -96,7 +108,7 @@ where
                         Ok(Fetched::of(found.value, true))
                     }
                     // Nothing to fall back on: wait for the read (the hard timeout bounds it).
-                    None => read.await.unwrap_or(Err(Error::LoaderPanicked)),
+                    None => read.await,
                 }
             }
         }

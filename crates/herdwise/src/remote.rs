@@ -5,7 +5,7 @@
 //! Warnings are throttled so an outage produces a log line a second, not one per request.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,9 @@ use crate::store::{Announcement, FillOutcome, SetOutcome, Store, StoreError, Tag
 pub(crate) struct Remote {
     store: Arc<dyn Store>,
     /// `None`: every call is attempted.
-    breaker: Option<Breaker>,
+    breaker: Option<Arc<Breaker>>,
+    /// A stand-in call (see [`PermitGuard`]) is running.
+    stand_in: Arc<AtomicBool>,
     deadline: Duration,
     metrics: CacheMetrics,
     namespace: String,
@@ -40,8 +42,9 @@ impl Remote {
         Remote {
             breaker: breaker.map(|config| {
                 let config = config.with_deadline(deadline);
-                Breaker::new(config, namespace, metrics.clone(), recovery)
+                Arc::new(Breaker::new(config, namespace, metrics.clone(), recovery))
             }),
+            stand_in: Arc::new(AtomicBool::new(false)),
             store,
             deadline,
             metrics,
@@ -198,7 +201,7 @@ impl Remote {
     pub fn breaker_state(&self) -> BreakerState {
         self.breaker
             .as_ref()
-            .map_or(BreakerState::Closed, Breaker::state)
+            .map_or(BreakerState::Closed, |b| b.state())
     }
 
     /// Prefix deletion walks the keyspace in batches: it gets a deadline of its own (and is not
@@ -246,6 +249,7 @@ impl Remote {
                     return Err(StoreError::CircuitOpen);
                 }
                 permit => Some(PermitGuard {
+                    remote: self,
                     breaker,
                     permit: Some(permit),
                     started: Instant::now(),
@@ -292,10 +296,21 @@ impl Remote {
     }
 }
 
-/// A breaker permit for one call in flight: recorded when the call ends, handed back when the
-/// call is dropped before it ends.
+/// The key a stand-in call reads (absent: a cheap miss on any store).
+const STAND_IN_KEY: &str = "herdwise:probe";
+
+/// A breaker permit for one call in flight: recorded when the call ends.
+///
+/// A call dropped before it ends (a request timeout shorter than the store deadline, a
+/// cancelled task) has no outcome of its own. If it was slow already it counts as slow; else its
+/// permit goes to a *stand-in*: one background read of an absent key, under the store deadline,
+/// recorded in its place (at most one runs at a time, so this costs nothing per request). Without
+/// it a frozen store would never trip the breaker for callers whose timeouts are shorter than
+/// the deadline, and a cancelled half-open probe would only hand its turn to the next caller,
+/// who may be cancelled too. Without a runtime to run it on, the permit is handed back.
 struct PermitGuard<'a> {
-    breaker: &'a Breaker,
+    remote: &'a Remote,
+    breaker: &'a Arc<Breaker>,
     permit: Option<Permit>,
     started: Instant,
 }
@@ -310,8 +325,38 @@ impl PermitGuard<'_> {
 
 impl Drop for PermitGuard<'_> {
     fn drop(&mut self) {
-        if let Some(permit) = self.permit.take() {
-            self.breaker.abandon(permit, self.started.elapsed());
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        let took = self.started.elapsed();
+        if self.breaker.is_slow(took) {
+            return self.breaker.abandon(permit, took);
         }
+        let remote = self.remote;
+        let runtime = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if !remote.stand_in.swap(true, Ordering::AcqRel) => runtime,
+            _ => return self.breaker.abandon(permit, took),
+        };
+        let (breaker, store, running) = (
+            self.breaker.clone(),
+            remote.store.clone(),
+            remote.stand_in.clone(),
+        );
+        let deadline = remote.deadline;
+        runtime.spawn(async move {
+            // Cleared however the task ends (also if its runtime shuts down).
+            let _running = ClearOnDrop(running);
+            let started = Instant::now();
+            let read = tokio::time::timeout(deadline, store.get(STAND_IN_KEY)).await;
+            breaker.record(permit, !matches!(read, Ok(Ok(_))), started.elapsed());
+        });
+    }
+}
+
+struct ClearOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }

@@ -3,19 +3,26 @@
 //!
 //! Contract:
 //! - The queue holds each invalidation once (a key or tag queued again while it waits is not
-//!   queued twice) and at most [`QUEUE_CAPACITY`] of them; past that, an invalidation is
-//!   dead-lettered (counted and logged), never queued without bound.
+//!   queued twice, but its age starts over) and at most [`QUEUE_CAPACITY`] of them; past that, an
+//!   invalidation is dead-lettered (counted and logged), never queued without bound.
+//! - Until a key's queued delete has gone through (or been given up), [`RetryQueue::is_unapplied`]
+//!   says so: the read path does not take that key's L2 value, which is the one the invalidation
+//!   is there to remove. A retry that started before the key was queued again does not clear it.
 //! - One worker per cache drains it in batches of up to [`BATCH`], [`CONCURRENCY`] calls in
 //!   flight at once (the multiplexed connection pipelines them), as soon as a call can succeed:
 //!   the first item of a batch goes alone, as the breaker's probe if the breaker is open; when it
-//!   succeeds the rest of the batch follows at once. A failed batch waits with exponential
-//!   backoff (100 ms to 2 s), or until the remote tier is reported recovered.
+//!   succeeds the rest of the batch follows at once. A failed first item goes to the back of the
+//!   queue (one invalidation that keeps failing does not hold up the others) and the worker
+//!   waits with exponential backoff (100 ms to 2 s), or until the remote tier is reported
+//!   recovered.
 //! - Failures do not use up an invalidation: it is given up (dead-lettered) only once it is older
 //!   than `max_age`, the longest life of any entry it could still invalidate — past that there
 //!   is nothing left for it to remove.
+//! - The worker is started by the first push inside a Tokio runtime and ends with its cache (or
+//!   its runtime: the next push starts a new one).
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -51,20 +58,29 @@ impl Retry {
     }
 }
 
+/// An invalidation taken from the queue.
 struct Queued {
     what: Retry,
     since: Instant,
+    /// For a key: its unapplied sequence number when taken.
+    seq: u64,
 }
 
 #[derive(Default)]
 struct State {
-    order: VecDeque<Queued>,
-    queued: HashSet<Retry>,
+    order: VecDeque<Retry>,
+    /// Queued invalidations and since when (the latest push).
+    queued: HashMap<Retry, Instant>,
+    /// Keys whose delete has not gone through, with the sequence number of their last push.
+    unapplied: HashMap<Box<str>, u64>,
+    seq: u64,
 }
 
 /// The queue of one cache.
 pub(crate) struct RetryQueue {
     state: Mutex<State>,
+    /// `unapplied.len()`, read without the lock on the read path.
+    unapplied: AtomicUsize,
     wake: Notify,
     worker: AtomicBool,
     max_age: Duration,
@@ -75,6 +91,7 @@ impl RetryQueue {
     pub fn new(max_age: Duration) -> Self {
         RetryQueue {
             state: Mutex::new(State::default()),
+            unapplied: AtomicUsize::new(0),
             wake: Notify::new(),
             worker: AtomicBool::new(false),
             max_age,
@@ -86,31 +103,48 @@ impl RetryQueue {
         self.state.lock().order.len()
     }
 
+    /// Whether a delete of `stored_key` by this instance is still to go through.
+    pub fn is_unapplied(&self, stored_key: &str) -> bool {
+        self.unapplied.load(Ordering::Acquire) > 0
+            && self.state.lock().unapplied.contains_key(stored_key)
+    }
+
     /// Queues an invalidation for retries; dead-letters it if the queue is full.
     pub fn push<V: Send + Sync + 'static>(&self, inner: &Arc<Inner<V>>, what: Retry) {
         self.ensure_worker(inner);
         inner.metrics.invalidation_retries_queued.increment(1);
-        {
-            let mut state = self.state.lock();
-            if state.queued.contains(&what) {
-                return;
-            }
-            if state.order.len() < QUEUE_CAPACITY {
-                state.queued.insert(what.clone());
-                state.order.push_back(Queued {
-                    what,
-                    since: Instant::now(),
-                });
-                drop(state);
-                self.wake.notify_one();
-                return;
-            }
+        if self.enqueue(&what) {
+            self.wake.notify_one();
+            return;
         }
         inner.metrics.invalidations_dead_lettered.increment(1);
         tracing::error!(
             invalidation = what.name(),
             "invalidation retry queue full: dropped (the entries' TTL bounds the staleness)"
         );
+    }
+
+    /// Queues `what` (or starts its age over if it is queued already); `false` if the queue is
+    /// full.
+    fn enqueue(&self, what: &Retry) -> bool {
+        let mut state = self.state.lock();
+        let now = Instant::now();
+        if let Some(since) = state.queued.get_mut(what) {
+            *since = now;
+        } else if state.order.len() < QUEUE_CAPACITY {
+            state.queued.insert(what.clone(), now);
+            state.order.push_back(what.clone());
+        } else {
+            return false;
+        }
+        if let Retry::Key(key) = what {
+            state.seq += 1;
+            let seq = state.seq;
+            state.unapplied.insert(key.clone(), seq);
+            self.unapplied
+                .store(state.unapplied.len(), Ordering::Release);
+        }
+        true
     }
 
     fn ensure_worker<V: Send + Sync + 'static>(&self, inner: &Arc<Inner<V>>) {
@@ -127,18 +161,23 @@ impl RetryQueue {
 
     /// Up to `n` queued invalidations, oldest first; those older than `max_age` are returned
     /// apart (to be dead-lettered).
-    fn take(&self, n: usize) -> (Vec<Queued>, Vec<Retry>) {
+    fn take(&self, n: usize) -> (Vec<Queued>, Vec<Queued>) {
         let mut state = self.state.lock();
         let (mut batch, mut expired) = (Vec::new(), Vec::new());
         while batch.len() < n {
-            let Some(item) = state.order.pop_front() else {
+            let Some(what) = state.order.pop_front() else {
                 break;
             };
             // In flight from here: the same invalidation failing again meanwhile is queued
             // anew (it needs a delete after its own time).
-            state.queued.remove(&item.what);
+            let since = state.queued.remove(&what).unwrap_or_else(Instant::now);
+            let seq = match &what {
+                Retry::Key(key) => state.unapplied.get(key).copied().unwrap_or(0),
+                Retry::Tag(_) => 0,
+            };
+            let item = Queued { what, since, seq };
             if item.since.elapsed() > self.max_age {
-                expired.push(item.what);
+                expired.push(item);
             } else {
                 batch.push(item);
             }
@@ -150,15 +189,80 @@ impl RetryQueue {
     fn put_back(&self, items: Vec<Queued>) {
         let mut state = self.state.lock();
         for item in items.into_iter().rev() {
-            if state.queued.insert(item.what.clone()) {
-                state.order.push_front(item);
+            if !state.queued.contains_key(&item.what) {
+                state.queued.insert(item.what.clone(), item.since);
+                state.order.push_front(item.what);
             }
+        }
+    }
+
+    /// Puts a failed item back at the end (unless queued again meanwhile).
+    fn put_last(&self, item: Queued) {
+        let mut state = self.state.lock();
+        if !state.queued.contains_key(&item.what) {
+            state.queued.insert(item.what.clone(), item.since);
+            state.order.push_back(item.what);
+        }
+    }
+
+    /// `item` went through or was given up: its key is applied unless queued again since.
+    fn settle(&self, item: &Queued) {
+        let Retry::Key(key) = &item.what else {
+            return;
+        };
+        let mut state = self.state.lock();
+        if state.unapplied.get(key) == Some(&item.seq) {
+            state.unapplied.remove(key);
+            self.unapplied
+                .store(state.unapplied.len(), Ordering::Release);
+        }
+    }
+}
+
+/// Queues its invalidation for retries when dropped armed: the caller was cancelled (or failed)
+/// before the store confirmed it.
+pub(crate) struct RetryOnDrop<'a, V: Send + Sync + 'static> {
+    inner: &'a Arc<Inner<V>>,
+    what: Option<Retry>,
+}
+
+impl<'a, V: Send + Sync + 'static> RetryOnDrop<'a, V> {
+    pub fn new(inner: &'a Arc<Inner<V>>, what: Retry) -> Self {
+        RetryOnDrop {
+            inner,
+            what: Some(what),
+        }
+    }
+
+    /// The store confirmed it: nothing to retry.
+    pub fn disarm(mut self) {
+        self.what = None;
+    }
+}
+
+impl<V: Send + Sync + 'static> Drop for RetryOnDrop<'_, V> {
+    fn drop(&mut self) {
+        if let Some(what) = self.what.take() {
+            self.inner.retries.push(self.inner, what);
+        }
+    }
+}
+
+/// Clears the worker flag when the worker ends (its cache is gone, or its runtime shut down), so
+/// that the next push starts one again.
+struct WorkerRunning<V: Send + Sync + 'static>(Weak<Inner<V>>);
+
+impl<V: Send + Sync + 'static> Drop for WorkerRunning<V> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.retries.worker.store(false, Ordering::Release);
         }
     }
 }
 
 /// Drains the queue until the cache is gone.
 async fn work<V: Send + Sync + 'static>(weak: Weak<Inner<V>>) {
+    let _running = WorkerRunning(weak.clone());
     let mut recoveries = match weak.upgrade() {
         Some(inner) => inner.recovery.subscribe(),
         None => return,
@@ -176,8 +280,8 @@ async fn work<V: Send + Sync + 'static>(weak: Weak<Inner<V>>) {
             continue;
         }
         let (batch, expired) = queue.take(BATCH);
-        for what in expired {
-            dead_letter(&inner, &what);
+        for item in expired {
+            dead_letter(&inner, &item);
         }
         if batch.is_empty() {
             continue;
@@ -188,9 +292,8 @@ async fn work<V: Send + Sync + 'static>(weak: Weak<Inner<V>>) {
         };
         // The first alone: if the remote tier is still down, the rest is not tried.
         if !attempt(&inner, &first.what).await {
-            let mut back = vec![first];
-            back.extend(items);
-            queue.put_back(back);
+            queue.put_back(items.collect());
+            queue.put_last(first);
             drop(inner);
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
@@ -199,7 +302,7 @@ async fn work<V: Send + Sync + 'static>(weak: Weak<Inner<V>>) {
             backoff = (backoff * 2).min(MAX_BACKOFF);
             continue;
         }
-        succeeded(&inner, &first.what);
+        succeeded(&inner, &first);
         backoff = FIRST_BACKOFF;
         let inner_ref = &*inner;
         let failed: Vec<Queued> = futures::stream::iter(items)
@@ -210,7 +313,7 @@ async fn work<V: Send + Sync + 'static>(weak: Weak<Inner<V>>) {
             .buffered(CONCURRENCY)
             .filter_map(|(item, ok)| async move {
                 if ok {
-                    succeeded(inner_ref, &item.what);
+                    succeeded(inner_ref, &item);
                     None
                 } else {
                     Some(item)
@@ -224,19 +327,18 @@ async fn work<V: Send + Sync + 'static>(weak: Weak<Inner<V>>) {
     }
 }
 
-fn succeeded<V>(inner: &Inner<V>, _what: &Retry) {
+fn succeeded<V>(inner: &Inner<V>, item: &Queued) {
+    inner.retries.settle(item);
     inner.metrics.invalidation_retries_succeeded.increment(1);
 }
 
-fn dead_letter<V>(inner: &Inner<V>, what: &Retry) {
+fn dead_letter<V>(inner: &Inner<V>, item: &Queued) {
+    inner.retries.settle(item);
     inner.metrics.invalidations_dead_lettered.increment(1);
-    if let Retry::Tag(tag) = what {
-        // Every entry the tag could still invalidate has expired: this instance may serve the
-        // tag's (newer) entries again.
-        inner.tags.drop_pending(tag);
-    }
+    // (A tag's pending local invalidation ends by its own life, which a newer invalidation of
+    // the tag extends: it is not cleared here.)
     tracing::error!(
-        invalidation = what.name(),
+        invalidation = item.what.name(),
         "invalidation still failing after the longest entry life: given up (its entries expired)"
     );
 }
@@ -268,16 +370,11 @@ mod tests {
     #[test]
     fn a_queued_invalidation_is_held_once_and_old_ones_come_out_expired() {
         let queue = RetryQueue::new(Duration::from_millis(30));
-        {
-            let mut state = queue.state.lock();
-            for what in [Retry::Key("a".into()), Retry::Tag("t".into())] {
-                state.queued.insert(what.clone());
-                state.order.push_back(Queued {
-                    what,
-                    since: Instant::now(),
-                });
-            }
+        for what in [Retry::Key("a".into()), Retry::Tag("t".into())] {
+            assert!(queue.enqueue(&what));
+            assert!(queue.enqueue(&what));
         }
+        assert_eq!(queue.len(), 2);
         let (batch, expired) = queue.take(1);
         assert_eq!((batch.len(), expired.len()), (1, 0));
         queue.put_back(batch);
@@ -287,5 +384,54 @@ mod tests {
         assert!(batch.is_empty());
         assert_eq!(expired.len(), 2);
         assert!(queue.state.lock().queued.is_empty());
+    }
+
+    #[test]
+    fn queuing_again_starts_the_age_over() {
+        let queue = RetryQueue::new(Duration::from_millis(60));
+        let key = Retry::Key("a".into());
+        assert!(queue.enqueue(&key));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(queue.enqueue(&key));
+        std::thread::sleep(Duration::from_millis(40));
+        let (batch, expired) = queue.take(10);
+        assert_eq!((batch.len(), expired.len()), (1, 0));
+    }
+
+    #[test]
+    fn a_key_stays_unapplied_until_its_latest_delete_went_through() {
+        let queue = RetryQueue::new(Duration::from_secs(60));
+        assert!(!queue.is_unapplied("a"));
+        assert!(queue.enqueue(&Retry::Key("a".into())));
+        assert!(queue.is_unapplied("a"));
+        let (mut batch, _) = queue.take(10);
+        let older = batch.remove(0);
+        // Invalidated (and failed) again while the older retry is in flight.
+        assert!(queue.enqueue(&Retry::Key("a".into())));
+        queue.settle(&older);
+        assert!(
+            queue.is_unapplied("a"),
+            "the older delete does not cover the newer invalidation"
+        );
+        let (mut batch, _) = queue.take(10);
+        queue.settle(&batch.remove(0));
+        assert!(!queue.is_unapplied("a"));
+        assert_eq!(queue.unapplied.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn a_failing_first_item_goes_to_the_back() {
+        let queue = RetryQueue::new(Duration::from_secs(60));
+        for k in ["a", "b", "c"] {
+            assert!(queue.enqueue(&Retry::Key(k.into())));
+        }
+        let (batch, _) = queue.take(10);
+        let mut items = batch.into_iter();
+        let first = items.next().unwrap();
+        queue.put_back(items.collect());
+        queue.put_last(first);
+        let (batch, _) = queue.take(10);
+        let order: Vec<&str> = batch.iter().map(|q| q.what.name()).collect();
+        assert_eq!(order, ["b", "c", "a"]);
     }
 }

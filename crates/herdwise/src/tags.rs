@@ -30,7 +30,7 @@ use crate::envelope::{TagStamp, MAX_STORED_TAGS, MAX_TAG_BYTES};
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
 use crate::local::L1Entry;
-use crate::retry::Retry;
+use crate::retry::{Retry, RetryOnDrop};
 use crate::store::{Announcement, StoreError, TagTable};
 
 /// Derives an entry's tags from its value (`CacheBuilder::tags_from`).
@@ -43,6 +43,8 @@ pub const DEFAULT_MAX_TAGS_PER_ENTRY: usize = 16;
 const MAX_MARKS: usize = 100_000;
 /// Most tags with a local invalidation the store has not confirmed yet.
 const MAX_PENDING: usize = 10_000;
+/// How often pending invalidations past their life are pruned (on the next invalidation).
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 /// Checks a tag: 1..=128 bytes, no control characters.
 pub(crate) fn validate_tag(tag: &str) -> Result<()> {
@@ -115,7 +117,19 @@ struct State {
     /// Tags this instance invalidated without the store's confirmation yet, and until when that
     /// holds: the longest life of an entry the invalidation could reach (past it, every such
     /// entry has expired). Kept across resets (the store does not know them).
-    pending: HashMap<Box<str>, Instant>,
+    pending: HashMap<Box<str>, Pending>,
+    /// The sequence number of the last pending invalidation.
+    pending_seq: u64,
+    /// When expired pending invalidations are next pruned.
+    next_prune: Option<Instant>,
+}
+
+/// An unconfirmed local invalidation of a tag.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// Only a store write sent after this invalidation was made confirms it.
+    seq: u64,
+    until: Instant,
 }
 
 /// One instance's knowledge of tag invalidations.
@@ -165,7 +179,7 @@ impl TagLedger {
         let state = self.state.read();
         if !state.pending.is_empty() {
             let now = Instant::now();
-            let pending = |tag: &str| state.pending.get(tag).is_some_and(|&until| until > now);
+            let pending = |tag: &str| state.pending.get(tag).is_some_and(|p| p.until > now);
             if stamp.tags.iter().any(|t| pending(t)) {
                 return Verdict::Pending;
             }
@@ -213,11 +227,19 @@ impl TagLedger {
         Self::record(&mut state, tag, mark);
     }
 
-    /// This instance's own invalidation of `tag` was written to the store at clock value `mark`:
-    /// the pending local invalidation (if any) gives way to the real mark.
-    pub fn confirmed(&self, tag: &str, mark: u64) {
+    /// The sequence number to pass to [`Self::confirmed`], taken before the store write is sent.
+    pub fn pending_seq(&self) -> u64 {
+        self.state.read().pending_seq
+    }
+
+    /// This instance's own invalidation of `tag` was written to the store at clock value `mark`,
+    /// by a write sent when [`Self::pending_seq`] was `seq`: the pending local invalidations made
+    /// before it give way to the real mark (a newer one waits for its own write).
+    pub fn confirmed(&self, tag: &str, mark: u64, seq: u64) {
         let mut state = self.state.write();
-        state.pending.remove(tag);
+        if state.pending.get(tag).is_some_and(|p| p.seq <= seq) {
+            state.pending.remove(tag);
+        }
         state.clock = state.clock.max(mark);
         state.event_clock = state.event_clock.max(mark);
         Self::record(&mut state, tag, mark);
@@ -229,20 +251,30 @@ impl TagLedger {
     pub fn invalidate_pending(&self, tag: &str) -> bool {
         let mut state = self.state.write();
         let now = Instant::now();
+        if state.next_prune.is_none_or(|at| now >= at) {
+            // Those past their life hold nothing any more.
+            state.pending.retain(|_, p| p.until > now);
+            state.next_prune = Some(now + PRUNE_EVERY);
+        }
         if state.pending.len() >= MAX_PENDING && !state.pending.contains_key(tag) {
-            state.pending.retain(|_, until| *until > now);
+            state.pending.retain(|_, p| p.until > now);
             if state.pending.len() >= MAX_PENDING {
                 return false;
             }
         }
-        state.pending.insert(tag.into(), now + self.pending_life);
+        state.pending_seq += 1;
+        let pending = Pending {
+            seq: state.pending_seq,
+            until: now + self.pending_life,
+        };
+        state.pending.insert(tag.into(), pending);
         true
     }
 
-    /// Gives up the pending local invalidation of `tag` (its retries were given up once every
-    /// entry it could reach had expired).
-    pub fn drop_pending(&self, tag: &str) {
-        self.state.write().pending.remove(tag);
+    /// Pending local invalidations held now (expired ones may be counted until pruned).
+    #[cfg(test)]
+    fn pending_len(&self) -> usize {
+        self.state.read().pending.len()
     }
 
     /// The clock as read from the store (startup, periodic checks): stamps move forward.
@@ -302,11 +334,12 @@ pub(crate) async fn bump<V: Send + Sync + 'static>(
             prefix,
             suffix: &suffix,
         });
+    let seq = inner.tags.pending_seq();
     let clock = inner
         .remote
         .bump_tag(&inner.tag_table_key, tag, inner.tag_mark_ttl, announce)
         .await?;
-    inner.tags.confirmed(tag, clock);
+    inner.tags.confirmed(tag, clock, seq);
     Ok(clock)
 }
 
@@ -355,8 +388,10 @@ where
                 "too many tag invalidations wait for the store: not held locally"
             );
         }
-        if bump(inner, tag).await.is_err() {
-            inner.retries.push(inner, Retry::Tag(tag.into()));
+        // Armed across the store write: a caller dropped meanwhile leaves it to the retries.
+        let retry = RetryOnDrop::new(inner, Retry::Tag(tag.into()));
+        if bump(inner, tag).await.is_ok() {
+            retry.disarm();
         }
         Ok(())
     }
@@ -560,7 +595,7 @@ mod tests {
             Verdict::Pending,
             "another instance's mark does not confirm ours"
         );
-        ledger.confirmed("t", 21);
+        ledger.confirmed("t", 21, ledger.pending_seq());
         assert_eq!(ledger.verdict(&stamp(21, &["t"])), Verdict::Valid);
         assert_eq!(ledger.verdict(&stamp(20, &["t"])), Verdict::Invalid);
     }
@@ -570,23 +605,44 @@ mod tests {
         // The listener read the store's clock (10), then this instance invalidated `t` (11),
         // then the listener completes the ledger from its read.
         let ledger = TagLedger::default();
-        ledger.confirmed("t", 11);
+        ledger.confirmed("t", 11, 0);
         ledger.complete(10);
         assert_eq!(ledger.verdict(&stamp(10, &["t"])), Verdict::Invalid);
         assert_eq!(ledger.verdict(&stamp(11, &["t"])), Verdict::Valid);
     }
 
     #[test]
-    fn a_pending_invalidation_ends_when_given_up_or_past_its_life() {
+    fn a_pending_invalidation_ends_past_its_life_and_is_pruned() {
         let ledger = TagLedger::new(Duration::from_millis(30));
         ledger.complete(10);
         assert!(ledger.invalidate_pending("t"));
         assert!(ledger.invalidate_pending("u"));
         assert_eq!(ledger.verdict(&stamp(10, &["t"])), Verdict::Pending);
-        ledger.drop_pending("t");
-        assert_eq!(ledger.verdict(&stamp(10, &["t"])), Verdict::Valid);
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(ledger.verdict(&stamp(10, &["u"])), Verdict::Valid);
+        std::thread::sleep(PRUNE_EVERY);
+        assert!(ledger.invalidate_pending("v"));
+        assert_eq!(ledger.pending_len(), 1, "t and u are past their life");
+    }
+
+    #[test]
+    fn a_store_write_sent_before_a_newer_invalidation_does_not_confirm_it() {
+        let ledger = TagLedger::default();
+        ledger.complete(10);
+        assert!(ledger.invalidate_pending("t"));
+        // An older invalidation's retry is sent now...
+        let seq = ledger.pending_seq();
+        // ...the tag is invalidated again meanwhile (its own write fails)...
+        assert!(ledger.invalidate_pending("t"));
+        // ...and the older write's answer arrives.
+        ledger.confirmed("t", 11, seq);
+        assert_eq!(
+            ledger.verdict(&stamp(11, &["t"])),
+            Verdict::Pending,
+            "the newer invalidation is not confirmed by a write sent before it"
+        );
+        ledger.confirmed("t", 12, ledger.pending_seq());
+        assert_eq!(ledger.verdict(&stamp(12, &["t"])), Verdict::Valid);
     }
 
     #[test]

@@ -166,6 +166,11 @@ where
             Ok(None) => return L2Read::Miss,
             Err(_) => return L2Read::Unavailable,
         };
+        if inner.retries.is_unapplied(stored_key) {
+            // This instance invalidated the key and the delete has not gone through yet: what L2
+            // holds is what it invalidated.
+            return L2Read::Miss;
+        }
         let now = now_ms();
         match self.decode_entry(&bytes) {
             Ok((meta, tags, value, payload_len)) => {

@@ -256,6 +256,7 @@ async fn d5_a_dead_lettered_tag_invalidation_does_not_break_the_tag_for_good() {
         Cache::<u64, String>::builder("d5")
             .store(store)
             .ttl(Duration::from_millis(500))
+            .negative_ttl(Some(Duration::from_millis(500)))
             .no_ttl_jitter()
             .stale_if_error(Duration::ZERO)
             .circuit_breaker(BreakerConfig::default().open_for(Duration::from_millis(200)))
@@ -713,5 +714,138 @@ async fn d12_an_evicted_sentinel_is_not_taken_for_lost_data() {
         a.get(&1).await.unwrap(),
         None,
         "L1 answered for a key invalidated while A was cut off"
+    );
+}
+
+// Review finding: an invalidation whose caller is dropped on the way (a request timeout) must
+// still be applied — key, tag and prefix alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r1_an_invalidation_dropped_by_its_caller_is_still_applied() {
+    let server = common::redis();
+    let slow = common::SlowDeletes {
+        inner: common::store(&server).await,
+        delete_delay: Duration::from_millis(300),
+    };
+    let cache: Cache<(u64, u64), String> = Cache::builder("r1")
+        .store(slow)
+        .store_timeout(Duration::from_secs(2))
+        .no_circuit_breaker()
+        .build()
+        .unwrap();
+    let other: Cache<(u64, u64), String> = Cache::builder("r1")
+        .store(common::store(&server).await)
+        .l1_max_bytes(0)
+        .no_hot_key_shield()
+        .build()
+        .unwrap();
+    let tagged = WriteOptions::default().tags(["t"]);
+    cache.set(&(1, 1), "key".to_string()).await.unwrap();
+    cache
+        .set_with(&(2, 1), "tagged".to_string(), &tagged)
+        .await
+        .unwrap();
+    cache.set(&(3, 1), "prefixed".to_string()).await.unwrap();
+    let give_up = Duration::from_millis(50);
+    assert!(tokio::time::timeout(give_up, cache.invalidate(&(1, 1)))
+        .await
+        .is_err());
+    assert!(tokio::time::timeout(give_up, cache.invalidate_tag("t"))
+        .await
+        .is_err());
+    assert!(
+        tokio::time::timeout(give_up, cache.invalidate_prefix(&3u64))
+            .await
+            .is_err()
+    );
+    let applied = common::eventually(Duration::from_secs(5), async || {
+        let mut gone = true;
+        for key in [(1, 1), (2, 1), (3, 1)] {
+            gone &= other.get(&key).await.unwrap().is_none();
+        }
+        gone
+    })
+    .await;
+    assert!(
+        applied,
+        "another instance still reads what the dropped invalidations removed: {:?} {:?} {:?}",
+        other.get(&(1, 1)).await.unwrap(),
+        other.get(&(2, 1)).await.unwrap(),
+        other.get(&(3, 1)).await.unwrap()
+    );
+    for key in [(1, 1), (2, 1), (3, 1)] {
+        assert_eq!(
+            cache.get(&key).await.unwrap(),
+            None,
+            "{key:?} on this instance"
+        );
+    }
+}
+
+// Review finding: while this instance's delete of a key keeps failing (reads still work), it
+// must not read the old value back from L2 into its own L1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r2_a_failed_delete_does_not_bring_the_old_value_back_here() {
+    let server = common::redis();
+    let slow = common::SlowDeletes {
+        inner: common::store(&server).await,
+        delete_delay: Duration::from_secs(30),
+    };
+    let cache: Cache<u64, String> = Cache::builder("r2")
+        .store(slow)
+        .store_timeout(Duration::from_millis(100))
+        .no_circuit_breaker()
+        .build()
+        .unwrap();
+    cache.set(&7, "old".to_string()).await.unwrap();
+    cache.invalidate(&7).await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(
+            cache.get(&7).await.unwrap(),
+            None,
+            "the instance that invalidated the key served its old value from L2"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls = Calls::default();
+    let loaded = cache
+        .get_or_load(&7, |_| {
+            calls.hit();
+            async { Ok::<_, OriginError>(Some("new".to_string())) }
+        })
+        .await
+        .unwrap();
+    assert_eq!(loaded.as_deref().map(String::as_str), Some("new"));
+    assert_eq!(calls.get(), 1);
+}
+
+// Review finding: callers whose timeouts are shorter than the store deadline must still trip
+// the breaker on a frozen Redis (their calls have no outcome of their own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r8_callers_with_short_timeouts_still_trip_the_breaker() {
+    let server = common::redis();
+    let cache: Cache<u64, String> = Cache::builder("r8")
+        .store(common::store(&server).await)
+        .store_timeout(Duration::from_millis(100))
+        .l1_max_bytes(0)
+        .no_hot_key_shield()
+        .circuit_breaker(
+            BreakerConfig::default()
+                .consecutive_failures(3)
+                .open_for(Duration::from_secs(60)),
+        )
+        .build()
+        .unwrap();
+    cache.set(&1, "one".to_string()).await.unwrap();
+    server.pause().unwrap();
+    let t = Instant::now();
+    while cache.breaker_state() != BreakerState::Open && t.elapsed() < Duration::from_secs(3) {
+        let _ = tokio::time::timeout(Duration::from_millis(5), cache.get(&1)).await;
+    }
+    let state = cache.breaker_state();
+    server.resume().unwrap();
+    assert_eq!(
+        state,
+        BreakerState::Open,
+        "a frozen Redis, and every caller gives up after 5 ms"
     );
 }

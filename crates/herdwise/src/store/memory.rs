@@ -75,11 +75,32 @@ impl TagTableState {
 /// Load leases of one stripe: key → (token, expiry).
 type Claims = HashMap<Box<str>, (u64, Instant)>;
 
-/// The leases and fences (see [`Store::open_fence`]) of one stripe's keys.
+/// Claims a stripe holds before the expired ones are pruned (then twice what is left).
+const PRUNE_FLOOR: usize = 64;
+
+/// The leases and fences (see [`Store::open_fence`]) of one stripe's keys. Expired claims are
+/// pruned when a map has doubled since its last prune, so abandoned claims (a load whose fill
+/// never came) cost amortised O(1) and never accumulate.
 #[derive(Default)]
 struct Leases {
     leases: Claims,
     fences: Claims,
+    prune_leases_at: usize,
+    prune_fences_at: usize,
+}
+
+fn insert_claim(
+    claims: &mut Claims,
+    prune_at: &mut usize,
+    key: Box<str>,
+    claim: (u64, Instant),
+    now: Instant,
+) {
+    if claims.len() >= (*prune_at).max(PRUNE_FLOOR) {
+        claims.retain(|_, (_, expiry)| *expiry > now);
+        *prune_at = claims.len() * 2;
+    }
+    claims.insert(key, claim);
 }
 
 impl Leases {
@@ -87,8 +108,18 @@ impl Leases {
         self.leases.get(key)
     }
 
-    fn insert(&mut self, key: Box<str>, claim: (u64, Instant)) {
-        self.leases.insert(key, claim);
+    fn insert(&mut self, key: Box<str>, claim: (u64, Instant), now: Instant) {
+        insert_claim(&mut self.leases, &mut self.prune_leases_at, key, claim, now);
+    }
+
+    fn insert_fence(&mut self, key: Box<str>, claim: (u64, Instant), now: Instant) {
+        insert_claim(&mut self.fences, &mut self.prune_fences_at, key, claim, now);
+    }
+
+    /// Claims held (leases, fences), expired ones included until pruned.
+    #[cfg(test)]
+    fn held(&self) -> (usize, usize) {
+        (self.leases.len(), self.fences.len())
     }
 
     /// Takes down the key's lease and fence (a write or a delete).
@@ -295,7 +326,7 @@ impl Store for MemoryStore {
         if leases.get(key).is_some_and(|(_, expiry)| *expiry > now) {
             return Ok(false);
         }
-        leases.insert(key.into(), (token, now + ttl));
+        leases.insert(key.into(), (token, now + ttl), now);
         Ok(true)
     }
 
@@ -347,7 +378,7 @@ impl Store for MemoryStore {
         match claims.fences.get(key) {
             Some(&(fence, expiry)) if expiry > now => Ok(fence),
             _ => {
-                claims.fences.insert(key.into(), (token, now + ttl));
+                claims.insert_fence(key.into(), (token, now + ttl), now);
                 Ok(token)
             }
         }
@@ -476,5 +507,48 @@ impl Store for MemoryStore {
             .entry(channel.to_string())
             .or_insert_with(|| broadcast::channel(4096).0);
         Some(sender.subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims_held(store: &MemoryStore) -> (usize, usize) {
+        store.inner.stripes.iter().fold((0, 0), |(l, f), stripe| {
+            let (leases, fences) = stripe.lock().held();
+            (l + leases, f + fences)
+        })
+    }
+
+    #[tokio::test]
+    async fn abandoned_leases_and_fences_are_pruned_once_expired() {
+        let store = MemoryStore::new();
+        let ttl = Duration::from_millis(20);
+        let n = STRIPES * PRUNE_FLOOR * 4;
+        for i in 0..n {
+            let key = format!("old:{i}");
+            assert!(store.try_lease(&key, 1, ttl).await.unwrap());
+            store.open_fence(&key, 1, ttl).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Twice as many fresh claims on other keys: the expired ones make way.
+        for i in 0..2 * n {
+            let key = format!("new:{i}");
+            assert!(store
+                .try_lease(&key, 1, Duration::from_secs(60))
+                .await
+                .unwrap());
+            store
+                .open_fence(&key, 1, Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+        let (leases, fences) = claims_held(&store);
+        assert!(
+            leases < 2 * n + n / 4 && fences < 2 * n + n / 4,
+            "{leases} leases and {fences} fences held for {} live ones",
+            2 * n
+        );
     }
 }

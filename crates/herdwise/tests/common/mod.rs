@@ -162,8 +162,8 @@ pub async fn kill_pubsub_clients(conn: &mut redis::aio::MultiplexedConnection) {
         .unwrap();
 }
 
-/// A store that delegates to `inner` but takes `delete_delay` longer to delete: a delete in slow
-/// motion (a slow network path, a pooled or cluster connection) while reads are answered at once.
+/// A store that delegates to `inner` but takes `delete_delay` longer to invalidate (delete,
+/// delete a prefix, bump a tag): an invalidation in slow motion (a slow network path, a pooled or cluster connection) while reads are answered at once.
 #[derive(Debug, Clone)]
 pub struct SlowDeletes<S> {
     pub inner: S,
@@ -281,6 +281,7 @@ impl<S: herdwise::Store + Clone> herdwise::Store for SlowDeletes<S> {
         mark_ttl: Duration,
         announce: Option<herdwise::Announcement<'_>>,
     ) -> Result<u64, herdwise::StoreError> {
+        tokio::time::sleep(self.delete_delay).await;
         self.inner.bump_tag(table, tag, mark_ttl, announce).await
     }
     async fn server_id(&self) -> Result<Option<String>, herdwise::StoreError> {
