@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::key::KeyError;
+use crate::tiers::key::KeyError;
 
 /// Everything a [`Cache`](crate::Cache) operation can fail with.
 ///

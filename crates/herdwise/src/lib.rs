@@ -52,55 +52,39 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
-mod backplane;
-mod breaker;
-mod builder;
 mod cache;
-pub mod codec;
-pub mod envelope;
+mod coherence;
 mod error;
-mod flight;
-mod freshness;
-mod hotkeys;
-pub mod key;
-mod lease;
 pub mod loader;
-mod local;
 pub mod metrics;
-mod origin_limit;
-mod read_through;
-mod recovery;
-mod refresh;
-mod remote;
-mod replicas;
-mod retry;
+mod ops;
+mod protect;
 pub mod store;
-mod tags;
 mod tiers;
-mod warm;
-mod write;
 
-pub use backplane::BackplaneTransport;
-pub use breaker::{BreakerConfig, BreakerState};
-pub use builder::{
+pub use tiers::{codec, envelope, key};
+
+pub use cache::builder::{
     CacheBuilder, DEFAULT_FAIL_SAFE_THROTTLE, DEFAULT_HOT_KEYS, DEFAULT_HOT_KEY_SHIELD_BYTES,
     DEFAULT_HOT_KEY_SHIELD_LIFE, DEFAULT_L1_MAX_BYTES, DEFAULT_L1_TTL_CAP, DEFAULT_LEASE_POLL,
     DEFAULT_LEASE_TTL, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_VALUE_BYTES, DEFAULT_NEGATIVE_TTL,
     DEFAULT_RECOVERY_WINDOW, DEFAULT_STALE_IF_ERROR, DEFAULT_TTL, DEFAULT_TTL_JITTER,
     DEFAULT_XFETCH_BETA,
 };
+pub use cache::read::{Fetched, LoadOptions};
+pub use cache::refresh::RefreshAhead;
+pub use cache::warm::{RewarmPolicy, WarmOptions, WarmReport};
+pub use cache::write::WriteOptions;
 pub use cache::{Cache, WriteOutcome};
 pub use codec::{Codec, CodecError, Json, Postcard};
+pub use coherence::backplane::BackplaneTransport;
+pub use coherence::tags::DEFAULT_MAX_TAGS_PER_ENTRY;
 pub use envelope::Compression;
 pub use error::{Error, Result};
 pub use key::{encode_key, CacheKey, KeyEncoder, KeyError};
 pub use loader::{Loader, LoaderError};
-pub use read_through::{Fetched, LoadOptions};
-pub use refresh::RefreshAhead;
 pub use store::{
     Announcement, MemoryStore, RedisStore, RedisStoreBuilder, SetOutcome, Store, StoreError,
     TagTable,
 };
-pub use tags::DEFAULT_MAX_TAGS_PER_ENTRY;
-pub use warm::{RewarmPolicy, WarmOptions, WarmReport};
-pub use write::WriteOptions;
+pub use tiers::breaker::{BreakerConfig, BreakerState};

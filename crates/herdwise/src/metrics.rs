@@ -313,8 +313,8 @@ impl CacheMetrics {
         self.backplane_resets[i].increment(1);
     }
 
-    pub fn breaker_transition(&self, to: crate::breaker::BreakerState) {
-        use crate::breaker::BreakerState;
+    pub fn breaker_transition(&self, to: crate::tiers::breaker::BreakerState) {
+        use crate::tiers::breaker::BreakerState;
         let i = match to {
             BreakerState::Closed => 0,
             BreakerState::Open => 1,

@@ -12,15 +12,15 @@ use std::time::Duration;
 
 use futures::future::Either;
 
+use crate::cache::entries::{Fallback, L2Read};
+use crate::cache::read::{Fetched, LoadOptions};
 use crate::cache::{Cache, Lookup};
-use crate::envelope::Meta;
 use crate::error::{Error, Result};
-use crate::flight::Join;
-use crate::freshness::{now_ms, xfetch_due};
-use crate::key::CacheKey;
-use crate::local::Standing;
-use crate::read_through::{Fetched, LoadOptions};
-use crate::tiers::{Fallback, L2Read};
+use crate::protect::flight::Join;
+use crate::tiers::envelope::Meta;
+use crate::tiers::freshness::{now_ms, xfetch_due};
+use crate::tiers::key::CacheKey;
+use crate::tiers::local::Standing;
 
 impl<K, V> Cache<K, V>
 where

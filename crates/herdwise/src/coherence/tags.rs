@@ -26,12 +26,12 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 
 use crate::cache::{Cache, Inner};
-use crate::envelope::{TagStamp, MAX_STORED_TAGS, MAX_TAG_BYTES};
+use crate::coherence::retry::{Retry, RetryOnDrop};
 use crate::error::{Error, Result};
-use crate::key::CacheKey;
-use crate::local::L1Entry;
-use crate::retry::{Retry, RetryOnDrop};
 use crate::store::{Announcement, StoreError, TagTable};
+use crate::tiers::envelope::{TagStamp, MAX_STORED_TAGS, MAX_TAG_BYTES};
+use crate::tiers::key::CacheKey;
+use crate::tiers::local::L1Entry;
 
 /// Derives an entry's tags from its value (`CacheBuilder::tags_from`).
 pub(crate) type TagsFrom<V> = Arc<dyn Fn(&V) -> Vec<String> + Send + Sync>;

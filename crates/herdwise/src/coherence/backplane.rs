@@ -20,8 +20,8 @@ use bytes::Bytes;
 use tokio::sync::broadcast;
 
 use crate::cache::Inner;
-use crate::remote::Remote;
 use crate::store::{Store, StoreEvent};
+use crate::tiers::remote::Remote;
 
 /// Most senders whose sequence is tracked; past it, tracking restarts (pods come and go).
 const MAX_SENDERS: usize = 10_000;

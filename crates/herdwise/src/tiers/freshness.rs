@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::envelope::Meta;
+use crate::tiers::envelope::Meta;
 
 /// Wall-clock time in unix milliseconds (0 if the clock is before 1970).
 pub(crate) fn now_ms() -> u64 {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::metrics::CacheMetrics;
-use crate::recovery::Recovery;
+use crate::ops::recovery::Recovery;
 
 /// Buckets per window.
 const BUCKETS: usize = 10;
@@ -110,7 +110,7 @@ impl BreakerConfig {
         if !ratio_ok(self.failure_ratio) || !ratio_ok(self.slow_ratio) {
             return Err("circuit_breaker: ratios must be within (0, 1]".into());
         }
-        let max = crate::builder::MAX_DURATION;
+        let max = crate::cache::builder::MAX_DURATION;
         if self.window > max || self.open_for > max || self.slow_call.is_some_and(|t| t > max) {
             return Err(
                 "circuit_breaker: window, open_for and slow_call are at most 10 years".into(),

@@ -16,8 +16,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, Notify};
 
-use crate::remote::Remote;
 use crate::store::{Store, StoreEvent};
+use crate::tiers::remote::Remote;
 
 /// Lease settings of a cache.
 #[derive(Debug, Clone, Copy)]

@@ -15,19 +15,19 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt as _;
 
+use crate::cache::entries::{Encoded, Fallback, L2Read};
 use crate::cache::{Cache, Lookup};
-use crate::envelope::Meta;
-use crate::envelope::TagStamp;
+use crate::coherence::tags::collect_tags;
 use crate::error::{Error, Result};
-use crate::flight::Join;
-use crate::freshness::now_ms;
-use crate::key::CacheKey;
-use crate::lease::{HeldLease, LeaseConfig};
-use crate::local::Standing;
-use crate::origin_limit::Slot;
+use crate::protect::flight::Join;
+use crate::protect::lease::{HeldLease, LeaseConfig};
+use crate::protect::origin_limit::Slot;
 use crate::store::{FillOutcome, StoreError};
-use crate::tags::collect_tags;
-use crate::tiers::{Encoded, Fallback, L2Read};
+use crate::tiers::envelope::Meta;
+use crate::tiers::envelope::TagStamp;
+use crate::tiers::freshness::now_ms;
+use crate::tiers::key::CacheKey;
+use crate::tiers::local::Standing;
 
 /// What a read through the cache returned.
 ///

@@ -8,13 +8,13 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::cache::{Cache, WriteOutcome};
-use crate::envelope::{self, EnvelopeError, Meta, TagStamp};
+use crate::coherence::tags::Verdict;
 use crate::error::{Error, Result};
-use crate::freshness::{now_ms, Freshness};
-use crate::key::CacheKey;
-use crate::local::{L1Entry, Standing};
 use crate::store::SetOutcome;
-use crate::tags::Verdict;
+use crate::tiers::envelope::{self, EnvelopeError, Meta, TagStamp};
+use crate::tiers::freshness::{now_ms, Freshness};
+use crate::tiers::key::CacheKey;
+use crate::tiers::local::{L1Entry, Standing};
 
 /// How a write reaches L2.
 #[derive(Clone, Copy)]

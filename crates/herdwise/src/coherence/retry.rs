@@ -350,16 +350,19 @@ async fn attempt<V: Send + Sync + 'static>(inner: &Inner<V>, what: &Retry) -> bo
             if inner.remote.delete(key).await.is_err() {
                 return false;
             }
-            crate::replicas::delete_replicas(inner, key).await;
+            crate::ops::replicas::delete_replicas(inner, key).await;
             inner.l1.invalidate(key);
             if let Some(backplane) = inner.backplane.as_ref() {
                 backplane
-                    .publish(&inner.remote, crate::backplane::Invalidation::Key(key))
+                    .publish(
+                        &inner.remote,
+                        crate::coherence::backplane::Invalidation::Key(key),
+                    )
                     .await;
             }
             true
         }
-        Retry::Tag(tag) => crate::tags::bump(inner, tag).await.is_ok(),
+        Retry::Tag(tag) => crate::coherence::tags::bump(inner, tag).await.is_ok(),
     }
 }
 

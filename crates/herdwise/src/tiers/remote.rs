@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::breaker::{Breaker, BreakerConfig, BreakerState, Permit};
-use crate::freshness::now_ms;
 use crate::metrics::{CacheMetrics, FailureKind, StoreOp};
-use crate::recovery::Recovery;
+use crate::ops::recovery::Recovery;
 use crate::store::{Announcement, FillOutcome, SetOutcome, Store, StoreError, TagTable};
+use crate::tiers::breaker::{Breaker, BreakerConfig, BreakerState, Permit};
+use crate::tiers::freshness::now_ms;
 
 pub(crate) struct Remote {
     store: Arc<dyn Store>,

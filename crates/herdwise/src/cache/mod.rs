@@ -5,6 +5,13 @@
 //! decisions), `tiers` (entries in and out of L1/L2), `lease`, `flight`, `remote`, `local` — and
 //! this file only holds them together.
 
+pub(crate) mod builder;
+pub(crate) mod entries;
+pub(crate) mod read;
+pub(crate) mod refresh;
+pub(crate) mod warm;
+pub(crate) mod write;
+
 use std::any::Any;
 use std::cell::RefCell;
 use std::future::Future;
@@ -13,29 +20,29 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::backplane::{generation_key, sync_generation, Backplane, Invalidation};
-use crate::builder::CacheBuilder;
-use crate::codec::Codec;
-use crate::envelope::{Compression, Meta};
+use crate::cache::builder::CacheBuilder;
+use crate::cache::entries::{Fallback, L2Read, WriteMode};
+use crate::cache::read::{LoadOptions, LoadResult};
+use crate::cache::warm::RewarmPolicy;
+use crate::cache::write::WriteOptions;
+use crate::coherence::backplane::{generation_key, sync_generation, Backplane, Invalidation};
+use crate::coherence::retry::{Retry, RetryOnDrop, RetryQueue};
+use crate::coherence::tags::{TagLedger, TagsFrom};
 use crate::error::Result;
-use crate::flight::Flights;
-use crate::freshness::{now_ms, TtlPolicy};
-use crate::hotkeys::HotKeys;
-use crate::key::{CacheKey, KeySpace};
-use crate::lease::{FillWaiters, LeaseConfig};
 use crate::loader::SharedLoader;
-use crate::local::{L1Entry, LocalTier, Standing};
 use crate::metrics::CacheMetrics;
-use crate::origin_limit::OriginLimit;
-use crate::read_through::{LoadOptions, LoadResult};
-use crate::recovery::Recovery;
-use crate::remote::Remote;
-use crate::replicas::Replicas;
-use crate::retry::{Retry, RetryOnDrop, RetryQueue};
-use crate::tags::{TagLedger, TagsFrom};
-use crate::tiers::{Fallback, L2Read, WriteMode};
-use crate::warm::RewarmPolicy;
-use crate::write::WriteOptions;
+use crate::ops::hotkeys::HotKeys;
+use crate::ops::recovery::Recovery;
+use crate::ops::replicas::Replicas;
+use crate::protect::flight::Flights;
+use crate::protect::lease::{FillWaiters, LeaseConfig};
+use crate::protect::origin_limit::OriginLimit;
+use crate::tiers::codec::Codec;
+use crate::tiers::envelope::{Compression, Meta};
+use crate::tiers::freshness::{now_ms, TtlPolicy};
+use crate::tiers::key::{CacheKey, KeySpace};
+use crate::tiers::local::{L1Entry, LocalTier, Standing};
+use crate::tiers::remote::Remote;
 
 /// How long a prefix invalidation may take to walk L2.
 const PREFIX_DELETE_DEADLINE: Duration = Duration::from_secs(60);
@@ -107,9 +114,9 @@ pub(crate) struct Inner<V> {
     /// `None`: hot keys have no copies in L2.
     pub replicas: Option<Replicas>,
     /// Keys with a background refresh running.
-    pub refreshing: crate::refresh::Refreshing,
+    pub refreshing: crate::cache::refresh::Refreshing,
     /// `None`: L1 weighs a value by its uncompressed payload length.
-    pub weigher: Option<crate::tiers::Weigher<V>>,
+    pub weigher: Option<crate::cache::entries::Weigher<V>>,
 }
 
 /// A typed, multi-tier, read-through cache.
@@ -696,7 +703,7 @@ async fn invalidate_prefix_stored<V: Send + Sync + 'static>(
     inner.l1.remove_prefix(&below);
     inner.l1.invalidate(&exact);
     let removed = removed?;
-    crate::replicas::delete_replicas(inner, &exact).await;
+    crate::ops::replicas::delete_replicas(inner, &exact).await;
     if let Some(backplane) = inner.backplane.as_ref() {
         backplane
             .publish(&inner.remote, Invalidation::Prefix(&below))

@@ -22,8 +22,8 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::cache::Cache;
-use crate::freshness::now_ms;
-use crate::key::CacheKey;
+use crate::tiers::freshness::now_ms;
+use crate::tiers::key::CacheKey;
 
 /// The demotion era and the last remote-tier recovery, shared by the breaker (which reports
 /// recoveries), L1 (which stamps entries with the era) and the read path.

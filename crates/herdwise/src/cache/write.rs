@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::cache::{Cache, WriteOutcome};
 use crate::error::{Error, Result};
-use crate::key::CacheKey;
+use crate::tiers::key::CacheKey;
 
 /// Per-write options of [`Cache::set_with`]: a value version and tags.
 ///

@@ -15,8 +15,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::cache::{Cache, Inner};
-use crate::key::CacheKey;
 use crate::store::StoreError;
+use crate::tiers::key::CacheKey;
 
 /// Most copies of one key.
 pub(crate) const MAX_REPLICAS: u8 = 16;

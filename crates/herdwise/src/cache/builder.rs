@@ -6,30 +6,30 @@ use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::backplane::{Backplane, BackplaneTransport};
-use crate::breaker::BreakerConfig;
+use crate::cache::entries::Weigher;
+use crate::cache::warm::RewarmPolicy;
 use crate::cache::{Cache, Inner};
-use crate::codec::{Codec, Postcard};
-use crate::envelope::Compression;
-use crate::envelope::MAX_STORED_TAGS;
+use crate::coherence::backplane::{Backplane, BackplaneTransport};
+use crate::coherence::retry::RetryQueue;
+use crate::coherence::tags::{table_key, TagLedger, TagsFrom, DEFAULT_MAX_TAGS_PER_ENTRY};
 use crate::error::{Error, Result};
-use crate::flight::Flights;
-use crate::freshness::TtlPolicy;
-use crate::hotkeys::HotKeys;
-use crate::key::{CacheKey, KeySpace, DEFAULT_MAX_KEY_BYTES};
-use crate::lease::{FillWaiters, LeaseConfig};
 use crate::loader::{Loader, SharedLoader};
-use crate::local::LocalTier;
 use crate::metrics::CacheMetrics;
-use crate::origin_limit::OriginLimit;
-use crate::recovery::Recovery;
-use crate::remote::Remote;
-use crate::replicas::{Replicas, MAX_REPLICAS};
-use crate::retry::RetryQueue;
+use crate::ops::hotkeys::HotKeys;
+use crate::ops::recovery::Recovery;
+use crate::ops::replicas::{Replicas, MAX_REPLICAS};
+use crate::protect::flight::Flights;
+use crate::protect::lease::{FillWaiters, LeaseConfig};
+use crate::protect::origin_limit::OriginLimit;
 use crate::store::{MemoryStore, Store};
-use crate::tags::{table_key, TagLedger, TagsFrom, DEFAULT_MAX_TAGS_PER_ENTRY};
-use crate::tiers::Weigher;
-use crate::warm::RewarmPolicy;
+use crate::tiers::breaker::BreakerConfig;
+use crate::tiers::codec::{Codec, Postcard};
+use crate::tiers::envelope::Compression;
+use crate::tiers::envelope::MAX_STORED_TAGS;
+use crate::tiers::freshness::TtlPolicy;
+use crate::tiers::key::{CacheKey, KeySpace, DEFAULT_MAX_KEY_BYTES};
+use crate::tiers::local::LocalTier;
+use crate::tiers::remote::Remote;
 
 /// Default TTL of positive entries.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
@@ -784,7 +784,7 @@ where
                 warmed: std::sync::atomic::AtomicBool::new(false),
                 replicas: self.replicas,
                 weigher: self.weigher,
-                refreshing: crate::refresh::Refreshing::new(self.max_in_flight),
+                refreshing: crate::cache::refresh::Refreshing::new(self.max_in_flight),
             },
             self.loader,
         ))

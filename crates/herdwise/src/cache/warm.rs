@@ -21,13 +21,13 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 
+use crate::cache::entries::Fallback;
+use crate::cache::read::LoadOptions;
 use crate::cache::Cache;
 use crate::error::{Error, Result};
-use crate::key::CacheKey;
-use crate::local::Standing;
 use crate::metrics::{WarmOutcome, WarmTrigger};
-use crate::read_through::LoadOptions;
-use crate::tiers::Fallback;
+use crate::tiers::key::CacheKey;
+use crate::tiers::local::Standing;
 
 /// How [`Cache::warm`] goes about it.
 ///
@@ -166,7 +166,7 @@ impl RewarmPolicy {
         if self
             .stages
             .iter()
-            .any(|(_, d)| *d > crate::builder::MAX_DURATION)
+            .any(|(_, d)| *d > crate::cache::builder::MAX_DURATION)
         {
             return Err("rewarm_after_recovery: a stage lasts at most 10 years".into());
         }

@@ -1,0 +1,12 @@
+//! Coherence: what keeps every instance's tiers in step with the origin's writes.
+//!
+//! - `backplane`: invalidation events to and from the other instances (pub/sub or streams),
+//!   gaps and lost subscriptions noticed.
+//! - `tags`: the tag clock, marks and this instance's ledger of them.
+//! - `retry`: invalidations that failed against L2, retried until applied or past their reach.
+//!
+//! Nothing here knows the cache: the cache hands each part the narrow interface it calls back.
+
+pub mod backplane;
+pub mod retry;
+pub mod tags;

@@ -1,0 +1,11 @@
+//! Protection of the origin and of Redis against herds.
+//!
+//! - `flight`: in-process single-flight (one load per key per process).
+//! - `lease`: the cross-instance load lease, its guard and the fill waiters.
+//! - `origin_limit`: at most n loader calls at once, a bounded wait, then shed.
+//!
+//! Every slot handed out here is released by a guard on drop. Nothing here knows the cache.
+
+pub(crate) mod flight;
+pub(crate) mod lease;
+pub(crate) mod origin_limit;

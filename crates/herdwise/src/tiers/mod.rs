@@ -1,0 +1,18 @@
+//! The tiers: typed entries in and out of L1 and L2.
+//!
+//! - `key`: the key space (typed keys to stored keys, the namespace generation).
+//! - `codec`, `envelope`: values to bytes and back (format, compression, metadata, tags).
+//! - `freshness`: TTLs, jitter, stale windows, XFetch.
+//! - `local`: L1, bounded by the bytes it holds, with invalidation epochs and demotion.
+//! - `remote` (with `breaker`): the one door to the store — deadline, circuit breaker, failure
+//!   accounting. Nothing else calls the store.
+//!
+//! Nothing here knows the cache that composes it.
+
+pub(crate) mod breaker;
+pub mod codec;
+pub mod envelope;
+pub(crate) mod freshness;
+pub mod key;
+pub(crate) mod local;
+pub(crate) mod remote;
