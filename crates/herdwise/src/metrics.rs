@@ -313,12 +313,12 @@ impl CacheMetrics {
         self.backplane_resets[i].increment(1);
     }
 
-    pub fn breaker_transition(&self, to: crate::tiers::breaker::BreakerState) {
-        use crate::tiers::breaker::BreakerState;
+    /// A breaker transition to `to`: `"closed"`, `"open"` or `"half_open"`.
+    pub fn breaker_transition(&self, to: &str) {
         let i = match to {
-            BreakerState::Closed => 0,
-            BreakerState::Open => 1,
-            BreakerState::HalfOpen => 2,
+            "closed" => 0,
+            "open" => 1,
+            _ => 2,
         };
         self.breaker_transitions[i].increment(1);
     }

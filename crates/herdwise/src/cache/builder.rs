@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::cache::entries::Weigher;
-use crate::cache::warm::RewarmPolicy;
+use crate::cache::warm::{KeyBook, RewarmPolicy};
 use crate::cache::{Cache, Inner};
 use crate::coherence::backplane::{Backplane, BackplaneTransport};
 use crate::coherence::retry::RetryQueue;
@@ -16,7 +16,6 @@ use crate::error::{Error, Result};
 use crate::loader::{Loader, SharedLoader};
 use crate::metrics::CacheMetrics;
 use crate::ops::hotkeys::HotKeys;
-use crate::ops::recovery::Recovery;
 use crate::ops::replicas::{Replicas, MAX_REPLICAS};
 use crate::protect::flight::Flights;
 use crate::protect::lease::{FillWaiters, LeaseConfig};
@@ -27,8 +26,10 @@ use crate::tiers::codec::{Codec, Postcard};
 use crate::tiers::envelope::Compression;
 use crate::tiers::envelope::MAX_STORED_TAGS;
 use crate::tiers::freshness::TtlPolicy;
+use crate::tiers::freshness::MAX_DURATION;
 use crate::tiers::key::{CacheKey, KeySpace, DEFAULT_MAX_KEY_BYTES};
 use crate::tiers::local::LocalTier;
+use crate::tiers::recovery::Recovery;
 use crate::tiers::remote::Remote;
 
 /// Default TTL of positive entries.
@@ -61,9 +62,6 @@ pub const DEFAULT_HOT_KEY_SHIELD_BYTES: u64 = 1 << 20;
 pub const DEFAULT_HOT_KEY_SHIELD_LIFE: Duration = Duration::from_secs(1);
 /// How long after a remote-tier recovery L1 answers for keys the remote tier lost.
 pub const DEFAULT_RECOVERY_WINDOW: Duration = Duration::from_secs(30);
-/// Longest duration any option takes (10 years): far beyond any sensible setting, far below
-/// what `Instant` and unix-millisecond arithmetic can carry.
-pub(crate) const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Most hot keys reported (each rank is a gauge series).
 const MAX_HOT_KEYS: usize = 1_000;
 /// Default bound on keys with a load in flight.
@@ -748,6 +746,11 @@ where
         let longest_entry = longest_ttl.mul_f64(1.0 + self.ttl_jitter) + ttl_policy.stale_window();
         let reach = longest_entry * 2;
         let tag_mark_ttl = reach + Duration::from_secs(60);
+        // The re-warm loads typed keys through the registered loader: only then is a book kept.
+        let book = match (&self.rewarm, &self.loader) {
+            (Some(policy), Some(_)) => Some(Arc::new(KeyBook::new(policy))),
+            _ => None,
+        };
         Ok(Cache::from_parts(
             Inner {
                 keys,
@@ -758,14 +761,14 @@ where
                 ttl: ttl_policy,
                 compression: self.compression,
                 max_value_bytes: self.max_value_bytes,
-                metrics,
+                metrics: metrics.clone(),
                 lease: self.lease,
                 fill_waiters,
                 hard_timeout: self.hard_timeout,
                 soft_timeout: self.soft_timeout,
                 xfetch_beta: self.xfetch_beta,
                 backplane,
-                retries: RetryQueue::new(reach),
+                retries: RetryQueue::new(reach, metrics.clone()),
                 generation_synced: std::sync::atomic::AtomicBool::new(false),
                 generation_attempt_ms: std::sync::atomic::AtomicU64::new(0),
                 tags: TagLedger::new(reach),
@@ -779,14 +782,14 @@ where
                     .map(|(max, wait)| OriginLimit::new(max, wait)),
                 recovery,
                 rewarm: self.rewarm,
-                key_book: std::sync::OnceLock::new(),
                 rewarm_started: std::sync::atomic::AtomicBool::new(false),
                 warmed: std::sync::atomic::AtomicBool::new(false),
                 replicas: self.replicas,
                 weigher: self.weigher,
-                refreshing: crate::cache::refresh::Refreshing::new(self.max_in_flight),
+                refreshing: crate::protect::refreshing::Refreshing::new(self.max_in_flight),
             },
             self.loader,
+            book,
         ))
     }
 }

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::cache::{Cache, WriteOutcome};
+use crate::cache::{Cache, Inner, WriteOutcome};
 use crate::coherence::tags::Verdict;
 use crate::error::{Error, Result};
-use crate::store::SetOutcome;
+use crate::store::{SetOutcome, StoreError};
 use crate::tiers::envelope::{self, EnvelopeError, Meta, TagStamp};
 use crate::tiers::freshness::{now_ms, Freshness};
 use crate::tiers::key::CacheKey;
@@ -432,5 +432,53 @@ where
         inner
             .l1
             .insert(stored_key, value, meta, size, lifetimes, epoch, tags);
+    }
+}
+
+impl<K, V> Cache<K, V>
+where
+    K: CacheKey + ?Sized,
+    V: Send + Sync + 'static,
+{
+    /// The L2 read of `stored_key`: from a random copy when the key is hot and copies are on,
+    /// else from the primary.
+    pub(crate) async fn read_remote(&self, stored_key: &str) -> Result<Option<Bytes>, StoreError> {
+        let inner = &*self.inner;
+        let copy = match inner.replicas {
+            Some(replicas) if inner.hot_keys.is_hot(stored_key) => replicas.pick(stored_key),
+            _ => None,
+        };
+        let Some((copy_key, life)) = copy else {
+            return inner.remote.get(stored_key).await;
+        };
+        if let Some(bytes) = inner.remote.get(&copy_key).await? {
+            inner.metrics.replica_reads_hit.increment(1);
+            return Ok(Some(bytes));
+        }
+        inner.metrics.replica_reads_miss.increment(1);
+        let primary = inner.remote.get(stored_key).await?;
+        if let Some(bytes) = primary.as_ref() {
+            let (remote, bytes) = (inner.remote.clone(), bytes.clone());
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = remote.set(&copy_key, bytes, life).await;
+                });
+            }
+        }
+        Ok(primary)
+    }
+
+    /// Deletes the copies of `stored_key` (after a write or an invalidation of the primary).
+    pub(crate) async fn drop_replicas(&self, stored_key: &str) {
+        self.inner.drop_replicas(stored_key).await;
+    }
+}
+
+impl<V> Inner<V> {
+    /// Deletes the copies of `stored_key` (a no-op without copies).
+    pub(crate) async fn drop_replicas(&self, stored_key: &str) {
+        if let Some(replicas) = self.replicas {
+            replicas.delete_all(&self.remote, stored_key).await;
+        }
     }
 }

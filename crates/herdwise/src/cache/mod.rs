@@ -6,33 +6,32 @@
 //! this file only holds them together.
 
 pub(crate) mod builder;
+mod coherence;
 pub(crate) mod entries;
 pub(crate) mod read;
 pub(crate) mod refresh;
 pub(crate) mod warm;
 pub(crate) mod write;
 
-use std::any::Any;
 use std::cell::RefCell;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::builder::CacheBuilder;
 use crate::cache::entries::{Fallback, L2Read, WriteMode};
 use crate::cache::read::{LoadOptions, LoadResult};
-use crate::cache::warm::RewarmPolicy;
+use crate::cache::warm::{KeyBook, RewarmPolicy};
 use crate::cache::write::WriteOptions;
-use crate::coherence::backplane::{generation_key, sync_generation, Backplane, Invalidation};
+use crate::coherence::backplane::{generation_key, Backplane, Invalidation};
 use crate::coherence::retry::{Retry, RetryOnDrop, RetryQueue};
 use crate::coherence::tags::{TagLedger, TagsFrom};
 use crate::error::Result;
 use crate::loader::SharedLoader;
 use crate::metrics::CacheMetrics;
 use crate::ops::hotkeys::HotKeys;
-use crate::ops::recovery::Recovery;
 use crate::ops::replicas::Replicas;
 use crate::protect::flight::Flights;
 use crate::protect::lease::{FillWaiters, LeaseConfig};
@@ -42,6 +41,7 @@ use crate::tiers::envelope::{Compression, Meta};
 use crate::tiers::freshness::{now_ms, TtlPolicy};
 use crate::tiers::key::{CacheKey, KeySpace};
 use crate::tiers::local::{L1Entry, LocalTier, Standing};
+use crate::tiers::recovery::Recovery;
 use crate::tiers::remote::Remote;
 
 /// How long a prefix invalidation may take to walk L2.
@@ -61,62 +61,60 @@ pub enum WriteOutcome {
 }
 
 pub(crate) struct Inner<V> {
-    pub keys: KeySpace,
-    pub l1: LocalTier<V>,
-    pub remote: Arc<Remote>,
-    pub flights: Flights<LoadResult<V>>,
-    pub codec: Arc<dyn Codec<V>>,
-    pub ttl: TtlPolicy,
-    pub compression: Compression,
-    pub max_value_bytes: usize,
-    pub metrics: CacheMetrics,
+    keys: KeySpace,
+    l1: LocalTier<V>,
+    remote: Arc<Remote>,
+    flights: Flights<LoadResult<V>>,
+    codec: Arc<dyn Codec<V>>,
+    ttl: TtlPolicy,
+    compression: Compression,
+    max_value_bytes: usize,
+    metrics: CacheMetrics,
     /// `None`: no cross-instance coordination (in-process single-flight only).
-    pub lease: Option<LeaseConfig>,
-    pub fill_waiters: Arc<FillWaiters>,
+    lease: Option<LeaseConfig>,
+    fill_waiters: Arc<FillWaiters>,
     /// Default limit on a loader call.
-    pub hard_timeout: Option<Duration>,
+    hard_timeout: Option<Duration>,
     /// Default soft limit (for `fetch`): past it, a stale value answers and the load goes on.
-    pub soft_timeout: Option<Duration>,
+    soft_timeout: Option<Duration>,
     /// XFetch eagerness (0 disables early refresh).
-    pub xfetch_beta: f64,
+    xfetch_beta: f64,
     /// `None`: other instances' L1s are not told about writes (the L1 cap bounds staleness).
-    pub backplane: Option<Backplane>,
+    backplane: Option<Backplane>,
     /// Failed invalidations, retried in the background.
-    pub retries: RetryQueue,
+    retries: RetryQueue,
     /// The namespace generation has been read from the store at least once.
-    pub generation_synced: AtomicBool,
+    generation_synced: AtomicBool,
     /// When reading it was last attempted (unix ms).
-    pub generation_attempt_ms: AtomicU64,
+    generation_attempt_ms: AtomicU64,
     /// What this instance knows of tag invalidations.
-    pub tags: TagLedger,
+    tags: TagLedger,
     /// The store key of the namespace's tag table.
-    pub tag_table_key: String,
+    tag_table_key: String,
     /// How long a tag's mark is kept: longer than any entry it can invalidate lives.
-    pub tag_mark_ttl: Duration,
+    tag_mark_ttl: Duration,
     /// Most tags on one entry.
-    pub max_tags: usize,
+    max_tags: usize,
     /// Tags derived from every value the cache stores.
-    pub tags_from: Option<TagsFrom<V>>,
+    tags_from: Option<TagsFrom<V>>,
     /// `None`: loader calls are not limited.
-    pub origin_limit: Option<OriginLimit>,
+    origin_limit: Option<OriginLimit>,
     /// Read frequencies (sampled), for `hot_keys`.
-    pub hot_keys: HotKeys,
+    hot_keys: HotKeys,
     /// L1 demotion and remote-tier recoveries.
-    pub recovery: Arc<Recovery>,
+    recovery: Arc<Recovery>,
     /// `None`: no automatic re-warm after a recovery.
-    pub rewarm: Option<RewarmPolicy>,
-    /// Typed keys worth re-warming (a `KeyBook<K::Owned>`, typed where `K: ToOwned` is known).
-    pub key_book: OnceLock<Box<dyn Any + Send + Sync>>,
+    rewarm: Option<RewarmPolicy>,
     /// The re-warm task has been started.
-    pub rewarm_started: AtomicBool,
+    rewarm_started: AtomicBool,
     /// A warm has completed (see `is_warm`).
-    pub warmed: AtomicBool,
+    warmed: AtomicBool,
     /// `None`: hot keys have no copies in L2.
-    pub replicas: Option<Replicas>,
+    replicas: Option<Replicas>,
     /// Keys with a background refresh running.
-    pub refreshing: crate::cache::refresh::Refreshing,
+    refreshing: crate::protect::refreshing::Refreshing,
     /// `None`: L1 weighs a value by its uncompressed payload length.
-    pub weigher: Option<crate::cache::entries::Weigher<V>>,
+    weigher: Option<crate::cache::entries::Weigher<V>>,
 }
 
 /// A typed, multi-tier, read-through cache.
@@ -147,6 +145,8 @@ pub struct Cache<K: ?Sized, V> {
     pub(crate) inner: Arc<Inner<V>>,
     /// The registered loader, for `fetch` and background refreshes.
     pub(crate) loader: Option<SharedLoader<K, V>>,
+    /// With a loader and a re-warm policy: the typed keys worth re-warming.
+    pub(crate) book: Option<Arc<KeyBook<K>>>,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -155,6 +155,7 @@ impl<K: ?Sized, V> Clone for Cache<K, V> {
         Cache {
             inner: self.inner.clone(),
             loader: self.loader.clone(),
+            book: self.book.clone(),
             _key: PhantomData,
         }
     }
@@ -202,14 +203,23 @@ where
     K: CacheKey + ?Sized,
     V: Send + Sync + 'static,
 {
-    pub(crate) fn from_parts(inner: Inner<V>, loader: Option<SharedLoader<K, V>>) -> Self {
-        Self::from_arc(Arc::new(inner), loader)
+    pub(crate) fn from_parts(
+        inner: Inner<V>,
+        loader: Option<SharedLoader<K, V>>,
+        book: Option<Arc<KeyBook<K>>>,
+    ) -> Self {
+        Self::from_arc(Arc::new(inner), loader, book)
     }
 
-    pub(crate) fn from_arc(inner: Arc<Inner<V>>, loader: Option<SharedLoader<K, V>>) -> Self {
+    pub(crate) fn from_arc(
+        inner: Arc<Inner<V>>,
+        loader: Option<SharedLoader<K, V>>,
+        book: Option<Arc<KeyBook<K>>>,
+    ) -> Self {
         Cache {
             inner,
             loader,
+            book,
             _key: PhantomData,
         }
     }
@@ -574,10 +584,15 @@ where
         {
             return;
         }
-        if sync_generation(inner).await.is_some() {
+        if inner.sync_generation().await.is_some() {
             inner.generation_synced.store(true, Ordering::Release);
             // To tell, after an outage, whether Redis came back empty.
-            self.learn_sentinel().await;
+            crate::ops::sentinel::learn_sentinel(
+                &inner.recovery,
+                &inner.remote,
+                inner.keys.namespace(),
+            )
+            .await;
         }
     }
 
@@ -703,7 +718,7 @@ async fn invalidate_prefix_stored<V: Send + Sync + 'static>(
     inner.l1.remove_prefix(&below);
     inner.l1.invalidate(&exact);
     let removed = removed?;
-    crate::ops::replicas::delete_replicas(inner, &exact).await;
+    inner.drop_replicas(&exact).await;
     if let Some(backplane) = inner.backplane.as_ref() {
         backplane
             .publish(&inner.remote, Invalidation::Prefix(&below))

@@ -387,7 +387,13 @@ where
         }
         // L2 has no copy. If Redis lost its data, L1 answers for the key during the window.
         if !warming {
-            if let Some(window_left) = self.lost_window().await {
+            if let Some(window_left) = crate::ops::sentinel::lost_window(
+                &inner.recovery,
+                &inner.remote,
+                inner.keys.namespace(),
+            )
+            .await
+            {
                 let usable = fallback
                     .as_ref()
                     .filter(|f| f.usable_within(stale_if_error, now_ms()));

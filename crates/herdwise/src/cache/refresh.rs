@@ -180,6 +180,7 @@ where
         let lead_time = ttl.mul_f64(ahead);
         let period = (lead_time / 4).clamp(Duration::from_millis(20), Duration::from_secs(5));
         let weak = Arc::downgrade(&self.inner);
+        let book = self.book.clone();
         let task = runtime.spawn(async move {
             loop {
                 tokio::time::sleep(period).await;
@@ -187,7 +188,7 @@ where
                 let Some(inner) = weak.upgrade() else {
                     return;
                 };
-                let cache = Cache::from_arc(inner, Some(loader.clone()));
+                let cache = Cache::from_arc(inner, Some(loader.clone()), book.clone());
                 for owned in &keys {
                     cache.refresh_if_due(owned, lead_time).await;
                 }
@@ -299,51 +300,6 @@ pub(crate) enum Trigger {
     Swr,
     XFetch,
     Ahead,
-}
-
-/// Keys with a background refresh running on this instance (bounded: past `max`, no new
-/// refresh starts until one ends).
-pub(crate) struct Refreshing {
-    keys: Arc<parking_lot::Mutex<std::collections::HashSet<Box<str>>>>,
-    max: usize,
-}
-
-/// One key's running refresh; ends it on drop.
-pub(crate) struct Running {
-    keys: Arc<parking_lot::Mutex<std::collections::HashSet<Box<str>>>>,
-    key: Box<str>,
-}
-
-impl Refreshing {
-    pub fn new(max: usize) -> Self {
-        Refreshing {
-            keys: Arc::default(),
-            max,
-        }
-    }
-
-    /// `None` if a refresh of `key` runs already (or too many run).
-    pub fn start(&self, key: &str) -> Option<Running> {
-        let mut keys = self.keys.lock();
-        if keys.len() >= self.max || !keys.insert(key.into()) {
-            return None;
-        }
-        Some(Running {
-            keys: self.keys.clone(),
-            key: key.into(),
-        })
-    }
-
-    /// Refreshes running now.
-    pub fn len(&self) -> usize {
-        self.keys.lock().len()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.keys.lock().remove(&self.key);
-    }
 }
 
 /// Keeps keys refreshed ahead of expiry while it lives (see [`Cache::refresh_ahead`]); dropping

@@ -25,6 +25,7 @@ use crate::cache::entries::Fallback;
 use crate::cache::read::LoadOptions;
 use crate::cache::Cache;
 use crate::error::{Error, Result};
+use crate::loader::SharedLoader;
 use crate::metrics::{WarmOutcome, WarmTrigger};
 use crate::tiers::key::CacheKey;
 use crate::tiers::local::Standing;
@@ -166,7 +167,7 @@ impl RewarmPolicy {
         if self
             .stages
             .iter()
-            .any(|(_, d)| *d > crate::cache::builder::MAX_DURATION)
+            .any(|(_, d)| *d > crate::tiers::freshness::MAX_DURATION)
         {
             return Err("rewarm_after_recovery: a stage lasts at most 10 years".into());
         }
@@ -174,10 +175,23 @@ impl RewarmPolicy {
     }
 }
 
+/// A typed key, shared: whatever owned form `K` has (`String` for `str`, `K` itself for a
+/// `Clone` key), seen as a `K`.
+pub(crate) type SharedKey<K> = Arc<dyn Borrow<K> + Send + Sync + 'static>;
+
 /// The typed keys this instance read lately (bounded; frequently read keys stay longest), for
 /// the re-warm to load: the hot-key tracker only knows stored keys.
-struct KeyBook<O> {
-    keys: quick_cache::sync::Cache<Box<str>, Arc<O>>,
+pub(crate) struct KeyBook<K: ?Sized> {
+    keys: quick_cache::sync::Cache<Box<str>, SharedKey<K>>,
+}
+
+impl<K: ?Sized> KeyBook<K> {
+    /// A book of at most as many keys as `policy` re-warms.
+    pub fn new(policy: &RewarmPolicy) -> Self {
+        KeyBook {
+            keys: quick_cache::sync::Cache::new(policy.max_keys),
+        }
+    }
 }
 
 impl<K, V> Cache<K, V>
@@ -400,31 +414,20 @@ where
 
     /// Remembers `key` for the re-warm (called on L1 misses of `fetch`, and by `warm`).
     pub(crate) fn remember(&self, stored_key: &str, key: &K) {
-        if let Some(book) = self.key_book() {
+        if let Some(book) = self.book.as_deref() {
             if !book.keys.contains_key(stored_key) {
-                book.keys
-                    .insert(stored_key.into(), Arc::new(key.to_owned()));
+                let owned: SharedKey<K> = Arc::new(key.to_owned());
+                book.keys.insert(stored_key.into(), owned);
             }
         }
     }
 
     fn remember_shared(&self, key: &K, owned: Arc<K::Owned>) {
-        if let (Some(book), Ok(stored_key)) = (self.key_book(), self.inner.keys.stored_key(key)) {
+        if let (Some(book), Ok(stored_key)) =
+            (self.book.as_deref(), self.inner.keys.stored_key(key))
+        {
             book.keys.insert(stored_key.into(), owned);
         }
-    }
-
-    fn key_book(&self) -> Option<&KeyBook<K::Owned>> {
-        let policy = self.inner.rewarm.as_ref()?;
-        self.loader.as_ref()?;
-        self.inner
-            .key_book
-            .get_or_init(|| {
-                Box::new(KeyBook::<K::Owned> {
-                    keys: quick_cache::sync::Cache::new(policy.max_keys),
-                })
-            })
-            .downcast_ref::<KeyBook<K::Owned>>()
     }
 
     /// Starts the task that re-warms after each recovery (once; it ends with the cache).
@@ -443,29 +446,43 @@ where
             return;
         }
         let weak = Arc::downgrade(&self.inner);
+        let book = self.book.clone();
         let mut recoveries = inner.recovery.subscribe();
         runtime.spawn(async move {
             while recoveries.changed().await.is_ok() {
                 let Some(inner) = weak.upgrade() else {
                     return;
                 };
-                let cache = Cache::<K, V>::from_arc(inner, Some(loader.clone()));
+                let cache = Cache::<K, V>::from_arc(inner, Some(loader.clone()), book.clone());
                 cache.rewarm().await;
             }
         });
+    }
+
+    /// Re-warms one remembered key at `at`.
+    async fn rewarm_one(
+        &self,
+        at: tokio::time::Instant,
+        owned: SharedKey<K>,
+        loader: &SharedLoader<K, V>,
+    ) {
+        tokio::time::sleep_until(at).await;
+        let key: &K = Borrow::<K>::borrow(&*owned);
+        let outcome = self.warm_one(key, |k: &K| loader.load(k)).await;
+        self.inner.metrics.warmed(WarmTrigger::Recovery, outcome);
     }
 
     /// One staggered re-warm: the remembered keys ranked by popularity, stage by stage.
     async fn rewarm(&self) {
         let (Some(policy), Some(book), Some(loader)) = (
             self.inner.rewarm.clone(),
-            self.key_book(),
+            self.book.as_deref(),
             self.loader.clone(),
         ) else {
             return;
         };
         let hot = &self.inner.hot_keys;
-        let mut ranked: Vec<(u64, Arc<K::Owned>)> = book
+        let mut ranked: Vec<(u64, SharedKey<K>)> = book
             .keys
             .iter()
             .map(|(stored, owned)| (hot.estimate(&stored), owned))
@@ -481,19 +498,18 @@ where
         for (share, span) in &policy.stages {
             let end = ((total as f64 * share).ceil() as usize).clamp(done, total);
             let stage_start = tokio::time::Instant::now();
-            let mut batch: Vec<(Duration, Arc<K::Owned>)> = ranked[done..end]
+            let mut batch: Vec<(Duration, SharedKey<K>)> = ranked[done..end]
                 .iter()
                 .map(|(_, owned)| (span.mul_f64(rand::random::<f64>()), owned.clone()))
                 .collect();
             batch.sort_by_key(|(at, _)| *at);
-            let loader = &loader;
-            futures::stream::iter(batch)
-                .map(|(at, owned)| async move {
-                    tokio::time::sleep_until(stage_start + at).await;
-                    let key: &K = (*owned).borrow();
-                    let outcome = self.warm_one(key, |k: &K| loader.load(k)).await;
-                    self.inner.metrics.warmed(WarmTrigger::Recovery, outcome);
-                })
+            // The futures are made before the stream runs (a closure over the type-erased key
+            // held across the awaits would not prove `Send`).
+            let loads: Vec<_> = batch
+                .into_iter()
+                .map(|(at, owned)| self.rewarm_one(stage_start + at, owned, &loader))
+                .collect();
+            futures::stream::iter(loads)
                 .buffer_unordered(policy.concurrency)
                 .collect::<()>()
                 .await;

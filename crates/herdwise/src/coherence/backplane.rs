@@ -17,10 +17,13 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use tokio::sync::broadcast;
 
-use crate::cache::Inner;
+use crate::coherence::tags::TagLedger;
+use crate::metrics::CacheMetrics;
 use crate::store::{Store, StoreEvent};
+use crate::tiers::recovery::Recovery;
 use crate::tiers::remote::Remote;
 
 /// Most senders whose sequence is tracked; past it, tracking restarts (pods come and go).
@@ -80,6 +83,26 @@ fn stream_key(namespace: &str) -> String {
     format!("herdwise:{{ns:{namespace}}}:events")
 }
 
+/// What the listener needs from the cache it serves (the cache implements it; the backplane
+/// never sees the cache's state). The listener holds it weakly and ends with the cache.
+pub(crate) trait Subscriber: Send + Sync + 'static {
+    /// The tag ledger the events complete.
+    fn tags(&self) -> &TagLedger;
+    /// Demoted when events may have been missed.
+    fn recovery(&self) -> &Recovery;
+    fn metrics(&self) -> &CacheMetrics;
+    fn namespace(&self) -> &str;
+    /// Another instance invalidated this stored key.
+    fn drop_key(&self, stored_key: &str);
+    /// Another instance invalidated every stored key starting with `prefix`.
+    fn drop_prefix(&self, prefix: &str);
+    /// Another instance cleared the namespace: it is at `generation` now.
+    fn cleared(&self, generation: u64);
+    /// Reads the namespace generation and the tag clock from the store again; the clock, once
+    /// the store answered.
+    fn resync(&self) -> BoxFuture<'_, Option<u64>>;
+}
+
 /// One instance's end of the backplane.
 pub(crate) struct Backplane {
     store: Arc<dyn Store>,
@@ -109,7 +132,7 @@ impl Backplane {
     }
 
     /// Starts listening (once, inside a Tokio runtime; a later call retries if there was none).
-    pub fn ensure_listening<V: Send + Sync + 'static>(&self, inner: &Arc<Inner<V>>) {
+    pub fn ensure_listening<S: Subscriber>(&self, subscriber: &Arc<S>) {
         if self.listening.load(Ordering::Relaxed) {
             return;
         }
@@ -125,7 +148,9 @@ impl Backplane {
         };
         match events {
             Some(events) => {
-                runtime.spawn(listen(Arc::downgrade(inner), events, self.sender));
+                let subscriber: Weak<dyn Subscriber> =
+                    Arc::downgrade(subscriber) as Weak<dyn Subscriber>;
+                runtime.spawn(listen(subscriber, events, self.sender));
             }
             None => tracing::warn!(
                 channel = %self.channel,
@@ -183,8 +208,8 @@ fn parse(bytes: &[u8]) -> Option<Message<'_>> {
 
 /// Applies other instances' invalidations to this instance's L1 until the cache is gone, and
 /// re-reads the namespace generation now and then in case a clear event was lost.
-async fn listen<V: Send + Sync + 'static>(
-    inner: Weak<Inner<V>>,
+async fn listen(
+    inner: Weak<dyn Subscriber>,
     mut events: broadcast::Receiver<StoreEvent>,
     own: u64,
 ) {
@@ -205,20 +230,20 @@ async fn listen<V: Send + Sync + 'static>(
                 let Some(inner) = inner.upgrade() else {
                     return;
                 };
-                inner.recovery.demote();
+                inner.recovery().demote();
                 continue;
             }
             _ = resync.tick() => {
                 let Some(inner) = inner.upgrade() else {
                     return;
                 };
-                if let Some(clock) = sync_generation(&inner).await {
-                    if !inner.tags.is_complete() {
+                if let Some(clock) = inner.resync().await {
+                    if !inner.tags().is_complete() {
                         if subscribed_before {
-                            inner.tags.complete(clock);
+                            inner.tags().complete(clock);
                         }
-                    } else if inner.tags.event_clock() < clock_at_last_check {
-                        reset(&inner, "tag_events_missed").await;
+                    } else if inner.tags().event_clock() < clock_at_last_check {
+                        reset(&*inner, "tag_events_missed").await;
                     }
                     clock_at_last_check = clock;
                 }
@@ -233,11 +258,11 @@ async fn listen<V: Send + Sync + 'static>(
                 // Not `reset`: the ledger stays incomplete until the subscription is back.
                 deaf = true;
                 deaf_tick.reset();
-                inner.tags.reset();
-                inner.recovery.demote();
-                inner.metrics.backplane_reset("subscription_lost");
+                inner.tags().reset();
+                inner.recovery().demote();
+                inner.metrics().backplane_reset("subscription_lost");
                 tracing::info!(
-                    namespace = inner.keys.namespace(),
+                    namespace = inner.namespace(),
                     "L1 demoted: the invalidation subscription was lost"
                 );
             }
@@ -245,10 +270,10 @@ async fn listen<V: Send + Sync + 'static>(
                 deaf = false;
                 if subscribed_before {
                     last.clear();
-                    reset(&inner, "resubscribed").await;
-                } else if let Some(clock) = sync_generation(&inner).await {
+                    reset(&*inner, "resubscribed").await;
+                } else if let Some(clock) = inner.resync().await {
                     // Listening from here on: every later tag invalidation arrives as an event.
-                    inner.tags.complete(clock);
+                    inner.tags().complete(clock);
                 }
                 subscribed_before = true;
             }
@@ -260,37 +285,35 @@ async fn listen<V: Send + Sync + 'static>(
                 if message.sender == own {
                     continue;
                 }
-                inner.metrics.backplane_received.increment(1);
+                inner.metrics().backplane_received.increment(1);
                 if last.len() >= MAX_SENDERS {
                     last.clear();
                 }
                 let previous = last.insert(message.sender, message.sequence);
                 if previous.is_some_and(|p| message.sequence != p + 1) {
-                    reset(&inner, "gap").await;
+                    reset(&*inner, "gap").await;
                     continue;
                 }
                 match message.kind {
-                    "k" => inner.l1.invalidate(message.payload),
-                    "p" => inner.l1.remove_prefix(message.payload),
+                    "k" => inner.drop_key(message.payload),
+                    "p" => inner.drop_prefix(message.payload),
                     TAG_KIND => {
                         // L1 entries carrying the tag fail their check on the next hit.
                         if let Some((clock, tag)) = message.payload.split_once('|') {
                             if let Ok(clock) = clock.parse::<u64>() {
-                                inner.tags.invalidated(tag, clock);
+                                inner.tags().invalidated(tag, clock);
                             }
                         }
                     }
                     "c" => {
                         if let Ok(generation) = message.payload.parse::<u64>() {
-                            if inner.keys.advance_generation(generation) {
-                                inner.l1.clear();
-                            }
+                            inner.cleared(generation);
                         }
                     }
                     _ => {}
                 }
             }
-            Err(broadcast::error::RecvError::Lagged(_)) => reset(&inner, "lagged").await,
+            Err(broadcast::error::RecvError::Lagged(_)) => reset(&*inner, "lagged").await,
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }
@@ -299,46 +322,25 @@ async fn listen<V: Send + Sync + 'static>(
 /// Events may have been missed: nothing in L1 or the tag ledger can be trusted, and the
 /// generation may have moved. Called by the listener, so once the store answers, the ledger is
 /// complete again from the clock it reads.
-async fn reset<V: Send + Sync + 'static>(inner: &Inner<V>, reason: &'static str) {
-    inner.tags.reset();
+async fn reset(inner: &dyn Subscriber, reason: &'static str) {
+    inner.tags().reset();
     // Demoted, not cleared: every entry is checked against L2 before it is used again, and
     // stays a fallback meanwhile (clearing would send every read to the origin if L2 was lost).
-    inner.recovery.demote();
-    inner.metrics.backplane_reset(reason);
+    inner.recovery().demote();
+    inner.metrics().backplane_reset(reason);
     tracing::info!(
-        namespace = inner.keys.namespace(),
+        namespace = inner.namespace(),
         reason,
         "L1 demoted: invalidation events may have been missed"
     );
-    if let Some(clock) = sync_generation(inner).await {
-        inner.tags.complete(clock);
+    if let Some(clock) = inner.resync().await {
+        inner.tags().complete(clock);
     }
 }
 
 /// The store key holding a namespace's generation.
 pub(crate) fn generation_key(namespace: &str) -> String {
     format!("herdwise:gen:{namespace}")
-}
-
-/// Reads the namespace generation and tag clock from the store (one round trip), moves to the
-/// generation if it is newer (clearing L1: entries of the old generation are unreachable anyway)
-/// and lets new entries be stamped with the clock. The clock, once the store answered.
-pub(crate) async fn sync_generation<V: Send + Sync + 'static>(inner: &Inner<V>) -> Option<u64> {
-    let generation_key = generation_key(inner.keys.namespace());
-    let read = inner
-        .remote
-        .read_tags(&inner.tag_table_key, &[], Some(&generation_key))
-        .await;
-    match read {
-        Ok(table) => {
-            if inner.keys.advance_generation(table.counter) {
-                inner.l1.clear();
-            }
-            inner.tags.saw_clock(table.clock);
-            Some(table.clock)
-        }
-        Err(_) => None,
-    }
 }
 
 #[cfg(test)]

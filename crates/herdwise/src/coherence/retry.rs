@@ -26,11 +26,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use futures::StreamExt as _;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
-use crate::cache::Inner;
+use crate::metrics::CacheMetrics;
 
 /// Most invalidations waiting for a retry.
 pub(crate) const QUEUE_CAPACITY: usize = 10_000;
@@ -76,6 +77,18 @@ struct State {
     seq: u64,
 }
 
+/// What the queue's worker needs from the cache it serves (the cache implements it; the queue
+/// never sees the cache's state).
+pub(crate) trait RetryHost: Send + Sync + 'static {
+    /// The queue this host owns.
+    fn retries(&self) -> &RetryQueue;
+    /// Told on every recovery of the remote tier (the worker tries again at once).
+    fn recoveries(&self) -> watch::Receiver<u64>;
+    /// Applies `what` once more (the store call and what follows it: L1, copies, the
+    /// announcement); `true` if the store confirmed it.
+    fn reapply<'a>(&'a self, what: &'a Retry) -> BoxFuture<'a, bool>;
+}
+
 /// The queue of one cache.
 pub(crate) struct RetryQueue {
     state: Mutex<State>,
@@ -84,17 +97,19 @@ pub(crate) struct RetryQueue {
     wake: Notify,
     worker: AtomicBool,
     max_age: Duration,
+    metrics: CacheMetrics,
 }
 
 impl RetryQueue {
     /// A queue whose invalidations are given up once older than `max_age`.
-    pub fn new(max_age: Duration) -> Self {
+    pub fn new(max_age: Duration, metrics: CacheMetrics) -> Self {
         RetryQueue {
             state: Mutex::new(State::default()),
             unapplied: AtomicUsize::new(0),
             wake: Notify::new(),
             worker: AtomicBool::new(false),
             max_age,
+            metrics,
         }
     }
 
@@ -110,14 +125,14 @@ impl RetryQueue {
     }
 
     /// Queues an invalidation for retries; dead-letters it if the queue is full.
-    pub fn push<V: Send + Sync + 'static>(&self, inner: &Arc<Inner<V>>, what: Retry) {
-        self.ensure_worker(inner);
-        inner.metrics.invalidation_retries_queued.increment(1);
+    pub fn push<H: RetryHost>(&self, host: &Arc<H>, what: Retry) {
+        self.ensure_worker(host);
+        self.metrics.invalidation_retries_queued.increment(1);
         if self.enqueue(&what) {
             self.wake.notify_one();
             return;
         }
-        inner.metrics.invalidations_dead_lettered.increment(1);
+        self.metrics.invalidations_dead_lettered.increment(1);
         tracing::error!(
             invalidation = what.name(),
             "invalidation retry queue full: dropped (the entries' TTL bounds the staleness)"
@@ -147,7 +162,7 @@ impl RetryQueue {
         true
     }
 
-    fn ensure_worker<V: Send + Sync + 'static>(&self, inner: &Arc<Inner<V>>) {
+    fn ensure_worker<H: RetryHost>(&self, host: &Arc<H>) {
         if self.worker.load(Ordering::Acquire) {
             return;
         }
@@ -155,7 +170,8 @@ impl RetryQueue {
             return; // the next push inside a runtime starts it
         };
         if !self.worker.swap(true, Ordering::AcqRel) {
-            runtime.spawn(work(Arc::downgrade(inner)));
+            let host: Weak<dyn RetryHost> = Arc::downgrade(host) as Weak<dyn RetryHost>;
+            runtime.spawn(work(host));
         }
     }
 
@@ -221,15 +237,15 @@ impl RetryQueue {
 
 /// Queues its invalidation for retries when dropped armed: the caller was cancelled (or failed)
 /// before the store confirmed it.
-pub(crate) struct RetryOnDrop<'a, V: Send + Sync + 'static> {
-    inner: &'a Arc<Inner<V>>,
+pub(crate) struct RetryOnDrop<'a, H: RetryHost> {
+    host: &'a Arc<H>,
     what: Option<Retry>,
 }
 
-impl<'a, V: Send + Sync + 'static> RetryOnDrop<'a, V> {
-    pub fn new(inner: &'a Arc<Inner<V>>, what: Retry) -> Self {
+impl<'a, H: RetryHost> RetryOnDrop<'a, H> {
+    pub fn new(host: &'a Arc<H>, what: Retry) -> Self {
         RetryOnDrop {
-            inner,
+            host,
             what: Some(what),
         }
     }
@@ -240,39 +256,39 @@ impl<'a, V: Send + Sync + 'static> RetryOnDrop<'a, V> {
     }
 }
 
-impl<V: Send + Sync + 'static> Drop for RetryOnDrop<'_, V> {
+impl<H: RetryHost> Drop for RetryOnDrop<'_, H> {
     fn drop(&mut self) {
         if let Some(what) = self.what.take() {
-            self.inner.retries.push(self.inner, what);
+            self.host.retries().push(self.host, what);
         }
     }
 }
 
 /// Clears the worker flag when the worker ends (its cache is gone, or its runtime shut down), so
 /// that the next push starts one again.
-struct WorkerRunning<V: Send + Sync + 'static>(Weak<Inner<V>>);
+struct WorkerRunning(Weak<dyn RetryHost>);
 
-impl<V: Send + Sync + 'static> Drop for WorkerRunning<V> {
+impl Drop for WorkerRunning {
     fn drop(&mut self) {
-        if let Some(inner) = self.0.upgrade() {
-            inner.retries.worker.store(false, Ordering::Release);
+        if let Some(host) = self.0.upgrade() {
+            host.retries().worker.store(false, Ordering::Release);
         }
     }
 }
 
 /// Drains the queue until the cache is gone.
-async fn work<V: Send + Sync + 'static>(weak: Weak<Inner<V>>) {
+async fn work(weak: Weak<dyn RetryHost>) {
     let _running = WorkerRunning(weak.clone());
     let mut recoveries = match weak.upgrade() {
-        Some(inner) => inner.recovery.subscribe(),
+        Some(host) => host.recoveries(),
         None => return,
     };
     let mut backoff = FIRST_BACKOFF;
     loop {
-        let Some(inner) = weak.upgrade() else {
+        let Some(host) = weak.upgrade() else {
             return;
         };
-        let queue = &inner.retries;
+        let queue = host.retries();
         if queue.len() == 0 {
             // Re-checked now and then, so the worker ends with its cache (a push meanwhile
             // leaves a permit: it is not missed).
@@ -281,7 +297,7 @@ async fn work<V: Send + Sync + 'static>(weak: Weak<Inner<V>>) {
         }
         let (batch, expired) = queue.take(BATCH);
         for item in expired {
-            dead_letter(&inner, &item);
+            queue.dead_letter(&item);
         }
         if batch.is_empty() {
             continue;
@@ -291,10 +307,10 @@ async fn work<V: Send + Sync + 'static>(weak: Weak<Inner<V>>) {
             continue;
         };
         // The first alone: if the remote tier is still down, the rest is not tried.
-        if !attempt(&inner, &first.what).await {
+        if !host.reapply(&first.what).await {
             queue.put_back(items.collect());
             queue.put_last(first);
-            drop(inner);
+            drop(host);
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = recoveries.changed() => {}
@@ -302,18 +318,18 @@ async fn work<V: Send + Sync + 'static>(weak: Weak<Inner<V>>) {
             backoff = (backoff * 2).min(MAX_BACKOFF);
             continue;
         }
-        succeeded(&inner, &first);
+        queue.succeeded(&first);
         backoff = FIRST_BACKOFF;
-        let inner_ref = &*inner;
+        let host_ref = &*host;
         let failed: Vec<Queued> = futures::stream::iter(items)
             .map(|item| async move {
-                let ok = attempt(inner_ref, &item.what).await;
+                let ok = host_ref.reapply(&item.what).await;
                 (item, ok)
             })
             .buffered(CONCURRENCY)
             .filter_map(|(item, ok)| async move {
                 if ok {
-                    succeeded(inner_ref, &item);
+                    host_ref.retries().succeeded(&item);
                     None
                 } else {
                     Some(item)
@@ -327,42 +343,21 @@ async fn work<V: Send + Sync + 'static>(weak: Weak<Inner<V>>) {
     }
 }
 
-fn succeeded<V>(inner: &Inner<V>, item: &Queued) {
-    inner.retries.settle(item);
-    inner.metrics.invalidation_retries_succeeded.increment(1);
-}
+impl RetryQueue {
+    fn succeeded(&self, item: &Queued) {
+        self.settle(item);
+        self.metrics.invalidation_retries_succeeded.increment(1);
+    }
 
-fn dead_letter<V>(inner: &Inner<V>, item: &Queued) {
-    inner.retries.settle(item);
-    inner.metrics.invalidations_dead_lettered.increment(1);
-    // (A tag's pending local invalidation ends by its own life, which a newer invalidation of
-    // the tag extends: it is not cleared here.)
-    tracing::error!(
-        invalidation = item.what.name(),
-        "invalidation still failing after the longest entry life: given up (its entries expired)"
-    );
-}
-
-/// One more try; `true` if it went through.
-async fn attempt<V: Send + Sync + 'static>(inner: &Inner<V>, what: &Retry) -> bool {
-    match what {
-        Retry::Key(key) => {
-            if inner.remote.delete(key).await.is_err() {
-                return false;
-            }
-            crate::ops::replicas::delete_replicas(inner, key).await;
-            inner.l1.invalidate(key);
-            if let Some(backplane) = inner.backplane.as_ref() {
-                backplane
-                    .publish(
-                        &inner.remote,
-                        crate::coherence::backplane::Invalidation::Key(key),
-                    )
-                    .await;
-            }
-            true
-        }
-        Retry::Tag(tag) => crate::coherence::tags::bump(inner, tag).await.is_ok(),
+    fn dead_letter(&self, item: &Queued) {
+        self.settle(item);
+        self.metrics.invalidations_dead_lettered.increment(1);
+        // (A tag's pending local invalidation ends by its own life, which a newer invalidation
+        // of the tag extends: it is not cleared here.)
+        tracing::error!(
+            invalidation = item.what.name(),
+            "invalidation still failing after the longest entry life: given up (its entries expired)"
+        );
     }
 }
 
@@ -372,7 +367,7 @@ mod tests {
 
     #[test]
     fn a_queued_invalidation_is_held_once_and_old_ones_come_out_expired() {
-        let queue = RetryQueue::new(Duration::from_millis(30));
+        let queue = RetryQueue::new(Duration::from_millis(30), CacheMetrics::new("t"));
         for what in [Retry::Key("a".into()), Retry::Tag("t".into())] {
             assert!(queue.enqueue(&what));
             assert!(queue.enqueue(&what));
@@ -391,7 +386,7 @@ mod tests {
 
     #[test]
     fn queuing_again_starts_the_age_over() {
-        let queue = RetryQueue::new(Duration::from_millis(60));
+        let queue = RetryQueue::new(Duration::from_millis(60), CacheMetrics::new("t"));
         let key = Retry::Key("a".into());
         assert!(queue.enqueue(&key));
         std::thread::sleep(Duration::from_millis(40));
@@ -403,7 +398,7 @@ mod tests {
 
     #[test]
     fn a_key_stays_unapplied_until_its_latest_delete_went_through() {
-        let queue = RetryQueue::new(Duration::from_secs(60));
+        let queue = RetryQueue::new(Duration::from_secs(60), CacheMetrics::new("t"));
         assert!(!queue.is_unapplied("a"));
         assert!(queue.enqueue(&Retry::Key("a".into())));
         assert!(queue.is_unapplied("a"));
@@ -424,7 +419,7 @@ mod tests {
 
     #[test]
     fn a_failing_first_item_goes_to_the_back() {
-        let queue = RetryQueue::new(Duration::from_secs(60));
+        let queue = RetryQueue::new(Duration::from_secs(60), CacheMetrics::new("t"));
         for k in ["a", "b", "c"] {
             assert!(queue.enqueue(&Retry::Key(k.into())));
         }

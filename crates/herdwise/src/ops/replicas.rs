@@ -12,11 +12,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-
-use crate::cache::{Cache, Inner};
-use crate::store::StoreError;
-use crate::tiers::key::CacheKey;
+use crate::tiers::remote::Remote;
 
 /// Most copies of one key.
 pub(crate) const MAX_REPLICAS: u8 = 16;
@@ -33,59 +29,23 @@ pub(crate) fn replica_key(stored_key: &str, i: u8) -> String {
     format!("{stored_key}%r{i}")
 }
 
-/// Deletes every copy of `stored_key` (a no-op without replicas). Failures are counted by the
-/// remote tier; a copy that survives lives out its short life.
-pub(crate) async fn delete_replicas<V: Send + Sync + 'static>(inner: &Inner<V>, stored_key: &str) {
-    let Some(replicas) = inner.replicas else {
-        return;
-    };
-    let deletes = (1..=replicas.count).map(|i| {
-        let key = replica_key(stored_key, i);
-        async move {
-            let _ = inner.remote.delete(&key).await;
-        }
-    });
-    futures::future::join_all(deletes).await;
-}
-
-impl<K, V> Cache<K, V>
-where
-    K: CacheKey + ?Sized,
-    V: Send + Sync + 'static,
-{
-    /// The L2 read of `stored_key`: from a random copy when the key is hot and copies are on,
-    /// else from the primary.
-    pub(crate) async fn read_remote(&self, stored_key: &str) -> Result<Option<Bytes>, StoreError> {
-        let inner = &*self.inner;
-        let copy = match inner.replicas {
-            Some(replicas) if inner.hot_keys.is_hot(stored_key) => {
-                let pick = rand::random_range(0..=replicas.count);
-                (pick > 0).then(|| (replica_key(stored_key, pick), replicas.life))
-            }
-            _ => None,
-        };
-        let Some((copy_key, life)) = copy else {
-            return inner.remote.get(stored_key).await;
-        };
-        if let Some(bytes) = inner.remote.get(&copy_key).await? {
-            inner.metrics.replica_reads_hit.increment(1);
-            return Ok(Some(bytes));
-        }
-        inner.metrics.replica_reads_miss.increment(1);
-        let primary = inner.remote.get(stored_key).await?;
-        if let Some(bytes) = primary.as_ref() {
-            let (owner, bytes) = (self.inner.clone(), bytes.clone());
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    let _ = owner.remote.set(&copy_key, bytes, life).await;
-                });
-            }
-        }
-        Ok(primary)
+impl Replicas {
+    /// The copy a reader of a hot key reads: `None` for the primary (one chance in N + 1), else
+    /// the copy's key and the life to write it back with if it is missing.
+    pub fn pick(&self, stored_key: &str) -> Option<(String, Duration)> {
+        let pick = rand::random_range(0..=self.count);
+        (pick > 0).then(|| (replica_key(stored_key, pick), self.life))
     }
 
-    /// Deletes the copies of `stored_key` (after a write or an invalidation of the primary).
-    pub(crate) async fn drop_replicas(&self, stored_key: &str) {
-        delete_replicas(&self.inner, stored_key).await;
+    /// Deletes every copy of `stored_key`. Failures are counted by the remote tier; a copy that
+    /// survives lives out its short life.
+    pub async fn delete_all(&self, remote: &Remote, stored_key: &str) {
+        let deletes = (1..=self.count).map(|i| {
+            let key = replica_key(stored_key, i);
+            async move {
+                let _ = remote.delete(&key).await;
+            }
+        });
+        futures::future::join_all(deletes).await;
     }
 }

@@ -3,9 +3,11 @@
 //! - `flight`: in-process single-flight (one load per key per process).
 //! - `lease`: the cross-instance load lease, its guard and the fill waiters.
 //! - `origin_limit`: at most n loader calls at once, a bounded wait, then shed.
+//! - `refreshing`: at most one background refresh per key per instance.
 //!
 //! Every slot handed out here is released by a guard on drop. Nothing here knows the cache.
 
 pub(crate) mod flight;
 pub(crate) mod lease;
 pub(crate) mod origin_limit;
+pub(crate) mod refreshing;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::metrics::CacheMetrics;
-use crate::ops::recovery::Recovery;
+use crate::tiers::recovery::Recovery;
 
 /// Buckets per window.
 const BUCKETS: usize = 10;
@@ -110,7 +110,7 @@ impl BreakerConfig {
         if !ratio_ok(self.failure_ratio) || !ratio_ok(self.slow_ratio) {
             return Err("circuit_breaker: ratios must be within (0, 1]".into());
         }
-        let max = crate::cache::builder::MAX_DURATION;
+        let max = crate::tiers::freshness::MAX_DURATION;
         if self.window > max || self.open_for > max || self.slow_call.is_some_and(|t| t > max) {
             return Err(
                 "circuit_breaker: window, open_for and slow_call are at most 10 years".into(),
@@ -146,6 +146,15 @@ pub enum BreakerState {
 
 impl BreakerState {
     /// As a gauge value: 0 closed, 1 open, 2 half-open.
+    /// As a metric label.
+    fn label(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+
     fn gauge(self) -> f64 {
         match self {
             BreakerState::Closed => 0.0,
@@ -333,7 +342,7 @@ impl Breaker {
         let from = inner.state;
         inner.state = to;
         self.metrics.breaker_state.set(to.gauge());
-        self.metrics.breaker_transition(to);
+        self.metrics.breaker_transition(to.label());
         match to {
             BreakerState::Open => tracing::warn!(
                 namespace = %self.namespace, ?from, "circuit breaker open: remote tier skipped"

@@ -7,6 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::tiers::envelope::Meta;
 
+/// Longest duration any option takes (10 years): far beyond any sensible setting, far below
+/// what `Instant` and unix-millisecond arithmetic can carry.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// Wall-clock time in unix milliseconds (0 if the clock is before 1970).
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()

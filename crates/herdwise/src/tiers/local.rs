@@ -16,8 +16,8 @@ use metrics::Counter;
 use quick_cache::sync::Cache as Engine;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 
-use crate::ops::recovery::Recovery;
 use crate::tiers::envelope::{Meta, TagStamp};
+use crate::tiers::recovery::Recovery;
 
 /// Bookkeeping bytes charged to every entry on top of key and value.
 const ENTRY_OVERHEAD: u64 = 96;

@@ -3,7 +3,8 @@
 //! - `key`: the key space (typed keys to stored keys, the namespace generation).
 //! - `codec`, `envelope`: values to bytes and back (format, compression, metadata, tags).
 //! - `freshness`: TTLs, jitter, stale windows, XFetch.
-//! - `local`: L1, bounded by the bytes it holds, with invalidation epochs and demotion.
+//! - `local`: L1, bounded by the bytes it holds, with invalidation epochs and demotion;
+//!   `recovery`: the demotion era and the window after a remote-tier recovery.
 //! - `remote` (with `breaker`): the one door to the store — deadline, circuit breaker, failure
 //!   accounting. Nothing else calls the store.
 //!
@@ -15,4 +16,5 @@ pub mod envelope;
 pub(crate) mod freshness;
 pub mod key;
 pub(crate) mod local;
+pub(crate) mod recovery;
 pub(crate) mod remote;

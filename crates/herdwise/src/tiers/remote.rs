@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::metrics::{CacheMetrics, FailureKind, StoreOp};
-use crate::ops::recovery::Recovery;
 use crate::store::{Announcement, FillOutcome, SetOutcome, Store, StoreError, TagTable};
 use crate::tiers::breaker::{Breaker, BreakerConfig, BreakerState, Permit};
 use crate::tiers::freshness::now_ms;
+use crate::tiers::recovery::Recovery;
 
 pub(crate) struct Remote {
     store: Arc<dyn Store>,

@@ -18,12 +18,9 @@
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::cache::Cache;
 use crate::tiers::freshness::now_ms;
-use crate::tiers::key::CacheKey;
 
 /// The demotion era and the last remote-tier recovery, shared by the breaker (which reports
 /// recoveries), L1 (which stamps entries with the era) and the read path.
@@ -137,78 +134,6 @@ impl Recovery {
     /// A receiver that sees every later recovery.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.recoveries.subscribe()
-    }
-}
-
-/// How long the sentinel is kept: far longer than any entry, refreshed at every loss.
-const SENTINEL_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-
-impl<K, V> Cache<K, V>
-where
-    K: CacheKey + ?Sized,
-    V: Send + Sync + 'static,
-{
-    /// The sentinel token now in the store, writing one if there is none. `None` if the store
-    /// does not answer.
-    async fn sentinel(&self) -> Option<u64> {
-        let remote = &self.inner.remote;
-        let key = sentinel_key(self.inner.keys.namespace());
-        let parse = |bytes: Bytes| std::str::from_utf8(&bytes).ok()?.parse::<u64>().ok();
-        if let Some(token) = remote.get(&key).await.ok()?.and_then(parse) {
-            return Some(token);
-        }
-        let token = rand::random::<u64>() | 1;
-        remote
-            .set(&key, Bytes::from(token.to_string()), SENTINEL_TTL)
-            .await
-            .ok()?;
-        // Another instance may have written its own meanwhile: the one that stayed counts.
-        remote.get(&key).await.ok()?.and_then(parse)
-    }
-
-    /// Learns the sentinel token at the first contact with the store.
-    pub(crate) async fn learn_sentinel(&self) {
-        let server = self.inner.remote.server_id().await.ok().flatten();
-        if let Some(token) = self.sentinel().await {
-            self.inner.recovery.saw_token(token, server);
-        }
-    }
-
-    /// What is left of the recovery window, if a recovery is recent *and* the store came back
-    /// without its data (checked once per recovery, against the sentinel).
-    pub(crate) async fn lost_window(&self) -> Option<Duration> {
-        let recovery = &*self.inner.recovery;
-        let left = recovery.window_left()?;
-        if recovery.loss() == UNKNOWN {
-            let known = recovery.token();
-            let known_server = recovery.server();
-            let server = self.inner.remote.server_id().await.ok().flatten();
-            let now = self.sentinel().await?;
-            // Never learned a token: no evidence of a loss. A missing sentinel on the same
-            // server (evicted, deleted) is no loss either: only a server that restarted (or
-            // was replaced) without the sentinel lost its data. Stores that cannot tell who
-            // they are fall back on the sentinel alone.
-            let restarted = match (&known_server, &server) {
-                (Some(before), Some(now)) => before != now,
-                _ => true,
-            };
-            let verdict = if known != 0 && now != known && restarted {
-                LOST
-            } else {
-                INTACT
-            };
-            // The first verdict of this recovery stands (a later reader may already see the
-            // token the first one wrote).
-            recovery.judge_once(verdict);
-            recovery.saw_token(now, server);
-            if verdict == LOST {
-                tracing::warn!(
-                    namespace = self.namespace(),
-                    "the remote tier came back without its data: L1 answers for lost keys during the recovery window"
-                );
-            }
-        }
-        (recovery.loss() == LOST).then_some(left)
     }
 }
 

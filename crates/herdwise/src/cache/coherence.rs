@@ -1,0 +1,256 @@
+//! The cache's side of coherence: the invalidation paths that span several parts (tags, the
+//! retry queue's re-application, the namespace generation, the recovery sentinel), written as
+//! calls on those parts. The parts themselves (`crate::coherence`, `crate::tiers`) never see
+//! the cache.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use crate::cache::{Cache, Inner};
+use crate::coherence::backplane::{generation_key, Invalidation, Subscriber};
+use crate::coherence::retry::{Retry, RetryHost, RetryOnDrop, RetryQueue};
+use crate::coherence::tags::TagLedger;
+use crate::coherence::tags::{collect_tags, validate_tag, Verdict};
+use crate::error::Result;
+use crate::metrics::CacheMetrics;
+use crate::store::{Announcement, StoreError};
+use crate::tiers::envelope::TagStamp;
+use crate::tiers::key::CacheKey;
+use crate::tiers::local::L1Entry;
+use crate::tiers::recovery::Recovery;
+
+impl<V: Send + Sync + 'static> Subscriber for Inner<V> {
+    fn tags(&self) -> &TagLedger {
+        &self.tags
+    }
+
+    fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    fn metrics(&self) -> &CacheMetrics {
+        &self.metrics
+    }
+
+    fn namespace(&self) -> &str {
+        self.keys.namespace()
+    }
+
+    fn drop_key(&self, stored_key: &str) {
+        self.l1.invalidate(stored_key);
+    }
+
+    fn drop_prefix(&self, prefix: &str) {
+        self.l1.remove_prefix(prefix);
+    }
+
+    fn cleared(&self, generation: u64) {
+        if self.keys.advance_generation(generation) {
+            self.l1.clear();
+        }
+    }
+
+    fn resync(&self) -> BoxFuture<'_, Option<u64>> {
+        Box::pin(self.sync_generation())
+    }
+}
+
+impl<V: Send + Sync + 'static> Inner<V> {
+    /// Reads the namespace generation and tag clock from the store (one round trip), moves to
+    /// the generation if it is newer (clearing L1: entries of the old generation are unreachable
+    /// anyway) and lets new entries be stamped with the clock. The clock, once the store
+    /// answered.
+    pub(crate) async fn sync_generation(&self) -> Option<u64> {
+        let generation_key = generation_key(self.keys.namespace());
+        let table = self
+            .remote
+            .read_tags(&self.tag_table_key, &[], Some(&generation_key))
+            .await
+            .ok()?;
+        self.cleared(table.counter);
+        self.tags.saw_clock(table.clock);
+        Some(table.clock)
+    }
+}
+
+impl<V: Send + Sync + 'static> RetryHost for Inner<V> {
+    fn retries(&self) -> &RetryQueue {
+        &self.retries
+    }
+
+    fn recoveries(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.recovery.subscribe()
+    }
+
+    fn reapply<'a>(&'a self, what: &'a Retry) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            match what {
+                Retry::Key(key) => {
+                    if self.remote.delete(key).await.is_err() {
+                        return false;
+                    }
+                    self.drop_replicas(key).await;
+                    self.l1.invalidate(key);
+                    if let Some(backplane) = self.backplane.as_ref() {
+                        backplane
+                            .publish(&self.remote, Invalidation::Key(key))
+                            .await;
+                    }
+                    true
+                }
+                Retry::Tag(tag) => bump(self, tag).await.is_ok(),
+            }
+        })
+    }
+}
+
+/// Invalidates `tag` in the store (one round trip, announced to the other instances by the store
+/// in the same step) and records the new mark in this instance's ledger.
+pub(crate) async fn bump<V: Send + Sync + 'static>(
+    inner: &Inner<V>,
+    tag: &str,
+) -> std::result::Result<u64, StoreError> {
+    let announced = inner.backplane.as_ref().map(|b| b.tag_announcement());
+    let suffix = format!("|{tag}");
+    let announce = announced
+        .as_ref()
+        .map(|(channel, stream_max_len, prefix)| Announcement {
+            channel,
+            stream_max_len: *stream_max_len,
+            prefix,
+            suffix: &suffix,
+        });
+    let seq = inner.tags.pending_seq();
+    let clock = inner
+        .remote
+        .bump_tag(&inner.tag_table_key, tag, inner.tag_mark_ttl, announce)
+        .await?;
+    inner.tags.confirmed(tag, clock, seq);
+    Ok(clock)
+}
+
+impl<K, V> Cache<K, V>
+where
+    K: CacheKey + ?Sized,
+    V: Send + Sync + 'static,
+{
+    /// Invalidates every entry carrying `tag`, on every instance, in one round trip whatever the
+    /// number of entries: the tag is marked as invalidated at the next value of the namespace's
+    /// tag clock, and every entry stamped before that mark is unreadable from then on (it dies by
+    /// its TTL). This instance stops serving them at once; the others when the store's
+    /// announcement reaches them (or, if they may have missed it, when they notice and start
+    /// over). Loads in flight whose value was read before the invalidation are not served from
+    /// the cache afterwards either: their entries carry the older stamp.
+    ///
+    /// A store failure is not returned: the invalidation is retried in the background (and, until
+    /// it succeeds, this instance treats every entry with the tag as invalid).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// use herdwise::{Cache, WriteOptions};
+    /// let cache: Cache<u64, String> = Cache::builder("products").build()?;
+    /// let shoes = WriteOptions::default().tags(["category:shoes"]);
+    /// cache.set_with(&1, "boot".to_string(), &shoes).await?;
+    /// cache.set_with(&2, "sandal".to_string(), &shoes).await?;
+    /// cache.set(&3, "lamp".to_string()).await?;
+    ///
+    /// cache.invalidate_tag("category:shoes").await?;
+    /// assert_eq!(cache.get(&1).await?, None);
+    /// assert_eq!(cache.get(&2).await?, None);
+    /// assert!(cache.get(&3).await?.is_some());
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
+        validate_tag(tag)?;
+        self.ensure_backplane();
+        self.ensure_generation().await;
+        let inner = &self.inner;
+        inner.metrics.tag_invalidations.increment(1);
+        if !inner.tags.invalidate_pending(tag) {
+            inner.metrics.invalidations_dead_lettered.increment(1);
+            tracing::error!(
+                tag,
+                "too many tag invalidations wait for the store: not held locally"
+            );
+        }
+        // Armed across the store write: a caller dropped meanwhile leaves it to the retries.
+        let retry = RetryOnDrop::new(inner, Retry::Tag(tag.into()));
+        if bump(inner, tag).await.is_ok() {
+            retry.disarm();
+        }
+        Ok(())
+    }
+
+    /// Whether an entry with these tags may be served: judged locally when the ledger can, else
+    /// against the store's marks (one `MGET`). `Valid`, `Invalid` (by a mark), or `Pending` (an
+    /// unconfirmed local invalidation; also the answer when the store cannot be asked: a miss
+    /// here, but no verdict against the entry).
+    pub(crate) async fn tags_valid(&self, stamp: &TagStamp) -> Verdict {
+        let inner = &*self.inner;
+        match inner.tags.verdict(stamp) {
+            verdict @ (Verdict::Valid | Verdict::Invalid | Verdict::Pending) => verdict,
+            Verdict::Unknown => {
+                inner.metrics.tag_store_checks.increment(1);
+                let era = inner.tags.era();
+                let tags: Vec<&str> = stamp.tags.iter().map(|t| &**t).collect();
+                match inner
+                    .remote
+                    .read_tags(&inner.tag_table_key, &tags, None)
+                    .await
+                {
+                    Ok(table) if table.marks.len() == tags.len() => {
+                        if inner.tags.learn(era, stamp, &table) {
+                            Verdict::Valid
+                        } else {
+                            Verdict::Invalid
+                        }
+                    }
+                    _ => Verdict::Pending,
+                }
+            }
+        }
+    }
+
+    /// Whether the L1 entry found under `stored_key` may be served. Only a local `Valid` counts:
+    /// anything else goes to L2, where the store can decide. An entry a tag invalidation killed
+    /// is dropped from L1 at once (so it is judged, counted and kept in memory only once).
+    pub(crate) fn l1_entry_ok(&self, stored_key: &str, entry: &L1Entry<V>) -> bool {
+        let Some(stamp) = entry.tags.as_ref() else {
+            return true;
+        };
+        match self.inner.tags.verdict(stamp) {
+            Verdict::Valid => true,
+            Verdict::Invalid | Verdict::Pending => {
+                self.inner.metrics.tag_invalidated_reads.increment(1);
+                self.inner.l1.remove_entry(stored_key, entry);
+                false
+            }
+            Verdict::Unknown => false,
+        }
+    }
+
+    /// The tags an entry carries: the call's own and those the cache derives from the value,
+    /// stamped with `clock` (the ledger's clock from before the value was read or written).
+    pub(crate) fn entry_tags(
+        &self,
+        call_tags: &[Box<str>],
+        value: Option<&V>,
+        clock: u64,
+    ) -> Result<Option<Arc<TagStamp>>> {
+        let derived = match (self.inner.tags_from.as_ref(), value) {
+            (Some(derive), Some(value)) => derive(value),
+            _ => Vec::new(),
+        };
+        if call_tags.is_empty() && derived.is_empty() {
+            return Ok(None);
+        }
+        let all = call_tags
+            .iter()
+            .map(|t| &**t)
+            .chain(derived.iter().map(String::as_str));
+        let tags = collect_tags(all, self.inner.max_tags)?;
+        Ok(Some(Arc::new(TagStamp { clock, tags })))
+    }
+}
