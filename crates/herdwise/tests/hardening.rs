@@ -347,32 +347,42 @@ async fn d6_a_waiter_that_gave_up_on_the_lease_is_fenced_too() {
             .unwrap()
     };
     let (holder, waiter, writer) = (build().await, build().await, build().await);
-    let slow = |ms: u64| {
-        move |_: &u64| async move {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            Ok::<_, OriginError>(Some("old".to_string()))
+    // The origin's version: a load reads it when it starts, and answers after `ms`.
+    let origin = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let slow = |ms: u64, origin: Arc<std::sync::atomic::AtomicU64>| {
+        move |_: &u64| {
+            let version = origin.load(std::sync::atomic::Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok::<_, OriginError>(Some(format!("v{version}")))
+            }
         }
     };
     let held = {
         let holder = holder.clone();
-        tokio::spawn(async move { holder.get_or_load(&1, slow(1_000)).await })
+        let load = slow(1_000, origin.clone());
+        tokio::spawn(async move { holder.get_or_load(&1, load).await })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     let waited = {
         let waiter = waiter.clone();
-        tokio::spawn(async move { waiter.get_or_load(&1, slow(300)).await })
+        let load = slow(300, origin.clone());
+        tokio::spawn(async move { waiter.get_or_load(&1, load).await })
     };
     // The waiter gives up at ~150 ms and loads until ~450 ms; the origin changes at ~250 ms.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    origin.store(1, std::sync::atomic::Ordering::SeqCst);
     writer.invalidate(&1).await.unwrap();
     waited.await.unwrap().unwrap();
     held.await.unwrap().unwrap();
-    let stored_key = writer.stored_key(&1).unwrap();
-    assert_eq!(
-        existing(&mut raw, &[stored_key]).await,
-        0,
+    // (A load that started after the change — a slow machine — may fill v1: that is correct.)
+    let stored = writer.get(&1).await.unwrap();
+    assert_ne!(
+        stored.as_deref().map(String::as_str),
+        Some("v0"),
         "a fill the invalidation overtook was written to L2"
     );
+    let _ = &mut raw;
 }
 
 fn alive_tasks() -> usize {
@@ -847,5 +857,72 @@ async fn r8_callers_with_short_timeouts_still_trip_the_breaker() {
         state,
         BreakerState::Open,
         "a frozen Redis, and every caller gives up after 5 ms"
+    );
+}
+
+// Review finding: loads in flight under a prefix (their value read before the invalidation)
+// must not be stored behind the prefix walk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r9_loads_in_flight_under_a_prefix_are_not_stored_behind_its_walk() {
+    let server = common::redis();
+    let cache: Cache<(u64, u64), String> = slow_store_cache("r9", common::store(&server).await);
+    const N: u64 = 20_000;
+    cache.set(&(42, 0), "old".to_string()).await.unwrap();
+    let mut raw = common::raw(&server).await;
+    let bytes: Vec<u8> = redis::cmd("GET")
+        .arg(cache.stored_key(&(42, 0)).unwrap())
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let mut pipe = redis::pipe();
+    for i in 1..N {
+        let key = cache.stored_key(&(42, i)).unwrap();
+        pipe.cmd("SET")
+            .arg(key)
+            .arg(&bytes)
+            .arg("EX")
+            .arg(600)
+            .ignore();
+    }
+    let () = pipe.query_async(&mut raw).await.unwrap();
+    // 60 loads under the prefix, each holding its lease, each with the origin's old state read.
+    const LOADS: u64 = 60;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let loads: Vec<_> = (0..LOADS)
+        .map(|i| {
+            let (cache, gate) = (cache.clone(), gate.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(&(42, N + i), |_| async move {
+                        gate.acquire().await.unwrap().forget();
+                        Ok::<_, OriginError>(Some("old".to_string()))
+                    })
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Their fills land one by one while the walk runs (and after it).
+    let releaser = {
+        let gate = gate.clone();
+        tokio::spawn(async move {
+            for _ in 0..LOADS {
+                gate.add_permits(1);
+                tokio::time::sleep(Duration::from_millis(4)).await;
+            }
+        })
+    };
+    cache.invalidate_prefix(&42u64).await.unwrap();
+    releaser.await.unwrap();
+    for load in loads {
+        load.await.unwrap().unwrap();
+    }
+    let keys: Vec<String> = (0..LOADS)
+        .map(|i| cache.stored_key(&(42, N + i)).unwrap())
+        .collect();
+    assert_eq!(
+        existing(&mut raw, &keys).await,
+        0,
+        "values loaded before the prefix invalidation are stored in L2"
     );
 }

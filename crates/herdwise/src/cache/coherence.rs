@@ -92,12 +92,16 @@ impl<V: Send + Sync + 'static> RetryHost for Inner<V> {
                     }
                     self.drop_replicas(key).await;
                     self.l1.invalidate(key);
-                    if let Some(backplane) = self.backplane.as_ref() {
-                        backplane
-                            .publish(&self.remote, Invalidation::Key(key))
-                            .await;
+                    // The other instances must hear of it too: a lost announcement is retried
+                    // (with the delete, which is harmless to repeat).
+                    match self.backplane.as_ref() {
+                        Some(backplane) => {
+                            backplane
+                                .publish(&self.remote, Invalidation::Key(key))
+                                .await
+                        }
+                        None => true,
                     }
-                    true
                 }
                 Retry::Tag(tag) => bump(self, tag).await.is_ok(),
             }

@@ -394,9 +394,12 @@ where
         // A local read during the delete may have put the old L2 value back into L1 (this
         // instance ignores its own event): the invalidation is complete locally only now.
         self.inner.l1.invalidate(stored_key);
-        self.announce(stored_key).await;
-        if let Some(retry) = retry {
-            retry.disarm();
+        let announced = self.announce(stored_key).await;
+        match retry {
+            Some(retry) if announced => retry.disarm(),
+            // Not announced: the other instances' L1s would keep the old value until their cap;
+            // the retry announces it again.
+            _ => {}
         }
     }
 
@@ -604,11 +607,15 @@ where
     }
 
     /// Tells the other instances to drop `stored_key` from their L1.
-    async fn announce(&self, stored_key: &str) {
-        if let Some(backplane) = self.inner.backplane.as_ref() {
-            backplane
-                .publish(&self.inner.remote, Invalidation::Key(stored_key))
-                .await;
+    /// `false` if the store did not take the announcement.
+    async fn announce(&self, stored_key: &str) -> bool {
+        match self.inner.backplane.as_ref() {
+            Some(backplane) => {
+                backplane
+                    .publish(&self.inner.remote, Invalidation::Key(stored_key))
+                    .await
+            }
+            None => true,
         }
     }
 
@@ -670,11 +677,9 @@ where
         {
             Ok(encoded) => encoded,
             Err(err) => {
-                // The caller meant to replace the value: do not keep serving the old one.
-                self.inner.l1.remove(stored_key);
-                let _ = self.inner.remote.delete(stored_key).await;
-                self.drop_replicas(stored_key).await;
-                self.announce(stored_key).await;
+                // The caller meant to replace the value: do not keep serving the old one (a full
+                // invalidation: epochs, retries, the announcement).
+                self.invalidate_stored(stored_key).await;
                 return Err(err);
             }
         };

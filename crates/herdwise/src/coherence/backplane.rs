@@ -168,8 +168,9 @@ impl Backplane {
         (&self.channel, self.stream_max_len, prefix)
     }
 
-    /// Announces an invalidation to the other instances.
-    pub async fn publish(&self, remote: &Remote, what: Invalidation<'_>) {
+    /// Announces an invalidation to the other instances; `false` if the store did not take it
+    /// (the receivers see a gap at this sender's next message).
+    pub async fn publish(&self, remote: &Remote, what: Invalidation<'_>) -> bool {
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
         let message = match what {
             Invalidation::Key(key) => format!("{:x}|{sequence}|k|{key}", self.sender),
@@ -179,10 +180,11 @@ impl Backplane {
             Invalidation::Prefix(prefix) => format!("{:x}|{sequence}|p|{prefix}", self.sender),
         };
         let message = Bytes::from(message);
-        let _ = match self.stream_max_len {
+        let sent = match self.stream_max_len {
             None => remote.publish(&self.channel, message).await,
             Some(max_len) => remote.stream_append(&self.channel, message, max_len).await,
         };
+        sent.is_ok()
     }
 }
 
@@ -239,7 +241,7 @@ async fn listen(
                 };
                 if let Some(clock) = inner.resync().await {
                     if !inner.tags().is_complete() {
-                        if subscribed_before {
+                        if subscribed_before && !deaf {
                             inner.tags().complete(clock);
                         }
                     } else if inner.tags().event_clock() < clock_at_last_check {

@@ -5,7 +5,8 @@
 //! - The queue holds each invalidation once (a key or tag queued again while it waits is not
 //!   queued twice, but its age starts over) and at most [`QUEUE_CAPACITY`] of them; past that, an
 //!   invalidation is dead-lettered (counted and logged), never queued without bound.
-//! - Until a key's queued delete has gone through (or been given up), [`RetryQueue::is_unapplied`]
+//! - Until a key's queued delete has gone through (or been given up, or is older than
+//!   `max_age`), [`RetryQueue::is_unapplied`]
 //!   says so: the read path does not take that key's L2 value, which is the one the invalidation
 //!   is there to remove. A retry that started before the key was queued again does not clear it.
 //! - One worker per cache drains it in batches of up to [`BATCH`], [`CONCURRENCY`] calls in
@@ -73,7 +74,9 @@ struct State {
     /// Queued invalidations and since when (the latest push).
     queued: HashMap<Retry, Instant>,
     /// Keys whose delete has not gone through, with the sequence number of their last push.
-    unapplied: HashMap<Box<str>, u64>,
+    /// Each holds at most `max_age` (past it the key's old entries have expired, and a retry
+    /// lost with its worker cannot keep the key unreadable here).
+    unapplied: HashMap<Box<str>, (u64, Instant)>,
     seq: u64,
 }
 
@@ -121,7 +124,12 @@ impl RetryQueue {
     /// Whether a delete of `stored_key` by this instance is still to go through.
     pub fn is_unapplied(&self, stored_key: &str) -> bool {
         self.unapplied.load(Ordering::Acquire) > 0
-            && self.state.lock().unapplied.contains_key(stored_key)
+            && self
+                .state
+                .lock()
+                .unapplied
+                .get(stored_key)
+                .is_some_and(|(_, since)| since.elapsed() <= self.max_age)
     }
 
     /// Queues an invalidation for retries; dead-letters it if the queue is full.
@@ -155,7 +163,13 @@ impl RetryQueue {
         if let Retry::Key(key) = what {
             state.seq += 1;
             let seq = state.seq;
-            state.unapplied.insert(key.clone(), seq);
+            if state.unapplied.len() >= QUEUE_CAPACITY {
+                let max_age = self.max_age;
+                state
+                    .unapplied
+                    .retain(|_, (_, since)| since.elapsed() <= max_age);
+            }
+            state.unapplied.insert(key.clone(), (seq, now));
             self.unapplied
                 .store(state.unapplied.len(), Ordering::Release);
         }
@@ -188,7 +202,7 @@ impl RetryQueue {
             // anew (it needs a delete after its own time).
             let since = state.queued.remove(&what).unwrap_or_else(Instant::now);
             let seq = match &what {
-                Retry::Key(key) => state.unapplied.get(key).copied().unwrap_or(0),
+                Retry::Key(key) => state.unapplied.get(key).map_or(0, |(seq, _)| *seq),
                 Retry::Tag(_) => 0,
             };
             let item = Queued { what, since, seq };
@@ -227,7 +241,11 @@ impl RetryQueue {
             return;
         };
         let mut state = self.state.lock();
-        if state.unapplied.get(key) == Some(&item.seq) {
+        if state
+            .unapplied
+            .get(key)
+            .is_some_and(|(seq, _)| *seq == item.seq)
+        {
             state.unapplied.remove(key);
             self.unapplied
                 .store(state.unapplied.len(), Ordering::Release);

@@ -299,6 +299,11 @@ impl Store for MemoryStore {
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
+        // The claims first: a load in flight under the prefix is voided before the values go,
+        // so its fill cannot land behind the walk.
+        for stripe in &self.inner.stripes {
+            stripe.lock().retain(|key| !key.starts_with(prefix));
+        }
         let doomed: Vec<Box<str>> = self
             .inner
             .engine
@@ -313,9 +318,6 @@ impl Store for MemoryStore {
                 removed += 1;
             }
             leases.remove(&key);
-        }
-        for stripe in &self.inner.stripes {
-            stripe.lock().retain(|key| !key.starts_with(prefix));
         }
         Ok(removed)
     }

@@ -325,9 +325,10 @@ async fn check_eviction_policy(conn: &mut ConnectionManager) {
     match reply.as_deref() {
         Ok([_, policy]) if policy.starts_with("allkeys-") => tracing::warn!(
             policy = %policy,
-            "redis may evict any key: Herdwise notices when its tag table or generation is \
-             evicted and stays correct, at the cost of misses (tagged entries stamped before the \
-             loss are reloaded); a volatile-* policy never evicts them"
+            "redis may evict any key: Herdwise notices when its tag table is evicted and stays \
+             correct, at the cost of misses (tagged entries stamped before the loss are \
+             reloaded), but an evicted namespace generation (`herdwise:gen:<ns>`) can bring back \
+             entries an old `clear()` removed; a volatile-* policy never evicts either"
         ),
         Ok(_) => {}
         Err(e) => tracing::debug!(error = %e, "maxmemory-policy not readable"),
@@ -440,11 +441,12 @@ impl Store for RedisStore {
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
         let mut conn = self.conn.clone();
         let mut removed = 0;
-        // Values, then the leases and fences of any key under the prefix (`{<key>}:lease`,
-        // `{<key>}:fence`).
+        // The leases and fences of every key under the prefix (`{<key>}:lease`, `{<key>}:fence`)
+        // first, then the values (with their claims again): a load in flight under the prefix
+        // is voided before the walk passes its key, so its fill cannot land behind the walk.
         for pattern in [
-            format!("{}*", glob_escape(prefix)),
             format!("{{{}*", glob_escape(prefix)),
+            format!("{}*", glob_escape(prefix)),
         ] {
             let leases = pattern.starts_with('{');
             let mut cursor: u64 = 0;

@@ -346,10 +346,36 @@ impl Drop for PermitGuard<'_> {
         runtime.spawn(async move {
             // Cleared however the task ends (also if its runtime shuts down).
             let _running = ClearOnDrop(running);
-            let started = Instant::now();
+            // And the permit handed back if it ends before recording (a runtime shutting down
+            // mid-call): a probe must never stay out.
+            let mut guard = StandIn {
+                breaker,
+                permit: Some(permit),
+                started: Instant::now(),
+            };
             let read = tokio::time::timeout(deadline, store.get(STAND_IN_KEY)).await;
-            breaker.record(permit, !matches!(read, Ok(Ok(_))), started.elapsed());
+            if let Some(permit) = guard.permit.take() {
+                let took = guard.started.elapsed();
+                guard
+                    .breaker
+                    .record(permit, !matches!(read, Ok(Ok(_))), took);
+            }
         });
+    }
+}
+
+/// A stand-in's permit: handed back if the stand-in ends without recording it.
+struct StandIn {
+    breaker: Arc<Breaker>,
+    permit: Option<Permit>,
+    started: Instant,
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.breaker.abandon(permit, self.started.elapsed());
+        }
     }
 }
 
