@@ -62,7 +62,8 @@ mod protect;
 pub mod store;
 mod tiers;
 
-pub use tiers::{codec, envelope, key};
+pub mod envelope;
+pub use tiers::{codec, key};
 
 pub use cache::builder::{
     CacheBuilder, DEFAULT_FAIL_SAFE_THROTTLE, DEFAULT_HOT_KEYS, DEFAULT_HOT_KEY_SHIELD_BYTES,

@@ -236,3 +236,20 @@ fn the_property_exercises_caches_that_build() {
         "only {built} of {runner_cases} generated configurations build"
     );
 }
+
+// Review finding: a store whose own default deadline is zero is refused at `build()`, like
+// `store_timeout(0)` (every call would time out and the breaker would never close).
+#[tokio::test]
+async fn a_zero_store_default_timeout_is_a_config_error() {
+    let store = herdwise::RedisStore::builder("redis://127.0.0.1:1")
+        .call_timeout(Duration::ZERO)
+        .connect_lazy()
+        .unwrap();
+    let built = herdwise::Cache::<u64, u64>::builder("cfg")
+        .store(store)
+        .build();
+    match built {
+        Err(herdwise::Error::Config(message)) => assert!(message.contains("store_timeout")),
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+}

@@ -97,6 +97,10 @@ async fn d2_a_read_during_invalidate_leaves_no_old_value_in_its_own_l1() {
     // The delete is on its way; L2 still has the old value, and this read brings it back.
     let during = cache.get(&7).await.unwrap();
     assert_eq!(during.as_deref().map(String::as_str), Some("old"));
+    assert!(
+        !invalidating.is_finished(),
+        "the read must run during the invalidation"
+    );
     invalidating.await.unwrap().unwrap();
     assert_eq!(
         cache.get(&7).await.unwrap(),

@@ -12,6 +12,8 @@ use crate::cache::{Cache, Inner};
 use crate::coherence::backplane::{Backplane, BackplaneTransport};
 use crate::coherence::retry::RetryQueue;
 use crate::coherence::tags::{table_key, TagLedger, TagsFrom, DEFAULT_MAX_TAGS_PER_ENTRY};
+use crate::envelope::Compression;
+use crate::envelope::MAX_STORED_TAGS;
 use crate::error::{Error, Result};
 use crate::loader::{Loader, SharedLoader};
 use crate::metrics::CacheMetrics;
@@ -23,8 +25,6 @@ use crate::protect::origin_limit::OriginLimit;
 use crate::store::{MemoryStore, Store};
 use crate::tiers::breaker::BreakerConfig;
 use crate::tiers::codec::{Codec, Postcard};
-use crate::tiers::envelope::Compression;
-use crate::tiers::envelope::MAX_STORED_TAGS;
 use crate::tiers::freshness::TtlPolicy;
 use crate::tiers::freshness::MAX_DURATION;
 use crate::tiers::key::{CacheKey, KeySpace, DEFAULT_MAX_KEY_BYTES};
@@ -714,6 +714,14 @@ where
         let deadline = self
             .store_timeout
             .unwrap_or_else(|| store.default_timeout());
+        // The store's own default (e.g. `RedisStoreBuilder::call_timeout`) is checked as
+        // `store_timeout` would be: a zero deadline fails every call and keeps the breaker open.
+        if deadline.is_zero() || deadline > MAX_DURATION {
+            return Err(Error::Config(format!(
+                "store_timeout (here the store's default timeout, {deadline:?}) must be positive \
+                 and at most 10 years"
+            )));
+        }
         let fill_waiters = FillWaiters::new(store.clone(), &self.namespace);
         let backplane = self
             .backplane

@@ -1,6 +1,6 @@
 //! Moving entries between typed values and the tiers: encoding envelopes, reading L2 into L1,
 //! writing L2 and mirroring the outcome in L1. No policy about *when* to read or write: that is
-//! the read path's (`read_through`) and the public API's (`cache`).
+//! the read path's (`cache::read`) and the public API's (`cache`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +9,9 @@ use bytes::Bytes;
 
 use crate::cache::{Cache, Inner, WriteOutcome};
 use crate::coherence::tags::Verdict;
+use crate::envelope::{self, EnvelopeError, Meta, TagStamp};
 use crate::error::{Error, Result};
 use crate::store::{SetOutcome, StoreError};
-use crate::tiers::envelope::{self, EnvelopeError, Meta, TagStamp};
 use crate::tiers::freshness::{now_ms, Freshness};
 use crate::tiers::key::CacheKey;
 use crate::tiers::local::{L1Entry, Standing};

@@ -1,9 +1,11 @@
-//! The public [`Cache`]: the API, and the state the parts share.
+//! The public [`Cache`]: the API, and the composition of the parts (`Inner`, whose fields only
+//! `cache/` sees).
 //!
 //! One read, in order: L1 → single-flight → L2 (under a deadline) → lease → loader → fenced
-//! fill. The steps live in their own modules — `read_through` (the read path and its failure
-//! decisions), `tiers` (entries in and out of L1/L2), `lease`, `flight`, `remote`, `local` — and
-//! this file only holds them together.
+//! fill. The path is `read` (with its failure decisions), written as calls on the parts —
+//! `tiers::local`, `protect::flight`, `tiers::remote`, `protect::lease`, `protect::origin_limit`;
+//! `entries` moves typed entries in and out of the tiers, `write`, `refresh` and `warm` are the
+//! other paths, and `coherence` the invalidation glue the parts call back through.
 
 pub(crate) mod builder;
 mod coherence;
@@ -28,6 +30,7 @@ use crate::cache::write::WriteOptions;
 use crate::coherence::backplane::{generation_key, Backplane, Invalidation};
 use crate::coherence::retry::{Retry, RetryOnDrop, RetryQueue};
 use crate::coherence::tags::{TagLedger, TagsFrom};
+use crate::envelope::{Compression, Meta};
 use crate::error::Result;
 use crate::loader::SharedLoader;
 use crate::metrics::CacheMetrics;
@@ -37,7 +40,6 @@ use crate::protect::flight::Flights;
 use crate::protect::lease::{FillWaiters, LeaseConfig};
 use crate::protect::origin_limit::OriginLimit;
 use crate::tiers::codec::Codec;
-use crate::tiers::envelope::{Compression, Meta};
 use crate::tiers::freshness::{now_ms, TtlPolicy};
 use crate::tiers::key::{CacheKey, KeySpace};
 use crate::tiers::local::{L1Entry, LocalTier, Standing};

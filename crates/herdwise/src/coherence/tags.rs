@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
+use crate::envelope::{TagStamp, MAX_STORED_TAGS, MAX_TAG_BYTES};
 use crate::error::{Error, Result};
 use crate::store::TagTable;
-use crate::tiers::envelope::{TagStamp, MAX_STORED_TAGS, MAX_TAG_BYTES};
 
 /// Derives an entry's tags from its value (`CacheBuilder::tags_from`).
 pub(crate) type TagsFrom<V> = Arc<dyn Fn(&V) -> Vec<String> + Send + Sync>;

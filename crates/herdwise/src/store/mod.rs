@@ -2,7 +2,7 @@
 //!
 //! A store moves opaque envelope bytes; it knows nothing of values, freshness or policy. The one
 //! thing it must know about the envelope is where the value version lives
-//! ([`crate::tiers::envelope::VERSION_OFFSET`]), so that [`Store::set_if_not_older`] can refuse to put an
+//! ([`crate::envelope::VERSION_OFFSET`]), so that [`Store::set_if_not_older`] can refuse to put an
 //! older value over a newer one in a single atomic step.
 //!
 //! Deadlines are applied by the cache around every call (see `remote`), so an implementation does
@@ -357,7 +357,5 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
 /// The value version stored in envelope bytes, if they look like an envelope.
 pub(crate) fn stored_version(bytes: &[u8]) -> Option<u64> {
-    crate::tiers::envelope::decode_meta(bytes)
-        .ok()
-        .map(|m| m.version)
+    crate::envelope::decode_meta(bytes).ok().map(|m| m.version)
 }

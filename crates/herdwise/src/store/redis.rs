@@ -18,7 +18,7 @@ use super::{
     fence_key, glob_escape, lease_key, lua_version_guard, Announcement, FillOutcome, SetOutcome,
     Store, StoreError, StoreEvent, TagTable,
 };
-use crate::tiers::envelope::VERSION_OFFSET;
+use crate::envelope::VERSION_OFFSET;
 
 /// Keys asked of each `SCAN` step: small enough that no step blocks Redis noticeably.
 const SCAN_BATCH: usize = 1000;

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::tiers::envelope::Meta;
+use crate::envelope::Meta;
 
 /// Longest duration any option takes (10 years): far beyond any sensible setting, far below
 /// what `Instant` and unix-millisecond arithmetic can carry.

@@ -4,7 +4,7 @@
 //! carries its deadline and an expired entry is removed when a read finds it; until then it only
 //! occupies weight that eviction reclaims. Values are `Arc`s: a hit clones a pointer, never the
 //! value. An entry's weight is its key plus what the caller weighs the entry at (the value's
-//! uncompressed payload length or the cache's weigher, plus its tags: see `tiers::l1_weight`)
+//! uncompressed payload length or the cache's weigher, plus its tags: see `cache::entries::l1_weight`)
 //! plus a fixed overhead — never the compressed bytes, which L1 does not hold.
 
 use std::hash::BuildHasher;
@@ -16,7 +16,7 @@ use metrics::Counter;
 use quick_cache::sync::Cache as Engine;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 
-use crate::tiers::envelope::{Meta, TagStamp};
+use crate::envelope::{Meta, TagStamp};
 use crate::tiers::recovery::Recovery;
 
 /// Bookkeeping bytes charged to every entry on top of key and value.
@@ -34,7 +34,7 @@ pub(crate) struct L1Entry<V> {
     /// The entry's envelope metadata (fresh/stale times in unix ms, flags) for stale-window
     /// decisions shared with L2.
     pub meta: Meta,
-    /// The entry's weight (decoded value and tags, see `tiers::l1_weight`), charged against the
+    /// The entry's weight (decoded value and tags, see `cache::entries::l1_weight`), charged against the
     /// byte bound.
     pub size: u32,
     /// The entry's tags, checked on every hit against what this instance knows of tag

@@ -1,7 +1,8 @@
 //! The tiers: typed entries in and out of L1 and L2.
 //!
 //! - `key`: the key space (typed keys to stored keys, the namespace generation).
-//! - `codec`, `envelope`: values to bytes and back (format, compression, metadata, tags).
+//! - `codec`: values to payload bytes and back (the envelope around them, shared with the
+//!   stores, is the crate's leaf module `envelope`).
 //! - `freshness`: TTLs, jitter, stale windows, XFetch.
 //! - `local`: L1, bounded by the bytes it holds, with invalidation epochs and demotion;
 //!   `recovery`: the demotion era and the window after a remote-tier recovery.
@@ -12,7 +13,7 @@
 
 pub(crate) mod breaker;
 pub mod codec;
-pub mod envelope;
+
 pub(crate) mod freshness;
 pub mod key;
 pub(crate) mod local;
