@@ -8,7 +8,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::cache::entries::Weigher;
 use crate::cache::warm::{KeyBook, RewarmPolicy};
-use crate::cache::{Cache, Inner};
+use crate::cache::{Cache, Coherence, Format, Inner, Operations, Protection, ReadDefaults};
 use crate::coherence::backplane::{Backplane, BackplaneTransport};
 use crate::coherence::retry::RetryQueue;
 use crate::coherence::tags::{table_key, TagLedger, TagsFrom, DEFAULT_MAX_TAGS_PER_ENTRY};
@@ -764,37 +764,47 @@ where
                 keys,
                 l1,
                 remote: Arc::new(remote),
-                flights: Flights::new(self.max_in_flight),
-                codec: self.codec.unwrap_or_else(|| Arc::new(Postcard)),
                 ttl: ttl_policy,
-                compression: self.compression,
-                max_value_bytes: self.max_value_bytes,
-                metrics: metrics.clone(),
-                lease: self.lease,
-                fill_waiters,
-                hard_timeout: self.hard_timeout,
-                soft_timeout: self.soft_timeout,
-                xfetch_beta: self.xfetch_beta,
-                backplane,
-                retries: RetryQueue::new(reach, metrics.clone()),
-                generation_synced: std::sync::atomic::AtomicBool::new(false),
-                generation_attempt_ms: std::sync::atomic::AtomicU64::new(0),
-                tags: TagLedger::new(reach),
-                tag_table_key: table_key(&self.namespace),
-                tag_mark_ttl,
-                max_tags: self.max_tags,
-                tags_from: self.tags_from,
-                hot_keys,
-                origin_limit: self
-                    .origin_limit
-                    .map(|(max, wait)| OriginLimit::new(max, wait)),
                 recovery,
-                rewarm: self.rewarm,
-                rewarm_started: std::sync::atomic::AtomicBool::new(false),
-                warmed: std::sync::atomic::AtomicBool::new(false),
-                replicas: self.replicas,
-                weigher: self.weigher,
-                refreshing: crate::protect::refreshing::Refreshing::new(self.max_in_flight),
+                metrics: metrics.clone(),
+                format: Format {
+                    codec: self.codec.unwrap_or_else(|| Arc::new(Postcard)),
+                    compression: self.compression,
+                    max_value_bytes: self.max_value_bytes,
+                    weigher: self.weigher,
+                },
+                protect: Protection {
+                    flights: Flights::new(self.max_in_flight),
+                    lease: self.lease,
+                    fill_waiters,
+                    origin_limit: self
+                        .origin_limit
+                        .map(|(max, wait)| OriginLimit::new(max, wait)),
+                    refreshing: crate::protect::refreshing::Refreshing::new(self.max_in_flight),
+                },
+                coherence: Coherence {
+                    backplane,
+                    retries: RetryQueue::new(reach, metrics.clone()),
+                    generation_synced: std::sync::atomic::AtomicBool::new(false),
+                    generation_attempt_ms: std::sync::atomic::AtomicU64::new(0),
+                    tags: TagLedger::new(reach),
+                    tag_table_key: table_key(&self.namespace),
+                    tag_mark_ttl,
+                    max_tags: self.max_tags,
+                    tags_from: self.tags_from,
+                },
+                ops: Operations {
+                    hot_keys,
+                    rewarm: self.rewarm,
+                    rewarm_started: std::sync::atomic::AtomicBool::new(false),
+                    warmed: std::sync::atomic::AtomicBool::new(false),
+                    replicas: self.replicas,
+                },
+                defaults: ReadDefaults {
+                    hard_timeout: self.hard_timeout,
+                    soft_timeout: self.soft_timeout,
+                    xfetch_beta: self.xfetch_beta,
+                },
             },
             self.loader,
             book,

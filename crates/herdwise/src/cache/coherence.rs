@@ -22,7 +22,7 @@ use crate::tiers::recovery::Recovery;
 
 impl<V: Send + Sync + 'static> Subscriber for Inner<V> {
     fn tags(&self) -> &TagLedger {
-        &self.tags
+        &self.coherence.tags
     }
 
     fn recovery(&self) -> &Recovery {
@@ -65,18 +65,18 @@ impl<V: Send + Sync + 'static> Inner<V> {
         let generation_key = generation_key(self.keys.namespace());
         let table = self
             .remote
-            .read_tags(&self.tag_table_key, &[], Some(&generation_key))
+            .read_tags(&self.coherence.tag_table_key, &[], Some(&generation_key))
             .await
             .ok()?;
         self.cleared(table.counter);
-        self.tags.saw_clock(table.clock);
+        self.coherence.tags.saw_clock(table.clock);
         Some(table.clock)
     }
 }
 
 impl<V: Send + Sync + 'static> RetryHost for Inner<V> {
     fn retries(&self) -> &RetryQueue {
-        &self.retries
+        &self.coherence.retries
     }
 
     fn recoveries(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -94,7 +94,7 @@ impl<V: Send + Sync + 'static> RetryHost for Inner<V> {
                     self.l1.invalidate(key);
                     // The other instances must hear of it too: a lost announcement is retried
                     // (with the delete, which is harmless to repeat).
-                    match self.backplane.as_ref() {
+                    match self.coherence.backplane.as_ref() {
                         Some(backplane) => {
                             backplane
                                 .publish(&self.remote, Invalidation::Key(key))
@@ -115,7 +115,11 @@ pub(crate) async fn bump<V: Send + Sync + 'static>(
     inner: &Inner<V>,
     tag: &str,
 ) -> std::result::Result<u64, StoreError> {
-    let announced = inner.backplane.as_ref().map(|b| b.tag_announcement());
+    let announced = inner
+        .coherence
+        .backplane
+        .as_ref()
+        .map(|b| b.tag_announcement());
     let suffix = format!("|{tag}");
     let announce = announced
         .as_ref()
@@ -125,12 +129,17 @@ pub(crate) async fn bump<V: Send + Sync + 'static>(
             prefix,
             suffix: &suffix,
         });
-    let seq = inner.tags.pending_seq();
+    let seq = inner.coherence.tags.pending_seq();
     let clock = inner
         .remote
-        .bump_tag(&inner.tag_table_key, tag, inner.tag_mark_ttl, announce)
+        .bump_tag(
+            &inner.coherence.tag_table_key,
+            tag,
+            inner.coherence.tag_mark_ttl,
+            announce,
+        )
         .await?;
-    inner.tags.confirmed(tag, clock, seq);
+    inner.coherence.tags.confirmed(tag, clock, seq);
     Ok(clock)
 }
 
@@ -172,7 +181,7 @@ where
         self.ensure_generation().await;
         let inner = &self.inner;
         inner.metrics.tag_invalidations.increment(1);
-        if !inner.tags.invalidate_pending(tag) {
+        if !inner.coherence.tags.invalidate_pending(tag) {
             inner.metrics.invalidations_dead_lettered.increment(1);
             tracing::error!(
                 tag,
@@ -193,19 +202,19 @@ where
     /// here, but no verdict against the entry).
     pub(crate) async fn tags_valid(&self, stamp: &TagStamp) -> Verdict {
         let inner = &*self.inner;
-        match inner.tags.verdict(stamp) {
+        match inner.coherence.tags.verdict(stamp) {
             verdict @ (Verdict::Valid | Verdict::Invalid | Verdict::Pending) => verdict,
             Verdict::Unknown => {
                 inner.metrics.tag_store_checks.increment(1);
-                let era = inner.tags.era();
+                let era = inner.coherence.tags.era();
                 let tags: Vec<&str> = stamp.tags.iter().map(|t| &**t).collect();
                 match inner
                     .remote
-                    .read_tags(&inner.tag_table_key, &tags, None)
+                    .read_tags(&inner.coherence.tag_table_key, &tags, None)
                     .await
                 {
                     Ok(table) if table.marks.len() == tags.len() => {
-                        if inner.tags.learn(era, stamp, &table) {
+                        if inner.coherence.tags.learn(era, stamp, &table) {
                             Verdict::Valid
                         } else {
                             Verdict::Invalid
@@ -224,7 +233,7 @@ where
         let Some(stamp) = entry.tags.as_ref() else {
             return true;
         };
-        match self.inner.tags.verdict(stamp) {
+        match self.inner.coherence.tags.verdict(stamp) {
             Verdict::Valid => true,
             Verdict::Invalid | Verdict::Pending => {
                 self.inner.metrics.tag_invalidated_reads.increment(1);
@@ -243,7 +252,7 @@ where
         value: Option<&V>,
         clock: u64,
     ) -> Result<Option<Arc<TagStamp>>> {
-        let derived = match (self.inner.tags_from.as_ref(), value) {
+        let derived = match (self.inner.coherence.tags_from.as_ref(), value) {
             (Some(derive), Some(value)) => derive(value),
             _ => Vec::new(),
         };
@@ -254,7 +263,7 @@ where
             .iter()
             .map(|t| &**t)
             .chain(derived.iter().map(String::as_str));
-        let tags = collect_tags(all, self.inner.max_tags)?;
+        let tags = collect_tags(all, self.inner.coherence.max_tags)?;
         Ok(Some(Arc::new(TagStamp { clock, tags })))
     }
 }

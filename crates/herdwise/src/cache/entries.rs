@@ -166,7 +166,7 @@ where
             Ok(None) => return L2Read::Miss,
             Err(_) => return L2Read::Unavailable,
         };
-        if inner.retries.is_unapplied(stored_key) {
+        if inner.coherence.retries.is_unapplied(stored_key) {
             // This instance invalidated the key and the delete has not gone through yet: what L2
             // holds is what it invalidated.
             return L2Read::Miss;
@@ -193,7 +193,7 @@ where
                     }
                 }
                 let weight = l1_weight(
-                    inner.weigher.as_ref(),
+                    inner.format.weigher.as_ref(),
                     value.as_deref(),
                     payload_len,
                     tags.as_deref(),
@@ -239,18 +239,22 @@ where
             meta,
             tags,
             payload,
-        } = envelope::decode(bytes, inner.max_value_bytes).map_err(|e| e.to_string())?;
-        if meta.codec_id != inner.codec.id() {
+        } = envelope::decode(bytes, inner.format.max_value_bytes).map_err(|e| e.to_string())?;
+        if meta.codec_id != inner.format.codec.id() {
             return Err(EnvelopeError::CodecMismatch {
                 found: meta.codec_id,
-                expected: inner.codec.id(),
+                expected: inner.format.codec.id(),
             }
             .to_string());
         }
         if meta.negative {
             return Ok((meta, tags, None, 0));
         }
-        let value = inner.codec.decode(&payload).map_err(|e| e.to_string())?;
+        let value = inner
+            .format
+            .codec
+            .decode(&payload)
+            .map_err(|e| e.to_string())?;
         Ok((meta, tags, Some(Arc::new(value)), payload.len()))
     }
 
@@ -272,7 +276,7 @@ where
             load_duration,
             version,
             value.is_none(),
-            inner.codec.id(),
+            inner.format.codec.id(),
         );
         Ok(self.seal(meta, tags, &payload, now, value.map(|v| &**v)))
     }
@@ -314,15 +318,16 @@ where
         let inner = &*self.inner;
         let payload = match value {
             Some(v) => inner
+                .format
                 .codec
                 .encode(v)
                 .map_err(|e| Error::Encode(e.to_string().into()))?,
             None => Vec::new(),
         };
-        if payload.len() > inner.max_value_bytes {
+        if payload.len() > inner.format.max_value_bytes {
             return Err(Error::ValueTooLarge {
                 size: payload.len(),
-                limit: inner.max_value_bytes,
+                limit: inner.format.max_value_bytes,
             });
         }
         Ok(payload)
@@ -337,7 +342,7 @@ where
         value: Option<&V>,
     ) -> Encoded {
         let weight = l1_weight(
-            self.inner.weigher.as_ref(),
+            self.inner.format.weigher.as_ref(),
             value,
             payload.len(),
             tags.as_deref(),
@@ -346,7 +351,7 @@ where
             &meta,
             tags.as_deref(),
             payload,
-            self.inner.compression,
+            self.inner.format.compression,
         ));
         Encoded {
             bytes,
@@ -426,7 +431,7 @@ where
         tags: Option<Arc<TagStamp>>,
     ) {
         let inner = &*self.inner;
-        if inner.l1.hot_only() && !inner.hot_keys.is_hot(stored_key) {
+        if inner.l1.hot_only() && !inner.ops.hot_keys.is_hot(stored_key) {
             return;
         }
         inner
@@ -444,8 +449,8 @@ where
     /// else from the primary.
     pub(crate) async fn read_remote(&self, stored_key: &str) -> Result<Option<Bytes>, StoreError> {
         let inner = &*self.inner;
-        let copy = match inner.replicas {
-            Some(replicas) if inner.hot_keys.is_hot(stored_key) => replicas.pick(stored_key),
+        let copy = match inner.ops.replicas {
+            Some(replicas) if inner.ops.hot_keys.is_hot(stored_key) => replicas.pick(stored_key),
             _ => None,
         };
         let Some((copy_key, life)) = copy else {
@@ -477,7 +482,7 @@ where
 impl<V> Inner<V> {
     /// Deletes the copies of `stored_key` (a no-op without copies).
     pub(crate) async fn drop_replicas(&self, stored_key: &str) {
-        if let Some(replicas) = self.replicas {
+        if let Some(replicas) = self.ops.replicas {
             replicas.delete_all(&self.remote, stored_key).await;
         }
     }

@@ -62,25 +62,56 @@ pub enum WriteOutcome {
     LocalOnly,
 }
 
+/// The composition: the parts one cache is made of, grouped as the README's "Parts" section
+/// draws them. Its fields are visible inside `cache/` only; the parts never see it (they call
+/// back through `Subscriber` and `RetryHost`, implemented in `cache/coherence.rs`).
 pub(crate) struct Inner<V> {
+    /// The key space (namespace, schema, generation).
     keys: KeySpace,
+    /// L1.
     l1: LocalTier<V>,
+    /// The one door to L2.
     remote: Arc<Remote>,
-    flights: Flights<LoadResult<V>>,
-    codec: Arc<dyn Codec<V>>,
+    /// TTLs, jitter, stale windows, the L1 cap.
     ttl: TtlPolicy,
+    /// L1 demotion and remote-tier recoveries.
+    recovery: Arc<Recovery>,
+    metrics: CacheMetrics,
+    /// Values to stored bytes and back.
+    format: Format<V>,
+    /// Against herds: single-flight, leases, the origin limit, refresh slots.
+    protect: Protection<V>,
+    /// Keeping every instance in step: backplane, tags, generation, retries.
+    coherence: Coherence<V>,
+    /// Hot keys, warming, copies.
+    ops: Operations,
+    /// Per-read defaults that `LoadOptions` override.
+    defaults: ReadDefaults,
+}
+
+/// Values to stored bytes and back, and what L1 charges for them.
+pub(crate) struct Format<V> {
+    codec: Arc<dyn Codec<V>>,
     compression: Compression,
     max_value_bytes: usize,
-    metrics: CacheMetrics,
+    /// `None`: L1 weighs a value by its uncompressed payload length.
+    weigher: Option<crate::cache::entries::Weigher<V>>,
+}
+
+/// The herd defenses of one cache.
+pub(crate) struct Protection<V> {
+    flights: Flights<LoadResult<V>>,
     /// `None`: no cross-instance coordination (in-process single-flight only).
     lease: Option<LeaseConfig>,
     fill_waiters: Arc<FillWaiters>,
-    /// Default limit on a loader call.
-    hard_timeout: Option<Duration>,
-    /// Default soft limit (for `fetch`): past it, a stale value answers and the load goes on.
-    soft_timeout: Option<Duration>,
-    /// XFetch eagerness (0 disables early refresh).
-    xfetch_beta: f64,
+    /// `None`: loader calls are not limited.
+    origin_limit: Option<OriginLimit>,
+    /// Keys with a background refresh running.
+    refreshing: crate::protect::refreshing::Refreshing,
+}
+
+/// What keeps this instance coherent with the others and with the origin's writes.
+pub(crate) struct Coherence<V> {
     /// `None`: other instances' L1s are not told about writes (the L1 cap bounds staleness).
     backplane: Option<Backplane>,
     /// Failed invalidations, retried in the background.
@@ -99,12 +130,12 @@ pub(crate) struct Inner<V> {
     max_tags: usize,
     /// Tags derived from every value the cache stores.
     tags_from: Option<TagsFrom<V>>,
-    /// `None`: loader calls are not limited.
-    origin_limit: Option<OriginLimit>,
+}
+
+/// Operations: hot keys, warming, copies of hot keys.
+pub(crate) struct Operations {
     /// Read frequencies (sampled), for `hot_keys`.
     hot_keys: HotKeys,
-    /// L1 demotion and remote-tier recoveries.
-    recovery: Arc<Recovery>,
     /// `None`: no automatic re-warm after a recovery.
     rewarm: Option<RewarmPolicy>,
     /// The re-warm task has been started.
@@ -113,10 +144,16 @@ pub(crate) struct Inner<V> {
     warmed: AtomicBool,
     /// `None`: hot keys have no copies in L2.
     replicas: Option<Replicas>,
-    /// Keys with a background refresh running.
-    refreshing: crate::protect::refreshing::Refreshing,
-    /// `None`: L1 weighs a value by its uncompressed payload length.
-    weigher: Option<crate::cache::entries::Weigher<V>>,
+}
+
+/// Per-read defaults.
+pub(crate) struct ReadDefaults {
+    /// Limit on a loader call.
+    hard_timeout: Option<Duration>,
+    /// Soft limit (for `fetch`): past it, a stale value answers and the load goes on.
+    soft_timeout: Option<Duration>,
+    /// XFetch eagerness (0 disables early refresh).
+    xfetch_beta: f64,
 }
 
 /// A typed, multi-tier, read-through cache.
@@ -456,12 +493,13 @@ where
     /// # Ok(()) }
     /// ```
     pub fn hot_keys(&self) -> Vec<(String, u64)> {
-        self.inner.hot_keys.top()
+        self.inner.ops.hot_keys.top()
     }
 
     /// Loader calls running now (0 if no origin limit is configured).
     pub fn origin_loads_in_flight(&self) -> usize {
         self.inner
+            .protect
             .origin_limit
             .as_ref()
             .map_or(0, OriginLimit::in_use)
@@ -475,7 +513,7 @@ where
     /// assert_eq!(cache.loads_in_flight(), 0);
     /// ```
     pub fn loads_in_flight(&self) -> usize {
-        self.inner.flights.len()
+        self.inner.protect.flights.len()
     }
 
     /// Background refreshes (stale-while-revalidate, XFetch, refresh-ahead) running now: at most
@@ -486,7 +524,7 @@ where
     /// assert_eq!(cache.background_refreshes(), 0);
     /// ```
     pub fn background_refreshes(&self) -> usize {
-        self.inner.refreshing.len()
+        self.inner.protect.refreshing.len()
     }
 
     /// Entries in L1.
@@ -557,9 +595,12 @@ where
             .increment(&generation_key(inner.keys.namespace()))
             .await?;
         inner.keys.advance_generation(generation);
-        inner.generation_synced.store(true, Ordering::Release);
+        inner
+            .coherence
+            .generation_synced
+            .store(true, Ordering::Release);
         inner.l1.clear();
-        if let Some(backplane) = inner.backplane.as_ref() {
+        if let Some(backplane) = inner.coherence.backplane.as_ref() {
             backplane
                 .publish(&inner.remote, Invalidation::Clear(generation))
                 .await;
@@ -571,7 +612,12 @@ where
     /// does not answer, at most one attempt a second: reads must not pay a store deadline each
     /// because Redis is down (the backplane re-reads the generation later anyway).
     pub(crate) async fn ensure_generation(&self) {
-        if !self.inner.generation_synced.load(Ordering::Acquire) {
+        if !self
+            .inner
+            .coherence
+            .generation_synced
+            .load(Ordering::Acquire)
+        {
             // Boxed: the cold path must not grow every caller's future.
             Box::pin(self.sync_generation_throttled()).await;
         }
@@ -580,9 +626,13 @@ where
     async fn sync_generation_throttled(&self) {
         let inner = &*self.inner;
         let now = now_ms();
-        let last = inner.generation_attempt_ms.load(Ordering::Acquire);
+        let last = inner
+            .coherence
+            .generation_attempt_ms
+            .load(Ordering::Acquire);
         if now.saturating_sub(last) < 1_000
             || inner
+                .coherence
                 .generation_attempt_ms
                 .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
                 .is_err()
@@ -590,7 +640,10 @@ where
             return;
         }
         if inner.sync_generation().await.is_some() {
-            inner.generation_synced.store(true, Ordering::Release);
+            inner
+                .coherence
+                .generation_synced
+                .store(true, Ordering::Release);
             // To tell, after an outage, whether Redis came back empty.
             crate::ops::sentinel::learn_sentinel(
                 &inner.recovery,
@@ -603,7 +656,7 @@ where
 
     /// Listens to other instances' invalidations from the first use on (it needs a runtime).
     pub(crate) fn ensure_backplane(&self) {
-        if let Some(backplane) = self.inner.backplane.as_ref() {
+        if let Some(backplane) = self.inner.coherence.backplane.as_ref() {
             backplane.ensure_listening(&self.inner);
         }
     }
@@ -611,7 +664,7 @@ where
     /// Tells the other instances to drop `stored_key` from their L1.
     /// `false` if the store did not take the announcement.
     async fn announce(&self, stored_key: &str) -> bool {
-        match self.inner.backplane.as_ref() {
+        match self.inner.coherence.backplane.as_ref() {
             Some(backplane) => {
                 backplane
                     .publish(&self.inner.remote, Invalidation::Key(stored_key))
@@ -635,7 +688,7 @@ where
         let inner = &*self.inner;
         let lookup = |buf: &mut String| -> Result<Lookup<V>> {
             inner.keys.write(key, buf)?;
-            inner.hot_keys.record(buf);
+            inner.ops.hot_keys.record(buf);
             let found = inner
                 .l1
                 .get_classified(buf)
@@ -672,7 +725,7 @@ where
     ) -> Result<WriteOutcome> {
         self.ensure_backplane();
         let ttl = self.inner.ttl.ttl;
-        let stamp = self.inner.tags.stamp();
+        let stamp = self.inner.coherence.tags.stamp();
         let encoded = match self
             .entry_tags(tags, Some(&value), stamp)
             .and_then(|tags| self.encode_entry(Some(&value), ttl, version, Duration::ZERO, tags))
@@ -726,7 +779,7 @@ async fn invalidate_prefix_stored<V: Send + Sync + 'static>(
     inner.l1.invalidate(&exact);
     let removed = removed?;
     inner.drop_replicas(&exact).await;
-    if let Some(backplane) = inner.backplane.as_ref() {
+    if let Some(backplane) = inner.coherence.backplane.as_ref() {
         backplane
             .publish(&inner.remote, Invalidation::Prefix(&below))
             .await;

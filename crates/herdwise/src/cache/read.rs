@@ -276,7 +276,7 @@ where
         // The call's tags are checked before the origin is asked (not at fill time, when the
         // only choice left would be to return the value uncached).
         if let Some(tags) = windows.tags.as_deref() {
-            collect_tags(tags.iter().map(|t| &**t), self.inner.max_tags)?;
+            collect_tags(tags.iter().map(|t| &**t), self.inner.coherence.max_tags)?;
         }
         let mut fallback = fallback;
         if let Some(answer) = self
@@ -296,7 +296,7 @@ where
             return Ok(stale);
         }
         loop {
-            match self.inner.flights.join(stored_key) {
+            match self.inner.protect.flights.join(stored_key) {
                 Join::Leader(leader) => {
                     let result = self
                         .lead(stored_key, key, loader, windows, fallback, None, background)
@@ -341,8 +341,8 @@ where
     pub(crate) fn windows(&self, options: &LoadOptions) -> Windows {
         let policy = &self.inner.ttl;
         Windows {
-            hard_timeout: options.hard_timeout.or(self.inner.hard_timeout),
-            soft_timeout: options.soft_timeout.or(self.inner.soft_timeout),
+            hard_timeout: options.hard_timeout.or(self.inner.defaults.hard_timeout),
+            soft_timeout: options.soft_timeout.or(self.inner.defaults.soft_timeout),
             stale_if_error: options.stale_if_error.unwrap_or(policy.stale_if_error),
             stale_while_revalidate: options
                 .stale_while_revalidate
@@ -464,7 +464,7 @@ where
         if let Some(stale) = self.revalidate_behind(background, fallback.as_ref(), windows) {
             return Ok(stale);
         }
-        let lease = match inner.lease {
+        let lease = match inner.protect.lease {
             Some(lease) if !remote_down => lease,
             _ => {
                 let mode = if remote_down {
@@ -514,7 +514,11 @@ where
     /// The fence for a load without the lease, opened before the origin is read; if L2 cannot
     /// open it, the value goes into L1 only.
     async fn open_fence(&self, stored_key: &str) -> FillMode {
-        let ttl = self.inner.lease.map_or(FENCE_TTL, |l| l.ttl.max(FENCE_TTL));
+        let ttl = self
+            .inner
+            .protect
+            .lease
+            .map_or(FENCE_TTL, |l| l.ttl.max(FENCE_TTL));
         match self
             .inner
             .remote
@@ -579,7 +583,7 @@ where
     /// Waits for the instance holding the lease to fill the key: woken by its announcement,
     /// re-checking every poll interval, for at most the lease's wait deadline.
     async fn wait_for_fill(&self, stored_key: &str, lease: &LeaseConfig) -> Waited<V> {
-        let registration = self.inner.fill_waiters.register(stored_key);
+        let registration = self.inner.protect.fill_waiters.register(stored_key);
         let deadline = tokio::time::Instant::now() + lease.wait;
         loop {
             // Armed before checking, so a fill between the check and the wait is not missed.
@@ -627,7 +631,7 @@ where
     {
         let metrics = &self.inner.metrics;
         // Origin protection: held until the load and its fill are done.
-        let _slot = match self.inner.origin_limit.as_ref() {
+        let _slot = match self.inner.protect.origin_limit.as_ref() {
             None => None,
             Some(limit) => match limit.try_slot() {
                 Slot::Granted(permit) => Some(permit),
@@ -663,7 +667,7 @@ where
         let epoch = self.inner.l1.epoch(stored_key);
         // The tag clock before the origin is read: a tag invalidated from here on outdates
         // what this load returns.
-        let tag_clock = self.inner.tags.stamp();
+        let tag_clock = self.inner.coherence.tags.stamp();
         let started = Instant::now();
         // The loader is called inside the guarded future, so a panic while *building* the
         // future is caught too.
@@ -784,7 +788,7 @@ where
                 inner.ttl.l2_ttl(&encoded.meta),
                 encoded.meta.version,
                 held.token,
-                inner.fill_waiters.channel(),
+                inner.protect.fill_waiters.channel(),
             )
             .await
     }
@@ -848,7 +852,7 @@ where
                         inner.ttl.l2_ttl(&encoded.meta),
                         encoded.meta.version,
                         fence,
-                        inner.fill_waiters.channel(),
+                        inner.protect.fill_waiters.channel(),
                     )
                     .await;
                 return self.after_fill(stored_key, value, &encoded, epoch, filled);

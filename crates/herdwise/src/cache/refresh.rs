@@ -70,7 +70,7 @@ where
             // Boxed, as in `get_or_load_with`: keep the hit path's future small.
             return Box::pin(self.fetch_miss(key, stored_key, fallback, options)).await;
         };
-        let mut read = if self.inner.flights.is_running(&stored_key) {
+        let mut read = if self.inner.protect.flights.is_running(&stored_key) {
             // Another read leads the load and fills the cache: this one only waits for it, and
             // may stop waiting (nothing of it needs to outlive the call).
             Box::pin(Either::Left(
@@ -229,7 +229,7 @@ where
 
     /// Whether XFetch says to refresh this fresh entry now.
     fn refresh_early(&self, meta: &Meta) -> bool {
-        let beta = self.inner.xfetch_beta;
+        let beta = self.inner.defaults.xfetch_beta;
         // 1 - [0, 1) is (0, 1]: ln stays finite.
         beta > 0.0 && xfetch_due(meta, now_ms(), beta, 1.0 - rand::random::<f64>())
     }
@@ -252,7 +252,7 @@ where
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let Some(running) = self.inner.refreshing.start(&stored_key) else {
+        let Some(running) = self.inner.protect.refreshing.start(&stored_key) else {
             return;
         };
         let metrics = &self.inner.metrics;
@@ -267,7 +267,7 @@ where
             let _running = running;
             let key: &K = owned.borrow();
             for _ in 0..2 {
-                match cache.inner.flights.join(&stored_key) {
+                match cache.inner.protect.flights.join(&stored_key) {
                     Join::Leader(leader) => {
                         let windows = cache.windows(&LoadOptions::default());
                         let result = cache

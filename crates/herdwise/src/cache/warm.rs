@@ -217,7 +217,7 @@ where
     /// # Ok(()) }
     /// ```
     pub fn is_warm(&self) -> bool {
-        self.inner.warmed.load(Ordering::Acquire)
+        self.inner.ops.warmed.load(Ordering::Acquire)
     }
 }
 
@@ -337,7 +337,7 @@ where
         let mut ranked = Vec::new();
         for owned in keys {
             match self.inner.keys.stored_key(owned.borrow()) {
-                Ok(stored) => ranked.push((self.inner.hot_keys.estimate(&stored), owned)),
+                Ok(stored) => ranked.push((self.inner.ops.hot_keys.estimate(&stored), owned)),
                 Err(_) => {
                     self.inner
                         .metrics
@@ -369,7 +369,7 @@ where
         }
         let total = report.loaded + report.cached + report.absent + report.failed;
         if report.failed * 2 <= total {
-            self.inner.warmed.store(true, Ordering::Release);
+            self.inner.ops.warmed.store(true, Ordering::Release);
         }
         Ok(report)
     }
@@ -433,7 +433,7 @@ where
     /// Starts the task that re-warms after each recovery (once; it ends with the cache).
     pub(crate) fn ensure_rewarm(&self) {
         let inner = &*self.inner;
-        if inner.rewarm.is_none() || inner.rewarm_started.load(Ordering::Acquire) {
+        if inner.ops.rewarm.is_none() || inner.ops.rewarm_started.load(Ordering::Acquire) {
             return;
         }
         let Some(loader) = self.loader.clone() else {
@@ -442,7 +442,7 @@ where
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        if inner.rewarm_started.swap(true, Ordering::AcqRel) {
+        if inner.ops.rewarm_started.swap(true, Ordering::AcqRel) {
             return;
         }
         let weak = Arc::downgrade(&self.inner);
@@ -475,13 +475,13 @@ where
     /// One staggered re-warm: the remembered keys ranked by popularity, stage by stage.
     async fn rewarm(&self) {
         let (Some(policy), Some(book), Some(loader)) = (
-            self.inner.rewarm.clone(),
+            self.inner.ops.rewarm.clone(),
             self.book.as_deref(),
             self.loader.clone(),
         ) else {
             return;
         };
-        let hot = &self.inner.hot_keys;
+        let hot = &self.inner.ops.hot_keys;
         let mut ranked: Vec<(u64, SharedKey<K>)> = book
             .keys
             .iter()
