@@ -38,15 +38,12 @@
 //! - [`store`]: the L2 trait and its implementations ([`MemoryStore`], [`RedisStore`]).
 //! - [`loader`]: loaders registered on the cache (for `fetch` and background refresh).
 //! - [`metrics`]: the name of every metric.
-//! - internal: `backplane` (invalidations to every instance's L1), `local` (L1), `flight`
-//!   (single-flight), `lease` (cross-instance load leases and fill notifications),
-//!   `read_through` (the read path and its failure decisions), `refresh` (`fetch` and background
-//!   refresh: stale-while-revalidate, XFetch), `tiers` (entries in and out of L1/L2), `write`
-//!   (write-through, write-around), `retry` (failed invalidations retried), `remote` (deadlines,
-//!   the circuit breaker and failure accounting around the store), `breaker`, `origin_limit`
-//!   (loader concurrency limit), `hotkeys` (hot-key tracking), `replicas` (hot-key copies in
-//!   L2), `recovery` (L1 demotion and the recovery window), `warm` (warming and the staggered
-//!   re-warm), `freshness` (TTL policy), `cache` and `builder` (composition).
+//! - internal, one folder per part: `tiers` (the key space, codec, freshness, L1, the recovery
+//!   era, and the remote door: deadline, circuit breaker, failure accounting), `protect`
+//!   (single-flight, leases and fill waiters, the origin limit, per-key refresh slots),
+//!   `coherence` (the backplane, the tag ledger, the invalidation retry queue), `ops` (hot keys,
+//!   hot-key copies, the recovery sentinel), and `cache`: the public `Cache` and its builder, the
+//!   read, write, refresh and warm paths, and the glue the parts call back through.
 
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]

@@ -308,10 +308,11 @@ async fn corrupted_bytes_are_a_counted_miss_then_reloaded() {
     });
     let mut raw = common::raw(&server).await;
     let key = ProductKey(5);
-    let stored_key = cache.stored_key(&key).unwrap();
 
-    // a valid entry written by the cache, to tamper with
+    // a valid entry written by the cache, to tamper with (the first call also learns the
+    // namespace generation, part of the stored key)
     cache.set(&key, product(5)).await.unwrap();
+    let stored_key = cache.stored_key(&key).unwrap();
     let good: Vec<u8> = redis::cmd("GET")
         .arg(&stored_key)
         .query_async(&mut raw)

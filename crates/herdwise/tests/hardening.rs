@@ -213,6 +213,7 @@ async fn d4_a_backlog_of_ten_thousand_invalidations_drains_within_seconds() {
             .circuit_breaker(BreakerConfig::default().open_for(Duration::from_millis(200)))
     });
     const N: u64 = 10_000;
+    cache.get(&0).await.unwrap(); // first contact (generation, sentinel): the stored keys' form
     let keys: Vec<String> = (0..N).map(|k| cache.stored_key(&k).unwrap()).collect();
     let mut pipe = redis::pipe();
     for key in &keys {
@@ -224,7 +225,6 @@ async fn d4_a_backlog_of_ten_thousand_invalidations_drains_within_seconds() {
             .ignore();
     }
     let () = pipe.query_async(&mut raw).await.unwrap();
-    cache.get(&0).await.unwrap(); // first contact (generation, sentinel)
     server.pause().unwrap();
     for k in 0..N {
         cache.invalidate(&k).await.unwrap();
@@ -929,4 +929,67 @@ async fn r9_loads_in_flight_under_a_prefix_are_not_stored_behind_its_walk() {
         0,
         "values loaded before the prefix invalidation are stored in L2"
     );
+}
+
+// Defect 12, the namespace generation: with its metadata evicted, a freshly started instance
+// must not read entries that a `clear()` removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d12_an_evicted_generation_does_not_bring_back_cleared_entries() {
+    let server = common::redis();
+    let a: Cache<u64, String> = Cache::builder("d12g")
+        .store(common::store(&server).await)
+        .build()
+        .unwrap();
+    a.set(&1, "before the clear".to_string()).await.unwrap();
+    a.clear().await.unwrap();
+    a.set(&1, "after the clear".to_string()).await.unwrap();
+    // Every piece of the namespace's metadata is evicted (the values are not).
+    let mut raw = common::raw(&server).await;
+    assert!(delete_matching(&mut raw, "herdwise:*d12g*").await >= 1);
+    let fresh: Cache<u64, String> = Cache::builder("d12g")
+        .store(common::store(&server).await)
+        .build()
+        .unwrap();
+    let read = fresh.get(&1).await.unwrap();
+    assert_ne!(
+        read.as_deref().map(String::as_str),
+        Some("before the clear"),
+        "a cleared entry came back"
+    );
+}
+
+// Review finding: a cache that outlives the runtime its listener ran on (a `static` cache, one
+// runtime per test or per worker thread) must listen again on the next one.
+#[test]
+fn r10_a_listener_dropped_with_its_runtime_is_started_again() {
+    let store = herdwise::MemoryStore::new();
+    let build = || -> Cache<u64, String> {
+        Cache::builder("r10")
+            .store(store.clone())
+            .l1_ttl_cap(Duration::from_secs(60))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build(), build());
+    let first = tokio::runtime::Runtime::new().unwrap();
+    first.block_on(async {
+        b.set(&1, "old".to_string()).await.unwrap();
+        assert!(a.get(&1).await.unwrap().is_some()); // A listens, on this runtime
+    });
+    drop(first);
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        b.set(&2, "old".to_string()).await.unwrap();
+        assert!(a.get(&2).await.unwrap().is_some()); // in A's L1
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        b.invalidate(&2).await.unwrap();
+        let heard = common::eventually(Duration::from_secs(2), async || {
+            a.get(&2).await.unwrap().is_none()
+        })
+        .await;
+        assert!(
+            heard,
+            "A no longer hears the other instances' invalidations"
+        );
+    });
 }

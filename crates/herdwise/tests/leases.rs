@@ -82,6 +82,7 @@ async fn a_dead_holder_blocks_nobody_beyond_the_lease_ttl() {
         .build()
         .unwrap();
     // A holder that took the lease and died without releasing it (a killed pod).
+    cache.get(&0).await.unwrap(); // first contact: the stored keys carry the generation
     let stored_key = cache.stored_key(&5).unwrap();
     let raw_store = common::store(&server).await;
     assert!(raw_store

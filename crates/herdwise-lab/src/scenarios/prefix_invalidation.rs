@@ -27,13 +27,21 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
         let server = RedisServer::start()?;
         let url = server.url();
         let mut admin = ConnectionManager::new(redis::Client::open(url.as_str())?).await?;
-        // The keys to remove, as Herdwise stores them (namespace "scan", key (42, i)), plus
-        // keys the bystanders read.
+        // The keys to remove, as Herdwise stores them (namespace "scan", key (42, i), in the
+        // namespace's generation, which the first call learns), plus keys the bystanders read.
+        let cache: Cache<(u64, u64), String> = Cache::builder("scan")
+            .store(RedisStore::connect(&url).await?)
+            .build()?;
+        let _ = cache.get(&(0, 0)).await?;
+        let prefix = cache
+            .stored_key(&(42, 0))?
+            .trim_end_matches('0')
+            .to_string();
         for chunk in (0..keys).collect::<Vec<_>>().chunks(5_000) {
             let mut pipe = redis::pipe();
             for i in chunk {
                 pipe.cmd("SET")
-                    .arg(format!("scan:v1:42:{i}"))
+                    .arg(format!("{prefix}{i}"))
                     .arg("x")
                     .ignore();
             }
@@ -53,7 +61,7 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
         let removed = match name {
             "naive" => {
                 let found: Vec<String> = redis::cmd("KEYS")
-                    .arg("scan:v1:42:*")
+                    .arg(format!("{}*", redis_glob_escape(&prefix)))
                     .query_async(&mut admin)
                     .await?;
                 let mut removed = 0u64;
@@ -63,12 +71,7 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
                 }
                 removed
             }
-            _ => {
-                let cache: Cache<(u64, u64), String> = Cache::builder("scan")
-                    .store(RedisStore::connect(&url).await?)
-                    .build()?;
-                cache.invalidate_prefix(&42u64).await?
-            }
+            _ => cache.invalidate_prefix(&42u64).await?,
         };
         let took = t.elapsed();
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -113,4 +116,16 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
         ratios,
         events: Vec::new(),
     })
+}
+
+/// `text` as a literal in a Redis glob pattern.
+fn redis_glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

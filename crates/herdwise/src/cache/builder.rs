@@ -787,6 +787,7 @@ where
                     retries: RetryQueue::new(reach, metrics.clone()),
                     generation_synced: std::sync::atomic::AtomicBool::new(false),
                     generation_attempt_ms: std::sync::atomic::AtomicU64::new(0),
+                    generation_sync: tokio::sync::Mutex::new(()),
                     tags: TagLedger::new(reach),
                     tag_table_key: table_key(&self.namespace),
                     tag_mark_ttl,

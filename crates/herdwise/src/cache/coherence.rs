@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use crate::cache::{Cache, Inner};
-use crate::coherence::backplane::{generation_key, Invalidation, Subscriber};
+use crate::coherence::backplane::{Invalidation, Subscriber};
 use crate::coherence::retry::{Retry, RetryHost, RetryOnDrop, RetryQueue};
 use crate::coherence::tags::TagLedger;
 use crate::coherence::tags::{collect_tags, validate_tag, Verdict};
@@ -56,19 +56,29 @@ impl<V: Send + Sync + 'static> Subscriber for Inner<V> {
     }
 }
 
+impl<V> Inner<V> {
+    /// Tells the other instances about an invalidation; `false` if the store did not take it
+    /// (`true` without a backplane: there is no one to tell).
+    pub(crate) async fn announce(&self, what: Invalidation<'_>) -> bool {
+        match self.coherence.backplane.as_ref() {
+            Some(backplane) => backplane.publish(&self.remote, what).await,
+            None => true,
+        }
+    }
+}
+
 impl<V: Send + Sync + 'static> Inner<V> {
     /// Reads the namespace generation and tag clock from the store (one round trip), moves to
     /// the generation if it is newer (clearing L1: entries of the old generation are unreachable
     /// anyway) and lets new entries be stamped with the clock. The clock, once the store
     /// answered.
     pub(crate) async fn sync_generation(&self) -> Option<u64> {
-        let generation_key = generation_key(self.keys.namespace());
         let table = self
             .remote
-            .read_tags(&self.coherence.tag_table_key, &[], Some(&generation_key))
+            .read_tags(&self.coherence.tag_table_key, &[])
             .await
             .ok()?;
-        self.cleared(table.counter);
+        self.cleared(table.generation);
         self.coherence.tags.saw_clock(table.clock);
         Some(table.clock)
     }
@@ -104,6 +114,8 @@ impl<V: Send + Sync + 'static> RetryHost for Inner<V> {
                     }
                 }
                 Retry::Tag(tag) => bump(self, tag).await.is_ok(),
+                Retry::AnnounceKey(key) => self.announce(Invalidation::Key(key)).await,
+                Retry::AnnouncePrefix(prefix) => self.announce(Invalidation::Prefix(prefix)).await,
             }
         })
     }
@@ -210,7 +222,7 @@ where
                 let tags: Vec<&str> = stamp.tags.iter().map(|t| &**t).collect();
                 match inner
                     .remote
-                    .read_tags(&inner.coherence.tag_table_key, &tags, None)
+                    .read_tags(&inner.coherence.tag_table_key, &tags)
                     .await
                 {
                     Ok(table) if table.marks.len() == tags.len() => {

@@ -27,7 +27,7 @@ use crate::cache::entries::{Fallback, L2Read, WriteMode};
 use crate::cache::read::{LoadOptions, LoadResult};
 use crate::cache::warm::{KeyBook, RewarmPolicy};
 use crate::cache::write::WriteOptions;
-use crate::coherence::backplane::{generation_key, Backplane, Invalidation};
+use crate::coherence::backplane::{Backplane, Invalidation};
 use crate::coherence::retry::{Retry, RetryOnDrop, RetryQueue};
 use crate::coherence::tags::{TagLedger, TagsFrom};
 use crate::envelope::{Compression, Meta};
@@ -120,6 +120,8 @@ pub(crate) struct Coherence<V> {
     generation_synced: AtomicBool,
     /// When reading it was last attempted (unix ms).
     generation_attempt_ms: AtomicU64,
+    /// Held while the generation is read (the first callers wait for it).
+    generation_sync: tokio::sync::Mutex<()>,
     /// What this instance knows of tag invalidations.
     tags: TagLedger,
     /// The store key of the namespace's tag table.
@@ -434,15 +436,22 @@ where
         // instance ignores its own event): the invalidation is complete locally only now.
         self.inner.l1.invalidate(stored_key);
         let announced = self.announce(stored_key).await;
-        match retry {
-            Some(retry) if announced => retry.disarm(),
-            // Not announced: the other instances' L1s would keep the old value until their cap;
-            // the retry announces it again.
-            _ => {}
+        if let Some(retry) = retry {
+            retry.disarm();
+            if !announced {
+                // L2 is done; the other instances' L1s would keep the old value until their
+                // cap: the announcement alone is retried.
+                self.inner
+                    .coherence
+                    .retries
+                    .push(&self.inner, Retry::AnnounceKey(stored_key.into()));
+            }
         }
     }
 
-    /// The key as stored in L2 (`namespace:v<schema>:<key>`), e.g. for `redis-cli`.
+    /// The key as stored in L2, e.g. for `redis-cli`: `namespace:v<schema>%g<generation>:<key>`
+    /// once the namespace generation has been read from the store (at the first call), and
+    /// `namespace:v<schema>:<key>` before (generation 0).
     ///
     /// ```
     /// let cache: herdwise::Cache<u64, ()> = herdwise::Cache::builder("users").build().unwrap();
@@ -489,7 +498,7 @@ where
     /// for _ in 0..1_000 {
     ///     cache.get(&7).await?;
     /// }
-    /// assert_eq!(cache.hot_keys()[0].0, "hot:v1:7");
+    /// assert_eq!(cache.hot_keys()[0].0, cache.stored_key(&7)?);
     /// # Ok(()) }
     /// ```
     pub fn hot_keys(&self) -> Vec<(String, u64)> {
@@ -572,7 +581,8 @@ where
     }
 
     /// Removes every entry of the namespace, on every instance, in O(1): the namespace moves to
-    /// a new generation (one `INCR`), which is part of every stored key, so old entries are
+    /// a new generation (one atomic step on the namespace's tag table, past both the stored
+    /// generation and this instance's), which is part of every stored key, so old entries are
     /// unreachable at once and die by their TTL. Other instances switch on the backplane event
     /// (or, if it is lost, at their next generation check, at most 10 s later).
     ///
@@ -592,7 +602,7 @@ where
         let inner = &*self.inner;
         let generation = inner
             .remote
-            .increment(&generation_key(inner.keys.namespace()))
+            .advance_generation(&inner.coherence.tag_table_key, inner.keys.generation())
             .await?;
         inner.keys.advance_generation(generation);
         inner
@@ -625,6 +635,13 @@ where
 
     async fn sync_generation_throttled(&self) {
         let inner = &*self.inner;
+        // One read at a time: the callers of a first burst wait for the read in flight (at most
+        // one store deadline) instead of going on under generation 0 while it runs — their keys
+        // would differ from the ones after it (two loads of one key, entries out of reach).
+        let _turn = inner.coherence.generation_sync.lock().await;
+        if inner.coherence.generation_synced.load(Ordering::Acquire) {
+            return;
+        }
         let now = now_ms();
         let last = inner
             .coherence
@@ -664,14 +681,7 @@ where
     /// Tells the other instances to drop `stored_key` from their L1.
     /// `false` if the store did not take the announcement.
     async fn announce(&self, stored_key: &str) -> bool {
-        match self.inner.coherence.backplane.as_ref() {
-            Some(backplane) => {
-                backplane
-                    .publish(&self.inner.remote, Invalidation::Key(stored_key))
-                    .await
-            }
-            None => true,
-        }
+        self.inner.announce(Invalidation::Key(stored_key)).await
     }
 
     /// The live L1 entry for a stored key and how it may be used, if its tags (if any) let it
@@ -746,8 +756,11 @@ where
             self.drop_replicas(stored_key).await;
         }
         // Other instances' L1 copies are older than what was just written.
-        if outcome != WriteOutcome::RefusedOlder {
-            self.announce(stored_key).await;
+        if outcome != WriteOutcome::RefusedOlder && !self.announce(stored_key).await {
+            self.inner
+                .coherence
+                .retries
+                .push(&self.inner, Retry::AnnounceKey(stored_key.into()));
         }
         Ok(outcome)
     }
@@ -756,10 +769,10 @@ where
 /// `invalidate_prefix` for the stored key `exact`: L1, the L2 walk, L1 again, the replicas and
 /// the announcement.
 async fn invalidate_prefix_stored<V: Send + Sync + 'static>(
-    inner: Arc<Inner<V>>,
+    owner: Arc<Inner<V>>,
     exact: String,
 ) -> Result<u64> {
-    let inner = &*inner;
+    let inner = &*owner;
     let below = format!("{exact}:");
     inner.l1.remove_prefix(&below);
     inner.l1.invalidate(&exact);
@@ -779,13 +792,14 @@ async fn invalidate_prefix_stored<V: Send + Sync + 'static>(
     inner.l1.invalidate(&exact);
     let removed = removed?;
     inner.drop_replicas(&exact).await;
-    if let Some(backplane) = inner.coherence.backplane.as_ref() {
-        backplane
-            .publish(&inner.remote, Invalidation::Prefix(&below))
-            .await;
-        backplane
-            .publish(&inner.remote, Invalidation::Key(&exact))
-            .await;
+    // An announcement the store did not take is retried (L2 is done).
+    if !inner.announce(Invalidation::Prefix(&below)).await {
+        let retry = Retry::AnnouncePrefix(below.as_str().into());
+        inner.coherence.retries.push(&owner, retry);
+    }
+    if !inner.announce(Invalidation::Key(&exact)).await {
+        let retry = Retry::AnnounceKey(exact.as_str().into());
+        inner.coherence.retries.push(&owner, retry);
     }
     Ok(removed)
 }

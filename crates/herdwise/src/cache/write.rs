@@ -12,6 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::cache::{Cache, WriteOutcome};
+use crate::coherence::retry::{Retry, RetryOnDrop};
 use crate::error::{Error, Result};
 use crate::tiers::key::CacheKey;
 
@@ -88,6 +89,10 @@ where
     {
         let stored_key = self.inner.keys.stored_key(key)?;
         let value = value.into();
+        // Armed from before the origin write until the cache is updated: a caller dropped on
+        // the way (or an origin write that failed, maybe after committing) leaves an
+        // invalidation to the retry queue, never the old value in L2.
+        let pending = RetryOnDrop::new(&self.inner, Retry::Key(stored_key.as_str().into()));
         let version = write(&value)
             .await
             .map_err(|e| Error::OriginWrite(Arc::new(e)))?;
@@ -95,14 +100,16 @@ where
             Some(version) => self.set_versioned(key, value, version).await,
             None => self.set(key, value).await,
         };
-        match outcome {
+        let outcome = match outcome {
             // L2 could not be written: it may still hold the old value. Invalidate (with retries).
             Ok(WriteOutcome::LocalOnly) => {
                 self.invalidate_stored(&stored_key).await;
                 Ok(WriteOutcome::LocalOnly)
             }
             other => other,
-        }
+        };
+        pending.disarm();
+        outcome
     }
 
     /// Writes to the origin with `write`, then invalidates `key` everywhere (L1 of every
@@ -124,8 +131,11 @@ where
         E: std::error::Error + Send + Sync + 'static,
     {
         let stored_key = self.inner.keys.stored_key(key)?;
+        // As in `write_through`: armed from before the origin write.
+        let pending = RetryOnDrop::new(&self.inner, Retry::Key(stored_key.as_str().into()));
         let written = write().await.map_err(|e| Error::OriginWrite(Arc::new(e)))?;
         self.invalidate_stored(&stored_key).await;
+        pending.disarm();
         Ok(written)
     }
 }

@@ -112,7 +112,8 @@ pub(crate) struct Backplane {
     stream_max_len: Option<usize>,
     sender: u64,
     sequence: AtomicU64,
-    listening: AtomicBool,
+    /// A listener runs (cleared if it is dropped: its runtime shut down).
+    listening: Arc<AtomicBool>,
 }
 
 impl Backplane {
@@ -127,7 +128,7 @@ impl Backplane {
             stream_max_len,
             sender: rand::random(),
             sequence: AtomicU64::new(0),
-            listening: AtomicBool::new(false),
+            listening: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -150,7 +151,14 @@ impl Backplane {
             Some(events) => {
                 let subscriber: Weak<dyn Subscriber> =
                     Arc::downgrade(subscriber) as Weak<dyn Subscriber>;
-                runtime.spawn(listen(subscriber, events, self.sender));
+                // Made before the task: one its runtime drops (unrun or mid-way) leaves this
+                // instance deaf, and says so.
+                let ended = ListenerEnded {
+                    listening: self.listening.clone(),
+                    subscriber: subscriber.clone(),
+                    armed: true,
+                };
+                runtime.spawn(listen(subscriber, events, self.sender, ended));
             }
             None => tracing::warn!(
                 channel = %self.channel,
@@ -214,6 +222,7 @@ async fn listen(
     inner: Weak<dyn Subscriber>,
     mut events: broadcast::Receiver<StoreEvent>,
     own: u64,
+    mut ended: ListenerEnded,
 ) {
     let mut last: HashMap<u64, u64> = HashMap::new();
     let mut subscribed_before = false;
@@ -316,8 +325,35 @@ async fn listen(
                 }
             }
             Err(broadcast::error::RecvError::Lagged(_)) => reset(&*inner, "lagged").await,
-            Err(broadcast::error::RecvError::Closed) => return,
+            Err(broadcast::error::RecvError::Closed) => {
+                // The store ended its messaging for good: restarting would not help.
+                ended.armed = false;
+                return;
+            }
         }
+    }
+}
+
+/// Dropped with the listener. If the listener did not end by the store's choice (its runtime
+/// shut down, or dropped the task unrun), this instance no longer hears the others: its ledger
+/// is reset and L1 demoted (nothing is vouched for locally), and the next use starts a new
+/// listener.
+struct ListenerEnded {
+    listening: Arc<AtomicBool>,
+    subscriber: Weak<dyn Subscriber>,
+    armed: bool,
+}
+
+impl Drop for ListenerEnded {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(subscriber) = self.subscriber.upgrade() {
+            subscriber.tags().reset();
+            subscriber.recovery().demote();
+        }
+        self.listening.store(false, Ordering::Release);
     }
 }
 
@@ -338,11 +374,6 @@ async fn reset(inner: &dyn Subscriber, reason: &'static str) {
     if let Some(clock) = inner.resync().await {
         inner.tags().complete(clock);
     }
-}
-
-/// The store key holding a namespace's generation.
-pub(crate) fn generation_key(namespace: &str) -> String {
-    format!("herdwise:gen:{namespace}")
 }
 
 #[cfg(test)]

@@ -50,12 +50,16 @@ pub(crate) enum Retry {
     Key(Box<str>),
     /// Invalidate this tag.
     Tag(Box<str>),
+    /// Announce that this stored key was invalidated (L2 already was).
+    AnnounceKey(Box<str>),
+    /// Announce that every stored key under this prefix was invalidated (L2 already was).
+    AnnouncePrefix(Box<str>),
 }
 
 impl Retry {
     fn name(&self) -> &str {
         match self {
-            Retry::Key(k) | Retry::Tag(k) => k,
+            Retry::Key(k) | Retry::Tag(k) | Retry::AnnounceKey(k) | Retry::AnnouncePrefix(k) => k,
         }
     }
 }
@@ -185,7 +189,9 @@ impl RetryQueue {
         };
         if !self.worker.swap(true, Ordering::AcqRel) {
             let host: Weak<dyn RetryHost> = Arc::downgrade(host) as Weak<dyn RetryHost>;
-            runtime.spawn(work(host));
+            // Made before the task: one its runtime drops unrun still clears the flag.
+            let running = WorkerRunning(host.clone());
+            runtime.spawn(work(host, running));
         }
     }
 
@@ -203,7 +209,7 @@ impl RetryQueue {
             let since = state.queued.remove(&what).unwrap_or_else(Instant::now);
             let seq = match &what {
                 Retry::Key(key) => state.unapplied.get(key).map_or(0, |(seq, _)| *seq),
-                Retry::Tag(_) => 0,
+                _ => 0,
             };
             let item = Queued { what, since, seq };
             if item.since.elapsed() > self.max_age {
@@ -295,8 +301,8 @@ impl Drop for WorkerRunning {
 }
 
 /// Drains the queue until the cache is gone.
-async fn work(weak: Weak<dyn RetryHost>) {
-    let _running = WorkerRunning(weak.clone());
+async fn work(weak: Weak<dyn RetryHost>, running: WorkerRunning) {
+    let _running = running;
     let mut recoveries = match weak.upgrade() {
         Some(host) => host.recoveries(),
         None => return,
@@ -320,14 +326,13 @@ async fn work(weak: Weak<dyn RetryHost>) {
         if batch.is_empty() {
             continue;
         }
-        let mut items = batch.into_iter();
-        let Some(first) = items.next() else {
-            continue;
-        };
+        // Held by a guard while in flight: if the worker is dropped mid-batch (its runtime
+        // shuts down), what is not settled goes back to the queue.
+        let batch = InFlight::new(queue, batch);
+        let first = 0;
         // The first alone: if the remote tier is still down, the rest is not tried.
-        if !host.reapply(&first.what).await {
-            queue.put_back(items.collect());
-            queue.put_last(first);
+        if !host.reapply(batch.what(first)).await {
+            batch.requeue_first_last();
             drop(host);
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
@@ -336,27 +341,74 @@ async fn work(weak: Weak<dyn RetryHost>) {
             backoff = (backoff * 2).min(MAX_BACKOFF);
             continue;
         }
-        queue.succeeded(&first);
+        batch.succeeded(first);
         backoff = FIRST_BACKOFF;
-        let host_ref = &*host;
-        let failed: Vec<Queued> = futures::stream::iter(items)
-            .map(|item| async move {
-                let ok = host_ref.reapply(&item.what).await;
-                (item, ok)
-            })
+        let (host_ref, batch_ref) = (&*host, &batch);
+        futures::stream::iter(1..batch.len())
+            .map(|i| async move { (i, host_ref.reapply(batch_ref.what(i)).await) })
             .buffered(CONCURRENCY)
-            .filter_map(|(item, ok)| async move {
+            .for_each(|(i, ok)| async move {
                 if ok {
-                    host_ref.retries().succeeded(&item);
-                    None
-                } else {
-                    Some(item)
+                    batch_ref.succeeded(i);
                 }
             })
-            .collect()
             .await;
-        if !failed.is_empty() {
-            queue.put_back(failed);
+        // The failed ones go back to the front, in order, as the guard drops.
+        drop(batch);
+    }
+}
+
+/// A batch taken from the queue and not yet settled: what is left when it drops (failed, or
+/// never tried because the worker was dropped) goes back to the front of the queue.
+struct InFlight<'q> {
+    queue: &'q RetryQueue,
+    items: Vec<Mutex<Option<Queued>>>,
+    /// The `what` of each item, readable while the item is being settled.
+    whats: Vec<Retry>,
+}
+
+impl<'q> InFlight<'q> {
+    fn new(queue: &'q RetryQueue, batch: Vec<Queued>) -> Self {
+        let whats = batch.iter().map(|q| q.what.clone()).collect();
+        InFlight {
+            queue,
+            items: batch.into_iter().map(|q| Mutex::new(Some(q))).collect(),
+            whats,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn what(&self, i: usize) -> &Retry {
+        &self.whats[i]
+    }
+
+    fn succeeded(&self, i: usize) {
+        if let Some(item) = self.items[i].lock().take() {
+            self.queue.succeeded(&item);
+        }
+    }
+
+    /// The first item failed: it goes to the back (one invalidation that keeps failing does not
+    /// hold up the others), the rest back to the front as they were.
+    fn requeue_first_last(self) {
+        if let Some(first) = self.items.first().and_then(|m| m.lock().take()) {
+            self.queue.put_last(first);
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let left: Vec<Queued> = self
+            .items
+            .iter_mut()
+            .filter_map(|m| m.get_mut().take())
+            .collect();
+        if !left.is_empty() {
+            self.queue.put_back(left);
         }
     }
 }

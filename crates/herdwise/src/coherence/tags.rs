@@ -323,7 +323,7 @@ mod tests {
             clock,
             floor,
             marks: marks.to_vec(),
-            counter: 0,
+            generation: 0,
         }
     }
 

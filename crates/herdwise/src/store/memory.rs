@@ -41,8 +41,6 @@ struct Inner {
     /// Writers to one key serialize on its stripe, so a versioned set is check-then-write
     /// without a window in between. Each stripe also holds the load leases of its keys.
     stripes: Vec<Mutex<Leases>>,
-    /// Counters and tag marks (not evicted; a mark expires at its deadline).
-    counters: Mutex<HashMap<String, (u64, Option<Instant>)>>,
     /// This store's identity (see `Store::server_id`).
     id: u64,
     /// Tag tables by name (see `Store::bump_tag`).
@@ -55,11 +53,13 @@ struct Inner {
 struct TagTableState {
     clock: u64,
     floor: u64,
+    generation: u64,
     marks: HashMap<String, (u64, Instant)>,
 }
 
 impl TagTableState {
-    /// A new table starts at the current time in microseconds, clock and floor alike.
+    /// A new table starts at the current time in microseconds, clock and floor alike, and its
+    /// generation at the time in milliseconds.
     fn new() -> Self {
         let micros = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -67,6 +67,7 @@ impl TagTableState {
         TagTableState {
             clock: micros,
             floor: micros,
+            generation: micros / 1_000,
             marks: HashMap::new(),
         }
     }
@@ -184,7 +185,6 @@ impl MemoryStore {
                     .map(|_| Mutex::new(Leases::default()))
                     .collect(),
                 channels: Mutex::new(HashMap::new()),
-                counters: Mutex::new(HashMap::new()),
                 tag_tables: Mutex::new(HashMap::new()),
                 id: rand::random(),
             }),
@@ -222,15 +222,6 @@ impl MemoryStore {
         let channels = self.inner.channels.lock();
         if let Some(sender) = channels.get(channel) {
             let _ = sender.send(StoreEvent::Message(message));
-        }
-    }
-
-    /// A counter's value, 0 if absent or expired.
-    fn counter_value(&self, counters: &HashMap<String, (u64, Option<Instant>)>, key: &str) -> u64 {
-        match counters.get(key) {
-            Some((value, None)) => *value,
-            Some((value, Some(deadline))) if *deadline > Instant::now() => *value,
-            _ => 0,
         }
     }
 
@@ -418,25 +409,6 @@ impl Store for MemoryStore {
         Ok(outcome)
     }
 
-    async fn increment(&self, key: &str) -> Result<u64, StoreError> {
-        let mut counters = self.inner.counters.lock();
-        let value = counters.entry(key.to_string()).or_insert((0, None));
-        value.0 += 1;
-        Ok(value.0)
-    }
-
-    async fn counter(&self, key: &str) -> Result<u64, StoreError> {
-        Ok(self.counter_value(&self.inner.counters.lock(), key))
-    }
-
-    async fn counters(&self, keys: &[String]) -> Result<Vec<u64>, StoreError> {
-        let counters = self.inner.counters.lock();
-        Ok(keys
-            .iter()
-            .map(|k| self.counter_value(&counters, k))
-            .collect())
-    }
-
     async fn bump_tag(
         &self,
         table: &str,
@@ -464,15 +436,7 @@ impl Store for MemoryStore {
         Ok(value)
     }
 
-    async fn read_tags(
-        &self,
-        table: &str,
-        tags: &[&str],
-        counter: Option<&str>,
-    ) -> Result<TagTable, StoreError> {
-        let counter = counter.map_or(0, |key| {
-            self.counter_value(&self.inner.counters.lock(), key)
-        });
+    async fn read_tags(&self, table: &str, tags: &[&str]) -> Result<TagTable, StoreError> {
         let mut tables = self.inner.tag_tables.lock();
         let table = tables
             .entry(table.to_string())
@@ -489,8 +453,17 @@ impl Store for MemoryStore {
             clock: table.clock,
             floor: table.floor,
             marks,
-            counter,
+            generation: table.generation,
         })
+    }
+
+    async fn advance_generation(&self, table: &str, at_least: u64) -> Result<u64, StoreError> {
+        let mut tables = self.inner.tag_tables.lock();
+        let table = tables
+            .entry(table.to_string())
+            .or_insert_with(TagTableState::new);
+        table.generation = table.generation.max(at_least) + 1;
+        Ok(table.generation)
     }
 
     async fn server_id(&self) -> Result<Option<String>, StoreError> {

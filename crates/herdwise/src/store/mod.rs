@@ -83,8 +83,8 @@ pub struct TagTable {
     pub floor: u64,
     /// The marks of the tags asked for, in order (0: never invalidated, or pruned).
     pub marks: Vec<u64>,
-    /// The counter asked for along (0 if absent or not asked).
-    pub counter: u64,
+    /// The namespace generation (part of every stored key: see `Cache::clear`).
+    pub generation: u64,
 }
 
 /// A message from a store subscription.
@@ -274,24 +274,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Releases the lease on `key` if `token` holds it (compare-and-delete, never a blind DEL).
     async fn release_lease(&self, key: &str, token: u64) -> Result<(), StoreError>;
 
-    /// Atomically adds 1 to the counter `key` (created at 0, no TTL) and returns the new value.
-    async fn increment(&self, key: &str) -> Result<u64, StoreError>;
-
-    /// The counter `key` (0 if absent).
-    async fn counter(&self, key: &str) -> Result<u64, StoreError>;
-
-    /// Several counters in one round trip, in order (0 for an absent one).
-    async fn counters(&self, keys: &[String]) -> Result<Vec<u64>, StoreError>;
-
     /// Invalidates `tag`, atomically: advances the clock of the tag table `table` by one,
     /// records the new value as the tag's mark (kept at least `mark_ttl`), and makes `announce`
     /// with it. Returns the new clock value.
     ///
-    /// A namespace's clock, floor and marks live together in one table (Redis: one hash, one
-    /// key, no TTL), so that an eviction takes all of them or none. A table that does not exist
-    /// is created with clock and *floor* at the store's current time in microseconds: above
-    /// every value handed out before, and the floor says that nothing stamped below it can be
-    /// vouched for (see [`Store::read_tags`]). Marks older than `mark_ttl` are pruned a few at a
+    /// A namespace's clock, floor, marks and generation live together in one table (Redis: one
+    /// hash, one key, no TTL), so that an eviction takes all of them or none. A table that does
+    /// not exist is created with clock and *floor* at the store's current time in microseconds
+    /// and the *generation* at its time in milliseconds: above every value handed out before,
+    /// so a lost table never takes the namespace back to an old generation, and the floor says
+    /// that nothing stamped below it can be vouched for (see [`Store::read_tags`]). Marks older than `mark_ttl` are pruned a few at a
     /// time by later invalidations: every entry stamped before them has expired.
     async fn bump_tag(
         &self,
@@ -304,14 +296,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The tag table `table`: its clock, its floor and the marks of `tags` (0 for a tag never
     /// invalidated, or pruned), creating the table as [`Store::bump_tag`] does if it is missing
     /// (lost, evicted): an entry is valid only if stamped at or above the floor and at or above
-    /// every mark of its tags. With `counter`, also that counter's value (0 if absent), in the
-    /// same round trip.
-    async fn read_tags(
-        &self,
-        table: &str,
-        tags: &[&str],
-        counter: Option<&str>,
-    ) -> Result<TagTable, StoreError>;
+    /// every mark of its tags. The table's namespace generation comes along.
+    async fn read_tags(&self, table: &str, tags: &[&str]) -> Result<TagTable, StoreError>;
+
+    /// Moves the namespace generation of the tag table `table` past both its value and
+    /// `at_least` (the caller's own), creating the table as [`Store::bump_tag`] does; returns
+    /// the new generation. Atomic: two clears never end on the same generation.
+    async fn advance_generation(&self, table: &str, at_least: u64) -> Result<u64, StoreError>;
 
     /// Who the store is: an id that changes when the server restarts (Redis: `run_id`), so
     /// that a lost sentinel can be told apart from a lost server. `None` if the store cannot

@@ -76,8 +76,9 @@ return 1
     )
 }
 
-/// Creates the tag table KEYS[1] if it is missing (clock = floor = the server's time in µs);
-/// shared by the two tag scripts. Leaves the time in `now_us` (string) and `now_ms` (number).
+/// Creates the tag table KEYS[1] if it is missing (clock = floor = the server's time in µs,
+/// generation = its time in ms; a table of an older version gets its generation the same way);
+/// shared by the tag scripts. Leaves the time in `now_us` (string) and `now_ms` (number).
 const TAG_TABLE_INIT: &str = r#"
 local t = redis.call('TIME')
 local now_us = t[1] .. string.format('%06d', tonumber(t[2]))
@@ -85,6 +86,20 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if redis.call('HEXISTS', KEYS[1], 'clock') == 0 then
   redis.call('HSET', KEYS[1], 'clock', now_us, 'floor', now_us)
 end
+redis.call('HSETNX', KEYS[1], 'gen', string.format('%.0f', now_ms))
+"#;
+
+/// Advancing the namespace generation: KEYS[1] the tag table, ARGV[1] the caller's generation.
+/// The new one is one above the larger of the two.
+const ADVANCE_GENERATION_BODY: &str = r#"
+local g = tonumber(redis.call('HGET', KEYS[1], 'gen'))
+local known = tonumber(ARGV[1])
+if known > g then
+  g = known
+end
+g = string.format('%.0f', g + 1)
+redis.call('HSET', KEYS[1], 'gen', g)
+return g
 "#;
 
 /// Tag invalidation: KEYS[1] the tag table; ARGV[1] the tag's field (`t:<tag>`), ARGV[2] how
@@ -120,16 +135,10 @@ end
 return c
 "#;
 
-/// Reading the tag table: KEYS[1] the table, KEYS[2] (optional) a counter read along; ARGV the
-/// tags' fields. Returns {counter, clock, floor, mark...} as strings (false for absent).
+/// Reading the tag table: KEYS[1] the table; ARGV the tags' fields. Returns {generation, clock,
+/// floor, mark...} as strings (false for absent).
 const READ_TAGS_BODY: &str = r#"
-local out = redis.call('HMGET', KEYS[1], 'clock', 'floor', unpack(ARGV))
-local counter = false
-if #KEYS > 1 then
-  counter = redis.call('GET', KEYS[2])
-end
-table.insert(out, 1, counter)
-return out
+return redis.call('HMGET', KEYS[1], 'gen', 'clock', 'floor', unpack(ARGV))
 "#;
 
 /// Compare-and-delete of a lease: KEYS[1] lease, ARGV[1] token.
@@ -256,6 +265,7 @@ pub struct RedisStore {
     fill_fenced: Script,
     bump_tag: Script,
     read_tags: Script,
+    advance_generation: Script,
     pubsub_health: PubSubHealth,
 }
 
@@ -303,6 +313,7 @@ impl RedisStore {
             fill_fenced: Script::new(&fill_fenced_script()),
             bump_tag: Script::new(&format!("{TAG_TABLE_INIT}{BUMP_TAG_BODY}")),
             read_tags: Script::new(&format!("{TAG_TABLE_INIT}{READ_TAGS_BODY}")),
+            advance_generation: Script::new(&format!("{TAG_TABLE_INIT}{ADVANCE_GENERATION_BODY}")),
         }
     }
 
@@ -327,8 +338,8 @@ async fn check_eviction_policy(conn: &mut ConnectionManager) {
             policy = %policy,
             "redis may evict any key: Herdwise notices when its tag table is evicted and stays \
              correct, at the cost of misses (tagged entries stamped before the loss are \
-             reloaded), but an evicted namespace generation (`herdwise:gen:<ns>`) can bring back \
-             entries an old `clear()` removed; a volatile-* policy never evicts either"
+             reloaded; its generation moves to a new one, so the namespace starts cold); a \
+             volatile-* policy never evicts it"
         ),
         Ok(_) => {}
         Err(e) => tracing::debug!(error = %e, "maxmemory-policy not readable"),
@@ -600,30 +611,6 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn increment(&self, key: &str) -> Result<u64, StoreError> {
-        let mut conn = self.conn.clone();
-        Ok(redis::cmd("INCR").arg(key).query_async(&mut conn).await?)
-    }
-
-    async fn counter(&self, key: &str) -> Result<u64, StoreError> {
-        let mut conn = self.conn.clone();
-        let value: Option<u64> = redis::cmd("GET").arg(key).query_async(&mut conn).await?;
-        Ok(value.unwrap_or(0))
-    }
-
-    async fn counters(&self, keys: &[String]) -> Result<Vec<u64>, StoreError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut conn = self.conn.clone();
-        let values: Vec<Option<String>> =
-            redis::cmd("MGET").arg(keys).query_async(&mut conn).await?;
-        Ok(values
-            .into_iter()
-            .map(|v| v.and_then(|v| v.parse().ok()).unwrap_or(0))
-            .collect())
-    }
-
     async fn bump_tag(
         &self,
         table: &str,
@@ -653,17 +640,9 @@ impl Store for RedisStore {
             .map_err(|_| StoreError::Other(format!("tag clock is not a number: {clock:?}")))
     }
 
-    async fn read_tags(
-        &self,
-        table: &str,
-        tags: &[&str],
-        counter: Option<&str>,
-    ) -> Result<TagTable, StoreError> {
+    async fn read_tags(&self, table: &str, tags: &[&str]) -> Result<TagTable, StoreError> {
         let mut conn = self.conn.clone();
         let mut invocation = self.read_tags.key(table);
-        if let Some(counter) = counter {
-            invocation.key(counter);
-        }
         for tag in tags {
             invocation.arg(format!("t:{tag}"));
         }
@@ -671,7 +650,7 @@ impl Store for RedisStore {
         if values.len() != tags.len() + 3 {
             return Err(StoreError::Other("tag table: unexpected reply".into()));
         }
-        // A mark is `<clock>:<ms>`; the clock, floor and counter are plain numbers.
+        // A mark is `<clock>:<ms>`; the generation, clock and floor are plain numbers.
         let number = |v: &Option<String>| {
             v.as_deref()
                 .and_then(|v| v.split(':').next())
@@ -679,11 +658,24 @@ impl Store for RedisStore {
                 .unwrap_or(0)
         };
         Ok(TagTable {
-            counter: number(&values[0]),
+            generation: number(&values[0]),
             clock: number(&values[1]),
             floor: number(&values[2]),
             marks: values[3..].iter().map(number).collect(),
         })
+    }
+
+    async fn advance_generation(&self, table: &str, at_least: u64) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let generation: String = self
+            .advance_generation
+            .key(table)
+            .arg(at_least)
+            .invoke_async(&mut conn)
+            .await?;
+        generation
+            .parse()
+            .map_err(|_| StoreError::Other(format!("generation is not a number: {generation:?}")))
     }
 
     async fn server_id(&self) -> Result<Option<String>, StoreError> {

@@ -167,11 +167,6 @@ impl Remote {
         self.call(StoreOp::Set, stream, fut).await
     }
 
-    pub async fn increment(&self, key: &str) -> Result<u64, StoreError> {
-        self.call(StoreOp::Set, key, self.store.increment(key))
-            .await
-    }
-
     pub async fn bump_tag(
         &self,
         table: &str,
@@ -187,14 +182,14 @@ impl Remote {
         self.call(StoreOp::Get, "", self.store.server_id()).await
     }
 
-    pub async fn read_tags(
-        &self,
-        table: &str,
-        tags: &[&str],
-        counter: Option<&str>,
-    ) -> Result<TagTable, StoreError> {
-        let fut = self.store.read_tags(table, tags, counter);
+    pub async fn read_tags(&self, table: &str, tags: &[&str]) -> Result<TagTable, StoreError> {
+        let fut = self.store.read_tags(table, tags);
         self.call(StoreOp::Get, table, fut).await
+    }
+
+    pub async fn advance_generation(&self, table: &str, at_least: u64) -> Result<u64, StoreError> {
+        let fut = self.store.advance_generation(table, at_least);
+        self.call(StoreOp::Set, table, fut).await
     }
 
     /// The breaker's state (`Closed` when there is none).
@@ -343,16 +338,17 @@ impl Drop for PermitGuard<'_> {
             remote.stand_in.clone(),
         );
         let deadline = remote.deadline;
+        // The guards exist before the task does: a task its runtime drops unrun (shutting down)
+        // still clears the flag and hands the permit back — a probe must never stay out.
+        let running = ClearOnDrop(running);
+        let mut guard = StandIn {
+            breaker,
+            permit: Some(permit),
+            started: Instant::now(),
+        };
         runtime.spawn(async move {
-            // Cleared however the task ends (also if its runtime shuts down).
-            let _running = ClearOnDrop(running);
-            // And the permit handed back if it ends before recording (a runtime shutting down
-            // mid-call): a probe must never stay out.
-            let mut guard = StandIn {
-                breaker,
-                permit: Some(permit),
-                started: Instant::now(),
-            };
+            let _running = running;
+            guard.started = Instant::now();
             let read = tokio::time::timeout(deadline, store.get(STAND_IN_KEY)).await;
             if let Some(permit) = guard.permit.take() {
                 let took = guard.started.elapsed();

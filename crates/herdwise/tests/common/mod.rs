@@ -265,15 +265,6 @@ impl<S: herdwise::Store + Clone> herdwise::Store for SlowDeletes<S> {
             .fill_fenced(key, value, ttl, version, fence, channel)
             .await
     }
-    async fn increment(&self, key: &str) -> Result<u64, herdwise::StoreError> {
-        self.inner.increment(key).await
-    }
-    async fn counter(&self, key: &str) -> Result<u64, herdwise::StoreError> {
-        self.inner.counter(key).await
-    }
-    async fn counters(&self, keys: &[String]) -> Result<Vec<u64>, herdwise::StoreError> {
-        self.inner.counters(keys).await
-    }
     async fn bump_tag(
         &self,
         table: &str,
@@ -291,9 +282,15 @@ impl<S: herdwise::Store + Clone> herdwise::Store for SlowDeletes<S> {
         &self,
         table: &str,
         tags: &[&str],
-        counter: Option<&str>,
     ) -> Result<herdwise::TagTable, herdwise::StoreError> {
-        self.inner.read_tags(table, tags, counter).await
+        self.inner.read_tags(table, tags).await
+    }
+    async fn advance_generation(
+        &self,
+        table: &str,
+        at_least: u64,
+    ) -> Result<u64, herdwise::StoreError> {
+        self.inner.advance_generation(table, at_least).await
     }
     async fn publish(
         &self,
