@@ -931,8 +931,9 @@ async fn r9_loads_in_flight_under_a_prefix_are_not_stored_behind_its_walk() {
     );
 }
 
-// Defect 12, the namespace generation: with its metadata evicted, a freshly started instance
-// must not read entries that a `clear()` removed.
+// Defect 12, the namespace generation: with its metadata evicted while an instance runs, that
+// instance puts its generation back (at its next sync, at most 10 s later), and an instance
+// started after that must not read entries that a `clear()` removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d12_an_evicted_generation_does_not_bring_back_cleared_entries() {
     let server = common::redis();
@@ -946,6 +947,7 @@ async fn d12_an_evicted_generation_does_not_bring_back_cleared_entries() {
     // Every piece of the namespace's metadata is evicted (the values are not).
     let mut raw = common::raw(&server).await;
     assert!(delete_matching(&mut raw, "herdwise:*d12g*").await >= 1);
+    tokio::time::sleep(Duration::from_secs(11)).await; // A's periodic sync
     let fresh: Cache<u64, String> = Cache::builder("d12g")
         .store(common::store(&server).await)
         .build()

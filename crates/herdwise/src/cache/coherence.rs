@@ -46,6 +46,11 @@ impl<V: Send + Sync + 'static> Subscriber for Inner<V> {
     }
 
     fn cleared(&self, generation: u64) {
+        // Generations are counts or milliseconds: one past what Lua numbers carry exactly is a
+        // forged or broken message, not a generation.
+        if generation > 1 << 53 {
+            return;
+        }
         if self.keys.advance_generation(generation) {
             self.l1.clear();
         }
@@ -75,7 +80,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     pub(crate) async fn sync_generation(&self) -> Option<u64> {
         let table = self
             .remote
-            .read_tags(&self.coherence.tag_table_key, &[])
+            .read_tags(&self.coherence.tag_table_key, &[], self.keys.generation())
             .await
             .ok()?;
         self.cleared(table.generation);
@@ -222,7 +227,7 @@ where
                 let tags: Vec<&str> = stamp.tags.iter().map(|t| &**t).collect();
                 match inner
                     .remote
-                    .read_tags(&inner.coherence.tag_table_key, &tags)
+                    .read_tags(&inner.coherence.tag_table_key, &tags, 0)
                     .await
                 {
                     Ok(table) if table.marks.len() == tags.len() => {

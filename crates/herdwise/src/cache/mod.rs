@@ -628,46 +628,16 @@ where
             .generation_synced
             .load(Ordering::Acquire)
         {
-            // Boxed: the cold path must not grow every caller's future.
-            Box::pin(self.sync_generation_throttled()).await;
-        }
-    }
-
-    async fn sync_generation_throttled(&self) {
-        let inner = &*self.inner;
-        // One read at a time: the callers of a first burst wait for the read in flight (at most
-        // one store deadline) instead of going on under generation 0 while it runs — their keys
-        // would differ from the ones after it (two loads of one key, entries out of reach).
-        let _turn = inner.coherence.generation_sync.lock().await;
-        if inner.coherence.generation_synced.load(Ordering::Acquire) {
-            return;
-        }
-        let now = now_ms();
-        let last = inner
-            .coherence
-            .generation_attempt_ms
-            .load(Ordering::Acquire);
-        if now.saturating_sub(last) < 1_000
-            || inner
-                .coherence
-                .generation_attempt_ms
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-        {
-            return;
-        }
-        if inner.sync_generation().await.is_some() {
-            inner
-                .coherence
-                .generation_synced
-                .store(true, Ordering::Release);
-            // To tell, after an outage, whether Redis came back empty.
-            crate::ops::sentinel::learn_sentinel(
-                &inner.recovery,
-                &inner.remote,
-                inner.keys.namespace(),
-            )
-            .await;
+            // In a task of its own, so that a caller dropped meanwhile (a request timeout) does
+            // not abandon the read the others wait for; boxed without a runtime (the cold path
+            // must not grow every caller's future).
+            let sync = sync_generation_throttled(self.inner.clone());
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    let _ = runtime.spawn(sync).await;
+                }
+                Err(_) => Box::pin(sync).await,
+            }
         }
     }
 
@@ -763,6 +733,47 @@ where
                 .push(&self.inner, Retry::AnnounceKey(stored_key.into()));
         }
         Ok(outcome)
+    }
+}
+
+/// Reads the namespace generation once (see `Cache::ensure_generation`).
+async fn sync_generation_throttled<V: Send + Sync + 'static>(owner: Arc<Inner<V>>) {
+    let inner = &*owner;
+    // One read at a time: the callers of a first burst wait for the read in flight (at most
+    // one store deadline) instead of going on under generation 0 while it runs — their keys
+    // would differ from the ones after it (two loads of one key, entries out of reach).
+    let turn = inner.coherence.generation_sync.lock().await;
+    if inner.coherence.generation_synced.load(Ordering::Acquire) {
+        return;
+    }
+    let now = now_ms();
+    let last = inner
+        .coherence
+        .generation_attempt_ms
+        .load(Ordering::Acquire);
+    if now.saturating_sub(last) < 1_000
+        || inner
+            .coherence
+            .generation_attempt_ms
+            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+    {
+        return;
+    }
+    let synced = inner.sync_generation().await.is_some();
+    if synced {
+        inner
+            .coherence
+            .generation_synced
+            .store(true, Ordering::Release);
+        drop(turn); // the waiting callers go on; the sentinel is this caller's business
+                    // To tell, after an outage, whether Redis came back empty.
+        crate::ops::sentinel::learn_sentinel(
+            &inner.recovery,
+            &inner.remote,
+            inner.keys.namespace(),
+        )
+        .await;
     }
 }
 

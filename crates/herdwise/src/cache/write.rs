@@ -87,6 +87,7 @@ where
         Fut: Future<Output = std::result::Result<Option<u64>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
+        self.ensure_generation().await;
         let stored_key = self.inner.keys.stored_key(key)?;
         let value = value.into();
         // Armed from before the origin write until the cache is updated: a caller dropped on
@@ -130,6 +131,7 @@ where
         Fut: Future<Output = std::result::Result<T, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
+        self.ensure_generation().await;
         let stored_key = self.inner.keys.stored_key(key)?;
         // As in `write_through`: armed from before the origin write.
         let pending = RetryOnDrop::new(&self.inner, Retry::Key(stored_key.as_str().into()));

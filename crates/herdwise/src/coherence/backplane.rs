@@ -326,7 +326,10 @@ async fn listen(
             }
             Err(broadcast::error::RecvError::Lagged(_)) => reset(&*inner, "lagged").await,
             Err(broadcast::error::RecvError::Closed) => {
-                // The store ended its messaging for good: restarting would not help.
+                // The store ended its messaging for good: restarting would not help, but from
+                // here on nothing is heard, so nothing is vouched for locally.
+                inner.tags().reset();
+                inner.recovery().demote();
                 ended.armed = false;
                 return;
             }

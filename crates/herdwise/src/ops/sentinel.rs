@@ -50,15 +50,20 @@ pub(crate) async fn lost_window(
     if recovery.loss() == UNKNOWN {
         let known = recovery.token();
         let known_server = recovery.server();
-        let server = remote.server_id().await.ok().flatten();
+        // A store that cannot answer who it is now (a timeout under load) gives no evidence
+        // either way: no verdict yet (a later read asks again), never "restarted" by default.
+        let server = remote.server_id().await.ok()?;
         let now = sentinel(remote, namespace).await?;
         // Never learned a token: no evidence of a loss. A missing sentinel on the same
         // server (evicted, deleted) is no loss either: only a server that restarted (or
         // was replaced) without the sentinel lost its data. Stores that cannot tell who
         // they are fall back on the sentinel alone.
+        // An identity known on one side only (a read of it failed once) is no evidence of a
+        // restart: the safe verdict is "intact" (no old L1 value answers for a lost key).
         let restarted = match (&known_server, &server) {
             (Some(before), Some(now)) => before != now,
-            _ => true,
+            (None, None) => true,
+            _ => false,
         };
         let verdict = if known != 0 && now != known && restarted {
             LOST

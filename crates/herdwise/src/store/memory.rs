@@ -58,8 +58,8 @@ struct TagTableState {
 }
 
 impl TagTableState {
-    /// A new table starts at the current time in microseconds, clock and floor alike, and its
-    /// generation at the time in milliseconds.
+    /// A new table starts at the current time in microseconds, clock and floor alike, at
+    /// generation 0.
     fn new() -> Self {
         let micros = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -67,7 +67,7 @@ impl TagTableState {
         TagTableState {
             clock: micros,
             floor: micros,
-            generation: micros / 1_000,
+            generation: 0,
             marks: HashMap::new(),
         }
     }
@@ -436,11 +436,17 @@ impl Store for MemoryStore {
         Ok(value)
     }
 
-    async fn read_tags(&self, table: &str, tags: &[&str]) -> Result<TagTable, StoreError> {
+    async fn read_tags(
+        &self,
+        table: &str,
+        tags: &[&str],
+        known_generation: u64,
+    ) -> Result<TagTable, StoreError> {
         let mut tables = self.inner.tag_tables.lock();
         let table = tables
             .entry(table.to_string())
             .or_insert_with(TagTableState::new);
+        table.generation = table.generation.max(known_generation);
         let now = Instant::now();
         let marks = tags
             .iter()
@@ -462,7 +468,10 @@ impl Store for MemoryStore {
         let table = tables
             .entry(table.to_string())
             .or_insert_with(TagTableState::new);
-        table.generation = table.generation.max(at_least) + 1;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        table.generation = (table.generation.max(at_least) + 1).max(now_ms);
         Ok(table.generation)
     }
 

@@ -281,9 +281,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// A namespace's clock, floor, marks and generation live together in one table (Redis: one
     /// hash, one key, no TTL), so that an eviction takes all of them or none. A table that does
     /// not exist is created with clock and *floor* at the store's current time in microseconds
-    /// and the *generation* at its time in milliseconds: above every value handed out before,
-    /// so a lost table never takes the namespace back to an old generation, and the floor says
-    /// that nothing stamped below it can be vouched for (see [`Store::read_tags`]). Marks older than `mark_ttl` are pruned a few at a
+    /// (above every value handed out before; the floor says that nothing stamped below it can
+    /// be vouched for, see [`Store::read_tags`]) and at generation 0. Marks older than `mark_ttl` are pruned a few at a
     /// time by later invalidations: every entry stamped before them has expired.
     async fn bump_tag(
         &self,
@@ -296,12 +295,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The tag table `table`: its clock, its floor and the marks of `tags` (0 for a tag never
     /// invalidated, or pruned), creating the table as [`Store::bump_tag`] does if it is missing
     /// (lost, evicted): an entry is valid only if stamped at or above the floor and at or above
-    /// every mark of its tags. The table's namespace generation comes along.
-    async fn read_tags(&self, table: &str, tags: &[&str]) -> Result<TagTable, StoreError>;
+    /// every mark of its tags. The table's namespace generation comes along, raised first to
+    /// `known_generation` (the caller's) if it is lower — the table was lost, and the
+    /// instances still running put the generation back.
+    async fn read_tags(
+        &self,
+        table: &str,
+        tags: &[&str],
+        known_generation: u64,
+    ) -> Result<TagTable, StoreError>;
 
     /// Moves the namespace generation of the tag table `table` past both its value and
-    /// `at_least` (the caller's own), creating the table as [`Store::bump_tag`] does; returns
-    /// the new generation. Atomic: two clears never end on the same generation.
+    /// `at_least` (the caller's own), and to at least the store's time in milliseconds (so a
+    /// generation lost with its table and counted again from 0 never meets an earlier one),
+    /// creating the table as [`Store::bump_tag`] does; returns the new generation. Atomic: two
+    /// clears never end on the same generation.
     async fn advance_generation(&self, table: &str, at_least: u64) -> Result<u64, StoreError>;
 
     /// Who the store is: an id that changes when the server restarts (Redis: `run_id`), so

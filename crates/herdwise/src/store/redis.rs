@@ -76,9 +76,9 @@ return 1
     )
 }
 
-/// Creates the tag table KEYS[1] if it is missing (clock = floor = the server's time in µs,
-/// generation = its time in ms; a table of an older version gets its generation the same way);
-/// shared by the tag scripts. Leaves the time in `now_us` (string) and `now_ms` (number).
+/// Creates the tag table KEYS[1] if it is missing (clock = floor = the server's time in µs; no
+/// generation field: generation 0); shared by the tag scripts. Leaves the time in `now_us`
+/// (string) and `now_ms` (number).
 const TAG_TABLE_INIT: &str = r#"
 local t = redis.call('TIME')
 local now_us = t[1] .. string.format('%06d', tonumber(t[2]))
@@ -86,18 +86,22 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if redis.call('HEXISTS', KEYS[1], 'clock') == 0 then
   redis.call('HSET', KEYS[1], 'clock', now_us, 'floor', now_us)
 end
-redis.call('HSETNX', KEYS[1], 'gen', string.format('%.0f', now_ms))
 "#;
 
 /// Advancing the namespace generation: KEYS[1] the tag table, ARGV[1] the caller's generation.
-/// The new one is one above the larger of the two.
+/// The new one is one above the larger of the two, and at least the server's time in ms: a
+/// generation lost with its table and handed out again from 0 never meets an earlier one.
 const ADVANCE_GENERATION_BODY: &str = r#"
-local g = tonumber(redis.call('HGET', KEYS[1], 'gen'))
+local g = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
 local known = tonumber(ARGV[1])
 if known > g then
   g = known
 end
-g = string.format('%.0f', g + 1)
+g = g + 1
+if now_ms > g then
+  g = now_ms
+end
+g = string.format('%.0f', g)
 redis.call('HSET', KEYS[1], 'gen', g)
 return g
 "#;
@@ -135,9 +139,15 @@ end
 return c
 "#;
 
-/// Reading the tag table: KEYS[1] the table; ARGV the tags' fields. Returns {generation, clock,
+/// Reading the tag table: KEYS[1] the table; ARGV[1] the caller's generation (written back if
+/// the table's is lower: it was lost), ARGV[2..] the tags' fields. Returns {generation, clock,
 /// floor, mark...} as strings (false for absent).
 const READ_TAGS_BODY: &str = r#"
+local known = table.remove(ARGV, 1)
+local g = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
+if tonumber(known) > g then
+  redis.call('HSET', KEYS[1], 'gen', known)
+end
 return redis.call('HMGET', KEYS[1], 'gen', 'clock', 'floor', unpack(ARGV))
 "#;
 
@@ -640,9 +650,15 @@ impl Store for RedisStore {
             .map_err(|_| StoreError::Other(format!("tag clock is not a number: {clock:?}")))
     }
 
-    async fn read_tags(&self, table: &str, tags: &[&str]) -> Result<TagTable, StoreError> {
+    async fn read_tags(
+        &self,
+        table: &str,
+        tags: &[&str],
+        known_generation: u64,
+    ) -> Result<TagTable, StoreError> {
         let mut conn = self.conn.clone();
         let mut invocation = self.read_tags.key(table);
+        invocation.arg(known_generation);
         for tag in tags {
             invocation.arg(format!("t:{tag}"));
         }

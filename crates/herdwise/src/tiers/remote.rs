@@ -182,8 +182,13 @@ impl Remote {
         self.call(StoreOp::Get, "", self.store.server_id()).await
     }
 
-    pub async fn read_tags(&self, table: &str, tags: &[&str]) -> Result<TagTable, StoreError> {
-        let fut = self.store.read_tags(table, tags);
+    pub async fn read_tags(
+        &self,
+        table: &str,
+        tags: &[&str],
+        known_generation: u64,
+    ) -> Result<TagTable, StoreError> {
+        let fut = self.store.read_tags(table, tags, known_generation);
         self.call(StoreOp::Get, table, fut).await
     }
 

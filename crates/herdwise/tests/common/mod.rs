@@ -282,8 +282,9 @@ impl<S: herdwise::Store + Clone> herdwise::Store for SlowDeletes<S> {
         &self,
         table: &str,
         tags: &[&str],
+        known_generation: u64,
     ) -> Result<herdwise::TagTable, herdwise::StoreError> {
-        self.inner.read_tags(table, tags).await
+        self.inner.read_tags(table, tags, known_generation).await
     }
     async fn advance_generation(
         &self,
