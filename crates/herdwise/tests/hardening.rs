@@ -995,3 +995,53 @@ fn r10_a_listener_dropped_with_its_runtime_is_started_again() {
         );
     });
 }
+
+// Defect 12, leases and fences: deleted while a load holds them (as an eviction would), the
+// load's claim is gone and its fill is refused, never stored on the strength of a lost claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d12_evicted_leases_and_fences_refuse_the_fills_they_guarded() {
+    let server = common::redis();
+    let mut raw = common::raw(&server).await;
+    for (name, leased) in [("d12l", true), ("d12f", false)] {
+        let store = common::store(&server).await;
+        let (cache, metrics) = common::with_metrics(|| {
+            let builder = Cache::<u64, String>::builder(name)
+                .store(store)
+                .store_timeout(Duration::from_secs(2));
+            if leased {
+                builder
+            } else {
+                builder.no_leases()
+            }
+        });
+        cache.get(&0).await.unwrap(); // first contact: the stored keys' form
+        let stored_key = cache.stored_key(&1).unwrap();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let load = {
+            let (cache, gate) = (cache.clone(), gate.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(&1, |_| async move {
+                        gate.acquire().await.unwrap().forget();
+                        Ok::<_, OriginError>(Some("loaded".to_string()))
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let claims = delete_matching(&mut raw, &format!("{{{stored_key}}}:*")).await;
+        assert_eq!(claims, 1, "{name}: the load held its claim");
+        gate.add_permits(1);
+        let got = load.await.unwrap().unwrap();
+        assert_eq!(got.as_deref().map(String::as_str), Some("loaded"));
+        assert_eq!(
+            existing(&mut raw, std::slice::from_ref(&stored_key)).await,
+            0,
+            "{name}: a fill whose claim was lost was stored"
+        );
+        assert!(
+            counter(&metrics, m::FILLS_REFUSED, &[("reason", "lease_lost")]) >= 1,
+            "{name}: the refusal is counted"
+        );
+    }
+}

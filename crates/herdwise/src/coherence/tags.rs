@@ -208,8 +208,12 @@ impl TagLedger {
                 mark <= stamp.clock && state.marks.get(tag).is_none_or(|&m| m <= stamp.clock)
             });
         if state.era == era && state.complete_from.is_some() {
+            // A table's floor is an implicit mark on every tag: it knows nothing of what came
+            // before it (it was lost and re-created then), so no entry stamped below it may be
+            // judged valid locally either — an absent mark read from it means "none since the
+            // floor", not "never".
             for (tag, &mark) in stamp.tags.iter().zip(marks) {
-                Self::record(&mut state, tag, mark);
+                Self::record(&mut state, tag, mark.max(table.floor));
             }
         }
         valid
@@ -444,6 +448,22 @@ mod tests {
         ledger.confirmed("t", 21, ledger.pending_seq());
         assert_eq!(ledger.verdict(&stamp(21, &["t"])), Verdict::Valid);
         assert_eq!(ledger.verdict(&stamp(20, &["t"])), Verdict::Invalid);
+    }
+
+    #[test]
+    fn marks_learned_from_a_re_created_table_do_not_vouch_for_stamps_below_its_floor() {
+        let ledger = TagLedger::default();
+        ledger.complete(10);
+        let era = ledger.era();
+        let old = stamp(50, &["t"]);
+        // The table was lost and re-created at 100: no mark for `t` since then.
+        assert!(!ledger.learn(era, &old, &table(120, 100, &[0])));
+        assert_ne!(
+            ledger.verdict(&old),
+            Verdict::Valid,
+            "an entry from before the loss was vouched for locally"
+        );
+        assert_eq!(ledger.verdict(&stamp(110, &["t"])), Verdict::Valid);
     }
 
     #[test]
