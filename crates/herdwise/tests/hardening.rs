@@ -109,23 +109,21 @@ async fn d2_a_read_during_invalidate_leaves_no_old_value_in_its_own_l1() {
     );
 }
 
-// Defect 2, prefix form, as the issue found it: 20k keys under a prefix, 4 local readers while
-// the SCAN/UNLINK walk runs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn d2_reads_during_invalidate_prefix_leave_no_old_value_in_its_own_l1() {
-    let server = common::redis();
-    let cache: Cache<(u64, u64), String> = slow_store_cache("d2p", common::store(&server).await);
-    const N: u64 = 20_000;
-    // One entry written by the cache, copied raw under every key (same value, valid envelope).
+/// Fills keys `(42, 0..n)` with the same old value: one entry written by the cache, copied raw
+/// under every other key (a valid envelope each).
+async fn seed_prefix(
+    cache: &Cache<(u64, u64), String>,
+    raw: &mut redis::aio::MultiplexedConnection,
+    n: u64,
+) {
     cache.set(&(42, 0), "old".to_string()).await.unwrap();
-    let mut raw = common::raw(&server).await;
     let bytes: Vec<u8> = redis::cmd("GET")
         .arg(cache.stored_key(&(42, 0)).unwrap())
-        .query_async(&mut raw)
+        .query_async(raw)
         .await
         .unwrap();
     let mut pipe = redis::pipe();
-    for i in 1..N {
+    for i in 1..n {
         let key = cache.stored_key(&(42, i)).unwrap();
         pipe.cmd("SET")
             .arg(key)
@@ -134,7 +132,18 @@ async fn d2_reads_during_invalidate_prefix_leave_no_old_value_in_its_own_l1() {
             .arg(600)
             .ignore();
     }
-    let () = pipe.query_async(&mut raw).await.unwrap();
+    let () = pipe.query_async(raw).await.unwrap();
+}
+
+// Defect 2, prefix form, as the issue found it: 20k keys under a prefix, 4 local readers while
+// the SCAN/UNLINK walk runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d2_reads_during_invalidate_prefix_leave_no_old_value_in_its_own_l1() {
+    let server = common::redis();
+    let cache: Cache<(u64, u64), String> = slow_store_cache("d2p", common::store(&server).await);
+    const N: u64 = 20_000;
+    let mut raw = common::raw(&server).await;
+    seed_prefix(&cache, &mut raw, N).await;
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let readers: Vec<_> = (0..4)
         .map(|r| {
@@ -871,24 +880,8 @@ async fn r9_loads_in_flight_under_a_prefix_are_not_stored_behind_its_walk() {
     let server = common::redis();
     let cache: Cache<(u64, u64), String> = slow_store_cache("r9", common::store(&server).await);
     const N: u64 = 20_000;
-    cache.set(&(42, 0), "old".to_string()).await.unwrap();
     let mut raw = common::raw(&server).await;
-    let bytes: Vec<u8> = redis::cmd("GET")
-        .arg(cache.stored_key(&(42, 0)).unwrap())
-        .query_async(&mut raw)
-        .await
-        .unwrap();
-    let mut pipe = redis::pipe();
-    for i in 1..N {
-        let key = cache.stored_key(&(42, i)).unwrap();
-        pipe.cmd("SET")
-            .arg(key)
-            .arg(&bytes)
-            .arg("EX")
-            .arg(600)
-            .ignore();
-    }
-    let () = pipe.query_async(&mut raw).await.unwrap();
+    seed_prefix(&cache, &mut raw, N).await;
     // 60 loads under the prefix, each holding its lease, each with the origin's old state read.
     const LOADS: u64 = 60;
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
@@ -1044,4 +1037,54 @@ async fn d12_evicted_leases_and_fences_refuse_the_fills_they_guarded() {
             "{name}: the refusal is counted"
         );
     }
+}
+
+// Review finding: a `write_around` or `write_through` whose caller is dropped after the origin
+// write began must still invalidate the key (the origin may have committed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_a_write_dropped_during_its_origin_write_still_invalidates() {
+    let server = common::redis();
+    let cache: Cache<u64, String> = Cache::builder("r11")
+        .store(common::store(&server).await)
+        .build()
+        .unwrap();
+    let other: Cache<u64, String> = Cache::builder("r11")
+        .store(common::store(&server).await)
+        .l1_max_bytes(0)
+        .no_hot_key_shield()
+        .build()
+        .unwrap();
+    cache.set(&1, "old".to_string()).await.unwrap();
+    cache.set(&2, "old".to_string()).await.unwrap();
+    let slow_origin = || async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok::<_, OriginError>(())
+    };
+    let around = tokio::time::timeout(
+        Duration::from_millis(50),
+        cache.write_around(&1, slow_origin),
+    );
+    assert!(
+        around.await.is_err(),
+        "the caller gave up during the origin write"
+    );
+    let through = tokio::time::timeout(
+        Duration::from_millis(50),
+        cache.write_through(&2, "new".to_string(), |_| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, OriginError>(None)
+        }),
+    );
+    assert!(
+        through.await.is_err(),
+        "the caller gave up during the origin write"
+    );
+    let invalidated = common::eventually(Duration::from_secs(3), async || {
+        other.get(&1).await.unwrap().is_none() && other.get(&2).await.unwrap().is_none()
+    })
+    .await;
+    assert!(
+        invalidated,
+        "the old values are still served after writes whose callers were dropped"
+    );
 }
