@@ -1010,18 +1010,21 @@ async fn d12_evicted_leases_and_fences_refuse_the_fills_they_guarded() {
         cache.get(&0).await.unwrap(); // first contact: the stored keys' form
         let stored_key = cache.stored_key(&1).unwrap();
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
         let load = {
             let (cache, gate) = (cache.clone(), gate.clone());
             tokio::spawn(async move {
                 cache
                     .get_or_load(&1, |_| async move {
+                        // The claim is taken before the origin is read.
+                        let _ = started_tx.send(());
                         gate.acquire().await.unwrap().forget();
                         Ok::<_, OriginError>(Some("loaded".to_string()))
                     })
                     .await
             })
         };
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        started.await.unwrap();
         let claims = delete_matching(&mut raw, &format!("{{{stored_key}}}:*")).await;
         assert_eq!(claims, 1, "{name}: the load held its claim");
         gate.add_permits(1);
