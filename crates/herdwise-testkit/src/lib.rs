@@ -18,6 +18,12 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod cluster;
+mod tls;
+
+pub use cluster::RedisCluster;
+pub use tls::TlsMaterial;
+
 /// How long a fresh server may take to answer `PING`.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -36,16 +42,24 @@ impl RedisServer {
     }
 
     /// Starts a server with extra command-line arguments (e.g. `["--maxmemory", "10mb"]`).
+    /// Each argument `{free}` becomes a port that was free (a TLS port, a cluster bus port),
+    /// and `{port}` the server's own port; both stay the same across [`RedisServer::restart`].
     pub fn start_with_args(args: &[&str]) -> std::io::Result<Self> {
-        let extra_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let mut last_err = None;
         // A port found free can be taken by someone else before redis binds it: retry.
         for _ in 0..5 {
             let port = free_port()?;
+            let mut extra_args = Vec::with_capacity(args.len());
+            for arg in args {
+                extra_args.push(match *arg {
+                    "{free}" => free_port()?.to_string(),
+                    other => other.replace("{port}", &port.to_string()),
+                });
+            }
             let mut server = RedisServer {
                 child: None,
                 port,
-                extra_args: extra_args.clone(),
+                extra_args,
             };
             match server.spawn() {
                 Ok(()) => return Ok(server),
@@ -104,6 +118,17 @@ impl RedisServer {
     /// Continues a paused server with SIGCONT.
     pub fn resume(&self) -> std::io::Result<()> {
         self.signal("-CONT")
+    }
+
+    /// The extra arguments the server was started with (placeholders filled in).
+    pub fn args(&self) -> &[String] {
+        &self.extra_args
+    }
+
+    /// The value following `flag` among the extra arguments (e.g. the `--tls-port`).
+    pub fn arg_after(&self, flag: &str) -> Option<&str> {
+        let at = self.extra_args.iter().position(|a| a == flag)?;
+        self.extra_args.get(at + 1).map(String::as_str)
     }
 
     /// Sends a raw inline command and returns the first reply line (e.g. `+PONG`).

@@ -82,7 +82,7 @@ pub use error::{Error, Result};
 pub use key::{encode_key, CacheKey, KeyEncoder, KeyError};
 pub use loader::{Loader, LoaderError};
 pub use store::{
-    Announcement, MemoryStore, RedisStore, RedisStoreBuilder, SetOutcome, Store, StoreError,
-    TagTable,
+    Announcement, MemoryStore, RedisConnection, RedisStore, RedisStoreBuilder, SetOutcome, Store,
+    StoreError, TagTable, REDIS_URL_ENV,
 };
 pub use tiers::breaker::{BreakerConfig, BreakerState};

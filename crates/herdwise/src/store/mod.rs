@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use self::memory::{MemoryStore, DEFAULT_MEMORY_STORE_BYTES};
-pub use self::redis::{RedisStore, RedisStoreBuilder};
+pub use self::redis::{RedisConnection, RedisStore, RedisStoreBuilder, REDIS_URL_ENV};
 
 /// Version check shared by the Lua scripts: returns from the script with `refused` if the stored
 /// envelope in `cur` has a version above ARGV `hi`:`lo` (see `envelope::VERSION_OFFSET`).
@@ -138,6 +138,36 @@ pub enum StoreError {
     /// Anything else (custom stores).
     #[error("{0}")]
     Other(String),
+    /// The store's configuration is invalid: `option` names what to fix.
+    #[error("invalid store configuration, {option}: {reason}")]
+    Config {
+        /// The option (or URL part, or environment variable) at fault.
+        option: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Connecting failed, or a check made at connect did: unreachable, TLS refused, wrong or
+    /// missing credentials, an unsupported server.
+    #[error("cannot connect to {target}: {reason}")]
+    Connect {
+        /// The node(s) tried (no credentials).
+        target: String,
+        /// What failed, and what to do about it.
+        reason: String,
+    },
+    /// The server's ACL does not let the configured user run a command the cache needs.
+    #[error(
+        "{target}: the user may not run {command} ({detail}); the cache needs it: grant it \
+         with ACL SETUSER (see the README, \"Connecting to your Redis\")"
+    )]
+    NotPermitted {
+        /// The node(s) tried.
+        target: String,
+        /// The refused command.
+        command: String,
+        /// The server's answer.
+        detail: String,
+    },
 }
 
 /// A remote (or embedded) byte store with TTLs: the L2 tier.
