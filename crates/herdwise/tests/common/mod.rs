@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: real Redis servers, counting loaders, metrics.
 #![allow(dead_code)]
 
+pub mod contract;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +10,23 @@ use std::time::Duration;
 use herdwise::{Cache, CacheBuilder, RedisStore};
 use herdwise_testkit::RedisServer;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+
+/// The file's shared Redis Cluster (3 primaries, 3 replicas): started by the first test that
+/// asks, stopped (by PID) when the last test holding it ends.
+pub fn shared_cluster() -> Arc<herdwise_testkit::RedisCluster> {
+    static SHARED: std::sync::Mutex<std::sync::Weak<herdwise_testkit::RedisCluster>> =
+        std::sync::Mutex::new(std::sync::Weak::new());
+    let mut shared = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(cluster) = shared.upgrade() {
+        return cluster;
+    }
+    let cluster = Arc::new(
+        herdwise_testkit::RedisCluster::start(3, 1)
+            .expect("start a redis cluster (scripts/test installs redis-server and redis-tools)"),
+    );
+    *shared = Arc::downgrade(&cluster);
+    cluster
+}
 
 pub fn redis() -> RedisServer {
     RedisServer::start().expect("start a redis-server (scripts/test installs it)")

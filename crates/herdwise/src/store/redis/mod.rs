@@ -117,7 +117,8 @@ redis.call('HSET', KEYS[1], 'gen', g)
 return g
 "#;
 
-/// Tag invalidation: KEYS[1] the tag table; ARGV[1] the tag's field (`t:<tag>`), ARGV[2] how
+/// Tag invalidation: KEYS[1] the tag table, KEYS[2] the event stream (only when announcing on
+/// one: same hash tag, same slot); ARGV[1] the tag's field (`t:<tag>`), ARGV[2] how
 /// long marks are kept (ms), ARGV[3] the channel or stream ('' for none), ARGV[4]/ARGV[5] the
 /// message around the new clock value, ARGV[6] the stream's max length ('' to publish instead).
 /// A mark is `<clock>:<unix ms>`; each call prunes up to 32 fields past their keep time,
@@ -144,7 +145,7 @@ if ARGV[3] ~= '' then
   if ARGV[6] == '' then
     redis.call('PUBLISH', ARGV[3], ARGV[4] .. c .. ARGV[5])
   else
-    redis.call('XADD', ARGV[3], 'MAXLEN', '~', ARGV[6], '*', 'm', ARGV[4] .. c .. ARGV[5])
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'm', ARGV[4] .. c .. ARGV[5])
   end
 end
 return c
@@ -520,9 +521,11 @@ impl Store for RedisStore {
         let stream_max_len = announce
             .and_then(|a| a.stream_max_len)
             .map_or(String::new(), |n| n.to_string());
-        let clock: String = self
-            .bump_tag
-            .key(table)
+        let mut invocation = self.bump_tag.key(table);
+        if !stream_max_len.is_empty() {
+            invocation.key(channel);
+        }
+        let clock: String = invocation
             .arg(format!("t:{tag}"))
             .arg(px(mark_ttl))
             .arg(channel)
