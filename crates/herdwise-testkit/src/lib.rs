@@ -19,9 +19,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod cluster;
+mod sentinel;
 mod tls;
 
 pub use cluster::RedisCluster;
+pub use sentinel::{SentinelSet, SERVICE as SENTINEL_SERVICE};
 pub use tls::TlsMaterial;
 
 /// How long a fresh server may take to answer `PING`.
@@ -178,7 +180,8 @@ impl RedisServer {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Ok(reply) = raw_command(self.port, "PING") {
-                if reply == "+PONG" {
+                // A server with a password answers too: it is up.
+                if reply == "+PONG" || reply.starts_with("-NOAUTH") {
                     return Ok(());
                 }
             }

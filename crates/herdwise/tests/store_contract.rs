@@ -6,11 +6,10 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herdwise::envelope::{self, Compression, Meta};
-use herdwise::store::{FillOutcome, StoreEvent};
+use herdwise::store::StoreEvent;
 use herdwise::{MemoryStore, SetOutcome, Store};
 
-use common::contract::{contract, envelope_with_version, fence_contract, lease_contract};
+use common::contract::{contract, envelope_with_version, lease_contract};
 
 #[tokio::test]
 async fn redis_store_meets_the_contract() {

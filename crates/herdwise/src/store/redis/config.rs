@@ -23,6 +23,8 @@ pub const REDIS_URL_ENV: &str = "REDIS_URL";
 /// | `rediss://…` | one server over TLS |
 /// | `redis+cluster://[user:password@]host:port,host:port,…` | Redis Cluster (any of its nodes; the rest is discovered) |
 /// | `rediss+cluster://…` | Redis Cluster over TLS |
+/// | `redis+sentinel://[user:password@]host:port,host:port,…/<service>[/db]` | the primary that these sentinels monitor as `<service>`, followed after failovers; the credentials are the data nodes' (see [`sentinel_credentials`](Self::sentinel_credentials)) |
+/// | `rediss+sentinel://…` | the same over TLS, to sentinels and data nodes |
 ///
 /// TLS verifies the server's certificate against the system's roots, or against
 /// [`tls_root_certificate`](Self::tls_root_certificate), and checks that it names the host of
@@ -54,6 +56,8 @@ pub struct RedisStoreBuilder {
     pub(super) pubsub_health: PubSubHealth,
     pub(super) tls: TlsOptions,
     pub(super) read_from_replicas: bool,
+    /// Username (if any) and password for the sentinels themselves.
+    pub(super) sentinel_credentials: Option<(Option<String>, String)>,
 }
 
 impl std::fmt::Debug for RedisStoreBuilder {
@@ -92,6 +96,13 @@ pub(super) enum Endpoint {
     Standalone(ConnectionInfo),
     /// Seed nodes of a cluster.
     Cluster(Vec<ConnectionInfo>),
+    /// Sentinels, the service they monitor, and the data nodes' settings (the address is a
+    /// placeholder: the sentinels name the primary).
+    Sentinel {
+        sentinels: Vec<ConnectionInfo>,
+        service: String,
+        data: ConnectionInfo,
+    },
 }
 
 impl Endpoint {
@@ -100,6 +111,7 @@ impl Endpoint {
         let first = match self {
             Endpoint::Standalone(info) => Some(info),
             Endpoint::Cluster(nodes) => nodes.first(),
+            Endpoint::Sentinel { data, .. } => Some(data),
         };
         first.is_some_and(|info| matches!(info.addr(), ConnectionAddr::TcpTls { .. }))
     }
@@ -109,6 +121,12 @@ impl Endpoint {
         let nodes: Vec<String> = match self {
             Endpoint::Standalone(info) => vec![info.addr().to_string()],
             Endpoint::Cluster(nodes) => nodes.iter().map(|n| n.addr().to_string()).collect(),
+            Endpoint::Sentinel {
+                sentinels, service, ..
+            } => {
+                let nodes: Vec<String> = sentinels.iter().map(|n| n.addr().to_string()).collect();
+                return format!("sentinels {} (service {service:?})", nodes.join(","));
+            }
         };
         nodes.join(",")
     }
@@ -127,6 +145,7 @@ impl RedisStoreBuilder {
             },
             tls: TlsOptions::default(),
             read_from_replicas: false,
+            sentinel_credentials: None,
         }
     }
 
@@ -216,6 +235,13 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Sentinel: the credentials of the sentinels themselves (Sentinel has its own
+    /// `requirepass`/ACL, apart from the data nodes', whose credentials go in the URL).
+    pub fn sentinel_credentials(mut self, username: Option<&str>, password: &str) -> Self {
+        self.sentinel_credentials = Some((username.map(str::to_string), password.to_string()));
+        self
+    }
+
     /// The URL parsed into the endpoint, with every option checked against it.
     pub(super) fn endpoint(&self) -> Result<Endpoint, StoreError> {
         let url = self.url.as_str();
@@ -234,21 +260,29 @@ impl RedisStoreBuilder {
                     .into(),
             });
         }
-        let (tls, cluster) = match scheme.to_ascii_lowercase().as_str() {
-            "redis" => (false, false),
-            "rediss" => (true, false),
-            "redis+cluster" => (false, true),
-            "rediss+cluster" => (true, true),
+        let (tls, cluster, sentinel) = match scheme.to_ascii_lowercase().as_str() {
+            "redis" => (false, false, false),
+            "rediss" => (true, false, false),
+            "redis+cluster" => (false, true, false),
+            "rediss+cluster" => (true, true, false),
+            "redis+sentinel" => (false, false, true),
+            "rediss+sentinel" => (true, false, true),
             other => {
                 return Err(StoreError::Config {
                     option: "url",
                     reason: format!(
-                        "unknown scheme {other:?}: use redis, rediss, redis+cluster or \
-                         rediss+cluster"
+                        "unknown scheme {other:?}: use redis, rediss, redis+cluster, \
+                         rediss+cluster, redis+sentinel or rediss+sentinel"
                     ),
                 })
             }
         };
+        if self.sentinel_credentials.is_some() && !sentinel {
+            return Err(StoreError::Config {
+                option: "sentinel_credentials",
+                reason: "only a sentinel URL (redis+sentinel://) has sentinels".into(),
+            });
+        }
         if !tls && self.tls.any() {
             return Err(StoreError::Config {
                 option: "tls_root_certificate",
@@ -262,7 +296,7 @@ impl RedisStoreBuilder {
             });
         }
         let plain_scheme = if tls { "rediss" } else { "redis" };
-        if !cluster {
+        if !cluster && !sentinel {
             let info = parse_one(&format!("{plain_scheme}://{rest}"))?;
             return Ok(Endpoint::Standalone(self.with_tls(info)));
         }
@@ -276,6 +310,9 @@ impl RedisStoreBuilder {
             None => (String::new(), authority),
         };
         let tail = tail.trim_start_matches('/');
+        if sentinel {
+            return self.sentinel_endpoint(plain_scheme, &userinfo, hosts, tail);
+        }
         if !tail.is_empty() && !tail.starts_with('?') && tail != "0" {
             return Err(StoreError::Config {
                 option: "url",
@@ -294,6 +331,52 @@ impl RedisStoreBuilder {
             });
         }
         Ok(Endpoint::Cluster(nodes))
+    }
+
+    /// `redis+sentinel://[userinfo@]hosts/<service>[/db]`.
+    fn sentinel_endpoint(
+        &self,
+        scheme: &str,
+        userinfo: &str,
+        hosts: &str,
+        path: &str,
+    ) -> Result<Endpoint, StoreError> {
+        let mut parts = path.split('/');
+        let service = parts.next().unwrap_or("").trim();
+        let db = parts.next().unwrap_or("").trim();
+        if service.is_empty() || service.starts_with('?') || parts.next().is_some() {
+            return Err(StoreError::Config {
+                option: "url",
+                reason: "a sentinel URL names the service after the hosts: \
+                         redis+sentinel://host:port,host:port/<service>[/db]"
+                    .into(),
+            });
+        }
+        let mut sentinels = Vec::new();
+        for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            let mut info = parse_one(&format!("{scheme}://{host}/"))?;
+            if let Some((user, password)) = &self.sentinel_credentials {
+                let mut settings = info.redis_settings().clone().set_password(password);
+                if let Some(user) = user {
+                    settings = settings.set_username(user);
+                }
+                info = info.set_redis_settings(settings);
+            }
+            sentinels.push(self.with_tls(info));
+        }
+        let Some(first) = hosts.split(',').map(str::trim).find(|h| !h.is_empty()) else {
+            return Err(StoreError::Config {
+                option: "url",
+                reason: "a sentinel URL needs at least one sentinel".into(),
+            });
+        };
+        // The data nodes' settings; the address is a placeholder until the sentinels answer.
+        let data = parse_one(&format!("{scheme}://{userinfo}{first}/{db}"))?;
+        Ok(Endpoint::Sentinel {
+            sentinels,
+            service: service.to_string(),
+            data: self.with_tls(data),
+        })
     }
 
     fn with_tls(&self, info: ConnectionInfo) -> ConnectionInfo {
@@ -385,6 +468,30 @@ mod tests {
         assert!(endpoint("rediss+cluster://h:1").is_ok_and(|e| e.tls()));
         assert!(endpoint("rediss://h:1").is_ok_and(|e| e.tls()));
         assert!(endpoint("redis://h:1").is_ok_and(|e| !e.tls()));
+        let Ok(Endpoint::Sentinel {
+            sentinels,
+            service,
+            data,
+        }) = endpoint("redis+sentinel://app:pw@10.0.0.1:26379,10.0.0.2:26379/orders/2")
+        else {
+            panic!("a sentinel URL")
+        };
+        assert_eq!(sentinels.len(), 2);
+        assert_eq!(sentinels[0].redis_settings().password(), None);
+        assert_eq!(service, "orders");
+        assert_eq!(data.redis_settings().db(), 2);
+        assert_eq!(data.redis_settings().username(), Some("app"));
+        let Ok(Endpoint::Sentinel { sentinels, .. }) =
+            RedisStoreBuilder::new("redis+sentinel://10.0.0.1:26379/orders")
+                .sentinel_credentials(None, "sentinel-pw")
+                .endpoint()
+        else {
+            panic!("a sentinel URL")
+        };
+        assert_eq!(
+            sentinels[0].redis_settings().password(),
+            Some("sentinel-pw")
+        );
     }
 
     #[test]
@@ -398,6 +505,16 @@ mod tests {
         assert_eq!(option(endpoint("rediss://h:1/#insecure")), "url");
         assert_eq!(option(endpoint("redis+cluster://")), "url");
         assert_eq!(option(endpoint("redis+cluster://h:1/3")), "url");
+        assert_eq!(option(endpoint("redis+sentinel://h:1")), "url");
+        assert_eq!(option(endpoint("redis+sentinel://h:1/svc/0/x")), "url");
+        assert_eq!(
+            option(
+                RedisStoreBuilder::new("redis://h:1")
+                    .sentinel_credentials(None, "pw")
+                    .endpoint()
+            ),
+            "sentinel_credentials"
+        );
         assert_eq!(
             option(
                 RedisStoreBuilder::new("redis://h:1")

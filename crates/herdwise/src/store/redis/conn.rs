@@ -2,7 +2,8 @@
 //!
 //! Contract: [`RedisConnection`] is a cheap-to-clone handle that speaks redis-rs's
 //! `aio::ConnectionLike`, so every command, pipeline and script of the store is written once.
-//! Standalone: a self-reconnecting `ConnectionManager`. Cluster: redis-rs's async cluster
+//! Standalone: a self-reconnecting `ConnectionManager`. Sentinel: the same, to whichever node
+//! the sentinels name primary (see `sentinel`). Cluster: redis-rs's async cluster
 //! client (slot routing, MOVED/ASK, topology refresh; multi-key `MGET`/`UNLINK` split by slot).
 //! Commands that must reach every primary (`SCAN`) go through [`RedisConnection::primaries`]
 //! and [`RedisConnection::on_node`].
@@ -12,7 +13,9 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 
-/// A connection to Redis, standalone or cluster; implements `redis::aio::ConnectionLike`, so
+use super::sentinel::SentinelConnection;
+
+/// A connection to Redis (one server, a Sentinel-managed primary, or a cluster); implements `redis::aio::ConnectionLike`, so
 /// any redis-rs command runs on it.
 ///
 /// ```no_run
@@ -29,6 +32,7 @@ pub struct RedisConnection(Topology);
 enum Topology {
     Standalone(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(SentinelConnection),
 }
 
 /// A primary of a cluster.
@@ -45,6 +49,10 @@ impl RedisConnection {
 
     pub(super) fn cluster(conn: ClusterConnection) -> Self {
         RedisConnection(Topology::Cluster(conn))
+    }
+
+    pub(super) fn sentinel(conn: SentinelConnection) -> Self {
+        RedisConnection(Topology::Sentinel(conn))
     }
 
     /// Whether this is a cluster connection.
@@ -119,6 +127,7 @@ impl ConnectionLike for RedisConnection {
         match &mut self.0 {
             Topology::Standalone(conn) => conn.req_packed_command(cmd),
             Topology::Cluster(conn) => conn.req_packed_command(cmd),
+            Topology::Sentinel(conn) => conn.req_packed_command(cmd),
         }
     }
 
@@ -131,6 +140,7 @@ impl ConnectionLike for RedisConnection {
         match &mut self.0 {
             Topology::Standalone(conn) => conn.req_packed_commands(pipeline, offset, count),
             Topology::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Topology::Sentinel(conn) => conn.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -138,6 +148,7 @@ impl ConnectionLike for RedisConnection {
         match &self.0 {
             Topology::Standalone(conn) => conn.get_db(),
             Topology::Cluster(conn) => conn.get_db(),
+            Topology::Sentinel(conn) => conn.get_db(),
         }
     }
 }

@@ -12,8 +12,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::{ConnectionInfo, RedisError, Script, TlsCertificates, TlsMode};
 
-use super::config::{Endpoint, RedisStoreBuilder};
+use std::sync::Arc;
+
+use super::config::{Endpoint, RedisStoreBuilder, TlsOptions};
 use super::conn::RedisConnection;
+use super::sentinel::{SentinelConnection, SentinelSpec, Watched};
 use super::subscribe::Subscriber;
 use super::{RedisStore, StoreError};
 
@@ -24,7 +27,28 @@ const MIN_VERSION: (u64, u64) = (6, 2);
 pub(super) async fn connect(builder: RedisStoreBuilder) -> Result<RedisStore, StoreError> {
     let endpoint = builder.endpoint()?;
     let target = endpoint.describe();
-    let clients = Clients::new(&builder, &endpoint)?;
+    let clients = match &endpoint {
+        Endpoint::Sentinel {
+            sentinels,
+            service,
+            data,
+        } => {
+            let tls = builder.tls.clone();
+            let is_tls = endpoint.tls();
+            let spec = SentinelSpec {
+                sentinels: sentinels.clone(),
+                service: service.clone(),
+                data: data.clone(),
+                open: Arc::new(move |info| open_client(&tls, is_tls, info)),
+                manager: manager_config(&builder),
+            };
+            if is_tls {
+                install_crypto_provider();
+            }
+            Clients::Sentinel(Watched::connect(spec).await?)
+        }
+        _ => Clients::new(&builder, &endpoint)?,
+    };
     let connecting = async {
         match &clients {
             Clients::Standalone(client) => {
@@ -36,6 +60,9 @@ pub(super) async fn connect(builder: RedisStoreBuilder) -> Result<RedisStore, St
                 .get_async_connection()
                 .await
                 .map(RedisConnection::cluster),
+            Clients::Sentinel(watched) => Ok(RedisConnection::sentinel(SentinelConnection(
+                Arc::clone(watched),
+            ))),
         }
     };
     let budget = builder.connection_timeout.max(Duration::from_millis(100)) * 3;
@@ -69,15 +96,21 @@ pub(super) async fn connect(builder: RedisStoreBuilder) -> Result<RedisStore, St
 /// Builds the store without connecting.
 pub(super) fn connect_lazy(builder: RedisStoreBuilder) -> Result<RedisStore, StoreError> {
     let endpoint = builder.endpoint()?;
+    if matches!(endpoint, Endpoint::Sentinel { .. }) {
+        return Err(StoreError::Config {
+            option: "connect_lazy",
+            reason: "a sentinel connection needs its primary: use connect".into(),
+        });
+    }
     let clients = Clients::new(&builder, &endpoint)?;
     let conn = match &clients {
         Clients::Standalone(client) => RedisConnection::standalone(
             ConnectionManager::new_lazy_with_config(client.clone(), manager_config(&builder))?,
         ),
-        Clients::Cluster { .. } => {
+        Clients::Cluster { .. } | Clients::Sentinel(_) => {
             return Err(StoreError::Config {
                 option: "connect_lazy",
-                reason: "a cluster connection needs its topology: use connect".into(),
+                reason: "a cluster or sentinel connection needs its topology: use connect".into(),
             })
         }
     };
@@ -97,6 +130,7 @@ enum Clients {
         /// One client per seed node, for subscriptions (cluster pub/sub reaches every node).
         nodes: Vec<redis::Client>,
     },
+    Sentinel(Arc<Watched>),
 }
 
 impl Clients {
@@ -104,28 +138,8 @@ impl Clients {
         if endpoint.tls() {
             install_crypto_provider();
         }
-        let certificates = || TlsCertificates {
-            client_tls: builder.tls.client_identity.as_ref().map(|(cert, key)| {
-                redis::ClientTlsConfig {
-                    client_cert: cert.clone(),
-                    client_key: key.clone(),
-                }
-            }),
-            root_cert: builder.tls.root_certificate.clone(),
-        };
-        let open = |info: &ConnectionInfo| -> Result<redis::Client, StoreError> {
-            let client = if endpoint.tls()
-                && (builder.tls.root_certificate.is_some() || builder.tls.client_identity.is_some())
-            {
-                redis::Client::build_with_tls(info.clone(), certificates())
-            } else {
-                redis::Client::open(info.clone())
-            };
-            client.map_err(|e| StoreError::Config {
-                option: "tls_root_certificate",
-                reason: format!("{e}"),
-            })
-        };
+        let certificates = || certificates(&builder.tls);
+        let open = |info: &ConnectionInfo| open_client(&builder.tls, endpoint.tls(), info);
         match endpoint {
             Endpoint::Standalone(info) => Ok(Clients::Standalone(open(info)?)),
             Endpoint::Cluster(nodes) => {
@@ -156,6 +170,10 @@ impl Clients {
                 let nodes = nodes.iter().map(open).collect::<Result<Vec<_>, _>>()?;
                 Ok(Clients::Cluster { client, nodes })
             }
+            Endpoint::Sentinel { .. } => Err(StoreError::Config {
+                option: "url",
+                reason: "a sentinel endpoint is connected through its sentinels".into(),
+            }),
         }
     }
 
@@ -165,16 +183,49 @@ impl Clients {
             Clients::Cluster { client, nodes } => {
                 Subscriber::cluster(client.clone(), nodes.clone(), health)
             }
+            Clients::Sentinel(watched) => Subscriber::sentinel(Arc::clone(watched), health),
         }
     }
 
     /// A client for one plain connection (subscribing, probing).
-    fn any_node(&self) -> Option<&redis::Client> {
+    fn any_node(&self) -> Option<redis::Client> {
         match self {
-            Clients::Standalone(client) => Some(client),
-            Clients::Cluster { nodes, .. } => nodes.first(),
+            Clients::Standalone(client) => Some(client.clone()),
+            Clients::Cluster { nodes, .. } => nodes.first().cloned(),
+            Clients::Sentinel(watched) => Some(watched.client()),
         }
     }
+}
+
+/// The TLS certificates given to the builder, in redis-rs's form.
+fn certificates(tls: &TlsOptions) -> TlsCertificates {
+    TlsCertificates {
+        client_tls: tls
+            .client_identity
+            .as_ref()
+            .map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+        root_cert: tls.root_certificate.clone(),
+    }
+}
+
+/// A client for one node, with the builder's certificates when TLS has any.
+fn open_client(
+    tls: &TlsOptions,
+    is_tls: bool,
+    info: &ConnectionInfo,
+) -> Result<redis::Client, StoreError> {
+    let client = if is_tls && (tls.root_certificate.is_some() || tls.client_identity.is_some()) {
+        redis::Client::build_with_tls(info.clone(), certificates(tls))
+    } else {
+        redis::Client::open(info.clone())
+    };
+    client.map_err(|e| StoreError::Config {
+        option: "tls_root_certificate",
+        reason: format!("{e}"),
+    })
 }
 
 /// rustls needs a process-wide crypto provider; Herdwise brings `ring`. An application that
@@ -194,7 +245,7 @@ fn manager_config(builder: &RedisStoreBuilder) -> ConnectionManagerConfig {
 }
 
 /// A failed connection attempt or check, as an error that says what to fix.
-fn refused(target: &str, e: &RedisError) -> StoreError {
+pub(super) fn refused(target: &str, e: &RedisError) -> StoreError {
     let hint = match e.code() {
         Some("NOAUTH") => {
             "the server requires a password and none was given: put it in the URL \
@@ -259,7 +310,7 @@ async fn check(
     }
     probe_commands(conn, first, target).await?;
     if let Some(client) = clients.any_node() {
-        probe_subscribe(client, target).await?;
+        probe_subscribe(&client, target).await?;
     }
     check_eviction_policy(conn, first).await;
     Ok(())

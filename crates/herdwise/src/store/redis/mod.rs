@@ -19,6 +19,7 @@ use tokio::sync::broadcast;
 mod config;
 mod conn;
 mod connect;
+mod sentinel;
 mod subscribe;
 
 pub use self::config::{RedisStoreBuilder, REDIS_URL_ENV};

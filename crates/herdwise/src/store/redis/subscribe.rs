@@ -10,6 +10,7 @@
 //! client (its key routes to the slot's primary, wherever failover put it).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,22 +19,50 @@ use redis::aio::ConnectionLike;
 use redis::cluster::ClusterClient;
 use tokio::sync::broadcast;
 
+use super::sentinel::Watched;
 use super::StoreEvent;
 
 /// Where subscriptions are made from.
 #[derive(Clone)]
 pub(super) struct Subscriber {
-    /// Plain clients: the server, or a cluster's seed nodes (tried in turn).
-    nodes: Vec<redis::Client>,
+    /// Plain clients: the server, a cluster's seed nodes (tried in turn), or the primary a
+    /// set of sentinels names.
+    nodes: Nodes,
     /// A cluster's client, for streams.
     cluster: Option<ClusterClient>,
     health: PubSubHealth,
 }
 
+/// The nodes to subscribe on.
+#[derive(Clone)]
+enum Nodes {
+    Fixed(Vec<redis::Client>),
+    Sentinel(Arc<Watched>),
+}
+
+impl Nodes {
+    /// The client to use at attempt `turn`.
+    fn pick(&self, turn: usize) -> Option<redis::Client> {
+        match self {
+            Nodes::Fixed(nodes) => nodes.get(turn % nodes.len().max(1)).cloned(),
+            Nodes::Sentinel(watched) => Some(watched.client()),
+        }
+    }
+
+    /// Changes when the node subscribed on may no longer be the one to listen on (a
+    /// sentinel failover).
+    fn epoch(&self) -> u64 {
+        match self {
+            Nodes::Fixed(_) => 0,
+            Nodes::Sentinel(watched) => watched.epoch(),
+        }
+    }
+}
+
 impl Subscriber {
     pub(super) fn standalone(client: redis::Client, health: PubSubHealth) -> Self {
         Subscriber {
-            nodes: vec![client],
+            nodes: Nodes::Fixed(vec![client]),
             cluster: None,
             health,
         }
@@ -45,8 +74,16 @@ impl Subscriber {
         health: PubSubHealth,
     ) -> Self {
         Subscriber {
-            nodes,
+            nodes: Nodes::Fixed(nodes),
             cluster: Some(client),
+            health,
+        }
+    }
+
+    pub(super) fn sentinel(watched: Arc<Watched>, health: PubSubHealth) -> Self {
+        Subscriber {
+            nodes: Nodes::Sentinel(watched),
+            cluster: None,
             health,
         }
     }
@@ -72,7 +109,7 @@ impl Subscriber {
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(STREAM_BLOCK + Duration::from_secs(2)));
         let stream = stream.to_string();
-        match (&self.cluster, self.nodes.first()) {
+        match (&self.cluster, self.nodes.pick(0)) {
             (Some(cluster), _) => {
                 let cluster = cluster.clone();
                 let config = redis::cluster::ClusterConfig::new()
@@ -88,13 +125,19 @@ impl Subscriber {
                     tx,
                 ));
             }
-            (None, Some(client)) => {
-                let client = client.clone();
+            (None, Some(_)) => {
+                let nodes = self.nodes.clone();
                 runtime.spawn(keep_reading(
                     move || {
-                        let client = client.clone();
+                        let client = nodes.pick(0);
                         let config = config.clone();
                         async move {
+                            let Some(client) = client else {
+                                return Err(redis::RedisError::from((
+                                    redis::ErrorKind::Client,
+                                    "no node to read from",
+                                )));
+                            };
                             client
                                 .get_multiplexed_async_connection_with_config(&config)
                                 .await
@@ -119,7 +162,7 @@ impl Subscriber {
 /// listeners get [`StoreEvent::Lost`] at once (they stop trusting what they hold), and the
 /// connection is replaced.
 async fn keep_subscribed(
-    nodes: Vec<redis::Client>,
+    nodes: Nodes,
     channel: String,
     tx: broadcast::Sender<StoreEvent>,
     health: PubSubHealth,
@@ -127,10 +170,11 @@ async fn keep_subscribed(
     let mut backoff = Duration::from_millis(50);
     let mut turn = 0usize;
     while tx.receiver_count() > 0 {
-        let Some(client) = nodes.get(turn % nodes.len().max(1)) else {
+        let Some(client) = nodes.pick(turn) else {
             return;
         };
         turn = turn.wrapping_add(1);
+        let epoch = nodes.epoch();
         let connect = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
@@ -158,6 +202,9 @@ async fn keep_subscribed(
                         _ = ping.tick() => {
                             if tx.receiver_count() == 0 {
                                 return;
+                            }
+                            if nodes.epoch() != epoch {
+                                break "the primary moved";
                             }
                             let pong = sink.ping::<redis::Value>();
                             match tokio::time::timeout(health.timeout, pong).await {
