@@ -1,0 +1,124 @@
+//! A Redis Cluster primary dies under load: its replica is promoted, and four instances keep
+//! answering every read, follow the new topology, and see every write made after it. A cluster
+//! of its own (the kill would disturb the shared one of `cluster.rs`).
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::OriginError;
+use herdwise::{Cache, RedisStore, WriteOutcome};
+use herdwise_testkit::RedisCluster;
+
+async fn cache(cluster: &RedisCluster) -> Cache<u64, String> {
+    let store = RedisStore::builder(&cluster.url())
+        .call_timeout(Duration::from_millis(200))
+        .connect()
+        .await
+        .expect("connect to the test cluster");
+    Cache::builder("clf").store(store).build().unwrap()
+}
+
+/// The primary that holds `key` (a stored key).
+fn primary_of(cluster: &RedisCluster, key: &str) -> u16 {
+    for port in cluster.primary_ports().unwrap() {
+        let out = RedisCluster::cli(port, &["exists", key]).unwrap();
+        if out.trim() == "1" {
+            return port;
+        }
+    }
+    panic!("no primary holds {key}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_is_replaced_and_reads_never_fail() {
+    let mut cluster = RedisCluster::start(3, 1).unwrap();
+    let mut fleet = Vec::new();
+    for _ in 0..4 {
+        fleet.push(Arc::new(cache(&cluster).await));
+    }
+    for key in 0..100u64 {
+        fleet[0].set(&key, format!("v{key}")).await.unwrap();
+    }
+    let failed = Arc::new(AtomicU64::new(0));
+    let reads = Arc::new(AtomicU64::new(0));
+    let loads = Arc::new(AtomicU64::new(0));
+    let slowest = Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + Duration::from_secs(14);
+    let mut readers = Vec::new();
+    for (i, cache) in fleet.iter().enumerate() {
+        let (cache, failed, reads, loads, slowest) = (
+            cache.clone(),
+            failed.clone(),
+            reads.clone(),
+            loads.clone(),
+            slowest.clone(),
+        );
+        readers.push(tokio::spawn(async move {
+            let mut n = i as u64 + 1;
+            while Instant::now() < stop {
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let key = (n >> 33) % 100;
+                let loads = loads.clone();
+                let started = Instant::now();
+                let got = cache
+                    .get_or_load(&key, move |k| {
+                        loads.fetch_add(1, Ordering::Relaxed);
+                        let v = format!("v{k}");
+                        async move { Ok::<_, OriginError>(Some(v)) }
+                    })
+                    .await;
+                slowest.fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                reads.fetch_add(1, Ordering::Relaxed);
+                if got.is_err() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let victim = primary_of(&cluster, "clf:v1:0");
+    let loads_before = loads.load(Ordering::Relaxed);
+    let killed_at = Instant::now();
+    cluster.node_mut(victim).unwrap().kill();
+    // Key 0 lives on the killed primary: writes to it resume once the replica took over.
+    let mut resumed = None;
+    while killed_at.elapsed() < Duration::from_secs(20) {
+        if matches!(
+            fleet[1].set(&0, "after".to_string()).await,
+            Ok(WriteOutcome::Stored)
+        ) {
+            resumed = Some(killed_at.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resumed = resumed.expect("writes to the killed primary's slots resumed");
+    assert_ne!(primary_of(&cluster, "clf:v1:0"), victim);
+    for cache in &fleet {
+        assert!(
+            common::eventually(Duration::from_secs(5), async || {
+                cache.get(&0).await.unwrap().as_deref().map(String::as_str) == Some("after")
+            })
+            .await,
+            "an instance did not see the write made after the failover"
+        );
+    }
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    eprintln!(
+        "cluster failover: {} reads, {} failed, slowest {} ms, origin loads {} (before the kill \
+         {loads_before}), writes to the lost slots resumed {resumed:?} after the kill",
+        reads.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        slowest.load(Ordering::Relaxed) / 1000,
+        loads.load(Ordering::Relaxed),
+    );
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "reads failed during the failover");
+}
