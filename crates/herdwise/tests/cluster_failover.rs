@@ -120,5 +120,9 @@ async fn a_killed_primary_is_replaced_and_reads_never_fail() {
         slowest.load(Ordering::Relaxed) / 1000,
         loads.load(Ordering::Relaxed),
     );
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "reads failed during the failover");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "reads failed during the failover"
+    );
 }
