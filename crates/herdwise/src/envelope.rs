@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | 0 | 2 | magic `HW` |
 //! | 2 | 1 | format version (1) |
-//! | 3 | 1 | flags: bit 0 negative entry, bit 1 compressed (lz4), bit 2 stale copy (re-stored by fail-safe while the origin fails), bit 3 tagged |
+//! | 3 | 1 | flags: bit 0 negative entry, bit 1 compressed (lz4), bit 2 stale copy (re-stored by fail-safe while the origin fails), bit 3 tagged, bit 4 scoped |
 //! | 4 | 1 | codec id |
 //! | 5 | 3 | reserved, zero |
 //! | 8 | 8 | created at, unix ms |
@@ -17,7 +17,10 @@
 //! | 44 | 4 | payload length |
 //! | 48 | 4 | CRC-32 of bytes 0..48 and the payload |
 //!
-//! The body follows the header. A tagged entry's body starts with its tag block: the tag clock it
+//! The body follows the header. A scoped entry's body starts with the *scope*: the
+//! [`key_fingerprint`] (`u64`) of the stored key it was written under, so that bytes read back
+//! under any other key (a key-format regression, a copy made by hand, a foreign writer) are
+//! recognised as out of place. A tagged entry's body goes on with its tag block: the tag clock it
 //! was stamped with (`u64`), the number of tags (`u8`), then each tag as `u8 length` + UTF-8
 //! bytes. The value payload comes next; the payload length field counts the whole body.
 //!
@@ -38,6 +41,7 @@ const FLAG_NEGATIVE: u8 = 1;
 const FLAG_COMPRESSED: u8 = 2;
 const FLAG_STALE_COPY: u8 = 4;
 const FLAG_TAGGED: u8 = 8;
+const FLAG_SCOPED: u8 = 16;
 /// Most tags one stored entry can carry (the format's limit; caches enforce a lower one).
 pub const MAX_STORED_TAGS: usize = 64;
 /// Longest tag, in bytes.
@@ -54,11 +58,31 @@ pub struct TagStamp {
     pub tags: Box<[Box<str>]>,
 }
 
+/// The fingerprint of a stored key that scoped entries carry: 64-bit FNV-1a of its bytes.
+/// Not a secret and not a MAC (anyone who can write to the store can forge it): it catches
+/// bytes in the wrong place, not an attacker.
+///
+/// ```
+/// use herdwise::envelope::key_fingerprint;
+/// assert_eq!(key_fingerprint(""), 0xcbf2_9ce4_8422_2325);
+/// assert_ne!(key_fingerprint("users:v1:1"), key_fingerprint("users:v1:2"));
+/// ```
+pub fn key_fingerprint(stored_key: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in stored_key.as_bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
 /// A decoded entry: header fields, tags (if any) and the value payload.
 #[derive(Debug)]
 pub struct Decoded<'a> {
     /// The header fields.
     pub meta: Meta,
+    /// The [`key_fingerprint`] of the key the entry was written under, if it carries one.
+    pub scope: Option<u64>,
     /// The entry's tags, if it was stored with any.
     pub tags: Option<TagStamp>,
     /// The (decompressed) value payload; empty for a negative entry.
@@ -154,7 +178,21 @@ pub fn encode_tagged(
     payload: &[u8],
     compression: Compression,
 ) -> Vec<u8> {
+    encode_scoped(meta, None, tags, payload, compression)
+}
+
+/// [`encode_tagged`] with a scope: the [`key_fingerprint`] of the key the bytes are for.
+pub fn encode_scoped(
+    meta: &Meta,
+    scope: Option<u64>,
+    tags: Option<&TagStamp>,
+    payload: &[u8],
+    compression: Compression,
+) -> Vec<u8> {
     let mut tag_block = Vec::new();
+    if let Some(scope) = scope {
+        tag_block.extend_from_slice(&scope.to_be_bytes());
+    }
     if let Some(stamp) = tags {
         tag_block.extend_from_slice(&stamp.clock.to_be_bytes());
         let kept: Vec<&str> = stamp
@@ -194,6 +232,9 @@ pub fn encode_tagged(
     if tags.is_some() {
         flags |= FLAG_TAGGED;
     }
+    if scope.is_some() {
+        flags |= FLAG_SCOPED;
+    }
     out.push(flags);
     out.push(meta.codec_id);
     out.extend_from_slice(&[0, 0, 0]);
@@ -231,7 +272,7 @@ pub fn decode_meta(bytes: &[u8]) -> Result<Meta, EnvelopeError> {
         return Err(EnvelopeError::UnsupportedFormat(bytes[2]));
     }
     let flags = bytes[3];
-    if flags & !(FLAG_NEGATIVE | FLAG_COMPRESSED | FLAG_STALE_COPY | FLAG_TAGGED) != 0
+    if flags & !(FLAG_NEGATIVE | FLAG_COMPRESSED | FLAG_STALE_COPY | FLAG_TAGGED | FLAG_SCOPED) != 0
         || bytes[5..8] != [0, 0, 0]
     {
         return Err(EnvelopeError::Inconsistent);
@@ -266,6 +307,14 @@ pub fn decode(bytes: &[u8], max_payload: usize) -> Result<Decoded<'_>, EnvelopeE
     if checksum(bytes) != be_u32(bytes, 48) {
         return Err(EnvelopeError::Checksum);
     }
+    let (scope, body) = if bytes[3] & FLAG_SCOPED != 0 {
+        if body.len() < 8 {
+            return Err(EnvelopeError::Truncated(bytes.len()));
+        }
+        (Some(be_u64(body, 0)), &body[8..])
+    } else {
+        (None, body)
+    };
     let (tags, body) = if bytes[3] & FLAG_TAGGED != 0 {
         let (tags, rest) = decode_tags(body)?;
         (Some(tags), rest)
@@ -296,6 +345,7 @@ pub fn decode(bytes: &[u8], max_payload: usize) -> Result<Decoded<'_>, EnvelopeE
     };
     Ok(Decoded {
         meta,
+        scope,
         tags,
         payload,
     })
@@ -383,6 +433,29 @@ mod tests {
         assert!(bytes.len() < 2_000, "repetitive payload must compress");
         let d = decode(&bytes, 1 << 20).unwrap();
         assert_eq!(&*d.payload, &big[..]);
+    }
+
+    #[test]
+    fn scoped_entries_carry_their_keys_fingerprint() {
+        let scope = key_fingerprint("users:v1:7");
+        for tags in [None, Some(stamp())] {
+            for payload in [b"hello".to_vec(), vec![b'a'; 10_000]] {
+                let bytes = encode_scoped(
+                    &meta(),
+                    Some(scope),
+                    tags.as_ref(),
+                    &payload,
+                    Compression::Lz4 { min_bytes: 1024 },
+                );
+                let d = decode(&bytes, 1 << 20).unwrap();
+                assert_eq!(d.scope, Some(scope));
+                assert_eq!(d.tags, tags);
+                assert_eq!(&*d.payload, &payload[..]);
+                assert_every_damage_rejected(&bytes);
+            }
+        }
+        let unscoped = decode(&encode(&meta(), b"x", Compression::None), 1 << 20).unwrap();
+        assert_eq!(unscoped.scope, None);
     }
 
     fn stamp() -> TagStamp {

@@ -57,6 +57,7 @@ pub mod metrics;
 mod ops;
 mod protect;
 pub mod store;
+mod throttle;
 mod tiers;
 
 pub mod envelope;

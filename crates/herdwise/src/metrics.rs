@@ -22,6 +22,7 @@
 //! | `herdwise_negative_stored_total` | counter | | negative entries written |
 //! | `herdwise_store_errors_total` | counter | `op`, `kind` = `error`/`timeout` | failed remote-store calls |
 //! | `herdwise_corrupt_entries_total` | counter | | stored bytes that failed to decode (deleted, treated as misses) |
+//! | `herdwise_scope_violations_total` | counter | `reason` = `foreign`/`unscoped` | entries read under a key they were not written for (`foreign`: their key fingerprint names another key; `unscoped`: they carry none — written by an older version or another writer); deleted, treated as misses |
 //! | `herdwise_uncacheable_values_total` | counter | `reason` = `too_large`/`encode` | loaded values returned but not cached |
 //! | `herdwise_leases_total` | counter | `outcome` = `acquired`/`held`/`takeover` | lease attempts after an L2 miss (`held`: another instance loads; `takeover`: a waiter took a lease its holder gave up) |
 //! | `herdwise_lease_wait_timeouts_total` | counter | | waiters that gave up on another instance's fill and loaded themselves |
@@ -88,6 +89,8 @@ pub const NEGATIVE_STORED: &str = "herdwise_negative_stored_total";
 pub const STORE_ERRORS: &str = "herdwise_store_errors_total";
 /// Entries whose bytes failed to decode.
 pub const CORRUPT_ENTRIES: &str = "herdwise_corrupt_entries_total";
+/// Entries read under a key they were not written for.
+pub const SCOPE_VIOLATIONS: &str = "herdwise_scope_violations_total";
 /// Loaded values that were returned but could not be cached.
 pub const UNCACHEABLE_VALUES: &str = "herdwise_uncacheable_values_total";
 /// Lease attempts after an L2 miss.
@@ -169,6 +172,8 @@ pub(crate) struct CacheMetrics {
     pub flight_bypass: Counter,
     pub negative_stored: Counter,
     pub corrupt_entries: Counter,
+    pub scope_foreign: Counter,
+    pub scope_unscoped: Counter,
     pub too_large: Counter,
     pub encode_failures: Counter,
     pub leases_acquired: Counter,
@@ -244,6 +249,8 @@ impl CacheMetrics {
             flight_bypass: counter!(FLIGHT_BYPASS, "namespace" => ns.clone()),
             negative_stored: counter!(NEGATIVE_STORED, "namespace" => ns.clone()),
             corrupt_entries: counter!(CORRUPT_ENTRIES, "namespace" => ns.clone()),
+            scope_foreign: counter!(SCOPE_VIOLATIONS, "namespace" => ns.clone(), "reason" => "foreign"),
+            scope_unscoped: counter!(SCOPE_VIOLATIONS, "namespace" => ns.clone(), "reason" => "unscoped"),
             too_large: counter!(UNCACHEABLE_VALUES, "namespace" => ns.clone(), "reason" => "too_large"),
             encode_failures: counter!(UNCACHEABLE_VALUES, "namespace" => ns.clone(), "reason" => "encode"),
             leases_acquired: counter!(LEASES, "namespace" => ns.clone(), "outcome" => "acquired"),

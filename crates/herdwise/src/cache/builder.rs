@@ -101,6 +101,7 @@ pub struct CacheBuilder<K: ?Sized, V> {
     compression: Compression,
     max_value_bytes: usize,
     max_key_bytes: usize,
+    tenant_required: bool,
     max_in_flight: usize,
     lease: Option<LeaseConfig>,
     stale_while_revalidate: Duration,
@@ -145,6 +146,7 @@ where
             compression: Compression::default(),
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+            tenant_required: false,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             lease: Some(LeaseConfig {
                 ttl: DEFAULT_LEASE_TTL,
@@ -327,6 +329,23 @@ where
     /// Longest stored key in bytes, prefix included (default 512).
     pub fn max_key_bytes(mut self, bytes: usize) -> Self {
         self.max_key_bytes = bytes;
+        self
+    }
+
+    /// Makes the namespace tenant-scoped (default off): every key is used through
+    /// [`Cache::for_tenant`], which makes the tenant the key's first component (and scopes
+    /// tags to the tenant). A call with a key on a handle without a tenant fails with
+    /// `Error::InvalidKey(KeyError::TenantRequired)`, so a code path that forgot the tenant
+    /// cannot read or overwrite another tenant's entry. Namespace-wide calls (`clear`,
+    /// statistics) stay on the plain handle.
+    ///
+    /// ```
+    /// use herdwise::Cache;
+    /// let carts: Cache<u64, String> = Cache::builder("carts").require_tenant().build().unwrap();
+    /// let _acme = carts.for_tenant("acme").unwrap();
+    /// ```
+    pub fn require_tenant(mut self) -> Self {
+        self.tenant_required = true;
         self
     }
 
@@ -679,7 +698,10 @@ where
                 "hot_key_replicas: 1..={MAX_REPLICAS} copies with a positive life"
             )));
         }
-        let keys = KeySpace::new(&self.namespace, self.schema_version, self.max_key_bytes)?;
+        let mut keys = KeySpace::new(&self.namespace, self.schema_version, self.max_key_bytes)?;
+        if self.tenant_required {
+            keys = keys.require_tenant();
+        }
         let metrics = CacheMetrics::new(&self.namespace);
         let recovery = Arc::new(Recovery::new(self.recovery_window));
         let hot_keys = HotKeys::new(
@@ -772,6 +794,7 @@ where
                     compression: self.compression,
                     max_value_bytes: self.max_value_bytes,
                     weigher: self.weigher,
+                    scope_log: crate::throttle::LogThrottle::new(Duration::from_secs(1)),
                 },
                 protect: Protection {
                     flights: Flights::new(self.max_in_flight),

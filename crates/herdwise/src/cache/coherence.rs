@@ -194,6 +194,8 @@ where
     /// ```
     pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
         validate_tag(tag)?;
+        let tag = &*self.scoped_tag(tag);
+        validate_tag(tag)?;
         self.ensure_backplane();
         self.ensure_generation().await;
         let inner = &self.inner;
@@ -280,7 +282,16 @@ where
             .iter()
             .map(|t| &**t)
             .chain(derived.iter().map(String::as_str));
-        let tags = collect_tags(all, self.inner.coherence.max_tags)?;
+        let tags = match self.tenant.is_some() {
+            true => {
+                let scoped: Vec<String> = all.map(|t| self.scoped_tag(t).into_owned()).collect();
+                collect_tags(
+                    scoped.iter().map(String::as_str),
+                    self.inner.coherence.max_tags,
+                )?
+            }
+            false => collect_tags(all, self.inner.coherence.max_tags)?,
+        };
         Ok(Some(Arc::new(TagStamp { clock, tags })))
     }
 }

@@ -127,6 +127,15 @@ impl<V> Fallback<V> {
 }
 
 /// What L2 had for a key.
+/// Why bytes read from L2 were not used.
+pub(crate) enum Rejected {
+    /// They do not decode.
+    Corrupt(String),
+    /// They decode, but were written for another key (`Some(fingerprint)`), or carry no key
+    /// fingerprint (`None`).
+    OutOfScope(Option<u64>),
+}
+
 pub(crate) enum L2Read<V> {
     /// A fresh entry (`None` inside: a negative entry), and its tags.
     Fresh(Option<Arc<V>>, Meta, Option<Arc<TagStamp>>),
@@ -172,7 +181,7 @@ where
             return L2Read::Miss;
         }
         let now = now_ms();
-        match self.decode_entry(&bytes) {
+        match self.decode_entry(&bytes, stored_key) {
             Ok((meta, tags, value, payload_len)) => {
                 let freshness = Freshness::of(meta.fresh_until_ms, meta.stale_until_ms, now);
                 if freshness == Freshness::Expired {
@@ -214,14 +223,37 @@ where
                     L2Read::Stale(Fallback::from_l2(value, meta, tags))
                 }
             }
-            Err(reason) => {
-                inner.metrics.corrupt_entries.increment(1);
-                tracing::warn!(
-                    namespace = inner.keys.namespace(),
-                    key = stored_key,
-                    %reason,
-                    "corrupt cache entry: treated as a miss and deleted"
-                );
+            Err(rejected) => {
+                match &rejected {
+                    Rejected::Corrupt(reason) => {
+                        inner.metrics.corrupt_entries.increment(1);
+                        tracing::warn!(
+                            namespace = inner.keys.namespace(),
+                            key = stored_key,
+                            %reason,
+                            "corrupt cache entry: treated as a miss and deleted"
+                        );
+                    }
+                    Rejected::OutOfScope(found) => {
+                        let unscoped = found.is_none();
+                        if unscoped {
+                            inner.metrics.scope_unscoped.increment(1);
+                        } else {
+                            inner.metrics.scope_foreign.increment(1);
+                        }
+                        if let Some(suppressed) = inner.format.scope_log.allow() {
+                            tracing::warn!(
+                                namespace = inner.keys.namespace(),
+                                key = stored_key,
+                                unscoped,
+                                suppressed,
+                                "cache entry read under a key it was not written for (a \
+                                 key-format change, a copy, another writer): treated as a \
+                                 miss and deleted"
+                            );
+                        }
+                    }
+                }
                 let _ = inner.remote.delete(stored_key).await;
                 self.drop_replicas(stored_key).await;
                 L2Read::Miss
@@ -229,23 +261,33 @@ where
         }
     }
 
+    /// Decodes bytes read under `stored_key` (a copy's bytes: under its primary's key).
     #[allow(clippy::type_complexity)]
     fn decode_entry(
         &self,
         bytes: &[u8],
-    ) -> std::result::Result<(Meta, Option<TagStamp>, Option<Arc<V>>, usize), String> {
+        stored_key: &str,
+    ) -> std::result::Result<(Meta, Option<TagStamp>, Option<Arc<V>>, usize), Rejected> {
         let inner = &*self.inner;
+        let corrupt = |e: String| Rejected::Corrupt(e);
         let envelope::Decoded {
             meta,
+            scope,
             tags,
             payload,
-        } = envelope::decode(bytes, inner.format.max_value_bytes).map_err(|e| e.to_string())?;
+        } = envelope::decode(bytes, inner.format.max_value_bytes)
+            .map_err(|e| corrupt(e.to_string()))?;
+        if scope != Some(envelope::key_fingerprint(stored_key)) {
+            return Err(Rejected::OutOfScope(scope));
+        }
         if meta.codec_id != inner.format.codec.id() {
-            return Err(EnvelopeError::CodecMismatch {
-                found: meta.codec_id,
-                expected: inner.format.codec.id(),
-            }
-            .to_string());
+            return Err(corrupt(
+                EnvelopeError::CodecMismatch {
+                    found: meta.codec_id,
+                    expected: inner.format.codec.id(),
+                }
+                .to_string(),
+            ));
         }
         if meta.negative {
             return Ok((meta, tags, None, 0));
@@ -254,13 +296,14 @@ where
             .format
             .codec
             .decode(&payload)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| corrupt(e.to_string()))?;
         Ok((meta, tags, Some(Arc::new(value)), payload.len()))
     }
 
     /// Envelope bytes for `value` (`None` = negative entry), fresh for a jittered `ttl`.
     pub(crate) fn encode_entry(
         &self,
+        stored_key: &str,
         value: Option<&Arc<V>>,
         ttl: Duration,
         version: u64,
@@ -278,7 +321,7 @@ where
             value.is_none(),
             inner.format.codec.id(),
         );
-        Ok(self.seal(meta, tags, &payload, now, value.map(|v| &**v)))
+        Ok(self.seal(stored_key, meta, tags, &payload, now, value.map(|v| &**v)))
     }
 
     /// Envelope bytes re-storing a stale `fallback` as a flagged stale copy that counts as fresh
@@ -286,6 +329,7 @@ where
     /// `None` if that time has already passed (nothing worth re-storing).
     pub(crate) fn encode_stale_copy(
         &self,
+        stored_key: &str,
         fallback: &Fallback<V>,
         throttle: Duration,
     ) -> Result<Option<Encoded>> {
@@ -306,6 +350,7 @@ where
         }
         let value = fallback.value.as_deref();
         Ok(Some(self.seal(
+            stored_key,
             meta,
             fallback.tags.clone(),
             &payload,
@@ -335,6 +380,7 @@ where
 
     fn seal(
         &self,
+        stored_key: &str,
         meta: Meta,
         tags: Option<Arc<TagStamp>>,
         payload: &[u8],
@@ -347,8 +393,9 @@ where
             payload.len(),
             tags.as_deref(),
         );
-        let bytes = Bytes::from(envelope::encode_tagged(
+        let bytes = Bytes::from(envelope::encode_scoped(
             &meta,
+            Some(envelope::key_fingerprint(stored_key)),
             tags.as_deref(),
             payload,
             self.inner.format.compression,

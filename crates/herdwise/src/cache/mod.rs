@@ -96,6 +96,8 @@ pub(crate) struct Format<V> {
     max_value_bytes: usize,
     /// `None`: L1 weighs a value by its uncompressed payload length.
     weigher: Option<crate::cache::entries::Weigher<V>>,
+    /// Scope violations are logged at most once a second.
+    scope_log: crate::throttle::LogThrottle,
 }
 
 /// The herd defenses of one cache.
@@ -188,6 +190,8 @@ pub struct Cache<K: ?Sized, V> {
     pub(crate) loader: Option<SharedLoader<K, V>>,
     /// With a loader and a re-warm policy: the typed keys worth re-warming.
     pub(crate) book: Option<Arc<KeyBook<K>>>,
+    /// The tenant this handle is scoped to (its key component), see `for_tenant`.
+    pub(crate) tenant: Option<Arc<str>>,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -197,6 +201,7 @@ impl<K: ?Sized, V> Clone for Cache<K, V> {
             inner: self.inner.clone(),
             loader: self.loader.clone(),
             book: self.book.clone(),
+            tenant: self.tenant.clone(),
             _key: PhantomData,
         }
     }
@@ -261,8 +266,66 @@ where
             inner,
             loader,
             book,
+            tenant: None,
             _key: PhantomData,
         }
+    }
+
+    /// The stored key of `key` under this handle's tenant, if any.
+    pub(crate) fn key_of<Q: CacheKey + ?Sized>(
+        &self,
+        key: &Q,
+    ) -> std::result::Result<String, crate::KeyError> {
+        self.inner.keys.stored_key_in(self.tenant.as_deref(), key)
+    }
+
+    /// A tag as stored: scoped to this handle's tenant (`<tenant>:<tag>`), if any, so that one
+    /// tenant's tag invalidations never touch another tenant's entries.
+    pub(crate) fn scoped_tag<'t>(&self, tag: &'t str) -> std::borrow::Cow<'t, str> {
+        match self.tenant.as_deref() {
+            Some(tenant) => std::borrow::Cow::Owned(format!("{tenant}:{tag}")),
+            None => std::borrow::Cow::Borrowed(tag),
+        }
+    }
+
+    /// This cache, scoped to `tenant`: every key (and tag) used through the returned handle
+    /// carries the tenant as its first component, so no call through it can reach another
+    /// tenant's entries, and each entry's [scope check](crate::envelope::key_fingerprint)
+    /// rejects another tenant's bytes copied under its key. A namespace built with
+    /// [`CacheBuilder::require_tenant`](crate::CacheBuilder::require_tenant) accepts keys only
+    /// through such handles. Cheap: the handles share one cache.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// use herdwise::{Cache, Error, KeyError};
+    /// let orders: Cache<u64, String> = Cache::builder("orders").require_tenant().build()?;
+    /// let acme = orders.for_tenant("acme")?;
+    /// acme.set(&1, "acme's order".to_string()).await?;
+    /// assert_eq!(orders.for_tenant("globex")?.get(&1).await?, None);
+    /// assert!(matches!(
+    ///     orders.get(&1).await,
+    ///     Err(Error::InvalidKey(KeyError::TenantRequired(_)))
+    /// ));
+    /// # Ok(()) }
+    /// ```
+    pub fn for_tenant(&self, tenant: &str) -> Result<Self> {
+        let component = self.inner.keys.tenant_component(tenant)?;
+        let mut scoped = self.clone();
+        scoped.tenant = Some(component.into());
+        Ok(scoped)
+    }
+
+    /// Removes every entry of this handle's tenant, on every instance (a prefix walk, see
+    /// [`Cache::invalidate_prefix`]). `Error::InvalidKey` on a handle without a tenant.
+    pub async fn invalidate_tenant(&self) -> Result<u64> {
+        let Some(tenant) = self.tenant.as_deref() else {
+            return Err(crate::KeyError::TenantRequired(self.inner.keys.namespace().into()).into());
+        };
+        self.ensure_generation().await;
+        self.ensure_backplane();
+        let exact = self.inner.keys.tenant_root(tenant);
+        self.spawn_prefix_walk(exact).await
     }
 
     /// Reads `key` from L1, then L2. Never calls an origin. `Ok(None)` for a miss and for a
@@ -373,7 +436,7 @@ where
         options: &WriteOptions,
     ) -> Result<WriteOutcome> {
         self.ensure_generation().await;
-        let stored_key = self.inner.keys.stored_key(key)?;
+        let stored_key = self.key_of(key)?;
         let (version, mode) = match options.version {
             Some(version) => (version, WriteMode::IfNotOlder),
             None => (0, WriteMode::Overwrite),
@@ -414,7 +477,7 @@ where
     /// retried is counted as dead-lettered; the entry's TTL is the last net.
     pub async fn invalidate(&self, key: &K) -> Result<()> {
         self.ensure_generation().await;
-        let stored_key = self.inner.keys.stored_key(key)?;
+        let stored_key = self.key_of(key)?;
         self.invalidate_stored(&stored_key).await;
         Ok(())
     }
@@ -458,7 +521,7 @@ where
     /// assert_eq!(cache.stored_key(&7).unwrap(), "users:v1:7");
     /// ```
     pub fn stored_key(&self, key: &K) -> Result<String> {
-        Ok(self.inner.keys.stored_key(key)?)
+        Ok(self.key_of(key)?)
     }
 
     /// The namespace this cache was built with.
@@ -563,10 +626,14 @@ where
     pub async fn invalidate_prefix<P: CacheKey + ?Sized>(&self, prefix: &P) -> Result<u64> {
         self.ensure_generation().await;
         self.ensure_backplane();
-        let exact = self.inner.keys.stored_key(prefix)?;
+        let exact = self.key_of(prefix)?;
+        self.spawn_prefix_walk(exact).await
+    }
+
+    /// Runs the prefix walk below `exact` in a task of its own: a caller that gives up (a
+    /// request timeout) stops neither the walk half way nor its announcement.
+    async fn spawn_prefix_walk(&self, exact: String) -> Result<u64> {
         let walk = invalidate_prefix_stored(self.inner.clone(), exact);
-        // In a task of its own: a caller that gives up (a request timeout) stops neither the
-        // walk half way nor its announcement.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => match runtime.spawn(walk).await {
                 Ok(removed) => removed,
@@ -667,7 +734,7 @@ where
         self.ensure_backplane();
         let inner = &*self.inner;
         let lookup = |buf: &mut String| -> Result<Lookup<V>> {
-            inner.keys.write(key, buf)?;
+            inner.keys.write_in(self.tenant.as_deref(), key, buf)?;
             inner.ops.hot_keys.record(buf);
             let found = inner
                 .l1
@@ -706,10 +773,9 @@ where
         self.ensure_backplane();
         let ttl = self.inner.ttl.ttl;
         let stamp = self.inner.coherence.tags.stamp();
-        let encoded = match self
-            .entry_tags(tags, Some(&value), stamp)
-            .and_then(|tags| self.encode_entry(Some(&value), ttl, version, Duration::ZERO, tags))
-        {
+        let encoded = match self.entry_tags(tags, Some(&value), stamp).and_then(|tags| {
+            self.encode_entry(stored_key, Some(&value), ttl, version, Duration::ZERO, tags)
+        }) {
             Ok(encoded) => encoded,
             Err(err) => {
                 // The caller meant to replace the value: do not keep serving the old one (a full

@@ -751,7 +751,7 @@ where
             error = %err,
             "origin failed; serving the stale value (stale-if-error)"
         );
-        match self.encode_stale_copy(&found, inner.ttl.fail_safe_throttle) {
+        match self.encode_stale_copy(stored_key, &found, inner.ttl.fail_safe_throttle) {
             Ok(Some(encoded)) => match mode {
                 FillMode::Leased(held) => {
                     let filled = self.fenced_fill(stored_key, &encoded, &held).await;
@@ -826,7 +826,7 @@ where
                 None => return self.release(mode).await,
             },
         };
-        let encoded = match self.encode_entry(value, ttl, 0, load_duration, tags) {
+        let encoded = match self.encode_entry(stored_key, value, ttl, 0, load_duration, tags) {
             Ok(encoded) => encoded,
             Err(err) => {
                 match err {

@@ -54,7 +54,7 @@ where
                 if self.refresh_early(&meta) {
                     self.spawn_refresh(
                         key.to_owned(),
-                        self.inner.keys.stored_key(key)?,
+                        self.key_of(key)?,
                         meta.fresh_until_ms,
                         Trigger::XFetch,
                     );
@@ -94,7 +94,7 @@ where
             Err(_) => {
                 // The read put any stale value it found into L1.
                 let windows = self.windows(options);
-                let stored_key = self.inner.keys.stored_key(key)?;
+                let stored_key = self.key_of(key)?;
                 let stale = self
                     .l1_get(&stored_key)
                     .map(|(entry, standing)| Fallback::from_l1(entry, standing));
@@ -181,6 +181,7 @@ where
         let period = (lead_time / 4).clamp(Duration::from_millis(20), Duration::from_secs(5));
         let weak = Arc::downgrade(&self.inner);
         let book = self.book.clone();
+        let tenant = self.tenant.clone();
         let task = runtime.spawn(async move {
             loop {
                 tokio::time::sleep(period).await;
@@ -188,7 +189,8 @@ where
                 let Some(inner) = weak.upgrade() else {
                     return;
                 };
-                let cache = Cache::from_arc(inner, Some(loader.clone()), book.clone());
+                let mut cache = Cache::from_arc(inner, Some(loader.clone()), book.clone());
+                cache.tenant = tenant.clone();
                 for owned in &keys {
                     cache.refresh_if_due(owned, lead_time).await;
                 }
@@ -206,7 +208,7 @@ where
         K::Owned: Clone,
     {
         let key: &K = owned.borrow();
-        let Ok(stored_key) = self.inner.keys.stored_key(key) else {
+        let Ok(stored_key) = self.key_of(key) else {
             return;
         };
         let fresh_until_ms = match self.l1_get(&stored_key) {

@@ -336,7 +336,7 @@ where
         let mut report = WarmReport::default();
         let mut ranked = Vec::new();
         for owned in keys {
-            match self.inner.keys.stored_key(owned.borrow()) {
+            match self.key_of(owned.borrow()) {
                 Ok(stored) => ranked.push((self.inner.ops.hot_keys.estimate(&stored), owned)),
                 Err(_) => {
                     self.inner
@@ -382,7 +382,7 @@ where
         Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
         E: std::error::Error + Send + Sync + 'static,
     {
-        let Ok(stored_key) = self.inner.keys.stored_key(key) else {
+        let Ok(stored_key) = self.key_of(key) else {
             return WarmOutcome::Failed;
         };
         let fallback = match self.l1_get(&stored_key) {
@@ -412,8 +412,12 @@ where
         }
     }
 
-    /// Remembers `key` for the re-warm (called on L1 misses of `fetch`, and by `warm`).
+    /// Remembers `key` for the re-warm (called on L1 misses of `fetch`, and by `warm`). Keys
+    /// used through a tenant handle are not remembered: the re-warm runs without a tenant.
     pub(crate) fn remember(&self, stored_key: &str, key: &K) {
+        if self.tenant.is_some() {
+            return;
+        }
         if let Some(book) = self.book.as_deref() {
             if !book.keys.contains_key(stored_key) {
                 let owned: SharedKey<K> = Arc::new(key.to_owned());
@@ -423,9 +427,10 @@ where
     }
 
     fn remember_shared(&self, key: &K, owned: Arc<K::Owned>) {
-        if let (Some(book), Ok(stored_key)) =
-            (self.book.as_deref(), self.inner.keys.stored_key(key))
-        {
+        if self.tenant.is_some() {
+            return;
+        }
+        if let (Some(book), Ok(stored_key)) = (self.book.as_deref(), self.key_of(key)) {
             book.keys.insert(stored_key.into(), owned);
         }
     }

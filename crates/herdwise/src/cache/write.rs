@@ -88,7 +88,7 @@ where
         E: std::error::Error + Send + Sync + 'static,
     {
         self.ensure_generation().await;
-        let stored_key = self.inner.keys.stored_key(key)?;
+        let stored_key = self.key_of(key)?;
         let value = value.into();
         // Armed from before the origin write until the cache is updated: a caller dropped on
         // the way (or an origin write that failed, maybe after committing) leaves an
@@ -132,7 +132,7 @@ where
         E: std::error::Error + Send + Sync + 'static,
     {
         self.ensure_generation().await;
-        let stored_key = self.inner.keys.stored_key(key)?;
+        let stored_key = self.key_of(key)?;
         // As in `write_through`: armed from before the origin write.
         let pending = RetryOnDrop::new(&self.inner, Retry::Key(stored_key.as_str().into()));
         let written = write().await.map_err(|e| Error::OriginWrite(Arc::new(e)))?;

@@ -32,6 +32,10 @@ pub enum KeyError {
     /// The namespace is not `[A-Za-z0-9_.-]{1,64}`.
     #[error("namespace {0:?} must be 1-64 characters of [A-Za-z0-9_.-]")]
     InvalidNamespace(String),
+    /// The namespace is tenant-scoped (`CacheBuilder::require_tenant`): keys are used through
+    /// `cache.for_tenant(tenant)`, never without a tenant.
+    #[error("namespace {0:?} is tenant-scoped: use cache.for_tenant(tenant)")]
+    TenantRequired(String),
 }
 
 /// A typed cache key.
@@ -141,6 +145,8 @@ pub(crate) struct KeySpace {
     namespace: String,
     generation: std::sync::atomic::AtomicU64,
     max_len: usize,
+    /// Keys must carry a tenant (see `KeyError::TenantRequired`).
+    tenant_required: bool,
 }
 
 impl KeySpace {
@@ -151,7 +157,35 @@ impl KeySpace {
             namespace: namespace.to_string(),
             generation: std::sync::atomic::AtomicU64::new(0),
             max_len,
+            tenant_required: false,
         })
+    }
+
+    /// Every key must carry a tenant from now on.
+    pub(crate) fn require_tenant(mut self) -> Self {
+        self.tenant_required = true;
+        self
+    }
+
+    /// A tenant id as the key component it becomes (escaped like any string component).
+    pub(crate) fn tenant_component(&self, tenant: &str) -> Result<String, KeyError> {
+        let component = encode_key(tenant)?;
+        if self.base.len() + component.len() + 2 > self.max_len {
+            return Err(KeyError::TooLong {
+                len: self.base.len() + component.len() + 2,
+                limit: self.max_len,
+            });
+        }
+        Ok(component)
+    }
+
+    /// The stored key under which all of `tenant`'s keys sit (`tenant` as made by
+    /// [`KeySpace::tenant_component`]): `<prefix><tenant>`.
+    pub(crate) fn tenant_root(&self, tenant: &str) -> String {
+        let mut buf = String::with_capacity(self.base.len() + tenant.len() + 24);
+        self.push_prefix(&mut buf);
+        buf.push_str(tenant);
+        buf
     }
 
     /// The namespace generation in use.
@@ -181,13 +215,37 @@ impl KeySpace {
     }
 
     /// Writes the full stored key for `key` into `buf` (cleared first).
+    #[cfg(test)]
     pub(crate) fn write<K: CacheKey + ?Sized>(
         &self,
         key: &K,
         buf: &mut String,
     ) -> Result<(), KeyError> {
+        self.write_in(None, key, buf)
+    }
+
+    /// Writes the full stored key for `key` of `tenant` (a component made by
+    /// [`KeySpace::tenant_component`]; `None`: no tenant) into `buf` (cleared first): the
+    /// tenant is the key's first component, so `(tenant, key)` and a tenant's key are the
+    /// same stored key.
+    pub(crate) fn write_in<K: CacheKey + ?Sized>(
+        &self,
+        tenant: Option<&str>,
+        key: &K,
+        buf: &mut String,
+    ) -> Result<(), KeyError> {
         buf.clear();
         self.push_prefix(buf);
+        match tenant {
+            Some(tenant) => {
+                buf.push_str(tenant);
+                buf.push(':');
+            }
+            None if self.tenant_required => {
+                return Err(KeyError::TenantRequired(self.namespace.clone()))
+            }
+            None => {}
+        }
         let start = buf.len();
         let mut enc = KeyEncoder {
             buf,
@@ -212,9 +270,19 @@ impl KeySpace {
     }
 
     /// The stored key for `key`, as a new string.
+    #[cfg(test)]
     pub(crate) fn stored_key<K: CacheKey + ?Sized>(&self, key: &K) -> Result<String, KeyError> {
+        self.stored_key_in(None, key)
+    }
+
+    /// The stored key for `key` of `tenant` (see [`KeySpace::write_in`]).
+    pub(crate) fn stored_key_in<K: CacheKey + ?Sized>(
+        &self,
+        tenant: Option<&str>,
+        key: &K,
+    ) -> Result<String, KeyError> {
         let mut buf = String::with_capacity(self.base.len() + 32);
-        self.write(key, &mut buf)?;
+        self.write_in(tenant, key, &mut buf)?;
         Ok(buf)
     }
 }
