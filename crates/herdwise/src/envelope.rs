@@ -454,8 +454,8 @@ mod tests {
                 assert_every_damage_rejected(&bytes);
             }
         }
-        let unscoped = decode(&encode(&meta(), b"x", Compression::None), 1 << 20).unwrap();
-        assert_eq!(unscoped.scope, None);
+        let plain = encode(&meta(), b"x", Compression::None);
+        assert_eq!(decode(&plain, 1 << 20).unwrap().scope, None);
     }
 
     fn stamp() -> TagStamp {

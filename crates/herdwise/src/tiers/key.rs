@@ -214,16 +214,6 @@ impl KeySpace {
         &self.namespace
     }
 
-    /// Writes the full stored key for `key` into `buf` (cleared first).
-    #[cfg(test)]
-    pub(crate) fn write<K: CacheKey + ?Sized>(
-        &self,
-        key: &K,
-        buf: &mut String,
-    ) -> Result<(), KeyError> {
-        self.write_in(None, key, buf)
-    }
-
     /// Writes the full stored key for `key` of `tenant` (a component made by
     /// [`KeySpace::tenant_component`]; `None`: no tenant) into `buf` (cleared first): the
     /// tenant is the key's first component, so `(tenant, key)` and a tenant's key are the
