@@ -86,6 +86,30 @@ async fn a_killed_primary_is_replaced_and_reads_never_fail() {
     let loads_before = loads.load(Ordering::Relaxed);
     let killed_at = Instant::now();
     cluster.node_mut(victim).unwrap().kill();
+    let live: Vec<u16> = cluster
+        .nodes()
+        .iter()
+        .map(|n| n.port())
+        .filter(|p| *p != victim)
+        .collect();
+    // When the cluster itself has promoted the replica (a live node lists no failed primary).
+    let promoted = tokio::task::spawn_blocking(move || {
+        while killed_at.elapsed() < Duration::from_secs(30) {
+            let nodes = RedisCluster::cli(live[0], &["cluster", "nodes"]).unwrap_or_default();
+            let victim_failed = nodes
+                .lines()
+                .any(|l| l.contains(&format!(":{victim}@")) && l.contains(",fail"));
+            let masters = nodes
+                .lines()
+                .filter(|l| l.contains("master") && !l.contains("fail"))
+                .count();
+            if victim_failed && masters == 3 {
+                return Some(killed_at.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    });
     // Key 0 lives on the killed primary: writes to it resume once the replica took over.
     let mut resumed = None;
     while killed_at.elapsed() < Duration::from_secs(20) {
@@ -98,6 +122,7 @@ async fn a_killed_primary_is_replaced_and_reads_never_fail() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let promoted = promoted.await.unwrap();
     let resumed = resumed.expect("writes to the killed primary's slots resumed");
     assert_ne!(primary_of(&cluster, "clf:v1:0"), victim);
     for cache in &fleet {
@@ -114,7 +139,8 @@ async fn a_killed_primary_is_replaced_and_reads_never_fail() {
     }
     eprintln!(
         "cluster failover: {} reads, {} failed, slowest {} ms, origin loads {} (before the kill \
-         {loads_before}), writes to the lost slots resumed {resumed:?} after the kill",
+         {loads_before}), replica promoted {promoted:?} and writes to the lost slots resumed \
+         {resumed:?} after the kill",
         reads.load(Ordering::Relaxed),
         failed.load(Ordering::Relaxed),
         slowest.load(Ordering::Relaxed) / 1000,
@@ -124,5 +150,12 @@ async fn a_killed_primary_is_replaced_and_reads_never_fail() {
         failed.load(Ordering::Relaxed),
         0,
         "reads failed during the failover"
+    );
+    // The store follows the new topology within its watch period (500 ms), not whenever the
+    // cluster client happens to rebuild its slot map (seen: 3 to over 20 s).
+    let promoted = promoted.expect("the cluster promoted the replica");
+    assert!(
+        resumed < promoted + Duration::from_secs(2),
+        "writes resumed {resumed:?} after the kill, the replica was promoted at {promoted:?}"
     );
 }

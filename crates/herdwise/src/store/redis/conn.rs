@@ -4,15 +4,16 @@
 //! `aio::ConnectionLike`, so every command, pipeline and script of the store is written once.
 //! Standalone: a self-reconnecting `ConnectionManager`. Sentinel: the same, to whichever node
 //! the sentinels name primary (see `sentinel`). Cluster: redis-rs's async cluster
-//! client (slot routing, MOVED/ASK, topology refresh; multi-key `MGET`/`UNLINK` split by slot).
+//! client (slot routing, MOVED/ASK; multi-key `MGET`/`UNLINK` split by slot), kept on the
+//! current topology by `cluster`.
 //! Commands that must reach every primary (`SCAN`) go through [`RedisConnection::primaries`]
 //! and [`RedisConnection::on_node`].
 
 use redis::aio::{ConnectionLike, ConnectionManager};
-use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 
+use super::cluster::ClusterHandle;
 use super::sentinel::SentinelConnection;
 
 /// A connection to Redis (one server, a Sentinel-managed primary, or a cluster); implements `redis::aio::ConnectionLike`, so
@@ -31,7 +32,7 @@ pub struct RedisConnection(Topology);
 #[derive(Clone)]
 enum Topology {
     Standalone(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(ClusterHandle),
     Sentinel(SentinelConnection),
 }
 
@@ -47,7 +48,7 @@ impl RedisConnection {
         RedisConnection(Topology::Standalone(conn))
     }
 
-    pub(super) fn cluster(conn: ClusterConnection) -> Self {
+    pub(super) fn cluster(conn: ClusterHandle) -> Self {
         RedisConnection(Topology::Cluster(conn))
     }
 
@@ -105,8 +106,9 @@ impl RedisConnection {
         cmd: &Cmd,
     ) -> RedisResult<T> {
         match (&mut self.0, node) {
-            (Topology::Cluster(conn), Some(node)) => {
-                let value = conn
+            (Topology::Cluster(handle), Some(node)) => {
+                let value = handle
+                    .conn()
                     .route_command(
                         cmd.clone(),
                         RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {

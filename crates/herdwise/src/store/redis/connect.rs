@@ -14,6 +14,7 @@ use redis::{ConnectionInfo, RedisError, Script, TlsCertificates, TlsMode};
 
 use std::sync::Arc;
 
+use super::cluster::{ClusterHandle, WatchedCluster};
 use super::config::{Endpoint, RedisStoreBuilder, TlsOptions};
 use super::conn::RedisConnection;
 use super::sentinel::{SentinelConnection, SentinelSpec, Watched};
@@ -56,10 +57,11 @@ pub(super) async fn connect(builder: RedisStoreBuilder) -> Result<RedisStore, St
                     .await
                     .map(RedisConnection::standalone)
             }
-            Clients::Cluster { client, .. } => client
-                .get_async_connection()
-                .await
-                .map(RedisConnection::cluster),
+            Clients::Cluster { client, nodes } => {
+                WatchedCluster::connect(client.clone(), nodes.clone())
+                    .await
+                    .map(|watched| RedisConnection::cluster(ClusterHandle(watched)))
+            }
             Clients::Sentinel(watched) => Ok(RedisConnection::sentinel(SentinelConnection(
                 Arc::clone(watched),
             ))),

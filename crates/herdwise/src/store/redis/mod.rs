@@ -16,6 +16,7 @@ use bytes::Bytes;
 use redis::Script;
 use tokio::sync::broadcast;
 
+mod cluster;
 mod config;
 mod conn;
 mod connect;
