@@ -87,3 +87,5 @@ pub use store::{
     StoreError, TagTable, REDIS_URL_ENV,
 };
 pub use tiers::breaker::{BreakerConfig, BreakerState};
+#[cfg(feature = "encryption")]
+pub use tiers::encrypted::{Encrypted, EncryptionKeys, ENCRYPTED_CODEC_ID};

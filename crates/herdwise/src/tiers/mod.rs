@@ -3,6 +3,7 @@
 //! - `key`: the key space (typed keys to stored keys, the namespace generation).
 //! - `codec`: values to payload bytes and back (the envelope around them, shared with the
 //!   stores, is the crate's leaf module `envelope`).
+//! - `encrypted` (feature `encryption`): a codec wrapper that encrypts values at rest.
 //! - `freshness`: TTLs, jitter, stale windows, XFetch.
 //! - `local`: L1, bounded by the bytes it holds, with invalidation epochs and demotion;
 //!   `recovery`: the demotion era and the window after a remote-tier recovery.
@@ -13,6 +14,8 @@
 
 pub(crate) mod breaker;
 pub mod codec;
+#[cfg(feature = "encryption")]
+pub mod encrypted;
 
 pub(crate) mod freshness;
 pub mod key;
