@@ -83,8 +83,8 @@ pub use error::{Error, Result};
 pub use key::{encode_key, CacheKey, KeyEncoder, KeyError};
 pub use loader::{Loader, LoaderError};
 pub use store::{
-    Announcement, MemoryStore, RedisConnection, RedisStore, RedisStoreBuilder, SetOutcome, Store,
-    StoreError, TagTable, REDIS_URL_ENV,
+    Announcement, MemoryStore, RedisConnection, RedisStore, RedisStoreBuilder, SetOutcome,
+    ShardedStore, Store, StoreError, TagTable, REDIS_URL_ENV,
 };
 pub use tiers::breaker::{BreakerConfig, BreakerState};
 #[cfg(feature = "encryption")]

@@ -109,25 +109,34 @@ async fn d2_a_read_during_invalidate_leaves_no_old_value_in_its_own_l1() {
     );
 }
 
-/// Fills keys `(42, 0..n)` with the same old value: one entry written by the cache, copied raw
-/// under every other key (a valid envelope each).
+/// Fills keys `(42, 0..n)` with the same old value: one entry written by the cache, resealed
+/// raw under every other key (a valid envelope each, scoped to its own key).
 async fn seed_prefix(
     cache: &Cache<(u64, u64), String>,
     raw: &mut redis::aio::MultiplexedConnection,
     n: u64,
 ) {
+    use herdwise::envelope;
     cache.set(&(42, 0), "old".to_string()).await.unwrap();
     let bytes: Vec<u8> = redis::cmd("GET")
         .arg(cache.stored_key(&(42, 0)).unwrap())
         .query_async(raw)
         .await
         .unwrap();
+    let decoded = envelope::decode(&bytes, 1 << 20).unwrap();
     let mut pipe = redis::pipe();
     for i in 1..n {
         let key = cache.stored_key(&(42, i)).unwrap();
+        let resealed = envelope::encode_scoped(
+            &decoded.meta,
+            Some(envelope::key_fingerprint(&key)),
+            decoded.tags.as_ref(),
+            &decoded.payload,
+            envelope::Compression::None,
+        );
         pipe.cmd("SET")
             .arg(key)
-            .arg(&bytes)
+            .arg(resealed)
             .arg("EX")
             .arg(600)
             .ignore();

@@ -549,6 +549,21 @@ where
         self.inner.remote.breaker_state()
     }
 
+    /// The breaker state of each node of a sharded store
+    /// ([`ShardedStore`](crate::ShardedStore)), in node order (one entry for other stores;
+    /// none without a breaker): a dead node opens its own breaker only.
+    ///
+    /// ```
+    /// let cache: herdwise::Cache<u64, ()> = herdwise::Cache::builder("users").build().unwrap();
+    /// assert!(cache
+    ///     .breaker_states()
+    ///     .iter()
+    ///     .all(|s| *s == herdwise::BreakerState::Closed));
+    /// ```
+    pub fn breaker_states(&self) -> Vec<crate::BreakerState> {
+        self.inner.remote.breaker_states()
+    }
+
     /// The most-read keys of this instance lately (stored keys, hottest first) with their
     /// estimated reads: a count-min sketch over sampled reads, halved now and then so that keys
     /// that cooled down fall out.

@@ -10,6 +10,7 @@
 
 mod memory;
 mod redis;
+mod sharded;
 
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use bytes::Bytes;
 
 pub use self::memory::{MemoryStore, DEFAULT_MEMORY_STORE_BYTES};
 pub use self::redis::{RedisConnection, RedisStore, RedisStoreBuilder, REDIS_URL_ENV};
+pub use self::sharded::ShardedStore;
 
 /// Version check shared by the Lua scripts: returns from the script with `refused` if the stored
 /// envelope in `cur` has a version above ARGV `hi`:`lo` (see `envelope::VERSION_OFFSET`).
@@ -192,6 +194,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// The deadline the cache applies to this store's calls unless configured otherwise.
     fn default_timeout(&self) -> Duration;
+
+    /// How many independent nodes the store spreads keys over (default 1). The cache keeps
+    /// one circuit breaker per node, so one dead node degrades only its share of the keys.
+    fn shards(&self) -> usize {
+        1
+    }
+
+    /// The node (`0..shards()`) that `key` lives on (default 0).
+    fn shard_of(&self, key: &str) -> usize {
+        let _ = key;
+        0
+    }
 
     /// The bytes under `key`, if present and not expired.
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;

@@ -203,18 +203,36 @@ pub(crate) struct Breaker {
     inner: Mutex<Inner>,
     namespace: String,
     metrics: CacheMetrics,
+    /// This breaker's state gauge (one per store node).
+    gauge: metrics::Gauge,
+    /// The store node this breaker guards, for logs (`None`: the whole store).
+    node: Option<usize>,
     /// Told when a probe closes the breaker: the remote tier is back.
     recovery: Arc<Recovery>,
 }
 
 impl Breaker {
+    #[cfg(test)]
     pub fn new(
         config: BreakerConfig,
         namespace: &str,
         metrics: CacheMetrics,
         recovery: Arc<Recovery>,
     ) -> Self {
-        metrics.breaker_state.set(BreakerState::Closed.gauge());
+        let gauge = metrics.breaker_state.clone();
+        Self::for_node(config, namespace, metrics, recovery, gauge, None)
+    }
+
+    /// A breaker for node `node` of a sharded store, reporting its state on `gauge`.
+    pub fn for_node(
+        config: BreakerConfig,
+        namespace: &str,
+        metrics: CacheMetrics,
+        recovery: Arc<Recovery>,
+        gauge: metrics::Gauge,
+        node: Option<usize>,
+    ) -> Self {
+        gauge.set(BreakerState::Closed.gauge());
         let now = Instant::now();
         Breaker {
             config,
@@ -228,6 +246,8 @@ impl Breaker {
             }),
             namespace: namespace.to_string(),
             metrics,
+            gauge,
+            node,
             recovery,
         }
     }
@@ -341,13 +361,16 @@ impl Breaker {
         }
         let from = inner.state;
         inner.state = to;
-        self.metrics.breaker_state.set(to.gauge());
+        self.gauge.set(to.gauge());
         self.metrics.breaker_transition(to.label());
         match to {
             BreakerState::Open => tracing::warn!(
-                namespace = %self.namespace, ?from, "circuit breaker open: remote tier skipped"
+                namespace = %self.namespace, node = ?self.node, ?from,
+                "circuit breaker open: remote tier skipped"
             ),
-            _ => tracing::info!(namespace = %self.namespace, ?from, ?to, "circuit breaker"),
+            _ => tracing::info!(
+                namespace = %self.namespace, node = ?self.node, ?from, ?to, "circuit breaker"
+            ),
         }
     }
 }

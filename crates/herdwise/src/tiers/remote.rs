@@ -19,10 +19,10 @@ use crate::tiers::recovery::Recovery;
 
 pub(crate) struct Remote {
     store: Arc<dyn Store>,
-    /// `None`: every call is attempted.
-    breaker: Option<Arc<Breaker>>,
-    /// A stand-in call (see [`PermitGuard`]) is running.
-    stand_in: Arc<AtomicBool>,
+    /// One per store node (see `Store::shards`); empty: every call is attempted.
+    breakers: Vec<Arc<Breaker>>,
+    /// Per node: a stand-in call (see [`PermitGuard`]) is running.
+    stand_ins: Vec<Arc<AtomicBool>>,
     deadline: Duration,
     metrics: CacheMetrics,
     namespace: String,
@@ -39,12 +39,40 @@ impl Remote {
         namespace: &str,
         recovery: Arc<Recovery>,
     ) -> Self {
-        Remote {
-            breaker: breaker.map(|config| {
+        let shards = store.shards().max(1);
+        let breakers = match breaker {
+            None => Vec::new(),
+            Some(config) => {
                 let config = config.with_deadline(deadline);
-                Arc::new(Breaker::new(config, namespace, metrics.clone(), recovery))
-            }),
-            stand_in: Arc::new(AtomicBool::new(false)),
+                (0..shards)
+                    .map(|node| {
+                        let (gauge, node) = if shards == 1 {
+                            (metrics.breaker_state.clone(), None)
+                        } else {
+                            let gauge = ::metrics::gauge!(
+                                crate::metrics::BREAKER_STATE,
+                                "namespace" => namespace.to_string(),
+                                "node" => node.to_string()
+                            );
+                            (gauge, Some(node))
+                        };
+                        Arc::new(Breaker::for_node(
+                            config,
+                            namespace,
+                            metrics.clone(),
+                            recovery.clone(),
+                            gauge,
+                            node,
+                        ))
+                    })
+                    .collect()
+            }
+        };
+        Remote {
+            breakers,
+            stand_ins: (0..shards)
+                .map(|_| Arc::new(AtomicBool::new(false)))
+                .collect(),
             store,
             deadline,
             metrics,
@@ -197,17 +225,43 @@ impl Remote {
         self.call(StoreOp::Set, table, fut).await
     }
 
-    /// The breaker's state (`Closed` when there is none).
+    /// The breaker's state (`Closed` when there is none); with several store nodes, the
+    /// worst of theirs (`Open` if any is open).
     pub fn breaker_state(&self) -> BreakerState {
-        self.breaker
-            .as_ref()
-            .map_or(BreakerState::Closed, |b| b.state())
+        self.breaker_states()
+            .into_iter()
+            .max_by_key(|state| match state {
+                BreakerState::Closed => 0,
+                BreakerState::HalfOpen => 1,
+                BreakerState::Open => 2,
+            })
+            .unwrap_or(BreakerState::Closed)
+    }
+
+    /// Each store node's breaker state (empty without a breaker).
+    pub fn breaker_states(&self) -> Vec<BreakerState> {
+        self.breakers.iter().map(|b| b.state()).collect()
+    }
+
+    /// The node `key` lives on.
+    fn shard(&self, key: &str) -> usize {
+        match self.breakers.len() {
+            0 | 1 => 0,
+            n => self.store.shard_of(key) % n,
+        }
     }
 
     /// Prefix deletion walks the keyspace in batches: it gets a deadline of its own (and is not
     /// judged by the breaker, which it would trip for being long).
     pub async fn delete_prefix(&self, prefix: &str, deadline: Duration) -> Result<u64, StoreError> {
-        if self.breaker_state() == BreakerState::Open {
+        // Walks every node: skipped only when no node can answer (a walk that fails on one
+        // node is retried whole).
+        if !self.breakers.is_empty()
+            && self
+                .breakers
+                .iter()
+                .all(|b| b.state() == BreakerState::Open)
+        {
             self.metrics.breaker_rejected.increment(1);
             return Err(StoreError::CircuitOpen);
         }
@@ -241,7 +295,8 @@ impl Remote {
     ) -> Result<T, StoreError> {
         // Held across the await: if this future is dropped mid-call, the guard hands a
         // half-open probe back instead of leaving the breaker waiting for it for good.
-        let permit = match self.breaker.as_ref() {
+        let shard = self.shard(key);
+        let permit = match self.breakers.get(shard) {
             None => None,
             Some(breaker) => match breaker.permit() {
                 Permit::Rejected => {
@@ -251,6 +306,8 @@ impl Remote {
                 permit => Some(PermitGuard {
                     remote: self,
                     breaker,
+                    stand_in: &self.stand_ins[shard],
+                    key,
                     permit: Some(permit),
                     started: Instant::now(),
                 }),
@@ -296,21 +353,21 @@ impl Remote {
     }
 }
 
-/// The key a stand-in call reads (absent: a cheap miss on any store).
-const STAND_IN_KEY: &str = "herdwise:probe";
-
 /// A breaker permit for one call in flight: recorded when the call ends.
 ///
 /// A call dropped before it ends (a request timeout shorter than the store deadline, a
 /// cancelled task) has no outcome of its own. If it was slow already it counts as slow; else its
-/// permit goes to a *stand-in*: one background read of an absent key, under the store deadline,
-/// recorded in its place (at most one runs at a time, so this costs nothing per request). Without
+/// permit goes to a *stand-in*: one background read of the call's key (on the node the call
+/// went to), under the store deadline, recorded in its place (at most one runs at a time per
+/// node, so this costs nothing per request). Without
 /// it a frozen store would never trip the breaker for callers whose timeouts are shorter than
 /// the deadline, and a cancelled half-open probe would only hand its turn to the next caller,
 /// who may be cancelled too. Without a runtime to run it on, the permit is handed back.
 struct PermitGuard<'a> {
     remote: &'a Remote,
     breaker: &'a Arc<Breaker>,
+    stand_in: &'a Arc<AtomicBool>,
+    key: &'a str,
     permit: Option<Permit>,
     started: Instant,
 }
@@ -334,13 +391,14 @@ impl Drop for PermitGuard<'_> {
         }
         let remote = self.remote;
         let runtime = match tokio::runtime::Handle::try_current() {
-            Ok(runtime) if !remote.stand_in.swap(true, Ordering::AcqRel) => runtime,
+            Ok(runtime) if !self.stand_in.swap(true, Ordering::AcqRel) => runtime,
             _ => return self.breaker.abandon(permit, took),
         };
-        let (breaker, store, running) = (
+        let (breaker, store, running, key) = (
             self.breaker.clone(),
             remote.store.clone(),
-            remote.stand_in.clone(),
+            self.stand_in.clone(),
+            self.key.to_string(),
         );
         let deadline = remote.deadline;
         // The guards exist before the task does: a task its runtime drops unrun (shutting down)
@@ -354,7 +412,7 @@ impl Drop for PermitGuard<'_> {
         runtime.spawn(async move {
             let _running = running;
             guard.started = Instant::now();
-            let read = tokio::time::timeout(deadline, store.get(STAND_IN_KEY)).await;
+            let read = tokio::time::timeout(deadline, store.get(&key)).await;
             if let Some(permit) = guard.permit.take() {
                 let took = guard.started.elapsed();
                 guard
