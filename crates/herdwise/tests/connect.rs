@@ -147,6 +147,8 @@ fn acl_server() -> RedisServer {
         "ACL SETUSER nohincr on >pw ~* &* +@all -hincrby",
         // No pub/sub channels (Redis 7 gives new users none unless `&*` or allchannels).
         "ACL SETUSER nochannels on >pw ~* +@all",
+        // The rule the README gives, word for word.
+        "ACL SETUSER documented on >pw ~* &* +@read +@write +@scripting +@pubsub +@connection +@transaction +info +scan +time",
         "CONFIG SET requirepass default-secret",
     ];
     for command in setup {
@@ -183,6 +185,11 @@ async fn an_acl_user_with_the_needed_permissions_connects() {
     let store = RedisStore::connect(&acl_url(&server, "app:app-secret"))
         .await
         .expect("a permitted ACL user");
+    round_trip(store).await;
+    // The README's example rule is enough.
+    let store = RedisStore::connect(&acl_url(&server, "documented:pw"))
+        .await
+        .expect("the ACL rule the README documents");
     round_trip(store).await;
     // The default user, by password only (`redis://:password@host`).
     RedisStore::connect(&acl_url(&server, ":default-secret"))
