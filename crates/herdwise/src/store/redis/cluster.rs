@@ -69,7 +69,8 @@ impl WatchedCluster {
             || error.is_connection_refusal()
             || error.is_io_error()
             || matches!(error.code(), Some("CLUSTERDOWN" | "TRYAGAIN"));
-        if !lost {
+        // (Checked before spawning: an outage fails many calls a second, one look suffices.)
+        if !lost || self.looking.load(Ordering::Acquire) {
             return;
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {

@@ -94,7 +94,8 @@ impl Watched {
             || error.is_connection_refusal()
             || error.is_io_error()
             || matches!(error.code(), Some("READONLY" | "MASTERDOWN"));
-        if !moved {
+        // (Checked before spawning: an outage fails many calls a second, one look suffices.)
+        if !moved || self.looking.load(Ordering::Acquire) {
             return;
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
