@@ -167,6 +167,19 @@ async fn a_tenant_scoped_namespace_rejects_keys_without_a_tenant() {
         acme.get(&1).await.unwrap().as_deref().map(String::as_str),
         Some("mine")
     );
+    // The registered loader knows no tenant: a tenant handle never calls it.
+    let loaded: Cache<u64, String> = Cache::builder("loaded")
+        .require_tenant()
+        .loader(|k: &u64| {
+            let v = format!("tenant-blind {k}");
+            async move { Ok::<_, common::OriginError>(Some(v)) }
+        })
+        .build()
+        .unwrap();
+    assert!(matches!(
+        loaded.for_tenant("acme").unwrap().fetch(&1).await,
+        Err(Error::NoLoader)
+    ));
     // A tenant id cannot forge another tenant's key with separators: it is escaped.
     let forged = orders.for_tenant("acme:1").unwrap();
     assert_ne!(forged.stored_key(&1).unwrap(), acme.stored_key(&1).unwrap());

@@ -293,7 +293,9 @@ where
     /// tenant's entries, and each entry's [scope check](crate::envelope::key_fingerprint)
     /// rejects another tenant's bytes copied under its key. A namespace built with
     /// [`CacheBuilder::require_tenant`](crate::CacheBuilder::require_tenant) accepts keys only
-    /// through such handles. Cheap: the handles share one cache.
+    /// through such handles. Cheap: the handles share one cache. A tenant handle does not use
+    /// the cache's registered loader, which is called with the key alone (`fetch` on it is
+    /// `Error::NoLoader`): load with `get_or_load` and a loader that knows the tenant.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -313,6 +315,11 @@ where
         let component = self.inner.keys.tenant_component(tenant)?;
         let mut scoped = self.clone();
         scoped.tenant = Some(component.into());
+        // A registered loader is called with the key alone: it cannot know the tenant, so a
+        // tenant handle never uses it (its `fetch`, `warm` and background refreshes answer
+        // `Error::NoLoader`); `get_or_load` with a loader that knows the tenant works.
+        scoped.loader = None;
+        scoped.book = None;
         Ok(scoped)
     }
 

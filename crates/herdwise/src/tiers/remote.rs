@@ -353,12 +353,26 @@ impl Remote {
     }
 }
 
+/// The key a stand-in reads for a call on `key`: absent (a cheap miss of type string, whatever
+/// `key` holds: a tag table is a hash, an event stream a stream), and routed like `key` — its
+/// hash tag, or the whole key — so it reaches the same cluster slot and store node.
+fn stand_in_key(key: &str) -> String {
+    let routing = key
+        .find('{')
+        .and_then(|open| {
+            let len = key[open + 1..].find('}')?;
+            (len > 0).then(|| &key[open + 1..open + 1 + len])
+        })
+        .unwrap_or(key);
+    format!("{{{routing}}}:herdwise-stand-in")
+}
+
 /// A breaker permit for one call in flight: recorded when the call ends.
 ///
 /// A call dropped before it ends (a request timeout shorter than the store deadline, a
 /// cancelled task) has no outcome of its own. If it was slow already it counts as slow; else its
-/// permit goes to a *stand-in*: one background read of the call's key (on the node the call
-/// went to), under the store deadline, recorded in its place (at most one runs at a time per
+/// permit goes to a *stand-in*: one background read of an absent key routed like the call's
+/// (so on the node the call went to), under the store deadline, recorded in its place (at most one runs at a time per
 /// node, so this costs nothing per request). Without
 /// it a frozen store would never trip the breaker for callers whose timeouts are shorter than
 /// the deadline, and a cancelled half-open probe would only hand its turn to the next caller,
@@ -398,7 +412,7 @@ impl Drop for PermitGuard<'_> {
             self.breaker.clone(),
             remote.store.clone(),
             self.stand_in.clone(),
-            self.key.to_string(),
+            stand_in_key(self.key),
         );
         let deadline = remote.deadline;
         // The guards exist before the task does: a task its runtime drops unrun (shutting down)
