@@ -12,6 +12,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::RwLock;
+
+use super::sentinel::LookDone;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -163,15 +165,6 @@ fn parse(ranges: Vec<Value>) -> SlotMap {
     }
     map.sort();
     map
-}
-
-/// Clears the "looking" flag when a look ends, however it ends.
-struct LookDone<'a>(&'a AtomicBool);
-
-impl Drop for LookDone<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
 }
 
 /// Watches for as long as the store lives.

@@ -131,8 +131,9 @@ impl Watched {
     }
 }
 
-/// Clears the "looking" flag when a look ends, however it ends.
-struct LookDone<'a>(&'a AtomicBool);
+/// Clears a watcher's "looking" flag when a look ends, however it ends (shared with the
+/// cluster watcher).
+pub(super) struct LookDone<'a>(pub(super) &'a AtomicBool);
 
 impl Drop for LookDone<'_> {
     fn drop(&mut self) {
