@@ -49,6 +49,47 @@ pub async fn command_calls(
         .sum())
 }
 
+/// Runs `during` and counts the round trips it sent that name `needle`: commands clients sent
+/// (not those run inside scripts) with `needle` in an argument, as `MONITOR` saw them. Exact
+/// where `INFO commandstats` is not: other clients' background commands (another instance's
+/// periodic resync, say) do not name the needle.
+pub async fn round_trips_naming<T>(
+    url: &str,
+    admin: &mut redis::aio::ConnectionManager,
+    needle: &str,
+    during: impl std::future::Future<Output = Result<T, LabError>>,
+) -> Result<(T, u64), LabError> {
+    use futures::StreamExt;
+    let monitor = redis::Client::open(url)?.get_async_monitor().await?;
+    let end = format!("herdwise-lab-monitor-end-{}", std::process::id());
+    let lines = monitor.into_on_message::<String>();
+    let counter = {
+        let (end, needle) = (end.clone(), needle.to_string());
+        tokio::spawn(async move {
+            let mut lines = std::pin::pin!(lines);
+            let mut count = 0u64;
+            while let Some(line) = lines.next().await {
+                if line.contains(&end) {
+                    return Some(count);
+                }
+                // `<time> [<db> <client>] "<command>" "<arg>" ...`; scripts' commands show `lua`.
+                let from_script = line.split(']').next().is_some_and(|c| c.ends_with(" lua"));
+                count += u64::from(!from_script && line.contains(&needle));
+            }
+            None
+        })
+    };
+    let outcome = during.await?;
+    let _: String = redis::cmd("ECHO").arg(&end).query_async(admin).await?;
+    let count = tokio::time::timeout(Duration::from_secs(10), counter)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten()
+        .ok_or_else(|| LabError::Measure("MONITOR stopped before the end marker".into()))?;
+    Ok((outcome, count))
+}
+
 /// Anything that stops a lab run.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -70,6 +111,9 @@ pub enum LabError {
     /// Unknown scenario or bad arguments.
     #[error("{0}")]
     Usage(String),
+    /// A measurement could not be taken (its instrument failed).
+    #[error("measurement: {0}")]
+    Measure(String),
 }
 
 /// Overrides from the command line; each scenario has its own defaults.
