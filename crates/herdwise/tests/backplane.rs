@@ -298,3 +298,64 @@ async fn prefix_invalidation_removes_exactly_the_keys_below_it_everywhere() {
         .unwrap();
     assert_eq!(left.len(), 100, "only the 420 keys remain in Redis");
 }
+
+/// A task that loops on L1 hits without awaiting anything else (a batch handler reading many
+/// keys, a hot loop) still lets the invalidation listener run: the hit path spends tokio's
+/// cooperative budget, as tokio's own resources do. On a current-thread runtime a hit path that
+/// never yields would starve the listener, and the loop would read the old value until it ended.
+#[test]
+fn a_task_looping_on_l1_hits_still_hears_other_instances_invalidations() {
+    let server = common::redis();
+    let url = server.url();
+    let (written_tx, written_rx) = std::sync::mpsc::channel::<()>();
+    let (warm_tx, warm_rx) = std::sync::mpsc::channel::<()>();
+    // Instance A, on a runtime of its own: writes v1, then (once B holds it) v2.
+    let writer = std::thread::spawn(move || {
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let store = herdwise::RedisStore::connect(&url).await.unwrap();
+            let a: Cache<u64, String> = Cache::builder("spin").store(store).build().unwrap();
+            a.set(&1, "v1".to_string()).await.unwrap();
+            written_tx.send(()).unwrap();
+            warm_rx.recv().unwrap();
+            a.set(&1, "v2".to_string()).await.unwrap();
+            Instant::now()
+        })
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (seen_at, reads) = runtime.block_on(async {
+        let b: Cache<u64, String> = Cache::builder("spin")
+            .store(common::store(&server).await)
+            .build()
+            .unwrap();
+        written_rx.recv().unwrap();
+        assert_eq!(
+            b.get(&1).await.unwrap().as_deref().map(String::as_str),
+            Some("v1")
+        );
+        // Let the subscription come up before A writes again.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        warm_tx.send(()).unwrap();
+        let start = Instant::now();
+        let mut reads = 0u64;
+        // Nothing but L1 hits in this loop, until the new value shows or 3 s pass.
+        while start.elapsed() < Duration::from_secs(3) {
+            reads += 1;
+            if b.get(&1).await.unwrap().as_deref().map(String::as_str) != Some("v1") {
+                return (Some(Instant::now()), reads);
+            }
+        }
+        (None, reads)
+    });
+    let written_at = writer.join().unwrap();
+    let seen_at = seen_at.unwrap_or_else(|| {
+        panic!("the loop read the old value for 3 s ({reads} reads): the listener never ran")
+    });
+    let late = seen_at.saturating_duration_since(written_at);
+    assert!(
+        late < Duration::from_millis(500),
+        "the new value showed {late:?} after the write"
+    );
+}

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt as _;
 
 use crate::cache::entries::{Encoded, Fallback, L2Read};
-use crate::cache::{Cache, Lookup};
+use crate::cache::{hit_yield_point, Cache, Lookup};
 use crate::coherence::tags::collect_tags;
 use crate::envelope::Meta;
 use crate::envelope::TagStamp;
@@ -242,6 +242,7 @@ where
         Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
         E: std::error::Error + Send + Sync + 'static,
     {
+        hit_yield_point().await;
         self.ensure_generation().await;
         let (stored_key, fallback) = match self.lookup_l1(key)? {
             Lookup::Fresh(value, meta) => return Ok(Fetched::of(value, meta.stale_copy)),

@@ -14,7 +14,7 @@ use futures::future::Either;
 
 use crate::cache::entries::{Fallback, L2Read};
 use crate::cache::read::{Fetched, LoadOptions};
-use crate::cache::{Cache, Lookup};
+use crate::cache::{hit_yield_point, Cache, Lookup};
 use crate::envelope::Meta;
 use crate::error::{Error, Result};
 use crate::protect::flight::Join;
@@ -48,6 +48,7 @@ where
         if self.loader.is_none() {
             return Err(Error::NoLoader);
         }
+        hit_yield_point().await;
         self.ensure_generation().await;
         let (stored_key, fallback) = match self.lookup_l1(key)? {
             Lookup::Fresh(value, meta) => {
