@@ -163,7 +163,7 @@ async fn a_sequence_gap_makes_l1_recheck_every_entry() {
         let message = format!("abc|{seq}|k|{key}");
         async move {
             store
-                .publish("herdwise:inv:bp", Bytes::from(message))
+                .publish("herdwise:{ns:bp}:inv", Bytes::from(message))
                 .await
                 .unwrap()
         }

@@ -103,3 +103,77 @@ async fn a_dead_node_degrades_only_its_share_of_the_keys() {
     assert_eq!(other.breaker_states()[0], BreakerState::Closed);
     assert!(store.shards() == 3);
 }
+
+/// Subscriber connections open on a node (`CLIENT LIST TYPE pubsub`).
+async fn pubsub_clients(server: &RedisServer) -> usize {
+    let mut raw = common::raw(server).await;
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    list.lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_cache_leaves_no_subscription_open_on_any_node() {
+    let servers = servers();
+    let store = sharded(&servers).await;
+    let cache = Cache::<u64, String>::builder("shd-drop")
+        .store(store.clone())
+        .build()
+        .unwrap();
+    for key in 0..20u64 {
+        cache.set(&key, "v".to_string()).await.unwrap();
+    }
+    let mut open = 0;
+    for server in &servers {
+        open += pubsub_clients(server).await;
+    }
+    assert!(
+        open >= 1,
+        "the cache listens ({open} subscriber connections)"
+    );
+    drop(cache);
+    let closed = common::eventually(Duration::from_secs(10), async || {
+        let mut open = 0;
+        for server in &servers {
+            open += pubsub_clients(server).await;
+        }
+        open == 0
+    })
+    .await;
+    assert!(closed, "every node's subscription ends with the cache");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_and_tag_events_of_one_instance_never_look_like_a_gap() {
+    let servers = servers();
+    let a = Cache::<u64, String>::builder("shd-seq")
+        .store(sharded(&servers).await)
+        .build()
+        .unwrap();
+    let store_b = sharded(&servers).await;
+    let (b, metrics) =
+        common::with_metrics(|| Cache::<u64, String>::builder("shd-seq").store(store_b));
+    b.get(&0).await.unwrap();
+    a.get(&0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Key events and tag events from one sender, interleaved as fast as they go.
+    for round in 0..200u64 {
+        a.set(&round, "v".to_string()).await.unwrap();
+        a.invalidate_tag(&format!("t{}", round % 7)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        common::counter(
+            &metrics,
+            herdwise::metrics::BACKPLANE_RESETS,
+            &[("reason", "gap")]
+        ),
+        0,
+        "events of one sender arrive in order"
+    );
+}

@@ -1,7 +1,7 @@
 //! The invalidation backplane: every write or invalidation is announced to the other instances,
 //! which drop the key from their L1.
 //!
-//! Messages are `sender|sequence|kind|payload` on the namespace's channel (`herdwise:inv:<ns>`):
+//! Messages are `sender|sequence|kind|payload` on the namespace's channel (`herdwise:{ns:<ns>}:inv`):
 //! the sender id tells an instance to ignore its own messages, and per-sender sequence numbers
 //! reveal lost ones. Whenever events may have been missed — a sequence gap, a resubscription
 //! after a disconnect or a Redis restart, a listener that fell behind — the instance demotes its
@@ -62,7 +62,7 @@ const GENERATION_RESYNC: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum BackplaneTransport {
-    /// Redis pub/sub on `herdwise:inv:<namespace>` (the default): cheapest, fire-and-forget. An
+    /// Redis pub/sub on `herdwise:{ns:<namespace>}:inv` (the default): cheapest, fire-and-forget. An
     /// instance that loses its subscription, even for a moment, re-checks its L1 against L2 when
     /// it is back.
     #[default]
@@ -76,6 +76,13 @@ pub enum BackplaneTransport {
         /// still resume (at 1 000 invalidations a second, 10 000 is ten seconds).
         max_len: usize,
     },
+}
+
+/// The pub/sub channel of a namespace's events: under the namespace's hash tag, so that on a
+/// Cluster or a sharded store it is published through the node that runs the namespace's tag
+/// scripts, which publish to it too (one sender's events then travel one path, in order).
+pub(crate) fn channel_name(namespace: &str) -> String {
+    format!("herdwise:{{ns:{namespace}}}:inv")
 }
 
 /// The stream of a namespace's events (in the namespace's coordination slot, see `tags`).
@@ -119,7 +126,7 @@ pub(crate) struct Backplane {
 impl Backplane {
     pub fn new(store: Arc<dyn Store>, namespace: &str, transport: BackplaneTransport) -> Self {
         let (channel, stream_max_len) = match transport {
-            BackplaneTransport::PubSub => (format!("herdwise:inv:{namespace}"), None),
+            BackplaneTransport::PubSub => (channel_name(namespace), None),
             BackplaneTransport::Streams { max_len } => (stream_key(namespace), Some(max_len)),
         };
         Backplane {

@@ -7,7 +7,8 @@
 //! always share a node, and every script stays on one server. Adding or removing one of N
 //! nodes moves only the keys that hash to it (≈ 1/N; see the test). Each node gets its own
 //! circuit breaker in the cache (see [`Store::shard_of`]): a dead node degrades its share of
-//! the keys, not the whole cache. Keyspace walks and subscriptions cover every node.
+//! the keys, not the whole cache. Keyspace walks cover every node; a subscription covers every
+//! node, except to a channel named with a hash tag, which is published only through its node.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -344,8 +345,16 @@ impl Store for ShardedStore {
     }
 
     fn subscribe(&self, channel: &str) -> Option<broadcast::Receiver<StoreEvent>> {
-        // Messages on a channel come from whichever node published them (fills announce on the
-        // key's node, tag events on the table's): listen on all of them.
+        // A channel named with a hash tag is published only through its own node (as Redis
+        // Cluster's sharded pub/sub): the invalidation channel `herdwise:{ns:<ns>}:inv`, which
+        // the namespace's tag scripts (on the same node) publish to as well. Listening there
+        // alone keeps one sender's events in order, and a dead node that carries none of them
+        // does not make every instance deaf.
+        if routing_key(channel) != channel {
+            return self.node(channel).subscribe(channel);
+        }
+        // Any other channel carries messages from whichever node published them (fills
+        // announce on the key's node): listen on all of them.
         let runtime = tokio::runtime::Handle::try_current().ok()?;
         let mut sources = Vec::with_capacity(self.nodes.len());
         for node in self.nodes.iter() {
@@ -369,7 +378,13 @@ async fn forward(
     merged: tokio::sync::mpsc::Sender<(usize, StoreEvent)>,
 ) {
     loop {
-        let event = match source.recv().await {
+        // Ends when the merger does (nobody listens), not at the node's next message: a held
+        // receiver keeps the node's subscription open.
+        let received = tokio::select! {
+            received = source.recv() => received,
+            () = merged.closed() => return,
+        };
+        let event = match received {
             Ok(event) => event,
             // Messages were dropped here: as good as a lost subscription, at once re-made.
             Err(broadcast::error::RecvError::Lagged(_)) => {
