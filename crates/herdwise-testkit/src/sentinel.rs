@@ -22,6 +22,8 @@ pub struct SentinelSet {
     dir: PathBuf,
     password: Option<String>,
     sentinel_password: Option<String>,
+    /// TLS everywhere: `redis-cli` arguments for it.
+    tls: Option<Vec<String>>,
 }
 
 impl SentinelSet {
@@ -37,6 +39,22 @@ impl SentinelSet {
         password: Option<&str>,
         sentinel_password: Option<&str>,
     ) -> std::io::Result<Self> {
+        Self::start_inner(password, sentinel_password, None)
+    }
+
+    /// [`SentinelSet::start`] over TLS only, with `material`'s certificates: the sentinels
+    /// listen on TLS alone and monitor the data nodes' TLS ports, the replica replicates over
+    /// TLS. Ports reported (`primary_port`, `fail_over`) are TLS ports; [`SentinelSet::url`]
+    /// is then a `rediss+sentinel://` URL.
+    pub fn start_tls(material: &crate::TlsMaterial) -> std::io::Result<Self> {
+        Self::start_inner(None, None, Some(material))
+    }
+
+    fn start_inner(
+        password: Option<&str>,
+        sentinel_password: Option<&str>,
+        tls: Option<&crate::TlsMaterial>,
+    ) -> std::io::Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "herdwise-sentinel-{}-{}",
             std::process::id(),
@@ -50,9 +68,22 @@ impl SentinelSet {
         if let Some(password) = password {
             auth = vec!["--requirepass", password, "--masterauth", password];
         }
-        let primary = RedisServer::start_with_args(&auth)?;
-        let primary_port = primary.port().to_string();
-        let mut replica_args = auth.clone();
+        let tls_args: Vec<String> = tls.map(|t| t.server_args(false)).unwrap_or_default();
+        let mut primary_args: Vec<&str> = auth.clone();
+        primary_args.extend(tls_args.iter().map(String::as_str));
+        if tls.is_some() {
+            primary_args.extend(["--tls-replication", "yes"]);
+        }
+        let primary = RedisServer::start_with_args(&primary_args)?;
+        // The port the sentinels monitor (and the replica replicates from).
+        let primary_port = match tls {
+            Some(_) => primary
+                .arg_after("--tls-port")
+                .ok_or_else(|| std::io::Error::other("no TLS port"))?
+                .to_string(),
+            None => primary.port().to_string(),
+        };
+        let mut replica_args = primary_args.clone();
         replica_args.extend(["--replicaof", "127.0.0.1", &primary_port]);
         let replica = RedisServer::start_with_args(&replica_args)?;
         let mut set = SentinelSet {
@@ -61,12 +92,23 @@ impl SentinelSet {
             dir,
             password: password.map(str::to_string),
             sentinel_password: sentinel_password.map(str::to_string),
+            tls: tls.map(|t| {
+                vec![
+                    "--tls".to_string(),
+                    "--cacert".to_string(),
+                    t.ca_file().to_string_lossy().into_owned(),
+                ]
+            }),
         };
         for i in 0..3 {
             let port = free_port()?;
             let conf = set.dir.join(format!("sentinel-{i}.conf"));
+            let listen = match tls {
+                Some(t) => t.config_lines(port),
+                None => format!("port {port}\n"),
+            };
             let mut text = format!(
-                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n\
+                "{listen}bind 127.0.0.1\ndaemonize no\ndir {dir}\n\
                  sentinel monitor {SERVICE} 127.0.0.1 {primary_port} 2\n\
                  sentinel down-after-milliseconds {SERVICE} 1000\n\
                  sentinel failover-timeout {SERVICE} 3000\n\
@@ -113,10 +155,12 @@ impl SentinelSet {
             .map(|(_, port)| format!("127.0.0.1:{port}"))
             .collect();
         let at = if userinfo.is_empty() { "" } else { "@" };
-        format!(
-            "redis+sentinel://{userinfo}{at}{}/{SERVICE}",
-            sentinels.join(",")
-        )
+        let scheme = if self.tls.is_some() {
+            "rediss+sentinel"
+        } else {
+            "redis+sentinel"
+        };
+        format!("{scheme}://{userinfo}{at}{}/{SERVICE}", sentinels.join(","))
     }
 
     /// The port of the primary, as the first answering sentinel reports it.
@@ -133,9 +177,12 @@ impl SentinelSet {
         Err(std::io::Error::other("no sentinel names a primary"))
     }
 
-    /// The data node on `port`.
+    /// The data node on `port` (its plain or its TLS port).
     pub fn server_mut(&mut self, port: u16) -> Option<&mut RedisServer> {
-        self.servers.iter_mut().find(|s| s.port() == port)
+        let wanted = port.to_string();
+        self.servers
+            .iter_mut()
+            .find(|s| s.port() == port || s.arg_after("--tls-port") == Some(wanted.as_str()))
     }
 
     /// Kills the primary (SIGKILL) and waits until the sentinels have promoted the replica;
@@ -157,7 +204,7 @@ impl SentinelSet {
 
     /// Runs `redis-cli` against the sentinel on `port`.
     fn sentinel_cli(&self, port: u16, args: &[&str]) -> std::io::Result<String> {
-        let mut all: Vec<&str> = Vec::new();
+        let mut all: Vec<&str> = self.tls_cli_args();
         if let Some(password) = &self.sentinel_password {
             all.extend(["--no-auth-warning", "-a", password.as_str()]);
         }
@@ -168,12 +215,16 @@ impl SentinelSet {
     /// Runs `redis-cli` against the data node on `port` (authenticated if the set has a
     /// password).
     pub fn data_cli(&self, port: u16, args: &[&str]) -> std::io::Result<String> {
-        let mut all: Vec<&str> = Vec::new();
+        let mut all: Vec<&str> = self.tls_cli_args();
         if let Some(password) = &self.password {
             all.extend(["--no-auth-warning", "-a", password.as_str()]);
         }
         all.extend_from_slice(args);
         cli(port, &all)
+    }
+
+    fn tls_cli_args(&self) -> Vec<&str> {
+        self.tls.iter().flatten().map(String::as_str).collect()
     }
 
     fn wait_until(&self, done: impl Fn(&Self) -> bool) -> std::io::Result<()> {

@@ -23,6 +23,12 @@ pub struct TlsMaterial {
 impl TlsMaterial {
     /// Generates the material; the server certificate names `localhost` only.
     pub fn generate() -> std::io::Result<Self> {
+        Self::generate_for(&["localhost"])
+    }
+
+    /// Generates the material with a server certificate naming `names` (host names, or IP
+    /// addresses such as `127.0.0.1`, which become IP subject names).
+    pub fn generate_for(names: &[&str]) -> std::io::Result<Self> {
         let err = |e: rcgen::Error| std::io::Error::other(e.to_string());
         let dir = std::env::temp_dir().join(format!(
             "herdwise-tls-{}-{}",
@@ -50,7 +56,11 @@ impl TlsMaterial {
             let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
             Ok((cert.pem(), key.serialize_pem()))
         };
-        let (server_cert, server_key) = leaf(vec!["localhost".into()], "localhost").map_err(err)?;
+        let (server_cert, server_key) = leaf(
+            names.iter().map(|n| n.to_string()).collect(),
+            names.first().copied().unwrap_or("localhost"),
+        )
+        .map_err(err)?;
         let (client_cert, client_key) = leaf(vec![], "herdwise-test-client").map_err(err)?;
         let material = TlsMaterial {
             dir,
@@ -72,6 +82,24 @@ impl TlsMaterial {
 
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// The CA certificate's file (`ca.crt`), as `redis-cli --cacert` wants it.
+    pub fn ca_file(&self) -> PathBuf {
+        self.path("ca.crt")
+    }
+
+    /// Config-file lines for a TLS-only `redis-server` on `port` (a sentinel's, say), talking
+    /// TLS to the nodes it connects to as well (`tls-replication yes`); no client certificates.
+    pub fn config_lines(&self, port: u16) -> String {
+        let file = |name: &str| self.path(name).to_string_lossy().into_owned();
+        format!(
+            "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\n\
+             tls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n",
+            file("server.crt"),
+            file("server.key"),
+            file("ca.crt")
+        )
     }
 
     /// `redis-server` arguments for a TLS port (given as `{free}`: read it back with

@@ -189,3 +189,50 @@ async fn a_failover_is_followed_and_reads_never_fail() {
         "reads failed during the failover"
     );
 }
+
+/// TLS to the sentinels and to the data nodes, with the CA given to the store (no system
+/// trust, no insecure switch): discovery, caching, and following a failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_reaches_both_the_sentinels_and_the_data_nodes() {
+    let material =
+        herdwise_testkit::TlsMaterial::generate_for(&["localhost", "127.0.0.1"]).unwrap();
+    let mut set = SentinelSet::start_tls(&material).unwrap();
+    let url = set.url("");
+    assert!(url.starts_with("rediss+sentinel://"), "{url}");
+    let connect = || async {
+        RedisStore::builder(&url)
+            .tls_root_certificate(material.ca_pem.clone())
+            .call_timeout(Duration::from_millis(200))
+            .connect()
+            .await
+    };
+    let store = connect()
+        .await
+        .expect("connect over TLS through the sentinels");
+    let cache: Cache<u64, String> = Cache::builder("sen-tls").store(store).build().unwrap();
+    cache.set(&1, "one".to_string()).await.unwrap();
+    let reader: Cache<u64, String> = Cache::builder("sen-tls")
+        .store(connect().await.unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(
+        reader.get(&1).await.unwrap().as_deref().map(String::as_str),
+        Some("one")
+    );
+    // Without the CA, the sentinels' certificates are not trusted: a clear error at connect.
+    let refused = RedisStore::builder(&url).connect().await;
+    assert!(
+        matches!(refused, Err(StoreError::Connect { .. })),
+        "{refused:?}"
+    );
+    // After a failover the store follows the new primary, over TLS.
+    set.fail_over().unwrap();
+    let followed = common::eventually(Duration::from_secs(15), async || {
+        matches!(
+            cache.set(&2, "two".to_string()).await,
+            Ok(WriteOutcome::Stored)
+        )
+    })
+    .await;
+    assert!(followed, "writes reach the promoted primary over TLS");
+}

@@ -158,7 +158,9 @@ async fn watch(watched: Weak<Watched>) {
 async fn ask(spec: &SentinelSpec) -> Option<(String, u16)> {
     for sentinel in &spec.sentinels {
         let asked = async {
-            let client = redis::Client::open(sentinel.clone()).ok()?;
+            // Opened as the data nodes are: the configured CA and client certificate apply to
+            // the sentinels too.
+            let client = (spec.open)(sentinel).ok()?;
             let mut conn = client.get_multiplexed_async_connection().await.ok()?;
             let reply: Option<(String, u16)> = redis::cmd("SENTINEL")
                 .arg("get-master-addr-by-name")
