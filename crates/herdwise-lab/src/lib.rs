@@ -4,11 +4,12 @@
 //! in the same run, against a real `redis-server` the lab starts (and kills, restarts) itself and
 //! a simulated origin whose counters are exact.
 //!
-//! Modules: [`origin`] (the simulated database), [`bystanders`] (other clients of the same Redis), [`strategy`] (naive and Herdwise fleets),
+//! Modules: [`deploy`] (the Redis a scenario runs against: standalone or a cluster), [`origin`] (the simulated database), [`bystanders`] (other clients of the same Redis), [`strategy`] (naive and Herdwise fleets),
 //! [`drive`] (the load driver), [`record`] (latency/timeline recording), [`report`] (table, JSON,
 //! plots), [`scenarios`] (what is measured).
 
 pub mod bystanders;
+pub mod deploy;
 pub mod drive;
 pub mod origin;
 pub mod record;
@@ -129,6 +130,9 @@ pub struct Settings {
     pub quick: bool,
     /// Show progress bars.
     pub progress: bool,
+    /// The Redis to run against (`l2-throughput`, `hot-key-expiry`, `redis-outage`; the other
+    /// scenarios refuse a cluster).
+    pub topology: deploy::Topology,
 }
 
 impl Settings {

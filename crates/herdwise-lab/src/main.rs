@@ -1,5 +1,5 @@
 //! `herdwise-lab <scenario> [--instances N] [--concurrency C] [--duration S] [--json out.json]
-//! [--plot out.svg] [--quick]`
+//! [--plot out.svg] [--quick] [--topology standalone|cluster]`
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,6 +26,10 @@ struct Cli {
     /// Short runs: `all --quick` finishes in well under 3 minutes.
     #[arg(long)]
     quick: bool,
+    /// The Redis to run against: standalone (default) or cluster (3 primaries + 3 replicas;
+    /// l2-throughput, hot-key-expiry and redis-outage).
+    #[arg(long, default_value = "standalone")]
+    topology: herdwise_lab::deploy::Topology,
     /// Write the full report (with per-second timelines) as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -39,7 +43,7 @@ async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
+                .unwrap_or_else(|_| "error,redis::cluster_handling=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -57,9 +61,13 @@ async fn run(cli: Cli) -> Result<(), herdwise_lab::LabError> {
         duration: cli.duration.map(Duration::from_secs_f64),
         quick: cli.quick,
         progress: true,
+        topology: cli.topology,
     };
     let names: Vec<&str> = if cli.scenario == "all" {
-        scenarios::ALL.to_vec()
+        scenarios::ALL
+            .into_iter()
+            .filter(|name| scenarios::runs_on(name, settings.topology))
+            .collect()
     } else {
         vec![cli.scenario.as_str()]
     };

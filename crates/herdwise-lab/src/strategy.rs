@@ -14,8 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use herdwise::{Cache, CacheBuilder, RedisStore};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use redis::aio::ConnectionManager;
 
+use crate::deploy::{Conn, Deployment};
 use crate::origin::Origin;
 use crate::LabError;
 
@@ -75,7 +75,7 @@ struct NaiveCounts {
 }
 
 struct Naive {
-    conn: ConnectionManager,
+    conn: Conn,
     origin: Arc<Origin>,
     ttl: Duration,
     counts: Arc<NaiveCounts>,
@@ -117,9 +117,9 @@ impl Reader for Naive {
     }
 }
 
-/// N naive instances, each with its own Redis connection.
+/// N naive instances, each with its own Redis connection (see [`Deployment::connection`]).
 pub async fn naive(
-    redis_url: &str,
+    redis: &Deployment,
     instances: usize,
     origin: &Arc<Origin>,
     ttl: Duration,
@@ -127,16 +127,8 @@ pub async fn naive(
     let counts = Arc::new(NaiveCounts::default());
     let mut readers: Vec<Arc<dyn Reader>> = Vec::new();
     for _ in 0..instances {
-        let client = redis::Client::open(redis_url)?;
-        // Like most clients: a refused connection is an error at once (no long backoff), and
-        // the naive code then goes to the origin, as the seeds' examples do.
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_connection_timeout(Some(Duration::from_secs(1)));
-        let conn = ConnectionManager::new_with_config(client, config).await?;
         readers.push(Arc::new(Naive {
-            conn,
+            conn: redis.connection().await?,
             origin: origin.clone(),
             ttl,
             counts: counts.clone(),

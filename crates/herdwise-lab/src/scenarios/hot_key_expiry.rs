@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use herdwise_testkit::RedisServer;
 use serde_json::json;
 
 use super::{compare, origin_queries};
+use crate::deploy::Deployment;
 use crate::drive::{Keys, Pace};
 use crate::origin::{Origin, OriginConfig, Overload};
 use crate::report::ScenarioResult;
@@ -34,10 +34,10 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
     };
     let mut strategies = Vec::new();
     for name in ["naive", "herdwise", "herdwise-fetch"] {
-        let server = RedisServer::start()?;
+        let server = Deployment::start(settings.topology)?;
         let origin = Origin::new(origin_config.clone(), duration.as_secs() as usize + 2);
         let fleet = match name {
-            "naive" => strategy::naive(&server.url(), instances, &origin, ttl).await?,
+            "naive" => strategy::naive(&server, instances, &origin, ttl).await?,
             _ => {
                 strategy::herdwise(name, &server.url(), instances, &origin, |b| b.ttl(ttl)).await?
             }
@@ -98,10 +98,12 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
     Ok(ScenarioResult {
         name: "hot-key-expiry".into(),
         description: format!(
-            "1 hot key, TTL {ttl:?}, {RATE} reads/s offered by {concurrency} readers over {instances} instances, origin 50 ms"
+            "1 hot key, TTL {ttl:?}, {RATE} reads/s offered by {concurrency} readers over {instances} instances, origin 50 ms, Redis {}",
+            settings.topology
         ),
         params: BTreeMap::from([
             ("instances".into(), json!(instances)),
+            ("topology".into(), json!(settings.topology)),
             ("concurrency".into(), json!(concurrency)),
             ("duration_s".into(), json!(duration.as_secs_f64())),
             ("ttl_ms".into(), json!(ttl.as_millis() as u64)),

@@ -1,6 +1,6 @@
 //! `l2-throughput`: L2 hits through Herdwise (L1 off) against raw redis-rs GET on the same
-//! server, 64 tasks, 100 B and 10 KB values; counts Redis commands per read from
-//! `INFO commandstats`, so "one round trip per hit" is checked, not assumed.
+//! server (standalone or a cluster: `--topology`), 64 tasks, 100 B and 10 KB values; counts Redis
+//! commands per read from `INFO commandstats` (summed over every node), so "one round trip per hit" is checked, not assumed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,13 +8,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use herdwise::{Cache, Compression, RedisStore};
-use herdwise_testkit::RedisServer;
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
-use redis::aio::ConnectionManager;
 use serde_json::json;
 
 use super::ratio;
+use crate::deploy::{Conn, Deployment};
 use crate::drive::{Keys, Pace};
 use crate::origin::{Origin, OriginConfig, Overload};
 use crate::report::ScenarioResult;
@@ -23,7 +22,7 @@ use crate::{measure, LabError, Load, Settings};
 
 const KEYS: u64 = 1_000;
 
-struct RawGet(ConnectionManager);
+struct RawGet(Conn);
 
 #[async_trait]
 impl Reader for RawGet {
@@ -67,9 +66,9 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
     let concurrency = settings.concurrency_or(64);
     let instances = settings.instances_or(1);
     let duration = settings.duration_or(Duration::from_secs(5), Duration::from_millis(1500));
-    let server = RedisServer::start()?;
+    let server = Deployment::start(settings.topology)?;
     let url = server.url();
-    let mut admin = ConnectionManager::new(redis::Client::open(url.as_str())?).await?;
+    let mut admin = server.connection().await?;
     // The origin is never called here (everything is preloaded); it only satisfies `measure`.
     let origin = Origin::new(
         OriginConfig {
@@ -95,9 +94,7 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
         let mut raw_readers: Vec<Arc<dyn Reader>> = Vec::new();
         for _ in 0..instances {
             herdwise_readers.push(Arc::new(HerdwiseGet(l2_only_cache(&url, &label).await?)));
-            raw_readers.push(Arc::new(RawGet(
-                ConnectionManager::new(redis::Client::open(url.as_str())?).await?,
-            )));
+            raw_readers.push(Arc::new(RawGet(server.connection().await?)));
         }
         let preload = l2_only_cache(&url, &label).await?;
         for k in 0..KEYS {
@@ -116,7 +113,7 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
             ("herdwise get (L1 off)", herdwise_readers),
         ] {
             let fleet = Fleet::new(format!("{name} {label}"), readers);
-            let calls_before = crate::command_calls(&mut admin, None).await?;
+            let calls_before = server.command_calls(None).await?;
             let bar = settings.progress_bar(&format!("l2-throughput {name} {label}"), duration);
             let started = Instant::now();
             let mut result = measure(
@@ -132,7 +129,8 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
                 &bar,
             )
             .await;
-            let calls = crate::command_calls(&mut admin, None)
+            let calls = server
+                .command_calls(None)
                 .await?
                 .saturating_sub(calls_before);
             result.extra.insert(
@@ -155,10 +153,12 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
     Ok(ScenarioResult {
         name: "l2-throughput".into(),
         description: format!(
-            "Redis hits: Herdwise (L1 off) vs raw redis-rs GET, {concurrency} tasks, {instances} connection(s) each"
+            "Redis hits: Herdwise (L1 off) vs raw redis-rs GET, {concurrency} tasks, {instances} connection(s) each, Redis {}",
+            settings.topology
         ),
         params: BTreeMap::from([
             ("concurrency".into(), json!(concurrency)),
+            ("topology".into(), json!(settings.topology)),
             ("instances".into(), json!(instances)),
             ("duration_s".into(), json!(duration.as_secs_f64())),
             ("keys".into(), json!(KEYS)),

@@ -1,5 +1,5 @@
-//! The scenarios. Each runs every strategy in turn, each on a fresh `redis-server` and a fresh
-//! origin, so strategies never share state, and returns them side by side.
+//! The scenarios. Each runs every strategy in turn, each on a fresh Redis (a `redis-server`, or
+//! a cluster with `--topology cluster`) and a fresh origin, so strategies never share state, and returns them side by side.
 
 pub mod hit_path;
 pub mod hot_key_expiry;
@@ -13,6 +13,7 @@ pub mod zipf;
 
 use std::collections::BTreeMap;
 
+use crate::deploy::Topology;
 use crate::report::{ScenarioResult, StrategyResult};
 use crate::{LabError, Settings};
 
@@ -29,8 +30,23 @@ pub const ALL: [&str; 9] = [
     "redis-outage",
 ];
 
+/// The scenarios that run on a Redis Cluster (`--topology cluster`); the others measure one
+/// server's behaviour (bystanders on the same server, its keyspace) and run standalone only.
+pub const ON_CLUSTER: [&str; 4] = ["l2-throughput", "zipf", "hot-key-expiry", "redis-outage"];
+
+/// Whether `name` runs on `topology`.
+pub fn runs_on(name: &str, topology: Topology) -> bool {
+    topology == Topology::Standalone || ON_CLUSTER.contains(&name)
+}
+
 /// Runs the scenario called `name`.
 pub async fn run(name: &str, settings: &Settings) -> Result<ScenarioResult, LabError> {
+    if ALL.contains(&name) && !runs_on(name, settings.topology) {
+        return Err(LabError::Usage(format!(
+            "{name} runs on a standalone Redis only; on a cluster: {}",
+            ON_CLUSTER.join(", ")
+        )));
+    }
     match name {
         "hit-path" => hit_path::run(settings).await,
         "l2-throughput" => l2_throughput::run(settings).await,

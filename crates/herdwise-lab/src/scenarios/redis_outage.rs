@@ -12,11 +12,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use herdwise::{Cache, RedisStore};
-use herdwise_testkit::RedisServer;
-use redis::aio::ConnectionManager;
 use serde_json::json;
 
 use super::{compare, ratio};
+use crate::deploy::Deployment;
 use crate::drive::{Keys, Pace};
 use crate::origin::{Origin, OriginConfig, Overload};
 use crate::report::{ScenarioResult, StrategyResult};
@@ -66,14 +65,13 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
     };
     let mut strategies = Vec::new();
     for name in ["naive", "herdwise"] {
-        let server = RedisServer::start()?;
+        let server = Deployment::start(settings.topology)?;
         let url = server.url();
-        let server = Arc::new(Mutex::new(server));
         let origin = Origin::new(origin_config.clone(), duration.as_secs() as usize + 2);
         let fleet = match name {
             "naive" => {
-                preload_naive(&url, &origin).await?;
-                strategy::naive(&url, instances, &origin, TTL).await?
+                preload_naive(&server, &origin).await?;
+                strategy::naive(&server, instances, &origin, TTL).await?
             }
             _ => {
                 preload_herdwise(&url, &origin).await?;
@@ -84,6 +82,7 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
                 .await?
             }
         };
+        let server = Arc::new(Mutex::new(server));
         let bar = settings.progress_bar(&format!("redis-outage {name}"), duration);
         let started = Instant::now();
         let faults = tokio::spawn(inject_faults(server.clone(), started, phase));
@@ -137,12 +136,14 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
     Ok(ScenarioResult {
         name: "redis-outage".into(),
         description: format!(
-            "Zipf(0.99) over {KEYS} preloaded keys (TTLs spread over {}s), {rate} reads/s offered by {concurrency} readers over {instances} instances; phases of {}s: steady, Redis frozen (SIGSTOP), resumed, killed (SIGKILL), restarted empty; origin rejects past 32 in flight; herdwise: fetch, origin limit {ORIGIN_LIMIT}/instance",
+            "Zipf(0.99) over {KEYS} preloaded keys (TTLs spread over {}s), {rate} reads/s offered by {concurrency} readers over {instances} instances; phases of {}s: steady, Redis frozen (SIGSTOP), resumed, killed (SIGKILL), restarted empty (every node of the {}); origin rejects past 32 in flight; herdwise: fetch, origin limit {ORIGIN_LIMIT}/instance",
             TTL.as_secs(),
-            phase.as_secs()
+            phase.as_secs(),
+            settings.topology
         ),
         params: BTreeMap::from([
             ("instances".into(), json!(instances)),
+            ("topology".into(), json!(settings.topology)),
             ("concurrency".into(), json!(concurrency)),
             ("reads_per_sec".into(), json!(rate)),
             ("duration_s".into(), json!(duration.as_secs_f64())),
@@ -158,7 +159,7 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
 }
 
 async fn inject_faults(
-    server: Arc<Mutex<RedisServer>>,
+    server: Arc<Mutex<Deployment>>,
     started: Instant,
     phase: Duration,
 ) -> Result<(), String> {
@@ -192,22 +193,25 @@ fn preload_ttl(key: u64) -> Duration {
     TTL.mul_f64((key % 20 + 1) as f64 / 20.0)
 }
 
-/// Every key into Redis the way naive code stores it (pipelined, outside the measured run).
-async fn preload_naive(url: &str, origin: &Origin) -> Result<(), LabError> {
-    let mut conn = ConnectionManager::new(redis::Client::open(url)?).await?;
-    for chunk in (1..=KEYS).collect::<Vec<_>>().chunks(1000) {
-        let mut pipe = redis::pipe();
-        for k in chunk {
-            pipe.cmd("SET")
+/// Every key into Redis the way naive code stores it (64 at a time: a cluster takes no
+/// pipeline across slots; outside the measured run).
+async fn preload_naive(redis: &Deployment, origin: &Origin) -> Result<(), LabError> {
+    let conn = redis.connection().await?;
+    crate::deploy::for_each_concurrent(1..=KEYS, 64, |k| {
+        let mut conn = conn.clone();
+        let value = origin.value_of(k);
+        async move {
+            let () = redis::cmd("SET")
                 .arg(format!("naive:{k}"))
-                .arg(origin.value_of(*k))
+                .arg(value)
                 .arg("PX")
-                .arg(preload_ttl(*k).as_millis() as u64)
-                .ignore();
+                .arg(preload_ttl(k).as_millis() as u64)
+                .query_async(&mut conn)
+                .await?;
+            Ok(())
         }
-        let () = pipe.query_async(&mut conn).await?;
-    }
-    Ok(())
+    })
+    .await
 }
 
 /// Every key into Redis through Herdwise caches with L1 off (so no fleet instance starts with

@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use herdwise_testkit::RedisServer;
 use serde_json::json;
 
 use super::{compare, origin_queries};
+use crate::deploy::Deployment;
 use crate::drive::{Keys, Pace};
 use crate::origin::{Origin, OriginConfig, Overload};
 use crate::report::ScenarioResult;
@@ -40,11 +40,11 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
     };
     let mut strategies = Vec::new();
     for name in ["naive", "herdwise", "herdwise-no-l1"] {
-        let server = RedisServer::start()?;
+        let server = Deployment::start(settings.topology)?;
         let origin = Origin::new(origin_config.clone(), duration.as_secs() as usize + 2);
         let url = server.url();
         let fleet = match name {
-            "naive" => strategy::naive(&url, instances, &origin, ttl).await?,
+            "naive" => strategy::naive(&server, instances, &origin, ttl).await?,
             "herdwise" => {
                 strategy::herdwise(name, &url, instances, &origin, |b| {
                     b.ttl(ttl).l1_max_bytes(l1_entries * L1_ENTRY_BYTES)
@@ -89,10 +89,12 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
     Ok(ScenarioResult {
         name: "zipf".into(),
         description: format!(
-            "Zipf(0.99) over 1M keys (cold start), {rate} reads/s offered by {concurrency} readers over {instances} instances, L1 ≈ {l1_entries} entries"
+            "Zipf(0.99) over 1M keys (cold start), {rate} reads/s offered by {concurrency} readers over {instances} instances, L1 ≈ {l1_entries} entries, Redis {}",
+            settings.topology
         ),
         params: BTreeMap::from([
             ("instances".into(), json!(instances)),
+            ("topology".into(), json!(settings.topology)),
             ("concurrency".into(), json!(concurrency)),
             ("reads_per_sec".into(), json!(rate)),
             ("duration_s".into(), json!(duration.as_secs_f64())),
