@@ -1,5 +1,6 @@
 //! Where a scenario's Redis runs (`--topology`): one standalone `redis-server`, or a Redis
-//! Cluster of 3 primaries with a replica each. The lab starts it, hands out the URL Herdwise
+//! Cluster of 3 primaries with a replica each; and, for `sentinel-failover`, a Sentinel set (a
+//! primary, a replica, three sentinels). The lab starts it, hands out the URL Herdwise
 //! connects with and the connection naive code uses, counts commands over every node, and
 //! injects faults into every node at once (an outage of the whole tier).
 //!
@@ -9,7 +10,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use herdwise_testkit::{RedisCluster, RedisServer};
+use herdwise_testkit::{RedisCluster, RedisServer, SentinelSet};
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
@@ -60,6 +61,8 @@ pub enum Deployment {
     Standalone(RedisServer),
     /// A cluster.
     Cluster(RedisCluster),
+    /// A primary and a replica watched by three sentinels.
+    Sentinel(SentinelSet),
 }
 
 impl Deployment {
@@ -74,19 +77,18 @@ impl Deployment {
         })
     }
 
-    /// Its topology.
-    pub fn topology(&self) -> Topology {
-        match self {
-            Deployment::Standalone(_) => Topology::Standalone,
-            Deployment::Cluster(_) => Topology::Cluster,
-        }
+    /// A Sentinel set, formed before this returns.
+    pub fn start_sentinel() -> Result<Self, LabError> {
+        Ok(Deployment::Sentinel(SentinelSet::start(None)?))
     }
 
-    /// The URL Herdwise connects with (`redis://…` or `redis+cluster://…`).
+    /// The URL Herdwise connects with (`redis://…`, `redis+cluster://…` or
+    /// `redis+sentinel://…`).
     pub fn url(&self) -> String {
         match self {
             Deployment::Standalone(server) => server.url(),
             Deployment::Cluster(cluster) => cluster.url(),
+            Deployment::Sentinel(set) => set.url(""),
         }
     }
 
@@ -113,6 +115,9 @@ impl Deployment {
                     .build()?;
                 Ok(Conn::Cluster(client.get_async_connection().await?))
             }
+            Deployment::Sentinel(_) => Err(LabError::Usage(
+                "naive code on Sentinel needs a sentinel-aware client; the lab has none".into(),
+            )),
         }
     }
 
@@ -131,7 +136,36 @@ impl Deployment {
         match self {
             Deployment::Standalone(server) => vec![server.url()],
             Deployment::Cluster(cluster) => node_urls(cluster),
+            Deployment::Sentinel(set) => set.servers().iter().map(RedisServer::url).collect(),
         }
+    }
+
+    /// Kills one primary (SIGKILL) and returns at once, without waiting for a replica to take
+    /// over: a cluster's lowest-port primary, or the primary the sentinels name.
+    pub fn kill_primary(&mut self) -> Result<u16, LabError> {
+        let port = match self {
+            Deployment::Standalone(server) => server.port(),
+            Deployment::Cluster(cluster) => cluster
+                .primary_ports()?
+                .first()
+                .copied()
+                .ok_or_else(|| LabError::Measure("the cluster lists no primary".into()))?,
+            Deployment::Sentinel(set) => set.primary_port()?,
+        };
+        let mut killed = false;
+        self.for_each_server(|s| {
+            if s.port() == port {
+                s.kill();
+                killed = true;
+            }
+            Ok(())
+        })?;
+        if !killed {
+            return Err(LabError::Measure(format!(
+                "no data node of this deployment listens on {port}, the primary's port"
+            )));
+        }
+        Ok(port)
     }
 
     /// Freezes every node (SIGSTOP): slow but alive.
@@ -174,6 +208,7 @@ impl Deployment {
         match self {
             Deployment::Standalone(server) => vec![server],
             Deployment::Cluster(cluster) => cluster.nodes().iter().collect(),
+            Deployment::Sentinel(set) => set.servers().iter().collect(),
         }
     }
 
@@ -187,6 +222,15 @@ impl Deployment {
                 let ports: Vec<u16> = cluster.nodes().iter().map(RedisServer::port).collect();
                 for port in ports {
                     if let Some(server) = cluster.node_mut(port) {
+                        each(server)?;
+                    }
+                }
+                Ok(())
+            }
+            Deployment::Sentinel(set) => {
+                let ports: Vec<u16> = set.servers().iter().map(RedisServer::port).collect();
+                for port in ports {
+                    if let Some(server) = set.server_mut(port) {
                         each(server)?;
                     }
                 }

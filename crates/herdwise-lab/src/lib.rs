@@ -80,7 +80,13 @@ pub async fn round_trips_naming<T>(
             None
         })
     };
-    let outcome = during.await?;
+    let outcome = match during.await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            counter.abort();
+            return Err(e);
+        }
+    };
     let _: String = redis::cmd("ECHO").arg(&end).query_async(admin).await?;
     let count = tokio::time::timeout(Duration::from_secs(10), counter)
         .await

@@ -119,3 +119,29 @@ async fn hot_key_expiry_runs_on_a_cluster() {
         Err(herdwise_lab::LabError::Usage(_))
     ));
 }
+
+/// The Sentinel failover runs end to end: a primary killed under load, every read answered,
+/// L2 hits back within the run, the version check ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_runs_end_to_end() {
+    let settings = Settings {
+        instances: Some(4),
+        concurrency: Some(64),
+        duration: Some(Duration::from_secs(9)),
+        quick: true,
+        ..Default::default()
+    };
+    let result = scenarios::run("sentinel-failover", &settings)
+        .await
+        .unwrap();
+    let herdwise = result.strategy("herdwise").expect("herdwise ran");
+    assert_eq!(herdwise.errors, 0, "{herdwise:?}");
+    let back = herdwise.extra["l2_hits_back_after_kill_s"];
+    // The sentinels take 1 s to call the primary down: L2 hits cannot be back sooner.
+    assert!(
+        back >= 0.5,
+        "L2 hits came back, after the promotion: {back}"
+    );
+    assert!(herdwise.extra["versioned_reads"] > 100.0);
+    assert_eq!(result.events.len(), 1, "the primary was killed");
+}

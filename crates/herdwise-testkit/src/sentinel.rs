@@ -177,6 +177,11 @@ impl SentinelSet {
         Err(std::io::Error::other("no sentinel names a primary"))
     }
 
+    /// The data nodes (the primary first, as started; roles change with failovers).
+    pub fn servers(&self) -> &[RedisServer] {
+        &self.servers
+    }
+
     /// The data node on `port` (its plain or its TLS port).
     pub fn server_mut(&mut self, port: u16) -> Option<&mut RedisServer> {
         let wanted = port.to_string();

@@ -117,26 +117,25 @@ async fn pubsub_clients(server: &RedisServer) -> usize {
     list.lines().filter(|l| !l.trim().is_empty()).count()
 }
 
+/// A subscription to a channel without a hash tag (the fill channel) listens on every node; once
+/// its last receiver is gone, every node's subscription connection closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_cache_leaves_no_subscription_open_on_any_node() {
+async fn a_dropped_subscription_leaves_no_connection_open_on_any_node() {
     let servers = servers();
     let store = sharded(&servers).await;
-    let cache = Cache::<u64, String>::builder("shd-drop")
-        .store(store.clone())
-        .build()
-        .unwrap();
-    for key in 0..20u64 {
-        cache.set(&key, "v".to_string()).await.unwrap();
-    }
-    let mut open = 0;
-    for server in &servers {
-        open += pubsub_clients(server).await;
-    }
-    assert!(
-        open >= 1,
-        "the cache listens ({open} subscriber connections)"
-    );
-    drop(cache);
+    let events = store
+        .subscribe("herdwise:fills:shd-drop")
+        .expect("a subscription");
+    let listening = common::eventually(Duration::from_secs(5), async || {
+        let mut each = Vec::new();
+        for server in &servers {
+            each.push(pubsub_clients(server).await);
+        }
+        each.iter().all(|n| *n == 1)
+    })
+    .await;
+    assert!(listening, "one subscriber connection on every node");
+    drop(events);
     let closed = common::eventually(Duration::from_secs(10), async || {
         let mut open = 0;
         for server in &servers {
@@ -145,7 +144,10 @@ async fn a_dropped_cache_leaves_no_subscription_open_on_any_node() {
         open == 0
     })
     .await;
-    assert!(closed, "every node's subscription ends with the cache");
+    assert!(
+        closed,
+        "every node's subscription ends with its last receiver"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,13 +162,25 @@ async fn key_and_tag_events_of_one_instance_never_look_like_a_gap() {
         common::with_metrics(|| Cache::<u64, String>::builder("shd-seq").store(store_b));
     b.get(&0).await.unwrap();
     a.get(&0).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both listening: a write on A reaches B.
+    let heard = common::eventually(Duration::from_secs(10), async || {
+        a.set(&u64::MAX, "ping".to_string()).await.unwrap();
+        common::counter(&metrics, herdwise::metrics::BACKPLANE_RECEIVED, &[]) > 0
+    })
+    .await;
+    assert!(heard, "B hears A");
+    let before = common::counter(&metrics, herdwise::metrics::BACKPLANE_RECEIVED, &[]);
     // Key events and tag events from one sender, interleaved as fast as they go.
     for round in 0..200u64 {
         a.set(&round, "v".to_string()).await.unwrap();
         a.invalidate_tag(&format!("t{}", round % 7)).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let all = common::eventually(Duration::from_secs(10), async || {
+        common::counter(&metrics, herdwise::metrics::BACKPLANE_RECEIVED, &[]) >= before + 400
+    })
+    .await;
+    let got = common::counter(&metrics, herdwise::metrics::BACKPLANE_RECEIVED, &[]) - before;
+    assert!(all, "B received all 400 events ({got})");
     assert_eq!(
         common::counter(
             &metrics,

@@ -1,6 +1,7 @@
 //! The scenarios. Each runs every strategy in turn, each on a fresh Redis (a `redis-server`, or
 //! a cluster with `--topology cluster`) and a fresh origin, so strategies never share state, and returns them side by side.
 
+pub mod failover;
 pub mod hit_path;
 pub mod hot_key_expiry;
 pub mod invalidation_fanout;
@@ -18,7 +19,7 @@ use crate::report::{ScenarioResult, StrategyResult};
 use crate::{LabError, Settings};
 
 /// Every scenario, in the order `all` runs them.
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 11] = [
     "hit-path",
     "l2-throughput",
     "zipf",
@@ -28,15 +29,20 @@ pub const ALL: [&str; 9] = [
     "prefix-invalidation",
     "tag-invalidation",
     "redis-outage",
+    "cluster-failover",
+    "sentinel-failover",
 ];
 
 /// The scenarios that run on a Redis Cluster (`--topology cluster`); the others measure one
 /// server's behaviour (bystanders on the same server, its keyspace) and run standalone only.
 pub const ON_CLUSTER: [&str; 4] = ["l2-throughput", "zipf", "hot-key-expiry", "redis-outage"];
 
+/// The failovers, which start the topology they fail over whatever `--topology` says.
+pub const FAILOVERS: [&str; 2] = ["cluster-failover", "sentinel-failover"];
+
 /// Whether `name` runs on `topology`.
 pub fn runs_on(name: &str, topology: Topology) -> bool {
-    topology == Topology::Standalone || ON_CLUSTER.contains(&name)
+    topology == Topology::Standalone || ON_CLUSTER.contains(&name) || FAILOVERS.contains(&name)
 }
 
 /// Runs the scenario called `name`.
@@ -57,6 +63,8 @@ pub async fn run(name: &str, settings: &Settings) -> Result<ScenarioResult, LabE
         "prefix-invalidation" => prefix_invalidation::run(settings).await,
         "tag-invalidation" => tag_invalidation::run(settings).await,
         "redis-outage" => redis_outage::run(settings).await,
+        "cluster-failover" => failover::run(settings, failover::Kind::Cluster).await,
+        "sentinel-failover" => failover::run(settings, failover::Kind::Sentinel).await,
         other => Err(LabError::Usage(format!(
             "unknown scenario {other:?}; one of {} or all",
             ALL.join(", ")

@@ -21,15 +21,15 @@ use crate::origin::{Origin, OriginConfig, Overload};
 use crate::report::{ScenarioResult, StrategyResult};
 use crate::{measure, strategy, LabError, Load, Settings};
 
-const KEYS: u64 = 100_000;
+pub(crate) const KEYS: u64 = 100_000;
 /// Entries live 5 s, so a steady state (reached within the first phase) has misses to compare
 /// the outage with.
-const TTL: Duration = Duration::from_secs(5);
+pub(crate) const TTL: Duration = Duration::from_secs(5);
 /// Loads each Herdwise instance may run at once: 4 × 5 loads of 2-3 ms cap the origin near 1.8× the
 /// steady miss rate (the origin itself takes 32).
-const ORIGIN_LIMIT: usize = 5;
+pub(crate) const ORIGIN_LIMIT: usize = 5;
 /// How long a load waits for a slot before `Overloaded`.
-const ORIGIN_WAIT: Duration = Duration::from_millis(250);
+pub(crate) const ORIGIN_WAIT: Duration = Duration::from_millis(250);
 
 /// What happens to Redis at the start of each phase after the first.
 #[derive(Debug, Clone, Copy)]
@@ -195,7 +195,7 @@ fn preload_ttl(key: u64) -> Duration {
 
 /// Every key into Redis the way naive code stores it (64 at a time: a cluster takes no
 /// pipeline across slots; outside the measured run).
-async fn preload_naive(redis: &Deployment, origin: &Origin) -> Result<(), LabError> {
+pub(crate) async fn preload_naive(redis: &Deployment, origin: &Origin) -> Result<(), LabError> {
     let conn = redis.connection().await?;
     crate::deploy::for_each_concurrent(1..=KEYS, 64, |k| {
         let mut conn = conn.clone();
@@ -216,7 +216,7 @@ async fn preload_naive(redis: &Deployment, origin: &Origin) -> Result<(), LabErr
 
 /// Every key into Redis through Herdwise caches with L1 off (so no fleet instance starts with
 /// a warm L1 it did not earn), one per preload TTL.
-async fn preload_herdwise(url: &str, origin: &Origin) -> Result<(), LabError> {
+pub(crate) async fn preload_herdwise(url: &str, origin: &Origin) -> Result<(), LabError> {
     let mut caches = Vec::new();
     for bucket in 0..20u64 {
         let cache: Cache<u64, Vec<u8>> = Cache::builder("lab")
