@@ -9,7 +9,7 @@
 //! - a *version check* runs the torture tests' contract on 100 more keys: one writer updates a
 //!   key at a versioned origin, then invalidates it through the cache (`write_around`; naive:
 //!   `DEL`), every 10 ms; 8 readers over the 4 instances read them through the cache. A read that
-//!   returns a version superseded more than [`STALE_BOUND`] before the read began is stale.
+//!   returns a version superseded more than 500 ms before the read began is stale.
 //!
 //! Figures: failed reads (before/after the kill), slowest read after it, origin load after it
 //! against the steady rate, time until L2 hits return, stale reads. Naive cache-aside runs too on
