@@ -159,3 +159,77 @@ async fn a_killed_primary_is_replaced_and_reads_never_fail() {
         "writes resumed {resumed:?} after the kill, the replica was promoted at {promoted:?}"
     );
 }
+
+/// The primary that serves the slot of `key` (the one that takes a write of it without MOVED).
+fn owner_of_slot(cluster: &RedisCluster, key: &str) -> u16 {
+    for port in cluster.primary_ports().unwrap() {
+        let out = RedisCluster::cli(port, &["set", key, "1", "px", "60000"]).unwrap();
+        if out.trim() == "OK" {
+            return port;
+        }
+    }
+    panic!("no primary serves the slot of {key}");
+}
+
+/// While the primary that serves the invalidation channel's slot is dead, and before the cluster
+/// has promoted its replica, an invalidation still reaches the other instances at once: classic
+/// pub/sub reaches every node, and the cluster client sends a `PUBLISH` it cannot deliver to the
+/// slot's primary through another node. (A property, not a fix: it held when first tested.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_travel_while_the_channels_primary_is_dead() {
+    let mut cluster = RedisCluster::start(3, 1).unwrap();
+    let owner = owner_of_slot(&cluster, "{ns:clf-pub}:probe");
+    // B's subscription sits on a live node: its seeds start with one (the subscriber takes the
+    // first seed), so B hears nothing of the kill itself and must be told.
+    let others: Vec<u16> = cluster
+        .primary_ports()
+        .unwrap()
+        .into_iter()
+        .filter(|p| *p != owner)
+        .collect();
+    let seeds: Vec<String> = others.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let connect = |url: String| async move {
+        let store = RedisStore::builder(&url)
+            .call_timeout(Duration::from_millis(200))
+            .connect()
+            .await
+            .expect("connect to the test cluster");
+        Cache::<u64, String>::builder("clf-pub")
+            .store(store)
+            .build()
+            .unwrap()
+    };
+    let a = connect(format!("redis+cluster://{}", seeds.join(","))).await;
+    let b = connect(format!("redis+cluster://{}", seeds.join(","))).await;
+    // A key that lives on a live primary, held in B's L1.
+    let key = (0..100u64)
+        .find(|k| {
+            let stored = a.stored_key(k).unwrap();
+            let slot_owner = owner_of_slot(&cluster, &format!("{{{stored}}}"));
+            slot_owner != owner
+        })
+        .unwrap();
+    a.set(&key, "old".to_string()).await.unwrap();
+    assert_eq!(
+        b.get(&key).await.unwrap().as_deref().map(String::as_str),
+        Some("old")
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.node_mut(owner).unwrap().kill();
+    let killed = Instant::now();
+    a.invalidate(&key).await.unwrap();
+    let mut dropped = None;
+    while killed.elapsed() < Duration::from_secs(10) {
+        if b.get(&key).await.unwrap().is_none() {
+            dropped = Some(killed.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let dropped = dropped.expect("B dropped the invalidated key");
+    eprintln!("invalidation seen by B {dropped:?} after the channel's primary was killed");
+    assert!(
+        dropped < Duration::from_millis(700),
+        "B kept the invalidated value for {dropped:?} (the failover itself takes seconds)"
+    );
+}

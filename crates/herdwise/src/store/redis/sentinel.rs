@@ -110,7 +110,7 @@ impl Watched {
             return;
         }
         let _done = LookDone(&self.looking);
-        let Some(address) = ask(&self.spec).await else {
+        let Ok(address) = ask(&self.spec).await else {
             return;
         };
         if address == self.current.read().address {
@@ -154,37 +154,44 @@ async fn watch(watched: Weak<Watched>) {
     }
 }
 
-/// The primary's address, from the first sentinel that names one.
-async fn ask(spec: &SentinelSpec) -> Option<(String, u16)> {
+/// The primary's address, from the first sentinel that names one; else what went wrong with
+/// the last sentinel asked.
+async fn ask(spec: &SentinelSpec) -> Result<(String, u16), String> {
+    let mut last = String::from("no sentinel configured");
     for sentinel in &spec.sentinels {
         let asked = async {
             // Opened as the data nodes are: the configured CA and client certificate apply to
             // the sentinels too.
-            let client = (spec.open)(sentinel).ok()?;
-            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+            let client = (spec.open)(sentinel).map_err(|e| e.to_string())?;
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| e.to_string())?;
             let reply: Option<(String, u16)> = redis::cmd("SENTINEL")
                 .arg("get-master-addr-by-name")
                 .arg(&spec.service)
                 .query_async(&mut conn)
                 .await
-                .ok()?;
-            reply
+                .map_err(|e| e.to_string())?;
+            reply.ok_or_else(|| format!("it monitors no service {:?}", spec.service))
         };
-        if let Ok(Some(address)) = tokio::time::timeout(ASK_TIMEOUT, asked).await {
-            return Some(address);
+        match tokio::time::timeout(ASK_TIMEOUT, asked).await {
+            Ok(Ok(address)) => return Ok(address),
+            Ok(Err(e)) => last = format!("{}: {e}", sentinel.addr()),
+            Err(_) => last = format!("{}: no answer within {ASK_TIMEOUT:?}", sentinel.addr()),
         }
     }
-    None
+    Err(last)
 }
 
 /// Finds the primary (see [`ask`]) and connects to it.
 async fn discover(spec: &SentinelSpec) -> Result<Primary, StoreError> {
     let target = describe(spec);
-    let address = ask(spec).await.ok_or_else(|| StoreError::Connect {
+    let address = ask(spec).await.map_err(|last| StoreError::Connect {
         target: target.clone(),
         reason: format!(
             "no sentinel answered with a primary for {:?} (check the sentinel addresses, \
-             the service name, and sentinel credentials)",
+             the service name, sentinel credentials and TLS); last: {last}",
             spec.service
         ),
     })?;
