@@ -359,3 +359,87 @@ fn a_task_looping_on_l1_hits_still_hears_other_instances_invalidations() {
         "the new value showed {late:?} after the write"
     );
 }
+
+/// An invalidation whose L2 delete fails (the key's primary is down, a failover is under way)
+/// is retried by the instance that made it, which meanwhile never takes the key's L2 value. The
+/// other instances must not take it either — after a failover the promoted replica still holds
+/// the old value — so the delete is announced as pending: they drop their L1 copy and read the
+/// key as a miss until the delete is announced done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_instances_do_not_read_a_value_whose_delete_is_still_pending() {
+    let store = common::SlowDeletes {
+        inner: MemoryStore::new(),
+        // Longer than the store deadline below: every delete fails, and L2 keeps the value.
+        delete_delay: Duration::from_millis(300),
+    };
+    let build = || {
+        Cache::<u64, String>::builder("bp-pending")
+            .store(store.clone())
+            .store_timeout(Duration::from_millis(50))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build(), build());
+    assert_eq!(load(&a, 1, "old").await.as_deref(), Some("old"));
+    assert_eq!(load(&b, 1, "old").await.as_deref(), Some("old"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.invalidate(&1).await.unwrap();
+    assert!(
+        store
+            .inner
+            .get(&a.stored_key(&1).unwrap())
+            .await
+            .unwrap()
+            .is_some(),
+        "the delete failed: L2 still holds the old value"
+    );
+    let stopped = until_not(&b, 1, "old", Duration::from_secs(2)).await;
+    assert!(
+        stopped.is_some(),
+        "B stops serving the old value (its L1 copy dropped, L2's not taken)"
+    );
+    for _ in 0..20 {
+        assert_eq!(
+            b.get(&1).await.unwrap(),
+            None,
+            "B does not take the old L2 value while A's delete is pending"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(a.get(&1).await.unwrap(), None, "nor does A");
+}
+
+/// An instance whose subscription is not up yet (slow to connect under load, or stalled) cannot
+/// hear invalidations: nothing it puts in L1 meanwhile is served without checking L2 first. Seen
+/// in the torture run on a loaded machine: a fresh instance served entries it had cached before
+/// its subscription came up, stale for over a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_trusts_nothing_in_l1_before_its_subscription_is_up() {
+    let server = common::redis();
+    let proxy = herdwise_testkit::Proxy::start(server.port()).unwrap();
+    let behind_proxy = herdwise::RedisStore::connect(&proxy.url()).await.unwrap();
+    // From here B's SUBSCRIBE never gets through (it subscribes at its first use); its data
+    // connection works.
+    proxy.freeze_subscribers(true);
+    let a: Cache<u64, String> = Cache::builder("bp-deaf")
+        .store(common::store(&server).await)
+        .build()
+        .unwrap();
+    let b: Cache<u64, String> = Cache::builder("bp-deaf")
+        .store(behind_proxy)
+        .build()
+        .unwrap();
+    a.set(&1, "old".to_string()).await.unwrap();
+    assert_eq!(
+        b.get(&1).await.unwrap().as_deref().map(String::as_str),
+        Some("old")
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.set(&1, "new".to_string()).await.unwrap(); // B cannot hear it
+    assert_eq!(
+        b.get(&1).await.unwrap().as_deref().map(String::as_str),
+        Some("new"),
+        "B served its L1 copy, cached while it could not hear invalidations"
+    );
+    proxy.freeze_subscribers(false);
+}

@@ -112,3 +112,47 @@ async fn a_killed_redis_opens_it_a_failed_probe_reopens_it_and_a_restart_closes_
     .await;
     assert!(closed);
 }
+
+/// A breaker opened by timeouts (Redis slow, not gone: a saturated machine, a stalled network
+/// path) does not keep an instance's invalidations from the others: deletes and announcements
+/// are tried anyway. Seen in the torture run on a loaded machine: the writing instance's breaker
+/// opened on 50 ms timeouts, its announcements were rejected, and the other instances served
+/// the old value from L1 for over a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_still_lets_invalidations_through() {
+    let server = common::redis();
+    let proxy = herdwise_testkit::Proxy::start(server.port()).unwrap();
+    let a: Cache<u64, String> = Cache::builder("brk-inv")
+        .store(herdwise::RedisStore::connect(&proxy.url()).await.unwrap())
+        .circuit_breaker(
+            BreakerConfig::default()
+                .min_calls(5)
+                .open_for(Duration::from_secs(30)),
+        )
+        .build()
+        .unwrap();
+    let b: Cache<u64, String> = Cache::builder("brk-inv")
+        .store(common::store(&server).await)
+        .build()
+        .unwrap();
+    a.set(&1, "old".to_string()).await.unwrap();
+    assert_eq!(
+        b.get(&1).await.unwrap().as_deref().map(String::as_str),
+        Some("old")
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every call of A's stalls: its breaker opens (and stays open: 30 s).
+    proxy.freeze_all(true);
+    let (_, _) = read_until_open(&a, 100).await;
+    proxy.freeze_all(false);
+    assert_eq!(a.breaker_state(), BreakerState::Open);
+    a.invalidate(&1).await.unwrap();
+    let stopped = common::eventually(Duration::from_secs(1), async || {
+        b.get(&1).await.unwrap().is_none()
+    })
+    .await;
+    assert!(
+        stopped,
+        "B kept serving the value A invalidated while its breaker was open"
+    );
+}

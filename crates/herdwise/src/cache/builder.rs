@@ -10,6 +10,7 @@ use crate::cache::entries::Weigher;
 use crate::cache::warm::{KeyBook, RewarmPolicy};
 use crate::cache::{Cache, Coherence, Format, Inner, Operations, Protection, ReadDefaults};
 use crate::coherence::backplane::{Backplane, BackplaneTransport};
+use crate::coherence::pending::PendingDeletes;
 use crate::coherence::retry::RetryQueue;
 use crate::coherence::tags::{table_key, TagLedger, TagsFrom, DEFAULT_MAX_TAGS_PER_ENTRY};
 use crate::envelope::Compression;
@@ -808,6 +809,7 @@ where
                 coherence: Coherence {
                     backplane,
                     retries: RetryQueue::new(reach, metrics.clone()),
+                    pending: PendingDeletes::default(),
                     generation_synced: std::sync::atomic::AtomicBool::new(false),
                     generation_attempt_ms: std::sync::atomic::AtomicU64::new(0),
                     generation_sync: tokio::sync::Mutex::new(()),

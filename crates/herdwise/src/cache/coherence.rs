@@ -39,6 +39,17 @@ impl<V: Send + Sync + 'static> Subscriber for Inner<V> {
 
     fn drop_key(&self, stored_key: &str) {
         self.l1.invalidate(stored_key);
+        // Deleted now (or invalidated again, and deleted): L2's value may be taken again.
+        self.coherence.pending.release(stored_key);
+    }
+
+    fn hold_key(&self, stored_key: &str) {
+        if !self.coherence.pending.hold(stored_key) {
+            tracing::debug!(
+                "too many pending deletes held: an L2 value may be served before its delete"
+            );
+        }
+        self.l1.invalidate(stored_key);
     }
 
     fn drop_prefix(&self, prefix: &str) {

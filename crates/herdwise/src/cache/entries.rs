@@ -175,9 +175,11 @@ where
             Ok(None) => return L2Read::Miss,
             Err(_) => return L2Read::Unavailable,
         };
-        if inner.coherence.retries.is_unapplied(stored_key) {
-            // This instance invalidated the key and the delete has not gone through yet: what L2
-            // holds is what it invalidated.
+        if inner.coherence.retries.is_unapplied(stored_key)
+            || inner.coherence.pending.is_held(stored_key)
+        {
+            // This instance (or another, which said so) invalidated the key and the delete has
+            // not gone through yet: what L2 holds is what was invalidated.
             return L2Read::Miss;
         }
         let now = now_ms();

@@ -28,6 +28,7 @@ use crate::cache::read::{LoadOptions, LoadResult};
 use crate::cache::warm::{KeyBook, RewarmPolicy};
 use crate::cache::write::WriteOptions;
 use crate::coherence::backplane::{Backplane, Invalidation};
+use crate::coherence::pending::PendingDeletes;
 use crate::coherence::retry::{Retry, RetryOnDrop, RetryQueue};
 use crate::coherence::tags::{TagLedger, TagsFrom};
 use crate::envelope::{Compression, Meta};
@@ -118,6 +119,8 @@ pub(crate) struct Coherence<V> {
     backplane: Option<Backplane>,
     /// Failed invalidations, retried in the background.
     retries: RetryQueue,
+    /// Other instances' deletes not applied yet.
+    pending: PendingDeletes,
     /// The namespace generation has been read from the store at least once.
     generation_synced: AtomicBool,
     /// When reading it was last attempted (unix ms).
@@ -506,7 +509,16 @@ where
         // A local read during the delete may have put the old L2 value back into L1 (this
         // instance ignores its own event): the invalidation is complete locally only now.
         self.inner.l1.invalidate(stored_key);
-        let announced = self.announce(stored_key).await;
+        let announced = if retry.is_some() {
+            self.announce(stored_key).await
+        } else {
+            // The delete is retried: the other instances must not take L2's copy meanwhile
+            // either (after a failover the promoted replica still has it). The retry announces
+            // the delete done when it goes through.
+            self.inner
+                .announce(Invalidation::PendingKey(stored_key))
+                .await
+        };
         if let Some(retry) = retry {
             retry.disarm();
             if !announced {

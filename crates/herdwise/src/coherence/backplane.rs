@@ -34,6 +34,9 @@ const MAX_SENDERS: usize = 10_000;
 pub(crate) enum Invalidation<'a> {
     /// One stored key.
     Key(&'a str),
+    /// One stored key whose L2 delete failed and is being retried: until it is announced done
+    /// (`Key`), the receivers do not take the key's L2 value either.
+    PendingKey(&'a str),
     /// The whole namespace: it moved to this generation.
     Clear(u64),
     /// Every stored key starting with this.
@@ -101,6 +104,9 @@ pub(crate) trait Subscriber: Send + Sync + 'static {
     fn namespace(&self) -> &str;
     /// Another instance invalidated this stored key.
     fn drop_key(&self, stored_key: &str);
+    /// Another instance invalidated this stored key, but its L2 delete is still to go through:
+    /// drop it and do not take its L2 value until a `drop_key` for it.
+    fn hold_key(&self, stored_key: &str);
     /// Another instance invalidated every stored key starting with `prefix`.
     fn drop_prefix(&self, prefix: &str);
     /// Another instance cleared the namespace: it is at `generation` now.
@@ -156,6 +162,10 @@ impl Backplane {
         };
         match events {
             Some(events) => {
+                if self.store.confirms_subscriptions() {
+                    // Until the store confirms the subscription, nothing put in L1 is trusted.
+                    subscriber.recovery().set_deaf(true);
+                }
                 let subscriber: Weak<dyn Subscriber> =
                     Arc::downgrade(subscriber) as Weak<dyn Subscriber>;
                 // Made before the task: one its runtime drops (unrun or mid-way) leaves this
@@ -189,6 +199,7 @@ impl Backplane {
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
         let message = match what {
             Invalidation::Key(key) => format!("{:x}|{sequence}|k|{key}", self.sender),
+            Invalidation::PendingKey(key) => format!("{:x}|{sequence}|u|{key}", self.sender),
             Invalidation::Clear(generation) => {
                 format!("{:x}|{sequence}|c|{generation}", self.sender)
             }
@@ -275,6 +286,7 @@ async fn listen(
             Ok(StoreEvent::Lost) => {
                 // Not `reset`: the ledger stays incomplete until the subscription is back.
                 deaf = true;
+                inner.recovery().set_deaf(true);
                 deaf_tick.reset();
                 inner.tags().reset();
                 inner.recovery().demote();
@@ -286,6 +298,7 @@ async fn listen(
             }
             Ok(StoreEvent::Subscribed) => {
                 deaf = false;
+                inner.recovery().set_deaf(false);
                 if subscribed_before {
                     last.clear();
                     reset(&*inner, "resubscribed").await;
@@ -314,6 +327,7 @@ async fn listen(
                 }
                 match message.kind {
                     "k" => inner.drop_key(message.payload),
+                    "u" => inner.hold_key(message.payload),
                     "p" => inner.drop_prefix(message.payload),
                     TAG_KIND => {
                         // L1 entries carrying the tag fail their check on the next hit.

@@ -391,6 +391,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         self.subscribe(stream)
     }
 
+    /// Whether [`subscribe`](Store::subscribe) (and `stream_subscribe`) announce each
+    /// subscription with [`StoreEvent::Subscribed`] once it is up, and [`StoreEvent::Lost`] when
+    /// it is gone (default `false`: the subscription is taken as up from the start, as an
+    /// in-process store's is). A cache on a store that confirms does not trust what it puts in
+    /// L1 until its subscription is confirmed: before that it would not hear an invalidation.
+    fn confirms_subscriptions(&self) -> bool {
+        false
+    }
+
     /// Subscribes to `channel`. The store keeps the subscription alive (resubscribing after a
     /// disconnect, announcing it with [`StoreEvent::Subscribed`]) for as long as a receiver
     /// exists. Must be called inside a Tokio runtime. `None` if the store has no messaging

@@ -168,6 +168,10 @@ impl Store for ShardedStore {
         self.nodes.len()
     }
 
+    fn confirms_subscriptions(&self) -> bool {
+        self.nodes.iter().all(|n| n.store.confirms_subscriptions())
+    }
+
     fn shard_of(&self, key: &str) -> usize {
         self.shard_index(key)
     }

@@ -234,7 +234,7 @@ impl<V> LocalTier<V> {
         if self.epoch(key) != epoch {
             return;
         }
-        let era = self.recovery.era();
+        let era = self.recovery.insert_era();
         if live.is_zero() {
             engine.remove(key);
             return;

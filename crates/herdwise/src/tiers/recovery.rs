@@ -15,18 +15,24 @@
 //! 1 % first. If Redis kept its data, a missing copy means the key was invalidated or expired,
 //! and the read loads as usual. The staleness this adds is bounded by about twice the window.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::tiers::freshness::now_ms;
 
+/// The era of entries stored while deaf: the era counter never reaches it.
+const DEAF_ERA: u64 = u64::MAX;
+
 /// The demotion era and the last remote-tier recovery, shared by the breaker (which reports
 /// recoveries), L1 (which stamps entries with the era) and the read path.
 #[derive(Debug)]
 pub(crate) struct Recovery {
     era: AtomicU64,
+    /// Invalidations cannot be heard (the subscription is not up yet, or was lost): entries
+    /// stored meanwhile are unverified from the start.
+    deaf: AtomicBool,
     /// Unix ms of the last recovery (0: none yet).
     recovered_at_ms: AtomicU64,
     /// How long after a recovery L1 answers for keys L2 lost.
@@ -57,6 +63,7 @@ impl Recovery {
     pub fn new(window: Duration) -> Self {
         Recovery {
             era: AtomicU64::new(0),
+            deaf: AtomicBool::new(false),
             recovered_at_ms: AtomicU64::new(0),
             window,
             recoveries: watch::Sender::new(0),
@@ -101,6 +108,23 @@ impl Recovery {
     #[inline]
     pub fn era(&self) -> u64 {
         self.era.load(Ordering::Acquire)
+    }
+
+    /// The era an entry stored now gets: the current one, or, while invalidations cannot be
+    /// heard, one that is never current (the entry is checked against L2 before it is served:
+    /// an invalidation of it may already have gone by unheard).
+    #[inline]
+    pub fn insert_era(&self) -> u64 {
+        if self.deaf.load(Ordering::Acquire) {
+            DEAF_ERA
+        } else {
+            self.era()
+        }
+    }
+
+    /// Whether invalidations can be heard (see [`Recovery::insert_era`]).
+    pub fn set_deaf(&self, deaf: bool) {
+        self.deaf.store(deaf, Ordering::Release);
     }
 
     /// Events may have been missed (backplane gap, resubscription): every L1 entry becomes

@@ -181,8 +181,8 @@ impl Remote {
     }
 
     pub async fn publish(&self, channel: &str, message: Bytes) -> Result<(), StoreError> {
-        self.call(StoreOp::Set, channel, self.store.publish(channel, message))
-            .await
+        let fut = self.store.publish(channel, message);
+        self.call_inner(StoreOp::Set, channel, fut, Open::Try).await
     }
 
     pub async fn stream_append(
@@ -192,7 +192,7 @@ impl Remote {
         max_len: usize,
     ) -> Result<(), StoreError> {
         let fut = self.store.stream_append(stream, message, max_len);
-        self.call(StoreOp::Set, stream, fut).await
+        self.call_inner(StoreOp::Set, stream, fut, Open::Try).await
     }
 
     pub async fn bump_tag(
@@ -203,7 +203,8 @@ impl Remote {
         announce: Option<Announcement<'_>>,
     ) -> Result<u64, StoreError> {
         let fut = self.store.bump_tag(table, tag, mark_ttl, announce);
-        self.call(StoreOp::Delete, table, fut).await
+        self.call_inner(StoreOp::Delete, table, fut, Open::Try)
+            .await
     }
 
     pub async fn server_id(&self) -> Result<Option<String>, StoreError> {
@@ -222,7 +223,7 @@ impl Remote {
 
     pub async fn advance_generation(&self, table: &str, at_least: u64) -> Result<u64, StoreError> {
         let fut = self.store.advance_generation(table, at_least);
-        self.call(StoreOp::Set, table, fut).await
+        self.call_inner(StoreOp::Set, table, fut, Open::Try).await
     }
 
     /// The breaker's state (`Closed` when there is none); with several store nodes, the
@@ -283,8 +284,8 @@ impl Remote {
     }
 
     pub async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        self.call(StoreOp::Delete, key, self.store.delete(key))
-            .await
+        let fut = self.store.delete(key);
+        self.call_inner(StoreOp::Delete, key, fut, Open::Try).await
     }
 
     async fn call<T>(
@@ -293,12 +294,28 @@ impl Remote {
         key: &str,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        self.call_inner(op, key, fut, Open::Reject).await
+    }
+
+    /// A call through the shard's breaker. While it is open, `Open::Reject` fails at once;
+    /// `Open::Try` makes the call anyway (within the deadline, not counted by the breaker):
+    /// invalidations and their announcements, rare next to reads and the one thing a stale
+    /// reader elsewhere depends on. A breaker opened by timeouts on a slow but working Redis
+    /// must not keep every other instance from hearing of a write.
+    async fn call_inner<T>(
+        &self,
+        op: StoreOp,
+        key: &str,
+        fut: impl Future<Output = Result<T, StoreError>>,
+        open: Open,
+    ) -> Result<T, StoreError> {
         // Held across the await: if this future is dropped mid-call, the guard hands a
         // half-open probe back instead of leaving the breaker waiting for it for good.
         let shard = self.shard(key);
         let permit = match self.breakers.get(shard) {
             None => None,
             Some(breaker) => match breaker.permit() {
+                Permit::Rejected if open == Open::Try => None,
                 Permit::Rejected => {
                     self.metrics.breaker_rejected.increment(1);
                     return Err(StoreError::CircuitOpen);
@@ -458,4 +475,11 @@ impl Drop for ClearOnDrop {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Release);
     }
+}
+
+/// What a call does while its breaker is open (see `Remote::call_inner`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    Reject,
+    Try,
 }

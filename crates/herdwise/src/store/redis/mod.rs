@@ -639,6 +639,10 @@ impl Store for RedisStore {
         self.subscriber.stream_subscribe(stream)
     }
 
+    fn confirms_subscriptions(&self) -> bool {
+        true
+    }
+
     fn subscribe(&self, channel: &str) -> Option<broadcast::Receiver<StoreEvent>> {
         self.subscriber.subscribe(channel)
     }
