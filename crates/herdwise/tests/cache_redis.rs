@@ -71,6 +71,11 @@ async fn two_instances_share_l2() {
         "B must read A's value from L2"
     );
     assert_eq!((calls_a.get(), calls_b.get()), (1, 0));
+    // B cached it before its invalidation subscription was confirmed, so the copy is checked
+    // against L2 once (B could not have heard an invalidation); once B listens, a get re-stamps
+    // it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(b.get(&ProductKey(1)).await.unwrap().is_some());
     // and B now has it in L1: a plain get answers without Redis
     server.pause().unwrap();
     let t = Instant::now();

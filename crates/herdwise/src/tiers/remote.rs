@@ -28,7 +28,14 @@ pub(crate) struct Remote {
     namespace: String,
     /// Unix ms of the last failure warning.
     last_warning_ms: AtomicU64,
+    /// Unix ms until which invalidations are rejected while a breaker is open, as other calls
+    /// are: one tried past the open breaker failed (Redis is not slow but gone), and trying
+    /// every one would make each pay the deadline.
+    tries_paused_until_ms: AtomicU64,
 }
+
+/// After an invalidation tried past an open breaker fails, how long the others are rejected.
+const TRY_PAUSE_MS: u64 = 250;
 
 impl Remote {
     pub fn new(
@@ -78,6 +85,7 @@ impl Remote {
             metrics,
             namespace: namespace.to_string(),
             last_warning_ms: AtomicU64::new(0),
+            tries_paused_until_ms: AtomicU64::new(0),
         }
     }
 
@@ -298,7 +306,8 @@ impl Remote {
     }
 
     /// A call through the shard's breaker. While it is open, `Open::Reject` fails at once;
-    /// `Open::Try` makes the call anyway (within the deadline, not counted by the breaker):
+    /// `Open::Try` makes the call anyway (within the deadline, not counted by the breaker;
+    /// after one such call fails, the others are rejected for `TRY_PAUSE_MS`):
     /// invalidations and their announcements, rare next to reads and the one thing a stale
     /// reader elsewhere depends on. A breaker opened by timeouts on a slow but working Redis
     /// must not keep every other instance from hearing of a write.
@@ -312,10 +321,17 @@ impl Remote {
         // Held across the await: if this future is dropped mid-call, the guard hands a
         // half-open probe back instead of leaving the breaker waiting for it for good.
         let shard = self.shard(key);
+        let mut past_open_breaker = false;
         let permit = match self.breakers.get(shard) {
             None => None,
             Some(breaker) => match breaker.permit() {
-                Permit::Rejected if open == Open::Try => None,
+                Permit::Rejected
+                    if open == Open::Try
+                        && now_ms() >= self.tries_paused_until_ms.load(Ordering::Relaxed) =>
+                {
+                    past_open_breaker = true;
+                    None
+                }
                 Permit::Rejected => {
                     self.metrics.breaker_rejected.increment(1);
                     return Err(StoreError::CircuitOpen);
@@ -333,6 +349,10 @@ impl Remote {
         let result = tokio::time::timeout(self.deadline, fut).await;
         if let Some(mut guard) = permit {
             guard.record(!matches!(result, Ok(Ok(_))));
+        }
+        if past_open_breaker && !matches!(result, Ok(Ok(_))) {
+            self.tries_paused_until_ms
+                .store(now_ms() + TRY_PAUSE_MS, Ordering::Relaxed);
         }
         let err = match result {
             Ok(Ok(value)) => return Ok(value),
