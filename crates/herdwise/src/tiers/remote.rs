@@ -28,14 +28,7 @@ pub(crate) struct Remote {
     namespace: String,
     /// Unix ms of the last failure warning.
     last_warning_ms: AtomicU64,
-    /// Unix ms until which invalidations are rejected while a breaker is open, as other calls
-    /// are: one tried past the open breaker failed (Redis is not slow but gone), and trying
-    /// every one would make each pay the deadline.
-    tries_paused_until_ms: AtomicU64,
 }
-
-/// After an invalidation tried past an open breaker fails, how long the others are rejected.
-const TRY_PAUSE_MS: u64 = 250;
 
 impl Remote {
     pub fn new(
@@ -85,7 +78,6 @@ impl Remote {
             metrics,
             namespace: namespace.to_string(),
             last_warning_ms: AtomicU64::new(0),
-            tries_paused_until_ms: AtomicU64::new(0),
         }
     }
 
@@ -189,8 +181,8 @@ impl Remote {
     }
 
     pub async fn publish(&self, channel: &str, message: Bytes) -> Result<(), StoreError> {
-        let fut = self.store.publish(channel, message);
-        self.call_inner(StoreOp::Set, channel, fut, Open::Try).await
+        self.call(StoreOp::Set, channel, self.store.publish(channel, message))
+            .await
     }
 
     pub async fn stream_append(
@@ -200,7 +192,7 @@ impl Remote {
         max_len: usize,
     ) -> Result<(), StoreError> {
         let fut = self.store.stream_append(stream, message, max_len);
-        self.call_inner(StoreOp::Set, stream, fut, Open::Try).await
+        self.call(StoreOp::Set, stream, fut).await
     }
 
     pub async fn bump_tag(
@@ -211,8 +203,7 @@ impl Remote {
         announce: Option<Announcement<'_>>,
     ) -> Result<u64, StoreError> {
         let fut = self.store.bump_tag(table, tag, mark_ttl, announce);
-        self.call_inner(StoreOp::Delete, table, fut, Open::Try)
-            .await
+        self.call(StoreOp::Delete, table, fut).await
     }
 
     pub async fn server_id(&self) -> Result<Option<String>, StoreError> {
@@ -231,7 +222,7 @@ impl Remote {
 
     pub async fn advance_generation(&self, table: &str, at_least: u64) -> Result<u64, StoreError> {
         let fut = self.store.advance_generation(table, at_least);
-        self.call_inner(StoreOp::Set, table, fut, Open::Try).await
+        self.call(StoreOp::Set, table, fut).await
     }
 
     /// The breaker's state (`Closed` when there is none); with several store nodes, the
@@ -292,8 +283,8 @@ impl Remote {
     }
 
     pub async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        let fut = self.store.delete(key);
-        self.call_inner(StoreOp::Delete, key, fut, Open::Try).await
+        self.call(StoreOp::Delete, key, self.store.delete(key))
+            .await
     }
 
     async fn call<T>(
@@ -302,36 +293,12 @@ impl Remote {
         key: &str,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        self.call_inner(op, key, fut, Open::Reject).await
-    }
-
-    /// A call through the shard's breaker. While it is open, `Open::Reject` fails at once;
-    /// `Open::Try` makes the call anyway (within the deadline, not counted by the breaker;
-    /// after one such call fails, the others are rejected for `TRY_PAUSE_MS`):
-    /// invalidations and their announcements, rare next to reads and the one thing a stale
-    /// reader elsewhere depends on. A breaker opened by timeouts on a slow but working Redis
-    /// must not keep every other instance from hearing of a write.
-    async fn call_inner<T>(
-        &self,
-        op: StoreOp,
-        key: &str,
-        fut: impl Future<Output = Result<T, StoreError>>,
-        open: Open,
-    ) -> Result<T, StoreError> {
         // Held across the await: if this future is dropped mid-call, the guard hands a
         // half-open probe back instead of leaving the breaker waiting for it for good.
         let shard = self.shard(key);
-        let mut past_open_breaker = false;
         let permit = match self.breakers.get(shard) {
             None => None,
             Some(breaker) => match breaker.permit() {
-                Permit::Rejected
-                    if open == Open::Try
-                        && now_ms() >= self.tries_paused_until_ms.load(Ordering::Relaxed) =>
-                {
-                    past_open_breaker = true;
-                    None
-                }
                 Permit::Rejected => {
                     self.metrics.breaker_rejected.increment(1);
                     return Err(StoreError::CircuitOpen);
@@ -349,10 +316,6 @@ impl Remote {
         let result = tokio::time::timeout(self.deadline, fut).await;
         if let Some(mut guard) = permit {
             guard.record(!matches!(result, Ok(Ok(_))));
-        }
-        if past_open_breaker && !matches!(result, Ok(Ok(_))) {
-            self.tries_paused_until_ms
-                .store(now_ms() + TRY_PAUSE_MS, Ordering::Relaxed);
         }
         let err = match result {
             Ok(Ok(value)) => return Ok(value),
@@ -495,11 +458,4 @@ impl Drop for ClearOnDrop {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Release);
     }
-}
-
-/// What a call does while its breaker is open (see `Remote::call_inner`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Open {
-    Reject,
-    Try,
 }
