@@ -216,27 +216,18 @@ impl Deployment {
         &mut self,
         mut each: impl FnMut(&mut RedisServer) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
-        match self {
-            Deployment::Standalone(server) => each(server),
-            Deployment::Cluster(cluster) => {
-                let ports: Vec<u16> = cluster.nodes().iter().map(RedisServer::port).collect();
-                for port in ports {
-                    if let Some(server) = cluster.node_mut(port) {
-                        each(server)?;
-                    }
-                }
-                Ok(())
-            }
-            Deployment::Sentinel(set) => {
-                let ports: Vec<u16> = set.servers().iter().map(RedisServer::port).collect();
-                for port in ports {
-                    if let Some(server) = set.server_mut(port) {
-                        each(server)?;
-                    }
-                }
-                Ok(())
+        let ports: Vec<u16> = self.servers().iter().map(|s| s.port()).collect();
+        for port in ports {
+            let server = match self {
+                Deployment::Standalone(server) => Some(server),
+                Deployment::Cluster(cluster) => cluster.node_mut(port),
+                Deployment::Sentinel(set) => set.server_mut(port),
+            };
+            if let Some(server) = server {
+                each(server)?;
             }
         }
+        Ok(())
     }
 }
 
