@@ -1,5 +1,6 @@
 //! Write-through and write-around against real Redis: origin first, then the cache, with the
-//! partial failures handled (origin fails: cache untouched; cache fails: invalidation retried).
+//! partial failures handled (origin fails: nothing new cached, the key invalidated; cache fails:
+//! invalidation retried).
 
 mod common;
 
@@ -92,17 +93,23 @@ async fn write_through_caches_only_what_the_origin_accepted() {
     let server = common::redis();
     let cache = cache(&server).await;
     cache.set(&1, "old".to_string()).await.unwrap();
-    // origin refuses: nothing cached, the old value untouched
+    // origin refuses: the new value is not cached, and the key is invalidated (an origin
+    // write that failed may still have committed, so the old value is not trusted either)
     let failed = cache
         .write_through(&1, "new".to_string(), |_| async {
             Err::<Option<u64>, _>(OriginError("constraint violated".into()))
         })
         .await;
     assert!(matches!(failed, Err(Error::OriginWrite(_))));
-    assert_eq!(
+    assert_ne!(
         cache.get(&1).await.unwrap().as_deref().map(String::as_str),
-        Some("old")
+        Some("new")
     );
+    let invalidated = common::eventually(Duration::from_secs(5), async || {
+        cache.get(&1).await.unwrap().is_none()
+    })
+    .await;
+    assert!(invalidated, "a failed origin write invalidates the key");
     // origin accepts with a version: cached, and an older versioned write cannot replace it
     let outcome = cache
         .write_through(&1, "new".to_string(), |_| async {

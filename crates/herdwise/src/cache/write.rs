@@ -59,6 +59,11 @@ where
     /// Writes `value` to the origin with `write`, then caches it. `write` returns the version the
     /// origin gave the value (a row version, an LSN), or `None` if it has none.
     ///
+    /// If `write` fails (or the call is dropped before the cache is updated), the value is not
+    /// cached and the key is invalidated everywhere, through the retry queue: a failed origin
+    /// write may still have committed (a timeout after the commit), so the old value is not
+    /// trusted either. The error comes back as [`Error::OriginWrite`](crate::Error::OriginWrite).
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), herdwise::Error> {
