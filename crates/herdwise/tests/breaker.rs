@@ -112,3 +112,58 @@ async fn a_killed_redis_opens_it_a_failed_probe_reopens_it_and_a_restart_closes_
     .await;
     assert!(closed);
 }
+
+/// A breaker opened by timeouts (Redis slow, not gone: a saturated machine, a stalled network
+/// path) does not keep an instance's invalidations from the others: its announcements and tag
+/// bumps are tried anyway (a key's delete waits for the breaker, and is announced as pending
+/// meanwhile). Seen in the torture run on a loaded machine: the writing instance's breaker opened
+/// on 50 ms timeouts, its announcements were rejected, and the other instances served the old
+/// value from L1 for over a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_still_lets_invalidations_through() {
+    let server = common::redis();
+    let proxy = herdwise_testkit::Proxy::start(server.port()).unwrap();
+    let a: Cache<u64, String> = Cache::builder("brk-inv")
+        .store(herdwise::RedisStore::connect(&proxy.url()).await.unwrap())
+        .circuit_breaker(
+            BreakerConfig::default()
+                .min_calls(5)
+                .open_for(Duration::from_secs(30)),
+        )
+        .build()
+        .unwrap();
+    let b: Cache<u64, String> = Cache::builder("brk-inv")
+        .store(common::store(&server).await)
+        .build()
+        .unwrap();
+    let tagged = herdwise::WriteOptions::default().tags(["t"]);
+    a.set(&1, "old".to_string()).await.unwrap();
+    a.set_with(&2, "tagged".to_string(), &tagged).await.unwrap();
+    // B holds both in L1 once its subscription is up (before, it re-checks L2 on every read).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for key in [1, 2] {
+        assert!(b.get(&key).await.unwrap().is_some());
+    }
+    // Every call of A's stalls: its breaker opens (and stays open: 30 s).
+    proxy.freeze_all(true);
+    let (_, _) = read_until_open(&a, 100).await;
+    proxy.freeze_all(false);
+    assert_eq!(a.breaker_state(), BreakerState::Open);
+    a.invalidate(&1).await.unwrap();
+    a.invalidate_tag("t").await.unwrap();
+    for key in [1, 2] {
+        let stopped = common::eventually(Duration::from_secs(1), async || {
+            b.get(&key).await.unwrap().is_none()
+        })
+        .await;
+        assert!(
+            stopped,
+            "B kept serving key {key}, which A invalidated while its breaker was open"
+        );
+    }
+    assert_eq!(
+        a.breaker_state(),
+        BreakerState::Open,
+        "the invalidations did not close the breaker"
+    );
+}

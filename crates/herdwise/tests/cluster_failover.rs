@@ -42,6 +42,9 @@ async fn a_killed_primary_is_replaced_and_reads_never_fail() {
     for key in 0..100u64 {
         fleet[0].set(&key, format!("v{key}")).await.unwrap();
     }
+    // The origin: key 0's row is updated after the failover (then the cache is written); every
+    // other key reads `v<key>`.
+    let row0 = Arc::new(parking_lot::RwLock::new("v0".to_string()));
     let failed = Arc::new(AtomicU64::new(0));
     let reads = Arc::new(AtomicU64::new(0));
     let loads = Arc::new(AtomicU64::new(0));
@@ -49,12 +52,13 @@ async fn a_killed_primary_is_replaced_and_reads_never_fail() {
     let stop = Instant::now() + Duration::from_secs(14);
     let mut readers = Vec::new();
     for (i, cache) in fleet.iter().enumerate() {
-        let (cache, failed, reads, loads, slowest) = (
+        let (cache, failed, reads, loads, slowest, row0) = (
             cache.clone(),
             failed.clone(),
             reads.clone(),
             loads.clone(),
             slowest.clone(),
+            row0.clone(),
         );
         readers.push(tokio::spawn(async move {
             let mut n = i as u64 + 1;
@@ -63,12 +67,15 @@ async fn a_killed_primary_is_replaced_and_reads_never_fail() {
                     .wrapping_mul(6364136223846793005)
                     .wrapping_add(1442695040888963407);
                 let key = (n >> 33) % 100;
-                let loads = loads.clone();
+                let (loads, row0) = (loads.clone(), row0.clone());
                 let started = Instant::now();
                 let got = cache
                     .get_or_load(&key, move |k| {
                         loads.fetch_add(1, Ordering::Relaxed);
-                        let v = format!("v{k}");
+                        let v = match k {
+                            0 => row0.read().clone(),
+                            k => format!("v{k}"),
+                        };
                         async move { Ok::<_, OriginError>(Some(v)) }
                     })
                     .await;
@@ -110,7 +117,9 @@ async fn a_killed_primary_is_replaced_and_reads_never_fail() {
         }
         None
     });
-    // Key 0 lives on the killed primary: writes to it resume once the replica took over.
+    // Key 0 lives on the killed primary: writes to it resume once the replica took over. (Its
+    // row is updated first: an instance whose breaker is still open loads it from the origin.)
+    *row0.write() = "after".to_string();
     let mut resumed = None;
     while killed_at.elapsed() < Duration::from_secs(20) {
         if matches!(

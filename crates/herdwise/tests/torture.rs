@@ -214,12 +214,10 @@ async fn herdwise_run(
     };
     let mut caches: Vec<Cache<u64, u64>> = Vec::new();
     for _ in 0..3 {
-        // A 1 s store deadline: this is the consistency contract under concurrency, not under
-        // a breaker that 50 ms timeouts on a saturated test machine open. (An open breaker
-        // holds back the writer's announcements too: a known gap, #12's notes.)
+        // The default 50 ms store deadline: on a saturated test machine the timeouts open a
+        // writer's breaker, and its invalidations must still reach the others.
         let mut builder = Cache::builder("torture")
             .store(common::store(server).await)
-            .store_timeout(Duration::from_secs(1))
             .ttl(pace.ttl);
         if storm {
             builder = builder.origin_concurrency_limit(16, Duration::from_millis(50));
@@ -290,7 +288,7 @@ async fn a_storm_of_cancelled_reads_breaks_nothing_and_leaves_nothing_held() {
         herdwise_run(&server, duration, Invalidate::Key, true).await;
     let dropped = dropped.load(Ordering::Relaxed);
     eprintln!("storm: {violations} violations in {reads} reads, {dropped} reads dropped");
-    assert!(reads > 1_000 && dropped > 200, "the storm ran");
+    assert!(reads > 1_000 && dropped > 50, "the storm ran");
     assert_eq!(
         violations, 0,
         "a read returned a value stale beyond the bound"

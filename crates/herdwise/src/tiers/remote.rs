@@ -28,7 +28,14 @@ pub(crate) struct Remote {
     namespace: String,
     /// Unix ms of the last failure warning.
     last_warning_ms: AtomicU64,
+    /// Per node: Unix ms before which no invalidation is tried past its open breaker (see
+    /// [`Remote::call_invalidation`]).
+    past_breaker_paused_until_ms: Vec<AtomicU64>,
 }
+
+/// After an invalidation tried past an open breaker fails, how long the next ones wait before
+/// trying again (rejected at once meanwhile, and retried by the queue).
+const PAST_BREAKER_PAUSE: Duration = Duration::from_millis(250);
 
 impl Remote {
     pub fn new(
@@ -73,6 +80,7 @@ impl Remote {
             stand_ins: (0..shards)
                 .map(|_| Arc::new(AtomicBool::new(false)))
                 .collect(),
+            past_breaker_paused_until_ms: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             store,
             deadline,
             metrics,
@@ -180,9 +188,11 @@ impl Remote {
         }
     }
 
+    /// An announcement to the other instances (tried past an open breaker: see
+    /// [`Remote::call_invalidation`]).
     pub async fn publish(&self, channel: &str, message: Bytes) -> Result<(), StoreError> {
-        self.call(StoreOp::Set, channel, self.store.publish(channel, message))
-            .await
+        let fut = self.store.publish(channel, message);
+        self.call_invalidation(StoreOp::Set, channel, fut).await
     }
 
     pub async fn stream_append(
@@ -192,9 +202,11 @@ impl Remote {
         max_len: usize,
     ) -> Result<(), StoreError> {
         let fut = self.store.stream_append(stream, message, max_len);
-        self.call(StoreOp::Set, stream, fut).await
+        self.call_invalidation(StoreOp::Set, stream, fut).await
     }
 
+    /// A tag invalidation and its announcement (tried past an open breaker: see
+    /// [`Remote::call_invalidation`]).
     pub async fn bump_tag(
         &self,
         table: &str,
@@ -203,7 +215,7 @@ impl Remote {
         announce: Option<Announcement<'_>>,
     ) -> Result<u64, StoreError> {
         let fut = self.store.bump_tag(table, tag, mark_ttl, announce);
-        self.call(StoreOp::Delete, table, fut).await
+        self.call_invalidation(StoreOp::Delete, table, fut).await
     }
 
     pub async fn server_id(&self) -> Result<Option<String>, StoreError> {
@@ -287,6 +299,49 @@ impl Remote {
             .await
     }
 
+    /// A call that tells the other instances to drop what they hold: an announcement, a tag
+    /// bump. Asks the breaker like any call; but when the node's breaker is open it is tried
+    /// anyway, under the deadline and outside the breaker's count. A breaker opened by timeouts
+    /// on a slow but working Redis (a saturated machine, a stalled network path) must not leave
+    /// the other instances serving from L1 what this one invalidated until it closes — for over
+    /// a second, seen in the torture run under load. It only ever makes readers drop entries (one
+    /// that lands late costs a miss), and it is small; deletes and writes of values stay behind
+    /// the breaker (a failed delete is announced as pending instead, see
+    /// `Invalidation::PendingKey`). After such a try fails, the node's next ones are rejected
+    /// for [`PAST_BREAKER_PAUSE`] (retried by the queue): against a dead Redis each would
+    /// otherwise pay the whole deadline.
+    async fn call_invalidation<T>(
+        &self,
+        op: StoreOp,
+        key: &str,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let shard = self.shard(key);
+        let open = self
+            .breakers
+            .get(shard)
+            .is_some_and(|b| b.state() == BreakerState::Open);
+        if !open {
+            return self.call(op, key, fut).await;
+        }
+        let Some(paused) = self.past_breaker_paused_until_ms.get(shard) else {
+            return self.call(op, key, fut).await;
+        };
+        if now_ms() < paused.load(Ordering::Acquire) {
+            self.metrics.breaker_rejected.increment(1);
+            return Err(StoreError::CircuitOpen);
+        }
+        let result = tokio::time::timeout(self.deadline, fut).await;
+        let outcome = self.outcome(op, key, result);
+        if outcome.is_err() {
+            paused.store(
+                now_ms() + PAST_BREAKER_PAUSE.as_millis() as u64,
+                Ordering::Release,
+            );
+        }
+        outcome
+    }
+
     async fn call<T>(
         &self,
         op: StoreOp,
@@ -317,6 +372,16 @@ impl Remote {
         if let Some(mut guard) = permit {
             guard.record(!matches!(result, Ok(Ok(_))));
         }
+        self.outcome(op, key, result)
+    }
+
+    /// A call's result under the deadline, its failure counted and logged.
+    fn outcome<T>(
+        &self,
+        op: StoreOp,
+        key: &str,
+        result: Result<Result<T, StoreError>, tokio::time::error::Elapsed>,
+    ) -> Result<T, StoreError> {
         let err = match result {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(err)) => {
