@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{calls_of, counter, OriginError};
-use herdwise::{metrics as m, Cache, MemoryStore, Store};
+use herdwise::{metrics as m, Cache, MemoryStore, Store, WriteOutcome};
 
 async fn fleet(server: &herdwise_testkit::RedisServer, n: usize) -> Vec<Cache<u64, String>> {
     let mut caches = Vec::new();
@@ -407,6 +407,24 @@ async fn other_instances_do_not_read_a_value_whose_delete_is_still_pending() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(a.get(&1).await.unwrap(), None, "nor does A");
+    // A newer write ends the hold (it is announced done): B takes L2's value again (a `get`
+    // has no loader: what it returns came from L2), and A's queued delete is dropped (it would
+    // only remove the newer value, and keep announcing it pending).
+    assert_eq!(
+        a.set(&1, "new".to_string()).await.unwrap(),
+        WriteOutcome::Stored
+    );
+    let taken = common::eventually(Duration::from_secs(2), async || {
+        b.get(&1).await.unwrap().as_deref().map(String::as_str) == Some("new")
+    })
+    .await;
+    assert!(taken, "B takes the key's L2 value again once the hold ends");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        b.get(&1).await.unwrap().as_deref().map(String::as_str),
+        Some("new"),
+        "A's superseded delete did not hold the key again"
+    );
 }
 
 /// An instance whose subscription is not up yet (slow to connect under load, or stalled) cannot

@@ -486,6 +486,9 @@ async fn d7_a_soft_timeout_spawns_nothing_on_a_hit() {
         .build()
         .unwrap();
     cache.fetch(&1).await.unwrap();
+    // Stored before its subscription was confirmed, the entry is checked against L2 once more.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cache.fetch(&1).await.unwrap();
     let before = alive_tasks();
     let opts = LoadOptions::default();
     let mut reads: Vec<_> = (0..200)

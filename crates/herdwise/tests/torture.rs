@@ -288,6 +288,9 @@ async fn a_storm_of_cancelled_reads_breaks_nothing_and_leaves_nothing_held() {
         herdwise_run(&server, duration, Invalidate::Key, true).await;
     let dropped = dropped.load(Ordering::Relaxed);
     eprintln!("storm: {violations} violations in {reads} reads, {dropped} reads dropped");
+    // (Fewer reads are dropped on a saturated machine, where each read takes longer to start:
+    // 129 of 7.1k under 6 CPU burners. Fifty cancelled reads are still a storm for what is
+    // checked below: a slot left held by any one of them shows.)
     assert!(reads > 1_000 && dropped > 50, "the storm ran");
     assert_eq!(
         violations, 0,

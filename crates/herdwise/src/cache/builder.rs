@@ -809,7 +809,7 @@ where
                 coherence: Coherence {
                     backplane,
                     retries: RetryQueue::new(reach, metrics.clone()),
-                    pending: PendingDeletes::default(),
+                    pending: PendingDeletes::new(reach),
                     generation_synced: std::sync::atomic::AtomicBool::new(false),
                     generation_attempt_ms: std::sync::atomic::AtomicU64::new(0),
                     generation_sync: tokio::sync::Mutex::new(()),

@@ -44,6 +44,12 @@ impl<V: Send + Sync + 'static> Subscriber for Inner<V> {
     }
 
     fn hold_key(&self, stored_key: &str) {
+        if !self.keys.could_be_stored_key(stored_key) {
+            // Not one of this namespace's keys (a foreign or malformed message): nothing to
+            // hold, and nothing for it to take room from.
+            tracing::debug!("pending delete of a key outside the namespace ignored");
+            return;
+        }
         if !self.coherence.pending.hold(stored_key) {
             tracing::debug!(
                 "too many pending deletes held: an L2 value may be served before its delete"
@@ -114,6 +120,13 @@ impl<V: Send + Sync + 'static> RetryHost for Inner<V> {
             match what {
                 Retry::Key(key) => {
                     if self.remote.delete(key).await.is_err() {
+                        // Still pending: say so (again). The first try may never have said it
+                        // (its caller was dropped before the announcement), and the others'
+                        // holds must not lapse while the delete keeps failing.
+                        // (Not if a newer write covered the key meanwhile: it said "done".)
+                        if self.coherence.retries.is_unapplied(key) {
+                            self.announce(Invalidation::PendingKey(key)).await;
+                        }
                         return false;
                     }
                     self.drop_replicas(key).await;
@@ -130,6 +143,9 @@ impl<V: Send + Sync + 'static> RetryHost for Inner<V> {
                     }
                 }
                 Retry::Tag(tag) => bump(self, tag).await.is_ok(),
+                // While the key's delete is still queued, "done" would be false: the queued
+                // delete announces it when it goes through.
+                Retry::AnnounceKey(key) if self.coherence.retries.is_unapplied(key) => true,
                 Retry::AnnounceKey(key) => self.announce(Invalidation::Key(key)).await,
                 Retry::AnnouncePrefix(prefix) => self.announce(Invalidation::Prefix(prefix)).await,
             }

@@ -58,8 +58,10 @@ pub enum WriteOutcome {
     Stored,
     /// L2 holds a higher value version; nothing was written and L1 dropped the key.
     RefusedOlder,
-    /// L2 could not be written (down or too slow: counted and logged); L1 holds the value, and
-    /// other instances keep what they had until its TTL.
+    /// L2 could not be written (down or too slow: counted and logged), and may still hold the
+    /// old value: the key is invalidated everywhere instead (this instance's L1 too; the delete
+    /// is retried in the background and announced as pending meanwhile), so no instance keeps
+    /// serving the old value. The next read loads from the origin.
     LocalOnly,
 }
 
@@ -823,8 +825,18 @@ where
             .store_encoded(stored_key, Some(&value), encoded, mode)
             .await;
         if outcome == WriteOutcome::Stored {
+            // A delete of the key still queued here would only remove the newer value (and
+            // keep announcing it pending).
+            self.inner.coherence.retries.supersede(stored_key);
             // Copies of the old value must not outlive it.
             self.drop_replicas(stored_key).await;
+        }
+        if outcome == WriteOutcome::LocalOnly {
+            // L2 was not written and may still hold the old value: invalidate it everywhere (a
+            // delete, retried if it fails, and announced as pending meanwhile), never announce
+            // a write that did not happen as done.
+            self.invalidate_stored(stored_key).await;
+            return Ok(outcome);
         }
         // Other instances' L1 copies are older than what was just written.
         if outcome != WriteOutcome::RefusedOlder && !self.announce(stored_key).await {

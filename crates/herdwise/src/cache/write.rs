@@ -106,14 +106,7 @@ where
             Some(version) => self.set_versioned(key, value, version).await,
             None => self.set(key, value).await,
         };
-        let outcome = match outcome {
-            // L2 could not be written: it may still hold the old value. Invalidate (with retries).
-            Ok(WriteOutcome::LocalOnly) => {
-                self.invalidate_stored(&stored_key).await;
-                Ok(WriteOutcome::LocalOnly)
-            }
-            other => other,
-        };
+        // (L2 not written, `LocalOnly`: the write invalidated the key, with retries.)
         pending.disarm();
         outcome
     }

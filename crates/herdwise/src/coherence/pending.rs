@@ -6,11 +6,15 @@
 //! holds the old value. So the invalidating instance announces the delete as *pending*; every
 //! instance that hears it drops its L1 copy and holds the key here: its L2 value is not taken
 //! (a miss: the origin answers, and the fill replaces the old value) until the delete is
-//! announced done (any plain invalidation of the key), or [`HOLD_LIMIT`] has passed.
+//! announced done (any plain invalidation of the key: the delete's retry, or a write that
+//! stored a newer value), or the hold's limit has passed: the longest life of an entry
+//! (twice over), as long as the sender keeps retrying — past it, the old value has expired.
 //!
 //! Contract: at most [`CAPACITY`] keys are held; past that, expired holds are pruned and, if
-//! still full, the hold is not taken (counted by the caller, the entries' TTL and the L1 cap
-//! bound what follows). `is_held` is one atomic load while nothing is held.
+//! still full, the hold is not taken (logged by the caller; the entries' TTL and the L1 cap
+//! bound what follows). Expired holds are pruned at most once a second, so a hold nobody
+//! releases does not keep the table non-empty. `is_held` is one atomic load while nothing is
+//! held.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,31 +24,49 @@ use parking_lot::Mutex;
 
 /// Most keys held at once.
 pub(crate) const CAPACITY: usize = 10_000;
-/// Longest a hold lasts without the delete announced done: long enough for a failover (seconds)
-/// and the sender's retries; short enough that a sender that died meanwhile costs little (the
-/// key is loaded from the origin on this instance until then).
-pub(crate) const HOLD_LIMIT: Duration = Duration::from_secs(30);
+/// How often expired holds are pruned, at most.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 /// The keys held, and since when.
-#[derive(Default)]
 pub(crate) struct PendingDeletes {
-    held: Mutex<HashMap<Box<str>, Instant>>,
-    /// `held.len()`, read without the lock.
+    state: Mutex<State>,
+    /// `state.held.len()`, read without the lock.
     len: AtomicUsize,
+    /// Longest a hold lasts without the delete announced done.
+    limit: Duration,
+}
+
+struct State {
+    held: HashMap<Box<str>, Instant>,
+    pruned: Instant,
 }
 
 impl PendingDeletes {
+    /// A table whose holds last at most `limit` (the sender's retry reach: the longest life of
+    /// an entry, twice over).
+    pub fn new(limit: Duration) -> Self {
+        PendingDeletes {
+            state: Mutex::new(State {
+                held: HashMap::new(),
+                pruned: Instant::now(),
+            }),
+            len: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
     /// Holds `stored_key` (or starts its hold over); `false` if the table is full.
     pub fn hold(&self, stored_key: &str) -> bool {
-        let mut held = self.held.lock();
-        if held.len() >= CAPACITY && !held.contains_key(stored_key) {
-            held.retain(|_, since| since.elapsed() <= HOLD_LIMIT);
-            if held.len() >= CAPACITY {
+        let mut state = self.state.lock();
+        self.prune(&mut state, false);
+        if state.held.len() >= CAPACITY && !state.held.contains_key(stored_key) {
+            self.prune(&mut state, true);
+            if state.held.len() >= CAPACITY {
                 return false;
             }
         }
-        held.insert(stored_key.into(), Instant::now());
-        self.len.store(held.len(), Ordering::Release);
+        state.held.insert(stored_key.into(), Instant::now());
+        self.len.store(state.held.len(), Ordering::Release);
         true
     }
 
@@ -53,9 +75,9 @@ impl PendingDeletes {
         if self.len.load(Ordering::Acquire) == 0 {
             return;
         }
-        let mut held = self.held.lock();
-        held.remove(stored_key);
-        self.len.store(held.len(), Ordering::Release);
+        let mut state = self.state.lock();
+        state.held.remove(stored_key);
+        self.len.store(state.held.len(), Ordering::Release);
     }
 
     /// Whether `stored_key`'s L2 value must not be taken.
@@ -63,16 +85,23 @@ impl PendingDeletes {
         if self.len.load(Ordering::Acquire) == 0 {
             return false;
         }
-        let mut held = self.held.lock();
-        match held.get(stored_key) {
-            Some(since) if since.elapsed() <= HOLD_LIMIT => true,
-            Some(_) => {
-                held.remove(stored_key);
-                self.len.store(held.len(), Ordering::Release);
-                false
-            }
-            None => false,
+        let mut state = self.state.lock();
+        self.prune(&mut state, false);
+        state
+            .held
+            .get(stored_key)
+            .is_some_and(|since| since.elapsed() <= self.limit)
+    }
+
+    /// Drops expired holds: when `now`, or when a second has passed since the last prune.
+    fn prune(&self, state: &mut State, now: bool) {
+        if !now && state.pruned.elapsed() < PRUNE_EVERY {
+            return;
         }
+        state.pruned = Instant::now();
+        let limit = self.limit;
+        state.held.retain(|_, since| since.elapsed() <= limit);
+        self.len.store(state.held.len(), Ordering::Release);
     }
 }
 
@@ -82,7 +111,7 @@ mod tests {
 
     #[test]
     fn a_hold_lasts_until_released() {
-        let pending = PendingDeletes::default();
+        let pending = PendingDeletes::new(Duration::from_secs(60));
         assert!(!pending.is_held("a"));
         assert!(pending.hold("a"));
         assert!(pending.is_held("a"));
@@ -93,12 +122,24 @@ mod tests {
 
     #[test]
     fn the_table_is_bounded() {
-        let pending = PendingDeletes::default();
+        let pending = PendingDeletes::new(Duration::from_secs(60));
         for i in 0..CAPACITY {
             assert!(pending.hold(&format!("k{i}")));
         }
         assert!(!pending.hold("one more"), "full: refused, not grown");
         assert!(pending.hold("k0"), "a held key's hold starts over");
         assert!(pending.is_held(&format!("k{}", CAPACITY - 1)));
+    }
+
+    #[test]
+    fn a_hold_ends_at_its_limit_and_is_pruned() {
+        let pending = PendingDeletes::new(Duration::from_millis(20));
+        assert!(pending.hold("a"));
+        assert!(pending.is_held("a"));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!pending.is_held("a"), "past its limit");
+        pending.state.lock().pruned -= PRUNE_EVERY;
+        assert!(!pending.is_held("b"));
+        assert_eq!(pending.len.load(Ordering::Acquire), 0, "pruned");
     }
 }

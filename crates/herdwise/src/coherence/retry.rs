@@ -136,6 +136,26 @@ impl RetryQueue {
                 .is_some_and(|(_, since)| since.elapsed() <= self.max_age)
     }
 
+    /// A write stored a newer value of `stored_key` in L2: a queued delete of it has nothing
+    /// left to remove (it would only remove the newer value) and is dropped, and the key is
+    /// applied. A retry of it already in flight runs on (at worst a miss) but is not queued
+    /// again. One atomic load while no delete is unapplied.
+    pub fn supersede(&self, stored_key: &str) {
+        if self.unapplied.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut state = self.state.lock();
+        if state.unapplied.remove(stored_key).is_none() {
+            return;
+        }
+        self.unapplied
+            .store(state.unapplied.len(), Ordering::Release);
+        let what = Retry::Key(stored_key.into());
+        if state.queued.remove(&what).is_some() {
+            state.order.retain(|queued| queued != &what);
+        }
+    }
+
     /// Queues an invalidation for retries; dead-letters it if the queue is full.
     pub fn push<H: RetryHost>(&self, host: &Arc<H>, what: Retry) {
         self.ensure_worker(host);
@@ -225,7 +245,7 @@ impl RetryQueue {
     fn put_back(&self, items: Vec<Queued>) {
         let mut state = self.state.lock();
         for item in items.into_iter().rev() {
-            if !state.queued.contains_key(&item.what) {
+            if !state.queued.contains_key(&item.what) && !superseded(&state, &item) {
                 state.queued.insert(item.what.clone(), item.since);
                 state.order.push_front(item.what);
             }
@@ -235,7 +255,7 @@ impl RetryQueue {
     /// Puts a failed item back at the end (unless queued again meanwhile).
     fn put_last(&self, item: Queued) {
         let mut state = self.state.lock();
-        if !state.queued.contains_key(&item.what) {
+        if !state.queued.contains_key(&item.what) && !superseded(&state, &item) {
             state.queued.insert(item.what.clone(), item.since);
             state.order.push_back(item.what);
         }
@@ -431,9 +451,34 @@ impl RetryQueue {
     }
 }
 
+/// A key's delete taken from the queue whose key a newer write has since covered (see
+/// [`RetryQueue::supersede`]): not to be queued again.
+fn superseded(state: &State, item: &Queued) -> bool {
+    matches!(&item.what, Retry::Key(key) if !state.unapplied.contains_key(key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_newer_write_supersedes_a_queued_delete_and_one_in_flight() {
+        let queue = RetryQueue::new(Duration::from_secs(60), CacheMetrics::new("t"));
+        for k in ["a", "b"] {
+            assert!(queue.enqueue(&Retry::Key(k.into())));
+        }
+        queue.supersede("a");
+        assert!(!queue.is_unapplied("a"));
+        assert!(queue.is_unapplied("b"));
+        let (batch, _) = queue.take(10);
+        let names: Vec<&str> = batch.iter().map(|q| q.what.name()).collect();
+        assert_eq!(names, ["b"], "the superseded delete left the queue");
+        // In flight when the write lands: it fails, and is not queued again.
+        queue.supersede("b");
+        queue.put_back(batch);
+        assert_eq!(queue.len(), 0);
+        assert_eq!(queue.unapplied.load(Ordering::Acquire), 0);
+    }
 
     #[test]
     fn a_queued_invalidation_is_held_once_and_old_ones_come_out_expired() {

@@ -214,6 +214,15 @@ impl KeySpace {
         &self.namespace
     }
 
+    /// Whether `text` could be one of this space's stored keys (its namespace, within the
+    /// length bound): what another instance names in a message is checked with it.
+    pub(crate) fn could_be_stored_key(&self, text: &str) -> bool {
+        text.len() <= self.max_len
+            && text
+                .strip_prefix(self.namespace.as_str())
+                .is_some_and(|rest| rest.starts_with(':'))
+    }
+
     /// Writes the full stored key for `key` of `tenant` (a component made by
     /// [`KeySpace::tenant_component`]; `None`: no tenant) into `buf` (cleared first): the
     /// tenant is the key's first component, so `(tenant, key)` and a tenant's key are the

@@ -93,6 +93,10 @@ impl<V> Lifecycle<Box<str>, L1Entry<V>> for EvictionCounter {
 
 type EngineOf<V> = Engine<Box<str>, L1Entry<V>, ByteWeighter, DefaultHashBuilder, EvictionCounter>;
 
+/// Low bits of an epoch that count the starts of hearing (see [`LocalTier::epoch`]).
+const HEARING_BITS: u32 = 8;
+const HEARING_MASK: u64 = (1 << HEARING_BITS) - 1;
+
 /// Stripes of the invalidation epochs.
 const EPOCH_STRIPES: usize = 1024;
 
@@ -201,11 +205,16 @@ impl<V> LocalTier<V> {
     }
 
     /// The invalidation epoch of `key`: take it *before* the remote call whose result goes into
-    /// L1, and pass it to [`LocalTier::insert`].
+    /// L1, and pass it to [`LocalTier::insert`]. Its low [`HEARING_BITS`] count the times the
+    /// instance started hearing invalidations again: a value read from L2 before such a start
+    /// was read while deaf (its invalidation may have gone by unheard), and is stored
+    /// unverified.
     pub fn epoch(&self, key: &str) -> u64 {
-        self.cleared
+        let invalidations = self
+            .cleared
             .load(Ordering::Acquire)
-            .wrapping_add(self.stripe(key).load(Ordering::Acquire))
+            .wrapping_add(self.stripe(key).load(Ordering::Acquire));
+        (invalidations << HEARING_BITS) | (self.recovery.hearing_starts() & HEARING_MASK)
     }
 
     /// Removes `key` because another instance invalidated it: bumps its epoch first, so an
@@ -231,10 +240,16 @@ impl<V> LocalTier<V> {
         let Some(engine) = self.engine.as_ref() else {
             return;
         };
-        if self.epoch(key) != epoch {
-            return;
+        // The era before the epoch check: a flip from deaf to hearing after it shows in the
+        // epoch.
+        let mut era = self.recovery.insert_era();
+        let current = self.epoch(key);
+        if current >> HEARING_BITS != epoch >> HEARING_BITS {
+            return; // invalidated since
         }
-        let era = self.recovery.insert_era();
+        if current & HEARING_MASK != epoch & HEARING_MASK {
+            era = self.recovery.deaf_era();
+        }
         if live.is_zero() {
             engine.remove(key);
             return;
@@ -252,7 +267,7 @@ impl<V> LocalTier<V> {
         let expires_at = entry.expires_at;
         engine.insert(key.into(), entry);
         // An invalidation between the check above and the insert: withdraw what we put in.
-        if self.epoch(key) != epoch {
+        if self.epoch(key) >> HEARING_BITS != epoch >> HEARING_BITS {
             engine.remove_if(key, |e| e.expires_at == expires_at);
         }
         self.bytes_gauge.set(engine.weight() as f64);
@@ -441,6 +456,28 @@ mod tests {
         let s = Duration::from_secs(1);
         l1.insert("a", Some(Arc::new(vec![1])), &meta(), 1, (s, s), 0, None);
         assert!(l1.get("a").is_none());
+    }
+
+    #[test]
+    fn a_value_read_before_hearing_started_is_stored_unverified() {
+        let recovery = Arc::new(Recovery::new(Duration::from_secs(1)));
+        let l1: LocalTier<Vec<u8>> = LocalTier::new(
+            1 << 20,
+            Counter::noop(),
+            metrics::Gauge::noop(),
+            recovery.clone(),
+        )
+        .unwrap();
+        let s = Duration::from_secs(10);
+        let put = |k: &str, epoch| l1.insert(k, None, &meta(), 1, (s, s), epoch, None);
+        recovery.set_deaf(true);
+        let read_while_deaf = l1.epoch("a");
+        recovery.set_deaf(false); // the subscription is confirmed while the read is in flight
+        let read_while_hearing = l1.epoch("b");
+        put("a", read_while_deaf);
+        put("b", read_while_hearing);
+        assert_eq!(l1.get_classified("a").unwrap().1, Standing::Unverified);
+        assert_eq!(l1.get_classified("b").unwrap().1, Standing::Fresh);
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub(crate) struct Recovery {
     /// Invalidations cannot be heard (the subscription is not up yet, or was lost): entries
     /// stored meanwhile are unverified from the start.
     deaf: AtomicBool,
+    /// Times this instance started hearing again (deaf → hearing): part of every L1 epoch, so
+    /// a value read from L2 while deaf is not stored as verified once hearing starts.
+    hearing_starts: AtomicU64,
     /// Unix ms of the last recovery (0: none yet).
     recovered_at_ms: AtomicU64,
     /// How long after a recovery L1 answers for keys L2 lost.
@@ -64,6 +67,7 @@ impl Recovery {
         Recovery {
             era: AtomicU64::new(0),
             deaf: AtomicBool::new(false),
+            hearing_starts: AtomicU64::new(0),
             recovered_at_ms: AtomicU64::new(0),
             window,
             recoveries: watch::Sender::new(0),
@@ -122,9 +126,24 @@ impl Recovery {
         }
     }
 
+    /// The era of an entry stored unverified (never current).
+    pub fn deaf_era(&self) -> u64 {
+        DEAF_ERA
+    }
+
     /// Whether invalidations can be heard (see [`Recovery::insert_era`]).
     pub fn set_deaf(&self, deaf: bool) {
-        self.deaf.store(deaf, Ordering::Release);
+        if self.deaf.swap(deaf, Ordering::AcqRel) && !deaf {
+            // What was read from L2 before now was read deaf: the inserts it is on its way to
+            // are withdrawn (their epoch, taken before the read, no longer matches).
+            self.hearing_starts.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// How many times this instance started hearing invalidations again (see
+    /// [`Recovery::set_deaf`]): L1 folds it into every key's epoch.
+    pub fn hearing_starts(&self) -> u64 {
+        self.hearing_starts.load(Ordering::Acquire)
     }
 
     /// Events may have been missed (backplane gap, resubscription): every L1 entry becomes

@@ -5,7 +5,7 @@
 //! Warnings are throttled so an outage produces a log line a second, not one per request.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,11 +31,35 @@ pub(crate) struct Remote {
     /// Per node: Unix ms before which no invalidation is tried past its open breaker (see
     /// [`Remote::call_invalidation`]).
     past_breaker_paused_until_ms: Vec<AtomicU64>,
+    /// Per node: invalidations being tried past its open breaker.
+    past_breaker_in_flight: Vec<AtomicUsize>,
 }
 
 /// After an invalidation tried past an open breaker fails, how long the next ones wait before
 /// trying again (rejected at once meanwhile, and retried by the queue).
 const PAST_BREAKER_PAUSE: Duration = Duration::from_millis(250);
+/// Invalidations tried past an open breaker at once, per node.
+const PAST_BREAKER_IN_FLIGHT: usize = 8;
+
+/// One invalidation tried past an open breaker (see [`Remote::call_invalidation`]): frees its
+/// place when it ends, and pauses the node's next tries unless it succeeded.
+struct PastBreakerSlot<'a> {
+    paused: &'a AtomicU64,
+    in_flight: &'a AtomicUsize,
+    succeeded: bool,
+}
+
+impl Drop for PastBreakerSlot<'_> {
+    fn drop(&mut self) {
+        if !self.succeeded {
+            self.paused.store(
+                now_ms() + PAST_BREAKER_PAUSE.as_millis() as u64,
+                Ordering::Release,
+            );
+        }
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 impl Remote {
     pub fn new(
@@ -81,6 +105,7 @@ impl Remote {
                 .map(|_| Arc::new(AtomicBool::new(false)))
                 .collect(),
             past_breaker_paused_until_ms: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            past_breaker_in_flight: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
             store,
             deadline,
             metrics,
@@ -300,16 +325,18 @@ impl Remote {
     }
 
     /// A call that tells the other instances to drop what they hold: an announcement, a tag
-    /// bump. Asks the breaker like any call; but when the node's breaker is open it is tried
-    /// anyway, under the deadline and outside the breaker's count. A breaker opened by timeouts
-    /// on a slow but working Redis (a saturated machine, a stalled network path) must not leave
-    /// the other instances serving from L1 what this one invalidated until it closes — for over
-    /// a second, seen in the torture run under load. It only ever makes readers drop entries (one
-    /// that lands late costs a miss), and it is small; deletes and writes of values stay behind
-    /// the breaker (a failed delete is announced as pending instead, see
-    /// `Invalidation::PendingKey`). After such a try fails, the node's next ones are rejected
-    /// for [`PAST_BREAKER_PAUSE`] (retried by the queue): against a dead Redis each would
-    /// otherwise pay the whole deadline.
+    /// bump. Asks the breaker like any call; but when the node's breaker is not closed it is
+    /// tried anyway, under the deadline and outside the breaker's count (the half-open probe is
+    /// left to reads). A breaker opened by timeouts on a slow but working Redis (a saturated
+    /// machine, a stalled network path) must not leave the other instances serving from L1 what
+    /// this one invalidated until it closes — for over a second, seen in the torture run under
+    /// load. Deletes and writes of values stay behind the breaker (a failed delete is announced
+    /// as pending instead, see `Invalidation::PendingKey`, and a write that could not reach L2
+    /// becomes such an invalidation), so what passes here says "drop it" or "pending", or
+    /// "done" for a delete that went through. At most [`PAST_BREAKER_IN_FLIGHT`] such tries run
+    /// at once per node, and after one fails (or is dropped unfinished) the node's next ones are
+    /// rejected for [`PAST_BREAKER_PAUSE`] (the retry queue sends them later): against a dead
+    /// Redis each would otherwise pay the whole deadline.
     async fn call_invalidation<T>(
         &self,
         op: StoreOp,
@@ -317,29 +344,38 @@ impl Remote {
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let shard = self.shard(key);
-        let open = self
+        let closed = self
             .breakers
             .get(shard)
-            .is_some_and(|b| b.state() == BreakerState::Open);
-        if !open {
-            return self.call(op, key, fut).await;
-        }
-        let Some(paused) = self.past_breaker_paused_until_ms.get(shard) else {
+            .is_none_or(|b| b.state() == BreakerState::Closed);
+        let (Some(paused), Some(in_flight), false) = (
+            self.past_breaker_paused_until_ms.get(shard),
+            self.past_breaker_in_flight.get(shard),
+            closed,
+        ) else {
             return self.call(op, key, fut).await;
         };
-        if now_ms() < paused.load(Ordering::Acquire) {
+        let admitted = now_ms() >= paused.load(Ordering::Acquire)
+            && in_flight
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < PAST_BREAKER_IN_FLIGHT).then_some(n + 1)
+                })
+                .is_ok();
+        if !admitted {
             self.metrics.breaker_rejected.increment(1);
             return Err(StoreError::CircuitOpen);
         }
+        // Pauses the node unless disarmed by a success: a try dropped on the way counts as
+        // failed (its command may still be queued on a frozen connection).
+        let mut slot = PastBreakerSlot {
+            paused,
+            in_flight,
+            succeeded: false,
+        };
         let result = tokio::time::timeout(self.deadline, fut).await;
-        let outcome = self.outcome(op, key, result);
-        if outcome.is_err() {
-            paused.store(
-                now_ms() + PAST_BREAKER_PAUSE.as_millis() as u64,
-                Ordering::Release,
-            );
-        }
-        outcome
+        slot.succeeded = matches!(result, Ok(Ok(_)));
+        drop(slot);
+        self.outcome(op, key, result)
     }
 
     async fn call<T>(
