@@ -821,13 +821,18 @@ where
                 return Err(err);
             }
         };
+        // Deletes queued here before the write went out are older than it.
+        let queued_before = self.inner.coherence.retries.mark();
         let outcome = self
             .store_encoded(stored_key, Some(&value), encoded, mode)
             .await;
         if outcome == WriteOutcome::Stored {
-            // A delete of the key still queued here would only remove the newer value (and
-            // keep announcing it pending).
-            self.inner.coherence.retries.supersede(stored_key);
+            // A delete of the key queued before the write would only remove the newer value
+            // (and keep announcing it pending).
+            self.inner
+                .coherence
+                .retries
+                .supersede(stored_key, queued_before);
             // Copies of the old value must not outlive it.
             self.drop_replicas(stored_key).await;
         }

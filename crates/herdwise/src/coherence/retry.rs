@@ -140,13 +140,20 @@ impl RetryQueue {
     /// left to remove (it would only remove the newer value) and is dropped, and the key is
     /// applied. A retry of it already in flight runs on (at worst a miss) but is not queued
     /// again. One atomic load while no delete is unapplied.
-    pub fn supersede(&self, stored_key: &str) {
+    ///
+    /// `since` is [`RetryQueue::mark`] taken before the write went to L2: a delete queued after
+    /// it (an invalidation that began once the write had landed) is newer than the write, and
+    /// stays.
+    pub fn supersede(&self, stored_key: &str, since: u64) {
         if self.unapplied.load(Ordering::Acquire) == 0 {
             return;
         }
         let mut state = self.state.lock();
-        if state.unapplied.remove(stored_key).is_none() {
-            return;
+        match state.unapplied.get(stored_key) {
+            Some((seq, _)) if *seq <= since => {
+                state.unapplied.remove(stored_key);
+            }
+            _ => return,
         }
         self.unapplied
             .store(state.unapplied.len(), Ordering::Release);
@@ -154,6 +161,16 @@ impl RetryQueue {
         if state.queued.remove(&what).is_some() {
             state.order.retain(|queued| queued != &what);
         }
+    }
+
+    /// The queue's position now: deletes queued later have a higher sequence number (see
+    /// [`RetryQueue::supersede`]).
+    /// One atomic load while no delete is unapplied (0 then: nothing older to supersede).
+    pub fn mark(&self) -> u64 {
+        if self.unapplied.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
+        self.state.lock().seq
     }
 
     /// Queues an invalidation for retries; dead-letters it if the queue is full.
@@ -467,14 +484,22 @@ mod tests {
         for k in ["a", "b"] {
             assert!(queue.enqueue(&Retry::Key(k.into())));
         }
-        queue.supersede("a");
+        let before = queue.mark();
+        assert!(queue.enqueue(&Retry::Key("c".into())));
+        queue.supersede("c", before);
+        assert!(
+            queue.is_unapplied("c"),
+            "a delete queued after the write began stays"
+        );
+        queue.supersede("a", before);
         assert!(!queue.is_unapplied("a"));
         assert!(queue.is_unapplied("b"));
         let (batch, _) = queue.take(10);
         let names: Vec<&str> = batch.iter().map(|q| q.what.name()).collect();
-        assert_eq!(names, ["b"], "the superseded delete left the queue");
+        assert_eq!(names, ["b", "c"], "the superseded delete left the queue");
         // In flight when the write lands: it fails, and is not queued again.
-        queue.supersede("b");
+        queue.supersede("b", queue.mark());
+        queue.supersede("c", queue.mark());
         queue.put_back(batch);
         assert_eq!(queue.len(), 0);
         assert_eq!(queue.unapplied.load(Ordering::Acquire), 0);

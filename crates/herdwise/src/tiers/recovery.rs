@@ -133,10 +133,15 @@ impl Recovery {
 
     /// Whether invalidations can be heard (see [`Recovery::insert_era`]).
     pub fn set_deaf(&self, deaf: bool) {
-        if self.deaf.swap(deaf, Ordering::AcqRel) && !deaf {
+        if deaf {
+            self.deaf.store(true, Ordering::Release);
+        } else if self.deaf.load(Ordering::Acquire) {
             // What was read from L2 before now was read deaf: the inserts it is on its way to
-            // are withdrawn (their epoch, taken before the read, no longer matches).
+            // store it unverified (their epoch, taken before the read, no longer matches).
+            // Counted before the flag drops, so an insert that sees "hearing" sees the count.
+            // (One listener calls this: no flip races another.)
             self.hearing_starts.fetch_add(1, Ordering::AcqRel);
+            self.deaf.store(false, Ordering::Release);
         }
     }
 
