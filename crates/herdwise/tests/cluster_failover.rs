@@ -12,13 +12,19 @@ use common::OriginError;
 use herdwise::{Cache, RedisStore, WriteOutcome};
 use herdwise_testkit::RedisCluster;
 
-async fn cache(cluster: &RedisCluster) -> Cache<u64, String> {
-    let store = RedisStore::builder(&cluster.url())
+async fn store(cluster: &RedisCluster) -> RedisStore {
+    RedisStore::builder(&cluster.url())
         .call_timeout(Duration::from_millis(200))
         .connect()
         .await
-        .expect("connect to the test cluster");
-    Cache::builder("clf").store(store).build().unwrap()
+        .expect("connect to the test cluster")
+}
+
+async fn cache(cluster: &RedisCluster) -> Cache<u64, String> {
+    Cache::builder("clf")
+        .store(store(cluster).await)
+        .build()
+        .unwrap()
 }
 
 /// The primary that holds `key` (a stored key).
@@ -45,18 +51,11 @@ async fn a_killed_primary_is_replaced_and_reads_never_fail() {
     // The instance that writes after the kill has no breaker: when its writes resume shows how
     // fast the store follows the new topology, not when an open breaker's next probe is due
     // (up to its 2 s later).
-    let writer = {
-        let store = RedisStore::builder(&cluster.url())
-            .call_timeout(Duration::from_millis(200))
-            .connect()
-            .await
-            .expect("connect to the test cluster");
-        Cache::<u64, String>::builder("clf")
-            .store(store)
-            .no_circuit_breaker()
-            .build()
-            .unwrap()
-    };
+    let writer: Cache<u64, String> = Cache::builder("clf")
+        .store(store(&cluster).await)
+        .no_circuit_breaker()
+        .build()
+        .unwrap();
     // The origin: key 0's row is updated after the failover (then the cache is written); every
     // other key reads `v<key>`.
     let row0 = Arc::new(parking_lot::RwLock::new("v0".to_string()));

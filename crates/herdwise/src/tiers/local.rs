@@ -387,6 +387,19 @@ mod tests {
         }
     }
 
+    /// A 1 MiB tier and the recovery state it reads.
+    fn tier_with_recovery() -> (LocalTier<Vec<u8>>, Arc<Recovery>) {
+        let recovery = Arc::new(Recovery::new(Duration::from_secs(1)));
+        let l1 = LocalTier::new(
+            1 << 20,
+            Counter::noop(),
+            metrics::Gauge::noop(),
+            recovery.clone(),
+        )
+        .unwrap();
+        (l1, recovery)
+    }
+
     fn tier(bytes: u64) -> LocalTier<Vec<u8>> {
         let recovery = Arc::new(Recovery::new(Duration::from_secs(1)));
         LocalTier::new(bytes, Counter::noop(), metrics::Gauge::noop(), recovery).unwrap()
@@ -432,14 +445,7 @@ mod tests {
 
     #[test]
     fn a_demotion_leaves_entries_unverified_until_stored_again() {
-        let recovery = Arc::new(Recovery::new(Duration::from_secs(1)));
-        let l1: LocalTier<Vec<u8>> = LocalTier::new(
-            1 << 20,
-            Counter::noop(),
-            metrics::Gauge::noop(),
-            recovery.clone(),
-        )
-        .unwrap();
+        let (l1, recovery) = tier_with_recovery();
         let s = Duration::from_secs(10);
         let put = |k: &str| l1.insert(k, None, &meta(), 1, (s, s), l1.epoch(k), None);
         put("a");
@@ -460,14 +466,7 @@ mod tests {
 
     #[test]
     fn a_value_read_before_hearing_started_is_stored_unverified() {
-        let recovery = Arc::new(Recovery::new(Duration::from_secs(1)));
-        let l1: LocalTier<Vec<u8>> = LocalTier::new(
-            1 << 20,
-            Counter::noop(),
-            metrics::Gauge::noop(),
-            recovery.clone(),
-        )
-        .unwrap();
+        let (l1, recovery) = tier_with_recovery();
         let s = Duration::from_secs(10);
         let put = |k: &str, epoch| l1.insert(k, None, &meta(), 1, (s, s), epoch, None);
         recovery.set_deaf(true);
