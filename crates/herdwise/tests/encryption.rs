@@ -67,7 +67,7 @@ async fn redis_holds_ciphertext_and_keys_rotate_without_a_cold_cache() {
         .unwrap();
     // (Envelope header and scope, then: format, inner codec id, key id.)
     assert!(
-        stored.windows(6).any(|w| w == [1, 1, 0, 0, 0, 2]),
+        stored.windows(6).any(|w| w == [2, 1, 0, 0, 0, 2]),
         "new entries carry key id 2"
     );
 
@@ -80,4 +80,47 @@ async fn redis_holds_ciphertext_and_keys_rotate_without_a_cold_cache() {
     let (impostor, impostor_metrics) = build(keys((1, 9), &[]), common::store(&server).await);
     assert_eq!(impostor.get(&1).await.unwrap(), None);
     assert_eq!(counter(&impostor_metrics, m::CORRUPT_ENTRIES, &[]), 1);
+}
+
+/// Someone who can write to Redis moves one key's ciphertext under another key and forges the
+/// envelope's scope to match (the fingerprint is not a secret): the ciphertext is bound to the
+/// key it was written under, so it does not authenticate there — a counted miss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ciphertext_moved_under_another_key_does_not_decrypt_even_with_a_forged_scope() {
+    use herdwise::envelope::{self, Compression};
+    let server = common::redis();
+    let build = |store: herdwise::RedisStore| {
+        common::with_metrics(move || {
+            Cache::<u64, String>::builder("vault-moved")
+                .store(store.clone())
+                .codec(Encrypted::new(Postcard, keys((1, 1), &[])))
+        })
+    };
+    let (writer, _) = build(common::store(&server).await);
+    writer.set(&1, SECRET.to_string()).await.unwrap();
+    let (cache, metrics) = build(common::store(&server).await);
+    let (one, two) = (cache.stored_key(&1).unwrap(), cache.stored_key(&2).unwrap());
+    let stored = raw_get(&server, &one).await.unwrap();
+    let decoded = envelope::decode(&stored, 1 << 20).unwrap();
+    let forged = envelope::encode_scoped(
+        &decoded.meta,
+        Some(envelope::key_fingerprint(&two)),
+        None,
+        &decoded.payload,
+        Compression::None,
+    );
+    let mut raw = common::raw(&server).await;
+    let () = redis::cmd("SET")
+        .arg(&two)
+        .arg(forged)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(cache.get(&2).await.unwrap(), None);
+    assert_eq!(counter(&metrics, m::CORRUPT_ENTRIES, &[]), 1);
+    // The original, in its own place, still decrypts.
+    assert_eq!(
+        cache.get(&1).await.unwrap().as_deref().map(String::as_str),
+        Some(SECRET)
+    );
 }

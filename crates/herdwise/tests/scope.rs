@@ -225,4 +225,16 @@ async fn tags_and_whole_tenant_invalidations_stay_within_the_tenant() {
         assert_eq!(acme.get(&key).await.unwrap(), None);
         assert!(globex.get(&key).await.unwrap().is_some());
     }
+    // `clear()` through a tenant handle clears that tenant, not the namespace.
+    for key in 0..5 {
+        acme.set(&key, format!("a{key}")).await.unwrap();
+    }
+    acme.clear().await.unwrap();
+    for key in 0..5 {
+        assert_eq!(acme.get(&key).await.unwrap(), None);
+        assert!(
+            globex.get(&key).await.unwrap().is_some(),
+            "acme's clear() reached globex"
+        );
+    }
 }

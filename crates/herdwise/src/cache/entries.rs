@@ -297,7 +297,7 @@ where
         let value = inner
             .format
             .codec
-            .decode(&payload)
+            .decode_for_key(&payload, stored_key)
             .map_err(|e| corrupt(e.to_string()))?;
         Ok((meta, tags, Some(Arc::new(value)), payload.len()))
     }
@@ -313,7 +313,7 @@ where
         tags: Option<Arc<TagStamp>>,
     ) -> Result<Encoded> {
         let inner = &*self.inner;
-        let payload = self.encode_payload(value)?;
+        let payload = self.encode_payload(stored_key, value)?;
         let now = now_ms();
         let meta = inner.ttl.meta(
             now,
@@ -335,7 +335,7 @@ where
         fallback: &Fallback<V>,
         throttle: Duration,
     ) -> Result<Option<Encoded>> {
-        let payload = self.encode_payload(fallback.value.as_ref())?;
+        let payload = self.encode_payload(stored_key, fallback.value.as_ref())?;
         let now = now_ms();
         let stale_until_ms = fallback.meta.stale_until_ms;
         let meta = Meta {
@@ -361,13 +361,13 @@ where
         )))
     }
 
-    fn encode_payload(&self, value: Option<&Arc<V>>) -> Result<Vec<u8>> {
+    fn encode_payload(&self, stored_key: &str, value: Option<&Arc<V>>) -> Result<Vec<u8>> {
         let inner = &*self.inner;
         let payload = match value {
             Some(v) => inner
                 .format
                 .codec
-                .encode(v)
+                .encode_for_key(v, stored_key)
                 .map_err(|e| Error::Encode(e.to_string().into()))?,
             None => Vec::new(),
         };

@@ -692,6 +692,9 @@ where
     ///
     /// Unlike `invalidate`, a store failure is returned: nothing was cleared.
     ///
+    /// Through a [tenant handle](Cache::for_tenant), `clear()` removes that tenant's entries
+    /// only: it is [`invalidate_tenant`](Cache::invalidate_tenant) (a prefix walk, not O(1)).
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), herdwise::Error> {
@@ -702,6 +705,9 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn clear(&self) -> Result<()> {
+        if self.tenant.is_some() {
+            return self.invalidate_tenant().await.map(|_| ());
+        }
         self.ensure_backplane();
         let inner = &*self.inner;
         let generation = inner

@@ -39,6 +39,20 @@ pub trait Codec<V>: Send + Sync + 'static {
     fn encode(&self, value: &V) -> Result<Vec<u8>, CodecError>;
     /// Decodes a value; any error makes the entry a (counted) miss.
     fn decode(&self, bytes: &[u8]) -> Result<V, CodecError>;
+    /// Encodes a value to be stored under `stored_key`. The cache always calls this one; the
+    /// default ignores the key. A codec that authenticates its bytes (as
+    /// [`Encrypted`](crate::Encrypted) does) binds them to the key, so that bytes moved under
+    /// another key fail [`decode_for_key`](Codec::decode_for_key) there.
+    fn encode_for_key(&self, value: &V, stored_key: &str) -> Result<Vec<u8>, CodecError> {
+        let _ = stored_key;
+        self.encode(value)
+    }
+    /// Decodes bytes read under `stored_key` (the counterpart of
+    /// [`encode_for_key`](Codec::encode_for_key)); the default ignores the key.
+    fn decode_for_key(&self, bytes: &[u8], stored_key: &str) -> Result<V, CodecError> {
+        let _ = stored_key;
+        self.decode(bytes)
+    }
 }
 
 /// The default codec: compact binary via `postcard` (serde). Not self-describing: bump the

@@ -11,8 +11,13 @@
 //! never a panic. The envelope header (timestamps, version) stays in the clear: the store's
 //! scripts read the version.
 //!
-//! Layout of the payload: `1` (format), inner codec id (`u8`), key id (`u32` BE), 24-byte
-//! random nonce, ciphertext with its 16-byte tag. The first six bytes are authenticated too.
+//! Each ciphertext is bound to the stored key it was written under (the key is part of the
+//! authenticated data): bytes copied or moved under another key — even with the envelope's
+//! scope forged to match — do not authenticate there.
+//!
+//! Layout of the payload: `2` (format), inner codec id (`u8`), key id (`u32` BE), 24-byte
+//! random nonce, ciphertext with its 16-byte tag. The authenticated data is the first six
+//! bytes followed by the stored key.
 
 use std::sync::Arc;
 
@@ -21,7 +26,8 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 use super::codec::{Codec, CodecError};
 
-const FORMAT: u8 = 1;
+/// Format 2 binds the ciphertext to its stored key (format 1, which did not, is refused).
+const FORMAT: u8 = 2;
 const NONCE_LEN: usize = 24;
 const HEAD_LEN: usize = 6;
 /// The codec id of encrypted payloads (in Herdwise's reserved range).
@@ -117,6 +123,14 @@ impl<V, C: Codec<V>> Codec<V> for Encrypted<C> {
     }
 
     fn encode(&self, value: &V) -> Result<Vec<u8>, CodecError> {
+        self.encode_for_key(value, "")
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<V, CodecError> {
+        self.decode_for_key(bytes, "")
+    }
+
+    fn encode_for_key(&self, value: &V, stored_key: &str) -> Result<Vec<u8>, CodecError> {
         let plain = self.inner.encode(value)?;
         let (id, cipher) = &self.keys.current;
         let mut out = Vec::with_capacity(HEAD_LEN + NONCE_LEN + plain.len() + 16);
@@ -125,12 +139,13 @@ impl<V, C: Codec<V>> Codec<V> for Encrypted<C> {
         out.extend_from_slice(&id.to_be_bytes());
         let nonce: [u8; NONCE_LEN] = rand::random();
         out.extend_from_slice(&nonce);
+        let aad = associated_data(&out[..HEAD_LEN], stored_key);
         let sealed = cipher
             .encrypt(
                 XNonce::from_slice(&nonce),
                 Payload {
                     msg: &plain,
-                    aad: &out[..HEAD_LEN],
+                    aad: &aad,
                 },
             )
             .map_err(|_| CodecError::new("encrypted", "encryption failed"))?;
@@ -138,12 +153,15 @@ impl<V, C: Codec<V>> Codec<V> for Encrypted<C> {
         Ok(out)
     }
 
-    fn decode(&self, bytes: &[u8]) -> Result<V, CodecError> {
+    fn decode_for_key(&self, bytes: &[u8], stored_key: &str) -> Result<V, CodecError> {
         if bytes.len() < HEAD_LEN + NONCE_LEN + 16 {
             return Err(CodecError::new("encrypted", "too short"));
         }
         if bytes[0] != FORMAT {
-            return Err(CodecError::new("encrypted", "unknown format"));
+            return Err(CodecError::new(
+                "encrypted",
+                format!("unknown format {} (expected {FORMAT})", bytes[0]),
+            ));
         }
         if bytes[1] != self.inner.id() {
             return Err(CodecError::new(
@@ -161,12 +179,13 @@ impl<V, C: Codec<V>> Codec<V> for Encrypted<C> {
             .find(id)
             .ok_or_else(|| CodecError::new("encrypted", format!("unknown key id {id}")))?;
         let nonce = XNonce::from_slice(&bytes[HEAD_LEN..HEAD_LEN + NONCE_LEN]);
+        let aad = associated_data(&bytes[..HEAD_LEN], stored_key);
         let plain = cipher
             .decrypt(
                 nonce,
                 Payload {
                     msg: &bytes[HEAD_LEN + NONCE_LEN..],
-                    aad: &bytes[..HEAD_LEN],
+                    aad: &aad,
                 },
             )
             .map_err(|_| {
@@ -174,6 +193,15 @@ impl<V, C: Codec<V>> Codec<V> for Encrypted<C> {
             })?;
         self.inner.decode(&plain)
     }
+}
+
+/// What the AEAD authenticates besides the ciphertext: the payload's head (format, inner
+/// codec, key id) and the stored key the bytes belong to.
+fn associated_data(head: &[u8], stored_key: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(head.len() + stored_key.len());
+    aad.extend_from_slice(head);
+    aad.extend_from_slice(stored_key.as_bytes());
+    aad
 }
 
 #[cfg(test)]
@@ -228,6 +256,26 @@ mod tests {
             "inner codec checked"
         );
         assert_eq!(Codec::<String>::id(&c), ENCRYPTED_CODEC_ID);
+    }
+
+    #[test]
+    fn ciphertext_is_bound_to_its_stored_key() {
+        let c = codec(EncryptionKeys::new(1, [1; 32]));
+        let bytes = Codec::<u64>::encode_for_key(&c, &7, "users:v1:1").unwrap();
+        assert_eq!(
+            Codec::<u64>::decode_for_key(&c, &bytes, "users:v1:1").unwrap(),
+            7
+        );
+        for other in ["users:v1:2", "users:v1:1 ", "", "tenant-b:users:v1:1"] {
+            assert!(
+                Codec::<u64>::decode_for_key(&c, &bytes, other).is_err(),
+                "{other:?}"
+            );
+        }
+        // The previous, unbound format is refused, not read without the binding.
+        let mut old_format = bytes.clone();
+        old_format[0] = 1;
+        assert!(Codec::<u64>::decode_for_key(&c, &old_format, "users:v1:1").is_err());
     }
 
     #[test]
