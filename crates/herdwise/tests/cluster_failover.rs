@@ -256,3 +256,94 @@ async fn invalidations_travel_while_the_channels_primary_is_dead() {
         "B kept the invalidated value for {dropped:?} (the failover itself takes seconds)"
     );
 }
+
+/// The primary an instance's subscription depends on dies (pub/sub: the node it is subscribed
+/// on; streams: the primary of the event stream's slot). The subscription is re-established
+/// (pub/sub: on the next seed; streams: on the promoted replica), and the invalidation made
+/// while it was down reaches the instance: read from the stream, or — for pub/sub, which cannot
+/// replay — by treating the move as a possible gap that makes its L1 check against L2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_on_a_dead_primary_moves_and_misses_nothing() {
+    use herdwise::{metrics as m, BackplaneTransport};
+    for transport in ["pubsub", "streams"] {
+        let mut cluster = RedisCluster::start(3, 1).unwrap();
+        let namespace = format!("clf-sub-{transport}");
+        let mut ports = cluster.primary_ports().unwrap();
+        let victim = match transport {
+            "pubsub" => ports[0],
+            _ => owner_of_slot(&cluster, &format!("herdwise:{{ns:{namespace}}}:probe")),
+        };
+        // The victim is the first seed: the pub/sub subscriber takes it.
+        ports.sort_by_key(|p| *p != victim);
+        let seeds: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let url = format!("redis+cluster://{}", seeds.join(","));
+        let connect = || async {
+            RedisStore::builder(&url)
+                .call_timeout(Duration::from_millis(200))
+                .connect()
+                .await
+                .expect("connect to the test cluster")
+        };
+        let builder = |store: RedisStore| {
+            let builder = Cache::<u64, String>::builder(&namespace).store(store);
+            match transport {
+                "pubsub" => builder,
+                _ => builder.backplane_transport(BackplaneTransport::Streams { max_len: 1_000 }),
+            }
+        };
+        let a = builder(connect().await).build().unwrap();
+        let store_b = connect().await;
+        let (b, metrics) = common::with_metrics(|| builder(store_b.clone()));
+        for key in 0..10u64 {
+            a.set(&key, format!("v{key}")).await.unwrap();
+        }
+        // A's announcements of its writes have arrived; then B holds every key in L1.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for key in 0..10u64 {
+            assert!(b.get(&key).await.unwrap().is_some());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(b.l1_len(), 10);
+        cluster.node_mut(victim).unwrap().kill();
+        let killed = Instant::now();
+        a.invalidate(&1).await.unwrap();
+        assert!(
+            common::eventually(Duration::from_secs(20), async || b
+                .get(&1)
+                .await
+                .unwrap()
+                .is_none())
+            .await,
+            "{transport}: B kept the key invalidated while its subscription was down"
+        );
+        let seen = killed.elapsed();
+        let resets = |reason| common::counter(&metrics, m::BACKPLANE_RESETS, &[("reason", reason)]);
+        eprintln!(
+            "{transport}: invalidation seen {seen:?} after the kill; resets: {} lost, {} resubscribed",
+            resets("subscription_lost"),
+            resets("resubscribed")
+        );
+        if transport == "pubsub" {
+            assert!(
+                common::eventually(Duration::from_secs(10), async || resets("resubscribed")
+                    >= 1)
+                .await,
+                "a moved pub/sub subscription is a possible gap"
+            );
+        }
+        // Events arrive on the new topology.
+        let received = common::counter(&metrics, m::BACKPLANE_RECEIVED, &[]);
+        a.invalidate(&2).await.unwrap();
+        assert!(
+            common::eventually(Duration::from_secs(10), async || {
+                common::counter(&metrics, m::BACKPLANE_RECEIVED, &[]) > received
+            })
+            .await,
+            "{transport}: an invalidation after the failover did not reach B"
+        );
+        eprintln!(
+            "{transport}: events flow again {:?} after the kill",
+            killed.elapsed()
+        );
+    }
+}
