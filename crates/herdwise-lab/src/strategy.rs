@@ -230,6 +230,8 @@ pub async fn herdwise_with(
 
 fn herdwise_counts(snapshotter: &Snapshotter) -> TierCounts {
     let mut counts = TierCounts::default();
+    // L1 hits reach the recorder from per-thread stripes: hand them over first.
+    herdwise::metrics::flush();
     for (key, _, _, value) in snapshotter.snapshot().into_vec() {
         let DebugValue::Counter(n) = value else {
             continue;
@@ -241,13 +243,18 @@ fn herdwise_counts(snapshotter: &Snapshotter) -> TierCounts {
                 .map(|l| l.value().to_string())
         };
         match key.name() {
-            herdwise::metrics::HITS => match label("tier").as_deref() {
-                Some("l1") => counts.l1_hits += n,
-                Some("l2") => counts.l2_hits += n,
+            // (Negative answers are left out: every key of the lab's origin exists.)
+            herdwise::metrics::GETS => match label("result").as_deref() {
+                Some("l1_hit") => counts.l1_hits += n,
+                Some("l2_hit") => counts.l2_hits += n,
+                Some("miss" | "stale" | "error") => counts.misses += n,
                 _ => {}
             },
-            herdwise::metrics::MISSES => counts.misses += n,
-            herdwise::metrics::STORE_ERRORS => counts.store_errors += n,
+            herdwise::metrics::L2_CALLS => {
+                if matches!(label("outcome").as_deref(), Some("error" | "timeout")) {
+                    counts.store_errors += n
+                }
+            }
             _ => {}
         }
     }

@@ -1,26 +1,46 @@
 //! Every metric Herdwise emits, by name, in one place (through the `metrics` facade).
 //!
-//! All carry a `namespace` label.
+//! Every series carries a `cache` label: the cache's namespace. Label values are bounded:
+//! each label below lists all of its values. Names follow Prometheus conventions (base units:
+//! seconds and bytes; `_total` for counters), and the read and load families follow
+//! Micrometer's `cache_gets_total{result=...}`, so hit ratios are written as users know them:
+//! `sum(rate(herdwise_cache_gets_total{result=~"l1_hit|l2_hit"}[5m])) /
+//! sum(rate(herdwise_cache_gets_total[5m]))`. Origin load is
+//! `rate(herdwise_cache_loads_total{result!="shed"}[1m])` (loader calls per second).
 //!
-//! **Install your recorder (Prometheus exporter, ...) before building caches.** Handles are
-//! registered once, when a cache is built, so the hot path only increments an atomic; a cache
-//! built before the recorder was installed keeps recording into nothing, for good. `build()`
-//! logs a warning (once per process) when it finds no recorder installed — judged by the
-//! recorder in scope being the `metrics` crate's no-op one (a zero-sized type; a zero-sized
-//! recorder of your own would be taken for it, and only cost you that warning).
+//! **Install your recorder (Prometheus exporter, ...) before building caches** — with the
+//! `prometheus` feature, [`crate::prometheus`] does it in one call. Handles are registered
+//! once, when a cache is built, so the hot path only touches memory of its own; a cache built
+//! before the recorder was installed keeps recording into nothing, for good. `build()` logs a
+//! warning (once per process) when it finds no recorder installed — judged by the recorder in
+//! scope being the `metrics` crate's no-op one (a zero-sized type; a zero-sized recorder of
+//! your own would be taken for it, and only cost you that warning).
 //!
-//! | name | kind | labels | meaning |
+//! **The hit path.** Reads answered by L1 are counted in per-thread stripes (no counter shared
+//! between cores is written per hit) and handed to the recorder at least once a second (by a
+//! `herdwise-metrics` thread, started with the first cache), at every 256th hit of a stripe,
+//! and on [`flush`]; the Prometheus helpers flush before every render. Their latencies are
+//! sampled: one L1 hit in 64 is timed (the `_count` of `herdwise_cache_get_duration_seconds`
+//! for `l1_hit` is therefore about 1/64 of the hits; the gets counter has them all). Every
+//! other read, load, lease wait and L2 call is timed.
+//!
+//! | name | type | labels | meaning |
 //! |---|---|---|---|
-//! | `herdwise_hits_total` | counter | `tier` = `l1`/`l2` | reads answered by a tier (negative entries included) |
-//! | `herdwise_misses_total` | counter | | reads that found nothing usable in any tier |
-//! | `herdwise_loads_total` | counter | | loader calls |
-//! | `herdwise_load_errors_total` | counter | `kind` = `error`/`panic`/`timeout` | loader failures (never cached) |
-//! | `herdwise_stale_served_total` | counter | `reason` = `error`/`refreshing`/`soft_timeout` | stale values served: the origin failed (stale-if-error), a refresh is under way (stale-while-revalidate), or the load passed its soft timeout |
-//! | `herdwise_coalesced_waits_total` | counter | | callers that waited for another caller's load |
+//! | `herdwise_cache_gets_total` | counter | `result` = `l1_hit`/`l2_hit`/`miss`/`stale`/`negative`/`error` | reads (`get`, `get_or_load*`, `fetch*`), each counted once by how it ended: a fresh value from L1 or L2; `miss`: the value came from the origin (this read's load, or one it waited for); `stale`: a stale value was served (reason in `herdwise_stale_served_total`); `negative`: a cached "not at the origin"; `error`: the read returned an error |
+//! | `herdwise_cache_get_duration_seconds` | histogram | `result` (as above) | how long reads took, by result (`l1_hit`/`negative` sampled 1 in 64 when answered by L1) |
+//! | `herdwise_cache_loads_total` | counter | `result` = `success`/`error`/`panic`/`timeout`/`shed` | origin loads by outcome (`success` includes "not at the origin"); `shed`: refused at the origin limit with `Error::Overloaded`, the loader not called |
+//! | `herdwise_cache_load_duration_seconds` | histogram | `result` = `success`/`error`/`panic`/`timeout` | loader call time |
+//! | `herdwise_cache_evictions_total` | counter | `cause` = `size`/`expiry` | L1 entries evicted for space, or removed when found expired |
+//! | `herdwise_cache_l1_bytes` | gauge | | L1 weight in bytes |
+//! | `herdwise_cache_l1_entries` | gauge | | L1 entries (expired ones included until read or evicted) |
+//! | `herdwise_l2_calls_total` | counter | `op` = `get`/`set`/`delete`/`lease`/`publish`/`tags`/`scan`/`admin`, `outcome` = `ok`/`error`/`timeout`/`rejected` | remote-tier calls (`rejected`: not made, the breaker was open). `get`: value reads; `set`: value writes and fills; `delete`: deletes; `lease`: leases and fences; `publish`: invalidation events; `tags`: tag clocks and marks; `scan`: prefix walks; `admin`: generation and server checks |
+//! | `herdwise_l2_call_duration_seconds` | histogram | `op` (as above) | remote-tier call time (calls made, whatever their outcome) |
+//! | `herdwise_lease_wait_duration_seconds` | histogram | `outcome` = `filled`/`took_over`/`timeout`/`remote_down` | time spent waiting for another instance's fill under its lease (`took_over`: its holder gave it up and this read took it; `timeout`: gave up waiting and loaded itself) |
+//! | `herdwise_stale_served_total` | counter | `reason` = `error`/`swr`/`soft_timeout`/`recovery` | stale values served: the origin failed (stale-if-error), a refresh is under way (stale-while-revalidate), the load passed its soft timeout, or the remote tier lost the key in a recovery window |
+//! | `herdwise_coalesced_waits_total` | counter | | reads that waited for another read's load in this process |
 //! | `herdwise_refreshes_total` | counter | `trigger` = `swr`/`xfetch`/`ahead` | background refreshes started (at most one runs per key across instances) |
 //! | `herdwise_flight_bypass_total` | counter | | loads not coalesced because the in-flight map was full |
 //! | `herdwise_negative_stored_total` | counter | | negative entries written |
-//! | `herdwise_store_errors_total` | counter | `op`, `kind` = `error`/`timeout` | failed remote-store calls |
 //! | `herdwise_corrupt_entries_total` | counter | | stored bytes that failed to decode (deleted, treated as misses) |
 //! | `herdwise_scope_violations_total` | counter | `reason` = `foreign`/`unscoped` | entries read under a key they were not written for (`foreign`: their key fingerprint names another key; `unscoped`: they carry none — written by an older version or another writer); deleted, treated as misses |
 //! | `herdwise_uncacheable_values_total` | counter | `reason` = `too_large`/`encode` | loaded values returned but not cached |
@@ -34,21 +54,154 @@
 //! | `herdwise_tag_invalidated_reads_total` | counter | | entries found in L1 or L2 but not served because one of their tags was invalidated after them |
 //! | `herdwise_invalidation_retries_total` | counter | `outcome` = `queued`/`succeeded` | invalidations that failed against L2 and were queued for retry, and those a retry completed |
 //! | `herdwise_invalidations_dead_lettered_total` | counter | | invalidations given up (queue full, or every retry failed) |
-//! | `herdwise_breaker_state` | gauge | | circuit breaker on the remote tier: 0 closed, 1 open, 2 half-open |
+//! | `herdwise_retry_queue_depth` | gauge | | invalidations waiting in the retry queue |
+//! | `herdwise_breaker_state` | gauge | `node` (sharded stores only: `0`..`n-1`) | circuit breaker on the remote tier: 0 closed, 1 open, 2 half-open |
 //! | `herdwise_breaker_transitions_total` | counter | `to` = `closed`/`open`/`half_open` | breaker state changes |
-//! | `herdwise_breaker_rejected_total` | counter | | remote calls not made because the breaker was open |
 //! | `herdwise_origin_limited_total` | counter | `outcome` = `stale`/`waited`/`overloaded` | loads that found the origin at its concurrency limit: answered stale, waited for a slot, or shed with `Error::Overloaded` |
-//! | `herdwise_recovery_served_from_l1_total` | counter | | reads answered from L1 (flagged stale) in the window after a remote-tier recovery, for keys the remote tier lost |
 //! | `herdwise_warmed_total` | counter | `outcome` = `loaded`/`cached`/`absent`/`failed`, `trigger` = `warm`/`recovery` | keys warmed: loaded from the origin, already cached, not at the origin, or failed |
 //! | `herdwise_replica_reads_total` | counter | `outcome` = `hit`/`miss` | reads of a hot key's L2 copy (`miss`: the copy was missing, the primary was read and the copy rewritten) |
 //! | `herdwise_hottest_key_share` | gauge | | the hottest key's share of recent reads (sampled; refreshed every ~65k reads) |
 //! | `herdwise_hot_key_reads` | gauge | `rank` = `1`..`k` | estimated recent reads of the k hottest keys, by rank (names: `Cache::hot_keys`) |
-//! | `herdwise_l1_evictions_total` | counter | | L1 entries evicted for space |
-//! | `herdwise_l1_bytes` | gauge | | L1 weight in bytes |
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use parking_lot::Mutex;
 
-use metrics::{counter, gauge, Counter, Gauge};
+/// The label every series carries: the cache's namespace.
+pub const CACHE_LABEL: &str = "cache";
+
+/// Reads, by how they ended.
+pub const GETS: &str = "herdwise_cache_gets_total";
+/// Read latency, by result.
+pub const GET_DURATION: &str = "herdwise_cache_get_duration_seconds";
+/// Origin loads, by outcome.
+pub const LOADS: &str = "herdwise_cache_loads_total";
+/// Loader call time, by outcome.
+pub const LOAD_DURATION: &str = "herdwise_cache_load_duration_seconds";
+/// L1 evictions and expiries.
+pub const EVICTIONS: &str = "herdwise_cache_evictions_total";
+/// L1 weight in bytes.
+pub const L1_BYTES: &str = "herdwise_cache_l1_bytes";
+/// L1 entries.
+pub const L1_ENTRIES: &str = "herdwise_cache_l1_entries";
+/// Remote-tier calls, by operation and outcome.
+pub const L2_CALLS: &str = "herdwise_l2_calls_total";
+/// Remote-tier call time, by operation.
+pub const L2_CALL_DURATION: &str = "herdwise_l2_call_duration_seconds";
+/// Time waiting for another instance's fill.
+pub const LEASE_WAIT_DURATION: &str = "herdwise_lease_wait_duration_seconds";
+/// Background refreshes started.
+pub const REFRESHES: &str = "herdwise_refreshes_total";
+/// Stale values served.
+pub const STALE_SERVED: &str = "herdwise_stale_served_total";
+/// Callers that waited on another caller's load.
+pub const COALESCED_WAITS: &str = "herdwise_coalesced_waits_total";
+/// Loads not coalesced because the in-flight map was full.
+pub const FLIGHT_BYPASS: &str = "herdwise_flight_bypass_total";
+/// Negative entries written.
+pub const NEGATIVE_STORED: &str = "herdwise_negative_stored_total";
+/// Entries whose bytes failed to decode.
+pub const CORRUPT_ENTRIES: &str = "herdwise_corrupt_entries_total";
+/// Entries read under a key they were not written for.
+pub const SCOPE_VIOLATIONS: &str = "herdwise_scope_violations_total";
+/// Loaded values that were returned but could not be cached.
+pub const UNCACHEABLE_VALUES: &str = "herdwise_uncacheable_values_total";
+/// Lease attempts after an L2 miss.
+pub const LEASES: &str = "herdwise_leases_total";
+/// Waiters that stopped waiting for another instance's fill.
+pub const LEASE_WAIT_TIMEOUTS: &str = "herdwise_lease_wait_timeouts_total";
+/// Fills that were not written.
+pub const FILLS_REFUSED: &str = "herdwise_fills_refused_total";
+/// Invalidations received from other instances.
+pub const BACKPLANE_RECEIVED: &str = "herdwise_backplane_received_total";
+/// L1 demotions because events may have been missed.
+pub const BACKPLANE_RESETS: &str = "herdwise_backplane_resets_total";
+/// `invalidate_tag` calls.
+pub const TAG_INVALIDATIONS: &str = "herdwise_tag_invalidations_total";
+/// Tagged entries checked against the store.
+pub const TAG_STORE_CHECKS: &str = "herdwise_tag_store_checks_total";
+/// Entries not served because a tag of theirs was invalidated.
+pub const TAG_INVALIDATED_READS: &str = "herdwise_tag_invalidated_reads_total";
+/// Failed invalidations queued for retry, and completed retries.
+pub const INVALIDATION_RETRIES: &str = "herdwise_invalidation_retries_total";
+/// Invalidations given up.
+pub const INVALIDATIONS_DEAD_LETTERED: &str = "herdwise_invalidations_dead_lettered_total";
+/// Invalidations waiting in the retry queue.
+pub const RETRY_QUEUE_DEPTH: &str = "herdwise_retry_queue_depth";
+/// Circuit breaker state (0 closed, 1 open, 2 half-open).
+pub const BREAKER_STATE: &str = "herdwise_breaker_state";
+/// Breaker state changes.
+pub const BREAKER_TRANSITIONS: &str = "herdwise_breaker_transitions_total";
+/// Loads that found the origin at its concurrency limit.
+pub const ORIGIN_LIMITED: &str = "herdwise_origin_limited_total";
+/// Keys warmed.
+pub const WARMED: &str = "herdwise_warmed_total";
+/// Reads of a hot key's L2 copies.
+pub const REPLICA_READS: &str = "herdwise_replica_reads_total";
+/// The hottest key's share of recent reads.
+pub const HOTTEST_KEY_SHARE: &str = "herdwise_hottest_key_share";
+/// Estimated recent reads of the hottest keys, by rank.
+pub const HOT_KEY_READS: &str = "herdwise_hot_key_reads";
+
+/// Every metric name Herdwise emits (the table above, in order).
+pub const ALL: &[&str] = &[
+    GETS,
+    GET_DURATION,
+    LOADS,
+    LOAD_DURATION,
+    EVICTIONS,
+    L1_BYTES,
+    L1_ENTRIES,
+    L2_CALLS,
+    L2_CALL_DURATION,
+    LEASE_WAIT_DURATION,
+    STALE_SERVED,
+    COALESCED_WAITS,
+    REFRESHES,
+    FLIGHT_BYPASS,
+    NEGATIVE_STORED,
+    CORRUPT_ENTRIES,
+    SCOPE_VIOLATIONS,
+    UNCACHEABLE_VALUES,
+    LEASES,
+    LEASE_WAIT_TIMEOUTS,
+    FILLS_REFUSED,
+    BACKPLANE_RECEIVED,
+    BACKPLANE_RESETS,
+    TAG_INVALIDATIONS,
+    TAG_STORE_CHECKS,
+    TAG_INVALIDATED_READS,
+    INVALIDATION_RETRIES,
+    INVALIDATIONS_DEAD_LETTERED,
+    RETRY_QUEUE_DEPTH,
+    BREAKER_STATE,
+    BREAKER_TRANSITIONS,
+    ORIGIN_LIMITED,
+    WARMED,
+    REPLICA_READS,
+    HOTTEST_KEY_SHARE,
+    HOT_KEY_READS,
+];
+
+/// Hands every cache's striped hit counts to the recorder now (they otherwise reach it within
+/// a second). Call it before rendering metrics yourself; the [`crate::prometheus`] helpers do.
+///
+/// ```
+/// herdwise::metrics::flush();
+/// ```
+pub fn flush() {
+    let live: Vec<Arc<Striped>> = {
+        let mut registry = REGISTRY.lock();
+        registry.retain(|w| w.strong_count() > 0);
+        registry.iter().filter_map(Weak::upgrade).collect()
+    };
+    for striped in live {
+        striped.flush();
+    }
+}
 
 /// Whether the no-recorder warning was logged already.
 static WARNED_NO_RECORDER: AtomicBool = AtomicBool::new(false);
@@ -67,74 +220,165 @@ fn warn_if_no_recorder(namespace: &str) {
     }
 }
 
-/// Reads answered by a tier.
-pub const HITS: &str = "herdwise_hits_total";
-/// Reads that found nothing usable.
-pub const MISSES: &str = "herdwise_misses_total";
-/// Loader calls.
-pub const LOADS: &str = "herdwise_loads_total";
-/// Loader failures.
-pub const LOAD_ERRORS: &str = "herdwise_load_errors_total";
-/// Background refreshes started.
-pub const REFRESHES: &str = "herdwise_refreshes_total";
-/// Stale values served.
-pub const STALE_SERVED: &str = "herdwise_stale_served_total";
-/// Callers that waited on another caller's load.
-pub const COALESCED_WAITS: &str = "herdwise_coalesced_waits_total";
-/// Loads not coalesced because the in-flight map was full.
-pub const FLIGHT_BYPASS: &str = "herdwise_flight_bypass_total";
-/// Negative entries written.
-pub const NEGATIVE_STORED: &str = "herdwise_negative_stored_total";
-/// Failed remote-store calls.
-pub const STORE_ERRORS: &str = "herdwise_store_errors_total";
-/// Entries whose bytes failed to decode.
-pub const CORRUPT_ENTRIES: &str = "herdwise_corrupt_entries_total";
-/// Entries read under a key they were not written for.
-pub const SCOPE_VIOLATIONS: &str = "herdwise_scope_violations_total";
-/// Loaded values that were returned but could not be cached.
-pub const UNCACHEABLE_VALUES: &str = "herdwise_uncacheable_values_total";
-/// Lease attempts after an L2 miss.
-pub const LEASES: &str = "herdwise_leases_total";
-/// Waiters that stopped waiting for another instance's fill.
-pub const LEASE_WAIT_TIMEOUTS: &str = "herdwise_lease_wait_timeouts_total";
-/// Fills that were not written.
-pub const FILLS_REFUSED: &str = "herdwise_fills_refused_total";
-/// Invalidations received from other instances.
-pub const BACKPLANE_RECEIVED: &str = "herdwise_backplane_received_total";
-/// L1 clears because events may have been missed.
-pub const BACKPLANE_RESETS: &str = "herdwise_backplane_resets_total";
-/// `invalidate_tag` calls.
-pub const TAG_INVALIDATIONS: &str = "herdwise_tag_invalidations_total";
-/// Tagged entries checked against the store.
-pub const TAG_STORE_CHECKS: &str = "herdwise_tag_store_checks_total";
-/// Entries not served because a tag of theirs was invalidated.
-pub const TAG_INVALIDATED_READS: &str = "herdwise_tag_invalidated_reads_total";
-/// Failed invalidations queued for retry, and completed retries.
-pub const INVALIDATION_RETRIES: &str = "herdwise_invalidation_retries_total";
-/// Invalidations given up.
-pub const INVALIDATIONS_DEAD_LETTERED: &str = "herdwise_invalidations_dead_lettered_total";
-/// Circuit breaker state (0 closed, 1 open, 2 half-open).
-pub const BREAKER_STATE: &str = "herdwise_breaker_state";
-/// Breaker state changes.
-pub const BREAKER_TRANSITIONS: &str = "herdwise_breaker_transitions_total";
-/// Remote calls skipped because the breaker was open.
-pub const BREAKER_REJECTED: &str = "herdwise_breaker_rejected_total";
-/// Loads that found the origin at its concurrency limit.
-pub const ORIGIN_LIMITED: &str = "herdwise_origin_limited_total";
-/// Reads answered from L1 after a recovery, for keys the remote tier lost.
-pub const RECOVERY_SERVED_FROM_L1: &str = "herdwise_recovery_served_from_l1_total";
-/// Keys warmed.
-pub const WARMED: &str = "herdwise_warmed_total";
-/// Reads of a hot key's L2 copies.
-pub const REPLICA_READS: &str = "herdwise_replica_reads_total";
-/// The hottest key's share of recent reads.
-pub const HOTTEST_KEY_SHARE: &str = "herdwise_hottest_key_share";
-/// Estimated recent reads of the hottest keys, by rank.
-pub const HOT_KEY_READS: &str = "herdwise_hot_key_reads";
-/// L1 evictions.
-pub const L1_EVICTIONS: &str = "herdwise_l1_evictions_total";
-/// L1 weight in bytes.
-pub const L1_BYTES: &str = "herdwise_l1_bytes";
+/// Stripes per striped counter (a power of two).
+const STRIPES: usize = 16;
+/// A stripe hands its count over at every this many increments.
+const FLUSH_EVERY: u64 = 256;
+/// One L1 hit in this many is timed.
+const SAMPLE_EVERY: u32 = 64;
+
+/// A counter on a cache line of its own.
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded(AtomicU64);
+
+/// A counter written per L1 hit: each thread adds to a stripe of its own (threads take stripes
+/// in turn), so no cache line bounces between cores per hit. The sum reaches the recorder's
+/// counter as increments of what was not handed over yet.
+pub(crate) struct Striped {
+    stripes: [Padded; STRIPES],
+    /// The sum handed to `target` so far.
+    flushed: Mutex<u64>,
+    target: Counter,
+}
+
+/// All live striped counters, for [`flush`] and the flusher thread.
+static REGISTRY: Mutex<Vec<Weak<Striped>>> = Mutex::new(Vec::new());
+static FLUSHER_STARTED: AtomicBool = AtomicBool::new(false);
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// Counts down to the next timed L1 hit.
+    static SAMPLE: Cell<u32> = const { Cell::new(0) };
+}
+
+fn stripe_index() -> usize {
+    STRIPE.with(|s| {
+        let i = s.get();
+        if i != usize::MAX {
+            return i;
+        }
+        let i = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
+        s.set(i);
+        i
+    })
+}
+
+/// Whether this L1 hit is one of the timed ones.
+#[inline]
+pub(crate) fn sample_hit() -> bool {
+    SAMPLE.with(|c| match c.get() {
+        0 => {
+            c.set(SAMPLE_EVERY - 1);
+            true
+        }
+        n => {
+            c.set(n - 1);
+            false
+        }
+    })
+}
+
+impl Striped {
+    fn new(target: Counter) -> Arc<Self> {
+        let striped = Arc::new(Striped {
+            stripes: Default::default(),
+            flushed: Mutex::new(0),
+            target,
+        });
+        REGISTRY.lock().push(Arc::downgrade(&striped));
+        start_flusher();
+        striped
+    }
+
+    #[inline]
+    pub fn increment(&self) {
+        let before = self.stripes[stripe_index()]
+            .0
+            .fetch_add(1, Ordering::Relaxed);
+        if before % FLUSH_EVERY == FLUSH_EVERY - 1 {
+            self.flush();
+        }
+    }
+
+    /// Hands what the stripes counted since the last flush to the recorder (skipped if
+    /// another flush is under way: it hands over the same counts).
+    pub fn flush(&self) {
+        let Some(mut flushed) = self.flushed.try_lock() else {
+            return;
+        };
+        let sum: u64 = self
+            .stripes
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .fold(0u64, u64::wrapping_add);
+        let delta = sum.wrapping_sub(*flushed);
+        if delta > 0 {
+            self.target.increment(delta);
+            *flushed = sum;
+        }
+    }
+}
+
+/// Starts the thread that flushes every striped counter once a second (once per process; if
+/// the thread cannot be started, counts still reach the recorder at every 256th hit of a
+/// stripe and on [`flush`]).
+fn start_flusher() {
+    if FLUSHER_STARTED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("herdwise-metrics".into())
+        .spawn(|| loop {
+            std::thread::sleep(Duration::from_secs(1));
+            flush();
+        });
+    if let Err(err) = spawned {
+        tracing::warn!(error = %err, "could not start the metrics flusher thread");
+    }
+}
+
+/// How a read ended, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GetResult {
+    L1Hit,
+    L2Hit,
+    Miss,
+    Stale,
+    Negative,
+    Error,
+}
+
+const GET_RESULTS: [&str; 6] = ["l1_hit", "l2_hit", "miss", "stale", "negative", "error"];
+
+impl GetResult {
+    /// An answer from an L1 entry (`stale_copy`: a flagged copy re-stored by stale-if-error).
+    #[inline]
+    pub fn of_l1(stale_copy: bool, has_value: bool) -> Self {
+        match (stale_copy, has_value) {
+            (true, _) => GetResult::Stale,
+            (false, true) => GetResult::L1Hit,
+            (false, false) => GetResult::Negative,
+        }
+    }
+
+    /// The label value.
+    pub fn name(self) -> &'static str {
+        GET_RESULTS[self as usize]
+    }
+}
+
+/// How a load ended, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LoadResult {
+    Success,
+    Error,
+    Panic,
+    Timeout,
+}
+
+const LOAD_RESULTS: [&str; 4] = ["success", "error", "panic", "timeout"];
 
 /// A remote-store operation, as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,28 +387,100 @@ pub(crate) enum StoreOp {
     Set,
     Delete,
     Lease,
+    Publish,
+    Tags,
+    Scan,
+    Admin,
 }
 
-/// How a remote-store call failed, as a metric label.
+impl StoreOp {
+    pub const ALL: [StoreOp; 8] = [
+        StoreOp::Get,
+        StoreOp::Set,
+        StoreOp::Delete,
+        StoreOp::Lease,
+        StoreOp::Publish,
+        StoreOp::Tags,
+        StoreOp::Scan,
+        StoreOp::Admin,
+    ];
+
+    /// The label value (and the span's `db.operation.name`).
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreOp::Get => "get",
+            StoreOp::Set => "set",
+            StoreOp::Delete => "delete",
+            StoreOp::Lease => "lease",
+            StoreOp::Publish => "publish",
+            StoreOp::Tags => "tags",
+            StoreOp::Scan => "scan",
+            StoreOp::Admin => "admin",
+        }
+    }
+}
+
+/// How a remote-store call ended, as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum FailureKind {
+pub(crate) enum CallOutcome {
+    Ok,
     Error,
     Timeout,
+    Rejected,
 }
+
+const CALL_OUTCOMES: [&str; 4] = ["ok", "error", "timeout", "rejected"];
+
+/// How a wait for another instance's fill ended, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LeaseWait {
+    Filled,
+    TookOver,
+    Timeout,
+    RemoteDown,
+}
+
+const LEASE_WAITS: [&str; 4] = ["filled", "took_over", "timeout", "remote_down"];
+
+impl LeaseWait {
+    /// The label value.
+    pub fn name(self) -> &'static str {
+        LEASE_WAITS[self as usize]
+    }
+}
+
+/// Why a stale value was served, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StaleReason {
+    Error,
+    Swr,
+    SoftTimeout,
+    Recovery,
+}
+
+const STALE_REASONS: [&str; 4] = ["error", "swr", "soft_timeout", "recovery"];
 
 /// Pre-registered handles for one cache.
 #[derive(Clone)]
 pub(crate) struct CacheMetrics {
-    pub l1_hits: Counter,
-    pub l2_hits: Counter,
-    pub misses: Counter,
-    pub loads: Counter,
-    pub load_errors: Counter,
-    pub load_panics: Counter,
-    pub load_timeouts: Counter,
-    pub stale_served_error: Counter,
-    pub stale_served_refreshing: Counter,
-    pub stale_served_soft_timeout: Counter,
+    namespace: Arc<str>,
+    /// L1 hits and L1 negative hits: striped.
+    l1_hit: Arc<Striped>,
+    l1_negative: Arc<Striped>,
+    gets: [Counter; 6],
+    get_duration: [Histogram; 6],
+    loads: [Counter; 4],
+    pub loads_shed: Counter,
+    load_duration: [Histogram; 4],
+    pub evictions_size: Counter,
+    pub evictions_expiry: Counter,
+    pub l1_bytes: Gauge,
+    pub l1_entries: Gauge,
+    /// `[op][outcome]`.
+    l2_calls: [[Counter; 4]; 8],
+    l2_call_duration: [Histogram; 8],
+    lease_wait: [Histogram; 4],
+    stale_served: [Counter; 4],
     pub refreshes_swr: Counter,
     pub refreshes_xfetch: Counter,
     pub refreshes_ahead: Counter,
@@ -189,20 +505,15 @@ pub(crate) struct CacheMetrics {
     pub invalidation_retries_queued: Counter,
     pub invalidation_retries_succeeded: Counter,
     pub invalidations_dead_lettered: Counter,
+    pub retry_queue_depth: Gauge,
     /// gap, resubscribed, lagged, tag_events_missed, subscription_lost.
     backplane_resets: [Counter; 5],
-    pub l1_evictions: Counter,
-    pub l1_bytes: Gauge,
     pub breaker_state: Gauge,
     /// closed, open, half-open.
     breaker_transitions: [Counter; 3],
-    pub breaker_rejected: Counter,
     pub origin_limited_stale: Counter,
     pub origin_limited_waited: Counter,
     pub origin_limited_overloaded: Counter,
-    /// `[op][kind]`, see [`StoreOp`] and [`FailureKind`].
-    store_errors: [[Counter; 2]; 4],
-    pub recovery_served_from_l1: Counter,
     pub hottest_key_share: Gauge,
     pub replica_reads_hit: Counter,
     pub replica_reads_miss: Counter,
@@ -230,79 +541,140 @@ impl CacheMetrics {
     pub fn new(namespace: &str) -> Self {
         warn_if_no_recorder(namespace);
         let ns = namespace.to_string();
-        let store = |op: &'static str, kind: &'static str| counter!(STORE_ERRORS, "namespace" => ns.clone(), "op" => op, "kind" => kind);
+        let c = |name: &'static str| counter!(name, CACHE_LABEL => ns.clone());
+        let cl = |name: &'static str, label: &'static str, value: &'static str| counter!(name, CACHE_LABEL => ns.clone(), label => value);
         CacheMetrics {
-            l1_hits: counter!(HITS, "namespace" => ns.clone(), "tier" => "l1"),
-            l2_hits: counter!(HITS, "namespace" => ns.clone(), "tier" => "l2"),
-            misses: counter!(MISSES, "namespace" => ns.clone()),
-            loads: counter!(LOADS, "namespace" => ns.clone()),
-            load_errors: counter!(LOAD_ERRORS, "namespace" => ns.clone(), "kind" => "error"),
-            load_panics: counter!(LOAD_ERRORS, "namespace" => ns.clone(), "kind" => "panic"),
-            load_timeouts: counter!(LOAD_ERRORS, "namespace" => ns.clone(), "kind" => "timeout"),
-            stale_served_error: counter!(STALE_SERVED, "namespace" => ns.clone(), "reason" => "error"),
-            stale_served_refreshing: counter!(STALE_SERVED, "namespace" => ns.clone(), "reason" => "refreshing"),
-            stale_served_soft_timeout: counter!(STALE_SERVED, "namespace" => ns.clone(), "reason" => "soft_timeout"),
-            refreshes_swr: counter!(REFRESHES, "namespace" => ns.clone(), "trigger" => "swr"),
-            refreshes_xfetch: counter!(REFRESHES, "namespace" => ns.clone(), "trigger" => "xfetch"),
-            refreshes_ahead: counter!(REFRESHES, "namespace" => ns.clone(), "trigger" => "ahead"),
-            coalesced_waits: counter!(COALESCED_WAITS, "namespace" => ns.clone()),
-            flight_bypass: counter!(FLIGHT_BYPASS, "namespace" => ns.clone()),
-            negative_stored: counter!(NEGATIVE_STORED, "namespace" => ns.clone()),
-            corrupt_entries: counter!(CORRUPT_ENTRIES, "namespace" => ns.clone()),
-            scope_foreign: counter!(SCOPE_VIOLATIONS, "namespace" => ns.clone(), "reason" => "foreign"),
-            scope_unscoped: counter!(SCOPE_VIOLATIONS, "namespace" => ns.clone(), "reason" => "unscoped"),
-            too_large: counter!(UNCACHEABLE_VALUES, "namespace" => ns.clone(), "reason" => "too_large"),
-            encode_failures: counter!(UNCACHEABLE_VALUES, "namespace" => ns.clone(), "reason" => "encode"),
-            leases_acquired: counter!(LEASES, "namespace" => ns.clone(), "outcome" => "acquired"),
-            leases_held: counter!(LEASES, "namespace" => ns.clone(), "outcome" => "held"),
-            lease_takeovers: counter!(LEASES, "namespace" => ns.clone(), "outcome" => "takeover"),
-            lease_wait_timeouts: counter!(LEASE_WAIT_TIMEOUTS, "namespace" => ns.clone()),
-            fills_refused_lease_lost: counter!(FILLS_REFUSED, "namespace" => ns.clone(), "reason" => "lease_lost"),
-            fills_refused_older: counter!(FILLS_REFUSED, "namespace" => ns.clone(), "reason" => "older"),
-            backplane_received: counter!(BACKPLANE_RECEIVED, "namespace" => ns.clone()),
-            tag_invalidations: counter!(TAG_INVALIDATIONS, "namespace" => ns.clone()),
-            tag_store_checks: counter!(TAG_STORE_CHECKS, "namespace" => ns.clone()),
-            tag_invalidated_reads: counter!(TAG_INVALIDATED_READS, "namespace" => ns.clone()),
-            invalidation_retries_queued: counter!(INVALIDATION_RETRIES, "namespace" => ns.clone(), "outcome" => "queued"),
-            invalidation_retries_succeeded: counter!(INVALIDATION_RETRIES, "namespace" => ns.clone(), "outcome" => "succeeded"),
-            invalidations_dead_lettered: counter!(INVALIDATIONS_DEAD_LETTERED, "namespace" => ns.clone()),
-            backplane_resets: ["gap", "resubscribed", "lagged", "tag_events_missed", "subscription_lost"].map(
-                |reason| counter!(BACKPLANE_RESETS, "namespace" => ns.clone(), "reason" => reason),
-            ),
-            l1_evictions: counter!(L1_EVICTIONS, "namespace" => ns.clone()),
-            l1_bytes: gauge!(L1_BYTES, "namespace" => ns.clone()),
-            breaker_state: gauge!(BREAKER_STATE, "namespace" => ns.clone()),
+            namespace: namespace.into(),
+            l1_hit: Striped::new(cl(GETS, "result", "l1_hit")),
+            l1_negative: Striped::new(cl(GETS, "result", "negative")),
+            gets: GET_RESULTS.map(|r| cl(GETS, "result", r)),
+            get_duration: GET_RESULTS
+                .map(|r| histogram!(GET_DURATION, CACHE_LABEL => ns.clone(), "result" => r)),
+            loads: LOAD_RESULTS.map(|r| cl(LOADS, "result", r)),
+            loads_shed: cl(LOADS, "result", "shed"),
+            load_duration: LOAD_RESULTS
+                .map(|r| histogram!(LOAD_DURATION, CACHE_LABEL => ns.clone(), "result" => r)),
+            evictions_size: cl(EVICTIONS, "cause", "size"),
+            evictions_expiry: cl(EVICTIONS, "cause", "expiry"),
+            l1_bytes: gauge!(L1_BYTES, CACHE_LABEL => ns.clone()),
+            l1_entries: gauge!(L1_ENTRIES, CACHE_LABEL => ns.clone()),
+            l2_calls: StoreOp::ALL.map(|op| {
+                CALL_OUTCOMES.map(|outcome| {
+                    counter!(L2_CALLS, CACHE_LABEL => ns.clone(), "op" => op.name(), "outcome" => outcome)
+                })
+            }),
+            l2_call_duration: StoreOp::ALL.map(|op| {
+                histogram!(L2_CALL_DURATION, CACHE_LABEL => ns.clone(), "op" => op.name())
+            }),
+            lease_wait: LEASE_WAITS.map(|outcome| {
+                histogram!(LEASE_WAIT_DURATION, CACHE_LABEL => ns.clone(), "outcome" => outcome)
+            }),
+            stale_served: STALE_REASONS.map(|r| cl(STALE_SERVED, "reason", r)),
+            refreshes_swr: cl(REFRESHES, "trigger", "swr"),
+            refreshes_xfetch: cl(REFRESHES, "trigger", "xfetch"),
+            refreshes_ahead: cl(REFRESHES, "trigger", "ahead"),
+            coalesced_waits: c(COALESCED_WAITS),
+            flight_bypass: c(FLIGHT_BYPASS),
+            negative_stored: c(NEGATIVE_STORED),
+            corrupt_entries: c(CORRUPT_ENTRIES),
+            scope_foreign: cl(SCOPE_VIOLATIONS, "reason", "foreign"),
+            scope_unscoped: cl(SCOPE_VIOLATIONS, "reason", "unscoped"),
+            too_large: cl(UNCACHEABLE_VALUES, "reason", "too_large"),
+            encode_failures: cl(UNCACHEABLE_VALUES, "reason", "encode"),
+            leases_acquired: cl(LEASES, "outcome", "acquired"),
+            leases_held: cl(LEASES, "outcome", "held"),
+            lease_takeovers: cl(LEASES, "outcome", "takeover"),
+            lease_wait_timeouts: c(LEASE_WAIT_TIMEOUTS),
+            fills_refused_lease_lost: cl(FILLS_REFUSED, "reason", "lease_lost"),
+            fills_refused_older: cl(FILLS_REFUSED, "reason", "older"),
+            backplane_received: c(BACKPLANE_RECEIVED),
+            tag_invalidations: c(TAG_INVALIDATIONS),
+            tag_store_checks: c(TAG_STORE_CHECKS),
+            tag_invalidated_reads: c(TAG_INVALIDATED_READS),
+            invalidation_retries_queued: cl(INVALIDATION_RETRIES, "outcome", "queued"),
+            invalidation_retries_succeeded: cl(INVALIDATION_RETRIES, "outcome", "succeeded"),
+            invalidations_dead_lettered: c(INVALIDATIONS_DEAD_LETTERED),
+            retry_queue_depth: gauge!(RETRY_QUEUE_DEPTH, CACHE_LABEL => ns.clone()),
+            backplane_resets: [
+                "gap",
+                "resubscribed",
+                "lagged",
+                "tag_events_missed",
+                "subscription_lost",
+            ]
+            .map(|reason| cl(BACKPLANE_RESETS, "reason", reason)),
+            breaker_state: gauge!(BREAKER_STATE, CACHE_LABEL => ns.clone()),
             breaker_transitions: ["closed", "open", "half_open"]
-                .map(|to| counter!(BREAKER_TRANSITIONS, "namespace" => ns.clone(), "to" => to)),
-            breaker_rejected: counter!(BREAKER_REJECTED, "namespace" => ns.clone()),
-            origin_limited_stale: counter!(ORIGIN_LIMITED, "namespace" => ns.clone(), "outcome" => "stale"),
-            origin_limited_waited: counter!(ORIGIN_LIMITED, "namespace" => ns.clone(), "outcome" => "waited"),
-            origin_limited_overloaded: counter!(ORIGIN_LIMITED, "namespace" => ns.clone(), "outcome" => "overloaded"),
-            store_errors: [
-                [store("get", "error"), store("get", "timeout")],
-                [store("set", "error"), store("set", "timeout")],
-                [store("delete", "error"), store("delete", "timeout")],
-                [store("lease", "error"), store("lease", "timeout")],
-            ],
-            recovery_served_from_l1: counter!(RECOVERY_SERVED_FROM_L1, "namespace" => ns.clone()),
-            hottest_key_share: gauge!(HOTTEST_KEY_SHARE, "namespace" => ns.clone()),
-            replica_reads_hit: counter!(REPLICA_READS, "namespace" => ns.clone(), "outcome" => "hit"),
-            replica_reads_miss: counter!(REPLICA_READS, "namespace" => ns.clone(), "outcome" => "miss"),
+                .map(|to| cl(BREAKER_TRANSITIONS, "to", to)),
+            origin_limited_stale: cl(ORIGIN_LIMITED, "outcome", "stale"),
+            origin_limited_waited: cl(ORIGIN_LIMITED, "outcome", "waited"),
+            origin_limited_overloaded: cl(ORIGIN_LIMITED, "outcome", "overloaded"),
+            hottest_key_share: gauge!(HOTTEST_KEY_SHARE, CACHE_LABEL => ns.clone()),
+            replica_reads_hit: cl(REPLICA_READS, "outcome", "hit"),
+            replica_reads_miss: cl(REPLICA_READS, "outcome", "miss"),
             warmed: ["warm", "recovery"].map(|trigger| {
                 ["loaded", "cached", "absent", "failed"].map(|outcome| {
-                    counter!(WARMED, "namespace" => ns.clone(), "trigger" => trigger, "outcome" => outcome)
+                    counter!(WARMED, CACHE_LABEL => ns.clone(), "trigger" => trigger, "outcome" => outcome)
                 })
             }),
         }
     }
 
     /// One gauge per rank of the `k` hottest keys.
-    pub fn hot_key_ranks(namespace: &str, k: usize) -> Vec<Gauge> {
+    pub fn hot_key_ranks(&self, k: usize) -> Vec<Gauge> {
         (1..=k)
             .map(|rank| {
-                gauge!(HOT_KEY_READS, "namespace" => namespace.to_string(), "rank" => rank.to_string())
+                gauge!(HOT_KEY_READS, CACHE_LABEL => self.namespace.to_string(), "rank" => rank.to_string())
             })
             .collect()
+    }
+
+    /// The breaker-state gauge of node `node` of a sharded store.
+    pub fn breaker_gauge(&self, node: usize) -> Gauge {
+        gauge!(BREAKER_STATE, CACHE_LABEL => self.namespace.to_string(), "node" => node.to_string())
+    }
+
+    /// A read answered by L1, timed from `sampled` when it is one of the sampled hits.
+    #[inline]
+    pub fn l1_hit(&self, result: GetResult, sampled: Option<Instant>) {
+        match result {
+            GetResult::L1Hit => self.l1_hit.increment(),
+            GetResult::Negative => self.l1_negative.increment(),
+            other => self.gets[other as usize].increment(1),
+        }
+        if let Some(started) = sampled {
+            self.get_duration[result as usize].record(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// A read past L1 ended with `result` after `elapsed`.
+    pub fn read(&self, result: GetResult, elapsed: Duration) {
+        self.gets[result as usize].increment(1);
+        self.get_duration[result as usize].record(elapsed.as_secs_f64());
+        // Reads past L1 are rare next to hits: the hit stripes can afford a flush here, so a
+        // scrape between the flusher's ticks is rarely behind.
+        self.l1_hit.flush();
+        self.l1_negative.flush();
+    }
+
+    pub fn load(&self, result: LoadResult, elapsed: Duration) {
+        self.loads[result as usize].increment(1);
+        self.load_duration[result as usize].record(elapsed.as_secs_f64());
+    }
+
+    pub fn l2_call(&self, op: StoreOp, outcome: CallOutcome, elapsed: Option<Duration>) {
+        self.l2_calls[op as usize][outcome as usize].increment(1);
+        if let Some(elapsed) = elapsed {
+            self.l2_call_duration[op as usize].record(elapsed.as_secs_f64());
+        }
+    }
+
+    pub fn lease_wait(&self, outcome: LeaseWait, elapsed: Duration) {
+        self.lease_wait[outcome as usize].record(elapsed.as_secs_f64());
+    }
+
+    pub fn stale_served(&self, reason: StaleReason) {
+        self.stale_served[reason as usize].increment(1);
     }
 
     pub fn warmed(&self, trigger: WarmTrigger, outcome: WarmOutcome) {
@@ -329,8 +701,63 @@ impl CacheMetrics {
         };
         self.breaker_transitions[i].increment(1);
     }
+}
 
-    pub fn store_failure(&self, op: StoreOp, kind: FailureKind) {
-        self.store_errors[op as usize][kind as usize].increment(1);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn striped_counts_reach_the_recorder_on_flush_and_every_256_hits() {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let striped = metrics::with_local_recorder(&recorder, || Striped::new(counter!("t_total")));
+        let total = || -> u64 {
+            snapshotter
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .map(|(_, _, _, v)| match v {
+                    metrics_util::debugging::DebugValue::Counter(n) => n,
+                    _ => 0,
+                })
+                .sum()
+        };
+        let mut seen = 0;
+        for _ in 0..255 {
+            striped.increment();
+        }
+        seen += total();
+        assert_eq!(
+            seen, 0,
+            "nothing handed over before the 256th hit of a stripe"
+        );
+        striped.increment();
+        seen += total();
+        assert_eq!(seen, 256);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let striped = striped.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        striped.increment();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        flush();
+        seen += total();
+        assert_eq!(seen, 4256, "every hit, once");
+        flush();
+        assert_eq!(total(), 0, "a second flush hands over nothing new");
+    }
+
+    #[test]
+    fn one_hit_in_64_is_sampled() {
+        let sampled = (0..6400).filter(|_| sample_hit()).count();
+        assert_eq!(sampled, 100);
     }
 }

@@ -66,7 +66,7 @@ async fn a_frozen_redis_opens_the_breaker_and_reads_stop_waiting_for_it() {
         slowest < Duration::from_millis(25),
         "a read waited for Redis: {slowest:?}"
     );
-    assert!(counter(&metrics, m::BREAKER_REJECTED, &[]) > 0);
+    assert!(counter(&metrics, m::L2_CALLS, &[("outcome", "rejected")]) > 0);
 
     server.resume().unwrap();
     let closed = common::eventually(Duration::from_secs(3), async || {

@@ -193,7 +193,10 @@ async fn keys_an_empty_redis_lost_are_answered_from_l1_in_the_recovery_window() 
         );
     }
     assert_eq!(calls.get(), 100, "no origin call inside the window");
-    assert_eq!(counter(&metrics, m::RECOVERY_SERVED_FROM_L1, &[]), 100);
+    assert_eq!(
+        counter(&metrics, m::STALE_SERVED, &[("reason", "recovery")]),
+        100
+    );
 
     // Once the window (and the spread after it) is over, the keys load again.
     tokio::time::sleep(Duration::from_millis(3_100)).await;
@@ -319,7 +322,10 @@ async fn a_read_waits_for_a_frozen_redis_once_at_most() {
     server.resume().unwrap();
     eprintln!("slowest read with Redis frozen: {slowest:?}");
     assert_eq!(calls.get(), 10);
-    let failed = |op: &str| counter(&metrics, m::STORE_ERRORS, &[("op", op)]);
+    let failed = |op: &str| {
+        counter(&metrics, m::L2_CALLS, &[("op", op), ("outcome", "error")])
+            + counter(&metrics, m::L2_CALLS, &[("op", op), ("outcome", "timeout")])
+    };
     assert_eq!(failed("get"), 10, "one timed-out GET per read");
     assert_eq!(failed("lease") + failed("set"), 0, "and nothing after it");
     // What was loaded meanwhile is in L1.

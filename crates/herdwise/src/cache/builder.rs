@@ -708,7 +708,7 @@ where
         let hot_keys = HotKeys::new(
             self.hot_keys,
             metrics.hottest_key_share.clone(),
-            CacheMetrics::hot_key_ranks(&self.namespace, self.hot_keys),
+            metrics.hot_key_ranks(self.hot_keys),
         );
         // L1 off: the hot-key shield (if any) is a small L1 that admits hot keys only.
         let shield = self.hot_key_shield.filter(|_| self.l1_max_bytes == 0);
@@ -720,8 +720,12 @@ where
         let l1_bytes = shield.map_or(self.l1_max_bytes, |(bytes, _)| bytes);
         let l1 = LocalTier::new(
             l1_bytes,
-            metrics.l1_evictions.clone(),
-            metrics.l1_bytes.clone(),
+            crate::tiers::local::L1Metrics {
+                evictions_size: metrics.evictions_size.clone(),
+                evictions_expiry: metrics.evictions_expiry.clone(),
+                bytes: metrics.l1_bytes.clone(),
+                entries: metrics.l1_entries.clone(),
+            },
             recovery.clone(),
         )
         .map_err(Error::Config)?;

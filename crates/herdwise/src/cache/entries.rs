@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::cache::read::Source;
 use crate::cache::{Cache, Inner, WriteOutcome};
 use crate::coherence::tags::Verdict;
 use crate::envelope::{self, EnvelopeError, Meta, TagStamp};
@@ -70,6 +71,8 @@ pub(crate) struct Fallback<V> {
     pub tags: Option<Arc<TagStamp>>,
     /// From an L1 entry stored before events were missed: L2 must be asked before it is used.
     pub unverified: bool,
+    /// The tier it was found in.
+    pub source: Source,
 }
 
 impl<V> Clone for Fallback<V> {
@@ -79,6 +82,7 @@ impl<V> Clone for Fallback<V> {
             meta: self.meta,
             tags: self.tags.clone(),
             unverified: self.unverified,
+            source: self.source,
         }
     }
 }
@@ -91,6 +95,7 @@ impl<V> Fallback<V> {
             meta: entry.meta,
             tags: entry.tags,
             unverified: standing == Standing::Unverified,
+            source: Source::L1,
         }
     }
 
@@ -101,6 +106,7 @@ impl<V> Fallback<V> {
             meta,
             tags,
             unverified: false,
+            source: Source::L2,
         }
     }
 
@@ -219,7 +225,6 @@ where
                     tags.clone(),
                 );
                 if freshness == Freshness::Fresh {
-                    inner.metrics.l2_hits.increment(1);
                     L2Read::Fresh(value, meta, tags)
                 } else {
                     L2Read::Stale(Fallback::from_l2(value, meta, tags))

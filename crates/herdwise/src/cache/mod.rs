@@ -10,6 +10,7 @@
 pub(crate) mod builder;
 mod coherence;
 pub(crate) mod entries;
+mod observe;
 pub(crate) mod read;
 pub(crate) mod refresh;
 pub(crate) mod warm;
@@ -20,11 +21,14 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
 
 use crate::cache::builder::CacheBuilder;
 use crate::cache::entries::{Fallback, L2Read, WriteMode};
-use crate::cache::read::{LoadOptions, LoadResult};
+use crate::cache::observe::ReadSpan;
+use crate::cache::read::{Fetched, LoadOptions, LoadResult, Source};
 use crate::cache::warm::{KeyBook, RewarmPolicy};
 use crate::cache::write::WriteOptions;
 use crate::coherence::backplane::{Backplane, Invalidation};
@@ -34,7 +38,7 @@ use crate::coherence::tags::{TagLedger, TagsFrom};
 use crate::envelope::{Compression, Meta};
 use crate::error::Result;
 use crate::loader::SharedLoader;
-use crate::metrics::CacheMetrics;
+use crate::metrics::{CacheMetrics, GetResult};
 use crate::ops::hotkeys::HotKeys;
 use crate::ops::replicas::Replicas;
 use crate::protect::flight::Flights;
@@ -355,28 +359,43 @@ where
     pub async fn get(&self, key: &K) -> Result<Option<Arc<V>>> {
         hit_yield_point().await;
         self.ensure_generation().await;
-        let (stored_key, mut fallback) = match self.lookup_l1(key)? {
-            Lookup::Fresh(value, _) => return Ok(value),
-            Lookup::Miss {
+        let span = ReadSpan::new(self.namespace(), "get");
+        let (stored_key, mut fallback) = match self.lookup_l1(key) {
+            Ok(Lookup::Fresh(value, meta)) => {
+                span.ended(GetResult::of_l1(meta.stale_copy, value.is_some()));
+                return Ok(value);
+            }
+            Ok(Lookup::Miss {
                 stored_key,
                 fallback,
-            } => (stored_key, fallback),
+            }) => (stored_key, fallback),
+            Err(err) => return Err(span.failed(&self.inner.metrics, err)),
         };
+        let started = Instant::now();
+        let metrics = &self.inner.metrics;
         if fallback.as_ref().is_some_and(|f| f.unverified) {
             // Boxed: an L1 hit should not carry the size of the L2 read in its future.
             let stale_if_error = self.inner.ttl.stale_if_error;
-            let verify = self.verify_in_l2(&stored_key, &mut fallback, stale_if_error, false);
+            let verify = self
+                .verify_in_l2(&stored_key, &mut fallback, stale_if_error, false)
+                .instrument(span.span().clone());
             if let Some(answer) = Box::pin(verify).await {
+                span.read(metrics, answer.result(), Some(answer.source), started);
                 return Ok(answer.value);
             }
             // L2 was asked and has nothing fresh.
-            self.inner.metrics.misses.increment(1);
+            span.read(metrics, GetResult::Miss, None, started);
             return Ok(None);
         }
-        match Box::pin(self.read_l2(&stored_key)).await {
-            L2Read::Fresh(value, ..) => Ok(value),
+        let read = self.read_l2(&stored_key).instrument(span.span().clone());
+        match Box::pin(read).await {
+            L2Read::Fresh(value, meta, _) => {
+                let answer = Fetched::of(value, meta.stale_copy, Source::L2);
+                span.read(metrics, answer.result(), Some(Source::L2), started);
+                Ok(answer.value)
+            }
             L2Read::Stale(_) | L2Read::Miss | L2Read::Unavailable => {
-                self.inner.metrics.misses.increment(1);
+                span.read(metrics, GetResult::Miss, None, started);
                 Ok(None)
             }
         }
@@ -777,6 +796,7 @@ where
         self.ensure_backplane();
         let inner = &*self.inner;
         let lookup = |buf: &mut String| -> Result<Lookup<V>> {
+            let sampled = crate::metrics::sample_hit().then(Instant::now);
             inner.keys.write_in(self.tenant.as_deref(), key, buf)?;
             inner.ops.hot_keys.record(buf);
             let found = inner
@@ -785,7 +805,8 @@ where
                 .filter(|(entry, _)| self.l1_entry_ok(buf, entry));
             Ok(match found {
                 Some((entry, Standing::Fresh)) => {
-                    inner.metrics.l1_hits.increment(1);
+                    let result = GetResult::of_l1(entry.meta.stale_copy, entry.value.is_some());
+                    inner.metrics.l1_hit(result, sampled);
                     Lookup::Fresh(entry.value, entry.meta)
                 }
                 Some((entry, standing)) => Lookup::Miss {

@@ -14,13 +14,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt as _;
+use tracing::Instrument;
 
 use crate::cache::entries::{Encoded, Fallback, L2Read};
+use crate::cache::observe::ReadSpan;
 use crate::cache::{hit_yield_point, Cache, Lookup};
 use crate::coherence::tags::collect_tags;
 use crate::envelope::Meta;
 use crate::envelope::TagStamp;
 use crate::error::{Error, Result};
+use crate::metrics::{GetResult, LeaseWait, LoadResult as LoadOutcome, StaleReason};
 use crate::protect::flight::Join;
 use crate::protect::lease::{HeldLease, LeaseConfig};
 use crate::protect::origin_limit::Slot;
@@ -53,6 +56,31 @@ pub struct Fetched<V> {
     /// `true` if the value is past its fresh time: served while another caller refreshes it, or
     /// because the origin failed (stale-if-error).
     pub stale: bool,
+    /// Where the answer came from.
+    pub source: Source,
+}
+
+/// Where a read's answer came from (see [`Fetched::source`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Source {
+    /// This process's L1.
+    L1,
+    /// The remote tier (including a value another instance loaded under its lease).
+    L2,
+    /// The origin: this read's load, or a load in this process it waited for.
+    Origin,
+}
+
+impl Source {
+    /// The tier's name in traces: `l1`, `l2` or `origin`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::L1 => "l1",
+            Source::L2 => "l2",
+            Source::Origin => "origin",
+        }
+    }
 }
 
 impl<V> Clone for Fetched<V> {
@@ -60,19 +88,39 @@ impl<V> Clone for Fetched<V> {
         Fetched {
             value: self.value.clone(),
             stale: self.stale,
+            source: self.source,
         }
     }
 }
 
 impl<V> Fetched<V> {
+    /// What the origin returned.
     pub(crate) fn fresh(value: Option<Arc<V>>) -> Self {
         Fetched {
             value,
             stale: false,
+            source: Source::Origin,
         }
     }
-    pub(crate) fn of(value: Option<Arc<V>>, stale: bool) -> Self {
-        Fetched { value, stale }
+    pub(crate) fn of(value: Option<Arc<V>>, stale: bool, source: Source) -> Self {
+        Fetched {
+            value,
+            stale,
+            source,
+        }
+    }
+
+    /// How the read that returned this ended, as a metric label.
+    pub(crate) fn result(&self) -> GetResult {
+        if self.stale {
+            return GetResult::Stale;
+        }
+        match self.source {
+            Source::Origin => GetResult::Miss,
+            _ if self.value.is_none() => GetResult::Negative,
+            Source::L1 => GetResult::L1Hit,
+            Source::L2 => GetResult::L2Hit,
+        }
     }
 }
 
@@ -244,17 +292,30 @@ where
     {
         hit_yield_point().await;
         self.ensure_generation().await;
-        let (stored_key, fallback) = match self.lookup_l1(key)? {
-            Lookup::Fresh(value, meta) => return Ok(Fetched::of(value, meta.stale_copy)),
-            Lookup::Miss {
+        let span = ReadSpan::new(self.namespace(), "get_or_load");
+        let (stored_key, fallback) = match self.lookup_l1(key) {
+            Ok(Lookup::Fresh(value, meta)) => {
+                let fetched = Fetched::of(value, meta.stale_copy, Source::L1);
+                span.ended(fetched.result());
+                return Ok(fetched);
+            }
+            Ok(Lookup::Miss {
                 stored_key,
                 fallback,
-            } => (stored_key, fallback),
+            }) => (stored_key, fallback),
+            Err(err) => return Err(span.failed(&self.inner.metrics, err)),
         };
         let windows = self.windows(options);
+        let started = Instant::now();
         // Boxed: the miss path (lease, load, fill) is large; an L1 hit should not pay for moving
         // it around, nor should every task that awaits the cache carry it.
-        Box::pin(self.through(&stored_key, key, loader, &windows, fallback, None)).await
+        let read = Box::pin(
+            self.through(&stored_key, key, loader, &windows, fallback, None)
+                .instrument(span.span().clone()),
+        )
+        .await;
+        span.fetched(&self.inner.metrics, &read, started);
+        read
     }
 
     /// Everything after an L1 miss: coalesce in-process, then lead (or wait for the leader).
@@ -335,8 +396,8 @@ where
             return None;
         }
         start_refresh(found.meta.fresh_until_ms);
-        self.inner.metrics.stale_served_refreshing.increment(1);
-        Some(Fetched::of(found.value.clone(), true))
+        self.inner.metrics.stale_served(StaleReason::Swr);
+        Some(Fetched::of(found.value.clone(), true, found.source))
     }
 
     pub(crate) fn windows(&self, options: &LoadOptions) -> Windows {
@@ -371,7 +432,9 @@ where
         let inner = &*self.inner;
         let epoch = inner.l1.epoch(stored_key);
         match self.read_l2(stored_key).await {
-            L2Read::Fresh(value, meta, _) => return Some(Fetched::of(value, meta.stale_copy)),
+            L2Read::Fresh(value, meta, _) => {
+                return Some(Fetched::of(value, meta.stale_copy, Source::L2))
+            }
             L2Read::Stale(found) => {
                 *fallback = Some(found);
                 return None;
@@ -382,8 +445,8 @@ where
                 let found = fallback
                     .as_ref()
                     .filter(|f| f.usable_within(stale_if_error, now_ms()))?;
-                inner.metrics.stale_served_error.increment(1);
-                return Some(Fetched::of(found.value.clone(), true));
+                inner.metrics.stale_served(StaleReason::Error);
+                return Some(Fetched::of(found.value.clone(), true, found.source));
             }
         }
         // L2 has no copy. If Redis lost its data, L1 answers for the key during the window.
@@ -404,8 +467,8 @@ where
                     inner
                         .l1
                         .keep_unverified(stored_key, window_left + spread, epoch);
-                    inner.metrics.recovery_served_from_l1.increment(1);
-                    return Some(Fetched::of(found.value.clone(), true));
+                    inner.metrics.stale_served(StaleReason::Recovery);
+                    return Some(Fetched::of(found.value.clone(), true, found.source));
                 }
             }
         }
@@ -442,13 +505,12 @@ where
         let superseded = |meta: &Meta| refresh_of.is_some_and(|r| meta.fresh_until_ms <= r);
         if let Some((entry, Standing::Fresh)) = self.l1_get(stored_key) {
             if !superseded(&entry.meta) {
-                inner.metrics.l1_hits.increment(1);
-                return Ok(Fetched::of(entry.value, entry.meta.stale_copy));
+                return Ok(Fetched::of(entry.value, entry.meta.stale_copy, Source::L1));
             }
         }
         match self.read_l2(stored_key).await {
             L2Read::Fresh(value, meta, _) if !superseded(&meta) => {
-                return Ok(Fetched::of(value, meta.stale_copy))
+                return Ok(Fetched::of(value, meta.stale_copy, Source::L2))
             }
             L2Read::Fresh(value, meta, tags) => {
                 fallback = Fallback::newer(fallback, Some(Fallback::from_l2(value, meta, tags)))
@@ -457,9 +519,6 @@ where
             L2Read::Miss => {}
             // One remote deadline per read at most: no lease, and the fill stays in L1.
             L2Read::Unavailable => remote_down = true,
-        }
-        if refresh_of.is_none() {
-            inner.metrics.misses.increment(1);
         }
         // Stale-while-revalidate with a loader that can run in the background: answer now.
         if let Some(stale) = self.revalidate_behind(background, fallback.as_ref(), windows) {
@@ -483,7 +542,7 @@ where
                 inner.metrics.leases_acquired.increment(1);
                 FillMode::Leased(held)
             }
-            LeaseAttempt::Filled(value, stale) => return Ok(Fetched::of(value, stale)),
+            LeaseAttempt::Filled(value, stale) => return Ok(Fetched::of(value, stale, Source::L2)),
             LeaseAttempt::Held => {
                 inner.metrics.leases_held.increment(1);
                 // Someone is refreshing: a recent enough stale value answers at once.
@@ -491,11 +550,31 @@ where
                     .as_ref()
                     .filter(|f| f.usable_within(windows.stale_while_revalidate, now_ms()))
                 {
-                    inner.metrics.stale_served_refreshing.increment(1);
-                    return Ok(Fetched::of(found.value.clone(), true));
+                    inner.metrics.stale_served(StaleReason::Swr);
+                    return Ok(Fetched::of(found.value.clone(), true, found.source));
                 }
-                match self.wait_for_fill(stored_key, &lease).await {
-                    Waited::Value(value, stale) => return Ok(Fetched::of(value, stale)),
+                let waiting = Instant::now();
+                let span = tracing::debug_span!(
+                    "herdwise.lease_wait",
+                    cache = self.namespace(),
+                    outcome = tracing::field::Empty
+                );
+                let waited = self
+                    .wait_for_fill(stored_key, &lease)
+                    .instrument(span.clone())
+                    .await;
+                let outcome = match &waited {
+                    Waited::Value(..) => LeaseWait::Filled,
+                    Waited::Lease(_) => LeaseWait::TookOver,
+                    Waited::Unleased => LeaseWait::Timeout,
+                    Waited::RemoteDown => LeaseWait::RemoteDown,
+                };
+                inner.metrics.lease_wait(outcome, waiting.elapsed());
+                span.record("outcome", outcome.name());
+                match waited {
+                    Waited::Value(value, stale) => {
+                        return Ok(Fetched::of(value, stale, Source::L2))
+                    }
                     Waited::Lease(held) => {
                         inner.metrics.lease_takeovers.increment(1);
                         FillMode::Leased(held)
@@ -643,9 +722,10 @@ where
                     });
                     if let Some(found) = stale {
                         metrics.origin_limited_stale.increment(1);
-                        let value = found.value.clone();
+                        metrics.stale_served(StaleReason::Error);
+                        let (value, source) = (found.value.clone(), found.source);
                         self.release(mode).await;
-                        return Ok(Fetched::of(value, true));
+                        return Ok(Fetched::of(value, true, source));
                     }
                     match limit.wait_slot().await {
                         Some(permit) => {
@@ -654,6 +734,7 @@ where
                         }
                         None => {
                             metrics.origin_limited_overloaded.increment(1);
+                            metrics.loads_shed.increment(1);
                             self.release(mode).await;
                             return Err(Error::Overloaded {
                                 limit: limit.max_concurrent,
@@ -664,7 +745,6 @@ where
                 }
             },
         };
-        metrics.loads.increment(1);
         let epoch = self.inner.l1.epoch(stored_key);
         // The tag clock before the origin is read: a tag invalidated from here on outdates
         // what this load returns.
@@ -672,12 +752,20 @@ where
         let started = Instant::now();
         // The loader is called inside the guarded future, so a panic while *building* the
         // future is caught too.
-        let guarded = AssertUnwindSafe(async move { loader(key).await }).catch_unwind();
+        let span = tracing::debug_span!(
+            "herdwise.load",
+            cache = self.namespace(),
+            result = tracing::field::Empty
+        );
+        let guarded = AssertUnwindSafe(async move { loader(key).await })
+            .catch_unwind()
+            .instrument(span.clone());
         let outcome = match windows.hard_timeout {
             Some(limit) => match tokio::time::timeout(limit, guarded).await {
                 Ok(outcome) => outcome,
                 Err(_) => {
-                    metrics.load_timeouts.increment(1);
+                    metrics.load(LoadOutcome::Timeout, started.elapsed());
+                    span.record("result", "timeout");
                     let err = Error::LoaderTimeout(limit);
                     return self
                         .fail_safe(stored_key, mode, windows, fallback, err)
@@ -689,7 +777,8 @@ where
         let load_duration = started.elapsed();
         let value = match outcome {
             Err(_panic) => {
-                metrics.load_panics.increment(1);
+                metrics.load(LoadOutcome::Panic, load_duration);
+                span.record("result", "panic");
                 tracing::error!(key = stored_key, "loader panicked; nothing cached");
                 let err = Error::LoaderPanicked;
                 return self
@@ -697,14 +786,19 @@ where
                     .await;
             }
             Ok(Err(err)) => {
-                metrics.load_errors.increment(1);
+                metrics.load(LoadOutcome::Error, load_duration);
+                span.record("result", "error");
                 tracing::debug!(key = stored_key, error = %err, "loader failed; nothing cached");
                 let err = Error::Loader(Arc::new(err));
                 return self
                     .fail_safe(stored_key, mode, windows, fallback, err)
                     .await;
             }
-            Ok(Ok(value)) => value.map(Arc::new),
+            Ok(Ok(value)) => {
+                metrics.load(LoadOutcome::Success, load_duration);
+                span.record("result", "success");
+                value.map(Arc::new)
+            }
         };
         if value.is_none() && self.inner.ttl.negative_ttl.is_none() {
             self.release(mode).await;
@@ -746,7 +840,7 @@ where
             return Err(err);
         };
         let epoch = inner.l1.epoch(stored_key);
-        inner.metrics.stale_served_error.increment(1);
+        inner.metrics.stale_served(StaleReason::Error);
         tracing::warn!(
             key = stored_key,
             error = %err,
@@ -770,7 +864,7 @@ where
             // Past its stale time already, or not encodable: nothing to re-store.
             Ok(None) | Err(_) => self.release(mode).await,
         }
-        Ok(Fetched::of(found.value, true))
+        Ok(Fetched::of(found.value, true, found.source))
     }
 
     /// Writes `encoded` to L2 if `held` still holds the key's lease, and announces the fill.

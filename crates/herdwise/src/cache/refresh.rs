@@ -8,15 +8,18 @@
 
 use std::borrow::Borrow;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::Either;
+use tracing::Instrument;
 
 use crate::cache::entries::{Fallback, L2Read};
-use crate::cache::read::{Fetched, LoadOptions};
+use crate::cache::observe::ReadSpan;
+use crate::cache::read::{Fetched, LoadOptions, Source};
 use crate::cache::{hit_yield_point, Cache, Lookup};
 use crate::envelope::Meta;
 use crate::error::{Error, Result};
+use crate::metrics::StaleReason;
 use crate::protect::flight::Join;
 use crate::tiers::freshness::{now_ms, xfetch_due};
 use crate::tiers::key::CacheKey;
@@ -50,23 +53,48 @@ where
         }
         hit_yield_point().await;
         self.ensure_generation().await;
-        let (stored_key, fallback) = match self.lookup_l1(key)? {
-            Lookup::Fresh(value, meta) => {
+        let span = ReadSpan::new(self.namespace(), "fetch");
+        let (stored_key, fallback) = match self.lookup_l1(key) {
+            Ok(Lookup::Fresh(value, meta)) => {
                 if self.refresh_early(&meta) {
-                    self.spawn_refresh(
-                        key.to_owned(),
-                        self.key_of(key)?,
-                        meta.fresh_until_ms,
-                        Trigger::XFetch,
-                    );
+                    match self.key_of(key) {
+                        Ok(stored_key) => self.spawn_refresh(
+                            key.to_owned(),
+                            stored_key,
+                            meta.fresh_until_ms,
+                            Trigger::XFetch,
+                        ),
+                        Err(err) => return Err(span.failed(&self.inner.metrics, err.into())),
+                    }
                 }
-                return Ok(Fetched::of(value, meta.stale_copy));
+                let fetched = Fetched::of(value, meta.stale_copy, Source::L1);
+                span.ended(fetched.result());
+                return Ok(fetched);
             }
-            Lookup::Miss {
+            Ok(Lookup::Miss {
                 stored_key,
                 fallback,
-            } => (stored_key, fallback),
+            }) => (stored_key, fallback),
+            Err(err) => return Err(span.failed(&self.inner.metrics, err)),
         };
+        let started = Instant::now();
+        let read = Box::pin(
+            self.fetch_past_l1(key, stored_key, fallback, options)
+                .instrument(span.span().clone()),
+        )
+        .await;
+        span.fetched(&self.inner.metrics, &read, started);
+        read
+    }
+
+    /// A `fetch` past its L1 miss, soft timeout included.
+    async fn fetch_past_l1(
+        &self,
+        key: &K,
+        stored_key: String,
+        fallback: Option<Fallback<V>>,
+        options: &LoadOptions,
+    ) -> Result<Fetched<V>> {
         let Some(soft) = self.windows(options).soft_timeout else {
             // Boxed, as in `get_or_load_with`: keep the hit path's future small.
             return Box::pin(self.fetch_miss(key, stored_key, fallback, options)).await;
@@ -105,8 +133,8 @@ where
                 };
                 match stale.filter(usable) {
                     Some(found) => {
-                        self.inner.metrics.stale_served_soft_timeout.increment(1);
-                        Ok(Fetched::of(found.value, true))
+                        self.inner.metrics.stale_served(StaleReason::SoftTimeout);
+                        Ok(Fetched::of(found.value, true, found.source))
                     }
                     // Nothing to fall back on: wait for the read (the hard timeout bounds it).
                     None => read.await,

@@ -160,7 +160,12 @@ impl RetryQueue {
         let what = Retry::Key(stored_key.into());
         if state.queued.remove(&what).is_some() {
             state.order.retain(|queued| queued != &what);
+            self.report_depth(&state);
         }
+    }
+
+    fn report_depth(&self, state: &State) {
+        self.metrics.retry_queue_depth.set(state.order.len() as f64);
     }
 
     /// The queue's position now: deletes queued later have a higher sequence number (see
@@ -198,6 +203,7 @@ impl RetryQueue {
         } else if state.order.len() < QUEUE_CAPACITY {
             state.queued.insert(what.clone(), now);
             state.order.push_back(what.clone());
+            self.report_depth(&state);
         } else {
             return false;
         }
@@ -255,6 +261,7 @@ impl RetryQueue {
                 batch.push(item);
             }
         }
+        self.report_depth(&state);
         (batch, expired)
     }
 
@@ -267,6 +274,7 @@ impl RetryQueue {
                 state.order.push_front(item.what);
             }
         }
+        self.report_depth(&state);
     }
 
     /// Puts a failed item back at the end (unless queued again meanwhile).
@@ -275,6 +283,7 @@ impl RetryQueue {
         if !state.queued.contains_key(&item.what) && !superseded(&state, &item) {
             state.queued.insert(item.what.clone(), item.since);
             state.order.push_back(item.what);
+            self.report_depth(&state);
         }
     }
 

@@ -192,6 +192,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// A short name for logs and metrics (`"redis"`, `"memory"`).
     fn kind(&self) -> &'static str;
 
+    /// Where the store's server is, for traces (`server.address`): host:port, or the nodes'
+    /// (no credentials). `None` (the default) for an in-process store.
+    fn address(&self) -> Option<&str> {
+        None
+    }
+
     /// The deadline the cache applies to this store's calls unless configured otherwise.
     fn default_timeout(&self) -> Duration;
 

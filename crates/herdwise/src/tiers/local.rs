@@ -91,6 +91,32 @@ impl<V> Lifecycle<Box<str>, L1Entry<V>> for EvictionCounter {
     }
 }
 
+/// What L1 reports: evictions by cause, its weight and its entries.
+#[derive(Clone)]
+pub(crate) struct L1Metrics {
+    pub evictions_size: Counter,
+    pub evictions_expiry: Counter,
+    pub bytes: metrics::Gauge,
+    pub entries: metrics::Gauge,
+}
+
+impl L1Metrics {
+    #[cfg(test)]
+    pub fn noop() -> Self {
+        L1Metrics {
+            evictions_size: Counter::noop(),
+            evictions_expiry: Counter::noop(),
+            bytes: metrics::Gauge::noop(),
+            entries: metrics::Gauge::noop(),
+        }
+    }
+
+    fn update<V>(&self, engine: &EngineOf<V>) {
+        self.bytes.set(engine.weight() as f64);
+        self.entries.set(engine.len() as f64);
+    }
+}
+
 type EngineOf<V> = Engine<Box<str>, L1Entry<V>, ByteWeighter, DefaultHashBuilder, EvictionCounter>;
 
 /// Low bits of an epoch that count the starts of hearing (see [`LocalTier::epoch`]).
@@ -108,7 +134,7 @@ const EPOCH_STRIPES: usize = 1024;
 /// withdrawn right after it is made. Whichever happens first, the old value does not stay.
 pub(crate) struct LocalTier<V> {
     engine: Option<EngineOf<V>>,
-    bytes_gauge: metrics::Gauge,
+    gauges: L1Metrics,
     stripes: Box<[AtomicU64]>,
     cleared: AtomicU64,
     hasher: DefaultHashBuilder,
@@ -118,17 +144,12 @@ pub(crate) struct LocalTier<V> {
 }
 
 impl<V> LocalTier<V> {
-    pub fn new(
-        max_bytes: u64,
-        evictions: Counter,
-        bytes_gauge: metrics::Gauge,
-        recovery: Arc<Recovery>,
-    ) -> Result<Self, String> {
+    pub fn new(max_bytes: u64, gauges: L1Metrics, recovery: Arc<Recovery>) -> Result<Self, String> {
         let stripes = (0..EPOCH_STRIPES).map(|_| AtomicU64::new(0)).collect();
         if max_bytes == 0 {
             return Ok(LocalTier {
                 engine: None,
-                bytes_gauge,
+                gauges,
                 stripes,
                 cleared: AtomicU64::new(0),
                 hasher: DefaultHashBuilder::default(),
@@ -147,11 +168,11 @@ impl<V> LocalTier<V> {
             options,
             ByteWeighter,
             DefaultHashBuilder::default(),
-            EvictionCounter(evictions),
+            EvictionCounter(gauges.evictions_size.clone()),
         );
         Ok(LocalTier {
             engine: Some(engine),
-            bytes_gauge,
+            gauges,
             stripes,
             cleared: AtomicU64::new(0),
             hasher: DefaultHashBuilder::default(),
@@ -195,7 +216,13 @@ impl<V> LocalTier<V> {
         }
         let deadline = entry.expires_at;
         // Remove only the entry we saw expire, not a fresher one inserted meanwhile.
-        engine.remove_if(key, |e| e.expires_at == deadline);
+        if engine
+            .remove_if(key, |e| e.expires_at == deadline)
+            .is_some()
+        {
+            self.gauges.evictions_expiry.increment(1);
+            self.gauges.update(engine);
+        }
         None
     }
 
@@ -270,7 +297,7 @@ impl<V> LocalTier<V> {
         if self.epoch(key) >> HEARING_BITS != epoch >> HEARING_BITS {
             engine.remove_if(key, |e| e.expires_at == expires_at);
         }
-        self.bytes_gauge.set(engine.weight() as f64);
+        self.gauges.update(engine);
     }
 
     /// Keeps the unverified entry under `key` (if it is still there and still unverified) as a
@@ -309,7 +336,7 @@ impl<V> LocalTier<V> {
         if let Some(engine) = self.engine.as_ref() {
             let era = self.recovery.era();
             if engine.remove_if(key, |e| e.era != era).is_some() {
-                self.bytes_gauge.set(engine.weight() as f64);
+                self.gauges.update(engine);
             }
         }
     }
@@ -322,7 +349,7 @@ impl<V> LocalTier<V> {
                 .remove_if(key, |e| e.expires_at == deadline)
                 .is_some()
             {
-                self.bytes_gauge.set(engine.weight() as f64);
+                self.gauges.update(engine);
             }
         }
     }
@@ -330,7 +357,7 @@ impl<V> LocalTier<V> {
     pub fn remove(&self, key: &str) {
         if let Some(engine) = self.engine.as_ref() {
             if engine.remove(key).is_some() {
-                self.bytes_gauge.set(engine.weight() as f64);
+                self.gauges.update(engine);
             }
         }
     }
@@ -341,7 +368,7 @@ impl<V> LocalTier<V> {
         self.cleared.fetch_add(1, Ordering::AcqRel);
         if let Some(engine) = self.engine.as_ref() {
             engine.retain(|key, _| !key.starts_with(prefix));
-            self.bytes_gauge.set(engine.weight() as f64);
+            self.gauges.update(engine);
         }
     }
 
@@ -350,7 +377,8 @@ impl<V> LocalTier<V> {
         self.cleared.fetch_add(1, Ordering::AcqRel);
         if let Some(engine) = self.engine.as_ref() {
             engine.clear();
-            self.bytes_gauge.set(0.0);
+            self.gauges.bytes.set(0.0);
+            self.gauges.entries.set(0.0);
         }
     }
 
@@ -390,19 +418,13 @@ mod tests {
     /// A 1 MiB tier and the recovery state it reads.
     fn tier_with_recovery() -> (LocalTier<Vec<u8>>, Arc<Recovery>) {
         let recovery = Arc::new(Recovery::new(Duration::from_secs(1)));
-        let l1 = LocalTier::new(
-            1 << 20,
-            Counter::noop(),
-            metrics::Gauge::noop(),
-            recovery.clone(),
-        )
-        .unwrap();
+        let l1 = LocalTier::new(1 << 20, L1Metrics::noop(), recovery.clone()).unwrap();
         (l1, recovery)
     }
 
     fn tier(bytes: u64) -> LocalTier<Vec<u8>> {
         let recovery = Arc::new(Recovery::new(Duration::from_secs(1)));
-        LocalTier::new(bytes, Counter::noop(), metrics::Gauge::noop(), recovery).unwrap()
+        LocalTier::new(bytes, L1Metrics::noop(), recovery).unwrap()
     }
 
     #[test]

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::metrics::{CacheMetrics, FailureKind, StoreOp};
+use tracing::Instrument;
+
+use crate::metrics::{CacheMetrics, CallOutcome, StoreOp};
 use crate::store::{Announcement, FillOutcome, SetOutcome, Store, StoreError, TagTable};
 use crate::tiers::breaker::{Breaker, BreakerConfig, BreakerState, Permit};
 use crate::tiers::freshness::now_ms;
@@ -80,12 +82,7 @@ impl Remote {
                         let (gauge, node) = if shards == 1 {
                             (metrics.breaker_state.clone(), None)
                         } else {
-                            let gauge = ::metrics::gauge!(
-                                crate::metrics::BREAKER_STATE,
-                                "namespace" => namespace.to_string(),
-                                "node" => node.to_string()
-                            );
-                            (gauge, Some(node))
+                            (metrics.breaker_gauge(node), Some(node))
                         };
                         Arc::new(Breaker::for_node(
                             config,
@@ -202,22 +199,25 @@ impl Remote {
     /// connection of a slow or frozen Redis — an open breaker would strand the lease for its
     /// whole TTL, every other instance waiting it out. Under the deadline; failures counted.
     pub async fn release_after_unknown(&self, key: &str, token: u64) {
-        let result =
-            tokio::time::timeout(self.deadline, self.store.release_lease(key, token)).await;
-        if !matches!(result, Ok(Ok(()))) {
-            let kind = match result {
-                Err(_) => FailureKind::Timeout,
-                _ => FailureKind::Error,
-            };
-            self.metrics.store_failure(StoreOp::Lease, kind);
-        }
+        let started = Instant::now();
+        let call = self.store.release_lease(key, token);
+        let result = tokio::time::timeout(self.deadline, call)
+            .instrument(self.span(StoreOp::Lease))
+            .await;
+        let outcome = match result {
+            Ok(Ok(())) => CallOutcome::Ok,
+            Ok(Err(_)) => CallOutcome::Error,
+            Err(_) => CallOutcome::Timeout,
+        };
+        self.metrics
+            .l2_call(StoreOp::Lease, outcome, Some(started.elapsed()));
     }
 
     /// An announcement to the other instances (tried past an open breaker: see
     /// [`Remote::call_invalidation`]).
     pub async fn publish(&self, channel: &str, message: Bytes) -> Result<(), StoreError> {
         let fut = self.store.publish(channel, message);
-        self.call_invalidation(StoreOp::Set, channel, fut).await
+        self.call_invalidation(StoreOp::Publish, channel, fut).await
     }
 
     pub async fn stream_append(
@@ -227,7 +227,7 @@ impl Remote {
         max_len: usize,
     ) -> Result<(), StoreError> {
         let fut = self.store.stream_append(stream, message, max_len);
-        self.call_invalidation(StoreOp::Set, stream, fut).await
+        self.call_invalidation(StoreOp::Publish, stream, fut).await
     }
 
     /// A tag invalidation and its announcement (tried past an open breaker: see
@@ -240,11 +240,11 @@ impl Remote {
         announce: Option<Announcement<'_>>,
     ) -> Result<u64, StoreError> {
         let fut = self.store.bump_tag(table, tag, mark_ttl, announce);
-        self.call_invalidation(StoreOp::Delete, table, fut).await
+        self.call_invalidation(StoreOp::Tags, table, fut).await
     }
 
     pub async fn server_id(&self) -> Result<Option<String>, StoreError> {
-        self.call(StoreOp::Get, "", self.store.server_id()).await
+        self.call(StoreOp::Admin, "", self.store.server_id()).await
     }
 
     pub async fn read_tags(
@@ -254,12 +254,12 @@ impl Remote {
         known_generation: u64,
     ) -> Result<TagTable, StoreError> {
         let fut = self.store.read_tags(table, tags, known_generation);
-        self.call(StoreOp::Get, table, fut).await
+        self.call(StoreOp::Tags, table, fut).await
     }
 
     pub async fn advance_generation(&self, table: &str, at_least: u64) -> Result<u64, StoreError> {
         let fut = self.store.advance_generation(table, at_least);
-        self.call(StoreOp::Set, table, fut).await
+        self.call(StoreOp::Admin, table, fut).await
     }
 
     /// The breaker's state (`Closed` when there is none); with several store nodes, the
@@ -299,23 +299,26 @@ impl Remote {
                 .iter()
                 .all(|b| b.state() == BreakerState::Open)
         {
-            self.metrics.breaker_rejected.increment(1);
+            self.metrics
+                .l2_call(StoreOp::Scan, CallOutcome::Rejected, None);
             return Err(StoreError::CircuitOpen);
         }
-        let err = match tokio::time::timeout(deadline, self.store.delete_prefix(prefix)).await {
-            Ok(Ok(n)) => return Ok(n),
-            Ok(Err(err)) => {
+        let started = Instant::now();
+        let walk = tokio::time::timeout(deadline, self.store.delete_prefix(prefix))
+            .instrument(self.span(StoreOp::Scan))
+            .await;
+        let (outcome, err) = match walk {
+            Ok(Ok(n)) => {
                 self.metrics
-                    .store_failure(StoreOp::Delete, FailureKind::Error);
-                err
+                    .l2_call(StoreOp::Scan, CallOutcome::Ok, Some(started.elapsed()));
+                return Ok(n);
             }
-            Err(_) => {
-                self.metrics
-                    .store_failure(StoreOp::Delete, FailureKind::Timeout);
-                StoreError::Timeout(deadline)
-            }
+            Ok(Err(err)) => (CallOutcome::Error, err),
+            Err(_) => (CallOutcome::Timeout, StoreError::Timeout(deadline)),
         };
-        self.warn_throttled(StoreOp::Delete, prefix, &err);
+        self.metrics
+            .l2_call(StoreOp::Scan, outcome, Some(started.elapsed()));
+        self.warn_throttled(StoreOp::Scan, prefix, &err);
         Err(err)
     }
 
@@ -362,7 +365,7 @@ impl Remote {
                 })
                 .is_ok();
         if !admitted {
-            self.metrics.breaker_rejected.increment(1);
+            self.metrics.l2_call(op, CallOutcome::Rejected, None);
             return Err(StoreError::CircuitOpen);
         }
         // Pauses the node unless disarmed by a success: a try dropped on the way counts as
@@ -372,10 +375,13 @@ impl Remote {
             in_flight,
             succeeded: false,
         };
-        let result = tokio::time::timeout(self.deadline, fut).await;
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.deadline, fut)
+            .instrument(self.span(op))
+            .await;
         slot.succeeded = matches!(result, Ok(Ok(_)));
         drop(slot);
-        self.outcome(op, key, result)
+        self.outcome(op, key, result, started)
     }
 
     async fn call<T>(
@@ -391,7 +397,7 @@ impl Remote {
             None => None,
             Some(breaker) => match breaker.permit() {
                 Permit::Rejected => {
-                    self.metrics.breaker_rejected.increment(1);
+                    self.metrics.l2_call(op, CallOutcome::Rejected, None);
                     return Err(StoreError::CircuitOpen);
                 }
                 permit => Some(PermitGuard {
@@ -404,11 +410,28 @@ impl Remote {
                 }),
             },
         };
-        let result = tokio::time::timeout(self.deadline, fut).await;
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.deadline, fut)
+            .instrument(self.span(op))
+            .await;
         if let Some(mut guard) = permit {
             guard.record(!matches!(result, Ok(Ok(_))));
         }
-        self.outcome(op, key, result)
+        self.outcome(op, key, result, started)
+    }
+
+    /// The span of one call, after OpenTelemetry's database conventions (at debug level: a
+    /// read's span tree is opt-in, `herdwise=debug`).
+    fn span(&self, op: StoreOp) -> tracing::Span {
+        tracing::debug_span!(
+            "herdwise.l2",
+            otel.name = op.name(),
+            otel.kind = "client",
+            db.system.name = self.store.kind(),
+            db.operation.name = op.name(),
+            server.address = self.store.address(),
+            cache = %self.namespace,
+        )
     }
 
     /// A call's result under the deadline, its failure counted and logged.
@@ -417,15 +440,20 @@ impl Remote {
         op: StoreOp,
         key: &str,
         result: Result<Result<T, StoreError>, tokio::time::error::Elapsed>,
+        started: Instant,
     ) -> Result<T, StoreError> {
+        let elapsed = Some(started.elapsed());
         let err = match result {
-            Ok(Ok(value)) => return Ok(value),
+            Ok(Ok(value)) => {
+                self.metrics.l2_call(op, CallOutcome::Ok, elapsed);
+                return Ok(value);
+            }
             Ok(Err(err)) => {
-                self.metrics.store_failure(op, FailureKind::Error);
+                self.metrics.l2_call(op, CallOutcome::Error, elapsed);
                 err
             }
             Err(_) => {
-                self.metrics.store_failure(op, FailureKind::Timeout);
+                self.metrics.l2_call(op, CallOutcome::Timeout, elapsed);
                 StoreError::Timeout(self.deadline)
             }
         };

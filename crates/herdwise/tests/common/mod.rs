@@ -76,11 +76,14 @@ pub struct Metrics {
 struct Seen {
     counters: std::collections::HashMap<metrics_util::CompositeKey, u64>,
     gauges: std::collections::HashMap<metrics_util::CompositeKey, f64>,
+    histograms: std::collections::HashMap<metrics_util::CompositeKey, Vec<f64>>,
 }
 
 impl Metrics {
     fn take(&self) -> std::sync::MutexGuard<'_, Seen> {
         let mut seen = self.seen.lock().unwrap();
+        // L1 hits are counted in per-thread stripes: hand them to the recorder first.
+        herdwise::metrics::flush();
         for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
             match value {
                 DebugValue::Counter(n) => *seen.counters.entry(key).or_insert(0) += n,
@@ -91,7 +94,11 @@ impl Metrics {
                 DebugValue::Gauge(_) => {
                     seen.gauges.entry(key).or_insert(0.0);
                 }
-                DebugValue::Histogram(_) => {}
+                DebugValue::Histogram(values) => seen
+                    .histograms
+                    .entry(key)
+                    .or_default()
+                    .extend(values.into_iter().map(|v| v.into_inner())),
             }
         }
         seen
@@ -130,6 +137,27 @@ pub fn counter(metrics: &Metrics, name: &str, labels: &[(&str, &str)]) -> u64 {
         .filter(|(key, _)| matches(key, name, labels))
         .map(|(_, n)| *n)
         .sum()
+}
+
+/// Every observation of histogram `name` in series whose labels include all of `labels`.
+pub fn histogram(metrics: &Metrics, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+    let seen = metrics.take();
+    seen.histograms
+        .iter()
+        .filter(|(key, _)| matches(key, name, labels))
+        .flat_map(|(_, v)| v.iter().copied())
+        .collect()
+}
+
+/// The names of every metric registered so far.
+pub fn names(metrics: &Metrics) -> std::collections::BTreeSet<String> {
+    let seen = metrics.take();
+    seen.counters
+        .keys()
+        .chain(seen.gauges.keys())
+        .chain(seen.histograms.keys())
+        .map(|k| k.key().name().to_string())
+        .collect()
 }
 
 /// The latest value of gauge `name` in a series whose labels include all of `labels`.

@@ -92,6 +92,7 @@ pub(super) async fn connect(builder: RedisStoreBuilder) -> Result<RedisStore, St
         clients.subscriber(builder.pubsub_health),
         conn,
         builder.call_timeout,
+        target,
     ))
 }
 
@@ -120,6 +121,7 @@ pub(super) fn connect_lazy(builder: RedisStoreBuilder) -> Result<RedisStore, Sto
         clients.subscriber(builder.pubsub_health),
         conn,
         builder.call_timeout,
+        endpoint.describe(),
     ))
 }
 

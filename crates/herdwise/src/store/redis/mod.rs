@@ -9,6 +9,7 @@
 //! sent as EVALSHA, reloaded automatically when the server answers NOSCRIPT (after a restart or
 //! SCRIPT FLUSH). Scripts are never sent inside pipelines, where that reload does not happen.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -188,6 +189,8 @@ pub struct RedisStore {
     /// Dedicated connections (subscriptions).
     subscriber: Subscriber,
     call_timeout: Duration,
+    /// The nodes, for traces (`server.address`; no credentials).
+    address: Arc<str>,
     set_if_not_older: Script,
     fill_leased: Script,
     fill_fenced: Script,
@@ -217,11 +220,17 @@ impl RedisStore {
         RedisStoreBuilder::new(url)
     }
 
-    fn from_parts(subscriber: Subscriber, conn: RedisConnection, call_timeout: Duration) -> Self {
+    fn from_parts(
+        subscriber: Subscriber,
+        conn: RedisConnection,
+        call_timeout: Duration,
+        address: String,
+    ) -> Self {
         RedisStore {
             subscriber,
             conn,
             call_timeout,
+            address: address.into(),
             set_if_not_older: Script::new(&set_if_not_older_script()),
             fill_leased: Script::new(&fill_leased_script()),
             fill_fenced: Script::new(&fill_fenced_script()),
@@ -257,6 +266,10 @@ fn px(ttl: Duration) -> u64 {
 impl Store for RedisStore {
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    fn address(&self) -> Option<&str> {
+        Some(&self.address)
     }
 
     fn default_timeout(&self) -> Duration {
