@@ -55,6 +55,8 @@ mod error;
 pub mod loader;
 pub mod metrics;
 mod ops;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
 mod protect;
 pub mod store;
 mod throttle;

@@ -220,6 +220,110 @@ fn warn_if_no_recorder(namespace: &str) {
     }
 }
 
+/// Tells the recorder each metric's unit and meaning (the `# HELP` lines of a scrape).
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    for (name, help) in [
+        (GETS, "Reads, by how they ended (result)."),
+        (LOADS, "Origin loads, by outcome (result)."),
+        (
+            EVICTIONS,
+            "L1 entries evicted for space or removed when expired (cause).",
+        ),
+        (L2_CALLS, "Remote-tier calls, by operation and outcome."),
+        (STALE_SERVED, "Stale values served, by reason."),
+        (
+            COALESCED_WAITS,
+            "Reads that waited for another read's load in this process.",
+        ),
+        (REFRESHES, "Background refreshes started, by trigger."),
+        (
+            FLIGHT_BYPASS,
+            "Loads not coalesced because the in-flight map was full.",
+        ),
+        (NEGATIVE_STORED, "Negative entries written."),
+        (CORRUPT_ENTRIES, "Stored bytes that failed to decode."),
+        (
+            SCOPE_VIOLATIONS,
+            "Entries read under a key they were not written for.",
+        ),
+        (UNCACHEABLE_VALUES, "Loaded values returned but not cached."),
+        (LEASES, "Lease attempts after an L2 miss, by outcome."),
+        (
+            LEASE_WAIT_TIMEOUTS,
+            "Waiters that gave up on another instance's fill.",
+        ),
+        (FILLS_REFUSED, "Fills not written, by reason."),
+        (
+            BACKPLANE_RECEIVED,
+            "Invalidations received from other instances.",
+        ),
+        (
+            BACKPLANE_RESETS,
+            "L1 demotions because invalidation events may have been missed.",
+        ),
+        (TAG_INVALIDATIONS, "invalidate_tag calls."),
+        (
+            TAG_STORE_CHECKS,
+            "Tagged entries checked against the store's marks.",
+        ),
+        (
+            TAG_INVALIDATED_READS,
+            "Entries not served because a tag of theirs was invalidated.",
+        ),
+        (
+            INVALIDATION_RETRIES,
+            "Invalidations queued for retry, and those a retry completed.",
+        ),
+        (INVALIDATIONS_DEAD_LETTERED, "Invalidations given up."),
+        (BREAKER_TRANSITIONS, "Circuit breaker state changes."),
+        (
+            ORIGIN_LIMITED,
+            "Loads that found the origin at its concurrency limit.",
+        ),
+        (WARMED, "Keys warmed, by trigger and outcome."),
+        (REPLICA_READS, "Reads of a hot key's L2 copies."),
+    ] {
+        describe_counter!(name, Unit::Count, help);
+    }
+    for (name, help) in [
+        (
+            GET_DURATION,
+            "Read latency, by result (L1 hits sampled 1 in 64).",
+        ),
+        (LOAD_DURATION, "Loader call time, by outcome."),
+        (L2_CALL_DURATION, "Remote-tier call time, by operation."),
+        (
+            LEASE_WAIT_DURATION,
+            "Time waiting for another instance's fill, by outcome.",
+        ),
+    ] {
+        describe_histogram!(name, Unit::Seconds, help);
+    }
+    describe_gauge!(L1_BYTES, Unit::Bytes, "L1 weight in bytes.");
+    for (name, help) in [
+        (L1_ENTRIES, "L1 entries."),
+        (
+            RETRY_QUEUE_DEPTH,
+            "Invalidations waiting in the retry queue.",
+        ),
+        (
+            BREAKER_STATE,
+            "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+        ),
+        (
+            HOTTEST_KEY_SHARE,
+            "The hottest key's share of recent reads.",
+        ),
+        (
+            HOT_KEY_READS,
+            "Estimated recent reads of the hottest keys, by rank.",
+        ),
+    ] {
+        describe_gauge!(name, help);
+    }
+}
+
 /// Stripes per striped counter (a power of two).
 const STRIPES: usize = 16;
 /// A stripe hands its count over at every this many increments.
@@ -540,6 +644,7 @@ pub(crate) enum WarmOutcome {
 impl CacheMetrics {
     pub fn new(namespace: &str) -> Self {
         warn_if_no_recorder(namespace);
+        describe();
         let ns = namespace.to_string();
         let c = |name: &'static str| counter!(name, CACHE_LABEL => ns.clone());
         let cl = |name: &'static str, label: &'static str, value: &'static str| counter!(name, CACHE_LABEL => ns.clone(), label => value);

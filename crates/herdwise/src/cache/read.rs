@@ -800,6 +800,8 @@ where
                 value.map(Arc::new)
             }
         };
+        // The load is over: its span closes before the fill (a sibling of it in the tree).
+        drop(span);
         if value.is_none() && self.inner.ttl.negative_ttl.is_none() {
             self.release(mode).await;
             return Ok(Fetched::fresh(None));
