@@ -108,9 +108,112 @@ fn l1_benches(c: &mut Criterion) {
     group.finish();
 }
 
+/// What metrics and tracing cost on an L1 hit, same run: a cache built with no recorder (its
+/// handles are no-ops) against one built with a Prometheus recorder, on one thread and on two
+/// threads reading one hot key (a counter shared between cores would bounce); then the
+/// exported one again with a `tracing` subscriber installed that logs at info (as a service
+/// would) and so is not interested in Herdwise's debug spans.
+fn observed_benches(c: &mut Criterion) {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => panic!("tokio runtime: {e}"),
+    };
+    let build = || match Cache::<u64, Vec<u8>>::builder("bench-observed")
+        .store(MemoryStore::new())
+        .build()
+    {
+        Ok(cache) => cache,
+        Err(e) => panic!("cache: {e}"),
+    };
+    let _entered = runtime.enter();
+    let bare = build();
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let exported = metrics::with_local_recorder(&recorder, build);
+    for cache in [&bare, &exported] {
+        runtime.block_on(async {
+            for k in 0..1000u64 {
+                let _ = cache.set(&k, vec![1u8; 100]).await;
+            }
+        });
+    }
+    type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
+    let one_thread = |group: &mut Group<'_>, name: &str, cache: &Cache<u64, Vec<u8>>| {
+        let mut k = 0u64;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                k = (k + 1) % 1000;
+                cache.get(black_box(&k)).now_or_never()
+            })
+        });
+    };
+    let two_threads = |group: &mut Group<'_>, name: &str, cache: &Cache<u64, Vec<u8>>| {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let started = std::time::Instant::now();
+                std::thread::scope(|s| {
+                    for _ in 0..2 {
+                        let handle = runtime.handle().clone();
+                        s.spawn(move || {
+                            let _entered = handle.enter();
+                            for _ in 0..iters {
+                                // One hot key: both threads hit the same entry.
+                                let _ = black_box(cache.get(black_box(&7)).now_or_never());
+                            }
+                        });
+                    }
+                });
+                // The time of `iters` hits on each thread at once.
+                started.elapsed()
+            })
+        });
+    };
+    let mut group = c.benchmark_group("l1_hit_observed");
+    one_thread(&mut group, "no recorder", &bare);
+    one_thread(&mut group, "prometheus recorder", &exported);
+    two_threads(&mut group, "2 threads, no recorder", &bare);
+    two_threads(&mut group, "2 threads, prometheus recorder", &exported);
+    let shared = std::sync::atomic::AtomicU64::new(0);
+    group.bench_function("2 threads, one shared atomic", |b| {
+        b.iter_custom(|iters| {
+            let started = std::time::Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    s.spawn(|| {
+                        for _ in 0..iters {
+                            shared.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    });
+                }
+            });
+            started.elapsed()
+        })
+    });
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(std::io::sink)
+        .finish();
+    if tracing::subscriber::set_global_default(subscriber).is_ok() {
+        one_thread(
+            &mut group,
+            "prometheus recorder, info subscriber",
+            &exported,
+        );
+        two_threads(
+            &mut group,
+            "2 threads, prometheus recorder, info subscriber",
+            &exported,
+        );
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
-    targets = envelope_benches, key_benches, l1_benches
+    targets = envelope_benches, key_benches, l1_benches, observed_benches
 }
 criterion_main!(benches);

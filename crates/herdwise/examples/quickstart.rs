@@ -4,7 +4,9 @@
 //! one product cause one database query, repeated reads are served from memory, absent products
 //! are remembered briefly, and a failing database is never cached.
 //!
-//! Run: `cargo run --release --example quickstart`
+//! Run: `cargo run --release --example quickstart`. With `--features prometheus`, it also
+//! serves its metrics on `http://127.0.0.1:9184/metrics` while it runs, and prints its read
+//! counters from a scrape at the end.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -51,6 +53,9 @@ impl Database {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Metrics first: caches take their handles when they are built.
+    #[cfg(feature = "prometheus")]
+    let metrics = herdwise::prometheus::serve(([127, 0, 0, 1], 9184).into()).await?;
     let db = Arc::new(Database::default());
     let cache: Cache<u64, Product> = Cache::builder("catalog")
         .store(MemoryStore::new()) // swap for RedisStore::connect("redis://...").await? to share
@@ -137,5 +142,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         cache.l1_len(),
         cache.l1_bytes()
     );
+    #[cfg(feature = "prometheus")]
+    {
+        println!("from http://{}/metrics:", metrics.local_addr());
+        let scrape = metrics.prometheus().render();
+        for line in scrape.lines().filter(|l| {
+            l.starts_with("herdwise_cache_gets_total")
+                || l.starts_with("herdwise_cache_loads_total")
+        }) {
+            println!("  {line}");
+        }
+    }
     Ok(())
 }
