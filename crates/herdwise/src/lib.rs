@@ -84,6 +84,7 @@ pub use envelope::Compression;
 pub use error::{Error, Result};
 pub use key::{encode_key, CacheKey, KeyEncoder, KeyError};
 pub use loader::{Loader, LoaderError};
+pub use ops::verify::{Mismatch, VerifyOptions, VerifyReport};
 pub use store::{
     Announcement, MemoryStore, RedisConnection, RedisStore, RedisStoreBuilder, SetOutcome,
     ShardedStore, Store, StoreError, TagTable, REDIS_URL_ENV,

@@ -62,6 +62,10 @@
 //! | `herdwise_replica_reads_total` | counter | `outcome` = `hit`/`miss` | reads of a hot key's L2 copy (`miss`: the copy was missing, the primary was read and the copy rewritten) |
 //! | `herdwise_hottest_key_share` | gauge | | the hottest key's share of recent reads (sampled; refreshed every ~65k reads) |
 //! | `herdwise_hot_key_reads` | gauge | `rank` = `1`..`k` | estimated recent reads of the k hottest keys, by rank (names: `Cache::hot_keys`) |
+//! | `herdwise_verify_checks_total` | counter | `outcome` = `match`/`mismatch`/`resolved`/`error`/`skipped` | the verifier's checks of sampled reads against the origin (`mismatch`: confirmed after `confirm_after`; `resolved`: a first mismatch the cache had fixed by then; `skipped`: dropped — queue full, budget spent, origin at its limit) |
+//! | `herdwise_verify_drift_ratio` | gauge | | mismatches among the last 1,000 conclusive checks |
+//! | `herdwise_verify_mismatch_age_seconds` | histogram | | age of the cached entries found to differ from the origin |
+//! | `herdwise_verify_repairs_total` | counter | | mismatched keys invalidated by the verifier (with `repair`) |
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -146,6 +150,15 @@ pub const HOTTEST_KEY_SHARE: &str = "herdwise_hottest_key_share";
 /// Estimated recent reads of the hottest keys, by rank.
 pub const HOT_KEY_READS: &str = "herdwise_hot_key_reads";
 
+/// The verifier's checks, by outcome.
+pub const VERIFY_CHECKS: &str = "herdwise_verify_checks_total";
+/// Mismatches among the last conclusive checks.
+pub const VERIFY_DRIFT: &str = "herdwise_verify_drift_ratio";
+/// Age of the cached entries found to differ from the origin.
+pub const VERIFY_MISMATCH_AGE: &str = "herdwise_verify_mismatch_age_seconds";
+/// Mismatched keys the verifier invalidated.
+pub const VERIFY_REPAIRS: &str = "herdwise_verify_repairs_total";
+
 /// Every metric name Herdwise emits (the table above, in order).
 pub const ALL: &[&str] = &[
     GETS,
@@ -184,6 +197,10 @@ pub const ALL: &[&str] = &[
     REPLICA_READS,
     HOTTEST_KEY_SHARE,
     HOT_KEY_READS,
+    VERIFY_CHECKS,
+    VERIFY_DRIFT,
+    VERIFY_MISMATCH_AGE,
+    VERIFY_REPAIRS,
 ];
 
 /// Hands every cache's striped hit counts to the recorder now (they otherwise reach it within
@@ -283,6 +300,11 @@ fn describe() {
         ),
         (WARMED, "Keys warmed, by trigger and outcome."),
         (REPLICA_READS, "Reads of a hot key's L2 copies."),
+        (
+            VERIFY_CHECKS,
+            "The verifier's checks of sampled reads, by outcome.",
+        ),
+        (VERIFY_REPAIRS, "Mismatched keys the verifier invalidated."),
     ] {
         describe_counter!(name, Unit::Count, help);
     }
@@ -553,6 +575,18 @@ impl LeaseWait {
     }
 }
 
+/// What one verifier check found, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VerifyOutcome {
+    Match,
+    Mismatch,
+    Resolved,
+    Error,
+    Skipped,
+}
+
+const VERIFY_OUTCOMES: [&str; 5] = ["match", "mismatch", "resolved", "error", "skipped"];
+
 /// Why a stale value was served, as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StaleReason {
@@ -623,6 +657,10 @@ pub(crate) struct CacheMetrics {
     pub replica_reads_miss: Counter,
     /// `[trigger][outcome]`, see [`WarmTrigger`] and [`WarmOutcome`].
     warmed: [[Counter; 4]; 2],
+    verify_checks: [Counter; 5],
+    verify_drift: Gauge,
+    verify_mismatch_age: Histogram,
+    verify_repairs: Counter,
 }
 
 /// What started a warm, as a metric label.
@@ -722,6 +760,10 @@ impl CacheMetrics {
                     counter!(WARMED, CACHE_LABEL => ns.clone(), "trigger" => trigger, "outcome" => outcome)
                 })
             }),
+            verify_checks: VERIFY_OUTCOMES.map(|o| cl(VERIFY_CHECKS, "outcome", o)),
+            verify_drift: gauge!(VERIFY_DRIFT, CACHE_LABEL => ns.clone()),
+            verify_mismatch_age: histogram!(VERIFY_MISMATCH_AGE, CACHE_LABEL => ns.clone()),
+            verify_repairs: c(VERIFY_REPAIRS),
         }
     }
 
@@ -780,6 +822,21 @@ impl CacheMetrics {
 
     pub fn stale_served(&self, reason: StaleReason) {
         self.stale_served[reason as usize].increment(1);
+    }
+
+    pub fn verify(&self, outcome: VerifyOutcome) {
+        self.verify_checks[outcome as usize].increment(1);
+    }
+
+    pub fn verify_drift(&self, ratio: f64) {
+        self.verify_drift.set(ratio);
+    }
+
+    pub fn verify_mismatch_age(&self, age: Duration, repaired: bool) {
+        self.verify_mismatch_age.record(age.as_secs_f64());
+        if repaired {
+            self.verify_repairs.increment(1);
+        }
     }
 
     pub fn warmed(&self, trigger: WarmTrigger, outcome: WarmOutcome) {

@@ -1,6 +1,6 @@
 //! Prometheus in one call (feature `prometheus`): installs an exporter (on
 //! `metrics-exporter-prometheus`) as the process's metrics recorder, with histogram buckets
-//! suited to a cache (1 µs to 10 s), and either serves `/metrics` on an address
+//! suited to a cache (1 µs to 10 s; the verifier's mismatch ages 0.1 s to a day), and either serves `/metrics` on an address
 //! ([`serve`]) or hands back a [`Prometheus`] handle that renders the text format for a route
 //! of your own router ([`install`]).
 //!
@@ -28,6 +28,21 @@ use crate::error::{Error, Result};
 pub const BUCKETS: &[f64] = &[
     0.000_001, 0.000_005, 0.000_01, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Bucket bounds of `herdwise_verify_mismatch_age_seconds`: entries found wrong can be hours
+/// old.
+pub const AGE_BUCKETS: &[f64] = &[
+    0.1,
+    1.0,
+    5.0,
+    15.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    4.0 * 3600.0,
+    24.0 * 3600.0,
 ];
 
 /// How often histograms are trimmed.
@@ -72,6 +87,12 @@ impl Prometheus {
 pub fn install() -> Result<Prometheus> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(crate::metrics::VERIFY_MISMATCH_AGE.into()),
+                AGE_BUCKETS,
+            )
+        })
         .map_err(|e| Error::Config(format!("prometheus: buckets: {e}")))?
         .install_recorder()
         .map_err(|e| Error::Config(format!("prometheus: {e}")))?;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::cache::entries::Weigher;
+use crate::cache::verify::{HookFactory, VerifyHook};
 use crate::cache::warm::{KeyBook, RewarmPolicy};
 use crate::cache::{Cache, Coherence, Format, Inner, Operations, Protection, ReadDefaults};
 use crate::coherence::backplane::{Backplane, BackplaneTransport};
@@ -20,6 +21,7 @@ use crate::loader::{Loader, SharedLoader};
 use crate::metrics::CacheMetrics;
 use crate::ops::hotkeys::HotKeys;
 use crate::ops::replicas::{Replicas, MAX_REPLICAS};
+use crate::ops::verify::VerifyOptions;
 use crate::protect::flight::Flights;
 use crate::protect::lease::{FillWaiters, LeaseConfig};
 use crate::protect::origin_limit::OriginLimit;
@@ -124,6 +126,7 @@ pub struct CacheBuilder<K: ?Sized, V> {
     hot_key_shield: Option<(u64, Duration)>,
     replicas: Option<Replicas>,
     weigher: Option<Weigher<V>>,
+    verify: Option<HookFactory<K, V>>,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -173,6 +176,7 @@ where
             hot_key_shield: Some((DEFAULT_HOT_KEY_SHIELD_BYTES, DEFAULT_HOT_KEY_SHIELD_LIFE)),
             replicas: None,
             weigher: None,
+            verify: None,
             _key: PhantomData,
         }
     }
@@ -786,7 +790,13 @@ where
             (Some(policy), Some(_)) => Some(Arc::new(KeyBook::new(policy))),
             _ => None,
         };
-        Ok(Cache::from_parts(
+        let verifier = match self.verify {
+            Some(factory) => {
+                Some(factory(metrics.clone(), self.loader.clone()).map_err(Error::Config)?)
+            }
+            None => None,
+        };
+        let mut cache = Cache::from_parts(
             Inner {
                 keys,
                 l1,
@@ -838,6 +848,66 @@ where
             },
             self.loader,
             book,
-        ))
+        );
+        cache.verifier = verifier;
+        Ok(cache)
+    }
+}
+
+impl<K, V> CacheBuilder<K, V>
+where
+    K: CacheKey + ToOwned + Sync + ?Sized + 'static,
+    K::Owned: Send + Sync + 'static,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Checks what the cache serves against the origin (seed 001's verification job): a
+    /// fraction of the reads answered fresh from L1 or L2 is sampled, reloaded through the
+    /// registered loader (within `options`' load budget and the origin limit; the result is not
+    /// cached) and compared with `==`. A mismatch still there `confirm_after` later is
+    /// counted (`herdwise_verify_checks_total{outcome="mismatch"}`, the drift ratio, the
+    /// entry's age), reported by [`Cache::verify_report`], and with `repair` invalidated
+    /// everywhere. Needs a [`loader`](CacheBuilder::loader) (`Error::Config` at `build()`
+    /// otherwise). Costs a fresh hit one thread-local random draw.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), herdwise::Error> {
+    /// let cache: herdwise::Cache<u64, String> = herdwise::Cache::builder("catalog")
+    ///     .loader(|k: &u64| {
+    ///         let v = format!("row {k}");
+    ///         async move { Ok::<_, std::io::Error>(Some(v)) }
+    ///     })
+    ///     .verify(herdwise::VerifyOptions::new(0.01).repair(true))
+    ///     .build()?;
+    /// # drop(cache); Ok(()) }
+    /// ```
+    pub fn verify(self, options: VerifyOptions) -> Self
+    where
+        V: PartialEq,
+    {
+        self.verify_by(options, |a: &V, b: &V| a == b)
+    }
+
+    /// [`verify`](CacheBuilder::verify) with your own comparison, e.g. of a fingerprint that
+    /// leaves out fields the cache may legitimately hold older (a view count).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), herdwise::Error> {
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Product { price_cents: u64, views: u64 }
+    /// let cache: herdwise::Cache<u64, Product> = herdwise::Cache::builder("catalog")
+    ///     .loader(|_: &u64| async { Ok::<_, std::io::Error>(None) })
+    ///     .verify_by(herdwise::VerifyOptions::new(0.05), |a: &Product, b: &Product| {
+    ///         a.price_cents == b.price_cents
+    ///     })
+    ///     .build()?;
+    /// # drop(cache); Ok(()) }
+    /// ```
+    pub fn verify_by(
+        mut self,
+        options: VerifyOptions,
+        same: impl Fn(&V, &V) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.verify = Some(VerifyHook::factory(options, Arc::new(same)));
+        self
     }
 }

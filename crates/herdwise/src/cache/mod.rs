@@ -13,6 +13,7 @@ pub(crate) mod entries;
 mod observe;
 pub(crate) mod read;
 pub(crate) mod refresh;
+pub(crate) mod verify;
 pub(crate) mod warm;
 pub(crate) mod write;
 
@@ -201,6 +202,8 @@ pub struct Cache<K: ?Sized, V> {
     pub(crate) book: Option<Arc<KeyBook<K>>>,
     /// The tenant this handle is scoped to (its key component), see `for_tenant`.
     pub(crate) tenant: Option<Arc<str>>,
+    /// With `CacheBuilder::verify`: samples fresh reads to check against the origin.
+    pub(crate) verifier: Option<Arc<verify::VerifyHook<K, V>>>,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -211,6 +214,7 @@ impl<K: ?Sized, V> Clone for Cache<K, V> {
             loader: self.loader.clone(),
             book: self.book.clone(),
             tenant: self.tenant.clone(),
+            verifier: self.verifier.clone(),
             _key: PhantomData,
         }
     }
@@ -276,6 +280,7 @@ where
             loader,
             book,
             tenant: None,
+            verifier: None,
             _key: PhantomData,
         }
     }
@@ -329,6 +334,7 @@ where
         // `Error::NoLoader`); `get_or_load` with a loader that knows the tenant works.
         scoped.loader = None;
         scoped.book = None;
+        scoped.verifier = None;
         Ok(scoped)
     }
 
@@ -392,6 +398,9 @@ where
             L2Read::Fresh(value, meta, _) => {
                 let answer = Fetched::of(value, meta.stale_copy, Source::L2);
                 span.read(metrics, answer.result(), Some(Source::L2), started);
+                if answer.result() == GetResult::L2Hit {
+                    self.maybe_verify(key, &stored_key, answer.value.as_ref());
+                }
                 Ok(answer.value)
             }
             L2Read::Stale(_) | L2Read::Miss | L2Read::Unavailable => {
@@ -807,6 +816,9 @@ where
                 Some((entry, Standing::Fresh)) => {
                     let result = GetResult::of_l1(entry.meta.stale_copy, entry.value.is_some());
                     inner.metrics.l1_hit(result, sampled);
+                    if result == GetResult::L1Hit {
+                        self.maybe_verify(key, buf, entry.value.as_ref());
+                    }
                     Lookup::Fresh(entry.value, entry.meta)
                 }
                 Some((entry, standing)) => Lookup::Miss {

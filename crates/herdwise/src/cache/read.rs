@@ -315,6 +315,11 @@ where
         )
         .await;
         span.fetched(&self.inner.metrics, &read, started);
+        if let Ok(fetched) = &read {
+            if fetched.result() == GetResult::L2Hit {
+                self.maybe_verify(key, &stored_key, fetched.value.as_ref());
+            }
+        }
         read
     }
 

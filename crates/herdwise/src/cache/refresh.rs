@@ -19,7 +19,7 @@ use crate::cache::read::{Fetched, LoadOptions, Source};
 use crate::cache::{hit_yield_point, Cache, Lookup};
 use crate::envelope::Meta;
 use crate::error::{Error, Result};
-use crate::metrics::StaleReason;
+use crate::metrics::{GetResult, StaleReason};
 use crate::protect::flight::Join;
 use crate::tiers::freshness::{now_ms, xfetch_due};
 use crate::tiers::key::CacheKey;
@@ -78,12 +78,18 @@ where
             Err(err) => return Err(span.failed(&self.inner.metrics, err)),
         };
         let started = Instant::now();
+        let verify_key = self.verifier.as_ref().map(|_| stored_key.clone());
         let read = Box::pin(
             self.fetch_past_l1(key, stored_key, fallback, options)
                 .instrument(span.span().clone()),
         )
         .await;
         span.fetched(&self.inner.metrics, &read, started);
+        if let (Ok(fetched), Some(stored_key)) = (&read, verify_key) {
+            if fetched.result() == GetResult::L2Hit {
+                self.maybe_verify(key, &stored_key, fetched.value.as_ref());
+            }
+        }
         read
     }
 
