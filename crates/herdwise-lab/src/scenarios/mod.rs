@@ -1,6 +1,7 @@
 //! The scenarios. Each runs every strategy in turn, each on a fresh Redis (a `redis-server`, or
 //! a cluster with `--topology cluster`) and a fresh origin, so strategies never share state, and returns them side by side.
 
+pub mod drift;
 pub mod failover;
 pub mod hit_path;
 pub mod hot_key_expiry;
@@ -19,7 +20,7 @@ use crate::report::{ScenarioResult, StrategyResult};
 use crate::{LabError, Settings};
 
 /// Every scenario, in the order `all` runs them.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 12] = [
     "hit-path",
     "l2-throughput",
     "zipf",
@@ -31,6 +32,7 @@ pub const ALL: [&str; 11] = [
     "redis-outage",
     "cluster-failover",
     "sentinel-failover",
+    "drift",
 ];
 
 /// The scenarios that run on a Redis Cluster (`--topology cluster`); the others measure one
@@ -65,6 +67,7 @@ pub async fn run(name: &str, settings: &Settings) -> Result<ScenarioResult, LabE
         "redis-outage" => redis_outage::run(settings).await,
         "cluster-failover" => failover::run(settings, failover::Kind::Cluster).await,
         "sentinel-failover" => failover::run(settings, failover::Kind::Sentinel).await,
+        "drift" => drift::run(settings).await,
         other => Err(LabError::Usage(format!(
             "unknown scenario {other:?}; one of {} or all",
             ALL.join(", ")

@@ -131,9 +131,9 @@ pub struct VerifyReport {
     /// Samples dropped: the queue was full, the check budget spent, or the origin at its
     /// limit.
     pub skipped: u64,
-    /// Mismatched / conclusive checks, over the last [`DRIFT_WINDOW`] conclusive checks.
+    /// Mismatched / conclusive checks, over the last 1,000 conclusive checks.
     pub drift_ratio: f64,
-    /// The latest confirmed mismatches, oldest first (at most [`LAST_MISMATCHES`]).
+    /// The latest confirmed mismatches, oldest first (at most 32).
     pub last_mismatches: Vec<Mismatch>,
 }
 
