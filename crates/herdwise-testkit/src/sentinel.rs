@@ -101,39 +101,56 @@ impl SentinelSet {
             }),
         };
         for i in 0..3 {
-            let port = free_port()?;
-            let conf = set.dir.join(format!("sentinel-{i}.conf"));
-            let listen = match tls {
-                Some(t) => t.config_lines(port),
-                None => format!("port {port}\n"),
-            };
-            let mut text = format!(
-                "{listen}bind 127.0.0.1\ndaemonize no\ndir {dir}\n\
+            // A port from `free_port` can be taken by another test's server before this sentinel
+            // binds it: the sentinel then exits, and is started again on another port.
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let port = free_port()?;
+                let conf = set.dir.join(format!("sentinel-{i}.conf"));
+                let listen = match tls {
+                    Some(t) => t.config_lines(port),
+                    None => format!("port {port}\n"),
+                };
+                let mut text = format!(
+                    "{listen}bind 127.0.0.1\ndaemonize no\ndir {dir}\n\
                  sentinel monitor {SERVICE} 127.0.0.1 {primary_port} 2\n\
                  sentinel down-after-milliseconds {SERVICE} 1000\n\
                  sentinel failover-timeout {SERVICE} 3000\n\
                  sentinel parallel-syncs {SERVICE} 1\n",
-                dir = set.dir.display()
-            );
-            if let Some(password) = password {
-                text.push_str(&format!("sentinel auth-pass {SERVICE} {password}\n"));
+                    dir = set.dir.display()
+                );
+                if let Some(password) = password {
+                    text.push_str(&format!("sentinel auth-pass {SERVICE} {password}\n"));
+                }
+                if let Some(password) = sentinel_password {
+                    text.push_str(&format!(
+                        "requirepass {password}\nsentinel sentinel-pass {password}\n"
+                    ));
+                }
+                std::fs::write(&conf, text)?;
+                let binary = std::env::var("HERDWISE_REDIS_SERVER")
+                    .unwrap_or_else(|_| "redis-server".to_string());
+                let child = Command::new(binary)
+                    .arg(&conf)
+                    .arg("--sentinel")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?;
+                let mut child = child;
+                if set.sentinel_started(&mut child, port) {
+                    set.sentinels.push((child, port));
+                    break;
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                if attempt >= 5 {
+                    return Err(std::io::Error::other(
+                        "a sentinel did not start (5 ports tried)",
+                    ));
+                }
             }
-            if let Some(password) = sentinel_password {
-                text.push_str(&format!(
-                    "requirepass {password}\nsentinel sentinel-pass {password}\n"
-                ));
-            }
-            std::fs::write(&conf, text)?;
-            let binary = std::env::var("HERDWISE_REDIS_SERVER")
-                .unwrap_or_else(|_| "redis-server".to_string());
-            let child = Command::new(binary)
-                .arg(&conf)
-                .arg("--sentinel")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?;
-            set.sentinels.push((child, port));
         }
         set.wait_until(|s| {
             s.sentinels.iter().all(|(_, port)| {
@@ -232,13 +249,48 @@ impl SentinelSet {
         self.tls.iter().flatten().map(String::as_str).collect()
     }
 
+    /// Whether the sentinel just spawned on `port` answers (false if it exited: port taken).
+    fn sentinel_started(&self, child: &mut Child, port: u16) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return false;
+            }
+            if self
+                .sentinel_cli(port, &["ping"])
+                .is_ok_and(|r| r.contains("PONG"))
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     fn wait_until(&self, done: impl Fn(&Self) -> bool) -> std::io::Result<()> {
         let deadline = Instant::now() + SETTLE_TIMEOUT;
         while !done(self) {
             if Instant::now() >= deadline {
-                return Err(std::io::Error::other(
-                    "the sentinel set did not settle in time",
-                ));
+                let states: Vec<String> = self
+                    .sentinels
+                    .iter()
+                    .map(|(_, port)| {
+                        let info = self.sentinel_cli(*port, &["sentinel", "master", SERVICE]);
+                        match info {
+                            Ok(i) => format!(
+                                "{port}: slaves={:?} others={:?} flags={:?}",
+                                field(&i, "num-slaves"),
+                                field(&i, "num-other-sentinels"),
+                                field(&i, "flags")
+                            ),
+                            Err(e) => format!("{port}: {e}"),
+                        }
+                    })
+                    .collect();
+                return Err(std::io::Error::other(format!(
+                    "the sentinel set did not settle in time ({})",
+                    states.join("; ")
+                )));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
