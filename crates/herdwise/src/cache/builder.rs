@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::cache::entries::Weigher;
+use crate::cache::entries::{TtlFrom, Weigher};
 use crate::cache::verify::{HookFactory, VerifyHook};
 use crate::cache::warm::{KeyBook, RewarmPolicy};
 use crate::cache::{Cache, Coherence, Format, Inner, Operations, Protection, ReadDefaults};
@@ -126,6 +126,7 @@ pub struct CacheBuilder<K: ?Sized, V> {
     hot_key_shield: Option<(u64, Duration)>,
     replicas: Option<Replicas>,
     weigher: Option<Weigher<V>>,
+    ttl_from: Option<TtlFrom<V>>,
     verify: Option<HookFactory<K, V>>,
     _key: PhantomData<fn(&K)>,
 }
@@ -176,6 +177,7 @@ where
             hot_key_shield: Some((DEFAULT_HOT_KEY_SHIELD_BYTES, DEFAULT_HOT_KEY_SHIELD_LIFE)),
             replicas: None,
             weigher: None,
+            ttl_from: None,
             verify: None,
             _key: PhantomData,
         }
@@ -248,6 +250,28 @@ where
     /// ```
     pub fn l1_weigher(mut self, weigh: impl Fn(&V) -> usize + Send + Sync + 'static) -> Self {
         self.weigher = Some(Arc::new(weigh));
+        self
+    }
+
+    /// Each value's own time-to-live, where the value carries one (Caffeine's `Expiry`): an
+    /// HTTP response's freshness, a token's expiry. `None` falls back to [`Self::ttl`]. The
+    /// value's TTL is used as given (no jitter), capped at 10 years; the stale windows and the
+    /// L1 cap apply on top as for any entry.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Token { secret: String, expires_in_secs: u64 }
+    /// let tokens: herdwise::Cache<str, Token> = herdwise::Cache::builder("tokens")
+    ///     .ttl_from(|t: &Token| Some(Duration::from_secs(t.expires_in_secs)))
+    ///     .build()
+    ///     .unwrap();
+    /// ```
+    pub fn ttl_from(
+        mut self,
+        ttl_of: impl Fn(&V) -> Option<Duration> + Send + Sync + 'static,
+    ) -> Self {
+        self.ttl_from = Some(Arc::new(ttl_of));
         self
     }
 
@@ -809,6 +833,7 @@ where
                     compression: self.compression,
                     max_value_bytes: self.max_value_bytes,
                     weigher: self.weigher,
+                    ttl_from: self.ttl_from,
                     scope_log: crate::throttle::LogThrottle::new(Duration::from_secs(1)),
                 },
                 protect: Protection {

@@ -13,6 +13,7 @@ use crate::coherence::tags::Verdict;
 use crate::envelope::{self, EnvelopeError, Meta, TagStamp};
 use crate::error::{Error, Result};
 use crate::store::{SetOutcome, StoreError};
+use crate::tiers::freshness::MAX_DURATION;
 use crate::tiers::freshness::{now_ms, Freshness};
 use crate::tiers::key::CacheKey;
 use crate::tiers::local::{L1Entry, Standing};
@@ -61,6 +62,9 @@ pub(crate) fn l1_weight<V>(
 
 /// Weighs a value for L1 (`CacheBuilder::l1_weigher`).
 pub(crate) type Weigher<V> = Arc<dyn Fn(&V) -> usize + Send + Sync>;
+
+/// A value's own time-to-live (see `CacheBuilder::ttl_from`).
+pub(crate) type TtlFrom<V> = Arc<dyn Fn(&V) -> Option<Duration> + Send + Sync>;
 
 /// A value that is past its fresh time but may still be served: while another caller refreshes
 /// it, or when the origin fails.
@@ -320,9 +324,14 @@ where
         let inner = &*self.inner;
         let payload = self.encode_payload(stored_key, value)?;
         let now = now_ms();
+        // A value's own TTL is taken as given (it is the value's, not a herd of the cache's).
+        let own = match (value, inner.format.ttl_from.as_ref()) {
+            (Some(v), Some(ttl_of)) => ttl_of(v).map(|t| t.min(MAX_DURATION)),
+            _ => None,
+        };
         let meta = inner.ttl.meta(
             now,
-            inner.ttl.jittered(ttl),
+            own.unwrap_or_else(|| inner.ttl.jittered(ttl)),
             load_duration,
             version,
             value.is_none(),

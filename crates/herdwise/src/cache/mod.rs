@@ -29,7 +29,7 @@ use tracing::Instrument;
 use crate::cache::builder::CacheBuilder;
 use crate::cache::entries::{Fallback, L2Read, WriteMode};
 use crate::cache::observe::ReadSpan;
-use crate::cache::read::{Fetched, LoadOptions, LoadResult, Source};
+use crate::cache::read::{Fetched, LoadOptions, LoadResult, Replacing, Source};
 use crate::cache::warm::{KeyBook, RewarmPolicy};
 use crate::cache::write::WriteOptions;
 use crate::coherence::backplane::{Backplane, Invalidation};
@@ -104,6 +104,8 @@ pub(crate) struct Format<V> {
     max_value_bytes: usize,
     /// `None`: L1 weighs a value by its uncompressed payload length.
     weigher: Option<crate::cache::entries::Weigher<V>>,
+    /// `None`: every positive entry lives the cache's (jittered) TTL.
+    ttl_from: Option<crate::cache::entries::TtlFrom<V>>,
     /// Scope violations are logged at most once a second.
     scope_log: crate::throttle::LogThrottle,
 }
@@ -383,7 +385,13 @@ where
             // Boxed: an L1 hit should not carry the size of the L2 read in its future.
             let stale_if_error = self.inner.ttl.stale_if_error;
             let verify = self
-                .verify_in_l2(&stored_key, &mut fallback, stale_if_error, false)
+                .verify_in_l2(
+                    &stored_key,
+                    &mut fallback,
+                    stale_if_error,
+                    false,
+                    Replacing::Nothing,
+                )
                 .instrument(span.span().clone());
             if let Some(answer) = Box::pin(verify).await {
                 span.read(metrics, answer.result(), Some(answer.source), started);
@@ -802,6 +810,17 @@ where
     }
 
     pub(crate) fn lookup_l1(&self, key: &K) -> Result<Lookup<V>> {
+        self.lookup_l1_judged(key, None)
+    }
+
+    /// [`Self::lookup_l1`], where a fresh value `is_stale` calls stale is a miss (without a
+    /// fallback, and not counted as a hit).
+    #[inline]
+    pub(crate) fn lookup_l1_judged(
+        &self,
+        key: &K,
+        is_stale: Option<&(dyn Fn(&V) -> bool + Send + Sync)>,
+    ) -> Result<Lookup<V>> {
         self.ensure_backplane();
         let inner = &*self.inner;
         let lookup = |buf: &mut String| -> Result<Lookup<V>> {
@@ -813,6 +832,16 @@ where
                 .get_classified(buf)
                 .filter(|(entry, _)| self.l1_entry_ok(buf, entry));
             Ok(match found {
+                // Judged stale: a miss, and no fallback either (not even an unverified one
+                // to check against L2: the judge decides what a failed load answers).
+                Some((entry, _))
+                    if is_stale.is_some_and(|judge| entry.value.as_deref().is_some_and(judge)) =>
+                {
+                    Lookup::Miss {
+                        stored_key: buf.clone(),
+                        fallback: None,
+                    }
+                }
                 Some((entry, Standing::Fresh)) => {
                     let result = GetResult::of_l1(entry.meta.stale_copy, entry.value.is_some());
                     inner.metrics.l1_hit(result, sampled);

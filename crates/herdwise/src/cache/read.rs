@@ -244,6 +244,45 @@ enum Waited<V> {
 /// Starts a background refresh of the entry that is fresh until the given unix ms.
 pub(crate) type Background<'a> = dyn Fn(u64) + Send + Sync + 'a;
 
+/// What a load replaces, so that a re-check finding it does not count it as an answer.
+pub(crate) enum Replacing<'a, V> {
+    /// Nothing: any fresh entry answers (a plain read).
+    Nothing,
+    /// A background refresh of the entry fresh until this unix ms: it, or anything older,
+    /// is what is being replaced.
+    FreshUntil(u64),
+    /// The caller judges: an entry whose value it calls stale does not answer (a negative
+    /// entry always does).
+    Judged(&'a (dyn Fn(&V) -> bool + Send + Sync)),
+}
+
+impl<V> Clone for Replacing<'_, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<V> Copy for Replacing<'_, V> {}
+
+impl<V> Replacing<'_, V> {
+    /// Whether an entry with `meta` and `value`, found on a re-check, is what is being replaced.
+    pub(crate) fn superseded(&self, meta: &Meta, value: Option<&Arc<V>>) -> bool {
+        match self {
+            Replacing::Nothing => false,
+            Replacing::FreshUntil(r) => meta.fresh_until_ms <= *r,
+            Replacing::Judged(stale) => value.is_some_and(|v| stale(v)),
+        }
+    }
+
+    /// What a caller waiting for another instance's fill replaces: for a refresh, even the
+    /// entry being refreshed will do (its holder is refreshing it); a judge stays a judge.
+    fn for_waiters(self) -> Self {
+        match self {
+            Replacing::FreshUntil(_) => Replacing::Nothing,
+            other => other,
+        }
+    }
+}
+
 /// The windows one call works with (cache defaults, overridden per call).
 pub(crate) struct Windows {
     hard_timeout: Option<Duration>,
@@ -323,6 +362,82 @@ where
         read
     }
 
+    /// [`Cache::get_or_load_with`] where the caller decides whether a cached value may answer:
+    /// a value for which `is_stale` returns `true` counts as missing, wherever it is found (L1,
+    /// L2, or filled by another instance while this call waited), and is replaced through the
+    /// same single-flight and lease as any miss — so many callers judging the same entry stale
+    /// cause one load, and a caller that finds it already replaced takes the replacement. For
+    /// values whose freshness lives in the value itself (an HTTP response's `Cache-Control`,
+    /// a document's own expiry). The replaced value is not a stale-if-error fallback: the
+    /// caller, who judged it, decides what to do when the load fails. Negative entries always
+    /// answer.
+    ///
+    /// `is_stale` runs on every candidate, so keep it cheap; to avoid waiting on each other
+    /// forever, judge a value loaded after the call began as good enough.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// use herdwise::{Cache, LoadOptions};
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Doc { body: String, expires_at: u64 }
+    /// let cache: Cache<u64, Doc> = Cache::builder("docs").build()?;
+    /// let now = 100;
+    /// let load = |_: &u64| async { Ok::<_, std::io::Error>(Some(Doc { body: "v1".into(), expires_at: 50 })) };
+    /// cache.get_or_load(&1, load).await?;
+    /// // The cache calls it fresh, but the document says it expired at 50: reload it.
+    /// let stale = |d: &Doc| d.expires_at <= now;
+    /// let load = |_: &u64| async { Ok::<_, std::io::Error>(Some(Doc { body: "v2".into(), expires_at: 200 })) };
+    /// let got = cache.get_or_load_checked(&1, &LoadOptions::default(), &stale, load).await?;
+    /// assert_eq!(got.value.map(|d| d.body.clone()).as_deref(), Some("v2"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_or_load_checked<'k, F, Fut, E>(
+        &self,
+        key: &'k K,
+        options: &LoadOptions,
+        is_stale: &(dyn Fn(&V) -> bool + Send + Sync),
+        loader: F,
+    ) -> Result<Fetched<V>>
+    where
+        F: FnOnce(&'k K) -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        hit_yield_point().await;
+        self.ensure_generation().await;
+        let span = ReadSpan::new(self.namespace(), "get_or_load_checked");
+        let (stored_key, fallback) = match self.lookup_l1_judged(key, Some(is_stale)) {
+            Ok(Lookup::Fresh(value, meta)) => {
+                let fetched = Fetched::of(value, meta.stale_copy, Source::L1);
+                span.ended(fetched.result());
+                return Ok(fetched);
+            }
+            Ok(Lookup::Miss {
+                stored_key,
+                fallback,
+            }) => (stored_key, fallback),
+            Err(err) => return Err(span.failed(&self.inner.metrics, err)),
+        };
+        let windows = self.windows(options);
+        let started = Instant::now();
+        let read = Box::pin(
+            self.through_replacing(
+                &stored_key,
+                key,
+                loader,
+                &windows,
+                fallback,
+                None,
+                Replacing::Judged(is_stale),
+            )
+            .instrument(span.span().clone()),
+        )
+        .await;
+        span.fetched(&self.inner.metrics, &read, started);
+        read
+    }
+
     /// Everything after an L1 miss: coalesce in-process, then lead (or wait for the leader).
     /// `background`, when the caller can refresh in the background, starts a refresh of the
     /// entry fresh until the given unix ms (so a stale value can be answered at once).
@@ -334,6 +449,35 @@ where
         windows: &Windows,
         fallback: Option<Fallback<V>>,
         background: Option<&Background<'_>>,
+    ) -> Result<Fetched<V>>
+    where
+        F: FnOnce(&'k K) -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        self.through_replacing(
+            stored_key,
+            key,
+            loader,
+            windows,
+            fallback,
+            background,
+            Replacing::Nothing,
+        )
+        .await
+    }
+
+    /// [`Self::through`], replacing what `replacing` names.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn through_replacing<'k, F, Fut, E>(
+        &self,
+        stored_key: &str,
+        key: &'k K,
+        loader: F,
+        windows: &Windows,
+        fallback: Option<Fallback<V>>,
+        background: Option<&Background<'_>>,
+        replacing: Replacing<'_, V>,
     ) -> Result<Fetched<V>>
     where
         F: FnOnce(&'k K) -> Fut,
@@ -352,6 +496,7 @@ where
                 &mut fallback,
                 windows.stale_if_error,
                 windows.warming,
+                replacing,
             )
             .await
         {
@@ -366,7 +511,9 @@ where
             match self.inner.protect.flights.join(stored_key) {
                 Join::Leader(leader) => {
                     let result = self
-                        .lead(stored_key, key, loader, windows, fallback, None, background)
+                        .lead(
+                            stored_key, key, loader, windows, fallback, replacing, background,
+                        )
                         .await;
                     leader.complete(result.clone());
                     return result;
@@ -381,7 +528,9 @@ where
                 Join::Bypass => {
                     self.inner.metrics.flight_bypass.increment(1);
                     return self
-                        .lead(stored_key, key, loader, windows, fallback, None, background)
+                        .lead(
+                            stored_key, key, loader, windows, fallback, replacing, background,
+                        )
                         .await;
                 }
             }
@@ -430,6 +579,7 @@ where
         fallback: &mut Option<Fallback<V>>,
         stale_if_error: Duration,
         warming: bool,
+        replacing: Replacing<'_, V>,
     ) -> Option<Fetched<V>> {
         if !fallback.as_ref().is_some_and(|f| f.unverified) {
             return None;
@@ -437,8 +587,13 @@ where
         let inner = &*self.inner;
         let epoch = inner.l1.epoch(stored_key);
         match self.read_l2(stored_key).await {
-            L2Read::Fresh(value, meta, _) => {
+            L2Read::Fresh(value, meta, _) if !replacing.superseded(&meta, value.as_ref()) => {
                 return Some(Fetched::of(value, meta.stale_copy, Source::L2))
+            }
+            // What L2 holds is what the caller replaces: load (the L1 copy is older still).
+            L2Read::Fresh(..) => {
+                *fallback = None;
+                return None;
             }
             L2Read::Stale(found) => {
                 *fallback = Some(found);
@@ -495,7 +650,7 @@ where
         loader: F,
         windows: &Windows,
         fallback: Option<Fallback<V>>,
-        refresh_of: Option<u64>,
+        replacing: Replacing<'_, V>,
         background: Option<&Background<'_>>,
     ) -> LoadResult<V>
     where
@@ -507,16 +662,17 @@ where
         // A previous leader may have filled L1 between our miss and our election.
         let mut fallback = fallback;
         let mut remote_down = false;
-        let superseded = |meta: &Meta| refresh_of.is_some_and(|r| meta.fresh_until_ms <= r);
         if let Some((entry, Standing::Fresh)) = self.l1_get(stored_key) {
-            if !superseded(&entry.meta) {
+            if !replacing.superseded(&entry.meta, entry.value.as_ref()) {
                 return Ok(Fetched::of(entry.value, entry.meta.stale_copy, Source::L1));
             }
         }
         match self.read_l2(stored_key).await {
-            L2Read::Fresh(value, meta, _) if !superseded(&meta) => {
+            L2Read::Fresh(value, meta, _) if !replacing.superseded(&meta, value.as_ref()) => {
                 return Ok(Fetched::of(value, meta.stale_copy, Source::L2))
             }
+            // The judged value is no fallback: its judge decides what a failed load answers.
+            L2Read::Fresh(..) if matches!(replacing, Replacing::Judged(_)) => {}
             L2Read::Fresh(value, meta, tags) => {
                 fallback = Fallback::newer(fallback, Some(Fallback::from_l2(value, meta, tags)))
             }
@@ -542,7 +698,7 @@ where
                     .await;
             }
         };
-        let mode = match self.take_lease(stored_key, &lease, refresh_of).await {
+        let mode = match self.take_lease(stored_key, &lease, replacing).await {
             LeaseAttempt::Taken(held) => {
                 inner.metrics.leases_acquired.increment(1);
                 FillMode::Leased(held)
@@ -565,7 +721,7 @@ where
                     outcome = tracing::field::Empty
                 );
                 let waited = self
-                    .wait_for_fill(stored_key, &lease)
+                    .wait_for_fill(stored_key, &lease, replacing.for_waiters())
                     .instrument(span.clone())
                     .await;
                 let outcome = match &waited {
@@ -624,7 +780,7 @@ where
         &self,
         stored_key: &str,
         lease: &LeaseConfig,
-        refresh_of: Option<u64>,
+        replacing: Replacing<'_, V>,
     ) -> LeaseAttempt<V> {
         let remote = &self.inner.remote;
         let token: u64 = rand::random();
@@ -649,7 +805,7 @@ where
             None
         };
         let filled = match self.judge_l2(stored_key, Ok(current), epoch).await {
-            L2Read::Fresh(value, meta, _) if refresh_of.is_none_or(|r| meta.fresh_until_ms > r) => {
+            L2Read::Fresh(value, meta, _) if !replacing.superseded(&meta, value.as_ref()) => {
                 Some((value, meta.stale_copy))
             }
             _ => None,
@@ -667,7 +823,12 @@ where
 
     /// Waits for the instance holding the lease to fill the key: woken by its announcement,
     /// re-checking every poll interval, for at most the lease's wait deadline.
-    async fn wait_for_fill(&self, stored_key: &str, lease: &LeaseConfig) -> Waited<V> {
+    async fn wait_for_fill(
+        &self,
+        stored_key: &str,
+        lease: &LeaseConfig,
+        replacing: Replacing<'_, V>,
+    ) -> Waited<V> {
         let registration = self.inner.protect.fill_waiters.register(stored_key);
         let deadline = tokio::time::Instant::now() + lease.wait;
         loop {
@@ -675,9 +836,8 @@ where
             let notified = registration.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            // A fill, or the holder's lease given up (ours now). `None`: for a refresh, even the
-            // entry being refreshed will do — its holder is refreshing it.
-            match self.take_lease(stored_key, lease, None).await {
+            // A fill, or the holder's lease given up (ours now).
+            match self.take_lease(stored_key, lease, replacing).await {
                 LeaseAttempt::Taken(held) => return Waited::Lease(held),
                 LeaseAttempt::Filled(value, stale) => return Waited::Value(value, stale),
                 LeaseAttempt::Held => {}

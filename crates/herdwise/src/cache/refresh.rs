@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use crate::cache::entries::{Fallback, L2Read};
 use crate::cache::observe::ReadSpan;
-use crate::cache::read::{Fetched, LoadOptions, Source};
+use crate::cache::read::{Fetched, LoadOptions, Replacing, Source};
 use crate::cache::{hit_yield_point, Cache, Lookup};
 use crate::envelope::Meta;
 use crate::error::{Error, Result};
@@ -314,7 +314,7 @@ where
                                 |k: &K| loader.load(k),
                                 &windows,
                                 None,
-                                Some(refresh_of),
+                                Replacing::FreshUntil(refresh_of),
                                 None,
                             )
                             .await;
