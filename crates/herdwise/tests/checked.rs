@@ -25,14 +25,10 @@ async fn instance(server: &herdwise_testkit::RedisServer) -> Cache<u64, Doc> {
         .unwrap()
 }
 
-fn loader(
-    calls: &Calls,
-    version: u64,
-) -> impl FnOnce(
-    &u64,
-) -> std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Option<Doc>, OriginError>> + Send>,
-> {
+type Load =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<Doc>, OriginError>> + Send>>;
+
+fn loader(calls: &Calls, version: u64) -> impl FnOnce(&u64) -> Load {
     let calls = calls.clone();
     move |_| {
         Box::pin(async move {
