@@ -191,3 +191,58 @@ async fn key_and_tag_events_of_one_instance_never_look_like_a_gap() {
         "events of one sender arrive in order"
     );
 }
+
+/// A prefix invalidation whose L2 walk fails on one node (dead) still deletes what the live
+/// nodes hold, tells every instance (their L1 copies go), and is retried; the caller gets the
+/// error. Before, the failed walk returned early: no announcement, no retry, and another
+/// instance served the invalidated values from L1 for the rest of their life.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_invalidation_that_fails_part_way_still_reaches_every_instance() {
+    let mut servers = servers();
+    let store = sharded(&servers).await;
+    let build = |store: ShardedStore| {
+        Cache::<(u64, u64), String>::builder("pfx")
+            .store(store)
+            .no_circuit_breaker()
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build(store.clone()), build(sharded(&servers).await));
+    let home = store.node_of("herdwise:{ns:pfx}:inv").to_string();
+    let dead = (0..3).find(|i| format!("node-{i}") != home).unwrap();
+    let keys: Vec<(u64, u64)> = (0..60).map(|i| (7, i)).collect();
+    for key in &keys {
+        a.set(key, "old".to_string()).await.unwrap();
+    }
+    for key in &keys {
+        assert_eq!(
+            b.get(key).await.unwrap().as_deref().map(String::as_str),
+            Some("old")
+        );
+    }
+    servers[dead].kill();
+    assert!(
+        a.invalidate_prefix(&7u64).await.is_err(),
+        "the walk failed on a dead node"
+    );
+    let served_old = async || {
+        let mut on = Vec::new();
+        for key in &keys {
+            if let Ok(Some(v)) = b.get(key).await {
+                if v.as_str() == "old" {
+                    on.push(store.node_of(&b.stored_key(key).unwrap()).to_string());
+                }
+            }
+        }
+        on
+    };
+    let gone = common::eventually(Duration::from_secs(3), async || {
+        served_old().await.is_empty()
+    })
+    .await;
+    assert!(
+        gone,
+        "another instance still serves invalidated values (home {home}, dead node-{dead}): {:?}",
+        served_old().await
+    );
+}

@@ -148,6 +148,16 @@ impl<V: Send + Sync + 'static> RetryHost for Inner<V> {
                 Retry::AnnounceKey(key) if self.coherence.retries.is_unapplied(key) => true,
                 Retry::AnnounceKey(key) => self.announce(Invalidation::Key(key)).await,
                 Retry::AnnouncePrefix(prefix) => self.announce(Invalidation::Prefix(prefix)).await,
+                Retry::Prefix(prefix) => {
+                    let walked = self
+                        .remote
+                        .delete_prefix(prefix, crate::cache::PREFIX_DELETE_DEADLINE)
+                        .await
+                        .is_ok();
+                    // What local reads put back from a node the walk had not reached goes too.
+                    self.l1.remove_prefix(prefix);
+                    walked && self.announce(Invalidation::Prefix(prefix)).await
+                }
             }
         })
     }

@@ -53,7 +53,7 @@ use crate::tiers::recovery::Recovery;
 use crate::tiers::remote::Remote;
 
 /// How long a prefix invalidation may take to walk L2.
-const PREFIX_DELETE_DEADLINE: Duration = Duration::from_secs(60);
+pub(crate) const PREFIX_DELETE_DEADLINE: Duration = Duration::from_secs(60);
 
 /// What a write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -682,8 +682,10 @@ where
     /// key with more components after it (`42` matches `42` and `42:x`, not `420`). L2 is walked
     /// with `SCAN` in batches of 1 000 and `UNLINK`ed (never `KEYS`, never blocking Redis); loads
     /// in flight under the prefix are voided; every instance drops the matching L1 entries.
-    /// Returns how many L2 entries were removed; a store failure is returned (nothing or only
-    /// part was removed, and the caller should know).
+    /// Returns how many L2 entries were removed. A store failure is returned (nothing or only
+    /// part of L2 was walked — a cluster or sharded node down — and the caller should know),
+    /// but the invalidation is not lost: every instance is told to drop its copies at once, and
+    /// the walk is retried in the background until it goes through.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -1014,7 +1016,21 @@ async fn invalidate_prefix_stored<V: Send + Sync + 'static>(
     // (also when the walk failed part way).
     inner.l1.remove_prefix(&below);
     inner.l1.invalidate(&exact);
-    let removed = removed?;
+    let removed = match removed {
+        Ok(removed) => removed,
+        Err(err) => {
+            // Part of L2 may be walked (a sharded store or a cluster with one node down): the
+            // other instances must drop their copies now, not when the walk finally succeeds,
+            // and the walk (and the exact key's delete) are retried in the background.
+            inner.drop_replicas(&exact).await;
+            inner.announce(Invalidation::Prefix(&below)).await;
+            inner.announce(Invalidation::Key(&exact)).await;
+            let retries = &inner.coherence.retries;
+            retries.push(&owner, Retry::Prefix(below.as_str().into()));
+            retries.push(&owner, Retry::Key(exact.as_str().into()));
+            return Err(err.into());
+        }
+    };
     inner.drop_replicas(&exact).await;
     // An announcement the store did not take is retried (L2 is done).
     if !inner.announce(Invalidation::Prefix(&below)).await {

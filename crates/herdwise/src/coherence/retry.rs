@@ -54,12 +54,19 @@ pub(crate) enum Retry {
     AnnounceKey(Box<str>),
     /// Announce that every stored key under this prefix was invalidated (L2 already was).
     AnnouncePrefix(Box<str>),
+    /// Walk L2 again and delete every stored key under this prefix (a walk that failed part
+    /// way), then announce it.
+    Prefix(Box<str>),
 }
 
 impl Retry {
     fn name(&self) -> &str {
         match self {
-            Retry::Key(k) | Retry::Tag(k) | Retry::AnnounceKey(k) | Retry::AnnouncePrefix(k) => k,
+            Retry::Key(k)
+            | Retry::Tag(k)
+            | Retry::AnnounceKey(k)
+            | Retry::AnnouncePrefix(k)
+            | Retry::Prefix(k) => k,
         }
     }
 }
