@@ -200,6 +200,11 @@ impl SentinelSet {
     }
 
     /// The data node on `port` (its plain or its TLS port).
+    /// The ports of the data nodes (primary and replica, in start order).
+    pub fn data_ports(&self) -> Vec<u16> {
+        self.servers.iter().map(|s| s.port()).collect()
+    }
+
     pub fn server_mut(&mut self, port: u16) -> Option<&mut RedisServer> {
         let wanted = port.to_string();
         self.servers

@@ -56,6 +56,35 @@ async fn a_cluster_store_meets_the_contract() {
     lease_contract(&store).await; // (with the fence contract)
 }
 
+/// The README's ACL rule connects to a cluster (it needs `CLUSTER SLOTS`) and every defense
+/// works under it: reads, writes, tags, a prefix walk over every primary, `clear()`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_acl_rule_works_on_the_cluster() {
+    let cluster = common::shared_cluster();
+    let rule = format!("acl-doc on >pw {}", common::DOCUMENTED_ACL);
+    let mut args = vec!["acl", "setuser"];
+    args.extend(rule.split(' '));
+    for node in cluster.nodes() {
+        assert_eq!(RedisCluster::cli(node.port(), &args).unwrap().trim(), "OK");
+    }
+    let url = cluster
+        .url()
+        .replace("redis+cluster://", "redis+cluster://acl-doc:pw@");
+    let store = RedisStore::builder(&url)
+        .call_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .expect("the documented ACL rule connects to the cluster");
+    let cache: Cache<(u64, u64), String> =
+        Cache::builder("acl-cluster").store(store).build().unwrap();
+    for i in 0..50 {
+        cache.set(&(1, i), format!("v{i}")).await.unwrap();
+    }
+    assert_eq!(cache.invalidate_prefix(&1u64).await.unwrap(), 50);
+    cache.invalidate_tag("t").await.unwrap();
+    cache.clear().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_spread_over_every_primary_and_a_prefix_walk_reaches_them_all() {
     let cluster = common::shared_cluster();

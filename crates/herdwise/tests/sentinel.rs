@@ -67,6 +67,21 @@ async fn credentials_and_the_service_name_are_checked_at_connect() {
     .await
     .unwrap_err();
     assert!(matches!(e, StoreError::Connect { .. }), "{e}");
+    // The README's ACL rule, on both data nodes (ACLs are not replicated), is enough.
+    for port in set.data_ports() {
+        let rule = format!("documented on >pw {}", common::DOCUMENTED_ACL);
+        let mut args = vec!["acl", "setuser"];
+        args.extend(rule.split(' '));
+        assert_eq!(set.data_cli(port, &args).unwrap().trim(), "OK");
+    }
+    let store = connect(set.url("documented:pw"), Some(SENTINEL_PW))
+        .await
+        .expect("the documented ACL rule connects behind Sentinel");
+    let cache: Cache<u64, String> = Cache::builder("sen-acl").store(store).build().unwrap();
+    cache.set(&1, "one".to_string()).await.unwrap();
+    cache.invalidate_tag("t").await.unwrap();
+    cache.clear().await.unwrap();
+    assert_eq!(cache.get(&1).await.unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
