@@ -11,14 +11,13 @@ use herdwise::{Cache, CacheBuilder, RedisStore};
 use herdwise_testkit::RedisServer;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
-/// The file's shared Redis Cluster (3 primaries, 3 replicas): started by the first test that
-/// asks, stopped (by PID) when the last test holding it ends.
 /// The ACL rule the README gives ("Connecting to your Redis"), word for word after the user
 /// name and password; `tests/connect.rs` checks the README carries exactly this text, and the
 /// standalone, Cluster and Sentinel tests connect with it.
 pub const DOCUMENTED_ACL: &str = "~* &* +@read +@write +@scripting +@pubsub +@connection +@transaction +info +scan +time +role +cluster|slots";
 
-#[allow(dead_code)]
+/// The file's shared Redis Cluster (3 primaries, 3 replicas): started by the first test that
+/// asks, stopped (by PID) when the last test holding it ends.
 pub fn shared_cluster() -> Arc<herdwise_testkit::RedisCluster> {
     static SHARED: std::sync::Mutex<std::sync::Weak<herdwise_testkit::RedisCluster>> =
         std::sync::Mutex::new(std::sync::Weak::new());
