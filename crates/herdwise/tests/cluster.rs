@@ -56,6 +56,26 @@ async fn a_cluster_store_meets_the_contract() {
     lease_contract(&store).await; // (with the fence contract)
 }
 
+/// A cluster whose first seed is down (nothing listens there) still connects: every check at
+/// connect, the subscription probe included, goes on to the next seed. Before, the probe used
+/// the first seed only and `connect` failed on a healthy cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_first_seed_does_not_fail_connect() {
+    let cluster = common::shared_cluster();
+    let dead = herdwise_testkit::free_port().unwrap();
+    let url = cluster.url().replace(
+        "redis+cluster://",
+        &format!("redis+cluster://127.0.0.1:{dead},"),
+    );
+    let store = RedisStore::builder(&url)
+        .call_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .expect("a dead first seed, five live ones");
+    let cache: Cache<u64, String> = Cache::builder("dead-seed").store(store).build().unwrap();
+    assert_eq!(load(&cache, 3).await.as_deref(), Some("v3"));
+}
+
 /// The README's ACL rule connects to a cluster (it needs `CLUSTER SLOTS`) and every defense
 /// works under it: reads, writes, tags, a prefix walk over every primary, `clear()`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -191,12 +191,13 @@ impl Clients {
         }
     }
 
-    /// A client for one plain connection (subscribing, probing).
-    fn any_node(&self) -> Option<redis::Client> {
+    /// Clients for one plain connection each, to probe subscribing on (every seed of a
+    /// cluster, in order).
+    fn probe_nodes(&self) -> Vec<redis::Client> {
         match self {
-            Clients::Standalone(client) => Some(client.clone()),
-            Clients::Cluster { nodes, .. } => nodes.first().cloned(),
-            Clients::Sentinel(watched) => Some(watched.client()),
+            Clients::Standalone(client) => vec![client.clone()],
+            Clients::Cluster { nodes, .. } => nodes.clone(),
+            Clients::Sentinel(watched) => vec![watched.client()],
         }
     }
 }
@@ -313,8 +314,21 @@ async fn check(
         });
     }
     probe_commands(conn, first, target).await?;
-    if let Some(client) = clients.any_node() {
-        probe_subscribe(&client, target).await?;
+    // Any node that answers will do (a cluster's first seed may be the one that is down); a
+    // refused permission is the answer, whichever node gives it.
+    let mut unreachable = None;
+    for client in clients.probe_nodes() {
+        match probe_subscribe(&client, target).await {
+            Ok(()) => {
+                unreachable = None;
+                break;
+            }
+            Err(e @ StoreError::NotPermitted { .. }) => return Err(e),
+            Err(e) => unreachable = Some(e),
+        }
+    }
+    if let Some(e) = unreachable {
+        return Err(e);
     }
     check_eviction_policy(conn, first).await;
     Ok(())
