@@ -484,7 +484,8 @@ impl Remote {
 
 /// The key a stand-in reads for a call on `key`: absent (a cheap miss of type string, whatever
 /// `key` holds: a tag table is a hash, an event stream a stream), and routed like `key` — its
-/// hash tag, or the whole key — so it reaches the same cluster slot and store node.
+/// hash tag, or the whole key — so it reaches the same cluster slot and store node. Under
+/// `herdwise:`, so the documented ACL key patterns cover it (`~herdwise:*`).
 fn stand_in_key(key: &str) -> String {
     let routing = key
         .find('{')
@@ -493,7 +494,7 @@ fn stand_in_key(key: &str) -> String {
             (len > 0).then(|| &key[open + 1..open + 1 + len])
         })
         .unwrap_or(key);
-    format!("{{{routing}}}:herdwise-stand-in")
+    format!("herdwise:{{{routing}}}:stand-in")
 }
 
 /// A breaker permit for one call in flight: recorded when the call ends.
@@ -586,5 +587,26 @@ struct ClearOnDrop(Arc<AtomicBool>);
 impl Drop for ClearOnDrop {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stand_in_key;
+
+    #[test]
+    fn a_stand_in_is_routed_like_its_key_and_under_the_acl_patterns() {
+        assert_eq!(
+            stand_in_key("herdwise:{ns:cat}:inv"),
+            "herdwise:{ns:cat}:stand-in"
+        );
+        assert_eq!(stand_in_key("cat:v1:7"), "herdwise:{cat:v1:7}:stand-in");
+        assert_eq!(
+            stand_in_key("{cat:v1:7}:lease"),
+            "herdwise:{cat:v1:7}:stand-in"
+        );
+        for key in ["herdwise:{ns:cat}:inv", "cat:v1:7", "{cat:v1:7}:lease"] {
+            assert!(stand_in_key(key).starts_with("herdwise:"));
+        }
     }
 }
