@@ -245,6 +245,14 @@ where
                             "corrupt cache entry: treated as a miss and deleted"
                         );
                     }
+                    Rejected::OutOfScope(None) => {
+                        // Written by a build from before the scope check (a rolling upgrade),
+                        // or by a writer that does not record scopes: a miss, counted, but not
+                        // deleted — the fill that follows replaces it, and deleting would make
+                        // old and new builds erase each other's entries during the roll.
+                        inner.metrics.scope_unscoped.increment(1);
+                        return L2Read::Miss;
+                    }
                     Rejected::OutOfScope(found) => {
                         let unscoped = found.is_none();
                         if unscoped {
