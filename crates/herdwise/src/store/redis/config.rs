@@ -227,9 +227,12 @@ impl RedisStoreBuilder {
     }
 
     /// Redis Cluster: send reads (`GET`, `MGET`) to replicas as well as primaries. A replica
-    /// lags its primary: a read there may miss a write or an invalidation made a moment ago,
-    /// for as long as replication takes (usually well under a millisecond; during a partition,
-    /// until it heals). Off by default.
+    /// lags its primary (usually well under a millisecond; during a partition, until it
+    /// heals), and a read there may miss a write or an invalidation made a moment ago — also
+    /// this instance's own. What such a read returns goes into L1 like any L2 hit, so an
+    /// invalidated value read from a lagging replica can be served from L1 for up to the L1
+    /// TTL cap (60 s by default), not just for the replication lag. Use it for caches that
+    /// tolerate that (or with a short `l1_ttl_cap`). Off by default.
     pub fn read_from_replicas(mut self, enabled: bool) -> Self {
         self.read_from_replicas = enabled;
         self
