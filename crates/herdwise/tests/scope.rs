@@ -152,6 +152,8 @@ async fn a_tenant_scoped_namespace_rejects_keys_without_a_tenant() {
             .await
     ));
     assert!(required(orders.invalidate_tenant().await));
+    // Tags are the tenants' too: `acme:x` on the root handle would be acme's tag `x`.
+    assert!(required(orders.invalidate_tag("acme:x").await));
     orders.clear().await.unwrap();
     // Bad tenant ids are refused up front.
     assert!(matches!(
@@ -181,6 +183,30 @@ async fn a_tenant_scoped_namespace_rejects_keys_without_a_tenant() {
         loaded.for_tenant("acme").unwrap().fetch(&1).await,
         Err(Error::NoLoader)
     ));
+    // Hot keys through a tenant handle are that tenant's only.
+    let globex = orders.for_tenant("globex").unwrap();
+    globex.set(&2, "theirs".to_string()).await.unwrap();
+    for _ in 0..2_000 {
+        acme.get(&1).await.unwrap();
+        globex.get(&2).await.unwrap();
+    }
+    let (mine, theirs) = (acme.hot_keys(), globex.hot_keys());
+    assert!(
+        mine.iter().any(|(k, _)| *k == acme.stored_key(&1).unwrap()),
+        "{mine:?}"
+    );
+    assert!(
+        !mine
+            .iter()
+            .any(|(k, _)| *k == globex.stored_key(&2).unwrap()),
+        "{mine:?}"
+    );
+    assert!(
+        theirs
+            .iter()
+            .all(|(k, _)| *k != acme.stored_key(&1).unwrap()),
+        "{theirs:?}"
+    );
     // A tenant id cannot forge another tenant's key with separators: it is escaped.
     let forged = orders.for_tenant("acme:1").unwrap();
     assert_ne!(forged.stored_key(&1).unwrap(), acme.stored_key(&1).unwrap());

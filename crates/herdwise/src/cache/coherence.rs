@@ -231,6 +231,11 @@ where
     /// ```
     pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
         validate_tag(tag)?;
+        // A tenant-scoped namespace's tags are the tenants' (`acme:x` on the root handle would
+        // be tenant acme's tag `x`).
+        if self.tenant.is_none() && self.inner.keys.tenant_required() {
+            return Err(crate::KeyError::TenantRequired(self.namespace().into()).into());
+        }
         let tag = &*self.scoped_tag(tag);
         validate_tag(tag)?;
         self.ensure_backplane();

@@ -638,7 +638,18 @@ where
     /// # Ok(()) }
     /// ```
     pub fn hot_keys(&self) -> Vec<(String, u64)> {
-        self.inner.ops.hot_keys.top()
+        let top = self.inner.ops.hot_keys.top();
+        match self.tenant.as_deref() {
+            // Through a tenant handle: that tenant's keys only (the tracker is shared).
+            Some(tenant) => {
+                let root = self.inner.keys.tenant_root(tenant);
+                let below = format!("{root}:");
+                top.into_iter()
+                    .filter(|(key, _)| *key == root || key.starts_with(&below))
+                    .collect()
+            }
+            None => top,
+        }
     }
 
     /// Loader calls running now (0 if no origin limit is configured).

@@ -167,6 +167,11 @@ impl KeySpace {
         self
     }
 
+    /// Whether keys (and tags) must carry a tenant.
+    pub(crate) fn tenant_required(&self) -> bool {
+        self.tenant_required
+    }
+
     /// A tenant id as the key component it becomes (escaped like any string component).
     pub(crate) fn tenant_component(&self, tenant: &str) -> Result<String, KeyError> {
         let component = encode_key(tenant)?;
