@@ -237,19 +237,39 @@ fn the_property_exercises_caches_that_build() {
     );
 }
 
-// Review finding: a store whose own default deadline is zero is refused at `build()`, like
-// `store_timeout(0)` (every call would time out and the breaker would never close).
+// Review findings: a store whose own default deadline is zero is refused (every call would time
+// out and the breaker would never close) — by the Redis store's builder, naming the option.
 #[tokio::test]
-async fn a_zero_store_default_timeout_is_a_config_error() {
-    let store = herdwise::RedisStore::builder("redis://127.0.0.1:1")
-        .call_timeout(Duration::ZERO)
-        .connect_lazy()
-        .unwrap();
-    let built = herdwise::Cache::<u64, u64>::builder("cfg")
-        .store(store)
-        .build();
-    match built {
-        Err(herdwise::Error::Config(message)) => assert!(message.contains("store_timeout")),
-        other => panic!("expected a configuration error, got {other:?}"),
+async fn a_zero_store_timeout_is_a_config_error_naming_the_option() {
+    for (option, builder) in [
+        (
+            "call_timeout",
+            herdwise::RedisStore::builder("redis://127.0.0.1:1").call_timeout(Duration::ZERO),
+        ),
+        (
+            "connection_timeout",
+            herdwise::RedisStore::builder("redis://127.0.0.1:1").connection_timeout(Duration::ZERO),
+        ),
+    ] {
+        match builder.connect_lazy() {
+            Err(herdwise::StoreError::Config { option: named, .. }) => assert_eq!(named, option),
+            Err(other) => panic!("expected a configuration error, got {other:?}"),
+            Ok(_) => panic!("expected a configuration error for {option}"),
+        }
     }
+    // TLS options on a plain URL name the option given.
+    let e = herdwise::RedisStore::builder("redis://127.0.0.1:1")
+        .danger_accept_invalid_certificates(true)
+        .connect_lazy()
+        .err();
+    assert!(
+        matches!(
+            e,
+            Some(herdwise::StoreError::Config {
+                option: "danger_accept_invalid_certificates",
+                ..
+            })
+        ),
+        "{e:?}"
+    );
 }

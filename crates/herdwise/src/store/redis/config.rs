@@ -83,7 +83,7 @@ pub(super) struct TlsOptions {
 }
 
 impl TlsOptions {
-    fn any(&self) -> bool {
+    pub(super) fn any(&self) -> bool {
         self.root_certificate.is_some() || self.client_identity.is_some() || self.insecure
     }
 }
@@ -287,10 +287,29 @@ impl RedisStoreBuilder {
             });
         }
         if !tls && self.tls.any() {
+            // Name the option that was given.
+            let option = if self.tls.root_certificate.is_some() {
+                "tls_root_certificate"
+            } else if self.tls.client_identity.is_some() {
+                "tls_client_certificate"
+            } else {
+                "danger_accept_invalid_certificates"
+            };
             return Err(StoreError::Config {
-                option: "tls_root_certificate",
+                option,
                 reason: "TLS options were given but the URL does not use TLS: use rediss://".into(),
             });
+        }
+        for (option, value) in [
+            ("call_timeout", self.call_timeout),
+            ("connection_timeout", self.connection_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(StoreError::Config {
+                    option,
+                    reason: "must be more than zero".into(),
+                });
+            }
         }
         if self.read_from_replicas && !cluster {
             return Err(StoreError::Config {

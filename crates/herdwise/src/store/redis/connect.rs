@@ -168,7 +168,11 @@ impl Clients {
                         .read_routing_strategy(redis::cluster_read_routing::RandomReplicaStrategy);
                 }
                 let client = cluster.build().map_err(|e| StoreError::Config {
-                    option: "url",
+                    option: if endpoint.tls() && builder.tls.any() {
+                        "url / tls_root_certificate / tls_client_certificate"
+                    } else {
+                        "url"
+                    },
                     reason: format!("{e}"),
                 })?;
                 let nodes = nodes.iter().map(open).collect::<Result<Vec<_>, _>>()?;
@@ -228,7 +232,14 @@ fn open_client(
         redis::Client::open(info.clone())
     };
     client.map_err(|e| StoreError::Config {
-        option: "tls_root_certificate",
+        // The certificates are what can be wrong here (the URL parsed already).
+        option: if tls.client_identity.is_some() && tls.root_certificate.is_none() {
+            "tls_client_certificate"
+        } else if tls.client_identity.is_some() {
+            "tls_root_certificate / tls_client_certificate"
+        } else {
+            "tls_root_certificate"
+        },
         reason: format!("{e}"),
     })
 }
