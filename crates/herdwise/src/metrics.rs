@@ -48,6 +48,7 @@
 //! | `herdwise_lease_wait_timeouts_total` | counter | | waiters that gave up on another instance's fill and loaded themselves |
 //! | `herdwise_fills_refused_total` | counter | `reason` = `lease_lost`/`older` | fills not written: the lease was voided by a write/invalidation (or expired), or L2 holds a newer version |
 //! | `herdwise_backplane_received_total` | counter | | invalidations received from other instances |
+//! | `herdwise_backplane_lag_seconds` | histogram | | from an invalidation's announcement (the sender's clock) to its arrival here (this instance's clock; clock skew between hosts adds to it, negative values count as 0) |
 //! | `herdwise_backplane_resets_total` | counter | `reason` = `gap`/`resubscribed`/`lagged`/`tag_events_missed`/`subscription_lost` | L1 demoted (every entry re-checked against L2 before use) because invalidation events may have been missed |
 //! | `herdwise_tag_invalidations_total` | counter | | `invalidate_tag` calls |
 //! | `herdwise_tag_store_checks_total` | counter | | tagged entries checked against the store's marks (one `MGET`) because local knowledge could not decide |
@@ -121,6 +122,8 @@ pub const LEASE_WAIT_TIMEOUTS: &str = "herdwise_lease_wait_timeouts_total";
 pub const FILLS_REFUSED: &str = "herdwise_fills_refused_total";
 /// Invalidations received from other instances.
 pub const BACKPLANE_RECEIVED: &str = "herdwise_backplane_received_total";
+/// From an invalidation's announcement to its arrival.
+pub const BACKPLANE_LAG: &str = "herdwise_backplane_lag_seconds";
 /// L1 demotions because events may have been missed.
 pub const BACKPLANE_RESETS: &str = "herdwise_backplane_resets_total";
 /// `invalidate_tag` calls.
@@ -183,6 +186,7 @@ pub const ALL: &[&str] = &[
     LEASE_WAIT_TIMEOUTS,
     FILLS_REFUSED,
     BACKPLANE_RECEIVED,
+    BACKPLANE_LAG,
     BACKPLANE_RESETS,
     TAG_INVALIDATIONS,
     TAG_STORE_CHECKS,
@@ -318,6 +322,10 @@ fn describe() {
         (
             LEASE_WAIT_DURATION,
             "Time waiting for another instance's fill, by outcome.",
+        ),
+        (
+            BACKPLANE_LAG,
+            "From an invalidation's announcement to its arrival here.",
         ),
     ] {
         describe_histogram!(name, Unit::Seconds, help);
@@ -637,6 +645,7 @@ pub(crate) struct CacheMetrics {
     pub fills_refused_lease_lost: Counter,
     pub fills_refused_older: Counter,
     pub backplane_received: Counter,
+    pub backplane_lag: Histogram,
     pub tag_invalidations: Counter,
     pub tag_store_checks: Counter,
     pub tag_invalidated_reads: Counter,
@@ -731,6 +740,7 @@ impl CacheMetrics {
             fills_refused_lease_lost: cl(FILLS_REFUSED, "reason", "lease_lost"),
             fills_refused_older: cl(FILLS_REFUSED, "reason", "older"),
             backplane_received: c(BACKPLANE_RECEIVED),
+            backplane_lag: histogram!(BACKPLANE_LAG, CACHE_LABEL => ns.clone()),
             tag_invalidations: c(TAG_INVALIDATIONS),
             tag_store_checks: c(TAG_STORE_CHECKS),
             tag_invalidated_reads: c(TAG_INVALIDATED_READS),

@@ -183,3 +183,29 @@ fn the_metric_table_is_what_a_cache_registers() {
     );
     drop(cache);
 }
+
+/// Every invalidation carries its send time: the receiving instance records the delivery lag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backplane_lag_is_measured_on_arrival() {
+    let store = MemoryStore::new();
+    let writer = Cache::<u64, String>::builder("lag")
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let (reader, metrics) =
+        common::with_metrics(|| Cache::<u64, String>::builder("lag").store(store.clone()));
+    writer.set(&1, "a".to_string()).await.unwrap();
+    assert!(reader.get(&1).await.unwrap().is_some());
+    for i in 0..5 {
+        writer.set(&1, format!("v{i}")).await.unwrap();
+    }
+    writer.invalidate_tag("t").await.unwrap();
+    let arrived = common::eventually(Duration::from_secs(3), async || {
+        counter(&metrics, m::BACKPLANE_RECEIVED, &[]) >= 6
+    })
+    .await;
+    assert!(arrived, "the reader heard the writer");
+    let lags = histogram(&metrics, m::BACKPLANE_LAG, &[]);
+    assert!(lags.len() >= 6, "{lags:?}");
+    assert!(lags.iter().all(|l| (0.0..1.0).contains(l)), "{lags:?}");
+}

@@ -1,9 +1,10 @@
 //! The invalidation backplane: every write or invalidation is announced to the other instances,
 //! which drop the key from their L1.
 //!
-//! Messages are `sender|sequence|kind|payload` on the namespace's channel (`herdwise:{ns:<ns>}:inv`):
-//! the sender id tells an instance to ignore its own messages, and per-sender sequence numbers
-//! reveal lost ones. Whenever events may have been missed — a sequence gap, a resubscription
+//! Messages are `sender|sequence@sent_ms|kind|payload` on the namespace's channel
+//! (`herdwise:{ns:<ns>}:inv`): the sender id tells an instance to ignore its own messages,
+//! per-sender sequence numbers reveal lost ones, and the sender's wall-clock time of sending
+//! (unix ms; optional when parsing) gives the delivery lag (`herdwise_backplane_lag_seconds`). Whenever events may have been missed — a sequence gap, a resubscription
 //! after a disconnect or a Redis restart, a listener that fell behind — the instance demotes its
 //! whole L1 for the namespace (see `recovery`): every entry is checked against L2 before it is
 //! served again. So a lost event costs an L2 read per key, never stale data for longer than it
@@ -189,7 +190,8 @@ impl Backplane {
     /// fails, the receivers see a gap and start over, which is the safe side.
     pub fn tag_announcement(&self) -> (&str, Option<usize>, String) {
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
-        let prefix = format!("{:x}|{sequence}|{TAG_KIND}|", self.sender);
+        let sent = crate::tiers::freshness::now_ms();
+        let prefix = format!("{:x}|{sequence}@{sent}|{TAG_KIND}|", self.sender);
         (&self.channel, self.stream_max_len, prefix)
     }
 
@@ -197,13 +199,13 @@ impl Backplane {
     /// (the receivers see a gap at this sender's next message).
     pub async fn publish(&self, remote: &Remote, what: Invalidation<'_>) -> bool {
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        let sent = crate::tiers::freshness::now_ms();
+        let head = format!("{:x}|{sequence}@{sent}", self.sender);
         let message = match what {
-            Invalidation::Key(key) => format!("{:x}|{sequence}|k|{key}", self.sender),
-            Invalidation::PendingKey(key) => format!("{:x}|{sequence}|u|{key}", self.sender),
-            Invalidation::Clear(generation) => {
-                format!("{:x}|{sequence}|c|{generation}", self.sender)
-            }
-            Invalidation::Prefix(prefix) => format!("{:x}|{sequence}|p|{prefix}", self.sender),
+            Invalidation::Key(key) => format!("{head}|k|{key}"),
+            Invalidation::PendingKey(key) => format!("{head}|u|{key}"),
+            Invalidation::Clear(generation) => format!("{head}|c|{generation}"),
+            Invalidation::Prefix(prefix) => format!("{head}|p|{prefix}"),
         };
         let message = Bytes::from(message);
         let sent = match self.stream_max_len {
@@ -219,6 +221,8 @@ impl Backplane {
 struct Message<'a> {
     sender: u64,
     sequence: u64,
+    /// When the sender sent it (its clock, unix ms), if it said.
+    sent_ms: Option<u64>,
     kind: &'a str,
     payload: &'a str,
 }
@@ -226,9 +230,16 @@ struct Message<'a> {
 fn parse(bytes: &[u8]) -> Option<Message<'_>> {
     let text = std::str::from_utf8(bytes).ok()?;
     let mut parts = text.splitn(4, '|');
+    let sender = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let field = parts.next()?;
+    let (sequence, sent_ms) = match field.split_once('@') {
+        Some((sequence, sent)) => (sequence.parse().ok()?, Some(sent.parse().ok()?)),
+        None => (field.parse().ok()?, None),
+    };
     Some(Message {
-        sender: u64::from_str_radix(parts.next()?, 16).ok()?,
-        sequence: parts.next()?.parse().ok()?,
+        sender,
+        sequence,
+        sent_ms,
         kind: parts.next()?,
         payload: parts.next()?,
     })
@@ -317,6 +328,10 @@ async fn listen(
                     continue;
                 }
                 inner.metrics().backplane_received.increment(1);
+                if let Some(sent) = message.sent_ms {
+                    let lag = crate::tiers::freshness::now_ms().saturating_sub(sent);
+                    inner.metrics().backplane_lag.record(lag as f64 / 1000.0);
+                }
                 if last.len() >= MAX_SENDERS {
                     last.clear();
                 }
@@ -412,10 +427,18 @@ mod tests {
             Message {
                 sender: 255,
                 sequence: 7,
+                sent_ms: None,
                 kind: "k",
                 payload: "ns:v1:a|b"
             }
         );
+        let m = parse(b"ff|8@1700000000123|p|ns:v1:a:").unwrap();
+        assert_eq!(
+            (m.sequence, m.sent_ms, m.kind),
+            (8, Some(1_700_000_000_123), "p")
+        );
+        assert!(parse(b"ff|8@x|p|a").is_none());
+        assert!(parse(b"ff|@5|p|a").is_none());
         assert!(parse(b"zz|1|k|x").is_none());
         assert!(parse(b"ff|1").is_none());
     }
