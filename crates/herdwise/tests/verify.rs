@@ -199,3 +199,56 @@ fn verification_needs_a_loader_and_sane_options() {
     let plain: Cache<u64, String> = Cache::builder("verify-config").build().unwrap();
     assert!(plain.verify_report().is_none());
 }
+
+/// A loader that panics while checking fails that check only: the checking task goes on (it
+/// held the pending confirmations), and a tiny rate is refused instead of panicking later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_loader_fails_one_check_not_the_verifier() {
+    let checks = Arc::new(AtomicU64::new(0));
+    let seen = checks.clone();
+    let cache = Cache::<u64, String>::builder("verify-panic")
+        .store(MemoryStore::new())
+        .loader(move |k: &u64| {
+            let k = *k;
+            // The first load of each key (the read) succeeds; checks of key 13 panic.
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if k == 13 && n >= 2 {
+                    panic!("loader bug");
+                }
+                Ok::<_, OriginError>(Some(format!("v{k}")))
+            }
+        })
+        .verify(VerifyOptions::new(1.0).max_checks_per_second(1_000.0))
+        .build()
+        .unwrap();
+    cache.fetch(&13).await.unwrap();
+    cache.fetch(&14).await.unwrap();
+    for _ in 0..3 {
+        cache.fetch(&13).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let errors = common::eventually(Duration::from_secs(2), async || {
+        cache.verify_report().unwrap().errors >= 1
+    })
+    .await;
+    assert!(errors, "{:?}", cache.verify_report());
+    // Still checking after the panics.
+    let matched_before = cache.verify_report().unwrap().matched;
+    for _ in 0..5 {
+        cache.fetch(&14).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let checking = common::eventually(Duration::from_secs(2), async || {
+        cache.verify_report().unwrap().matched > matched_before
+    })
+    .await;
+    assert!(checking, "{:?}", cache.verify_report());
+
+    let loader = |_: &u64| async { Ok::<_, OriginError>(None::<String>) };
+    let tiny = Cache::<u64, String>::builder("verify-config")
+        .loader(loader)
+        .verify(VerifyOptions::new(0.5).max_checks_per_second(1e-30))
+        .build();
+    assert!(matches!(tiny, Err(Error::Config(ref m)) if m.contains("max_checks_per_second")));
+}

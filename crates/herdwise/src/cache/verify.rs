@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
+use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -205,6 +206,7 @@ async fn check_samples<K, V>(
             Work::Check(_) => {}
         }
         next_load = Instant::now().max(next_load) + every;
+        verifier.budget_until(next_load);
         match work {
             Work::Check(sample) => match check(&cache, &loader, &verifier, &sample).await {
                 Checked::Same => verifier.record(VerifyOutcome::Match, None),
@@ -289,9 +291,15 @@ where
     };
     let key: &K = (*sample.key).borrow();
     let limit = cache.inner.defaults.hard_timeout.unwrap_or(LOAD_TIMEOUT);
-    match tokio::time::timeout(limit, loader.load(key)).await {
-        Ok(Ok(value)) => Origin::Value(value),
-        Ok(Err(err)) => {
+    // A panicking loader fails this check, not the task (pending confirmations would go).
+    let load = std::panic::AssertUnwindSafe(loader.load(key)).catch_unwind();
+    match tokio::time::timeout(limit, load).await {
+        Ok(Err(_panic)) => {
+            tracing::debug!(key = sample.stored_key, "verifier: the loader panicked");
+            Origin::Failed
+        }
+        Ok(Ok(Ok(value))) => Origin::Value(value),
+        Ok(Ok(Err(err))) => {
             tracing::debug!(key = sample.stored_key, error = %err.0, "verifier: origin load failed");
             Origin::Failed
         }

@@ -11,7 +11,7 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -87,9 +87,9 @@ impl VerifyOptions {
                 self.sample
             ));
         }
-        if !(self.max_checks_per_second > 0.0 && self.max_checks_per_second <= 1e6) {
+        if !(self.max_checks_per_second >= 0.001 && self.max_checks_per_second <= 1e6) {
             return Err(format!(
-                "verify: max_checks_per_second must be in (0, 1e6], got {}",
+                "verify: max_checks_per_second must be in [0.001, 1e6], got {}",
                 self.max_checks_per_second
             ));
         }
@@ -156,6 +156,12 @@ pub(crate) struct Verifier<O, V> {
     /// Taken by the task that checks the samples.
     rx: Mutex<Option<mpsc::Receiver<Sample<O, V>>>>,
     started: AtomicBool,
+    /// The check budget, readable from the hit path: no check may start before this many ns
+    /// after `base` (so a sampled hit over budget costs one atomic read, not a queued sample).
+    base: tokio::time::Instant,
+    next_check_ns: AtomicU64,
+    /// Samples dropped at the hit because the budget was spent (added to the report's).
+    skipped_at_hit: AtomicU64,
     state: Mutex<State>,
     metrics: CacheMetrics,
     /// Mismatch warnings: one a minute.
@@ -202,16 +208,35 @@ impl<O, V> Verifier<O, V> {
             tx,
             rx: Mutex::new(Some(rx)),
             started: AtomicBool::new(false),
+            base: tokio::time::Instant::now(),
+            next_check_ns: AtomicU64::new(0),
+            skipped_at_hit: AtomicU64::new(0),
             state: Mutex::new(State::default()),
             metrics,
             log_throttle: LogThrottle::new(Duration::from_secs(60)),
         }
     }
 
-    /// Whether this fresh hit is one to check.
+    /// Whether this fresh hit is one to check: drawn at the sampling rate, and the check budget
+    /// not spent (else counted as skipped here, without building or queueing the sample).
     #[inline]
     pub fn wants_sample(&self) -> bool {
-        draw() < self.threshold
+        if draw() >= self.threshold {
+            return false;
+        }
+        let now = self.base.elapsed().as_nanos() as u64;
+        if now < self.next_check_ns.load(Ordering::Relaxed) {
+            self.skipped_at_hit.fetch_add(1, Ordering::Relaxed);
+            self.metrics.verify(VerifyOutcome::Skipped);
+            return false;
+        }
+        true
+    }
+
+    /// The checking task spent the budget until `at`.
+    pub fn budget_until(&self, at: tokio::time::Instant) {
+        let ns = at.saturating_duration_since(self.base).as_nanos() as u64;
+        self.next_check_ns.store(ns, Ordering::Relaxed);
     }
 
     /// Queues a sample (dropped and counted if the queue is full).
@@ -223,7 +248,8 @@ impl<O, V> Verifier<O, V> {
 
     /// The samples' receiver, for the one task that checks them (`None` once taken).
     pub fn take_receiver(&self) -> Option<mpsc::Receiver<Sample<O, V>>> {
-        if self.started.swap(true, Ordering::AcqRel) {
+        // Read first: the common case (running) must not write the shared line on every sample.
+        if self.started.load(Ordering::Acquire) || self.started.swap(true, Ordering::AcqRel) {
             return None;
         }
         self.rx.lock().take()
@@ -289,6 +315,7 @@ impl<O, V> Verifier<O, V> {
         let state = self.state.lock();
         let mut report = state.report.clone();
         report.last_mismatches = state.last.iter().cloned().collect();
+        report.skipped += self.skipped_at_hit.load(Ordering::Relaxed);
         report
     }
 }
