@@ -10,8 +10,9 @@
 //! ([`crate::metrics::flush`]), so a scrape is never behind on hits. Histograms are kept
 //! trimmed by an upkeep every 5 s (a thread, `herdwise-prometheus`). The server of [`serve`]
 //! answers `GET /metrics` (and `HEAD`), 404 to anything else, one request per connection, at
-//! most 16 connections at once, each given 5 s to send its request; it stops when the
-//! returned handle is dropped.
+//! most 16 connections at once (a connection past them is answered `503` at once and closed,
+//! so idle connections cannot queue scrapes behind them), each given 1 s to send its request
+//! and 5 s in all; it stops when the returned handle is dropped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,8 +50,10 @@ pub const AGE_BUCKETS: &[f64] = &[
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 /// Connections served at once by [`serve`].
 const MAX_CONNECTIONS: usize = 16;
-/// How long a connection may take to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection may take to send its request head.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a connection may take in all (a slow reader of the answer included).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest request head read.
 const MAX_REQUEST: usize = 8 * 1024;
 
@@ -167,10 +170,7 @@ pub async fn serve(addr: SocketAddr) -> Result<MetricsServer> {
 async fn accept(listener: TcpListener, prometheus: Prometheus) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
+        let mut stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(err) => {
                 tracing::debug!(error = %err, "metrics server: accept failed");
@@ -178,10 +178,16 @@ async fn accept(listener: TcpListener, prometheus: Prometheus) {
                 continue;
             }
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Full: refuse at once (a short write, never waiting on the client).
+            let busy = respond(&mut stream, "503 Service Unavailable", "", false, true);
+            let _ = tokio::time::timeout(Duration::from_millis(100), busy).await;
+            continue;
+        };
         let prometheus = prometheus.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let answered = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &prometheus));
+            let answered = tokio::time::timeout(CONNECTION_TIMEOUT, answer(stream, &prometheus));
             if let Ok(Err(err)) = answered.await {
                 tracing::debug!(error = %err, "metrics server: connection failed");
             }
@@ -189,36 +195,57 @@ async fn accept(listener: TcpListener, prometheus: Prometheus) {
     }
 }
 
-/// Reads one request head and answers it.
+/// Whether `head` holds a whole request head (blank line; bare `\n` line ends accepted).
+fn head_complete(head: &[u8]) -> bool {
+    head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n")
+}
+
+/// Reads one request head (within [`REQUEST_TIMEOUT`]) and answers it.
 async fn answer(mut stream: TcpStream, prometheus: &Prometheus) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
+    let read_head = async {
+        while !head_complete(&head) {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+            if head.len() > MAX_REQUEST {
+                return Ok(false);
+            }
         }
-        head.extend_from_slice(&buf[..n]);
-        if head.len() > MAX_REQUEST {
-            return respond(
-                &mut stream,
-                "431 Request Header Fields Too Large",
-                "",
-                false,
-            )
-            .await;
+        Ok::<_, std::io::Error>(true)
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, read_head).await {
+        Err(_) => {
+            return respond(&mut stream, "408 Request Timeout", "", false, true).await;
         }
+        Ok(Err(err)) => return Err(err),
+        Ok(Ok(false)) => {
+            let status = "431 Request Header Fields Too Large";
+            return respond(&mut stream, status, "", false, true).await;
+        }
+        Ok(Ok(true)) => {}
     }
-    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
+    let line = head
+        .split(|b| *b == b'\r' || *b == b'\n')
+        .next()
+        .unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split(' ');
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
     match (method, path) {
-        ("GET", "/metrics") => respond(&mut stream, "200 OK", &prometheus.render(), true).await,
-        ("HEAD", "/metrics") => respond(&mut stream, "200 OK", "", true).await,
-        (_, "/metrics") => respond(&mut stream, "405 Method Not Allowed", "", false).await,
-        _ => respond(&mut stream, "404 Not Found", "", false).await,
+        ("GET", "/metrics") => {
+            respond(&mut stream, "200 OK", &prometheus.render(), true, true).await
+        }
+        // The length a GET would have, without the body.
+        ("HEAD", "/metrics") => {
+            respond(&mut stream, "200 OK", &prometheus.render(), true, false).await
+        }
+        (_, "/metrics") => respond(&mut stream, "405 Method Not Allowed", "", false, true).await,
+        _ => respond(&mut stream, "404 Not Found", "", false, true).await,
     }
 }
 
@@ -227,6 +254,7 @@ async fn respond(
     status: &str,
     body: &str,
     metrics: bool,
+    send_body: bool,
 ) -> std::io::Result<()> {
     let content_type = if metrics {
         "text/plain; version=0.0.4; charset=utf-8"
@@ -238,6 +266,8 @@ async fn respond(
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
+    if send_body {
+        stream.write_all(body.as_bytes()).await?;
+    }
     stream.shutdown().await
 }
