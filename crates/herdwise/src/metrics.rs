@@ -220,7 +220,7 @@ pub fn flush() {
         registry.iter().filter_map(Weak::upgrade).collect()
     };
     for striped in live {
-        striped.flush();
+        striped.flush_now();
     }
 }
 
@@ -437,11 +437,22 @@ impl Striped {
     }
 
     /// Hands what the stripes counted since the last flush to the recorder (skipped if
-    /// another flush is under way: it hands over the same counts).
+    /// another flush is under way: it hands over the same counts). For the hit path.
     pub fn flush(&self) {
         let Some(mut flushed) = self.flushed.try_lock() else {
             return;
         };
+        self.hand_over(&mut flushed);
+    }
+
+    /// [`Self::flush`], waiting for a flush under way: when it returns, every hit counted
+    /// before the call has reached the recorder (for scrapes, `metrics::flush`, and drop).
+    pub fn flush_now(&self) {
+        let mut flushed = self.flushed.lock();
+        self.hand_over(&mut flushed);
+    }
+
+    fn hand_over(&self, flushed: &mut u64) {
         let sum: u64 = self
             .stripes
             .iter()
@@ -452,6 +463,13 @@ impl Striped {
             self.target.increment(delta);
             *flushed = sum;
         }
+    }
+}
+
+impl Drop for Striped {
+    /// The last hits of a dropped cache are not lost.
+    fn drop(&mut self) {
+        self.flush_now();
     }
 }
 
@@ -925,6 +943,12 @@ mod tests {
         assert_eq!(seen, 4256, "every hit, once");
         flush();
         assert_eq!(total(), 0, "a second flush hands over nothing new");
+        // Hits counted but not flushed yet reach the recorder when the counter is dropped.
+        for _ in 0..10 {
+            striped.increment();
+        }
+        drop(striped);
+        assert_eq!(total(), 10, "a dropped counter's last hits are not lost");
     }
 
     #[test]
