@@ -110,6 +110,9 @@ pub(crate) struct RetryQueue {
     unapplied: AtomicUsize,
     wake: Notify,
     worker: AtomicBool,
+    /// Taken by the worker and not settled yet (part of the depth: with the store frozen, a
+    /// batch waits out its deadlines in flight, and the queue alone would read 0).
+    in_flight: AtomicUsize,
     max_age: Duration,
     metrics: CacheMetrics,
 }
@@ -122,6 +125,7 @@ impl RetryQueue {
             unapplied: AtomicUsize::new(0),
             wake: Notify::new(),
             worker: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
             max_age,
             metrics,
         }
@@ -172,7 +176,13 @@ impl RetryQueue {
     }
 
     fn report_depth(&self, state: &State) {
-        self.metrics.retry_queue_depth.set(state.order.len() as f64);
+        let depth = state.order.len() + self.in_flight.load(Ordering::Acquire);
+        self.metrics.retry_queue_depth.set(depth as f64);
+    }
+
+    /// `n` items left the worker's hands (settled, or back in the queue, which reports).
+    fn landed(&self, n: usize) {
+        self.in_flight.fetch_sub(n, Ordering::AcqRel);
     }
 
     /// The queue's position now: deletes queued later have a higher sequence number (see
@@ -268,6 +278,8 @@ impl RetryQueue {
                 batch.push(item);
             }
         }
+        // In the worker's hands until it lets go of them (see `InFlight`).
+        self.in_flight.fetch_add(batch.len(), Ordering::AcqRel);
         self.report_depth(&state);
         (batch, expired)
     }
@@ -290,8 +302,8 @@ impl RetryQueue {
         if !state.queued.contains_key(&item.what) && !superseded(&state, &item) {
             state.queued.insert(item.what.clone(), item.since);
             state.order.push_back(item.what);
-            self.report_depth(&state);
         }
+        self.report_depth(&state);
     }
 
     /// `item` went through or was given up: its key is applied unless queued again since.
@@ -440,7 +452,10 @@ impl<'q> InFlight<'q> {
 
     fn succeeded(&self, i: usize) {
         if let Some(item) = self.items[i].lock().take() {
+            self.queue.landed(1);
             self.queue.succeeded(&item);
+            let state = self.queue.state.lock();
+            self.queue.report_depth(&state);
         }
     }
 
@@ -448,6 +463,7 @@ impl<'q> InFlight<'q> {
     /// hold up the others), the rest back to the front as they were.
     fn requeue_first_last(self) {
         if let Some(first) = self.items.first().and_then(|m| m.lock().take()) {
+            self.queue.landed(1);
             self.queue.put_last(first);
         }
     }
@@ -461,6 +477,7 @@ impl Drop for InFlight<'_> {
             .filter_map(|m| m.get_mut().take())
             .collect();
         if !left.is_empty() {
+            self.queue.landed(left.len());
             self.queue.put_back(left);
         }
     }
@@ -493,6 +510,46 @@ fn superseded(state: &State, item: &Queued) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_depth_counts_what_the_worker_holds() {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let queue = metrics::with_local_recorder(&recorder, || {
+            RetryQueue::new(Duration::from_secs(60), CacheMetrics::new("t"))
+        });
+        let depth = || -> f64 {
+            snapshotter
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .find_map(|(key, _, _, value)| match value {
+                    metrics_util::debugging::DebugValue::Gauge(v)
+                        if key.key().name() == crate::metrics::RETRY_QUEUE_DEPTH =>
+                    {
+                        Some(v.into_inner())
+                    }
+                    _ => None,
+                })
+                .unwrap_or(f64::NAN)
+        };
+        for k in ["a", "b", "c"] {
+            assert!(queue.enqueue(&Retry::Key(k.into())));
+        }
+        queue.report_depth(&queue.state.lock());
+        assert_eq!(depth(), 3.0);
+        let (batch, _) = queue.take(10);
+        assert_eq!(depth(), 3.0, "taken by the worker, not done: still waiting");
+        let in_flight = InFlight::new(&queue, batch);
+        in_flight.succeeded(1);
+        assert_eq!(depth(), 2.0);
+        in_flight.requeue_first_last();
+        assert_eq!(depth(), 2.0, "back in the queue: a and c");
+        assert_eq!(queue.len(), 2);
+        let (batch, _) = queue.take(10);
+        drop(InFlight::new(&queue, batch));
+        assert_eq!(depth(), 2.0, "put back when the worker let go");
+    }
 
     #[test]
     fn a_newer_write_supersedes_a_queued_delete_and_one_in_flight() {
