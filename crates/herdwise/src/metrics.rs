@@ -26,7 +26,7 @@
 //!
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
-//! | `herdwise_cache_gets_total` | counter | `result` = `l1_hit`/`l2_hit`/`miss`/`stale`/`negative`/`error` | reads (`get`, `get_or_load*`, `fetch*`), each counted once by how it ended: a fresh value from L1 or L2; `miss`: the value came from the origin (this read's load, or one it waited for); `stale`: a stale value was served (reason in `herdwise_stale_served_total`); `negative`: a cached "not at the origin"; `error`: the read returned an error |
+//! | `herdwise_cache_gets_total` | counter | `result` = `l1_hit`/`l2_hit`/`miss`/`stale`/`negative`/`error`/`cancelled` | reads (`get`, `get_or_load*`, `fetch*`), each counted once by how it ended: a fresh value from L1 or L2; `miss`: the value came from the origin (this read's load, or one it waited for); `stale`: a stale value was served (reason in `herdwise_stale_served_total`); `negative`: a cached "not at the origin"; `error`: the read returned an error; `cancelled`: the read was dropped past L1 before it ended (a caller's timeout) |
 //! | `herdwise_cache_get_duration_seconds` | histogram | `result` (as above) | how long reads took, by result (`l1_hit`/`negative` sampled 1 in 64 when answered by L1) |
 //! | `herdwise_cache_loads_total` | counter | `result` = `success`/`error`/`panic`/`timeout`/`shed` | origin loads by outcome (`success` includes "not at the origin"); `shed`: refused at the origin limit with `Error::Overloaded`, the loader not called |
 //! | `herdwise_cache_load_duration_seconds` | histogram | `result` = `success`/`error`/`panic`/`timeout` | loader call time |
@@ -500,9 +500,20 @@ pub(crate) enum GetResult {
     Stale,
     Negative,
     Error,
+    /// Dropped before it ended (a caller's timeout): counted and timed too, or the slowest
+    /// reads would vanish from the latencies.
+    Cancelled,
 }
 
-const GET_RESULTS: [&str; 6] = ["l1_hit", "l2_hit", "miss", "stale", "negative", "error"];
+const GET_RESULTS: [&str; 7] = [
+    "l1_hit",
+    "l2_hit",
+    "miss",
+    "stale",
+    "negative",
+    "error",
+    "cancelled",
+];
 
 impl GetResult {
     /// An answer from an L1 entry (`stale_copy`: a flagged copy re-stored by stale-if-error).
@@ -631,8 +642,8 @@ pub(crate) struct CacheMetrics {
     /// L1 hits and L1 negative hits: striped.
     l1_hit: Arc<Striped>,
     l1_negative: Arc<Striped>,
-    gets: [Counter; 6],
-    get_duration: [Histogram; 6],
+    gets: [Counter; 7],
+    get_duration: [Histogram; 7],
     loads: [Counter; 4],
     pub loads_shed: Counter,
     load_duration: [Histogram; 4],

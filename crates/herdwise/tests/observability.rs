@@ -209,3 +209,24 @@ async fn the_backplane_lag_is_measured_on_arrival() {
     assert!(lags.len() >= 6, "{lags:?}");
     assert!(lags.iter().all(|l| (0.0..1.0).contains(l)), "{lags:?}");
 }
+
+/// A read dropped past L1 (the caller's own timeout) is counted and timed as `cancelled`, so the
+/// slowest reads do not vanish from the latencies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_dropped_by_its_caller_is_counted_as_cancelled() {
+    let (cache, metrics) = common::with_metrics(|| {
+        Cache::<u64, String>::builder("obs-cancel").store(MemoryStore::new())
+    });
+    let slow = |_: &u64| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Ok::<_, OriginError>(Some("late".to_string()))
+    };
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(50), cache.get_or_load(&1, slow)).await;
+    assert!(gave_up.is_err());
+    assert_eq!(gets(&metrics, "cancelled"), 1);
+    assert_eq!(counter(&metrics, m::GETS, &[]), 1, "counted once");
+    let timed = histogram(&metrics, m::GET_DURATION, &[("result", "cancelled")]);
+    assert_eq!(timed.len(), 1);
+    assert!(timed[0] >= 0.05, "{timed:?}");
+}

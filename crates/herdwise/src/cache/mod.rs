@@ -379,8 +379,7 @@ where
             }) => (stored_key, fallback),
             Err(err) => return Err(span.failed(&self.inner.metrics, err)),
         };
-        let started = Instant::now();
-        let metrics = &self.inner.metrics;
+        let past = span.past_l1(&self.inner.metrics);
         if fallback.as_ref().is_some_and(|f| f.unverified) {
             // Boxed: an L1 hit should not carry the size of the L2 read in its future.
             let stale_if_error = self.inner.ttl.stale_if_error;
@@ -394,25 +393,25 @@ where
                 )
                 .instrument(span.span().clone());
             if let Some(answer) = Box::pin(verify).await {
-                span.read(metrics, answer.result(), Some(answer.source), started);
+                past.read(answer.result(), Some(answer.source));
                 return Ok(answer.value);
             }
             // L2 was asked and has nothing fresh.
-            span.read(metrics, GetResult::Miss, None, started);
+            past.read(GetResult::Miss, None);
             return Ok(None);
         }
         let read = self.read_l2(&stored_key).instrument(span.span().clone());
         match Box::pin(read).await {
             L2Read::Fresh(value, meta, _) => {
                 let answer = Fetched::of(value, meta.stale_copy, Source::L2);
-                span.read(metrics, answer.result(), Some(Source::L2), started);
+                past.read(answer.result(), Some(Source::L2));
                 if answer.result() == GetResult::L2Hit {
                     self.maybe_verify(key, &stored_key, answer.value.as_ref());
                 }
                 Ok(answer.value)
             }
             L2Read::Stale(_) | L2Read::Miss | L2Read::Unavailable => {
-                span.read(metrics, GetResult::Miss, None, started);
+                past.read(GetResult::Miss, None);
                 Ok(None)
             }
         }

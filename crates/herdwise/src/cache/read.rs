@@ -345,7 +345,7 @@ where
             Err(err) => return Err(span.failed(&self.inner.metrics, err)),
         };
         let windows = self.windows(options);
-        let started = Instant::now();
+        let past = span.past_l1(&self.inner.metrics);
         // Boxed: the miss path (lease, load, fill) is large; an L1 hit should not pay for moving
         // it around, nor should every task that awaits the cache carry it.
         let read = Box::pin(
@@ -353,7 +353,7 @@ where
                 .instrument(span.span().clone()),
         )
         .await;
-        span.fetched(&self.inner.metrics, &read, started);
+        past.fetched(&read);
         if let Ok(fetched) = &read {
             if fetched.result() == GetResult::L2Hit {
                 self.maybe_verify(key, &stored_key, fetched.value.as_ref());
@@ -420,7 +420,7 @@ where
             Err(err) => return Err(span.failed(&self.inner.metrics, err)),
         };
         let windows = self.windows(options);
-        let started = Instant::now();
+        let past = span.past_l1(&self.inner.metrics);
         let read = Box::pin(
             self.through_replacing(
                 &stored_key,
@@ -434,7 +434,7 @@ where
             .instrument(span.span().clone()),
         )
         .await;
-        span.fetched(&self.inner.metrics, &read, started);
+        past.fetched(&read);
         read
     }
 

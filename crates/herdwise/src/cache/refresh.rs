@@ -8,7 +8,7 @@
 
 use std::borrow::Borrow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::Either;
 use tracing::Instrument;
@@ -57,14 +57,15 @@ where
         let (stored_key, fallback) = match self.lookup_l1(key) {
             Ok(Lookup::Fresh(value, meta)) => {
                 if self.refresh_early(&meta) {
-                    match self.key_of(key) {
-                        Ok(stored_key) => self.spawn_refresh(
+                    // (The lookup just built this key: it cannot fail now; if it did, the hit
+                    // is served, counted once, without an early refresh.)
+                    if let Ok(stored_key) = self.key_of(key) {
+                        self.spawn_refresh(
                             key.to_owned(),
                             stored_key,
                             meta.fresh_until_ms,
                             Trigger::XFetch,
-                        ),
-                        Err(err) => return Err(span.failed(&self.inner.metrics, err.into())),
+                        );
                     }
                 }
                 let fetched = Fetched::of(value, meta.stale_copy, Source::L1);
@@ -77,14 +78,14 @@ where
             }) => (stored_key, fallback),
             Err(err) => return Err(span.failed(&self.inner.metrics, err)),
         };
-        let started = Instant::now();
+        let past = span.past_l1(&self.inner.metrics);
         let verify_key = self.verifier.as_ref().map(|_| stored_key.clone());
         let read = Box::pin(
             self.fetch_past_l1(key, stored_key, fallback, options)
                 .instrument(span.span().clone()),
         )
         .await;
-        span.fetched(&self.inner.metrics, &read, started);
+        past.fetched(&read);
         if let (Ok(fetched), Some(stored_key)) = (&read, verify_key) {
             if fetched.result() == GetResult::L2Hit {
                 self.maybe_verify(key, &stored_key, fetched.value.as_ref());
