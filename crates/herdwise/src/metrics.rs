@@ -5,8 +5,11 @@
 //! seconds and bytes; `_total` for counters), and the read and load families follow
 //! Micrometer's `cache_gets_total{result=...}`, so hit ratios are written as users know them:
 //! `sum(rate(herdwise_cache_gets_total{result=~"l1_hit|l2_hit"}[5m])) /
-//! sum(rate(herdwise_cache_gets_total[5m]))`. Origin load is
-//! `rate(herdwise_cache_loads_total{result!="shed"}[1m])` (loader calls per second).
+//! sum(rate(herdwise_cache_gets_total[5m]))` (the `result` values are Herdwise's: `l1_hit` and
+//! `l2_hit` where Micrometer has one `hit`). Origin load is
+//! `rate(herdwise_cache_loads_total{result!="shed"}[1m])` (loader calls per second), plus, with
+//! the verifier on, its check loads:
+//! `rate(herdwise_verify_checks_total{outcome!="skipped"}[1m])` (they bypass the read path).
 //!
 //! **Install your recorder (Prometheus exporter, ...) before building caches** — with the
 //! `prometheus` feature, [`crate::prometheus`] does it in one call. Handles are registered
