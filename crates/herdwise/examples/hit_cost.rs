@@ -3,7 +3,7 @@
 //! Prometheus recorder (`exported`), or with that recorder and an info-level `tracing`
 //! subscriber installed (`traced`). Run it twice with different counts under
 //! `valgrind --tool=callgrind` and divide the difference in instructions by the difference in
-//! hits (the README's "What it costs on an L1 hit" has the commands).
+//! hits (the README's "What it costs on an L1 hit" gives the figures and the commands).
 
 use futures::FutureExt as _;
 use herdwise::{Cache, MemoryStore};

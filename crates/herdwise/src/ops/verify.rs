@@ -118,7 +118,7 @@ pub struct Mismatch {
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct VerifyReport {
-    /// Checks that loaded the origin and compared (matched + mismatched + resolved + absent).
+    /// Checks that loaded the origin and compared (matched + mismatched + resolved).
     pub checked: u64,
     /// The cached value was the origin's.
     pub matched: u64,
