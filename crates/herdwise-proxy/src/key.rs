@@ -44,7 +44,9 @@ pub fn normalise_path(path: &str) -> String {
             }
         }
         // (`http::Uri` paths are ASCII; anything else is copied as is.)
-        let ch_end = (i + 1..=bytes.len()).find(|&e| path.is_char_boundary(e)).unwrap_or(bytes.len());
+        let ch_end = (i + 1..=bytes.len())
+            .find(|&e| path.is_char_boundary(e))
+            .unwrap_or(bytes.len());
         out.push_str(&path[i..ch_end]);
         i = ch_end;
     }
@@ -58,7 +60,9 @@ pub fn normalise_path(path: &str) -> String {
 pub fn normalise_host(host: &str, https: bool) -> String {
     let host = host.trim().to_ascii_lowercase();
     let default = if https { ":443" } else { ":80" };
-    host.strip_suffix(default).map(str::to_string).unwrap_or(host)
+    host.strip_suffix(default)
+        .map(str::to_string)
+        .unwrap_or(host)
 }
 
 /// The primary key of a request for `host` (already checked against the configured origins).
@@ -68,7 +72,11 @@ pub fn primary(https: bool, host: &str, path_and_query: &str) -> String {
         None => (path_and_query, None),
     };
     let scheme = if https { "https" } else { "http" };
-    let mut key = format!("{scheme}://{}{}", normalise_host(host, https), normalise_path(path));
+    let mut key = format!(
+        "{scheme}://{}{}",
+        normalise_host(host, https),
+        normalise_path(path)
+    );
     if let Some(q) = query {
         key.push('?');
         key.push_str(q);
@@ -108,7 +116,10 @@ mod tests {
             "http://example.com/a~b%2F?x=1"
         );
         assert_eq!(primary(true, "h:443", ""), "https://h/");
-        assert_ne!(primary(false, "h", "/a?x=1&y=2"), primary(false, "h", "/a?y=2&x=1"));
+        assert_ne!(
+            primary(false, "h", "/a?x=1&y=2"),
+            primary(false, "h", "/a?y=2&x=1")
+        );
         assert_eq!(normalise_path("/%zz%4"), "/%zz%4");
         assert_ne!(variant("k", "a"), variant("k", "b"));
         assert!(surrogate_tag(&"x".repeat(500)).starts_with("sk:"));

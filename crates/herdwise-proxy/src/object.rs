@@ -176,7 +176,8 @@ impl Codec<Entry> for EntryCodec {
                 let n = r.u32()? as usize;
                 let mut headers = HeaderMap::with_capacity(n.min(256));
                 for _ in 0..n {
-                    let name = HeaderName::from_bytes(r.bytes()?).map_err(|_| bad("header name"))?;
+                    let name =
+                        HeaderName::from_bytes(r.bytes()?).map_err(|_| bad("header name"))?;
                     let value =
                         HeaderValue::from_bytes(r.bytes()?).map_err(|_| bad("header value"))?;
                     headers.append(name, value);
@@ -242,7 +243,10 @@ mod tests {
             assert!(EntryCodec.decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         let v = Entry::Vary(vec!["accept-encoding".into()]);
-        assert_eq!(EntryCodec.decode(&EntryCodec.encode(&v).unwrap()).unwrap(), v);
+        assert_eq!(
+            EntryCodec.decode(&EntryCodec.encode(&v).unwrap()).unwrap(),
+            v
+        );
         assert!(EntryCodec.decode(&[9, 9, 9]).is_err());
         assert!(EntryCodec.decode(&[FORMAT, 2, 0, 1]).is_err());
     }

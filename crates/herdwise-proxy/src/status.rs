@@ -94,8 +94,19 @@ mod tests {
             stored: true,
             ..Default::default()
         };
-        assert_eq!(s.render("herdwise"), "herdwise; fwd=stale; fwd-status=304; ttl=60; stored");
-        let hit = CacheStatus { hit: true, ttl: Some(-3), detail: Some("stale-while-revalidate"), ..Default::default() };
-        assert_eq!(hit.render("h"), "h; hit; ttl=-3; detail=stale-while-revalidate");
+        assert_eq!(
+            s.render("herdwise"),
+            "herdwise; fwd=stale; fwd-status=304; ttl=60; stored"
+        );
+        let hit = CacheStatus {
+            hit: true,
+            ttl: Some(-3),
+            detail: Some("stale-while-revalidate"),
+            ..Default::default()
+        };
+        assert_eq!(
+            hit.render("h"),
+            "h; hit; ttl=-3; detail=stale-while-revalidate"
+        );
     }
 }

@@ -25,10 +25,8 @@ pub fn parse_etag(value: &str) -> Option<ETag<'_>> {
         Some(rest) => (true, rest),
         None => (false, v),
     };
-    (rest.len() >= 2 && rest.starts_with('"') && rest.ends_with('"')).then_some(ETag {
-        weak,
-        opaque: rest,
-    })
+    (rest.len() >= 2 && rest.starts_with('"') && rest.ends_with('"'))
+        .then_some(ETag { weak, opaque: rest })
 }
 
 /// A list of entity tags, or `*`.
@@ -170,7 +168,10 @@ pub fn freshen(stored: &mut HeaderMap, not_modified: &HeaderMap) {
 /// Whether `If-Range` allows a range to be served from `stored` (RFC 9110 §13.1.5): a strong
 /// ETag equal to the stored one, or a date equal to its Last-Modified.
 pub fn if_range_holds(request: &HeaderMap, stored: &HeaderMap) -> bool {
-    let Some(value) = request.get(http::header::IF_RANGE).and_then(|v| v.to_str().ok()) else {
+    let Some(value) = request
+        .get(http::header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+    else {
         return true;
     };
     if let Some(tag) = parse_etag(value) {
@@ -199,7 +200,10 @@ mod tests {
     fn h(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
-            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         m
     }
@@ -212,8 +216,14 @@ mod tests {
             evaluate(&get, &h(&[("if-none-match", "\"x\", \"a,b\"")]), &stored),
             Precondition::NotModified
         );
-        assert_eq!(evaluate(&get, &h(&[("if-none-match", "*")]), &stored), Precondition::NotModified);
-        assert_eq!(evaluate(&get, &h(&[("if-none-match", "\"z\"")]), &stored), Precondition::Serve);
+        assert_eq!(
+            evaluate(&get, &h(&[("if-none-match", "*")]), &stored),
+            Precondition::NotModified
+        );
+        assert_eq!(
+            evaluate(&get, &h(&[("if-none-match", "\"z\"")]), &stored),
+            Precondition::Serve
+        );
         assert_eq!(
             evaluate(&Method::POST, &h(&[("if-none-match", "*")]), &stored),
             Precondition::Serve
@@ -222,9 +232,15 @@ mod tests {
 
     #[test]
     fn if_modified_since_only_without_if_none_match() {
-        let stored = h(&[("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"), ("etag", "\"v1\"")]);
+        let stored = h(&[
+            ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"),
+            ("etag", "\"v1\""),
+        ]);
         let later = h(&[("if-modified-since", "Tue, 02 Jan 2024 00:00:00 GMT")]);
-        assert_eq!(evaluate(&Method::GET, &later, &stored), Precondition::NotModified);
+        assert_eq!(
+            evaluate(&Method::GET, &later, &stored),
+            Precondition::NotModified
+        );
         let both = h(&[
             ("if-modified-since", "Tue, 02 Jan 2024 00:00:00 GMT"),
             ("if-none-match", "\"v2\""),
@@ -234,8 +250,19 @@ mod tests {
 
     #[test]
     fn a_304_freshens_all_but_what_the_body_depends_on() {
-        let mut stored = h(&[("content-length", "5"), ("x-a", "1"), ("cache-control", "max-age=1")]);
-        freshen(&mut stored, &h(&[("content-length", "0"), ("x-a", "2"), ("cache-control", "max-age=9")]));
+        let mut stored = h(&[
+            ("content-length", "5"),
+            ("x-a", "1"),
+            ("cache-control", "max-age=1"),
+        ]);
+        freshen(
+            &mut stored,
+            &h(&[
+                ("content-length", "0"),
+                ("x-a", "2"),
+                ("cache-control", "max-age=9"),
+            ]),
+        );
         assert_eq!(stored.get("content-length").unwrap(), "5");
         assert_eq!(stored.get("x-a").unwrap(), "2");
         assert_eq!(stored.get("cache-control").unwrap(), "max-age=9");

@@ -157,7 +157,11 @@ pub fn delta_seconds(arg: Option<&str>) -> Option<u64> {
     if arg.is_empty() || !arg.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some(arg.parse::<u64>().unwrap_or(MAX_DELTA_SECONDS).min(MAX_DELTA_SECONDS))
+    Some(
+        arg.parse::<u64>()
+            .unwrap_or(MAX_DELTA_SECONDS)
+            .min(MAX_DELTA_SECONDS),
+    )
 }
 
 pub(crate) fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
@@ -293,7 +297,9 @@ mod tests {
 
     #[test]
     fn lists_quotes_and_bad_arguments() {
-        let d = ResponseDirectives::parse(r#"public, max-age="60", no-cache="set-cookie, x", s-maxage=abc"#);
+        let d = ResponseDirectives::parse(
+            r#"public, max-age="60", no-cache="set-cookie, x", s-maxage=abc"#,
+        );
         assert!(d.public && !d.no_cache);
         assert_eq!(d.no_cache_fields, ["set-cookie", "x"]);
         assert_eq!(d.max_age, Some(60));
@@ -302,7 +308,10 @@ mod tests {
         assert_eq!(d.max_age, Some(10));
         let d = ResponseDirectives::parse("max-age=99999999999999999999");
         assert_eq!(d.max_age, Some(MAX_DELTA_SECONDS));
-        assert_eq!(ResponseDirectives::parse(",,, ,"), ResponseDirectives::default());
+        assert_eq!(
+            ResponseDirectives::parse(",,, ,"),
+            ResponseDirectives::default()
+        );
         let d = ResponseDirectives::parse("max-age=-1");
         assert_eq!(d.max_age, Some(0));
     }

@@ -130,11 +130,7 @@ impl Facts {
 }
 
 /// Evaluates a stored response against a request (§4.2, §5.2.1, RFC 5861).
-pub fn standing(
-    cc: &ResponseDirectives,
-    facts: Facts,
-    req: &RequestDirectives,
-) -> Standing {
+pub fn standing(cc: &ResponseDirectives, facts: Facts, req: &RequestDirectives) -> Standing {
     let Facts { lifetime, age } = facts;
     // Request max-age: the client accepts nothing older than this (§5.2.1.1).
     let age_ok = req.max_age.is_none_or(|m| age <= m);
@@ -190,11 +186,20 @@ mod tests {
         let none = RequestDirectives::default();
         assert_eq!(standing(&cc, facts(100, 50), &none), Standing::Fresh);
         assert_eq!(standing(&cc, facts(100, 100), &none), Standing::Stale);
-        let req = RequestDirectives { max_age: Some(10), ..Default::default() };
+        let req = RequestDirectives {
+            max_age: Some(10),
+            ..Default::default()
+        };
         assert_eq!(standing(&cc, facts(100, 50), &req), Standing::Stale);
-        let req = RequestDirectives { min_fresh: Some(60), ..Default::default() };
+        let req = RequestDirectives {
+            min_fresh: Some(60),
+            ..Default::default()
+        };
         assert_eq!(standing(&cc, facts(100, 50), &req), Standing::Stale);
-        let req = RequestDirectives { max_stale: Some(10), ..Default::default() };
+        let req = RequestDirectives {
+            max_stale: Some(10),
+            ..Default::default()
+        };
         assert_eq!(standing(&cc, facts(100, 105), &req), Standing::StaleAllowed);
         assert_eq!(standing(&cc, facts(100, 111), &req), Standing::Stale);
         let mr = ResponseDirectives::parse("max-age=100, must-revalidate");
@@ -203,9 +208,13 @@ mod tests {
 
     #[test]
     fn rfc5861_windows() {
-        let cc = ResponseDirectives::parse("max-age=10, stale-while-revalidate=5, stale-if-error=60");
+        let cc =
+            ResponseDirectives::parse("max-age=10, stale-while-revalidate=5, stale-if-error=60");
         let none = RequestDirectives::default();
-        assert_eq!(standing(&cc, facts(10, 14), &none), Standing::StaleWhileRevalidate);
+        assert_eq!(
+            standing(&cc, facts(10, 14), &none),
+            Standing::StaleWhileRevalidate
+        );
         assert_eq!(standing(&cc, facts(10, 16), &none), Standing::Stale);
         assert!(usable_on_error(&cc, facts(10, 60), &none));
         assert!(!usable_on_error(&cc, facts(10, 80), &none));

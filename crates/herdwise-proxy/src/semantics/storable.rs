@@ -69,16 +69,28 @@ pub fn type_matches(class: &str, content_type: Option<&str>) -> bool {
     let Some(ct) = content_type else {
         return false;
     };
-    let ct = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let ct = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match class {
         "css" => ct == "text/css",
         "javascript" => matches!(
             ct.as_str(),
-            "application/javascript" | "text/javascript" | "application/x-javascript"
-                | "application/ecmascript" | "text/ecmascript"
+            "application/javascript"
+                | "text/javascript"
+                | "application/x-javascript"
+                | "application/ecmascript"
+                | "text/ecmascript"
         ),
         "image" => ct.starts_with("image/"),
-        "font" => ct.starts_with("font/") || ct.starts_with("application/font") || ct == "application/vnd.ms-fontobject",
+        "font" => {
+            ct.starts_with("font/")
+                || ct.starts_with("application/font")
+                || ct == "application/vnd.ms-fontobject"
+        }
         "media" => ct.starts_with("video/") || ct.starts_with("audio/"),
         "json" => ct == "application/json" || ct.ends_with("+json"),
         "text" => ct == "text/plain",
@@ -153,12 +165,10 @@ pub fn verdict(x: &Exchange<'_>, policy: &StorePolicy) -> Verdict {
         return Refuse("set_cookie");
     }
     // §4.1: `Vary: *` never matches a later request.
-    if x
-        .response
-        .get_all(http::header::VARY)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|f| f.trim() == "*")))
-    {
+    if x.response.get_all(http::header::VARY).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|f| f.trim() == "*"))
+    }) {
         return Refuse("vary_star");
     }
     // §3: at least one of: public, max-age, s-maxage, Expires, or a heuristically cacheable
@@ -171,14 +181,18 @@ pub fn verdict(x: &Exchange<'_>, policy: &StorePolicy) -> Verdict {
     let validated_only = x.response_cc.no_cache
         && (x.response.contains_key(http::header::ETAG)
             || x.response.contains_key(http::header::LAST_MODIFIED));
-    if !explicit && !validated_only && !(heuristically_cacheable(x.status) && x.heuristic_allowed) {
+    let heuristic = heuristically_cacheable(x.status) && x.heuristic_allowed;
+    if !(explicit || validated_only || heuristic) {
         return Refuse("not_cacheable");
     }
     if x.body_len.is_some_and(|n| n > policy.max_object_bytes) {
         return Refuse("too_large");
     }
     if policy.check_extension
-        && !policy.static_routes.iter().any(|r| x.path.starts_with(r.as_str()))
+        && !policy
+            .static_routes
+            .iter()
+            .any(|r| x.path.starts_with(r.as_str()))
     {
         if let Some(class) = extension_class(x.path) {
             let ct = x

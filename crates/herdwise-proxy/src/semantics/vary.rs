@@ -100,11 +100,17 @@ mod tests {
         assert_eq!(f, ["accept-encoding", "x-a"]);
         assert!(fields(&h(&[("vary", "a, *")])).is_none());
         let a = selector(&h(&[("accept-encoding", "gzip,  br")]), &f);
-        let b = selector(&h(&[("accept-encoding", "BR"), ("accept-encoding", "gzip")]), &f);
+        let b = selector(
+            &h(&[("accept-encoding", "BR"), ("accept-encoding", "gzip")]),
+            &f,
+        );
         assert_eq!(a, b);
         let absent = selector(&h(&[]), &f);
         let empty = selector(&h(&[("x-a", "")]), &f);
         assert_ne!(absent, empty);
-        assert_ne!(selector(&h(&[("x-a", "1")]), &f), selector(&h(&[("x-a", "2")]), &f));
+        assert_ne!(
+            selector(&h(&[("x-a", "1")]), &f),
+            selector(&h(&[("x-a", "2")]), &f)
+        );
     }
 }

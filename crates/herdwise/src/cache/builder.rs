@@ -101,6 +101,8 @@ pub struct CacheBuilder<K: ?Sized, V> {
     l1_ttl_cap: Duration,
     schema_version: u32,
     codec: Option<Arc<dyn Codec<V>>>,
+    /// The codec when none is given (Postcard, for serde values).
+    default_codec: Option<DefaultCodec<V>>,
     compression: Compression,
     max_value_bytes: usize,
     max_key_bytes: usize,
@@ -131,10 +133,30 @@ pub struct CacheBuilder<K: ?Sized, V> {
     _key: PhantomData<fn(&K)>,
 }
 
+/// Makes the codec a builder uses when given none.
+type DefaultCodec<V> = fn() -> Arc<dyn Codec<V>>;
+
+fn postcard<V: Serialize + DeserializeOwned + Send + Sync + 'static>() -> Arc<dyn Codec<V>> {
+    Arc::new(Postcard)
+}
+
 impl<K, V> CacheBuilder<K, V>
 where
     K: CacheKey + ?Sized,
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// A builder whose codec defaults to [`Postcard`].
+    pub(crate) fn new_serde(namespace: &str) -> Self {
+        let mut builder = Self::new(namespace);
+        builder.default_codec = Some(postcard::<V>);
+        builder
+    }
+}
+
+impl<K, V> CacheBuilder<K, V>
+where
+    K: CacheKey + ?Sized,
+    V: Send + Sync + 'static,
 {
     pub(crate) fn new(namespace: &str) -> Self {
         CacheBuilder {
@@ -148,6 +170,7 @@ where
             l1_ttl_cap: DEFAULT_L1_TTL_CAP,
             schema_version: 1,
             codec: None,
+            default_codec: None,
             compression: Compression::default(),
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
@@ -661,6 +684,15 @@ where
     /// once per process when no recorder is found; see [`crate::metrics`]).
     pub fn build(self) -> Result<Cache<K, V>> {
         self.check_limits()?;
+        let codec = match (self.codec.clone(), self.default_codec) {
+            (Some(codec), _) => codec,
+            (None, Some(default)) => default(),
+            (None, None) => {
+                return Err(Error::Config(
+                    "codec: a value type without serde needs a codec (CacheBuilder::codec)".into(),
+                ))
+            }
+        };
         if self.ttl.is_zero() {
             return Err(Error::Config("ttl must be positive".into()));
         }
@@ -829,7 +861,7 @@ where
                 recovery,
                 metrics: metrics.clone(),
                 format: Format {
-                    codec: self.codec.unwrap_or_else(|| Arc::new(Postcard)),
+                    codec,
                     compression: self.compression,
                     max_value_bytes: self.max_value_bytes,
                     weigher: self.weigher,

@@ -255,7 +255,30 @@ where
 {
     /// Starts configuring a cache for `namespace` (`[A-Za-z0-9_.-]{1,64}`).
     pub fn builder(namespace: &str) -> CacheBuilder<K, V> {
-        CacheBuilder::new(namespace)
+        CacheBuilder::new_serde(namespace)
+    }
+}
+
+impl<K, V> Cache<K, V>
+where
+    K: CacheKey + ?Sized,
+    V: Send + Sync + 'static,
+{
+    /// [`Cache::builder`] for a value type with a codec of its own (no serde needed): the
+    /// codec turns values into the stored payload and back (see [`Codec`](crate::Codec)).
+    ///
+    /// ```
+    /// use herdwise::{Cache, Codec, CodecError};
+    /// struct Raw;
+    /// impl Codec<Vec<u8>> for Raw {
+    ///     fn id(&self) -> u8 { 40 }
+    ///     fn encode(&self, v: &Vec<u8>) -> Result<Vec<u8>, CodecError> { Ok(v.clone()) }
+    ///     fn decode(&self, b: &[u8]) -> Result<Vec<u8>, CodecError> { Ok(b.to_vec()) }
+    /// }
+    /// let blobs: Cache<str, Vec<u8>> = Cache::builder_with_codec("blobs", Raw).build().unwrap();
+    /// ```
+    pub fn builder_with_codec(namespace: &str, codec: impl Codec<V>) -> CacheBuilder<K, V> {
+        CacheBuilder::new(namespace).codec(codec)
     }
 }
 

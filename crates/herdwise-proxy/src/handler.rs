@@ -1,0 +1,1299 @@
+//! One request through the proxy: HTTP semantics (`crate::semantics`) turned into calls on a
+//! `herdwise::Cache<str, Entry>`.
+//!
+//! Contract: [`Proxy::handle`] answers every request with a response, never an error, and adds
+//! `Cache-Status` (RFC 9211) and `Via`. GET and HEAD go through the cache: a stored response
+//! is judged by RFC 9111 freshness for *this* request, and one that must be fetched or
+//! validated is loaded through `Cache::get_or_load_checked` — the library's single-flight and
+//! cross-instance lease, so many requests for one URL, on one proxy or on many sharing Redis,
+//! cause one origin request. Other methods are forwarded; a successful unsafe one invalidates
+//! the target URI and its `Location` / `Content-Location` on every instance (RFC 9111 §4.4).
+//! Every response the origin did not mark storable for a shared cache is passed through,
+//! never stored (see `semantics::storable`).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use herdwise::{Cache, Fetched, LoadOptions, Source};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, BodyStream, Empty, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use parking_lot::Mutex;
+
+use crate::config::Config;
+use crate::key;
+use crate::object::{Entry, StoredResponse};
+use crate::origin::{Origin, OriginError, Origins, OutBody};
+use crate::semantics::conditional::{self, Precondition};
+use crate::semantics::directives::{RequestDirectives, ResponseDirectives};
+use crate::semantics::freshness::{self, Facts, Heuristic, Standing};
+use crate::semantics::storable::{self, Exchange, StorePolicy, Verdict};
+use crate::semantics::{hop, vary};
+use crate::status::{CacheStatus, Forward};
+
+/// Any body error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A response body to a client.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Most background revalidations tracked at once (one per URL).
+const MAX_REVALIDATIONS: usize = 10_000;
+/// Most surrogate keys taken from one response.
+const MAX_SURROGATE_KEYS: usize = 24;
+/// Directory depth of the prefix tags (`/a/b/c/d/` at most).
+const PREFIX_DEPTH: usize = 4;
+/// Largest error body kept to be served to collapsed requests.
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A body of bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A plain-text response of the proxy's own.
+pub fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut r = Response::new(full(body.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// An origin's error response, kept whole so that collapsed requests can be given it too.
+#[derive(Debug, Clone)]
+pub struct Buffered {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// Why a fill did not produce an entry.
+#[derive(Debug, Clone, thiserror::Error)]
+enum Failure {
+    #[error("{0}")]
+    Origin(OriginError),
+    #[error("origin answered {}", .0.status)]
+    Status(Arc<Buffered>),
+    #[error("reading the origin's body: {0}")]
+    Body(String),
+}
+
+/// What the request that led a fill got, for itself (others get the stored entry, or forward).
+enum Led {
+    /// Stored (or validated and stored): serve the entry — or, when the URL turned out to
+    /// vary, this variant (stored under its own key; the URL's entry is the Vary marker).
+    Stored {
+        fwd_status: u16,
+        validated: bool,
+        variant: Option<StoredResponse>,
+    },
+    /// Not stored: serve this response, as it came.
+    Passthrough {
+        response: Response<Body>,
+        detail: &'static str,
+    },
+}
+
+/// The request, as the fill and the judges need it.
+struct Ctx {
+    method: Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+    req_cc: RequestDirectives,
+    started_ms: u64,
+    host: String,
+    primary: String,
+    https: bool,
+}
+
+/// The proxy: the cache, the origins, the policy.
+pub struct Proxy {
+    cache: Cache<str, Entry>,
+    origins: Origins,
+    config: Arc<Config>,
+    policy: StorePolicy,
+    rules: Arc<Rules>,
+    revalidating: Mutex<HashSet<String>>,
+    started: Instant,
+}
+
+/// What decides freshness, shared with the cache's TTL hook.
+pub struct Rules {
+    targeted: Vec<HeaderName>,
+    heuristic: Option<Heuristic>,
+    keep: Duration,
+    pass_ttl: Duration,
+}
+
+impl Rules {
+    /// From a (validated) configuration.
+    pub fn new(config: &Config) -> Self {
+        Rules {
+            targeted: config
+                .targeted_fields
+                .iter()
+                .filter_map(|f| HeaderName::from_bytes(f.as_bytes()).ok())
+                .collect(),
+            heuristic: (config.heuristic_fraction > 0.0).then_some(Heuristic {
+                fraction: config.heuristic_fraction,
+                max_secs: config.heuristic_max_secs,
+            }),
+            keep: Duration::from_secs(config.keep_secs),
+            pass_ttl: Duration::from_secs(config.pass_ttl_secs),
+        }
+    }
+
+    fn directives(&self, headers: &HeaderMap) -> ResponseDirectives {
+        ResponseDirectives::from_headers(headers, &self.targeted).0
+    }
+
+    fn facts(&self, r: &StoredResponse, cc: &ResponseDirectives, now: u64) -> Facts {
+        let lifetime =
+            freshness::lifetime(r.status, &r.headers, cc, r.response_time_ms, self.heuristic)
+                .unwrap_or(0);
+        Facts {
+            lifetime,
+            age: freshness::current_age(r, now),
+        }
+    }
+
+    /// How long the library keeps an entry: its freshness left, plus the longest it may be
+    /// served stale or validated.
+    pub fn storage_ttl(&self, entry: &Entry) -> Option<Duration> {
+        Some(match entry {
+            Entry::Pass => self.pass_ttl,
+            Entry::Vary(_) => self.keep,
+            Entry::Response(r) => {
+                let cc = self.directives(&r.headers);
+                let facts = self.facts(r, &cc, r.response_time_ms);
+                let fresh = Duration::from_secs(facts.lifetime.saturating_sub(facts.age));
+                let stale = cc
+                    .stale_while_revalidate
+                    .unwrap_or(0)
+                    .max(cc.stale_if_error.unwrap_or(0));
+                fresh + self.keep.max(Duration::from_secs(stale))
+            }
+        })
+    }
+
+    /// The tags of an entry (the library calls it for every value it stores).
+    pub fn tags(entry: &Entry) -> Vec<String> {
+        match entry {
+            Entry::Response(r) => r.tags.clone(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The prefix tag of a directory (`https://host/a/b/`).
+pub fn prefix_tag(dir: &str) -> String {
+    format!("p:{:016x}", key::fnv64(dir.as_bytes()))
+}
+
+/// The directory prefixes of a primary key, `scheme://host/` down to [`PREFIX_DEPTH`] levels.
+fn prefixes(primary: &str) -> Vec<String> {
+    let path_start = primary
+        .find("://")
+        .and_then(|i| primary[i + 3..].find('/').map(|j| i + 3 + j))
+        .unwrap_or(primary.len());
+    let path = primary[path_start..].split('?').next().unwrap_or("/");
+    let mut out = vec![format!("{}/", &primary[..path_start])];
+    let mut acc = primary[..path_start].to_string();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    // The last segment is the resource itself unless the path ends with '/'.
+    let dirs = if path.ends_with('/') {
+        segments.len()
+    } else {
+        segments.len().saturating_sub(1)
+    };
+    for seg in segments.iter().take(dirs.min(PREFIX_DEPTH)) {
+        acc.push('/');
+        acc.push_str(seg);
+        out.push(format!("{acc}/"));
+    }
+    out
+}
+
+/// Surrogate keys of a response: `Surrogate-Key` (space-separated) and `Cache-Tag`
+/// (comma-separated), as tags.
+fn surrogate_keys(headers: &HeaderMap) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in headers.get_all("surrogate-key") {
+        if let Ok(v) = v.to_str() {
+            out.extend(v.split_whitespace().map(key::surrogate_tag));
+        }
+    }
+    for v in headers.get_all("cache-tag") {
+        if let Ok(v) = v.to_str() {
+            out.extend(
+                v.split(',')
+                    .filter(|t| !t.trim().is_empty())
+                    .map(key::surrogate_tag),
+            );
+        }
+    }
+    out.sort();
+    out.dedup();
+    out.truncate(MAX_SURROGATE_KEYS);
+    out
+}
+
+/// Fields removed from what clients get (this cache's own controls).
+const OWN_FIELDS: [&str; 3] = [
+    "surrogate-key",
+    "surrogate-control",
+    "herdwise-cache-control",
+];
+
+/// Reads a body up to `limit` bytes: `Ok` with all of it, or `Err` with what was read and the
+/// rest of the stream.
+async fn read_limited(
+    mut body: Incoming,
+    limit: usize,
+) -> Result<Result<Bytes, (Bytes, Incoming)>, String> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+            if buf.len() > limit {
+                return Ok(Err((buf.freeze(), body)));
+            }
+        }
+    }
+    Ok(Ok(buf.freeze()))
+}
+
+/// A body of `prefix` followed by the rest of `body`.
+fn chained(prefix: Bytes, body: Incoming) -> Body {
+    let head = futures::stream::once(async move { Ok::<_, BoxError>(Frame::data(prefix)) });
+    let rest = BodyStream::new(body).map(|frame| frame.map_err(BoxError::from));
+    BodyExt::boxed(StreamBody::new(head.chain(rest)))
+}
+
+/// A streamed origin body as a client body.
+fn streamed(body: Incoming) -> Body {
+    body.map_err(BoxError::from).boxed()
+}
+
+/// What a lookup found.
+enum Looked {
+    /// A stored response, from the cache (or collapsed onto another request's fill).
+    Found {
+        response: StoredResponse,
+        source: Source,
+    },
+    /// This request led the fill.
+    Led(Led, Option<StoredResponse>),
+    /// The URL's responses vary: look up the variant.
+    Vary(Vec<String>),
+    /// Forward without the cache (a pass marker, or another request's fill that could not
+    /// be shared).
+    Forward(&'static str),
+    /// The origin failed; the stale response the judge saw, if any.
+    Failed(Failure, Option<StoredResponse>),
+}
+
+impl Proxy {
+    /// A proxy over `cache` (built by `crate::server::build_cache` with [`Rules`]).
+    pub fn new(config: Arc<Config>, cache: Cache<str, Entry>, rules: Arc<Rules>) -> Self {
+        let policy = StorePolicy {
+            store_set_cookie: config.store_set_cookie,
+            check_extension: config.check_extension,
+            static_routes: config.static_routes.clone(),
+            max_object_bytes: config.max_object_bytes,
+        };
+        Proxy {
+            cache,
+            origins: Origins::new(&config.origins),
+            config,
+            policy,
+            rules,
+            revalidating: Mutex::new(HashSet::new()),
+            started: Instant::now(),
+        }
+    }
+
+    /// The cache underneath.
+    pub fn cache(&self) -> &Cache<str, Entry> {
+        &self.cache
+    }
+
+    /// Answers one request.
+    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let (mut response, status) = self.route(req).await;
+        let outcome = outcome_label(&status);
+        metrics::counter!("herdwise_proxy_requests_total", "cache_status" => outcome).increment(1);
+        metrics::histogram!("herdwise_proxy_request_duration_seconds", "cache_status" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        let headers = response.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&status.render(&self.config.cache_name)) {
+            headers.append(HeaderName::from_static("cache-status"), v);
+        }
+        headers.append(header::VIA, HeaderValue::from_static("1.1 herdwise"));
+        response
+    }
+
+    async fn route(self: &Arc<Self>, req: Request<Incoming>) -> (Response<Body>, CacheStatus) {
+        let bypass = |detail| CacheStatus {
+            fwd: Some(Forward::Bypass),
+            detail: Some(detail),
+            ..Default::default()
+        };
+        let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+        if target_len > self.config.max_url_bytes {
+            return (
+                text(StatusCode::URI_TOO_LONG, "URI too long\n"),
+                bypass("uri-too-long"),
+            );
+        }
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()));
+        let Some(host) = host else {
+            return (
+                text(StatusCode::BAD_REQUEST, "no Host\n"),
+                bypass("no-host"),
+            );
+        };
+        // Only configured hosts: anything else would let a client key entries (or reach
+        // origins) by a Host of its choosing.
+        let Some((host, origin)) = self.origins.route(&host) else {
+            return (
+                text(StatusCode::MISDIRECTED_REQUEST, "unknown host\n"),
+                bypass("unknown-host"),
+            );
+        };
+        let (host, origin) = (host.to_string(), origin.clone());
+        match *req.method() {
+            Method::GET | Method::HEAD => self.cached(req, host, &origin).await,
+            ref m if m.as_str() == "PURGE" && self.config.purge_method => {
+                self.purge_request(req, &host, &origin).await
+            }
+            _ => self.forward_other(req, &host, &origin).await,
+        }
+    }
+
+    /// The context of a GET/HEAD.
+    fn ctx(&self, req: &Request<Incoming>, host: &str, origin: &Origin) -> Ctx {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        Ctx {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+            req_cc: RequestDirectives::from_headers(req.headers()),
+            started_ms: now_ms(),
+            host: host.to_string(),
+            primary: key::primary(origin.https, host, pq),
+            https: origin.https,
+        }
+    }
+
+    async fn cached(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        host: String,
+        origin: &Arc<Origin>,
+    ) -> (Response<Body>, CacheStatus) {
+        let ctx = Arc::new(self.ctx(&req, &host, origin));
+        drop(req); // a GET's body means nothing (RFC 9110 §9.3.1)
+        let mut key = ctx.primary.clone();
+        let mut selector: Option<String> = None;
+        for _ in 0..2 {
+            let looked = if ctx.req_cc.only_if_cached {
+                self.only_if_cached(&key, &ctx).await
+            } else {
+                self.lookup(&key, &ctx, origin, selector.as_deref()).await
+            };
+            match looked {
+                Looked::Vary(fields) if selector.is_none() => {
+                    let sel = vary::selector(&ctx.headers, &fields);
+                    key = key::variant(&ctx.primary, &sel);
+                    selector = Some(sel);
+                }
+                looked => return self.answer(looked, &ctx, &key, origin, selector).await,
+            }
+        }
+        // A variant key holding a Vary marker: only a corrupted store does that.
+        self.pass(&ctx, origin, "vary-loop").await
+    }
+
+    /// `only-if-cached` (RFC 9111 §5.2.1.7): a stored response that may be used, or 504.
+    async fn only_if_cached(&self, key: &str, ctx: &Ctx) -> Looked {
+        match self.cache.get(key).await {
+            Ok(Some(entry)) => match &*entry {
+                Entry::Response(r) => {
+                    let cc = self.rules.directives(&r.headers);
+                    let facts = self.rules.facts(r, &cc, now_ms());
+                    match freshness::standing(&cc, facts, &ctx.req_cc) {
+                        Standing::Stale => Looked::Forward("only-if-cached"),
+                        _ => Looked::Found {
+                            response: r.clone(),
+                            source: Source::L1,
+                        },
+                    }
+                }
+                Entry::Vary(fields) => Looked::Vary(fields.clone()),
+                Entry::Pass => Looked::Forward("only-if-cached"),
+            },
+            _ => Looked::Forward("only-if-cached"),
+        }
+    }
+
+    /// Whether a stored response must be fetched again before it answers this request: stale
+    /// for it, and received before the request began (one received since is good enough, or
+    /// requests that collapsed onto a fill would never be answered by it).
+    fn must_fetch(&self, r: &StoredResponse, ctx: &Ctx) -> bool {
+        if r.response_time_ms >= ctx.started_ms {
+            return false;
+        }
+        let cc = self.rules.directives(&r.headers);
+        let facts = self.rules.facts(r, &cc, now_ms());
+        freshness::standing(&cc, facts, &ctx.req_cc) == Standing::Stale
+    }
+
+    async fn lookup(
+        self: &Arc<Self>,
+        key: &str,
+        ctx: &Arc<Ctx>,
+        origin: &Arc<Origin>,
+        selector: Option<&str>,
+    ) -> Looked {
+        let stale_seen: Mutex<Option<StoredResponse>> = Mutex::new(None);
+        let led: Mutex<Option<Led>> = Mutex::new(None);
+        let judge = |e: &Entry| match e {
+            Entry::Response(r) => {
+                let stale = self.must_fetch(r, ctx);
+                if stale {
+                    *stale_seen.lock() = Some(r.clone());
+                }
+                stale
+            }
+            Entry::Vary(_) | Entry::Pass => false,
+        };
+        let fill = |_: &str| self.fill(ctx, origin, selector, &stale_seen, &led);
+        let fetched = self
+            .cache
+            .get_or_load_checked(key, &LoadOptions::default(), &judge, fill)
+            .await;
+        let led = led.into_inner();
+        let stale = stale_seen.into_inner();
+        match fetched {
+            Ok(Fetched { value, source, .. }) => match (led, value) {
+                (Some(led), value) => {
+                    let stored = value.and_then(|v| match &*v {
+                        Entry::Response(r) => Some(r.clone()),
+                        _ => None,
+                    });
+                    Looked::Led(led, stored)
+                }
+                (None, Some(entry)) => match &*entry {
+                    Entry::Response(r) => Looked::Found {
+                        response: r.clone(),
+                        source,
+                    },
+                    Entry::Vary(fields) => Looked::Vary(fields.clone()),
+                    Entry::Pass => Looked::Forward("pass"),
+                },
+                // Another request's fill that was not stored (its request could not share it).
+                (None, None) => Looked::Forward("not-shared"),
+            },
+            Err(herdwise::Error::Loader(e)) => {
+                let failure = e
+                    .downcast_ref::<Failure>()
+                    .cloned()
+                    .unwrap_or_else(|| Failure::Body(e.to_string()));
+                Looked::Failed(failure, stale)
+            }
+            Err(herdwise::Error::LoaderTimeout(t)) => {
+                Looked::Failed(Failure::Origin(OriginError::Timeout(t)), stale)
+            }
+            Err(e) => Looked::Failed(Failure::Body(e.to_string()), stale),
+        }
+    }
+
+    /// The request to the origin for a fill: the client's fields minus hop-by-hop ones and its
+    /// own preconditions and ranges (a fill fetches the whole, storable response), plus our
+    /// validators for `stale`.
+    fn fill_request(&self, ctx: &Ctx, stale: Option<&StoredResponse>) -> Request<OutBody> {
+        let mut headers = ctx.headers.clone();
+        hop::strip(&mut headers);
+        for name in [
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_MATCH,
+            header::IF_UNMODIFIED_SINCE,
+            header::IF_RANGE,
+            header::RANGE,
+        ] {
+            headers.remove(name);
+        }
+        if let Some(s) = stale {
+            for (name, value) in conditional::validators(&s.headers) {
+                headers.insert(name, value);
+            }
+        }
+        headers.append(header::VIA, HeaderValue::from_static("1.1 herdwise"));
+        let mut request = Request::new(empty());
+        *request.method_mut() = Method::GET; // HEAD fills as GET (the entry serves both)
+        *request.uri_mut() = ctx.uri.clone();
+        *request.headers_mut() = headers;
+        request
+    }
+
+    /// Loads `ctx`'s URL from the origin: the entry to store (`Ok(None)`: nothing to store or
+    /// share), telling the leading request what it got through `led`.
+    async fn fill(
+        &self,
+        ctx: &Ctx,
+        origin: &Origin,
+        selector: Option<&str>,
+        stale_seen: &Mutex<Option<StoredResponse>>,
+        led: &Mutex<Option<Led>>,
+    ) -> Result<Option<Entry>, Failure> {
+        let stale = stale_seen.lock().clone();
+        let request_time_ms = now_ms();
+        let request = self.fill_request(ctx, stale.as_ref());
+        let response = origin.send(request).await.map_err(Failure::Origin)?;
+        let response_time_ms = now_ms();
+        origin_metric(response.status());
+        let (mut parts, body) = response.into_parts();
+        hop::strip(&mut parts.headers);
+        if !parts.headers.contains_key(header::DATE) {
+            if let Ok(v) =
+                HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now()))
+            {
+                parts.headers.insert(header::DATE, v);
+            }
+        }
+        let status = parts.status;
+        if status == StatusCode::NOT_MODIFIED {
+            if let Some(mut s) = stale.filter(|s| conditional::selects(&s.headers, &parts.headers))
+            {
+                conditional::freshen(&mut s.headers, &parts.headers);
+                s.request_time_ms = request_time_ms;
+                s.response_time_ms = response_time_ms;
+                s.tags = self.tags_for(&ctx.primary, &s.headers);
+                *led.lock() = Some(Led::Stored {
+                    fwd_status: 304,
+                    validated: true,
+                    variant: None,
+                });
+                return Ok(Some(Entry::Response(s)));
+            }
+            // A 304 that selects nothing stored: pass it on as it is.
+            let response = Response::from_parts(parts, streamed(body));
+            *led.lock() = Some(Led::Passthrough {
+                response,
+                detail: "unselected-304",
+            });
+            return Ok(None);
+        }
+        if matches!(status.as_u16(), 500 | 502 | 503 | 504) {
+            let body = match tokio::time::timeout(
+                Duration::from_secs(5),
+                read_limited(body, MAX_ERROR_BODY),
+            )
+            .await
+            {
+                Ok(Ok(Ok(bytes))) => bytes,
+                Ok(Ok(Err((prefix, _)))) => prefix,
+                _ => Bytes::new(),
+            };
+            return Err(Failure::Status(Arc::new(Buffered {
+                status,
+                headers: parts.headers,
+                body,
+            })));
+        }
+        let cc = self.rules.directives(&parts.headers);
+        let body_len = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let exchange = Exchange {
+            method: &Method::GET,
+            path: ctx.uri.path(),
+            request: &ctx.headers,
+            request_cc: &ctx.req_cc,
+            status,
+            response: &parts.headers,
+            response_cc: &cc,
+            body_len,
+            heuristic_allowed: self.rules.heuristic.is_some()
+                && parts.headers.contains_key(header::LAST_MODIFIED),
+        };
+        if let Verdict::Refuse(reason) = storable::verdict(&exchange, &self.policy) {
+            let response = Response::from_parts(parts, streamed(body));
+            *led.lock() = Some(Led::Passthrough {
+                response,
+                detail: reason,
+            });
+            // Refused because of this request (its credentials, cookies, no-store): others
+            // may still store the URL. Refused because of the response: a pass marker.
+            return Ok(match reason {
+                "request_no_store" | "authorization" | "cookie" => None,
+                _ => Some(Entry::Pass),
+            });
+        }
+        let read = tokio::time::timeout(
+            Duration::from_secs(30),
+            read_limited(body, self.policy.max_object_bytes),
+        )
+        .await
+        .map_err(|_| Failure::Body("timed out".into()))?
+        .map_err(Failure::Body)?;
+        let body = match read {
+            Ok(body) => body,
+            Err((prefix, rest)) => {
+                let response = Response::from_parts(parts, chained(prefix, rest));
+                *led.lock() = Some(Led::Passthrough {
+                    response,
+                    detail: "too-large",
+                });
+                return Ok(Some(Entry::Pass));
+            }
+        };
+        let mut headers = parts.headers;
+        // Qualified private / no-cache: stored without the named fields (§5.2.2.4, §5.2.2.7).
+        for f in cc.private_fields.iter().chain(cc.no_cache_fields.iter()) {
+            headers.remove(f.as_str());
+        }
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let tags = self.tags_for(&ctx.primary, &headers);
+        let mut stored = StoredResponse {
+            status,
+            headers,
+            body,
+            request_time_ms,
+            response_time_ms,
+            variant: selector.map(str::to_string),
+            tags,
+        };
+        if selector.is_none() {
+            if let Some(fields) = vary::fields(&stored.headers).filter(|f| !f.is_empty()) {
+                // The URL varies: the response goes under its variant's key, the URL's key
+                // says so.
+                let sel = vary::selector(&ctx.headers, &fields);
+                stored.variant = Some(sel.clone());
+                let variant_key = key::variant(&ctx.primary, &sel);
+                let _ = self
+                    .cache
+                    .set(&variant_key, Entry::Response(stored.clone()))
+                    .await;
+                *led.lock() = Some(Led::Stored {
+                    fwd_status: status.as_u16(),
+                    validated: false,
+                    variant: Some(stored),
+                });
+                return Ok(Some(Entry::Vary(fields)));
+            }
+        }
+        *led.lock() = Some(Led::Stored {
+            fwd_status: status.as_u16(),
+            validated: false,
+            variant: None,
+        });
+        Ok(Some(Entry::Response(stored)))
+    }
+
+    /// The tags of a response stored for `primary`: its URL, its directories, its surrogate
+    /// keys.
+    fn tags_for(&self, primary: &str, headers: &HeaderMap) -> Vec<String> {
+        let mut tags = vec![key::url_tag(primary)];
+        tags.extend(prefixes(primary).iter().map(|p| prefix_tag(p)));
+        tags.extend(surrogate_keys(headers));
+        tags
+    }
+
+    /// Turns what the lookup found into the client's response.
+    async fn answer(
+        self: &Arc<Self>,
+        looked: Looked,
+        ctx: &Arc<Ctx>,
+        key: &str,
+        origin: &Arc<Origin>,
+        selector: Option<String>,
+    ) -> (Response<Body>, CacheStatus) {
+        let now = now_ms();
+        match looked {
+            Looked::Found { response, source } => {
+                if selector.is_some() && response.variant != selector {
+                    return self.pass(ctx, origin, "variant-collision").await;
+                }
+                let cc = self.rules.directives(&response.headers);
+                let facts = self.rules.facts(&response, &cc, now);
+                let standing = freshness::standing(&cc, facts, &ctx.req_cc);
+                let mut status = CacheStatus {
+                    hit: source != Source::Origin,
+                    ttl: Some(facts.ttl()),
+                    ..Default::default()
+                };
+                if source == Source::Origin {
+                    // Waited for another request's fill in this process.
+                    status.fwd = Some(Forward::UriMiss);
+                    status.collapsed = true;
+                    status.fwd_status = Some(response.status.as_u16());
+                }
+                if standing == Standing::StaleWhileRevalidate {
+                    status.detail = Some("stale-while-revalidate");
+                    self.revalidate_behind(key, ctx, origin, selector.clone());
+                }
+                (self.serve(&response, ctx, now), status)
+            }
+            Looked::Led(
+                Led::Stored {
+                    fwd_status,
+                    validated,
+                    variant,
+                },
+                stored,
+            ) => {
+                let Some(response) = variant.or(stored) else {
+                    return self.pass(ctx, origin, "store-failed").await;
+                };
+                let cc = self.rules.directives(&response.headers);
+                let facts = self.rules.facts(&response, &cc, now);
+                let status = CacheStatus {
+                    fwd: Some(if validated {
+                        Forward::Stale
+                    } else if selector.is_some() {
+                        Forward::VaryMiss
+                    } else {
+                        Forward::UriMiss
+                    }),
+                    fwd_status: Some(fwd_status),
+                    ttl: Some(facts.ttl()),
+                    stored: true,
+                    ..Default::default()
+                };
+                (self.serve(&response, ctx, now), status)
+            }
+            Looked::Led(Led::Passthrough { response, detail }, _) => {
+                let fwd_status = response.status().as_u16();
+                let response = self.finish_passthrough(response, ctx);
+                let status = CacheStatus {
+                    fwd: Some(Forward::UriMiss),
+                    fwd_status: Some(fwd_status),
+                    detail: Some(detail),
+                    ..Default::default()
+                };
+                (response, status)
+            }
+            Looked::Vary(_) => self.pass(ctx, origin, "vary").await,
+            Looked::Forward("only-if-cached") => (
+                text(StatusCode::GATEWAY_TIMEOUT, "not cached (only-if-cached)\n"),
+                CacheStatus {
+                    detail: Some("only-if-cached"),
+                    ..Default::default()
+                },
+            ),
+            Looked::Forward(detail) => self.pass(ctx, origin, detail).await,
+            Looked::Failed(failure, stale) => self.failed(failure, stale, ctx, now),
+        }
+    }
+
+    /// The origin failed: a stale response within stale-if-error, else the failure.
+    fn failed(
+        &self,
+        failure: Failure,
+        stale: Option<StoredResponse>,
+        ctx: &Ctx,
+        now: u64,
+    ) -> (Response<Body>, CacheStatus) {
+        let fwd_status = match &failure {
+            Failure::Status(b) => Some(b.status.as_u16()),
+            _ => None,
+        };
+        if let Some(s) = stale {
+            let cc = self.rules.directives(&s.headers);
+            let facts = self.rules.facts(&s, &cc, now);
+            if freshness::usable_on_error(&cc, facts, &ctx.req_cc) {
+                let status = CacheStatus {
+                    hit: true,
+                    fwd: Some(Forward::Stale),
+                    fwd_status,
+                    ttl: Some(facts.ttl()),
+                    detail: Some("stale-if-error"),
+                    ..Default::default()
+                };
+                return (self.serve(&s, ctx, now), status);
+            }
+        }
+        let status = CacheStatus {
+            fwd: Some(Forward::UriMiss),
+            fwd_status,
+            detail: Some("origin-error"),
+            ..Default::default()
+        };
+        let response = match failure {
+            Failure::Status(b) => {
+                let mut r = Response::new(if ctx.method == Method::HEAD {
+                    empty()
+                } else {
+                    full(b.body.clone())
+                });
+                *r.status_mut() = b.status;
+                *r.headers_mut() = b.headers.clone();
+                r.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(b.body.len()));
+                r
+            }
+            Failure::Origin(OriginError::Timeout(_)) => {
+                text(StatusCode::GATEWAY_TIMEOUT, "origin timed out\n")
+            }
+            Failure::Origin(OriginError::Overloaded(_)) => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "origin overloaded\n")
+            }
+            Failure::Origin(OriginError::Unreachable(_)) | Failure::Body(_) => {
+                text(StatusCode::BAD_GATEWAY, "origin unreachable\n")
+            }
+        };
+        (response, status)
+    }
+
+    /// A stale-while-revalidate answer was given: refresh the entry in the background, once
+    /// per URL in this process (and, through the lease, once across instances).
+    fn revalidate_behind(
+        self: &Arc<Self>,
+        key: &str,
+        ctx: &Arc<Ctx>,
+        origin: &Arc<Origin>,
+        selector: Option<String>,
+    ) {
+        {
+            let mut running = self.revalidating.lock();
+            if running.len() >= MAX_REVALIDATIONS || !running.insert(key.to_string()) {
+                return;
+            }
+        }
+        struct Done(Arc<Proxy>, String);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.revalidating.lock().remove(&self.1);
+            }
+        }
+        let done = Done(self.clone(), key.to_string());
+        let (proxy, key, origin) = (self.clone(), key.to_string(), origin.clone());
+        // The background request has no client: its own context, no client directives.
+        let bg = Arc::new(Ctx {
+            method: Method::GET,
+            uri: ctx.uri.clone(),
+            headers: ctx.headers.clone(),
+            req_cc: RequestDirectives {
+                max_age: Some(0),
+                ..Default::default()
+            },
+            started_ms: now_ms(),
+            host: ctx.host.clone(),
+            primary: ctx.primary.clone(),
+            https: ctx.https,
+        });
+        tokio::spawn(async move {
+            let _done = done;
+            let _ = proxy.lookup(&key, &bg, &origin, selector.as_deref()).await;
+        });
+    }
+
+    /// Serves a stored response to the client: its conditionals, a range, HEAD, `Age`.
+    fn serve(&self, r: &StoredResponse, ctx: &Ctx, now: u64) -> Response<Body> {
+        let mut headers = r.headers.clone();
+        for f in OWN_FIELDS {
+            headers.remove(f);
+        }
+        let age = freshness::current_age(r, now);
+        headers.insert(header::AGE, HeaderValue::from(age));
+        if conditional::evaluate(&ctx.method, &ctx.headers, &r.headers) == Precondition::NotModified
+        {
+            let mut not_modified = HeaderMap::new();
+            for name in [
+                header::CACHE_CONTROL,
+                header::CONTENT_LOCATION,
+                header::DATE,
+                header::ETAG,
+                header::EXPIRES,
+                header::VARY,
+                header::LAST_MODIFIED,
+                header::AGE,
+            ] {
+                for v in headers.get_all(&name) {
+                    not_modified.append(name.clone(), v.clone());
+                }
+            }
+            let mut response = Response::new(empty());
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            *response.headers_mut() = not_modified;
+            return response;
+        }
+        let head = ctx.method == Method::HEAD;
+        if r.status == StatusCode::OK && conditional::if_range_holds(&ctx.headers, &r.headers) {
+            if let Some(range) = ctx.headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+                match crate::range::parse(range, r.body.len()) {
+                    crate::range::Ranged::One(start, end) => {
+                        headers.insert(
+                            header::CONTENT_RANGE,
+                            HeaderValue::from_str(&format!("bytes {start}-{end}/{}", r.body.len()))
+                                .unwrap_or(HeaderValue::from_static("bytes */0")),
+                        );
+                        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
+                        let body = if head {
+                            empty()
+                        } else {
+                            full(r.body.slice(start..=end))
+                        };
+                        let mut response = Response::new(body);
+                        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+                        *response.headers_mut() = headers;
+                        return response;
+                    }
+                    crate::range::Ranged::Unsatisfiable => {
+                        let mut response = Response::new(empty());
+                        *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                        if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", r.body.len())) {
+                            response.headers_mut().insert(header::CONTENT_RANGE, v);
+                        }
+                        return response;
+                    }
+                    crate::range::Ranged::Whole => {}
+                }
+            }
+        }
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(r.body.len()));
+        let mut response = Response::new(if head { empty() } else { full(r.body.clone()) });
+        *response.status_mut() = r.status;
+        *response.headers_mut() = headers;
+        response
+    }
+
+    /// A response passed through from the origin: our fields out, HEAD without a body.
+    fn finish_passthrough(&self, mut response: Response<Body>, ctx: &Ctx) -> Response<Body> {
+        for f in OWN_FIELDS {
+            response.headers_mut().remove(f);
+        }
+        if ctx.method == Method::HEAD {
+            let (parts, _) = response.into_parts();
+            return Response::from_parts(parts, empty());
+        }
+        response
+    }
+
+    /// Forwards a GET/HEAD without the cache (not coalesced, never stored).
+    async fn pass(
+        &self,
+        ctx: &Ctx,
+        origin: &Origin,
+        detail: &'static str,
+    ) -> (Response<Body>, CacheStatus) {
+        let mut request = self.fill_request(ctx, None);
+        // Passed through as the client sent it: its preconditions and ranges included.
+        for name in [
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_MATCH,
+            header::IF_UNMODIFIED_SINCE,
+            header::IF_RANGE,
+            header::RANGE,
+        ] {
+            for v in ctx.headers.get_all(&name) {
+                request.headers_mut().append(name.clone(), v.clone());
+            }
+        }
+        *request.method_mut() = ctx.method.clone();
+        let status = CacheStatus {
+            fwd: Some(Forward::Bypass),
+            detail: Some(detail),
+            ..Default::default()
+        };
+        match origin.send(request).await {
+            Ok(response) => {
+                origin_metric(response.status());
+                let fwd = response.status().as_u16();
+                let (mut parts, body) = response.into_parts();
+                hop::strip(&mut parts.headers);
+                let response =
+                    self.finish_passthrough(Response::from_parts(parts, streamed(body)), ctx);
+                (
+                    response,
+                    CacheStatus {
+                        fwd_status: Some(fwd),
+                        ..status
+                    },
+                )
+            }
+            Err(e) => {
+                origin_metric_failed();
+                (error_response(&e), status)
+            }
+        }
+    }
+
+    /// Any other method: forwarded with its body (bounded); a successful unsafe one
+    /// invalidates the target URI and its Location / Content-Location of the same host, on
+    /// every instance (RFC 9111 §4.4).
+    async fn forward_other(
+        &self,
+        req: Request<Incoming>,
+        host: &str,
+        origin: &Origin,
+    ) -> (Response<Body>, CacheStatus) {
+        let unsafe_method = !matches!(
+            *req.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+        );
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let (mut parts, body) = req.into_parts();
+        hop::strip(&mut parts.headers);
+        parts
+            .headers
+            .append(header::VIA, HeaderValue::from_static("1.1 herdwise"));
+        let too_large = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .is_some_and(|n| n > self.config.max_request_body_bytes);
+        let status = CacheStatus {
+            fwd: Some(Forward::Bypass),
+            detail: Some("method"),
+            ..Default::default()
+        };
+        if too_large {
+            return (
+                text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+                status,
+            );
+        }
+        // A body past the limit ends the request to the origin with an error.
+        let body: OutBody = Limited::new(body, self.config.max_request_body_bytes).boxed();
+        let request = Request::from_parts(parts, body);
+        match origin.send(request).await {
+            Ok(response) => {
+                origin_metric(response.status());
+                let code = response.status();
+                if unsafe_method && (code.is_success() || code.is_redirection()) {
+                    let primary = key::primary(origin.https, host, &pq);
+                    self.invalidate_url(&primary).await;
+                    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+                        if let Some(target) = response
+                            .headers()
+                            .get(&name)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| same_host_primary(v, host, origin.https))
+                        {
+                            self.invalidate_url(&target).await;
+                        }
+                    }
+                }
+                let fwd = code.as_u16();
+                let (mut parts, body) = response.into_parts();
+                hop::strip(&mut parts.headers);
+                for f in OWN_FIELDS {
+                    parts.headers.remove(f);
+                }
+                (
+                    Response::from_parts(parts, streamed(body)),
+                    CacheStatus {
+                        fwd_status: Some(fwd),
+                        ..status
+                    },
+                )
+            }
+            Err(e) => {
+                origin_metric_failed();
+                (error_response(&e), status)
+            }
+        }
+    }
+
+    /// Invalidates a URL and its variants, on every instance.
+    pub async fn invalidate_url(&self, primary: &str) {
+        let _ = self.cache.invalidate(primary).await;
+        let _ = self.cache.invalidate_tag(&key::url_tag(primary)).await;
+    }
+
+    /// Whether `req` carries the admin token.
+    pub fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = self.config.admin_token.as_deref() else {
+            return false;
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        constant_time_eq(given.as_bytes(), token.as_bytes())
+    }
+
+    /// `PURGE <url>` on the client listener (with the token): the URL and its variants, or
+    /// with `Surrogate-Key: a b` those keys.
+    async fn purge_request(
+        &self,
+        req: Request<Incoming>,
+        host: &str,
+        origin: &Origin,
+    ) -> (Response<Body>, CacheStatus) {
+        let status = CacheStatus {
+            fwd: Some(Forward::Bypass),
+            detail: Some("purge"),
+            ..Default::default()
+        };
+        if !self.authorized(req.headers()) {
+            return (
+                text(StatusCode::FORBIDDEN, "purge needs the admin token\n"),
+                status,
+            );
+        }
+        if let Some(keys) = req
+            .headers()
+            .get("surrogate-key")
+            .and_then(|v| v.to_str().ok())
+        {
+            for k in keys.split_whitespace() {
+                let _ = self.cache.invalidate_tag(&key::surrogate_tag(k)).await;
+            }
+            purge_metric("tag");
+            return (text(StatusCode::OK, "purged keys\n"), status);
+        }
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        self.invalidate_url(&key::primary(origin.https, host, pq))
+            .await;
+        purge_metric("url");
+        (text(StatusCode::OK, "purged\n"), status)
+    }
+
+    /// Uptime, for `/healthz`.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+/// `Location` / `Content-Location` as a primary key, if on the same host.
+fn same_host_primary(value: &str, host: &str, https: bool) -> Option<String> {
+    if value.starts_with('/') && !value.starts_with("//") {
+        return Some(key::primary(https, host, value));
+    }
+    let uri: http::Uri = value.parse().ok()?;
+    let authority = uri.authority()?;
+    let same = key::normalise_host(authority.as_str(), https) == key::normalise_host(host, https);
+    same.then(|| {
+        key::primary(
+            https,
+            host,
+            uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+        )
+    })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn error_response(e: &OriginError) -> Response<Body> {
+    match e {
+        OriginError::Overloaded(_) => text(StatusCode::SERVICE_UNAVAILABLE, "origin overloaded\n"),
+        OriginError::Timeout(_) => text(StatusCode::GATEWAY_TIMEOUT, "origin timed out\n"),
+        OriginError::Unreachable(_) => text(StatusCode::BAD_GATEWAY, "origin unreachable\n"),
+    }
+}
+
+fn outcome_label(status: &CacheStatus) -> &'static str {
+    if status.collapsed {
+        return "collapsed";
+    }
+    match (status.hit, status.fwd) {
+        (true, Some(Forward::Stale)) => "stale",
+        (true, _) if status.detail == Some("stale-while-revalidate") => "stale",
+        (true, _) => "hit",
+        (false, Some(Forward::Stale)) => "revalidated",
+        (false, Some(Forward::Bypass)) => "bypass",
+        (false, Some(_)) if status.stored => "miss",
+        (false, Some(_)) => "uncached",
+        (false, None) => "error",
+    }
+}
+
+fn origin_metric(status: StatusCode) {
+    let class = match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!("herdwise_proxy_origin_requests_total", "status" => class).increment(1);
+}
+
+fn origin_metric_failed() {
+    metrics::counter!("herdwise_proxy_origin_requests_total", "status" => "failed").increment(1);
+}
+
+/// Counts a purge.
+pub fn purge_metric(kind: &'static str) {
+    metrics::counter!("herdwise_proxy_purges_total", "kind" => kind).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_prefixes() {
+        assert_eq!(
+            prefixes("https://h/a/b/c.css?x=1"),
+            ["https://h/", "https://h/a/", "https://h/a/b/"]
+        );
+        assert_eq!(prefixes("http://h/"), ["http://h/"]);
+        assert_eq!(prefixes("http://h/a/b/c/d/e/f/").len(), 1 + PREFIX_DEPTH);
+        assert_eq!(
+            same_host_primary("/x", "h", false).as_deref(),
+            Some("http://h/x")
+        );
+        assert_eq!(
+            same_host_primary("http://H/y", "h", false).as_deref(),
+            Some("http://h/y")
+        );
+        assert_eq!(same_host_primary("http://other/y", "h", false), None);
+        assert!(constant_time_eq(b"abc", b"abc") && !constant_time_eq(b"abc", b"abd"));
+    }
+}

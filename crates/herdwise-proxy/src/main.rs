@@ -1,0 +1,125 @@
+//! `herdwise-proxy`: the caching reverse proxy, from a config file, the environment and flags.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// An RFC 9111 caching reverse proxy on Herdwise.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Client listener (overrides the file and HERDWISE_PROXY_LISTEN).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Admin listener: /healthz, /readyz, /metrics, /purge/* (default 127.0.0.1:9090).
+    #[arg(long)]
+    admin_listen: Option<std::net::SocketAddr>,
+    /// Redis URL (else REDIS_URL, else the file; none: an embedded store).
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// An origin, `host[,host…]=http://upstream:port` (repeatable; adds to the file's).
+    #[arg(long = "origin")]
+    origins: Vec<String>,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn load(args: &Args) -> Result<herdwise_proxy::Config, herdwise_proxy::Error> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|source| herdwise_proxy::Error::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            herdwise_proxy::Config::from_toml(&text)?
+        }
+        None => herdwise_proxy::Config::default(),
+    };
+    config.apply_env(|k| std::env::var(k).ok())?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(admin) = args.admin_listen {
+        config.admin_listen = admin;
+    }
+    if let Some(url) = &args.redis_url {
+        config.redis_url = Some(url.clone());
+    }
+    for origin in &args.origins {
+        config.add_origin_flag(origin)?;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let config = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("herdwise-proxy: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if args.check {
+        println!("configuration ok");
+        return std::process::ExitCode::SUCCESS;
+    }
+    let metrics = match herdwise::prometheus::install() {
+        Ok(m) => Some(m),
+        Err(e) => {
+            eprintln!("herdwise-proxy: metrics not installed: {e}");
+            None
+        }
+    };
+    let running = match herdwise_proxy::start(config, metrics).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("herdwise-proxy: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    println!(
+        "herdwise-proxy on {} (admin {})",
+        running.addr, running.admin_addr
+    );
+    wait_for_signal().await;
+    eprintln!("herdwise-proxy: shutting down");
+    running.shutdown().await;
+    std::process::ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

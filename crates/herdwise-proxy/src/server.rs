@@ -1,0 +1,387 @@
+//! Listening: the client listener (HTTP/1.1, header size and read-time limits, a connection
+//! limit), the admin listener (`/healthz`, `/readyz`, `/metrics`, the purge API), and a
+//! graceful shutdown.
+//!
+//! Contract: [`start`] builds the cache from the configuration (Redis if `redis_url` is set,
+//! else the embedded store), binds both listeners, and returns a [`Running`] proxy; dropping
+//! it or calling [`Running::shutdown`] stops accepting, lets requests in flight finish for up
+//! to `shutdown_grace_secs`, then ends.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herdwise::{Cache, MemoryStore, RedisStore};
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::handler::{full, purge_metric, text, Body, Proxy, Rules};
+use crate::key;
+use crate::object::{weight, Entry, EntryCodec};
+
+/// Client connections served at once; past it, new ones wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 16_384;
+
+/// Builds the cache the proxy stores responses in.
+pub async fn build_cache(config: &Config, rules: &Arc<Rules>) -> Result<Cache<str, Entry>> {
+    let ttl_rules = rules.clone();
+    let builder = Cache::<str, Entry>::builder_with_codec(&config.namespace, EntryCodec)
+        .l1_max_bytes(config.l1_max_bytes)
+        .l1_weigher(weight)
+        .max_value_bytes(config.max_object_bytes + (1 << 20))
+        .max_key_bytes(config.max_url_bytes + 1024)
+        .max_tags_per_entry(48)
+        .negative_ttl(None)
+        .no_ttl_jitter()
+        .stale_if_error(Duration::ZERO)
+        .stale_while_revalidate(Duration::ZERO)
+        .ttl_from(move |e: &Entry| ttl_rules.storage_ttl(e))
+        .tags_from(Rules::tags);
+    let builder = match config.redis_url.as_deref() {
+        Some(url) => builder.store(RedisStore::connect(url).await?),
+        None => builder.store(MemoryStore::new()),
+    };
+    Ok(builder.build()?)
+}
+
+/// A running proxy.
+pub struct Running {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    /// The admin listener.
+    pub admin_addr: SocketAddr,
+    /// The proxy itself (its cache, for tests and tools).
+    pub proxy: Arc<Proxy>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, drains requests in flight (up to the grace period), and returns.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Starts the proxy. `metrics`: the installed Prometheus exporter, served on `/metrics`.
+pub async fn start(
+    config: Config,
+    metrics: Option<herdwise::prometheus::Prometheus>,
+) -> Result<Running> {
+    config.validate()?;
+    let config = Arc::new(config);
+    let rules = Arc::new(Rules::new(&config));
+    let cache = build_cache(&config, &rules).await?;
+    let proxy = Arc::new(Proxy::new(config.clone(), cache, rules));
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Listen { addr, source })
+    };
+    let client = bind(config.listen).await?;
+    let admin = bind(config.admin_listen).await?;
+    let addr = client.local_addr().map_err(|source| Error::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let admin_addr = admin.local_addr().map_err(|source| Error::Listen {
+        addr: config.admin_listen,
+        source,
+    })?;
+    let (stop, stopped) = watch::channel(false);
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let serving = {
+        let proxy = proxy.clone();
+        let config = config.clone();
+        let stopped = stopped.clone();
+        tokio::spawn(async move {
+            serve(client, stopped, grace, &config, move |req| {
+                let proxy = proxy.clone();
+                async move { proxy.handle(req).await }
+            })
+            .await;
+        })
+    };
+    let administering = {
+        let proxy = proxy.clone();
+        let config = config.clone();
+        tokio::spawn(async move {
+            serve(admin, stopped, grace, &config, move |req| {
+                let (proxy, metrics) = (proxy.clone(), metrics.clone());
+                async move { admin_api(&proxy, metrics.as_ref(), req).await }
+            })
+            .await;
+        })
+    };
+    tracing::info!(%addr, %admin_addr, "herdwise-proxy listening");
+    Ok(Running {
+        addr,
+        admin_addr,
+        proxy,
+        stop,
+        tasks: vec![serving, administering],
+    })
+}
+
+/// Accepts connections until `stopped`, then drains them for up to `grace`.
+async fn serve<F, Fut>(
+    listener: TcpListener,
+    mut stopped: watch::Receiver<bool>,
+    grace: Duration,
+    config: &Config,
+    handler: F,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout())
+        .max_buf_size(config.max_header_bytes.max(8192))
+        .keep_alive(true);
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stopped.changed() => break,
+        };
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stopped.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let service = service_fn(move |req| {
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler(req).await) }
+        });
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::info!("shutdown grace period over: closing the remaining connections");
+    }
+}
+
+/// The admin API.
+async fn admin_api(
+    proxy: &Proxy,
+    metrics: Option<&herdwise::prometheus::Prometheus>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (Method::GET, "/readyz") => {
+            let breaker = proxy.cache().breaker_state();
+            if breaker == herdwise::BreakerState::Open {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "remote tier unavailable (breaker open)\n",
+                )
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        (Method::GET, "/metrics") => match metrics {
+            Some(m) => {
+                let mut r = Response::new(full(m.render()));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }
+            None => text(StatusCode::NOT_FOUND, "metrics are not installed\n"),
+        },
+        (Method::POST, p) if p.starts_with("/purge/") => {
+            if !proxy.authorized(req.headers()) {
+                return text(StatusCode::FORBIDDEN, "purge needs the admin token\n");
+            }
+            let param = |name: &str| {
+                query.split('&').find_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    (k == name).then(|| percent_decode(v))
+                })
+            };
+            purge(proxy, p, param("url"), param("prefix"), req).await
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+async fn purge(
+    proxy: &Proxy,
+    path: &str,
+    url: Option<String>,
+    prefix: Option<String>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let cache = proxy.cache();
+    match path {
+        "/purge/url" => {
+            let Some(url) = url.and_then(|u| url_key(&u)) else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "?url=http(s)://host/path expected\n",
+                );
+            };
+            proxy.invalidate_url(&url).await;
+            purge_metric("url");
+            text(StatusCode::OK, "purged\n")
+        }
+        "/purge/prefix" => {
+            let Some(dir) = prefix.and_then(|u| url_key(&u)) else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "?prefix=http(s)://host/dir/ expected\n",
+                );
+            };
+            let depth = dir
+                .split("://")
+                .nth(1)
+                .map_or(0, |rest| rest.matches('/').count());
+            if !dir.ends_with('/') || depth > 5 {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "a prefix is a directory (ending in /), at most 4 levels below the host\n",
+                );
+            }
+            match cache
+                .invalidate_tag(&crate::handler::prefix_tag(&dir))
+                .await
+            {
+                Ok(()) => {
+                    purge_metric("prefix");
+                    text(StatusCode::OK, "purged\n")
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+            }
+        }
+        "/purge/all" => match cache.clear().await {
+            Ok(()) => {
+                purge_metric("all");
+                text(StatusCode::OK, "purged everything\n")
+            }
+            Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n")),
+        },
+        p if p.starts_with("/purge/tag/") => {
+            let tags: Vec<String> = p["/purge/tag/".len()..]
+                .split(',')
+                .map(percent_decode)
+                .filter(|t| !t.is_empty())
+                .collect();
+            drop(req);
+            if tags.is_empty() {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "/purge/tag/<key>[,<key>...] expected\n",
+                );
+            }
+            for t in &tags {
+                if let Err(e) = cache.invalidate_tag(&key::surrogate_tag(t)).await {
+                    return text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n"));
+                }
+            }
+            purge_metric("tag");
+            text(StatusCode::OK, "purged\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// A full URL as a primary key.
+fn url_key(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    let https = match uri.scheme_str()? {
+        "http" => false,
+        "https" => true,
+        _ => return None,
+    };
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    Some(key::primary(https, uri.authority()?.as_str(), pq))
+}
+
+/// `%XX` and `+` decoding of a query value.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match s
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Collects a body (tests and tools).
+pub async fn body_bytes(body: Body) -> Option<bytes::Bytes> {
+    body.collect().await.ok().map(|c| c.to_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoding() {
+        assert_eq!(percent_decode("a%2Fb+c%zz"), "a/b c%zz");
+        assert_eq!(url_key("https://H/x?y").as_deref(), Some("https://h/x?y"));
+        assert_eq!(url_key("ftp://h/x"), None);
+    }
+}
