@@ -172,9 +172,11 @@ impl Rules {
         let lifetime =
             freshness::lifetime(r.status, &r.headers, cc, r.response_time_ms, self.heuristic)
                 .unwrap_or(0);
+        let age_ms = freshness::current_age_ms(r, now);
         Facts {
             lifetime,
-            age: freshness::current_age(r, now),
+            age: age_ms / 1000,
+            age_ms,
         }
     }
 
@@ -470,10 +472,11 @@ impl Proxy {
     }
 
     /// Whether a stored response must be fetched again before it answers this request: stale
-    /// for it, and received before the request began (one received since is good enough, or
-    /// requests that collapsed onto a fill would never be answered by it).
+    /// for it, and not received after the request began (one received since is good enough, or
+    /// requests that waited for another instance's fill would never be answered by it).
     fn must_fetch(&self, r: &StoredResponse, ctx: &Ctx) -> bool {
-        if r.response_time_ms >= ctx.started_ms {
+        // Strictly later: within the millisecond the request began, it may be older.
+        if r.response_time_ms > ctx.started_ms {
             return false;
         }
         let cc = self.rules.directives(&r.headers);

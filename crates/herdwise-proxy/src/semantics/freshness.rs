@@ -96,7 +96,13 @@ pub fn initial_age(r: &StoredResponse) -> u64 {
 
 /// The response's current age at `now_ms`, in seconds.
 pub fn current_age(r: &StoredResponse, now_ms: u64) -> u64 {
-    initial_age(r) + now_ms.saturating_sub(r.response_time_ms) / 1000
+    current_age_ms(r, now_ms) / 1000
+}
+
+/// The response's current age at `now_ms`, in milliseconds (for request `max-age`, where a
+/// response received half a second ago is older than `max-age=0` allows).
+pub fn current_age_ms(r: &StoredResponse, now_ms: u64) -> u64 {
+    initial_age(r) * 1000 + now_ms.saturating_sub(r.response_time_ms)
 }
 
 /// Where a stored response stands for one request.
@@ -120,6 +126,8 @@ pub struct Facts {
     pub lifetime: u64,
     /// Current age, seconds.
     pub age: u64,
+    /// Current age, milliseconds.
+    pub age_ms: u64,
 }
 
 impl Facts {
@@ -131,9 +139,13 @@ impl Facts {
 
 /// Evaluates a stored response against a request (§4.2, §5.2.1, RFC 5861).
 pub fn standing(cc: &ResponseDirectives, facts: Facts, req: &RequestDirectives) -> Standing {
-    let Facts { lifetime, age } = facts;
-    // Request max-age: the client accepts nothing older than this (§5.2.1.1).
-    let age_ok = req.max_age.is_none_or(|m| age <= m);
+    let Facts { lifetime, age, age_ms } = facts;
+    // Request max-age: the client accepts nothing older than this (§5.2.1.1), to the ms;
+    // `max-age=0` (a reload) is always a validation, even of a response received this
+    // very millisecond.
+    let age_ok = req
+        .max_age
+        .is_none_or(|m| m > 0 && age_ms <= m.saturating_mul(1000));
     let fresh = age < lifetime;
     let min_fresh_ok = req
         .min_fresh
@@ -177,7 +189,7 @@ mod tests {
     use super::*;
 
     fn facts(lifetime: u64, age: u64) -> Facts {
-        Facts { lifetime, age }
+        Facts { lifetime, age, age_ms: age * 1000 }
     }
 
     #[test]
