@@ -101,6 +101,12 @@ pub struct Config {
     pub static_routes: Vec<String>,
     /// Seconds to drain connections at shutdown (default 10).
     pub shutdown_grace_secs: u64,
+    /// Request fields forwarded on a cache fill (a GET whose response may be stored), besides
+    /// `Host`: only these (and none of `X-Forwarded-Host`, `X-Original-URL` and the like, which
+    /// an origin may reflect into a response that the key does not tell apart: unkeyed-header
+    /// poisoning). A response that depends on a field must name it in `Vary`. Requests that
+    /// are not cache fills (other methods, passes) are forwarded whole.
+    pub fill_headers: Vec<String>,
     /// Origins by host.
     #[serde(rename = "origin")]
     pub origins: Vec<OriginConfig>,
@@ -131,6 +137,18 @@ impl Default for Config {
             check_extension: true,
             static_routes: Vec::new(),
             shutdown_grace_secs: 10,
+            fill_headers: [
+                "accept",
+                "accept-encoding",
+                "accept-language",
+                "authorization",
+                "cookie",
+                "cache-control",
+                "pragma",
+                "user-agent",
+            ]
+            .map(String::from)
+            .to_vec(),
             origins: Vec::new(),
         }
     }
@@ -262,6 +280,10 @@ impl Config {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             return Err(bad("cache_name", "letters, digits, '-' and '_' only"));
+        }
+        for f in &self.fill_headers {
+            http::HeaderName::from_bytes(f.as_bytes())
+                .map_err(|e| bad("fill_headers", format!("{f}: {e}")))?;
         }
         for f in &self.targeted_fields {
             http::HeaderName::from_bytes(f.as_bytes())

@@ -130,6 +130,8 @@ struct Ctx {
 /// The proxy: the cache, the origins, the policy.
 pub struct Proxy {
     cache: Cache<str, Entry>,
+    /// Request fields a fill forwards (see `Config::fill_headers`).
+    fill_headers: Vec<HeaderName>,
     origins: Origins,
     config: Arc<Config>,
     policy: StorePolicy,
@@ -328,6 +330,11 @@ impl Proxy {
         };
         Proxy {
             cache,
+            fill_headers: config
+                .fill_headers
+                .iter()
+                .filter_map(|f| HeaderName::from_bytes(f.as_bytes()).ok())
+                .collect(),
             origins: Origins::new(&config.origins),
             config,
             policy,
@@ -548,17 +555,13 @@ impl Proxy {
     /// own preconditions and ranges (a fill fetches the whole, storable response), plus our
     /// validators for `stale`.
     fn fill_request(&self, ctx: &Ctx, stale: Option<&StoredResponse>) -> Request<OutBody> {
-        let mut headers = ctx.headers.clone();
-        hop::strip(&mut headers);
-        for name in [
-            header::IF_NONE_MATCH,
-            header::IF_MODIFIED_SINCE,
-            header::IF_MATCH,
-            header::IF_UNMODIFIED_SINCE,
-            header::IF_RANGE,
-            header::RANGE,
-        ] {
-            headers.remove(name);
+        // Only the allowed fields (never the client's preconditions or ranges: a fill fetches
+        // the whole, storable response).
+        let mut headers = HeaderMap::new();
+        for name in self.fill_headers.iter().chain([&header::HOST]) {
+            for v in ctx.headers.get_all(name) {
+                headers.append(name.clone(), v.clone());
+            }
         }
         if let Some(s) = stale {
             for (name, value) in conditional::validators(&s.headers) {
@@ -1017,21 +1020,15 @@ impl Proxy {
         origin: &Origin,
         detail: &'static str,
     ) -> (Response<Body>, CacheStatus) {
-        let mut request = self.fill_request(ctx, None);
-        // Passed through as the client sent it: its preconditions and ranges included.
-        for name in [
-            header::IF_NONE_MATCH,
-            header::IF_MODIFIED_SINCE,
-            header::IF_MATCH,
-            header::IF_UNMODIFIED_SINCE,
-            header::IF_RANGE,
-            header::RANGE,
-        ] {
-            for v in ctx.headers.get_all(&name) {
-                request.headers_mut().append(name.clone(), v.clone());
-            }
-        }
+        // Passed through as the client sent it (never stored, so no field can poison an
+        // entry): its preconditions and ranges included.
+        let mut headers = ctx.headers.clone();
+        hop::strip(&mut headers);
+        headers.append(header::VIA, HeaderValue::from_static("1.1 herdwise"));
+        let mut request = Request::new(empty());
         *request.method_mut() = ctx.method.clone();
+        *request.uri_mut() = ctx.uri.clone();
+        *request.headers_mut() = headers;
         let status = CacheStatus {
             fwd: Some(Forward::Bypass),
             detail: Some(detail),

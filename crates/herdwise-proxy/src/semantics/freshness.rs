@@ -139,7 +139,11 @@ impl Facts {
 
 /// Evaluates a stored response against a request (§4.2, §5.2.1, RFC 5861).
 pub fn standing(cc: &ResponseDirectives, facts: Facts, req: &RequestDirectives) -> Standing {
-    let Facts { lifetime, age, age_ms } = facts;
+    let Facts {
+        lifetime,
+        age,
+        age_ms,
+    } = facts;
     // Request max-age: the client accepts nothing older than this (§5.2.1.1), to the ms;
     // `max-age=0` (a reload) is always a validation, even of a response received this
     // very millisecond.
@@ -189,7 +193,11 @@ mod tests {
     use super::*;
 
     fn facts(lifetime: u64, age: u64) -> Facts {
-        Facts { lifetime, age, age_ms: age * 1000 }
+        Facts {
+            lifetime,
+            age,
+            age_ms: age * 1000,
+        }
     }
 
     #[test]

@@ -1,0 +1,363 @@
+//! The proxy's defenses (seed 004): only what the origin marks cacheable is stored, never
+//! `Set-Cookie` or a personalised response, web cache deception and unkeyed-header poisoning
+//! fail, unknown hosts are refused, purges need the token, and the limits hold (URL, header,
+//! body sizes; a slow client).
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Reply, Rig, TOKEN};
+use http::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn a_set_cookie_response_is_never_stored() {
+    let rig = Rig::start().await;
+    rig.origin.route(
+        "/login",
+        Reply::ok("hi")
+            .header("cache-control", "public, max-age=60")
+            .header("set-cookie", "sid=1"),
+    );
+    for _ in 0..2 {
+        rig.get("/login", &[]).await;
+    }
+    assert_eq!(rig.origin.hits("/login"), 2);
+}
+
+#[tokio::test]
+async fn a_request_with_cookies_is_stored_only_if_the_response_says_public() {
+    let rig = Rig::start().await;
+    rig.origin.route(
+        "/me",
+        Reply::ok("yours").header("cache-control", "max-age=60"),
+    );
+    rig.origin.route(
+        "/pub",
+        Reply::ok("all").header("cache-control", "public, max-age=60"),
+    );
+    for _ in 0..2 {
+        rig.get("/me", &[("cookie", "sid=alice")]).await;
+        rig.get("/pub", &[("cookie", "sid=alice")]).await;
+    }
+    assert_eq!(rig.origin.hits("/me"), 2);
+    assert_eq!(rig.origin.hits("/pub"), 1);
+    // Alice's page never reaches Bob.
+    let bob = rig.get("/me", &[]).await;
+    assert!(!bob.hit());
+}
+
+#[tokio::test]
+async fn web_cache_deception_account_profile_css_is_not_stored() {
+    let rig = Rig::start().await;
+    // The classic: the app ignores the suffix and serves the account page.
+    rig.origin.route(
+        "/account/profile.css",
+        Reply::ok("<html>alice's account</html>")
+            .set("content-type", "text/html")
+            .header("cache-control", "max-age=600"),
+    );
+    rig.get("/account/profile.css", &[("cookie", "sid=alice")])
+        .await;
+    rig.get("/account/profile.css", &[]).await;
+    assert_eq!(rig.origin.hits("/account/profile.css"), 2, "never stored");
+    // A real stylesheet is.
+    rig.origin.route(
+        "/site.css",
+        Reply::ok("body{}")
+            .set("content-type", "text/css")
+            .header("cache-control", "max-age=600"),
+    );
+    rig.get("/site.css", &[]).await;
+    assert!(rig.get("/site.css", &[]).await.hit());
+}
+
+#[tokio::test]
+async fn the_extension_check_can_exempt_static_routes() {
+    let rig = Rig::with(|c| c.static_routes = vec!["/assets/".into()]).await;
+    rig.origin.route(
+        "/assets/x.js",
+        Reply::ok("built")
+            .set("content-type", "application/octet-stream")
+            .header("cache-control", "max-age=600"),
+    );
+    rig.get("/assets/x.js", &[]).await;
+    assert!(rig.get("/assets/x.js", &[]).await.hit());
+}
+
+#[tokio::test]
+async fn an_unkeyed_header_cannot_poison_an_entry() {
+    let rig = Rig::start().await;
+    // An origin that reflects X-Forwarded-Host into a cacheable page.
+    rig.origin.script("/home", |seen, _| {
+        let host = seen
+            .headers
+            .get("x-forwarded-host")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("example.test")
+            .to_string();
+        Reply::ok(&format!("<script src=//{host}/app.js>")).header("cache-control", "max-age=600")
+    });
+    let attack = rig.get("/home", &[("x-forwarded-host", "evil.test")]).await;
+    assert!(!attack.body.contains("evil"), "{}", attack.body);
+    let victim = rig.get("/home", &[]).await;
+    assert!(victim.hit());
+    assert!(!victim.body.contains("evil"), "{}", victim.body);
+}
+
+#[tokio::test]
+async fn an_unknown_host_is_refused_and_never_reaches_an_origin() {
+    let rig = Rig::start().await;
+    rig.origin
+        .route("/x", Reply::ok("x").header("cache-control", "max-age=60"));
+    let r = rig.get("/x", &[("host", "attacker.test")]).await;
+    assert_eq!(r.status, 421);
+    assert_eq!(rig.origin.hits("/x"), 0);
+    // The configured host, with its default port, is the same host.
+    let r = rig.get("/x", &[("host", "EXAMPLE.test:80")]).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn purge_needs_the_token() {
+    let rig = Rig::start().await;
+    rig.origin
+        .route("/p", Reply::ok("x").header("cache-control", "max-age=600"));
+    rig.get("/p", &[]).await;
+    let refused = rig
+        .client
+        .send(
+            Method::from_bytes(b"PURGE").unwrap(),
+            "/p",
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(refused.status, 403);
+    let wrong = rig
+        .client
+        .send(
+            Method::from_bytes(b"PURGE").unwrap(),
+            "/p",
+            &[("authorization", "Bearer wrong-token-wrong-token")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(wrong.status, 403);
+    assert!(rig.get("/p", &[]).await.hit(), "still cached");
+    let bearer = format!("Bearer {TOKEN}");
+    let done = rig
+        .client
+        .send(
+            Method::from_bytes(b"PURGE").unwrap(),
+            "/p",
+            &[("authorization", &bearer)],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(done.status, 200);
+    assert!(!rig.get("/p", &[]).await.hit());
+}
+
+#[tokio::test]
+async fn without_a_token_configured_nothing_can_purge() {
+    let rig = Rig::with(|c| c.admin_token = None).await;
+    rig.origin
+        .route("/p", Reply::ok("x").header("cache-control", "max-age=600"));
+    rig.get("/p", &[]).await;
+    let r = rig
+        .client
+        .send(
+            Method::from_bytes(b"PURGE").unwrap(),
+            "/p",
+            &[("authorization", "Bearer ")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+}
+
+#[test]
+fn the_admin_api_listens_on_loopback_by_default() {
+    let c = herdwise_proxy::Config::default();
+    assert!(c.admin_listen.ip().is_loopback());
+    assert!(c.admin_token.is_none(), "no token, no purges");
+}
+
+#[tokio::test]
+async fn the_admin_api_purges_by_url_tag_prefix_and_everything() {
+    let rig = Rig::start().await;
+    for (path, tags) in [
+        ("/shop/a", "product-1 catalog"),
+        ("/shop/b", "product-2 catalog"),
+        ("/news/c", "news"),
+        ("/d", "misc"),
+    ] {
+        rig.origin.route(
+            path,
+            Reply::ok(path)
+                .header("cache-control", "max-age=600")
+                .header("surrogate-key", tags),
+        );
+        rig.get(path, &[]).await;
+        assert!(rig.get(path, &[]).await.hit());
+    }
+    let admin = common::Client::new(rig.running.admin_addr);
+    let bearer = format!("Bearer {TOKEN}");
+    let post = |path: String, auth: bool| {
+        let admin = admin.clone();
+        let bearer = bearer.clone();
+        async move {
+            let headers: Vec<(&str, &str)> = if auth {
+                vec![("authorization", bearer.as_str())]
+            } else {
+                vec![]
+            };
+            admin
+                .send(Method::POST, &path, &headers, Bytes::new())
+                .await
+        }
+    };
+    assert_eq!(post("/purge/tag/product-1".into(), false).await.status, 403);
+    assert_eq!(post("/purge/tag/product-1".into(), true).await.status, 200);
+    assert!(!rig.get("/shop/a", &[]).await.hit());
+    assert!(rig.get("/shop/b", &[]).await.hit());
+    // Surrogate-Key purges are one round trip for any number of entries (the tag clock).
+    assert_eq!(post("/purge/tag/catalog".into(), true).await.status, 200);
+    assert!(!rig.get("/shop/b", &[]).await.hit());
+    let r = post("/purge/url?url=http%3A%2F%2Fexample.test%2Fd".into(), true).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!rig.get("/d", &[]).await.hit());
+    for p in ["/shop/a", "/shop/b", "/news/c"] {
+        rig.get(p, &[]).await;
+    }
+    assert_eq!(
+        post(
+            "/purge/prefix?prefix=http://example.test/shop/".into(),
+            true
+        )
+        .await
+        .status,
+        200
+    );
+    assert!(!rig.get("/shop/a", &[]).await.hit());
+    assert!(rig.get("/news/c", &[]).await.hit());
+    assert_eq!(
+        post("/purge/prefix?prefix=http://example.test/sh".into(), true)
+            .await
+            .status,
+        400
+    );
+    assert_eq!(post("/purge/all".into(), true).await.status, 200);
+    assert!(!rig.get("/news/c", &[]).await.hit());
+    // Health and readiness need no token.
+    assert_eq!(
+        admin
+            .send(Method::GET, "/healthz", &[], Bytes::new())
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        admin
+            .send(Method::GET, "/readyz", &[], Bytes::new())
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_purge_by_surrogate_key_on_the_client_listener() {
+    let rig = Rig::start().await;
+    rig.origin.route(
+        "/t",
+        Reply::ok("x")
+            .header("cache-control", "max-age=600")
+            .header("cache-tag", "a, b"),
+    );
+    rig.get("/t", &[]).await;
+    let bearer = format!("Bearer {TOKEN}");
+    let r = rig
+        .client
+        .send(
+            Method::from_bytes(b"PURGE").unwrap(),
+            "/anything",
+            &[("authorization", &bearer), ("surrogate-key", "b")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(!rig.get("/t", &[]).await.hit());
+}
+
+#[tokio::test]
+async fn a_too_long_url_is_414_and_a_too_large_body_413() {
+    let rig = Rig::with(|c| {
+        c.max_url_bytes = 100;
+        c.max_request_body_bytes = 10;
+    })
+    .await;
+    rig.origin.route("/up", Reply::ok("ok"));
+    let long = format!("/{}", "a".repeat(200));
+    assert_eq!(rig.get(&long, &[]).await.status, 414);
+    let r = rig
+        .client
+        .send(Method::POST, "/up", &[], Bytes::from(vec![b'x'; 100]))
+        .await;
+    assert_eq!(r.status, 413);
+    assert_eq!(rig.origin.hits("/up"), 0);
+}
+
+#[tokio::test]
+async fn a_too_large_header_section_is_refused() {
+    let rig = Rig::with(|c| c.max_header_bytes = 4096).await;
+    rig.origin.route("/h", Reply::ok("ok"));
+    let mut stream = tokio::net::TcpStream::connect(rig.running.addr)
+        .await
+        .unwrap();
+    let big = "x".repeat(20_000);
+    let request = format!("GET /h HTTP/1.1\r\nhost: example.test\r\nx-big: {big}\r\n\r\n");
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    assert_eq!(rig.origin.hits("/h"), 0);
+}
+
+#[tokio::test]
+async fn a_slow_client_is_cut_off_after_the_header_timeout() {
+    let rig = Rig::with(|c| c.header_read_timeout_ms = 300).await;
+    let mut stream = tokio::net::TcpStream::connect(rig.running.addr)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: exa")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was closed");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn bad_configuration_is_an_error_naming_the_option() {
+    let (_, upstream) = common::Origin::start().await;
+    let mut c = common::config(upstream);
+    c.heuristic_fraction = 2.0;
+    match herdwise_proxy::start(c, None).await {
+        Err(herdwise_proxy::Error::Config { option, .. }) => {
+            assert_eq!(option, "heuristic_fraction")
+        }
+        other => panic!("{:?}", other.err()),
+    }
+}
