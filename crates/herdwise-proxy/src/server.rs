@@ -41,7 +41,9 @@ pub async fn build_cache(config: &Config, rules: &Arc<Rules>) -> Result<Cache<st
         .max_tags_per_entry(48)
         .negative_ttl(None)
         .no_ttl_jitter()
-        .stale_if_error(Duration::ZERO)
+        // The library's own windows stay at their defaults: HTTP freshness is judged here,
+        // but its stale-if-error is what lets an L1 copy answer while Redis is unreachable
+        // (the copy cannot be checked against L2 then).
         .stale_while_revalidate(Duration::ZERO)
         .ttl_from(move |e: &Entry| ttl_rules.storage_ttl(e))
         .tags_from(Rules::tags);

@@ -329,6 +329,62 @@ async fn a_complete_ledger_checks_tags_without_round_trips() {
     assert!(counter(&metrics, m::TAG_INVALIDATED_READS, &[]) >= 1);
 }
 
+/// While Redis is dead, a tagged entry in L1 is served like an untagged one (a stale-if-error
+/// fallback: the tags cannot be judged, the store is not there to be asked) instead of sending
+/// every tagged read to the origin; a tag invalidated meanwhile is still never served. Before,
+/// the lost subscription left the ledger incomplete and every tagged L1 entry was dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tagged_entry_keeps_being_served_from_l1_while_redis_is_dead() {
+    let mut server = common::redis();
+    let cache = instance(&server).await;
+    let shoes = WriteOptions::default().tags([SHOES]);
+    cache
+        .set_with(&1, "boot".to_string(), &shoes)
+        .await
+        .unwrap();
+    cache
+        .set_with(
+            &2,
+            "sandal".to_string(),
+            &WriteOptions::default().tags(["summer"]),
+        )
+        .await
+        .unwrap();
+    assert!(value(&cache, 1).await.is_some());
+    // Invalidated before the outage, its L1 copy not read since: the mark must outlive the
+    // ledger's restart when the subscription is lost (a review finding on the first version).
+    let winter = WriteOptions::default().tags(["winter"]);
+    cache.set_with(&3, "coat".to_string(), &winter).await.unwrap();
+    assert!(value(&cache, 3).await.is_some());
+    cache.invalidate_tag("winter").await.unwrap();
+    server.kill();
+    // Long enough for the subscription to be reported lost (the ledger then starts over).
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let calls = common::Calls::default();
+    for _ in 0..20 {
+        let got = cache
+            .get_or_load(&1, |_| {
+                calls.hit();
+                async { Ok::<_, OriginError>(Some("from the origin".to_string())) }
+            })
+            .await
+            .unwrap();
+        assert_eq!(got.as_deref().map(String::as_str), Some("boot"));
+    }
+    assert_eq!(calls.get(), 0, "the origin was not asked");
+    cache.invalidate_tag("summer").await.unwrap();
+    assert_eq!(
+        value(&cache, 2).await,
+        None,
+        "invalidated during the outage: never served"
+    );
+    assert_eq!(
+        value(&cache, 3).await,
+        None,
+        "invalidated before it: never served either"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidation_during_an_outage_holds_locally_and_reaches_redis_later() {
     let server = common::redis();

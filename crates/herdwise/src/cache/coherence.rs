@@ -17,7 +17,7 @@ use crate::error::Result;
 use crate::metrics::CacheMetrics;
 use crate::store::{Announcement, StoreError};
 use crate::tiers::key::CacheKey;
-use crate::tiers::local::L1Entry;
+use crate::tiers::local::{L1Entry, Standing};
 use crate::tiers::recovery::Recovery;
 
 impl<V: Send + Sync + 'static> Subscriber for Inner<V> {
@@ -290,18 +290,34 @@ where
     /// Whether the L1 entry found under `stored_key` may be served. Only a local `Valid` counts:
     /// anything else goes to L2, where the store can decide. An entry a tag invalidation killed
     /// is dropped from L1 at once (so it is judged, counted and kept in memory only once).
-    pub(crate) fn l1_entry_ok(&self, stored_key: &str, entry: &L1Entry<V>) -> bool {
+    /// How an L1 entry found with `standing` may be used, given its tags: `None` if a tag of
+    /// it was invalidated (it is removed); as found if its tags are known valid; and as an
+    /// *unverified* entry if they cannot be judged here (the ledger is incomplete: events may
+    /// have been missed, or the store is unreachable) — checked against L2 before it is
+    /// served, and served only as a stale-if-error fallback if L2 cannot answer, exactly as an
+    /// untagged entry from before missed events is. (It was dropped before, so a Redis outage
+    /// sent every tagged read to the origin.)
+    pub(crate) fn l1_tag_standing(
+        &self,
+        stored_key: &str,
+        entry: &L1Entry<V>,
+        standing: Standing,
+    ) -> Option<Standing> {
         let Some(stamp) = entry.tags.as_ref() else {
-            return true;
+            return Some(standing);
         };
         match self.inner.coherence.tags.verdict(stamp) {
-            Verdict::Valid => true,
+            Verdict::Valid => Some(standing),
             Verdict::Invalid | Verdict::Pending => {
                 self.inner.metrics.tag_invalidated_reads.increment(1);
                 self.inner.l1.remove_entry(stored_key, entry);
-                false
+                None
             }
-            Verdict::Unknown => false,
+            // No forgotten mark can be against it: a fallback, checked against L2 first.
+            Verdict::Unknown if self.inner.coherence.tags.may_fall_back(stamp) => {
+                Some(Standing::Unverified)
+            }
+            Verdict::Unknown => None,
         }
     }
 

@@ -838,10 +838,9 @@ where
     /// The live L1 entry for a stored key and how it may be used, if its tags (if any) let it
     /// be served.
     pub(crate) fn l1_get(&self, stored_key: &str) -> Option<(L1Entry<V>, Standing)> {
-        self.inner
-            .l1
-            .get_classified(stored_key)
-            .filter(|(entry, _)| self.l1_entry_ok(stored_key, entry))
+        let (entry, standing) = self.inner.l1.get_classified(stored_key)?;
+        let standing = self.l1_tag_standing(stored_key, &entry, standing)?;
+        Some((entry, standing))
     }
 
     pub(crate) fn lookup_l1(&self, key: &K) -> Result<Lookup<V>> {
@@ -862,10 +861,10 @@ where
             let sampled = crate::metrics::sample_hit().then(Instant::now);
             inner.keys.write_in(self.tenant.as_deref(), key, buf)?;
             inner.ops.hot_keys.record(buf);
-            let found = inner
-                .l1
-                .get_classified(buf)
-                .filter(|(entry, _)| self.l1_entry_ok(buf, entry));
+            let found = inner.l1.get_classified(buf).and_then(|(entry, standing)| {
+                let standing = self.l1_tag_standing(buf, &entry, standing)?;
+                Some((entry, standing))
+            });
             Ok(match found {
                 // Judged stale: a miss, and no fallback either (not even an unverified one
                 // to check against L2: the judge decides what a failed load answers).

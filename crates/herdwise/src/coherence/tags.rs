@@ -107,6 +107,13 @@ struct State {
     complete_from: Option<u64>,
     /// Tag → the clock value of its last invalidation, exact while the ledger is complete.
     marks: HashMap<Box<str>, u64>,
+    /// Marks from before the ledger last started over: no longer exact (later invalidations
+    /// may have been missed), but true lower bounds — an entry stamped below one is invalid.
+    /// They never make an entry valid.
+    lower: HashMap<Box<str>, u64>,
+    /// Marks were forgotten (too many to keep) up to this clock value: an entry stamped below
+    /// it cannot be judged here even as a fallback (a forgotten mark may be against it).
+    forgot_below: u64,
     /// Bumped whenever the ledger starts over; answers to store reads started in an older era
     /// are not remembered.
     era: u64,
@@ -182,6 +189,9 @@ impl TagLedger {
         }
         let mut all_known = true;
         for tag in stamp.tags.iter() {
+            if state.lower.get(tag).is_some_and(|&m| m > stamp.clock) {
+                return Verdict::Invalid;
+            }
             match state.marks.get(tag) {
                 Some(&mark) if mark > stamp.clock => return Verdict::Invalid,
                 Some(_) => {}
@@ -205,7 +215,9 @@ impl TagLedger {
         state.clock = state.clock.max(table.clock);
         let valid = stamp.clock >= table.floor
             && stamp.tags.iter().zip(marks).all(|(tag, &mark)| {
-                mark <= stamp.clock && state.marks.get(tag).is_none_or(|&m| m <= stamp.clock)
+                mark <= stamp.clock
+                    && state.marks.get(tag).is_none_or(|&m| m <= stamp.clock)
+                    && state.lower.get(tag).is_none_or(|&m| m <= stamp.clock)
             });
         if state.era == era && state.complete_from.is_some() {
             // A table's floor is an implicit mark on every tag: it knows nothing of what came
@@ -283,13 +295,35 @@ impl TagLedger {
         state.clock = state.clock.max(clock);
     }
 
-    /// Events may have been missed: forget every mark; nothing is judged valid locally until
-    /// [`Self::complete`]. Pending local invalidations are kept (the store does not know them).
+    /// Events may have been missed: no mark is exact any more, so nothing is judged valid
+    /// locally until [`Self::complete`]; the marks are kept as lower bounds (what was known
+    /// invalid stays invalid). Pending local invalidations are kept (the store does not know
+    /// them).
     pub fn reset(&self) {
         let mut state = self.state.write();
         state.complete_from = None;
-        state.marks.clear();
+        Self::demote_marks(&mut state);
         state.era += 1;
+    }
+
+    /// Whether an entry this ledger cannot judge (`Verdict::Unknown`) may still serve as a
+    /// fallback while the store cannot be asked: no forgotten mark can be against it (every
+    /// mark this instance learned is still known, exactly or as a lower bound).
+    pub fn may_fall_back(&self, stamp: &TagStamp) -> bool {
+        stamp.clock >= self.state.read().forgot_below
+    }
+
+    /// Moves the exact marks to the lower bounds (bounded like the marks).
+    fn demote_marks(state: &mut State) {
+        let marks = std::mem::take(&mut state.marks);
+        for (tag, mark) in marks {
+            if state.lower.len() >= MAX_MARKS && !state.lower.contains_key(&tag) {
+                state.lower.clear();
+                state.forgot_below = state.forgot_below.max(state.clock);
+            }
+            let slot = state.lower.entry(tag).or_insert(0);
+            *slot = (*slot).max(mark);
+        }
     }
 
     /// Listening again, and the store's clock read after the subscription started is `clock`:
@@ -297,8 +331,15 @@ impl TagLedger {
     pub fn complete(&self, clock: u64) {
         let mut state = self.state.write();
         // Marks above `clock` were learned after the store was read (an invalidation made or
-        // received meanwhile): exact, and needed — the store's answer predates them.
-        state.marks.retain(|_, m| *m > clock);
+        // received meanwhile): exact, and needed — the store's answer predates them. The
+        // others are lower bounds from here on (an older entry is judged by the store).
+        let (exact, older): (HashMap<Box<str>, u64>, HashMap<Box<str>, u64>) =
+            std::mem::take(&mut state.marks)
+                .into_iter()
+                .partition(|(_, m)| *m > clock);
+        state.marks = older;
+        Self::demote_marks(&mut state);
+        state.marks = exact;
         state.era += 1;
         state.clock = state.clock.max(clock);
         state.event_clock = state.event_clock.max(clock);
@@ -308,8 +349,10 @@ impl TagLedger {
     fn record(state: &mut State, tag: &str, mark: u64) {
         if state.marks.len() >= MAX_MARKS && !state.marks.contains_key(tag) {
             // Forget, but stay correct: what was known up to now is no longer known, so only
-            // entries stamped from now on can be judged locally.
+            // entries stamped from now on can be judged locally (or fall back on).
             state.marks.clear();
+            state.lower.clear();
+            state.forgot_below = state.forgot_below.max(state.clock);
             state.complete_from = state.complete_from.map(|_| state.clock);
             state.era += 1;
         }
@@ -402,6 +445,29 @@ mod tests {
         assert_eq!(ledger.verdict(&old), Verdict::Valid);
         ledger.reset();
         assert_eq!(ledger.verdict(&stamp(101, &["t"])), Verdict::Unknown);
+    }
+
+    #[test]
+    fn what_was_known_invalid_stays_invalid_across_a_reset() {
+        let ledger = TagLedger::default();
+        ledger.complete(1);
+        ledger.invalidated("t", 10);
+        let old = stamp(5, &["t"]);
+        assert_eq!(ledger.verdict(&old), Verdict::Invalid);
+        // Events may have been missed: nothing is valid locally, but the known mark holds.
+        ledger.reset();
+        assert_eq!(ledger.verdict(&old), Verdict::Invalid);
+        assert_eq!(ledger.verdict(&stamp(20, &["t"])), Verdict::Unknown);
+        assert!(ledger.may_fall_back(&stamp(20, &["t"])));
+        // Complete again from a clock above the mark: still invalid (a lower bound now).
+        ledger.complete(30);
+        assert_eq!(ledger.verdict(&old), Verdict::Invalid);
+        assert_eq!(ledger.verdict(&stamp(40, &["t"])), Verdict::Valid);
+        // Forgotten marks (too many): older entries are not even fallbacks.
+        for i in 0..=MAX_MARKS {
+            ledger.invalidated(&format!("tag-{i}"), 50);
+        }
+        assert!(!ledger.may_fall_back(&stamp(45, &["u"])));
     }
 
     #[test]
