@@ -45,6 +45,8 @@ pub type Body = BoxBody<Bytes, BoxError>;
 const MAX_REVALIDATIONS: usize = 10_000;
 /// Most surrogate keys taken from one response.
 const MAX_SURROGATE_KEYS: usize = 24;
+/// Most surrogate keys one purge request names.
+const MAX_PURGE_KEYS: usize = 64;
 /// Directory depth of the prefix tags (`/a/b/c/d/` at most).
 const PREFIX_DEPTH: usize = 4;
 /// Largest error body kept to be served to collapsed requests.
@@ -93,8 +95,8 @@ pub struct Buffered {
 enum Failure {
     #[error("{0}")]
     Origin(OriginError),
-    #[error("origin answered {}", .0.status)]
-    Status(Arc<Buffered>),
+    #[error("origin answered {0}")]
+    Status(StatusCode),
     #[error("reading the origin's body: {0}")]
     Body(String),
 }
@@ -113,6 +115,8 @@ enum Led {
         response: Response<Body>,
         detail: &'static str,
     },
+    /// The origin failed with this error response (for this request only).
+    Failed(Arc<Buffered>),
 }
 
 /// The request, as the fill and the judges need it.
@@ -259,7 +263,6 @@ fn surrogate_keys(headers: &HeaderMap) -> Vec<String> {
     }
     out.sort();
     out.dedup();
-    out.truncate(MAX_SURROGATE_KEYS);
     out
 }
 
@@ -301,12 +304,30 @@ fn streamed(body: Incoming) -> Body {
     body.map_err(BoxError::from).boxed()
 }
 
+/// A variant being looked up: the URL's Vary fields and this request's selector.
+#[derive(Debug, Clone)]
+struct Variant {
+    fields: Vec<String>,
+    selector: String,
+}
+
+/// What a refused fill leaves for the URL: nothing when this request was the reason (its
+/// credentials, cookies, no-store: others may still store the URL), else a pass marker.
+fn refusal_entry(reason: &str) -> Option<Entry> {
+    match reason {
+        "request_no_store" | "authorization" | "cookie" => None,
+        _ => Some(Entry::Pass),
+    }
+}
+
 /// What a lookup found.
 enum Looked {
-    /// A stored response, from the cache (or collapsed onto another request's fill).
+    /// A stored response, from the cache (or collapsed onto another request's fill);
+    /// `fallback`: the library answered with it because the load failed.
     Found {
         response: StoredResponse,
         source: Source,
+        fallback: bool,
     },
     /// This request led the fill.
     Led(Led, Option<StoredResponse>),
@@ -315,8 +336,9 @@ enum Looked {
     /// Forward without the cache (a pass marker, or another request's fill that could not
     /// be shared).
     Forward(&'static str),
-    /// The origin failed; the stale response the judge saw, if any.
-    Failed(Failure, Option<StoredResponse>),
+    /// The origin failed; the stale response the judge saw, if any, and the origin's error
+    /// response if this request led the fill.
+    Failed(Failure, Option<StoredResponse>, Option<Arc<Buffered>>),
 }
 
 impl Proxy {
@@ -378,6 +400,14 @@ impl Proxy {
                 bypass("uri-too-long"),
             );
         }
+        if req.headers().get_all(header::HOST).iter().count() > 1 {
+            // RFC 9112 §3.2: a request with more than one Host is a 400 (and a poisoning
+            // attempt: routing and the origin could read different ones).
+            return (
+                text(StatusCode::BAD_REQUEST, "more than one Host\n"),
+                bypass("bad-host"),
+            );
+        }
         let host = req
             .headers()
             .get(header::HOST)
@@ -436,20 +466,23 @@ impl Proxy {
         let ctx = Arc::new(self.ctx(&req, &host, origin));
         drop(req); // a GET's body means nothing (RFC 9110 §9.3.1)
         let mut key = ctx.primary.clone();
-        let mut selector: Option<String> = None;
+        let mut variant: Option<Variant> = None;
         for _ in 0..2 {
             let looked = if ctx.req_cc.only_if_cached {
                 self.only_if_cached(&key, &ctx).await
             } else {
-                self.lookup(&key, &ctx, origin, selector.as_deref()).await
+                self.lookup(&key, &ctx, origin, variant.as_ref()).await
             };
             match looked {
-                Looked::Vary(fields) if selector.is_none() => {
+                Looked::Vary(fields) if variant.is_none() => {
                     let sel = vary::selector(&ctx.headers, &fields);
                     key = key::variant(&ctx.primary, &sel);
-                    selector = Some(sel);
+                    variant = Some(Variant {
+                        fields,
+                        selector: sel,
+                    });
                 }
-                looked => return self.answer(looked, &ctx, &key, origin, selector).await,
+                looked => return self.answer(looked, &ctx, &key, origin, variant).await,
             }
         }
         // A variant key holding a Vary marker: only a corrupted store does that.
@@ -468,6 +501,7 @@ impl Proxy {
                         _ => Looked::Found {
                             response: r.clone(),
                             source: Source::L1,
+                            fallback: false,
                         },
                     }
                 }
@@ -496,7 +530,7 @@ impl Proxy {
         key: &str,
         ctx: &Arc<Ctx>,
         origin: &Arc<Origin>,
-        selector: Option<&str>,
+        variant: Option<&Variant>,
     ) -> Looked {
         let stale_seen: Mutex<Option<StoredResponse>> = Mutex::new(None);
         let led: Mutex<Option<Led>> = Mutex::new(None);
@@ -510,15 +544,24 @@ impl Proxy {
             }
             Entry::Vary(_) | Entry::Pass => false,
         };
-        let fill = |_: &str| self.fill(ctx, origin, selector, &stale_seen, &led);
+        let fill = |_: &str| self.fill(ctx, origin, variant, &stale_seen, &led);
         let fetched = self
             .cache
             .get_or_load_checked(key, &LoadOptions::default(), &judge, fill)
             .await;
         let led = led.into_inner();
         let stale = stale_seen.into_inner();
+        let (led, own_error) = match led {
+            Some(Led::Failed(b)) => (None, Some(b)),
+            other => (other, None),
+        };
         match fetched {
-            Ok(Fetched { value, source, .. }) => match (led, value) {
+            Ok(Fetched {
+                value,
+                source,
+                stale: fallback,
+                ..
+            }) => match (led, value) {
                 (Some(led), value) => {
                     let stored = value.and_then(|v| match &*v {
                         Entry::Response(r) => Some(r.clone()),
@@ -530,6 +573,7 @@ impl Proxy {
                     Entry::Response(r) => Looked::Found {
                         response: r.clone(),
                         source,
+                        fallback,
                     },
                     Entry::Vary(fields) => Looked::Vary(fields.clone()),
                     Entry::Pass => Looked::Forward("pass"),
@@ -542,23 +586,41 @@ impl Proxy {
                     .downcast_ref::<Failure>()
                     .cloned()
                     .unwrap_or_else(|| Failure::Body(e.to_string()));
-                Looked::Failed(failure, stale)
+                Looked::Failed(failure, stale, own_error)
             }
             Err(herdwise::Error::LoaderTimeout(t)) => {
-                Looked::Failed(Failure::Origin(OriginError::Timeout(t)), stale)
+                Looked::Failed(Failure::Origin(OriginError::Timeout(t)), stale, own_error)
             }
-            Err(e) => Looked::Failed(Failure::Body(e.to_string()), stale),
+            Err(e) => Looked::Failed(Failure::Body(e.to_string()), stale, own_error),
         }
     }
 
     /// The request to the origin for a fill: the client's fields minus hop-by-hop ones and its
     /// own preconditions and ranges (a fill fetches the whole, storable response), plus our
     /// validators for `stale`.
-    fn fill_request(&self, ctx: &Ctx, stale: Option<&StoredResponse>) -> Request<OutBody> {
-        // Only the allowed fields (never the client's preconditions or ranges: a fill fetches
-        // the whole, storable response).
+    fn fill_request(
+        &self,
+        ctx: &Ctx,
+        stale: Option<&StoredResponse>,
+        vary_fields: &[String],
+    ) -> Request<OutBody> {
+        // Only the allowed fields and those the URL's responses vary on (never the client's
+        // preconditions or ranges: a fill fetches the whole, storable response).
         let mut headers = HeaderMap::new();
-        for name in self.fill_headers.iter().chain([&header::HOST]) {
+        let varied = vary_fields
+            .iter()
+            .filter_map(|f| HeaderName::from_bytes(f.as_bytes()).ok());
+        let names: Vec<HeaderName> = self
+            .fill_headers
+            .iter()
+            .cloned()
+            .chain([header::HOST])
+            .chain(varied)
+            .collect();
+        for name in &names {
+            if headers.contains_key(name) {
+                continue;
+            }
             for v in ctx.headers.get_all(name) {
                 headers.append(name.clone(), v.clone());
             }
@@ -582,13 +644,14 @@ impl Proxy {
         &self,
         ctx: &Ctx,
         origin: &Origin,
-        selector: Option<&str>,
+        variant: Option<&Variant>,
         stale_seen: &Mutex<Option<StoredResponse>>,
         led: &Mutex<Option<Led>>,
     ) -> Result<Option<Entry>, Failure> {
         let stale = stale_seen.lock().clone();
         let request_time_ms = now_ms();
-        let request = self.fill_request(ctx, stale.as_ref());
+        let vary_fields = variant.map(|v| v.fields.as_slice()).unwrap_or(&[]);
+        let request = self.fill_request(ctx, stale.as_ref(), vary_fields);
         let response = origin.send(request).await.map_err(Failure::Origin)?;
         let response_time_ms = now_ms();
         origin_metric(response.status());
@@ -605,10 +668,46 @@ impl Proxy {
         if status == StatusCode::NOT_MODIFIED {
             if let Some(mut s) = stale.filter(|s| conditional::selects(&s.headers, &parts.headers))
             {
-                conditional::freshen(&mut s.headers, &parts.headers);
+                let cc304 = self.rules.directives(&parts.headers);
+                let except: Vec<String> = cc304
+                    .private_fields
+                    .iter()
+                    .chain(cc304.no_cache_fields.iter())
+                    .cloned()
+                    .collect();
+                conditional::freshen(&mut s.headers, &parts.headers, &except);
                 s.request_time_ms = request_time_ms;
                 s.response_time_ms = response_time_ms;
-                s.tags = self.tags_for(&ctx.primary, &s.headers);
+                let tags = self.tags_for(&ctx.primary, &s.headers);
+                s.tags = tags.clone().unwrap_or_default();
+                // The merged response is judged again: the 304 may have made it unstorable.
+                let cc = self.rules.directives(&s.headers);
+                let path = key::normalise_path(ctx.uri.path());
+                let exchange = Exchange {
+                    method: &Method::GET,
+                    path: &path,
+                    request: &ctx.headers,
+                    request_cc: &ctx.req_cc,
+                    status: s.status,
+                    response: &s.headers,
+                    response_cc: &cc,
+                    body_len: Some(s.body.len()),
+                    heuristic_allowed: self.rules.heuristic.is_some(),
+                };
+                let verdict = match tags {
+                    Err(reason) => Verdict::Refuse(reason),
+                    Ok(_) => storable::verdict(&exchange, &self.policy),
+                };
+                if let Verdict::Refuse(reason) = verdict {
+                    let mut response = Response::new(full(s.body.clone()));
+                    *response.status_mut() = s.status;
+                    *response.headers_mut() = s.headers.clone();
+                    *led.lock() = Some(Led::Passthrough {
+                        response,
+                        detail: reason,
+                    });
+                    return Ok(refusal_entry(reason));
+                }
                 *led.lock() = Some(Led::Stored {
                     fwd_status: 304,
                     validated: true,
@@ -635,13 +734,18 @@ impl Proxy {
                 Ok(Ok(Err((prefix, _)))) => prefix,
                 _ => Bytes::new(),
             };
-            return Err(Failure::Status(Arc::new(Buffered {
+            // The origin's own error page goes to this request only (it may be one user's);
+            // the requests that waited for it get the status alone.
+            let buffered = Arc::new(Buffered {
                 status,
                 headers: parts.headers,
                 body,
-            })));
+            });
+            *led.lock() = Some(Led::Failed(buffered));
+            return Err(Failure::Status(status));
         }
         let cc = self.rules.directives(&parts.headers);
+        let fill_path = key::normalise_path(ctx.uri.path());
         let body_len = parts
             .headers
             .get(header::CONTENT_LENGTH)
@@ -649,7 +753,7 @@ impl Proxy {
             .and_then(|v| v.parse::<usize>().ok());
         let exchange = Exchange {
             method: &Method::GET,
-            path: ctx.uri.path(),
+            path: &fill_path,
             request: &ctx.headers,
             request_cc: &ctx.req_cc,
             status,
@@ -665,12 +769,7 @@ impl Proxy {
                 response,
                 detail: reason,
             });
-            // Refused because of this request (its credentials, cookies, no-store): others
-            // may still store the URL. Refused because of the response: a pass marker.
-            return Ok(match reason {
-                "request_no_store" | "authorization" | "cookie" => None,
-                _ => Some(Entry::Pass),
-            });
+            return Ok(refusal_entry(reason));
         }
         let read = tokio::time::timeout(
             Duration::from_secs(30),
@@ -696,17 +795,57 @@ impl Proxy {
             headers.remove(f.as_str());
         }
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        let tags = self.tags_for(&ctx.primary, &headers);
+        let tags = match self.tags_for(&ctx.primary, &headers) {
+            Ok(tags) => tags,
+            Err(reason) => {
+                let mut response = Response::new(full(body));
+                *response.status_mut() = status;
+                *response.headers_mut() = headers;
+                *led.lock() = Some(Led::Passthrough {
+                    response,
+                    detail: reason,
+                });
+                return Ok(Some(Entry::Pass));
+            }
+        };
         let mut stored = StoredResponse {
             status,
             headers,
             body,
             request_time_ms,
             response_time_ms,
-            variant: selector.map(str::to_string),
+            variant: variant.map(|v| v.selector.clone()),
             tags,
         };
-        if selector.is_none() {
+        if let Some(v) = variant {
+            // A variant's fill: if the origin now varies on other fields, the response goes
+            // under the key those fields select, and the URL's marker says so (§4.1).
+            let now_fields = vary::fields(&stored.headers).unwrap_or_default();
+            if now_fields != v.fields {
+                let entry_key = if now_fields.is_empty() {
+                    stored.variant = None;
+                    ctx.primary.clone()
+                } else {
+                    let sel = vary::selector(&ctx.headers, &now_fields);
+                    stored.variant = Some(sel.clone());
+                    key::variant(&ctx.primary, &sel)
+                };
+                let _ = self
+                    .cache
+                    .set(&entry_key, Entry::Response(stored.clone()))
+                    .await;
+                if !now_fields.is_empty() {
+                    let _ = self.cache.set(&ctx.primary, Entry::Vary(now_fields)).await;
+                }
+                *led.lock() = Some(Led::Stored {
+                    fwd_status: status.as_u16(),
+                    validated: false,
+                    variant: Some(stored),
+                });
+                return Ok(None);
+            }
+        }
+        if variant.is_none() {
             if let Some(fields) = vary::fields(&stored.headers).filter(|f| !f.is_empty()) {
                 // The URL varies: the response goes under its variant's key, the URL's key
                 // says so.
@@ -735,11 +874,17 @@ impl Proxy {
 
     /// The tags of a response stored for `primary`: its URL, its directories, its surrogate
     /// keys.
-    fn tags_for(&self, primary: &str, headers: &HeaderMap) -> Vec<String> {
+    /// `Err` when it has more surrogate keys than an entry can carry: such a response is not
+    /// stored (dropping some keys would make their purges miss it).
+    fn tags_for(&self, primary: &str, headers: &HeaderMap) -> Result<Vec<String>, &'static str> {
+        let keys = surrogate_keys(headers);
+        if keys.len() > MAX_SURROGATE_KEYS {
+            return Err("too-many-surrogate-keys");
+        }
         let mut tags = vec![key::url_tag(primary)];
         tags.extend(prefixes(primary).iter().map(|p| prefix_tag(p)));
-        tags.extend(surrogate_keys(headers));
-        tags
+        tags.extend(keys);
+        Ok(tags)
     }
 
     /// Turns what the lookup found into the client's response.
@@ -749,17 +894,28 @@ impl Proxy {
         ctx: &Arc<Ctx>,
         key: &str,
         origin: &Arc<Origin>,
-        selector: Option<String>,
+        variant: Option<Variant>,
     ) -> (Response<Body>, CacheStatus) {
         let now = now_ms();
+        let selector = variant.as_ref().map(|v| v.selector.clone());
         match looked {
-            Looked::Found { response, source } => {
+            Looked::Found {
+                response,
+                source,
+                fallback,
+            } => {
                 if selector.is_some() && response.variant != selector {
                     return self.pass(ctx, origin, "variant-collision").await;
                 }
                 let cc = self.rules.directives(&response.headers);
                 let facts = self.rules.facts(&response, &cc, now);
                 let standing = freshness::standing(&cc, facts, &ctx.req_cc);
+                // The library's own fallback after a failed load: HTTP decides whether it may
+                // be used (stale-if-error), never the library.
+                if fallback && standing == Standing::Stale {
+                    let failure = Failure::Body("the origin failed".into());
+                    return self.failed(failure, Some(response), None, ctx, now);
+                }
                 let mut status = CacheStatus {
                     hit: source != Source::Origin,
                     ttl: Some(facts.ttl()),
@@ -773,7 +929,7 @@ impl Proxy {
                 }
                 if standing == Standing::StaleWhileRevalidate {
                     status.detail = Some("stale-while-revalidate");
-                    self.revalidate_behind(key, ctx, origin, selector.clone());
+                    self.revalidate_behind(key, ctx, origin, variant.clone());
                 }
                 (self.serve(&response, ctx, now), status)
             }
@@ -825,7 +981,11 @@ impl Proxy {
                 },
             ),
             Looked::Forward(detail) => self.pass(ctx, origin, detail).await,
-            Looked::Failed(failure, stale) => self.failed(failure, stale, ctx, now),
+            Looked::Failed(failure, stale, own) => self.failed(failure, stale, own, ctx, now),
+            Looked::Led(Led::Failed(own), _) => {
+                let failure = Failure::Status(own.status);
+                self.failed(failure, None, Some(own), ctx, now)
+            }
         }
     }
 
@@ -834,11 +994,12 @@ impl Proxy {
         &self,
         failure: Failure,
         stale: Option<StoredResponse>,
+        own: Option<Arc<Buffered>>,
         ctx: &Ctx,
         now: u64,
     ) -> (Response<Body>, CacheStatus) {
         let fwd_status = match &failure {
-            Failure::Status(b) => Some(b.status.as_u16()),
+            Failure::Status(code) => Some(code.as_u16()),
             _ => None,
         };
         if let Some(s) = stale {
@@ -862,8 +1023,9 @@ impl Proxy {
             detail: Some("origin-error"),
             ..Default::default()
         };
-        let response = match failure {
-            Failure::Status(b) => {
+        let response = match (failure, own) {
+            // This request led the fill: the origin's own error response.
+            (Failure::Status(_), Some(b)) => {
                 let mut r = Response::new(if ctx.method == Method::HEAD {
                     empty()
                 } else {
@@ -871,17 +1033,22 @@ impl Proxy {
                 });
                 *r.status_mut() = b.status;
                 *r.headers_mut() = b.headers.clone();
+                for f in OWN_FIELDS {
+                    r.headers_mut().remove(f);
+                }
                 r.headers_mut()
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(b.body.len()));
                 r
             }
-            Failure::Origin(OriginError::Timeout(_)) => {
+            // It waited for another request's fill: the status, not that request's page.
+            (Failure::Status(code), None) => text(code, "the origin answered with an error\n"),
+            (Failure::Origin(OriginError::Timeout(_)), _) => {
                 text(StatusCode::GATEWAY_TIMEOUT, "origin timed out\n")
             }
-            Failure::Origin(OriginError::Overloaded(_)) => {
+            (Failure::Origin(OriginError::Overloaded(_)), _) => {
                 text(StatusCode::SERVICE_UNAVAILABLE, "origin overloaded\n")
             }
-            Failure::Origin(OriginError::Unreachable(_)) | Failure::Body(_) => {
+            (Failure::Origin(OriginError::Unreachable(_)) | Failure::Body(_), _) => {
                 text(StatusCode::BAD_GATEWAY, "origin unreachable\n")
             }
         };
@@ -895,7 +1062,7 @@ impl Proxy {
         key: &str,
         ctx: &Arc<Ctx>,
         origin: &Arc<Origin>,
-        selector: Option<String>,
+        variant: Option<Variant>,
     ) {
         {
             let mut running = self.revalidating.lock();
@@ -927,7 +1094,7 @@ impl Proxy {
         });
         tokio::spawn(async move {
             let _done = done;
-            let _ = proxy.lookup(&key, &bg, &origin, selector.as_deref()).await;
+            let _ = proxy.lookup(&key, &bg, &origin, variant.as_ref()).await;
         });
     }
 
@@ -939,7 +1106,10 @@ impl Proxy {
         }
         let age = freshness::current_age(r, now);
         headers.insert(header::AGE, HeaderValue::from(age));
-        if conditional::evaluate(&ctx.method, &ctx.headers, &r.headers) == Precondition::NotModified
+        // Preconditions apply to a 2xx representation only (RFC 9110 §13.2.1).
+        if r.status.is_success()
+            && conditional::evaluate(&ctx.method, &ctx.headers, &r.headers)
+                == Precondition::NotModified
         {
             let mut not_modified = HeaderMap::new();
             for name in [
@@ -1182,7 +1352,14 @@ impl Proxy {
             .get("surrogate-key")
             .and_then(|v| v.to_str().ok())
         {
-            for k in keys.split_whitespace() {
+            let keys: Vec<&str> = keys.split_whitespace().collect();
+            if keys.len() > MAX_PURGE_KEYS {
+                return (
+                    text(StatusCode::BAD_REQUEST, "too many keys in one purge\n"),
+                    status,
+                );
+            }
+            for k in keys {
                 let _ = self.cache.invalidate_tag(&key::surrogate_tag(k)).await;
             }
             purge_metric("tag");

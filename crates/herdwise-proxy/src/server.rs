@@ -313,10 +313,10 @@ async fn purge(
                 .filter(|t| !t.is_empty())
                 .collect();
             drop(req);
-            if tags.is_empty() {
+            if tags.is_empty() || tags.len() > 64 {
                 return text(
                     StatusCode::BAD_REQUEST,
-                    "/purge/tag/<key>[,<key>...] expected\n",
+                    "/purge/tag/<key>[,<key>...] expected (at most 64)\n",
                 );
             }
             for t in &tags {

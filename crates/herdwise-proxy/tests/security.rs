@@ -361,3 +361,145 @@ async fn bad_configuration_is_an_error_naming_the_option() {
         other => panic!("{:?}", other.err()),
     }
 }
+
+// ---- Review findings (each failed on the first version) --------------------------------------
+
+#[tokio::test]
+async fn a_304_never_merges_one_users_cookie_into_the_shared_entry() {
+    let rig = Rig::start().await;
+    rig.origin.script("/rv", |seen, _| {
+        if seen.headers.contains_key("if-none-match") {
+            Reply::ok("")
+                .status(304)
+                .header("etag", "\"r\"")
+                .header("set-cookie", "sid=alice")
+        } else {
+            Reply::ok("page")
+                .header("cache-control", "max-age=0")
+                .header("etag", "\"r\"")
+        }
+    });
+    rig.get("/rv", &[]).await;
+    let alice = rig.get("/rv", &[("cookie", "sid=alice")]).await;
+    assert_eq!(alice.body, "page");
+    let bob = rig.get("/rv", &[]).await;
+    assert!(bob.header("set-cookie").is_none(), "{:?}", bob.headers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_error_page_goes_only_to_the_request_that_asked_for_it() {
+    let rig = Rig::start().await;
+    rig.origin.route(
+        "/err",
+        Reply::ok("error page for alice")
+            .status(503)
+            .header("surrogate-key", "x")
+            .delay(Duration::from_millis(200)),
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let client = rig.client.clone();
+        tasks.push(tokio::spawn(async move {
+            client.send(Method::GET, "/err", &[], Bytes::new()).await
+        }));
+    }
+    let mut pages = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 503);
+        assert!(r.header("surrogate-key").is_none());
+        pages += r.body.contains("alice") as usize;
+    }
+    let origin_requests = rig.origin.hits("/err");
+    assert_eq!(
+        pages, origin_requests,
+        "each origin answer reached its own request only"
+    );
+}
+
+#[tokio::test]
+async fn more_than_one_host_is_a_400() {
+    let rig = Rig::start().await;
+    rig.origin.route("/x", Reply::ok("x"));
+    let r = rig
+        .get("/x", &[("host", "example.test"), ("host", "evil.test")])
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(rig.origin.hits("/x"), 0);
+}
+
+#[tokio::test]
+async fn fields_a_response_varies_on_reach_the_origin_on_fills() {
+    let rig = Rig::start().await;
+    rig.origin.script("/tenant", |seen, _| {
+        let t = seen
+            .headers
+            .get("x-tenant")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_string();
+        Reply::ok(&t)
+            .header("cache-control", "max-age=600")
+            .header("vary", "x-tenant")
+    });
+    rig.get("/tenant", &[("x-tenant", "a")]).await;
+    let b = rig.get("/tenant", &[("x-tenant", "b")]).await;
+    assert_eq!(
+        b.body, "b",
+        "the variant fill sent the field its response varies on"
+    );
+    let a = rig.get("/tenant", &[("x-tenant", "a")]).await;
+    assert!(a.hit());
+}
+
+#[tokio::test]
+async fn deception_with_encoded_dots_and_parameters_is_caught() {
+    let rig = Rig::start().await;
+    for path in ["/account/profile%2Ecss", "/account/profile;.css"] {
+        rig.origin.route(
+            path,
+            Reply::ok("<html>account</html>")
+                .set("content-type", "text/html")
+                .header("cache-control", "max-age=600"),
+        );
+        rig.get(path, &[]).await;
+        rig.get(path, &[]).await;
+        assert_eq!(rig.origin.hits(path), 2, "{path} was stored");
+    }
+}
+
+#[tokio::test]
+async fn preconditions_are_not_answered_from_a_stored_error() {
+    let rig = Rig::start().await;
+    rig.origin.route(
+        "/gone",
+        Reply::ok("no such page")
+            .status(404)
+            .header("cache-control", "max-age=600")
+            .header("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"),
+    );
+    rig.get("/gone", &[]).await;
+    let r = rig
+        .get(
+            "/gone",
+            &[("if-modified-since", "Tue, 02 Jan 2024 00:00:00 GMT")],
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    assert!(r.hit());
+}
+
+#[tokio::test]
+async fn a_response_with_more_surrogate_keys_than_an_entry_carries_is_not_stored() {
+    let rig = Rig::start().await;
+    let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+    rig.origin.route(
+        "/many",
+        Reply::ok("x")
+            .header("cache-control", "max-age=600")
+            .header("surrogate-key", &keys.join(" ")),
+    );
+    rig.get("/many", &[]).await;
+    rig.get("/many", &[]).await;
+    assert_eq!(rig.origin.hits("/many"), 2);
+}

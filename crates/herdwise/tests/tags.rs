@@ -354,7 +354,10 @@ async fn a_tagged_entry_keeps_being_served_from_l1_while_redis_is_dead() {
     // Invalidated before the outage, its L1 copy not read since: the mark must outlive the
     // ledger's restart when the subscription is lost (a review finding on the first version).
     let winter = WriteOptions::default().tags(["winter"]);
-    cache.set_with(&3, "coat".to_string(), &winter).await.unwrap();
+    cache
+        .set_with(&3, "coat".to_string(), &winter)
+        .await
+        .unwrap();
     assert!(value(&cache, 3).await.is_some());
     cache.invalidate_tag("winter").await.unwrap();
     server.kill();

@@ -129,13 +129,16 @@ pub fn selects(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
             new.trim_start_matches("W/") == old.trim_start_matches("W/")
         }
         (Some(_), None) => false,
-        (None, _) => match (
+        // No ETag in the 304: Last-Modified must match; with neither, only a stored response
+        // that has no validator either is selected (§4.3.4).
+        (None, stored_tag) => match (
             not_modified.get(http::header::LAST_MODIFIED),
             stored.get(http::header::LAST_MODIFIED),
         ) {
             (Some(a), Some(b)) => a == b,
             (Some(_), None) => false,
-            _ => true,
+            (None, Some(_)) => false,
+            (None, None) => stored_tag.is_none(),
         },
     }
 }
@@ -149,13 +152,28 @@ const KEEP: [HeaderName; 4] = [
     http::header::TRANSFER_ENCODING,
 ];
 
+/// Fields of a 304 never merged into a shared entry: one client's cookie, and `Age` (the
+/// stored response's times are reset by the validation; an `Age` the 304 carries is added
+/// back explicitly).
+const NEVER_MERGED: [HeaderName; 2] = [http::header::SET_COOKIE, http::header::AGE];
+
 /// Updates stored header fields from a 304's (§3.2, §4.3.4): each field in the 304 replaces the
-/// stored field of that name.
-pub fn freshen(stored: &mut HeaderMap, not_modified: &HeaderMap) {
+/// stored field of that name — except those the body depends on, hop-by-hop ones, `Set-Cookie`
+/// and `except` (fields a qualified `private`/`no-cache` names). The stored `Age` is replaced
+/// by the 304's (or dropped): the validation is the response's new receipt.
+pub fn freshen(stored: &mut HeaderMap, not_modified: &HeaderMap, except: &[String]) {
+    stored.remove(http::header::AGE);
+    if let Some(age) = not_modified.get(http::header::AGE) {
+        stored.insert(http::header::AGE, age.clone());
+    }
     let mut names: Vec<&HeaderName> = not_modified.keys().collect();
     names.dedup();
     for name in names {
-        if KEEP.contains(name) || super::hop::is_hop_by_hop(name, not_modified) {
+        if KEEP.contains(name)
+            || NEVER_MERGED.contains(name)
+            || except.iter().any(|f| f == name.as_str())
+            || super::hop::is_hop_by_hop(name, not_modified)
+        {
             continue;
         }
         stored.remove(name);
@@ -261,8 +279,14 @@ mod tests {
                 ("content-length", "0"),
                 ("x-a", "2"),
                 ("cache-control", "max-age=9"),
+                ("set-cookie", "sid=1"),
+                ("x-private", "p"),
+                ("age", "7"),
             ]),
+            &["x-private".to_string()],
         );
+        assert!(stored.get("set-cookie").is_none() && stored.get("x-private").is_none());
+        assert_eq!(stored.get("age").unwrap(), "7");
         assert_eq!(stored.get("content-length").unwrap(), "5");
         assert_eq!(stored.get("x-a").unwrap(), "2");
         assert_eq!(stored.get("cache-control").unwrap(), "max-age=9");

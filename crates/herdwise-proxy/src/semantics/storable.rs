@@ -45,11 +45,27 @@ pub enum Verdict {
     Refuse(&'static str),
 }
 
-/// The extension class of a path (`None`: no extension, or one not in the list).
+/// The extension classes a path's last segment claims: of the segment before any `;`
+/// parameters (`/a.css;jsessionid=…`) and of the whole segment (`/profile;.css`), both being
+/// tricks in use. Give it the normalised path (`%2E` decoded).
+pub fn extension_classes(path: &str) -> Vec<&'static str> {
+    let last = path.rsplit('/').next().unwrap_or("");
+    let before = last.split(';').next().unwrap_or("");
+    let mut out = Vec::new();
+    for segment in [before, last] {
+        if let Some(class) = extension_class(segment) {
+            if !out.contains(&class) {
+                out.push(class);
+            }
+        }
+    }
+    out
+}
+
+/// The extension class of a path's last segment (`None`: no extension, or one not in the
+/// list).
 pub fn extension_class(path: &str) -> Option<&'static str> {
     let last = path.rsplit('/').next()?;
-    // `;` parameters (`/a.css;jsessionid=…`) are part of the trick: look before them too.
-    let last = last.split(';').next()?;
     let ext = last.rsplit_once('.')?.1.to_ascii_lowercase();
     Some(match ext.as_str() {
         "css" => "css",
@@ -194,14 +210,15 @@ pub fn verdict(x: &Exchange<'_>, policy: &StorePolicy) -> Verdict {
             .iter()
             .any(|r| x.path.starts_with(r.as_str()))
     {
-        if let Some(class) = extension_class(x.path) {
-            let ct = x
-                .response
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok());
-            if !type_matches(class, ct) {
-                return Refuse("content_type_mismatch");
-            }
+        let ct = x
+            .response
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        if extension_classes(x.path)
+            .iter()
+            .any(|class| !type_matches(class, ct))
+        {
+            return Refuse("content_type_mismatch");
         }
     }
     Verdict::Store
@@ -221,7 +238,8 @@ mod tests {
     #[test]
     fn extensions_and_types() {
         assert_eq!(extension_class("/account/profile.css"), Some("css"));
-        assert_eq!(extension_class("/a/b.JS;x=1"), Some("javascript"));
+        assert_eq!(extension_classes("/a/b.JS;x=1"), ["javascript"]);
+        assert_eq!(extension_classes("/account/profile;.css"), ["css"]);
         assert_eq!(extension_class("/a/b"), None);
         assert_eq!(extension_class("/a.b/c"), None);
         assert!(type_matches("css", Some("text/css; charset=utf-8")));

@@ -273,6 +273,15 @@ impl<V> Replacing<'_, V> {
         }
     }
 
+    /// Whether a value found past its fresh time may stand as a stale-if-error fallback: not
+    /// for a judge that calls it stale.
+    fn keeps_fallback(&self, value: Option<&Arc<V>>) -> bool {
+        match self {
+            Replacing::Judged(stale) => !value.is_some_and(|v| stale(v)),
+            _ => true,
+        }
+    }
+
     /// What a caller waiting for another instance's fill replaces: for a refresh, even the
     /// entry being refreshed will do (its holder is refreshing it); a judge stays a judge.
     fn for_waiters(self) -> Self {
@@ -596,7 +605,9 @@ where
                 return None;
             }
             L2Read::Stale(found) => {
-                *fallback = Some(found);
+                *fallback = replacing
+                    .keeps_fallback(found.value.as_ref())
+                    .then_some(found);
                 return None;
             }
             L2Read::Miss => {}
@@ -676,6 +687,9 @@ where
             L2Read::Fresh(value, meta, tags) => {
                 fallback = Fallback::newer(fallback, Some(Fallback::from_l2(value, meta, tags)))
             }
+            // A judge's value is never a fallback (its judge decides what a failed load
+            // answers), nor is one it would call stale.
+            L2Read::Stale(found) if !replacing.keeps_fallback(found.value.as_ref()) => {}
             L2Read::Stale(found) => fallback = Fallback::newer(fallback, Some(found)),
             L2Read::Miss => {}
             // One remote deadline per read at most: no lease, and the fill stays in L1.
