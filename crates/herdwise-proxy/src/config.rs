@@ -3,7 +3,7 @@
 //!
 //! Contract: every option has a default that is safe to run with (the admin listener on
 //! loopback, a purge token required, no heuristic caching of personalised requests); a bad
-//! value is an [`Error::Config`](crate::Error::Config) naming the option, before anything
+//! value is an [`Error::Config`] naming the option, before anything
 //! listens.
 
 use std::collections::BTreeMap;
