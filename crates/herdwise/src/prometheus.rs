@@ -113,6 +113,16 @@ pub fn install() -> Result<Prometheus> {
 }
 
 /// A running `/metrics` server (see [`serve`]); it stops when dropped.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let server = herdwise::prometheus::serve("127.0.0.1:0".parse()?).await?;
+/// println!("scrape http://{}/metrics", server.local_addr());
+/// let text = server.prometheus().render(); // the same text, for a route of your own
+/// # drop(text);
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct MetricsServer {
     prometheus: Prometheus,

@@ -228,5 +228,6 @@ async fn a_read_dropped_by_its_caller_is_counted_as_cancelled() {
     assert_eq!(counter(&metrics, m::GETS, &[]), 1, "counted once");
     let timed = histogram(&metrics, m::GET_DURATION, &[("result", "cancelled")]);
     assert_eq!(timed.len(), 1);
-    assert!(timed[0] >= 0.05, "{timed:?}");
+    // Timed from where it left L1 (just after the caller's 50 ms timeout began).
+    assert!(timed[0] >= 0.04, "{timed:?}");
 }

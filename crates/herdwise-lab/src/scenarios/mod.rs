@@ -5,6 +5,7 @@ pub mod drift;
 pub mod failover;
 pub mod hit_path;
 pub mod hot_key_expiry;
+pub mod http;
 pub mod invalidation_fanout;
 pub mod invalidation_race;
 pub mod l2_throughput;
@@ -34,6 +35,10 @@ pub const ALL: [&str; 12] = [
     "sentinel-failover",
     "drift",
 ];
+
+/// Scenarios `all` does not run: they need more than Redis (`http`: Debian's nginx, varnish and
+/// wrk, and the release `herdwise-proxy` binary).
+pub const EXTRA: [&str; 1] = ["http"];
 
 /// The scenarios that run on a Redis Cluster (`--topology cluster`); the others measure one
 /// server's behaviour (bystanders on the same server, its keyspace) and run standalone only.
@@ -68,9 +73,11 @@ pub async fn run(name: &str, settings: &Settings) -> Result<ScenarioResult, LabE
         "cluster-failover" => failover::run(settings, failover::Kind::Cluster).await,
         "sentinel-failover" => failover::run(settings, failover::Kind::Sentinel).await,
         "drift" => drift::run(settings).await,
+        "http" => http::run(settings).await,
         other => Err(LabError::Usage(format!(
-            "unknown scenario {other:?}; one of {} or all",
-            ALL.join(", ")
+            "unknown scenario {other:?}; one of {}, {} or all",
+            ALL.join(", "),
+            EXTRA.join(", ")
         ))),
     }
 }

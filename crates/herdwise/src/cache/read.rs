@@ -61,6 +61,19 @@ pub struct Fetched<V> {
 }
 
 /// Where a read's answer came from (see [`Fetched::source`]).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), herdwise::Error> {
+/// use herdwise::{Cache, LoadOptions, Source};
+/// let cache: Cache<u64, String> = Cache::builder("docs").build()?;
+/// let load = |_: &u64| async { Ok::<_, std::io::Error>(Some("x".to_string())) };
+/// let first = cache.get_or_load_with(&1, &LoadOptions::default(), load).await?;
+/// assert_eq!(first.source, Source::Origin);
+/// let again = cache.get_or_load_with(&1, &LoadOptions::default(), load).await?;
+/// assert_eq!(again.source, Source::L1);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Source {
@@ -338,37 +351,7 @@ where
         Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
         E: std::error::Error + Send + Sync + 'static,
     {
-        hit_yield_point().await;
-        self.ensure_generation().await;
-        let span = ReadSpan::new(self.namespace(), "get_or_load");
-        let (stored_key, fallback) = match self.lookup_l1(key) {
-            Ok(Lookup::Fresh(value, meta)) => {
-                let fetched = Fetched::of(value, meta.stale_copy, Source::L1);
-                span.ended(fetched.result());
-                return Ok(fetched);
-            }
-            Ok(Lookup::Miss {
-                stored_key,
-                fallback,
-            }) => (stored_key, fallback),
-            Err(err) => return Err(span.failed(&self.inner.metrics, err)),
-        };
-        let windows = self.windows(options);
-        let past = span.past_l1(&self.inner.metrics);
-        // Boxed: the miss path (lease, load, fill) is large; an L1 hit should not pay for moving
-        // it around, nor should every task that awaits the cache carry it.
-        let read = Box::pin(
-            self.through(&stored_key, key, loader, &windows, fallback, None)
-                .instrument(span.span().clone()),
-        )
-        .await;
-        past.fetched(&read);
-        if let Ok(fetched) = &read {
-            if fetched.result() == GetResult::L2Hit {
-                self.maybe_verify(key, &stored_key, fetched.value.as_ref());
-            }
-        }
-        read
+        self.read_through(key, options, None, loader).await
     }
 
     /// [`Cache::get_or_load_with`] where the caller decides whether a cached value may answer:
@@ -413,10 +396,33 @@ where
         Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
         E: std::error::Error + Send + Sync + 'static,
     {
+        self.read_through(key, options, Some(is_stale), loader)
+            .await
+    }
+
+    /// `get_or_load_with` and `get_or_load_checked`: L1, then (boxed) the miss path, counted
+    /// and timed once, the L2 hit sampled for the verifier.
+    async fn read_through<'k, F, Fut, E>(
+        &self,
+        key: &'k K,
+        options: &LoadOptions,
+        is_stale: Option<&(dyn Fn(&V) -> bool + Send + Sync)>,
+        loader: F,
+    ) -> Result<Fetched<V>>
+    where
+        F: FnOnce(&'k K) -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
+        E: std::error::Error + Send + Sync + 'static,
+    {
         hit_yield_point().await;
         self.ensure_generation().await;
-        let span = ReadSpan::new(self.namespace(), "get_or_load_checked");
-        let (stored_key, fallback) = match self.lookup_l1_judged(key, Some(is_stale)) {
+        let method = if is_stale.is_some() {
+            "get_or_load_checked"
+        } else {
+            "get_or_load"
+        };
+        let span = ReadSpan::new(self.namespace(), method);
+        let (stored_key, fallback) = match self.lookup_l1_judged(key, is_stale) {
             Ok(Lookup::Fresh(value, meta)) => {
                 let fetched = Fetched::of(value, meta.stale_copy, Source::L1);
                 span.ended(fetched.result());
@@ -430,6 +436,12 @@ where
         };
         let windows = self.windows(options);
         let past = span.past_l1(&self.inner.metrics);
+        let replacing = match is_stale {
+            Some(judge) => Replacing::Judged(judge),
+            None => Replacing::Nothing,
+        };
+        // Boxed: the miss path (lease, load, fill) is large; an L1 hit should not pay for moving
+        // it around, nor should every task that awaits the cache carry it.
         let read = Box::pin(
             self.through_replacing(
                 &stored_key,
@@ -438,12 +450,17 @@ where
                 &windows,
                 fallback,
                 None,
-                Replacing::Judged(is_stale),
+                replacing,
             )
             .instrument(span.span().clone()),
         )
         .await;
         past.fetched(&read);
+        if let Ok(fetched) = &read {
+            if fetched.result() == GetResult::L2Hit {
+                self.maybe_verify(key, &stored_key, fetched.value.as_ref());
+            }
+        }
         read
     }
 

@@ -50,6 +50,15 @@ impl VerifyOptions {
     /// Samples a fraction `sample` (0 < sample ≤ 1) of the reads answered fresh from L1 or L2.
     /// Defaults: at most 10 origin loads a second for checks, no repair, a mismatch confirmed
     /// after 1 s.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let options = herdwise::VerifyOptions::new(0.01)
+    ///     .max_checks_per_second(5.0)
+    ///     .confirm_after(Duration::from_secs(2))
+    ///     .repair(true);
+    /// # drop(options);
+    /// ```
     pub fn new(sample: f64) -> Self {
         VerifyOptions {
             sample,
@@ -100,7 +109,16 @@ impl VerifyOptions {
     }
 }
 
-/// A confirmed mismatch: the cache served a value the origin no longer has.
+/// A confirmed mismatch: the cache served a value the origin no longer has (listed in
+/// [`VerifyReport::last_mismatches`]).
+///
+/// ```
+/// fn alert(report: &herdwise::VerifyReport) {
+///     for m in &report.last_mismatches {
+///         eprintln!("{} served stale for {:?}", m.key, m.age);
+///     }
+/// }
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Mismatch {
@@ -115,6 +133,13 @@ pub struct Mismatch {
 }
 
 /// What the verifier found so far (see [`Cache::verify_report`](crate::Cache::verify_report)).
+///
+/// ```
+/// fn drifting(report: &herdwise::VerifyReport) -> bool {
+///     report.mismatched > 0 && report.drift_ratio > 0.001
+/// }
+/// assert!(!drifting(&herdwise::VerifyReport::default()));
+/// ```
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct VerifyReport {

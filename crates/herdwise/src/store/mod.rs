@@ -194,6 +194,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Where the store's server is, for traces (`server.address`): host:port, or the nodes'
     /// (no credentials). `None` (the default) for an in-process store.
+    ///
+    /// ```
+    /// use herdwise::{MemoryStore, Store};
+    /// assert_eq!(MemoryStore::new().address(), None);
+    /// ```
     fn address(&self) -> Option<&str> {
         None
     }
