@@ -24,15 +24,7 @@ impl RedisCluster {
     /// is served and every replica is in sync. Node timeout 1 s: a killed primary is replaced
     /// by its replica within a few seconds.
     pub fn start(primaries: usize, replicas: usize) -> std::io::Result<Self> {
-        let dir = std::env::temp_dir().join(format!(
-            "herdwise-cluster-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
-        std::fs::create_dir_all(&dir)?;
+        let dir = crate::scratch_dir("herdwise-cluster")?;
         let conf = dir.join("nodes-{port}.conf").to_string_lossy().into_owned();
         let mut nodes = Vec::new();
         for _ in 0..primaries * (1 + replicas) {

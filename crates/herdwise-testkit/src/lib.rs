@@ -209,6 +209,21 @@ impl Drop for RedisServer {
     }
 }
 
+/// A fresh directory under the system's temp dir, `<prefix>-<pid>-<ns>` (the caller removes
+/// it).
+pub fn scratch_dir(prefix: &str) -> std::io::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
 /// A port that was free on 127.0.0.1 a moment ago.
 pub fn free_port() -> std::io::Result<u16> {
     let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?;

@@ -55,15 +55,7 @@ impl SentinelSet {
         sentinel_password: Option<&str>,
         tls: Option<&crate::TlsMaterial>,
     ) -> std::io::Result<Self> {
-        let dir = std::env::temp_dir().join(format!(
-            "herdwise-sentinel-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
-        std::fs::create_dir_all(&dir)?;
+        let dir = crate::scratch_dir("herdwise-sentinel")?;
         let mut auth: Vec<&str> = Vec::new();
         if let Some(password) = password {
             auth = vec!["--requirepass", password, "--masterauth", password];

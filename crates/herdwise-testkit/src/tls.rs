@@ -30,15 +30,7 @@ impl TlsMaterial {
     /// addresses such as `127.0.0.1`, which become IP subject names).
     pub fn generate_for(names: &[&str]) -> std::io::Result<Self> {
         let err = |e: rcgen::Error| std::io::Error::other(e.to_string());
-        let dir = std::env::temp_dir().join(format!(
-            "herdwise-tls-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
-        std::fs::create_dir_all(&dir)?;
+        let dir = crate::scratch_dir("herdwise-tls")?;
         let ca = |name: &str| -> Result<(rcgen::Certificate, KeyPair), rcgen::Error> {
             let mut params = CertificateParams::new(Vec::<String>::new())?;
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

@@ -99,6 +99,19 @@ struct Contender {
     dir: Option<PathBuf>,
 }
 
+impl Contender {
+    /// A process on `port`, with its scratch directory.
+    fn process(child: Child, dir: Option<PathBuf>, port: u16) -> (Contender, SocketAddr) {
+        (
+            Contender {
+                child: Some(child),
+                dir,
+            },
+            SocketAddr::from(([127, 0, 0, 1], port)),
+        )
+    }
+}
+
 impl Drop for Contender {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -121,16 +134,9 @@ impl Drop for Contender {
 }
 
 fn scratch(name: &str) -> Result<PathBuf, LabError> {
-    let dir = std::env::temp_dir().join(format!(
-        "herdwise-lab-http-{name}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    ));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+    Ok(herdwise_testkit::scratch_dir(&format!(
+        "herdwise-lab-http-{name}"
+    ))?)
 }
 
 fn which(binary: &str) -> Result<PathBuf, LabError> {
@@ -171,13 +177,7 @@ fn start_nginx(origin: SocketAddr) -> Result<(Contender, SocketAddr), LabError> 
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    Ok((
-        Contender {
-            child: Some(child),
-            dir: Some(dir),
-        },
-        SocketAddr::from(([127, 0, 0, 1], port)),
-    ))
+    Ok(Contender::process(child, Some(dir), port))
 }
 
 fn start_varnish(origin: SocketAddr) -> Result<(Contender, SocketAddr), LabError> {
@@ -200,13 +200,7 @@ fn start_varnish(origin: SocketAddr) -> Result<(Contender, SocketAddr), LabError
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    Ok((
-        Contender {
-            child: Some(child),
-            dir: Some(dir),
-        },
-        SocketAddr::from(([127, 0, 0, 1], port)),
-    ))
+    Ok(Contender::process(child, Some(dir), port))
 }
 
 /// The `herdwise-proxy` release binary: beside this one, or `HERDWISE_PROXY_BIN`.
@@ -241,13 +235,7 @@ fn start_herdwise(origin: SocketAddr) -> Result<(Contender, SocketAddr), LabErro
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    Ok((
-        Contender {
-            child: Some(child),
-            dir: None,
-        },
-        SocketAddr::from(([127, 0, 0, 1], port)),
-    ))
+    Ok(Contender::process(child, None, port))
 }
 
 /// One GET through `addr`, for warming and readiness: the status.

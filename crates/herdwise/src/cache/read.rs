@@ -443,7 +443,7 @@ where
         // Boxed: the miss path (lease, load, fill) is large; an L1 hit should not pay for moving
         // it around, nor should every task that awaits the cache carry it.
         let read = Box::pin(
-            self.through_replacing(
+            self.through(
                 &stored_key,
                 key,
                 loader,
@@ -466,36 +466,10 @@ where
 
     /// Everything after an L1 miss: coalesce in-process, then lead (or wait for the leader).
     /// `background`, when the caller can refresh in the background, starts a refresh of the
-    /// entry fresh until the given unix ms (so a stale value can be answered at once).
-    pub(crate) async fn through<'k, F, Fut, E>(
-        &self,
-        stored_key: &str,
-        key: &'k K,
-        loader: F,
-        windows: &Windows,
-        fallback: Option<Fallback<V>>,
-        background: Option<&Background<'_>>,
-    ) -> Result<Fetched<V>>
-    where
-        F: FnOnce(&'k K) -> Fut,
-        Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
-        E: std::error::Error + Send + Sync + 'static,
-    {
-        self.through_replacing(
-            stored_key,
-            key,
-            loader,
-            windows,
-            fallback,
-            background,
-            Replacing::Nothing,
-        )
-        .await
-    }
-
-    /// [`Self::through`], replacing what `replacing` names.
+    /// entry fresh until the given unix ms (so a stale value can be answered at once);
+    /// `replacing` names what a re-check must not take as the answer.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn through_replacing<'k, F, Fut, E>(
+    pub(crate) async fn through<'k, F, Fut, E>(
         &self,
         stored_key: &str,
         key: &'k K,

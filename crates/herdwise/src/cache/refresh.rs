@@ -172,6 +172,7 @@ where
             &windows,
             fallback,
             Some(&background),
+            Replacing::Nothing,
         )
         .await
     }

@@ -399,7 +399,15 @@ where
             loader(k)
         };
         match self
-            .through(&stored_key, key, counted, &windows, fallback, None)
+            .through(
+                &stored_key,
+                key,
+                counted,
+                &windows,
+                fallback,
+                None,
+                crate::cache::read::Replacing::Nothing,
+            )
             .await
         {
             Ok(fetched) if !called.load(Ordering::Relaxed) || fetched.stale => WarmOutcome::Cached,
