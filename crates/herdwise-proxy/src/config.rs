@@ -92,6 +92,9 @@ pub struct Config {
     /// How long a stale response is kept for validation and stale-if-error past its own
     /// windows (default 3,600 s).
     pub keep_secs: u64,
+    /// Longest any response is kept, in seconds (default 7 days): a longer `max-age` is cut
+    /// to it (the cache's TTL, which also sizes how long purges are remembered).
+    pub max_ttl_secs: u64,
     /// Store responses that set cookies (default false).
     pub store_set_cookie: bool,
     /// Web cache deception check (default true): a URL whose extension names a static type is
@@ -133,6 +136,7 @@ impl Default for Config {
             heuristic_max_secs: 86_400,
             pass_ttl_secs: 10,
             keep_secs: 3_600,
+            max_ttl_secs: 7 * 86_400,
             store_set_cookie: false,
             check_extension: true,
             static_routes: Vec::new(),
@@ -269,6 +273,9 @@ impl Config {
                 "max_url_bytes / max_header_bytes",
                 "too small to serve anything",
             ));
+        }
+        if self.max_ttl_secs == 0 {
+            return Err(bad("max_ttl_secs", "must be more than 0"));
         }
         if self.header_read_timeout_ms == 0 {
             return Err(bad("header_read_timeout_ms", "must be more than 0"));

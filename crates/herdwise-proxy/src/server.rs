@@ -40,6 +40,7 @@ pub async fn build_cache(config: &Config, rules: &Arc<Rules>) -> Result<Cache<st
         .max_key_bytes(config.max_url_bytes + 1024)
         .max_tags_per_entry(48)
         .negative_ttl(None)
+        .ttl(Duration::from_secs(config.max_ttl_secs))
         .no_ttl_jitter()
         // The library's own windows stay at their defaults: HTTP freshness is judged here,
         // but its stale-if-error is what lets an L1 copy answer while Redis is unreachable

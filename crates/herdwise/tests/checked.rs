@@ -132,3 +132,58 @@ async fn a_value_lives_its_own_ttl() {
         "key 1 (100 ms of its own) loaded again, key 2 (the cache's 300 s) not"
     );
 }
+
+/// A value's own TTL never outlives the cache's: the tag marks and retried invalidations that
+/// must outlive every entry are sized from the cache's TTL (a review finding: a purged entry
+/// with a day-long TTL of its own came back once its tag's mark expired).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_values_own_ttl_is_capped_at_the_caches() {
+    let server = common::redis();
+    let cache: Cache<u64, Doc> = Cache::builder("checked-cap")
+        .store(common::store(&server).await)
+        .ttl(Duration::from_millis(150))
+        .no_ttl_jitter()
+        .ttl_from(|d: &Doc| d.ttl_ms.map(Duration::from_millis))
+        .build()
+        .unwrap();
+    let calls = Calls::default();
+    let long = |calls: &Calls| {
+        let calls = calls.clone();
+        move |_: &u64| async move {
+            calls.hit();
+            Ok::<_, OriginError>(Some(Doc {
+                version: 1,
+                ttl_ms: Some(3_600_000),
+            }))
+        }
+    };
+    cache.get_or_load(&1, long(&calls)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    cache.get_or_load(&1, long(&calls)).await.unwrap();
+    assert_eq!(
+        calls.get(),
+        2,
+        "expired with the cache's 150 ms, not its own hour"
+    );
+}
+
+/// A judged read that joins a load in flight in this process (led by a plain read, with no
+/// judge) does not take that load's value when its judge calls it stale: it loads itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_judged_read_does_not_take_a_plain_leaders_stale_value() {
+    let server = common::redis();
+    let cache = instance(&server).await;
+    let calls = Calls::default();
+    let leader = {
+        let (cache, calls) = (cache.clone(), calls.clone());
+        tokio::spawn(async move { cache.get_or_load(&9, loader(&calls, 1)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let stale = |d: &Doc| d.version < 2;
+    let got = cache
+        .get_or_load_checked(&9, &LoadOptions::default(), &stale, loader(&calls, 2))
+        .await
+        .unwrap();
+    assert_eq!(got.value.unwrap().version, 2);
+    assert_eq!(leader.await.unwrap().unwrap().unwrap().version, 1);
+}

@@ -278,8 +278,9 @@ where
 
     /// Each value's own time-to-live, where the value carries one (Caffeine's `Expiry`): an
     /// HTTP response's freshness, a token's expiry. `None` falls back to [`Self::ttl`]. The
-    /// value's TTL is used as given (no jitter), capped at 10 years; the stale windows and the
-    /// L1 cap apply on top as for any entry.
+    /// value's TTL is used as given (no jitter) but never past [`Self::ttl`], which is then the
+    /// longest an entry lives (tag marks and retried invalidations are kept for as long as that
+    /// reaches); the stale windows and the L1 cap apply on top as for any entry.
     ///
     /// ```
     /// use std::time::Duration;

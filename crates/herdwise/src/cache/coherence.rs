@@ -244,6 +244,8 @@ where
         inner.metrics.tag_invalidations.increment(1);
         if !inner.coherence.tags.invalidate_pending(tag) {
             inner.metrics.invalidations_dead_lettered.increment(1);
+            // Not held: no entry stamped before now may stand in as a fallback either.
+            inner.coherence.tags.forget_before_now();
             tracing::error!(
                 tag,
                 "too many tag invalidations wait for the store: not held locally"

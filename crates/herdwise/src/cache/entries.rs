@@ -334,7 +334,9 @@ where
         let now = now_ms();
         // A value's own TTL is taken as given (it is the value's, not a herd of the cache's).
         let own = match (value, inner.format.ttl_from.as_ref()) {
-            (Some(v), Some(ttl_of)) => ttl_of(v).map(|t| t.min(MAX_DURATION)),
+            // Never past the cache's own TTL: tag marks, retried and pending invalidations are
+            // kept for as long as the longest entry can live, computed from it.
+            (Some(v), Some(ttl_of)) => ttl_of(v).map(|t| t.min(inner.ttl.ttl).min(MAX_DURATION)),
             _ => None,
         };
         let meta = inner.ttl.meta(

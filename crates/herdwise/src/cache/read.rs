@@ -507,6 +507,7 @@ where
         if let Some(stale) = self.revalidate_behind(background, fallback.as_ref(), windows) {
             return Ok(stale);
         }
+        let mut rejected_once = false;
         loop {
             match self.inner.protect.flights.join(stored_key) {
                 Join::Leader(leader) => {
@@ -521,9 +522,29 @@ where
                 Join::Waiter(waiter) => {
                     self.inner.metrics.coalesced_waits.increment(1);
                     if let Some(result) = waiter.wait().await {
-                        return result;
+                        // A leader with another judge (or none) may bring what this caller's
+                        // judge calls stale: go round once (the next load may be ours), then
+                        // load without coalescing rather than wait again.
+                        let judged_stale = match (replacing, &result) {
+                            (Replacing::Judged(stale), Ok(f)) => {
+                                f.value.as_deref().is_some_and(stale)
+                            }
+                            _ => false,
+                        };
+                        if !judged_stale {
+                            return result;
+                        }
+                        if rejected_once {
+                            return self
+                                .lead(
+                                    stored_key, key, loader, windows, None, replacing, background,
+                                )
+                                .await;
+                        }
+                        rejected_once = true;
                     }
-                    // The leader was cancelled: go round again, possibly as the new leader.
+                    // The leader was cancelled, or its value is not for us: go round again,
+                    // possibly as the new leader.
                 }
                 Join::Bypass => {
                     self.inner.metrics.flight_bypass.increment(1);

@@ -313,6 +313,14 @@ impl TagLedger {
         stamp.clock >= self.state.read().forgot_below
     }
 
+    /// An invalidation could not be held locally: entries stamped before now can no longer be
+    /// vouched for even as fallbacks ([`Self::may_fall_back`]).
+    pub fn forget_before_now(&self) {
+        let mut state = self.state.write();
+        // Past every stamp given out so far.
+        state.forgot_below = state.forgot_below.max(state.clock.saturating_add(1));
+    }
+
     /// Moves the exact marks to the lower bounds (bounded like the marks).
     fn demote_marks(state: &mut State) {
         let marks = std::mem::take(&mut state.marks);
@@ -468,6 +476,12 @@ mod tests {
             ledger.invalidated(&format!("tag-{i}"), 50);
         }
         assert!(!ledger.may_fall_back(&stamp(45, &["u"])));
+        // An invalidation that could not be held: nothing stamped until now falls back.
+        let ledger = TagLedger::default();
+        ledger.invalidated("x", 7);
+        assert!(ledger.may_fall_back(&stamp(7, &["y"])));
+        ledger.forget_before_now();
+        assert!(!ledger.may_fall_back(&stamp(7, &["y"])));
     }
 
     #[test]
