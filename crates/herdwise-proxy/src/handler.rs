@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 
 use crate::config::Config;
 use crate::key;
-use crate::object::{Entry, StoredResponse};
+use crate::object::{Entry, Judgement, Memo, StoredResponse};
 use crate::origin::{Origin, OriginError, Origins, OutBody};
 use crate::semantics::conditional::{self, Precondition};
 use crate::semantics::directives::{RequestDirectives, ResponseDirectives};
@@ -108,7 +108,7 @@ enum Led {
     Stored {
         fwd_status: u16,
         validated: bool,
-        variant: Option<StoredResponse>,
+        variant: Option<Arc<StoredResponse>>,
     },
     /// Not stored: serve this response, as it came.
     Passthrough {
@@ -142,6 +142,28 @@ pub struct Proxy {
     rules: Arc<Rules>,
     revalidating: Mutex<HashSet<String>>,
     started: Instant,
+    /// The request series by outcome, registered on the first request (with the recorder the
+    /// process installed by then), not looked up on every one.
+    outcomes: std::sync::OnceLock<Vec<Outcome>>,
+}
+
+/// Every outcome [`outcome_label`] gives.
+const OUTCOMES: [&str; 8] = [
+    "hit",
+    "miss",
+    "stale",
+    "revalidated",
+    "collapsed",
+    "uncached",
+    "bypass",
+    "error",
+];
+
+/// One outcome's series.
+struct Outcome {
+    label: &'static str,
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
 }
 
 /// What decides freshness, shared with the cache's TTL hook.
@@ -174,16 +196,45 @@ impl Rules {
         ResponseDirectives::from_headers(headers, &self.targeted).0
     }
 
-    fn facts(&self, r: &StoredResponse, cc: &ResponseDirectives, now: u64) -> Facts {
-        let lifetime =
-            freshness::lifetime(r.status, &r.headers, cc, r.response_time_ms, self.heuristic)
-                .unwrap_or(0);
-        let age_ms = freshness::current_age_ms(r, now);
-        Facts {
-            lifetime,
+    /// What judging `r` needs, derived once per stored response (not on every hit).
+    fn judgement<'r>(&self, r: &'r StoredResponse) -> &'r Judgement {
+        r.judged(|r| {
+            let cc = self.directives(&r.headers);
+            let lifetime = freshness::lifetime(
+                r.status,
+                &r.headers,
+                &cc,
+                r.response_time_ms,
+                self.heuristic,
+            )
+            .unwrap_or(0);
+            let mut served = r.headers.clone();
+            for f in OWN_FIELDS {
+                served.remove(f);
+            }
+            Judgement {
+                cc,
+                lifetime,
+                initial_age: freshness::initial_age(
+                    &r.headers,
+                    r.request_time_ms,
+                    r.response_time_ms,
+                ),
+                served,
+            }
+        })
+    }
+
+    /// `r`'s directives and its freshness facts at `now`.
+    fn judge<'r>(&self, r: &'r StoredResponse, now: u64) -> (&'r ResponseDirectives, Facts) {
+        let j = self.judgement(r);
+        let age_ms = freshness::current_age_ms(j.initial_age, r.response_time_ms, now);
+        let facts = Facts {
+            lifetime: j.lifetime,
             age: age_ms / 1000,
             age_ms,
-        }
+        };
+        (&j.cc, facts)
     }
 
     /// How long the library keeps an entry: its freshness left, plus the longest it may be
@@ -193,8 +244,7 @@ impl Rules {
             Entry::Pass => self.pass_ttl,
             Entry::Vary(_) => self.keep,
             Entry::Response(r) => {
-                let cc = self.directives(&r.headers);
-                let facts = self.facts(r, &cc, r.response_time_ms);
+                let (cc, facts) = self.judge(r, r.response_time_ms);
                 let fresh = Duration::from_secs(facts.lifetime.saturating_sub(facts.age));
                 let stale = cc
                     .stale_while_revalidate
@@ -325,12 +375,12 @@ enum Looked {
     /// A stored response, from the cache (or collapsed onto another request's fill);
     /// `fallback`: the library answered with it because the load failed.
     Found {
-        response: StoredResponse,
+        response: Arc<StoredResponse>,
         source: Source,
         fallback: bool,
     },
     /// This request led the fill.
-    Led(Led, Option<StoredResponse>),
+    Led(Led, Option<Arc<StoredResponse>>),
     /// The URL's responses vary: look up the variant.
     Vary(Vec<String>),
     /// Forward without the cache (a pass marker, or another request's fill that could not
@@ -338,7 +388,7 @@ enum Looked {
     Forward(&'static str),
     /// The origin failed; the stale response the judge saw, if any, and the origin's error
     /// response if this request led the fill.
-    Failed(Failure, Option<StoredResponse>, Option<Arc<Buffered>>),
+    Failed(Failure, Option<Arc<StoredResponse>>, Option<Arc<Buffered>>),
 }
 
 impl Proxy {
@@ -363,6 +413,7 @@ impl Proxy {
             rules,
             revalidating: Mutex::new(HashSet::new()),
             started: Instant::now(),
+            outcomes: std::sync::OnceLock::new(),
         }
     }
 
@@ -375,10 +426,27 @@ impl Proxy {
     pub async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let (mut response, status) = self.route(req).await;
-        let outcome = outcome_label(&status);
-        metrics::counter!("herdwise_proxy_requests_total", "cache_status" => outcome).increment(1);
-        metrics::histogram!("herdwise_proxy_request_duration_seconds", "cache_status" => outcome)
-            .record(started.elapsed().as_secs_f64());
+        let label = outcome_label(&status);
+        let outcomes = self.outcomes.get_or_init(|| {
+            OUTCOMES
+                .iter()
+                .map(|&label| Outcome {
+                    label,
+                    requests: metrics::counter!(
+                        "herdwise_proxy_requests_total",
+                        "cache_status" => label
+                    ),
+                    duration: metrics::histogram!(
+                        "herdwise_proxy_request_duration_seconds",
+                        "cache_status" => label
+                    ),
+                })
+                .collect()
+        });
+        if let Some(o) = outcomes.iter().find(|o| o.label == label) {
+            o.requests.increment(1);
+            o.duration.record(started.elapsed().as_secs_f64());
+        }
         let headers = response.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&status.render(&self.config.cache_name)) {
             headers.append(HeaderName::from_static("cache-status"), v);
@@ -438,21 +506,24 @@ impl Proxy {
         }
     }
 
-    /// The context of a GET/HEAD.
-    fn ctx(&self, req: &Request<Incoming>, host: &str, origin: &Origin) -> Ctx {
-        let pq = req
-            .uri()
+    /// The context of a GET/HEAD (its body dropped: a GET's body means nothing, RFC 9110
+    /// §9.3.1).
+    fn ctx(&self, req: Request<Incoming>, host: &str, origin: &Origin) -> Ctx {
+        let (parts, _body) = req.into_parts();
+        let pq = parts
+            .uri
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
+        let primary = key::primary(origin.https, host, pq);
         Ctx {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            headers: req.headers().clone(),
-            req_cc: RequestDirectives::from_headers(req.headers()),
+            req_cc: RequestDirectives::from_headers(&parts.headers),
+            method: parts.method,
+            uri: parts.uri,
+            headers: parts.headers,
             started_ms: now_ms(),
             host: host.to_string(),
-            primary: key::primary(origin.https, host, pq),
+            primary,
             https: origin.https,
         }
     }
@@ -463,8 +534,7 @@ impl Proxy {
         host: String,
         origin: &Arc<Origin>,
     ) -> (Response<Body>, CacheStatus) {
-        let ctx = Arc::new(self.ctx(&req, &host, origin));
-        drop(req); // a GET's body means nothing (RFC 9110 §9.3.1)
+        let ctx = Arc::new(self.ctx(req, &host, origin));
         let mut key = ctx.primary.clone();
         let mut variant: Option<Variant> = None;
         for _ in 0..2 {
@@ -494,9 +564,8 @@ impl Proxy {
         match self.cache.get(key).await {
             Ok(Some(entry)) => match &*entry {
                 Entry::Response(r) => {
-                    let cc = self.rules.directives(&r.headers);
-                    let facts = self.rules.facts(r, &cc, now_ms());
-                    match freshness::standing(&cc, facts, &ctx.req_cc) {
+                    let (cc, facts) = self.rules.judge(r, now_ms());
+                    match freshness::standing(cc, facts, &ctx.req_cc) {
                         Standing::Stale => Looked::Forward("only-if-cached"),
                         _ => Looked::Found {
                             response: r.clone(),
@@ -520,9 +589,8 @@ impl Proxy {
         if r.response_time_ms > ctx.started_ms {
             return false;
         }
-        let cc = self.rules.directives(&r.headers);
-        let facts = self.rules.facts(r, &cc, now_ms());
-        freshness::standing(&cc, facts, &ctx.req_cc) == Standing::Stale
+        let (cc, facts) = self.rules.judge(r, now_ms());
+        freshness::standing(cc, facts, &ctx.req_cc) == Standing::Stale
     }
 
     async fn lookup(
@@ -532,7 +600,7 @@ impl Proxy {
         origin: &Arc<Origin>,
         variant: Option<&Variant>,
     ) -> Looked {
-        let stale_seen: Mutex<Option<StoredResponse>> = Mutex::new(None);
+        let stale_seen: Mutex<Option<Arc<StoredResponse>>> = Mutex::new(None);
         let led: Mutex<Option<Led>> = Mutex::new(None);
         let judge = |e: &Entry| match e {
             Entry::Response(r) => {
@@ -645,13 +713,13 @@ impl Proxy {
         ctx: &Ctx,
         origin: &Origin,
         variant: Option<&Variant>,
-        stale_seen: &Mutex<Option<StoredResponse>>,
+        stale_seen: &Mutex<Option<Arc<StoredResponse>>>,
         led: &Mutex<Option<Led>>,
     ) -> Result<Option<Entry>, Failure> {
         let stale = stale_seen.lock().clone();
         let request_time_ms = now_ms();
         let vary_fields = variant.map(|v| v.fields.as_slice()).unwrap_or(&[]);
-        let request = self.fill_request(ctx, stale.as_ref(), vary_fields);
+        let request = self.fill_request(ctx, stale.as_deref(), vary_fields);
         let response = origin.send(request).await.map_err(Failure::Origin)?;
         let response_time_ms = now_ms();
         origin_metric(response.status());
@@ -666,8 +734,10 @@ impl Proxy {
         }
         let status = parts.status;
         if status == StatusCode::NOT_MODIFIED {
-            if let Some(mut s) = stale.filter(|s| conditional::selects(&s.headers, &parts.headers))
+            if let Some(stale) = stale.filter(|s| conditional::selects(&s.headers, &parts.headers))
             {
+                // A copy to freshen (the stored one is shared, and judged as it was).
+                let mut s = StoredResponse::clone(&stale);
                 let cc304 = self.rules.directives(&parts.headers);
                 let except: Vec<String> = cc304
                     .private_fields
@@ -713,7 +783,7 @@ impl Proxy {
                     validated: true,
                     variant: None,
                 });
-                return Ok(Some(Entry::Response(s)));
+                return Ok(Some(Entry::Response(Arc::new(s))));
             }
             // A 304 that selects nothing stored: pass it on as it is.
             let response = Response::from_parts(parts, streamed(body));
@@ -816,6 +886,7 @@ impl Proxy {
             response_time_ms,
             variant: variant.map(|v| v.selector.clone()),
             tags,
+            memo: Memo::default(),
         };
         if let Some(v) = variant {
             // A variant's fill: if the origin now varies on other fields, the response goes
@@ -830,6 +901,7 @@ impl Proxy {
                     stored.variant = Some(sel.clone());
                     key::variant(&ctx.primary, &sel)
                 };
+                let stored = Arc::new(stored);
                 let _ = self
                     .cache
                     .set(&entry_key, Entry::Response(stored.clone()))
@@ -852,6 +924,7 @@ impl Proxy {
                 let sel = vary::selector(&ctx.headers, &fields);
                 stored.variant = Some(sel.clone());
                 let variant_key = key::variant(&ctx.primary, &sel);
+                let stored = Arc::new(stored);
                 let _ = self
                     .cache
                     .set(&variant_key, Entry::Response(stored.clone()))
@@ -869,7 +942,7 @@ impl Proxy {
             validated: false,
             variant: None,
         });
-        Ok(Some(Entry::Response(stored)))
+        Ok(Some(Entry::Response(Arc::new(stored))))
     }
 
     /// The tags of a response stored for `primary`: its URL, its directories, its surrogate
@@ -907,9 +980,8 @@ impl Proxy {
                 if selector.is_some() && response.variant != selector {
                     return self.pass(ctx, origin, "variant-collision").await;
                 }
-                let cc = self.rules.directives(&response.headers);
-                let facts = self.rules.facts(&response, &cc, now);
-                let standing = freshness::standing(&cc, facts, &ctx.req_cc);
+                let (cc, facts) = self.rules.judge(&response, now);
+                let standing = freshness::standing(cc, facts, &ctx.req_cc);
                 // The library's own fallback after a failed load: HTTP decides whether it may
                 // be used (stale-if-error), never the library.
                 if fallback && standing == Standing::Stale {
@@ -944,8 +1016,7 @@ impl Proxy {
                 let Some(response) = variant.or(stored) else {
                     return self.pass(ctx, origin, "store-failed").await;
                 };
-                let cc = self.rules.directives(&response.headers);
-                let facts = self.rules.facts(&response, &cc, now);
+                let (_, facts) = self.rules.judge(&response, now);
                 let status = CacheStatus {
                     fwd: Some(if validated {
                         Forward::Stale
@@ -993,7 +1064,7 @@ impl Proxy {
     fn failed(
         &self,
         failure: Failure,
-        stale: Option<StoredResponse>,
+        stale: Option<Arc<StoredResponse>>,
         own: Option<Arc<Buffered>>,
         ctx: &Ctx,
         now: u64,
@@ -1003,9 +1074,8 @@ impl Proxy {
             _ => None,
         };
         if let Some(s) = stale {
-            let cc = self.rules.directives(&s.headers);
-            let facts = self.rules.facts(&s, &cc, now);
-            if freshness::usable_on_error(&cc, facts, &ctx.req_cc) {
+            let (cc, facts) = self.rules.judge(&s, now);
+            if freshness::usable_on_error(cc, facts, &ctx.req_cc) {
                 let status = CacheStatus {
                     hit: true,
                     fwd: Some(Forward::Stale),
@@ -1100,12 +1170,9 @@ impl Proxy {
 
     /// Serves a stored response to the client: its conditionals, a range, HEAD, `Age`.
     fn serve(&self, r: &StoredResponse, ctx: &Ctx, now: u64) -> Response<Body> {
-        let mut headers = r.headers.clone();
-        for f in OWN_FIELDS {
-            headers.remove(f);
-        }
-        let age = freshness::current_age(r, now);
-        headers.insert(header::AGE, HeaderValue::from(age));
+        let (_, facts) = self.rules.judge(r, now);
+        let mut headers = self.rules.judgement(r).served.clone();
+        headers.insert(header::AGE, HeaderValue::from(facts.age));
         // Preconditions apply to a 2xx representation only (RFC 9110 §13.2.1).
         if r.status.is_success()
             && conditional::evaluate(&ctx.method, &ctx.headers, &r.headers)
@@ -1453,6 +1520,37 @@ pub fn purge_metric(kind: &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_outcome_has_its_series() {
+        let fwds = [
+            None,
+            Some(Forward::UriMiss),
+            Some(Forward::VaryMiss),
+            Some(Forward::Request),
+            Some(Forward::Stale),
+            Some(Forward::Bypass),
+        ];
+        for hit in [false, true] {
+            for fwd in fwds {
+                for stored in [false, true] {
+                    for collapsed in [false, true] {
+                        for detail in [None, Some("stale-while-revalidate")] {
+                            let status = CacheStatus {
+                                hit,
+                                fwd,
+                                stored,
+                                collapsed,
+                                detail,
+                                ..Default::default()
+                            };
+                            assert!(OUTCOMES.contains(&outcome_label(&status)), "{status:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn directory_prefixes() {

@@ -26,8 +26,23 @@ fn unreserved(b: u8) -> bool {
 
 /// The path with percent-encoding normalised (RFC 3986 §6.2.2.1-2).
 pub fn normalise_path(path: &str) -> String {
-    let bytes = path.as_bytes();
     let mut out = String::with_capacity(path.len());
+    push_path(&mut out, path);
+    out
+}
+
+/// Appends `path`, normalised as [`normalise_path`] does.
+fn push_path(out: &mut String, path: &str) {
+    if path.is_empty() {
+        out.push('/');
+        return;
+    }
+    if !path.contains('%') {
+        // Nothing to normalise (the common case): copied as is.
+        out.push_str(path);
+        return;
+    }
+    let bytes = path.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' && i + 2 < bytes.len() {
@@ -50,19 +65,28 @@ pub fn normalise_path(path: &str) -> String {
         out.push_str(&path[i..ch_end]);
         i = ch_end;
     }
-    if out.is_empty() {
-        out.push('/');
-    }
-    out
 }
 
 /// The host as keyed: lower-case, without the scheme's default port.
 pub fn normalise_host(host: &str, https: bool) -> String {
-    let host = host.trim().to_ascii_lowercase();
+    let mut out = String::with_capacity(host.len());
+    push_host(&mut out, host, https);
+    out
+}
+
+/// Appends `host`, normalised as [`normalise_host`] does.
+fn push_host(out: &mut String, host: &str, https: bool) {
+    let host = host.trim();
     let default = if https { ":443" } else { ":80" };
-    host.strip_suffix(default)
-        .map(str::to_string)
-        .unwrap_or(host)
+    let host = match host.len().checked_sub(default.len()) {
+        Some(cut) if host.is_char_boundary(cut) && host[cut..].eq_ignore_ascii_case(default) => {
+            &host[..cut]
+        }
+        _ => host,
+    };
+    let start = out.len();
+    out.push_str(host);
+    out[start..].make_ascii_lowercase();
 }
 
 /// The primary key of a request for `host` (already checked against the configured origins).
@@ -71,12 +95,11 @@ pub fn primary(https: bool, host: &str, path_and_query: &str) -> String {
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
     };
-    let scheme = if https { "https" } else { "http" };
-    let mut key = format!(
-        "{scheme}://{}{}",
-        normalise_host(host, https),
-        normalise_path(path)
-    );
+    let scheme = if https { "https://" } else { "http://" };
+    let mut key = String::with_capacity(scheme.len() + host.len() + path_and_query.len() + 1);
+    key.push_str(scheme);
+    push_host(&mut key, host, https);
+    push_path(&mut key, path);
     if let Some(q) = query {
         key.push('?');
         key.push_str(q);
@@ -121,6 +144,11 @@ mod tests {
             primary(false, "h", "/a?y=2&x=1")
         );
         assert_eq!(normalise_path("/%zz%4"), "/%zz%4");
+        assert_eq!(
+            primary(false, " H.Test:8080 ", "/Plain/path"),
+            "http://h.test:8080/Plain/path"
+        );
+        assert_eq!(normalise_host("h:80", true), "h:80");
         assert_ne!(variant("k", "a"), variant("k", "b"));
         assert!(surrogate_tag(&"x".repeat(500)).starts_with("sk:"));
         assert_eq!(surrogate_tag(" product-1 "), "s:product-1");

@@ -4,11 +4,59 @@
 //!
 //! Contract: [`EntryCodec`] is the only way these bytes are made and read. Its layout is
 //! versioned (first byte); any other first byte, a truncated buffer or an invalid header name or
-//! value is a decode error, which the cache counts as a miss (never a panic).
+//! value is a decode error, which the cache counts as a miss (never a panic). A stored response
+//! is shared (`Arc`) and never changed once it is an entry: what judging it needs is derived
+//! from its fields once ([`StoredResponse::judged`]), not on every hit; a clone (made to be
+//! changed, e.g. freshened by a 304) starts without it.
+
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use herdwise::{Codec, CodecError};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+use crate::semantics::directives::ResponseDirectives;
+
+/// What judging and serving a stored response needs, derived once from its fields by the
+/// proxy's rules (`handler::Rules`).
+#[derive(Debug)]
+pub struct Judgement {
+    /// Its Cache-Control (the targeted field first, RFC 9213).
+    pub cc: ResponseDirectives,
+    /// Freshness lifetime, seconds (0: none).
+    pub lifetime: u64,
+    /// Corrected initial age, seconds (RFC 9111 §4.2.3).
+    pub initial_age: u64,
+    /// The header fields a client is given (this cache's own controls removed), before `Age`.
+    pub served: HeaderMap,
+}
+
+/// A [`Judgement`], computed on first use. Equal to any other (it is derived, not data); a clone
+/// starts empty, so a changed clone is judged again.
+#[derive(Default)]
+pub struct Memo(OnceLock<Judgement>);
+
+impl Clone for Memo {
+    fn clone(&self) -> Self {
+        Memo::default()
+    }
+}
+
+impl PartialEq for Memo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Memo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Memo(judged)"
+        } else {
+            "Memo(empty)"
+        })
+    }
+}
 
 /// A stored response.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,13 +77,23 @@ pub struct StoredResponse {
     pub variant: Option<String>,
     /// Surrogate keys (tags) the entry carries, already normalised.
     pub tags: Vec<String>,
+    /// Its [`Judgement`] once made (`Memo::default()` when building one).
+    pub memo: Memo,
+}
+
+impl StoredResponse {
+    /// Its judgement: made by `judge` on first use, then kept. Change a response only before
+    /// it is first judged (or change a clone).
+    pub fn judged(&self, judge: impl FnOnce(&StoredResponse) -> Judgement) -> &Judgement {
+        self.memo.0.get_or_init(|| judge(self))
+    }
 }
 
 /// One stored entry.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Entry {
-    /// A response.
-    Response(StoredResponse),
+    /// A response (shared: hits take a reference, not a copy).
+    Response(Arc<StoredResponse>),
     /// Responses for this URL vary on these request fields (lower-case, in the order the
     /// origin listed them); each variant is stored under its own key.
     Vary(Vec<String>),
@@ -183,7 +241,7 @@ impl Codec<Entry> for EntryCodec {
                     headers.append(name, value);
                 }
                 let body = Bytes::copy_from_slice(r.bytes()?);
-                Entry::Response(StoredResponse {
+                Entry::Response(Arc::new(StoredResponse {
                     status,
                     headers,
                     body,
@@ -191,7 +249,8 @@ impl Codec<Entry> for EntryCodec {
                     response_time_ms,
                     variant,
                     tags,
-                })
+                    memo: Memo::default(),
+                }))
             }
             _ => return Err(bad("unknown kind")),
         };
@@ -228,7 +287,7 @@ mod tests {
         headers.insert("content-type", HeaderValue::from_static("text/plain"));
         headers.append("x-a", HeaderValue::from_static("1"));
         headers.append("x-a", HeaderValue::from_static("2"));
-        let e = Entry::Response(StoredResponse {
+        let e = Entry::Response(Arc::new(StoredResponse {
             status: StatusCode::OK,
             headers,
             body: Bytes::from_static(b"hello"),
@@ -236,7 +295,8 @@ mod tests {
             response_time_ms: 2,
             variant: Some("gzip".into()),
             tags: vec!["t1".into()],
-        });
+            memo: Memo::default(),
+        }));
         let bytes = EntryCodec.encode(&e).unwrap();
         assert_eq!(EntryCodec.decode(&bytes).unwrap(), e);
         for cut in 0..bytes.len() {

@@ -4,8 +4,6 @@
 //! parameters RFC 9211 §2 defines: `hit`, `fwd` (`uri-miss`, `vary-miss`, `miss`, `request`,
 //! `stale`, `bypass`), `fwd-status`, `ttl`, `stored`, `collapsed`, `detail`.
 
-use std::fmt::Write as _;
-
 /// Why a request went forward (RFC 9211 §2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forward {
@@ -55,18 +53,23 @@ pub struct CacheStatus {
 impl CacheStatus {
     /// The field value, for a cache named `name`.
     pub fn render(&self, name: &str) -> String {
-        let mut out = String::from(name);
+        let mut out = String::with_capacity(name.len() + 64);
+        out.push_str(name);
         if self.hit {
             out.push_str("; hit");
         }
         if let Some(fwd) = self.fwd {
-            let _ = write!(out, "; fwd={}", fwd.as_str());
+            out.push_str("; fwd=");
+            out.push_str(fwd.as_str());
         }
+        let mut digits = itoa::Buffer::new();
         if let Some(status) = self.fwd_status {
-            let _ = write!(out, "; fwd-status={status}");
+            out.push_str("; fwd-status=");
+            out.push_str(digits.format(status));
         }
         if let Some(ttl) = self.ttl {
-            let _ = write!(out, "; ttl={ttl}");
+            out.push_str("; ttl=");
+            out.push_str(digits.format(ttl));
         }
         if self.stored {
             out.push_str("; stored");
@@ -75,7 +78,8 @@ impl CacheStatus {
             out.push_str("; collapsed");
         }
         if let Some(detail) = self.detail {
-            let _ = write!(out, "; detail={detail}");
+            out.push_str("; detail=");
+            out.push_str(detail);
         }
         out
     }

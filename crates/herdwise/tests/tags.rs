@@ -462,3 +462,53 @@ async fn fetch_checks_the_calls_tags_before_asking_the_origin() {
     assert!(matches!(err, Error::InvalidTag(_)), "{err}");
     assert_eq!(calls.get(), 0);
 }
+
+/// On the embedded store every invalidation is heard (its messaging is in-process, up from the
+/// start): a tagged entry in L1 is a plain L1 hit, not an unverified copy checked against L2 on
+/// every read (which cost the HTTP proxy a decode of the whole response per hit).
+#[tokio::test]
+async fn tagged_entries_on_the_embedded_store_are_l1_hits_and_still_invalidated() {
+    let store = herdwise::MemoryStore::new();
+    let a: Cache<u64, String> = Cache::builder("tags-embedded")
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let b: Cache<u64, String> = Cache::builder("tags-embedded")
+        .store(store)
+        .build()
+        .unwrap();
+    let never = |_: &u64| async { Ok::<Option<String>, OriginError>(None) };
+    let fresh = |_: &String| false;
+    let opts = LoadOptions::default();
+    a.set_with(
+        &1,
+        "shoe".to_string(),
+        &WriteOptions::default().tags([SHOES]),
+    )
+    .await
+    .unwrap();
+    // B reads it into its L1 (from L2), then again: from L1.
+    assert_eq!(value(&b, 1).await.as_deref(), Some("shoe"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for cache in [&a, &b] {
+        let read = cache
+            .get_or_load_checked(&1, &opts, &fresh, never)
+            .await
+            .unwrap();
+        assert_eq!(read.value.as_deref().map(String::as_str), Some("shoe"));
+        assert_eq!(
+            read.source,
+            herdwise::Source::L1,
+            "a tagged L1 entry went to L2"
+        );
+    }
+    a.invalidate_tag(SHOES).await.unwrap();
+    // The instance that invalidated: at once.
+    assert_eq!(value(&a, 1).await, None);
+    // The other: once its listener has taken the event (in-process, a task switch away).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while value(&b, 1).await.is_some() {
+        assert!(Instant::now() < deadline, "B kept the invalidated entry");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -8,7 +8,6 @@
 use http::{HeaderMap, StatusCode};
 
 use super::directives::{RequestDirectives, ResponseDirectives};
-use crate::object::StoredResponse;
 
 /// Status codes heuristically cacheable by default (RFC 9110 §15.1).
 pub fn heuristically_cacheable(status: StatusCode) -> bool {
@@ -83,26 +82,23 @@ pub fn age_header(headers: &HeaderMap) -> u64 {
         .unwrap_or(0)
 }
 
-/// The corrected initial age in seconds (§4.2.3), at the moment the response was received.
-pub fn initial_age(r: &StoredResponse) -> u64 {
-    let date_ms = http_date(&r.headers, http::header::DATE)
+/// The corrected initial age in seconds (§4.2.3) of a response with these `headers`, whose
+/// request was sent at `request_time_ms` and which was received at `response_time_ms`.
+pub fn initial_age(headers: &HeaderMap, request_time_ms: u64, response_time_ms: u64) -> u64 {
+    let date_ms = http_date(headers, http::header::DATE)
         .map(|d| d * 1000)
-        .unwrap_or(r.response_time_ms);
-    let apparent = r.response_time_ms.saturating_sub(date_ms) / 1000;
-    let delay = r.response_time_ms.saturating_sub(r.request_time_ms);
-    let corrected = age_header(&r.headers) * 1000 + delay;
+        .unwrap_or(response_time_ms);
+    let apparent = response_time_ms.saturating_sub(date_ms) / 1000;
+    let delay = response_time_ms.saturating_sub(request_time_ms);
+    let corrected = age_header(headers) * 1000 + delay;
     apparent.max(corrected / 1000)
 }
 
-/// The response's current age at `now_ms`, in seconds.
-pub fn current_age(r: &StoredResponse, now_ms: u64) -> u64 {
-    current_age_ms(r, now_ms) / 1000
-}
-
-/// The response's current age at `now_ms`, in milliseconds (for request `max-age`, where a
-/// response received half a second ago is older than `max-age=0` allows).
-pub fn current_age_ms(r: &StoredResponse, now_ms: u64) -> u64 {
-    initial_age(r) * 1000 + now_ms.saturating_sub(r.response_time_ms)
+/// The current age at `now_ms`, in milliseconds, of a response received at `response_time_ms`
+/// with `initial_age` (seconds, from [`initial_age`]); milliseconds for request `max-age`,
+/// where a response received half a second ago is older than `max-age=0` allows.
+pub fn current_age_ms(initial_age: u64, response_time_ms: u64, now_ms: u64) -> u64 {
+    initial_age * 1000 + now_ms.saturating_sub(response_time_ms)
 }
 
 /// Where a stored response stands for one request.

@@ -176,7 +176,8 @@ impl Backplane {
                     subscriber: subscriber.clone(),
                     armed: true,
                 };
-                runtime.spawn(listen(subscriber, events, self.sender, ended));
+                let confirmed = self.store.confirms_subscriptions();
+                runtime.spawn(listen(subscriber, events, self.sender, confirmed, ended));
             }
             None => tracing::warn!(
                 channel = %self.channel,
@@ -251,10 +252,22 @@ async fn listen(
     inner: Weak<dyn Subscriber>,
     mut events: broadcast::Receiver<StoreEvent>,
     own: u64,
+    confirmed: bool,
     mut ended: ListenerEnded,
 ) {
     let mut last: HashMap<u64, u64> = HashMap::new();
-    let mut subscribed_before = false;
+    // A store that does not confirm subscriptions has them up from the start (in-process
+    // messaging): every invalidation after the clock read now arrives as an event, so the
+    // ledger is complete from it (else every tagged L1 entry stayed unverified and was checked
+    // against L2 on each read).
+    let mut subscribed_before = !confirmed;
+    if !confirmed {
+        if let Some(inner) = inner.upgrade() {
+            if let Some(clock) = inner.resync().await {
+                inner.tags().complete(clock);
+            }
+        }
+    }
     let mut resync = tokio::time::interval(GENERATION_RESYNC);
     // The store's tag clock at the previous check: events of invalidations older than that must
     // have arrived by now.
