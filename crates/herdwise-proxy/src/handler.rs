@@ -121,6 +121,9 @@ enum Led {
 
 /// The request, as the fill and the judges need it.
 struct Ctx {
+    /// The settings this request runs under, from start to end (a reload meanwhile applies to
+    /// later requests).
+    live: Arc<Live>,
     method: Method,
     uri: http::Uri,
     headers: HeaderMap,
@@ -134,12 +137,7 @@ struct Ctx {
 /// The proxy: the cache, the origins, the policy.
 pub struct Proxy {
     cache: Cache<str, Entry>,
-    /// Request fields a fill forwards (see `Config::fill_headers`).
-    fill_headers: Vec<HeaderName>,
-    origins: Origins,
-    config: Arc<Config>,
-    policy: StorePolicy,
-    rules: Arc<Rules>,
+    settings: Arc<Settings>,
     revalidating: Mutex<HashSet<String>>,
     started: Instant,
     /// The request series by outcome, registered on the first request (with the recorder the
@@ -164,6 +162,104 @@ struct Outcome {
     label: &'static str,
     requests: metrics::Counter,
     duration: metrics::Histogram,
+}
+
+/// What a request reads of the configuration: replaced whole by a reload.
+pub struct Live {
+    /// The configuration in force (options that need a restart as they were at start).
+    pub config: Arc<Config>,
+    /// Request fields a fill forwards (see `Config::fill_headers`).
+    fill_headers: Vec<HeaderName>,
+    origins: Origins,
+    policy: StorePolicy,
+    rules: Rules,
+}
+
+impl Live {
+    /// From a validated configuration; origins whose configuration `previous` shares are kept.
+    fn new(config: Config, previous: Option<&Live>) -> Self {
+        let policy = StorePolicy {
+            store_set_cookie: config.store_set_cookie,
+            check_extension: config.check_extension,
+            static_routes: config.static_routes.clone(),
+            max_object_bytes: config.max_object_bytes,
+        };
+        Live {
+            fill_headers: config
+                .fill_headers
+                .iter()
+                .filter_map(|f| HeaderName::from_bytes(f.as_bytes()).ok())
+                .collect(),
+            origins: Origins::reusing(&config.origins, previous.map(|p| &p.origins)),
+            policy,
+            rules: Rules::new(&config),
+            config: Arc::new(config),
+        }
+    }
+}
+
+/// The settings in force, shared by the proxy and the cache's TTL hook; a reload swaps them.
+pub struct Settings(parking_lot::RwLock<Arc<Live>>);
+
+impl Settings {
+    /// Settings from a validated configuration.
+    pub fn new(config: Config) -> Self {
+        Settings(parking_lot::RwLock::new(Arc::new(Live::new(config, None))))
+    }
+
+    /// The settings in force now.
+    pub fn current(&self) -> Arc<Live> {
+        self.0.read().clone()
+    }
+
+    /// How long the cache keeps `entry`, by the rules in force (see [`Rules::storage_ttl`]).
+    pub fn storage_ttl(&self, entry: &Entry) -> Option<Duration> {
+        self.0.read().rules.storage_ttl(entry)
+    }
+}
+
+/// Options a running proxy cannot change: a reload that changes them keeps their old values
+/// (and says which), the rest applies.
+pub const RESTART_OPTIONS: [&str; 11] = [
+    "listen",
+    "admin_listen",
+    "namespace",
+    "redis_url",
+    "l1_max_bytes",
+    "max_object_bytes",
+    "max_url_bytes",
+    "max_header_bytes",
+    "header_read_timeout_ms",
+    "max_ttl_secs",
+    "shutdown_grace_secs",
+];
+
+/// `next` with the options of [`RESTART_OPTIONS`] as in `running`, and the names of those
+/// that differed.
+fn keep_restart_options(running: &Config, mut next: Config) -> (Config, Vec<&'static str>) {
+    let mut differed = Vec::new();
+    macro_rules! keep {
+        ($($field:ident),*) => {$(
+            if next.$field != running.$field {
+                differed.push(stringify!($field));
+                next.$field = running.$field.clone();
+            }
+        )*};
+    }
+    keep!(
+        listen,
+        admin_listen,
+        namespace,
+        redis_url,
+        l1_max_bytes,
+        max_object_bytes,
+        max_url_bytes,
+        max_header_bytes,
+        header_read_timeout_ms,
+        max_ttl_secs,
+        shutdown_grace_secs
+    );
+    (next, differed)
 }
 
 /// What decides freshness, shared with the cache's TTL hook.
@@ -392,25 +488,11 @@ enum Looked {
 }
 
 impl Proxy {
-    /// A proxy over `cache` (built by `crate::server::build_cache` with [`Rules`]).
-    pub fn new(config: Arc<Config>, cache: Cache<str, Entry>, rules: Arc<Rules>) -> Self {
-        let policy = StorePolicy {
-            store_set_cookie: config.store_set_cookie,
-            check_extension: config.check_extension,
-            static_routes: config.static_routes.clone(),
-            max_object_bytes: config.max_object_bytes,
-        };
+    /// A proxy over `cache` (built by `crate::server::build_cache` with the same `settings`).
+    pub fn new(cache: Cache<str, Entry>, settings: Arc<Settings>) -> Self {
         Proxy {
             cache,
-            fill_headers: config
-                .fill_headers
-                .iter()
-                .filter_map(|f| HeaderName::from_bytes(f.as_bytes()).ok())
-                .collect(),
-            origins: Origins::new(&config.origins),
-            config,
-            policy,
-            rules,
+            settings,
             revalidating: Mutex::new(HashSet::new()),
             started: Instant::now(),
             outcomes: std::sync::OnceLock::new(),
@@ -422,10 +504,30 @@ impl Proxy {
         &self.cache
     }
 
+    /// The settings in force.
+    pub fn live(&self) -> Arc<Live> {
+        self.settings.current()
+    }
+
+    /// Applies `config` (validated here) to requests from now on: origins, policy, freshness
+    /// rules, fill fields, the admin token and the rest. Options that need a restart
+    /// ([`RESTART_OPTIONS`]) keep their running values; their names are returned. Requests in
+    /// flight finish under the settings they started with; an origin whose configuration did
+    /// not change keeps its connections and its concurrency limit. Entries already stored
+    /// keep the freshness they were judged with when stored (as Varnish keeps a TTL).
+    pub fn reload(&self, config: Config) -> Result<Vec<&'static str>, crate::Error> {
+        config.validate()?;
+        let mut slot = self.settings.0.write();
+        let (config, differed) = keep_restart_options(&slot.config, config);
+        *slot = Arc::new(Live::new(config, Some(&slot)));
+        Ok(differed)
+    }
+
     /// Answers one request.
     pub async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
-        let (mut response, status) = self.route(req).await;
+        let live = self.live();
+        let (mut response, status) = self.route(req, &live).await;
         let label = outcome_label(&status);
         let outcomes = self.outcomes.get_or_init(|| {
             OUTCOMES
@@ -448,21 +550,25 @@ impl Proxy {
             o.duration.record(started.elapsed().as_secs_f64());
         }
         let headers = response.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&status.render(&self.config.cache_name)) {
+        if let Ok(v) = HeaderValue::from_str(&status.render(&live.config.cache_name)) {
             headers.append(HeaderName::from_static("cache-status"), v);
         }
         headers.append(header::VIA, HeaderValue::from_static("1.1 herdwise"));
         response
     }
 
-    async fn route(self: &Arc<Self>, req: Request<Incoming>) -> (Response<Body>, CacheStatus) {
+    async fn route(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        live: &Arc<Live>,
+    ) -> (Response<Body>, CacheStatus) {
         let bypass = |detail| CacheStatus {
             fwd: Some(Forward::Bypass),
             detail: Some(detail),
             ..Default::default()
         };
         let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-        if target_len > self.config.max_url_bytes {
+        if target_len > live.config.max_url_bytes {
             return (
                 text(StatusCode::URI_TOO_LONG, "URI too long\n"),
                 bypass("uri-too-long"),
@@ -490,7 +596,7 @@ impl Proxy {
         };
         // Only configured hosts: anything else would let a client key entries (or reach
         // origins) by a Host of its choosing.
-        let Some((host, origin)) = self.origins.route(&host) else {
+        let Some((host, origin)) = live.origins.route(&host) else {
             return (
                 text(StatusCode::MISDIRECTED_REQUEST, "unknown host\n"),
                 bypass("unknown-host"),
@@ -498,17 +604,17 @@ impl Proxy {
         };
         let (host, origin) = (host.to_string(), origin.clone());
         match *req.method() {
-            Method::GET | Method::HEAD => self.cached(req, host, &origin).await,
-            ref m if m.as_str() == "PURGE" && self.config.purge_method => {
+            Method::GET | Method::HEAD => self.cached(req, host, &origin, live).await,
+            ref m if m.as_str() == "PURGE" && live.config.purge_method => {
                 self.purge_request(req, &host, &origin).await
             }
-            _ => self.forward_other(req, &host, &origin).await,
+            _ => self.forward_other(req, &host, &origin, live).await,
         }
     }
 
     /// The context of a GET/HEAD (its body dropped: a GET's body means nothing, RFC 9110
     /// §9.3.1).
-    fn ctx(&self, req: Request<Incoming>, host: &str, origin: &Origin) -> Ctx {
+    fn ctx(&self, req: Request<Incoming>, host: &str, origin: &Origin, live: &Arc<Live>) -> Ctx {
         let (parts, _body) = req.into_parts();
         let pq = parts
             .uri
@@ -517,6 +623,7 @@ impl Proxy {
             .unwrap_or("/");
         let primary = key::primary(origin.https, host, pq);
         Ctx {
+            live: live.clone(),
             req_cc: RequestDirectives::from_headers(&parts.headers),
             method: parts.method,
             uri: parts.uri,
@@ -533,8 +640,9 @@ impl Proxy {
         req: Request<Incoming>,
         host: String,
         origin: &Arc<Origin>,
+        live: &Arc<Live>,
     ) -> (Response<Body>, CacheStatus) {
-        let ctx = Arc::new(self.ctx(req, &host, origin));
+        let ctx = Arc::new(self.ctx(req, &host, origin, live));
         let mut key = ctx.primary.clone();
         let mut variant: Option<Variant> = None;
         for _ in 0..2 {
@@ -564,7 +672,7 @@ impl Proxy {
         match self.cache.get(key).await {
             Ok(Some(entry)) => match &*entry {
                 Entry::Response(r) => {
-                    let (cc, facts) = self.rules.judge(r, now_ms());
+                    let (cc, facts) = ctx.live.rules.judge(r, now_ms());
                     match freshness::standing(cc, facts, &ctx.req_cc) {
                         Standing::Stale => Looked::Forward("only-if-cached"),
                         _ => Looked::Found {
@@ -589,7 +697,7 @@ impl Proxy {
         if r.response_time_ms > ctx.started_ms {
             return false;
         }
-        let (cc, facts) = self.rules.judge(r, now_ms());
+        let (cc, facts) = ctx.live.rules.judge(r, now_ms());
         freshness::standing(cc, facts, &ctx.req_cc) == Standing::Stale
     }
 
@@ -678,7 +786,8 @@ impl Proxy {
         let varied = vary_fields
             .iter()
             .filter_map(|f| HeaderName::from_bytes(f.as_bytes()).ok());
-        let names: Vec<HeaderName> = self
+        let names: Vec<HeaderName> = ctx
+            .live
             .fill_headers
             .iter()
             .cloned()
@@ -738,7 +847,7 @@ impl Proxy {
             {
                 // A copy to freshen (the stored one is shared, and judged as it was).
                 let mut s = StoredResponse::clone(&stale);
-                let cc304 = self.rules.directives(&parts.headers);
+                let cc304 = ctx.live.rules.directives(&parts.headers);
                 let except: Vec<String> = cc304
                     .private_fields
                     .iter()
@@ -751,7 +860,7 @@ impl Proxy {
                 let tags = self.tags_for(&ctx.primary, &s.headers);
                 s.tags = tags.clone().unwrap_or_default();
                 // The merged response is judged again: the 304 may have made it unstorable.
-                let cc = self.rules.directives(&s.headers);
+                let cc = ctx.live.rules.directives(&s.headers);
                 let path = key::normalise_path(ctx.uri.path());
                 let exchange = Exchange {
                     method: &Method::GET,
@@ -762,11 +871,11 @@ impl Proxy {
                     response: &s.headers,
                     response_cc: &cc,
                     body_len: Some(s.body.len()),
-                    heuristic_allowed: self.rules.heuristic.is_some(),
+                    heuristic_allowed: ctx.live.rules.heuristic.is_some(),
                 };
                 let verdict = match tags {
                     Err(reason) => Verdict::Refuse(reason),
-                    Ok(_) => storable::verdict(&exchange, &self.policy),
+                    Ok(_) => storable::verdict(&exchange, &ctx.live.policy),
                 };
                 if let Verdict::Refuse(reason) = verdict {
                     let mut response = Response::new(full(s.body.clone()));
@@ -814,7 +923,7 @@ impl Proxy {
             *led.lock() = Some(Led::Failed(buffered));
             return Err(Failure::Status(status));
         }
-        let cc = self.rules.directives(&parts.headers);
+        let cc = ctx.live.rules.directives(&parts.headers);
         let fill_path = key::normalise_path(ctx.uri.path());
         let body_len = parts
             .headers
@@ -830,10 +939,10 @@ impl Proxy {
             response: &parts.headers,
             response_cc: &cc,
             body_len,
-            heuristic_allowed: self.rules.heuristic.is_some()
+            heuristic_allowed: ctx.live.rules.heuristic.is_some()
                 && parts.headers.contains_key(header::LAST_MODIFIED),
         };
-        if let Verdict::Refuse(reason) = storable::verdict(&exchange, &self.policy) {
+        if let Verdict::Refuse(reason) = storable::verdict(&exchange, &ctx.live.policy) {
             let response = Response::from_parts(parts, streamed(body));
             *led.lock() = Some(Led::Passthrough {
                 response,
@@ -843,7 +952,7 @@ impl Proxy {
         }
         let read = tokio::time::timeout(
             Duration::from_secs(30),
-            read_limited(body, self.policy.max_object_bytes),
+            read_limited(body, ctx.live.policy.max_object_bytes),
         )
         .await
         .map_err(|_| Failure::Body("timed out".into()))?
@@ -980,7 +1089,7 @@ impl Proxy {
                 if selector.is_some() && response.variant != selector {
                     return self.pass(ctx, origin, "variant-collision").await;
                 }
-                let (cc, facts) = self.rules.judge(&response, now);
+                let (cc, facts) = ctx.live.rules.judge(&response, now);
                 let standing = freshness::standing(cc, facts, &ctx.req_cc);
                 // The library's own fallback after a failed load: HTTP decides whether it may
                 // be used (stale-if-error), never the library.
@@ -1016,7 +1125,7 @@ impl Proxy {
                 let Some(response) = variant.or(stored) else {
                     return self.pass(ctx, origin, "store-failed").await;
                 };
-                let (_, facts) = self.rules.judge(&response, now);
+                let (_, facts) = ctx.live.rules.judge(&response, now);
                 let status = CacheStatus {
                     fwd: Some(if validated {
                         Forward::Stale
@@ -1074,7 +1183,7 @@ impl Proxy {
             _ => None,
         };
         if let Some(s) = stale {
-            let (cc, facts) = self.rules.judge(&s, now);
+            let (cc, facts) = ctx.live.rules.judge(&s, now);
             if freshness::usable_on_error(cc, facts, &ctx.req_cc) {
                 let status = CacheStatus {
                     hit: true,
@@ -1150,6 +1259,7 @@ impl Proxy {
         let (proxy, key, origin) = (self.clone(), key.to_string(), origin.clone());
         // The background request has no client: its own context, no client directives.
         let bg = Arc::new(Ctx {
+            live: ctx.live.clone(),
             method: Method::GET,
             uri: ctx.uri.clone(),
             headers: ctx.headers.clone(),
@@ -1170,8 +1280,8 @@ impl Proxy {
 
     /// Serves a stored response to the client: its conditionals, a range, HEAD, `Age`.
     fn serve(&self, r: &StoredResponse, ctx: &Ctx, now: u64) -> Response<Body> {
-        let (_, facts) = self.rules.judge(r, now);
-        let mut headers = self.rules.judgement(r).served.clone();
+        let (_, facts) = ctx.live.rules.judge(r, now);
+        let mut headers = ctx.live.rules.judgement(r).served.clone();
         headers.insert(header::AGE, HeaderValue::from(facts.age));
         // Preconditions apply to a 2xx representation only (RFC 9110 §13.2.1).
         if r.status.is_success()
@@ -1302,6 +1412,7 @@ impl Proxy {
         req: Request<Incoming>,
         host: &str,
         origin: &Origin,
+        live: &Live,
     ) -> (Response<Body>, CacheStatus) {
         let unsafe_method = !matches!(
             *req.method(),
@@ -1322,7 +1433,7 @@ impl Proxy {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok())
-            .is_some_and(|n| n > self.config.max_request_body_bytes);
+            .is_some_and(|n| n > live.config.max_request_body_bytes);
         let status = CacheStatus {
             fwd: Some(Forward::Bypass),
             detail: Some("method"),
@@ -1335,7 +1446,7 @@ impl Proxy {
             );
         }
         // A body past the limit ends the request to the origin with an error.
-        let body: OutBody = Limited::new(body, self.config.max_request_body_bytes).boxed();
+        let body: OutBody = Limited::new(body, live.config.max_request_body_bytes).boxed();
         let request = Request::from_parts(parts, body);
         match origin.send(request).await {
             Ok(response) => {
@@ -1384,7 +1495,8 @@ impl Proxy {
 
     /// Whether `req` carries the admin token.
     pub fn authorized(&self, headers: &HeaderMap) -> bool {
-        let Some(token) = self.config.admin_token.as_deref() else {
+        let live = self.live();
+        let Some(token) = live.config.admin_token.as_deref() else {
             return false;
         };
         let given = headers
@@ -1520,6 +1632,33 @@ pub fn purge_metric(kind: &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_keeps_exactly_the_restart_options() {
+        let running = Config::default();
+        let mut next = Config {
+            listen: "127.0.0.1:1".parse().unwrap(),
+            admin_listen: "127.0.0.1:2".parse().unwrap(),
+            namespace: "other".into(),
+            redis_url: Some("redis://127.0.0.1:1".into()),
+            ..Default::default()
+        };
+        next.l1_max_bytes += 1;
+        next.max_object_bytes += 1;
+        next.max_url_bytes += 1;
+        next.max_header_bytes += 1;
+        next.header_read_timeout_ms += 1;
+        next.max_ttl_secs += 1;
+        next.shutdown_grace_secs += 1;
+        next.keep_secs += 1;
+        next.admin_token = Some("new".into());
+        let (kept, differed) = keep_restart_options(&running, next);
+        assert_eq!(differed, RESTART_OPTIONS);
+        let mut expected = running.clone();
+        expected.keep_secs += 1;
+        expected.admin_token = Some("new".into());
+        assert_eq!(kept, expected);
+    }
 
     #[test]
     fn every_outcome_has_its_series() {

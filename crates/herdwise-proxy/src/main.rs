@@ -95,31 +95,48 @@ async fn main() -> std::process::ExitCode {
         "herdwise-proxy on {} (admin {})",
         running.addr, running.admin_addr
     );
-    wait_for_signal().await;
+    wait_for_signal(|| reload(&args, &running)).await;
     eprintln!("herdwise-proxy: shutting down");
     running.shutdown().await;
     std::process::ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// `SIGHUP`: the configuration is read again (file, environment, flags) and applied; a bad one
+/// is logged and the running one kept.
+fn reload(args: &Args, running: &herdwise_proxy::Running) {
+    match load(args).and_then(|config| running.reload(config)) {
+        Ok(kept) if kept.is_empty() => tracing::info!("configuration reloaded"),
+        Ok(kept) => tracing::warn!(
+            needs_restart = ?kept,
+            "configuration reloaded; these options only change at a restart"
+        ),
+        Err(e) => tracing::error!(error = %e, "reload refused: the running configuration is kept"),
+    }
+}
+
+/// Waits for `SIGINT` or `SIGTERM`, calling `on_hup` at each `SIGHUP` meanwhile.
+async fn wait_for_signal(on_hup: impl Fn()) {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return,
+                _ = term.recv() => return,
+                _ = hup.recv() => on_hup(),
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        let _ = on_hup;
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

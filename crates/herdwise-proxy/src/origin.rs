@@ -47,6 +47,9 @@ pub struct Origin {
     timeout: Duration,
     /// Whether clients reach it over HTTPS (for keys).
     pub https: bool,
+    /// What it was made from (a reload keeps an origin whose configuration did not change,
+    /// with its connections and its requests in flight).
+    config: OriginConfig,
 }
 
 impl Origin {
@@ -67,6 +70,7 @@ impl Origin {
             queue_timeout: Duration::from_millis(config.queue_timeout_ms),
             timeout: Duration::from_millis(config.timeout_ms),
             https: config.https,
+            config: config.clone(),
         })
     }
 
@@ -121,10 +125,16 @@ pub struct Origins {
 impl Origins {
     /// The origins of `configs` (already validated).
     pub fn new(configs: &[OriginConfig]) -> Self {
+        Self::reusing(configs, None)
+    }
+
+    /// The origins of `configs`, keeping those of `previous` whose configuration is the same
+    /// (a reload: their connection pools and concurrency limits carry on).
+    pub fn reusing(configs: &[OriginConfig], previous: Option<&Origins>) -> Self {
         let mut by_host = HashMap::new();
         for c in configs {
-            if let Some(origin) = Origin::new(c) {
-                let origin = Arc::new(origin);
+            let kept = previous.and_then(|p| p.by_host.values().find(|o| o.config == *c).cloned());
+            if let Some(origin) = kept.or_else(|| Origin::new(c).map(Arc::new)) {
                 for h in &c.hosts {
                     by_host.insert(h.to_ascii_lowercase(), origin.clone());
                 }
@@ -136,6 +146,10 @@ impl Origins {
     /// The origin serving `host` (the request's `Host`, compared case-insensitively, with a
     /// default port dropped).
     pub fn route(&self, host: &str) -> Option<(&str, &Arc<Origin>)> {
+        if let Some((k, v)) = self.by_host.get_key_value(host) {
+            // As configured (lower-case, no default port): the common case, no copy.
+            return Some((k.as_str(), v));
+        }
         let host = host.trim().to_ascii_lowercase();
         let bare = host
             .strip_suffix(":80")

@@ -23,7 +23,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::handler::{full, purge_metric, text, Body, Proxy, Rules};
+use crate::handler::{full, purge_metric, text, Body, Proxy, Rules, Settings};
 use crate::key;
 use crate::object::{weight, Entry, EntryCodec};
 
@@ -31,8 +31,8 @@ use crate::object::{weight, Entry, EntryCodec};
 const MAX_CONNECTIONS: usize = 16_384;
 
 /// Builds the cache the proxy stores responses in.
-pub async fn build_cache(config: &Config, rules: &Arc<Rules>) -> Result<Cache<str, Entry>> {
-    let ttl_rules = rules.clone();
+pub async fn build_cache(config: &Config, settings: &Arc<Settings>) -> Result<Cache<str, Entry>> {
+    let ttl_rules = settings.clone();
     let builder = Cache::<str, Entry>::builder_with_codec(&config.namespace, EntryCodec)
         .l1_max_bytes(config.l1_max_bytes)
         .l1_weigher(weight)
@@ -68,6 +68,21 @@ pub struct Running {
 }
 
 impl Running {
+    /// Applies a new configuration to requests from now on (see [`Proxy::reload`]): the names
+    /// of the options that need a restart and were left as they are.
+    ///
+    /// ```no_run
+    /// # async fn f(running: &herdwise_proxy::Running) -> Result<(), herdwise_proxy::Error> {
+    /// let mut config = (*running.proxy.live().config).clone();
+    /// config.admin_token = Some("a-new-token-of-some-length".into());
+    /// let needs_restart = running.reload(config)?;
+    /// assert!(needs_restart.is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn reload(&self, config: Config) -> Result<Vec<&'static str>> {
+        self.proxy.reload(config)
+    }
+
     /// Stops accepting, drains requests in flight (up to the grace period), and returns.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
@@ -89,10 +104,10 @@ pub async fn start(
     metrics: Option<herdwise::prometheus::Prometheus>,
 ) -> Result<Running> {
     config.validate()?;
+    let settings = Arc::new(Settings::new(config.clone()));
     let config = Arc::new(config);
-    let rules = Arc::new(Rules::new(&config));
-    let cache = build_cache(&config, &rules).await?;
-    let proxy = Arc::new(Proxy::new(config.clone(), cache, rules));
+    let cache = build_cache(&config, &settings).await?;
+    let proxy = Arc::new(Proxy::new(cache, settings));
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
