@@ -825,7 +825,25 @@ impl Proxy {
         stale_seen: &Mutex<Option<Arc<StoredResponse>>>,
         led: &Mutex<Option<Led>>,
     ) -> Result<Option<Entry>, Failure> {
-        let stale = stale_seen.lock().clone();
+        self.fill_from(ctx, origin, variant, stale_seen, led, true)
+            .await
+    }
+
+    /// [`Self::fill`], validating the stale response the judge saw if `validate`.
+    async fn fill_from(
+        &self,
+        ctx: &Ctx,
+        origin: &Origin,
+        variant: Option<&Variant>,
+        stale_seen: &Mutex<Option<Arc<StoredResponse>>>,
+        led: &Mutex<Option<Led>>,
+        validate: bool,
+    ) -> Result<Option<Entry>, Failure> {
+        let stale = if validate {
+            stale_seen.lock().clone()
+        } else {
+            None
+        };
         let request_time_ms = now_ms();
         let vary_fields = variant.map(|v| v.fields.as_slice()).unwrap_or(&[]);
         let request = self.fill_request(ctx, stale.as_deref(), vary_fields);
@@ -843,6 +861,7 @@ impl Proxy {
         }
         let status = parts.status;
         if status == StatusCode::NOT_MODIFIED {
+            let validated = stale.is_some();
             if let Some(stale) = stale.filter(|s| conditional::selects(&s.headers, &parts.headers))
             {
                 // A copy to freshen (the stored one is shared, and judged as it was).
@@ -894,7 +913,15 @@ impl Proxy {
                 });
                 return Ok(Some(Entry::Response(Arc::new(s))));
             }
-            // A 304 that selects nothing stored: pass it on as it is.
+            if validated {
+                // A 304 to this cache's own conditional that selects nothing stored (it names
+                // another representation): fetch the whole response, never hand a 304 to a
+                // client that asked for none (§4.3.4).
+                drop((parts, body));
+                return Box::pin(self.fill_from(ctx, origin, variant, stale_seen, led, false))
+                    .await;
+            }
+            // A 304 to an unconditional request (a broken origin): pass it on as it is.
             let response = Response::from_parts(parts, streamed(body));
             *led.lock() = Some(Led::Passthrough {
                 response,

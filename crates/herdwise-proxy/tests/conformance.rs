@@ -1047,3 +1047,88 @@ async fn an_uncacheable_answer_does_not_make_requests_wait_on_each_other() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn s5_1_a_list_valued_age_uses_its_first_member() {
+    let rig = Rig::start().await;
+    rig.origin.route(
+        "/age-list",
+        Reply::ok("a")
+            .header("cache-control", "max-age=3600")
+            .header("age", "7200, 0"),
+    );
+    twice(&rig, "/age-list").await;
+    assert_eq!(rig.origin.hits("/age-list"), 2, "7200 s old: stale at once");
+}
+
+#[tokio::test]
+async fn s4_3_4_a_304_without_validators_freshens_the_response_it_validated() {
+    // The origin answers the cache's own conditional with a bare 304 (no ETag, no
+    // Last-Modified): it is about the one response whose validators were sent.
+    let rig = Rig::start().await;
+    rig.origin.script("/bare304", |seen, _| {
+        if seen.headers.contains_key("if-none-match") {
+            Reply::ok("").status(304).set("cache-control", "max-age=60")
+        } else {
+            Reply::ok("full")
+                .header("cache-control", "max-age=0, must-revalidate")
+                .header("etag", "\"abcd\"")
+        }
+    });
+    rig.get("/bare304", &[]).await;
+    let b = rig.get("/bare304", &[]).await;
+    assert_eq!(
+        (b.status, b.body.as_str()),
+        (200, "full"),
+        "{}",
+        b.cache_status()
+    );
+    let c = rig.get("/bare304", &[]).await;
+    assert!(c.hit(), "{}", c.cache_status());
+}
+
+#[tokio::test]
+async fn s4_3_4_a_304_that_selects_nothing_is_not_given_to_an_unconditional_request() {
+    // The 304 names another representation: the cache fetches the whole response again
+    // rather than hand a 304 to a client that asked for none.
+    let rig = Rig::start().await;
+    rig.origin.script("/other304", |seen, n| {
+        if seen.headers.contains_key("if-none-match") {
+            Reply::ok("")
+                .status(304)
+                .set("cache-control", "max-age=60")
+                .header("etag", "\"someone-else\"")
+        } else {
+            Reply::ok(&format!("full-{n}"))
+                .header("cache-control", "max-age=0, must-revalidate")
+                .header("etag", "\"abcd\"")
+        }
+    });
+    rig.get("/other304", &[]).await;
+    let b = rig.get("/other304", &[]).await;
+    assert_eq!(b.status, 200, "{}", b.cache_status());
+    assert!(b.body.starts_with("full-"), "{}", b.body);
+}
+
+#[tokio::test]
+async fn rfc9213_2_1_an_invalid_targeted_field_is_ignored() {
+    let rig = Rig::start().await;
+    for (path, cdn) in [
+        ("/cdn-bad-type", "max-age=10000, &&&&&"),
+        ("/cdn-wrong-type", "max-age=\"10000\""),
+    ] {
+        rig.origin.route(
+            path,
+            Reply::ok("x")
+                .header("cache-control", "no-store")
+                .header("cdn-cache-control", cdn),
+        );
+        let (_, b) = twice(&rig, path).await;
+        assert!(!b.hit(), "{path}: {}", b.cache_status());
+        assert_eq!(
+            rig.origin.hits(path),
+            2,
+            "{path}: Cache-Control's no-store applies"
+        );
+    }
+}

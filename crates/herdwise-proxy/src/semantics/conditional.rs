@@ -114,8 +114,10 @@ pub fn validators(stored: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
     out
 }
 
-/// Whether a 304 selects the stored response (§4.3.3): its strong ETag matches, or (without
-/// one in the 304) its Last-Modified does; with neither, the single stored response.
+/// Whether a 304 to this cache's conditional request selects the stored response whose
+/// validators it sent (§4.3.3, §4.3.4): its ETag matches, or (without one in the 304) its
+/// Last-Modified does; a 304 with no validator at all is about the one response validated
+/// (this cache sends one stored response's validators per request).
 pub fn selects(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
     let tag = |h: &HeaderMap| {
         h.get(http::header::ETAG)
@@ -129,16 +131,15 @@ pub fn selects(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
             new.trim_start_matches("W/") == old.trim_start_matches("W/")
         }
         (Some(_), None) => false,
-        // No ETag in the 304: Last-Modified must match; with neither, only a stored response
-        // that has no validator either is selected (§4.3.4).
-        (None, stored_tag) => match (
+        // No ETag in the 304: Last-Modified must match if it has one; with neither, it is
+        // about the response validated.
+        (None, _) => match (
             not_modified.get(http::header::LAST_MODIFIED),
             stored.get(http::header::LAST_MODIFIED),
         ) {
             (Some(a), Some(b)) => a == b,
             (Some(_), None) => false,
-            (None, Some(_)) => false,
-            (None, None) => stored_tag.is_none(),
+            (None, _) => true,
         },
     }
 }

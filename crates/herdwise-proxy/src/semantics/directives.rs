@@ -229,9 +229,10 @@ impl ResponseDirectives {
     pub fn from_headers(headers: &HeaderMap, targeted: &[HeaderName]) -> (Self, bool) {
         for name in targeted {
             if let Some(v) = joined(headers, name) {
-                // RFC 9213 §2.2: a targeted field that fails to parse is ignored.
-                if !parse_list(&v).is_empty() {
-                    return (Self::parse(&v), true);
+                // RFC 9213 §2.1: a targeted field is a Structured Fields Dictionary; one that
+                // fails to parse, or is empty, is ignored (as if absent).
+                if let Some(normalised) = targeted_directives(&v) {
+                    return (Self::parse(&normalised), true);
                 }
             }
         }
@@ -244,6 +245,270 @@ impl ResponseDirectives {
     pub fn revalidate_when_stale(&self) -> bool {
         self.must_revalidate || self.proxy_revalidate || self.s_maxage.is_some()
     }
+}
+
+/// A Structured Fields bare item or inner list (RFC 8941 §3), as far as cache directives
+/// need them.
+#[derive(Debug, Clone, PartialEq)]
+enum SfValue {
+    Integer(i64),
+    Decimal,
+    String(String),
+    Token,
+    Bytes,
+    Boolean(bool),
+    InnerList(Vec<SfValue>),
+}
+
+/// A strict RFC 8941 §4.2.2 Dictionary parser: members and their values, parameters dropped;
+/// `None` on any parse error.
+fn sf_dictionary(input: &str) -> Option<Vec<(String, SfValue)>> {
+    struct P<'a> {
+        b: &'a [u8],
+        i: usize,
+    }
+    impl P<'_> {
+        fn peek(&self) -> Option<u8> {
+            self.b.get(self.i).copied()
+        }
+        fn sp(&mut self) {
+            while self.peek() == Some(b' ') {
+                self.i += 1;
+            }
+        }
+        fn ows(&mut self) {
+            while matches!(self.peek(), Some(b' ' | b'\t')) {
+                self.i += 1;
+            }
+        }
+        fn key(&mut self) -> Option<String> {
+            let start = self.i;
+            match self.peek()? {
+                b'a'..=b'z' | b'*' => self.i += 1,
+                _ => return None,
+            }
+            while let Some(c) = self.peek() {
+                match c {
+                    b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' | b'*' => self.i += 1,
+                    _ => break,
+                }
+            }
+            std::str::from_utf8(&self.b[start..self.i])
+                .ok()
+                .map(str::to_string)
+        }
+        fn bare(&mut self) -> Option<SfValue> {
+            match self.peek()? {
+                b'-' | b'0'..=b'9' => {
+                    let start = self.i;
+                    if self.peek() == Some(b'-') {
+                        self.i += 1;
+                    }
+                    let digits = self.i;
+                    while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+                        self.i += 1;
+                    }
+                    let int_len = self.i - digits;
+                    if int_len == 0 {
+                        return None;
+                    }
+                    if self.peek() == Some(b'.') {
+                        self.i += 1;
+                        let frac = self.i;
+                        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+                            self.i += 1;
+                        }
+                        let frac_len = self.i - frac;
+                        return (int_len <= 12 && (1..=3).contains(&frac_len))
+                            .then_some(SfValue::Decimal);
+                    }
+                    if int_len > 15 {
+                        return None;
+                    }
+                    std::str::from_utf8(&self.b[start..self.i])
+                        .ok()?
+                        .parse()
+                        .ok()
+                        .map(SfValue::Integer)
+                }
+                b'"' => {
+                    self.i += 1;
+                    let mut out = String::new();
+                    loop {
+                        let c = self.peek()?;
+                        self.i += 1;
+                        match c {
+                            b'\\' => {
+                                let e = self.peek()?;
+                                if e != b'"' && e != b'\\' {
+                                    return None;
+                                }
+                                out.push(e as char);
+                                self.i += 1;
+                            }
+                            b'"' => return Some(SfValue::String(out)),
+                            0x20..=0x7e => out.push(c as char),
+                            _ => return None,
+                        }
+                    }
+                }
+                b'*' | b'a'..=b'z' | b'A'..=b'Z' => {
+                    self.i += 1;
+                    while self.peek().is_some_and(|c| {
+                        c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&c)
+                    }) {
+                        self.i += 1;
+                    }
+                    Some(SfValue::Token)
+                }
+                b':' => {
+                    self.i += 1;
+                    while self
+                        .peek()
+                        .is_some_and(|c| c.is_ascii_alphanumeric() || b"+/=".contains(&c))
+                    {
+                        self.i += 1;
+                    }
+                    (self.peek() == Some(b':')).then(|| {
+                        self.i += 1;
+                        SfValue::Bytes
+                    })
+                }
+                b'?' => {
+                    self.i += 1;
+                    let v = match self.peek()? {
+                        b'0' => false,
+                        b'1' => true,
+                        _ => return None,
+                    };
+                    self.i += 1;
+                    Some(SfValue::Boolean(v))
+                }
+                _ => None,
+            }
+        }
+        fn params(&mut self) -> Option<()> {
+            while self.peek() == Some(b';') {
+                self.i += 1;
+                self.sp();
+                self.key()?;
+                if self.peek() == Some(b'=') {
+                    self.i += 1;
+                    self.bare()?;
+                }
+            }
+            Some(())
+        }
+        fn item_or_list(&mut self) -> Option<SfValue> {
+            if self.peek() != Some(b'(') {
+                let v = self.bare()?;
+                self.params()?;
+                return Some(v);
+            }
+            self.i += 1;
+            let mut items = Vec::new();
+            loop {
+                self.sp();
+                if self.peek()? == b')' {
+                    self.i += 1;
+                    self.params()?;
+                    return Some(SfValue::InnerList(items));
+                }
+                items.push(self.bare()?);
+                self.params()?;
+                if !matches!(self.peek()?, b' ' | b')') {
+                    return None;
+                }
+            }
+        }
+    }
+    let mut p = P {
+        b: input.as_bytes(),
+        i: 0,
+    };
+    let mut out = Vec::new();
+    p.sp();
+    if p.peek().is_none() {
+        return Some(out);
+    }
+    loop {
+        let key = p.key()?;
+        let value = if p.peek() == Some(b'=') {
+            p.i += 1;
+            p.item_or_list()?
+        } else {
+            p.params()?;
+            SfValue::Boolean(true)
+        };
+        out.retain(|(k, _)| *k != key);
+        out.push((key, value));
+        p.ows();
+        match p.peek() {
+            None => return Some(out),
+            Some(b',') => {
+                p.i += 1;
+                p.ows();
+                p.peek()?; // a trailing comma is an error
+            }
+            Some(_) => return None,
+        }
+    }
+}
+
+/// A targeted field's value (RFC 9213 §2.1) as Cache-Control text, or `None` when the field
+/// must be ignored: it is not a valid Dictionary, or nothing is left of it once directives of
+/// the wrong type (e.g. `max-age="10"`) are dropped.
+pub fn targeted_directives(value: &str) -> Option<String> {
+    let members = sf_dictionary(value)?;
+    let mut kept = 0;
+    let mut out = String::new();
+    let mut push = |text: &str| {
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(text);
+    };
+    for (name, value) in &members {
+        match (name.as_str(), value) {
+            ("max-age" | "s-maxage" | "stale-while-revalidate" | "stale-if-error", v) => {
+                if let SfValue::Integer(n) = v {
+                    if *n >= 0 {
+                        push(&format!("{name}={n}"));
+                        kept += 1;
+                    }
+                }
+            }
+            ("no-cache" | "private", SfValue::InnerList(fields)) => {
+                let names: Vec<&str> = fields
+                    .iter()
+                    .filter_map(|f| match f {
+                        SfValue::String(s) => Some(s.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                if names.len() == fields.len() {
+                    push(&format!("{name}=\"{}\"", names.join(", ")));
+                    kept += 1;
+                }
+            }
+            (
+                "no-store" | "no-cache" | "private" | "public" | "must-revalidate"
+                | "proxy-revalidate" | "must-understand" | "no-transform" | "immutable",
+                v,
+            ) => match v {
+                SfValue::Boolean(true) => {
+                    push(name);
+                    kept += 1;
+                }
+                // `?0`: the directive is off, but it was well-formed.
+                SfValue::Boolean(false) => kept += 1,
+                _ => {}
+            },
+            // Extensions: part of the field, meaning nothing here.
+            _ => kept += 1,
+        }
+    }
+    (kept > 0).then_some(out)
 }
 
 impl RequestDirectives {
@@ -294,6 +559,37 @@ pub fn secs(s: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targeted_fields_are_strict_structured_dictionaries() {
+        let t = targeted_directives;
+        assert_eq!(t("max-age=60").as_deref(), Some("max-age=60"));
+        assert_eq!(
+            t("max-age=60, no-store;x=1, foo=bar").as_deref(),
+            Some("max-age=60, no-store")
+        );
+        assert_eq!(
+            t("no-cache=(\"a\" \"b\")").as_deref(),
+            Some("no-cache=\"a, b\"")
+        );
+        assert_eq!(
+            t("ext").as_deref(),
+            Some(""),
+            "an extension keeps the field"
+        );
+        for bad in [
+            "max-age=10000, &&&&&",
+            "max-age=\"10000\"",
+            "max-age = 60",
+            "Max-Age=60",
+            "max-age=60,",
+            "",
+            "max-age=-1",
+            "max-age=1.5",
+        ] {
+            assert_eq!(t(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn lists_quotes_and_bad_arguments() {

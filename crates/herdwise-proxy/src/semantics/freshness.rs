@@ -73,12 +73,16 @@ pub fn lifetime(
     Some(((since * h.fraction) as u64).min(h.max_secs))
 }
 
-/// The age header's value (§5.1): a non-negative integer; anything else is ignored.
+/// The age header's value (§5.1): a non-negative integer; a list (one line `7200, 0`, or
+/// several lines) counts by its first member; anything else is ignored.
 pub fn age_header(headers: &HeaderMap) -> u64 {
     headers
         .get(http::header::AGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| super::directives::delta_seconds(Some(v.trim())))
+        .and_then(|v| {
+            let first = v.split(',').next().unwrap_or("").trim();
+            super::directives::delta_seconds(Some(first))
+        })
         .unwrap_or(0)
 }
 
