@@ -167,6 +167,16 @@ pub const ENV_VARS: [&str; 5] = [
     "REDIS_URL",
 ];
 
+/// Request fields a fill never forwards (see `fill_headers`).
+const FILL_FORBIDDEN: [&str; 6] = [
+    "if-none-match",
+    "if-modified-since",
+    "if-match",
+    "if-unmodified-since",
+    "if-range",
+    "range",
+];
+
 fn bad(option: &str, reason: impl std::fmt::Display) -> Error {
     Error::Config {
         option: option.to_string(),
@@ -291,6 +301,14 @@ impl Config {
         for f in &self.fill_headers {
             http::HeaderName::from_bytes(f.as_bytes())
                 .map_err(|e| bad("fill_headers", format!("{f}: {e}")))?;
+            // A fill fetches the whole representation with this cache's own validators: a
+            // client's preconditions or range would make the 304/206 about something else.
+            if FILL_FORBIDDEN.iter().any(|n| f.eq_ignore_ascii_case(n)) {
+                return Err(bad(
+                    "fill_headers",
+                    format!("{f}: preconditions and ranges are never forwarded on a fill"),
+                ));
+            }
         }
         for f in &self.targeted_fields {
             http::HeaderName::from_bytes(f.as_bytes())
@@ -328,6 +346,13 @@ mod tests {
             matches!(c.validate(), Err(Error::Config { option, .. }) if option == "admin_token")
         );
         assert!(Config::from_toml("nope = 1").is_err());
+        let mut forwarding = c.clone();
+        forwarding.admin_token = None;
+        forwarding.fill_headers.push("If-None-Match".into());
+        assert!(matches!(
+            forwarding.validate(),
+            Err(Error::Config { option, .. }) if option == "fill_headers"
+        ));
         let mut d = Config::default();
         assert!(matches!(d.validate(), Err(Error::Config { option, .. }) if option == "origin"));
         d.add_origin_flag("a.test=https://x").unwrap();

@@ -519,6 +519,7 @@ impl Proxy {
         config.validate()?;
         let mut slot = self.settings.0.write();
         let (config, differed) = keep_restart_options(&slot.config, config);
+        config.validate()?;
         *slot = Arc::new(Live::new(config, Some(&slot)));
         Ok(differed)
     }

@@ -66,6 +66,7 @@ async fn main() -> std::process::ExitCode {
         )
         .init();
     let args = Args::parse();
+    let signals = Signals::install();
     let config = match load(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -95,7 +96,7 @@ async fn main() -> std::process::ExitCode {
         "herdwise-proxy on {} (admin {})",
         running.addr, running.admin_addr
     );
-    wait_for_signal(|| reload(&args, &running)).await;
+    signals.wait(|| reload(&args, &running)).await;
     eprintln!("herdwise-proxy: shutting down");
     running.shutdown().await;
     std::process::ExitCode::SUCCESS
@@ -114,29 +115,52 @@ fn reload(args: &Args, running: &herdwise_proxy::Running) {
     }
 }
 
-/// Waits for `SIGINT` or `SIGTERM`, calling `on_hup` at each `SIGHUP` meanwhile.
-async fn wait_for_signal(on_hup: impl Fn()) {
+/// The signals the proxy answers, registered before it starts (a `SIGHUP` during start-up is
+/// then a reload once running, not the end of the process).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => return,
-                _ = term.recv() => return,
-                _ = hup.recv() => on_hup(),
+    streams: Option<[tokio::signal::unix::Signal; 3]>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let streams = match (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
+            ) {
+                (Ok(i), Ok(t), Ok(h)) => Some([i, t, h]),
+                _ => None,
+            };
+            Signals { streams }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// Waits for `SIGINT` or `SIGTERM`, calling `on_hup` at each `SIGHUP` meanwhile.
+    async fn wait(self, on_hup: impl Fn()) {
+        #[cfg(unix)]
+        {
+            let Some([mut int, mut term, mut hup]) = self.streams else {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = int.recv() => return,
+                    _ = term.recv() => return,
+                    _ = hup.recv() => on_hup(),
+                }
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = on_hup;
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        {
+            let _ = on_hup;
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -267,8 +267,10 @@ pub fn weight(entry: &Entry) -> usize {
         Entry::Pass => 16,
         Entry::Vary(f) => 16 + f.iter().map(|s| s.len() + 24).sum::<usize>(),
         Entry::Response(r) => {
-            128 + r.body.len()
-                + r.headers
+            // The header fields twice: stored, and the served copy its judgement keeps.
+            256 + r.body.len()
+                + 2 * r
+                    .headers
                     .iter()
                     .map(|(n, v)| n.as_str().len() + v.len() + 48)
                     .sum::<usize>()

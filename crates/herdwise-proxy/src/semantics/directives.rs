@@ -479,10 +479,16 @@ pub fn targeted_directives(value: &str) -> Option<String> {
                 }
             }
             ("no-cache" | "private", SfValue::InnerList(fields)) => {
+                // Field names only (tokens): anything else could smuggle directives into the
+                // text parsed next.
                 let names: Vec<&str> = fields
                     .iter()
                     .filter_map(|f| match f {
-                        SfValue::String(s) => Some(s.as_str()),
+                        SfValue::String(s)
+                            if http::HeaderName::from_bytes(s.as_bytes()).is_ok() =>
+                        {
+                            Some(s.as_str())
+                        }
                         _ => None,
                     })
                     .collect();
@@ -586,6 +592,7 @@ mod tests {
             "",
             "max-age=-1",
             "max-age=1.5",
+            "no-cache=(\"a\\\", s-maxage=99999, x=\\\"\")",
         ] {
             assert_eq!(t(bad), None, "{bad}");
         }
