@@ -30,13 +30,23 @@ pub struct OriginConfig {
     /// How long a request waits for a slot (default 1,000 ms).
     #[serde(default = "default_queue_timeout_ms")]
     pub queue_timeout_ms: u64,
-    /// How long the origin may take to answer with its header (default 30,000 ms).
+    /// How long the origin may take to answer with its header, and at most stay silent while
+    /// it sends a body being stored (default 30,000 ms).
     #[serde(default = "default_origin_timeout_ms")]
     pub timeout_ms: u64,
     /// The client side speaks HTTPS to the proxy (keys use `https://`).
     #[serde(default)]
     pub https: bool,
 }
+
+/// Most requests in flight to one origin that can be configured.
+pub const MAX_ORIGIN_CONCURRENCY: usize = 1 << 20;
+/// The largest `max_object_bytes` that can be configured (256 MiB).
+pub const MAX_OBJECT_BYTES: usize = 256 << 20;
+/// The largest `max_url_bytes` that can be configured.
+pub const MAX_URL_BYTES: usize = 65_534;
+/// The largest `max_header_bytes` that can be configured (1 MiB).
+pub const MAX_HEADER_BYTES: usize = 1 << 20;
 
 fn default_max_concurrency() -> usize {
     256
@@ -58,7 +68,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// The token purges need (`Authorization: Bearer <token>`); no token, no purges.
     pub admin_token: Option<String>,
-    /// Whether `PURGE` on the client listener is accepted (with the token).
+    /// Whether `PURGE` on the client listener is accepted (with the token; default false:
+    /// purges go to the admin listener, which listens on loopback by default).
     pub purge_method: bool,
     /// `Cache-Status` name (default `herdwise`).
     pub cache_name: String,
@@ -79,6 +90,9 @@ pub struct Config {
     pub max_request_body_bytes: usize,
     /// Time a client has to send its request header (default 10 s; slowloris).
     pub header_read_timeout_ms: u64,
+    /// Longest a response may wait for the client to read (default 30 s): a client that stops
+    /// reading is cut off (slow reads).
+    pub write_timeout_ms: u64,
     /// Targeted cache-control fields, in priority order (RFC 9213), before `Cache-Control`.
     pub targeted_fields: Vec<String>,
     /// Heuristic freshness: this fraction of the time since `Last-Modified` (default 0.1;
@@ -110,6 +124,13 @@ pub struct Config {
     /// poisoning). A response that depends on a field must name it in `Vary`. Requests that
     /// are not cache fills (other methods, passes) are forwarded whole.
     pub fill_headers: Vec<String>,
+    /// URLs (`http://host/path?query`, the host as clients send it) fetched through the
+    /// proxy at start; `/readyz` answers `503` until each has been tried (see
+    /// [`crate::warm`]). Read at start only.
+    pub warm_urls: Vec<String>,
+    /// Longest the warm-up may take in all (default 120 s): past it the proxy reports ready
+    /// with the URLs not yet fetched left to the first clients.
+    pub warm_timeout_secs: u64,
     /// Origins by host.
     #[serde(rename = "origin")]
     pub origins: Vec<OriginConfig>,
@@ -121,7 +142,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             admin_token: None,
-            purge_method: true,
+            purge_method: false,
             cache_name: "herdwise".into(),
             namespace: "http".into(),
             redis_url: None,
@@ -131,6 +152,7 @@ impl Default for Config {
             max_header_bytes: 64 << 10,
             max_request_body_bytes: 10 << 20,
             header_read_timeout_ms: 10_000,
+            write_timeout_ms: 30_000,
             targeted_fields: vec!["herdwise-cache-control".into(), "cdn-cache-control".into()],
             heuristic_fraction: 0.1,
             heuristic_max_secs: 86_400,
@@ -153,6 +175,8 @@ impl Default for Config {
             ]
             .map(String::from)
             .to_vec(),
+            warm_urls: Vec::new(),
+            warm_timeout_secs: 120,
             origins: Vec::new(),
         }
     }
@@ -259,6 +283,12 @@ impl Config {
                     "expected http://host:port",
                 ));
             }
+            if o.max_concurrency > MAX_ORIGIN_CONCURRENCY {
+                return Err(bad(
+                    &format!("origin[{i}].max_concurrency"),
+                    format!("at most {MAX_ORIGIN_CONCURRENCY}"),
+                ));
+            }
             if o.max_concurrency == 0 {
                 return Err(bad(
                     &format!("origin[{i}].max_concurrency"),
@@ -278,17 +308,43 @@ impl Config {
         if self.admin_token.as_deref().is_some_and(|t| t.len() < 16) {
             return Err(bad("admin_token", "at least 16 characters"));
         }
-        if self.max_url_bytes < 64 || self.max_header_bytes < 1024 {
+        if self.max_object_bytes > MAX_OBJECT_BYTES {
             return Err(bad(
-                "max_url_bytes / max_header_bytes",
-                "too small to serve anything",
+                "max_object_bytes",
+                format!("at most {MAX_OBJECT_BYTES} (Redis holds strings up to 512 MiB)"),
             ));
+        }
+        if self.max_url_bytes > MAX_URL_BYTES {
+            return Err(bad(
+                "max_url_bytes",
+                format!("at most {MAX_URL_BYTES} (the longest URI hyper parses)"),
+            ));
+        }
+        if self.max_header_bytes > MAX_HEADER_BYTES {
+            return Err(bad(
+                "max_header_bytes",
+                format!("at most {MAX_HEADER_BYTES}"),
+            ));
+        }
+        if self.max_url_bytes < 64 {
+            return Err(bad(
+                "max_url_bytes",
+                "too small to serve anything (at least 64)",
+            ));
+        }
+        if self.max_header_bytes < 8192 {
+            // (hyper's smallest read buffer: a lower limit could not be enforced)
+            return Err(bad("max_header_bytes", "at least 8192"));
         }
         if self.max_ttl_secs == 0 {
             return Err(bad("max_ttl_secs", "must be more than 0"));
         }
         if self.header_read_timeout_ms == 0 {
             return Err(bad("header_read_timeout_ms", "must be more than 0"));
+        }
+        if self.write_timeout_ms < 100 {
+            // (A healthy client's window can stay full for a few round trips.)
+            return Err(bad("write_timeout_ms", "at least 100"));
         }
         if self.cache_name.is_empty()
             || !self
@@ -310,11 +366,50 @@ impl Config {
                 ));
             }
         }
+        if self.warm_timeout_secs == 0 {
+            return Err(bad("warm_timeout_secs", "must be more than 0"));
+        }
+        for url in &self.warm_urls {
+            let Some((host, target_len)) = crate::warm::url_parts(url) else {
+                return Err(bad(
+                    "warm_urls",
+                    format!("{url}: expected http://host/path"),
+                ));
+            };
+            // (As a client's request would be routed: a URL no origin serves would only be
+            // refused at start, quietly.)
+            let bare = host
+                .strip_suffix(":80")
+                .or_else(|| host.strip_suffix(":443"))
+                .unwrap_or(&host);
+            if !seen.contains_key(&host) && !seen.contains_key(bare) {
+                return Err(bad(
+                    "warm_urls",
+                    format!("{url}: no origin lists the host {host}"),
+                ));
+            }
+            if target_len > self.max_url_bytes {
+                return Err(bad(
+                    "warm_urls",
+                    format!("{url}: longer than max_url_bytes"),
+                ));
+            }
+        }
         for f in &self.targeted_fields {
             http::HeaderName::from_bytes(f.as_bytes())
                 .map_err(|e| bad("targeted_fields", format!("{f}: {e}")))?;
         }
         Ok(())
+    }
+
+    /// The write stall timeout.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+
+    /// How long the warm-up at start may take in all.
+    pub fn warm_timeout(&self) -> Duration {
+        Duration::from_secs(self.warm_timeout_secs)
     }
 
     /// The header read timeout.

@@ -109,6 +109,9 @@ enum Led {
         fwd_status: u16,
         validated: bool,
         variant: Option<Arc<StoredResponse>>,
+        /// The fields a qualified `private` / `no-cache` kept out of storage: this request's
+        /// own response still carries them (only storing is restricted, §5.2.2.4, §5.2.2.7).
+        withheld: HeaderMap,
     },
     /// Not stored: serve this response, as it came.
     Passthrough {
@@ -220,7 +223,7 @@ impl Settings {
 
 /// Options a running proxy cannot change: a reload that changes them keeps their old values
 /// (and says which), the rest applies.
-pub const RESTART_OPTIONS: [&str; 11] = [
+pub const RESTART_OPTIONS: [&str; 14] = [
     "listen",
     "admin_listen",
     "namespace",
@@ -230,8 +233,11 @@ pub const RESTART_OPTIONS: [&str; 11] = [
     "max_url_bytes",
     "max_header_bytes",
     "header_read_timeout_ms",
+    "write_timeout_ms",
     "max_ttl_secs",
     "shutdown_grace_secs",
+    "warm_urls",
+    "warm_timeout_secs",
 ];
 
 /// `next` with the options of [`RESTART_OPTIONS`] as in `running`, and the names of those
@@ -256,8 +262,11 @@ fn keep_restart_options(running: &Config, mut next: Config) -> (Config, Vec<&'st
         max_url_bytes,
         max_header_bytes,
         header_read_timeout_ms,
+        write_timeout_ms,
         max_ttl_secs,
-        shutdown_grace_secs
+        shutdown_grace_secs,
+        warm_urls,
+        warm_timeout_secs
     );
     (next, differed)
 }
@@ -419,14 +428,42 @@ const OWN_FIELDS: [&str; 3] = [
     "herdwise-cache-control",
 ];
 
+/// Fields a qualified `private` / `no-cache` cannot withhold for the leading request: framing
+/// and what this cache writes itself (the response is built around them), and its own controls
+/// (never sent to clients).
+const NEVER_RESTORED: [&str; 10] = [
+    "content-length",
+    "content-range",
+    "transfer-encoding",
+    "age",
+    "via",
+    "date",
+    "cache-status",
+    "surrogate-key",
+    "surrogate-control",
+    "herdwise-cache-control",
+];
+
+/// Fields that describe the stored body: a qualified `private` / `no-cache` naming one of them
+/// makes the response unstorable (a copy without them would misdescribe its body).
+const DESCRIBES_BODY: [&str; 4] = ["vary", "content-type", "content-encoding", "content-range"];
+
 /// Reads a body up to `limit` bytes: `Ok` with all of it, or `Err` with what was read and the
 /// rest of the stream.
 async fn read_limited(
     mut body: Incoming,
     limit: usize,
+    idle: Duration,
 ) -> Result<Result<Bytes, (Bytes, Incoming)>, String> {
     let mut buf = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
+    loop {
+        // A slow origin is fine while it sends; one that stops for `idle` is a failed fill.
+        let Ok(next) = tokio::time::timeout(idle, body.frame()).await else {
+            return Err(format!("no data from the origin for {idle:?}"));
+        };
+        let Some(frame) = next else {
+            break;
+        };
         let frame = frame.map_err(|e| e.to_string())?;
         if let Ok(data) = frame.into_data() {
             buf.extend_from_slice(&data);
@@ -606,8 +643,20 @@ impl Proxy {
         let (host, origin) = (host.to_string(), origin.clone());
         match *req.method() {
             Method::GET | Method::HEAD => self.cached(req, host, &origin, live).await,
-            ref m if m.as_str() == "PURGE" && live.config.purge_method => {
-                self.purge_request(req, &host, &origin).await
+            ref m if m.as_str() == "PURGE" => {
+                if live.config.purge_method {
+                    self.purge_request(req, &host, &origin).await
+                } else {
+                    // Never forwarded: its token would go to the origin, and a 2xx from the
+                    // origin would invalidate the URL as an unsafe method's does (§4.4).
+                    (
+                        text(
+                            StatusCode::METHOD_NOT_ALLOWED,
+                            "PURGE is not enabled on this listener (purge_method)\n",
+                        ),
+                        bypass("purge-disabled"),
+                    )
+                }
             }
             _ => self.forward_other(req, &host, &origin, live).await,
         }
@@ -911,6 +960,7 @@ impl Proxy {
                     fwd_status: 304,
                     validated: true,
                     variant: None,
+                    withheld: HeaderMap::new(),
                 });
                 return Ok(Some(Entry::Response(Arc::new(s))));
             }
@@ -933,7 +983,7 @@ impl Proxy {
         if matches!(status.as_u16(), 500 | 502 | 503 | 504) {
             let body = match tokio::time::timeout(
                 Duration::from_secs(5),
-                read_limited(body, MAX_ERROR_BODY),
+                read_limited(body, MAX_ERROR_BODY, Duration::from_secs(5)),
             )
             .await
             {
@@ -978,13 +1028,9 @@ impl Proxy {
             });
             return Ok(refusal_entry(reason));
         }
-        let read = tokio::time::timeout(
-            Duration::from_secs(30),
-            read_limited(body, ctx.live.policy.max_object_bytes),
-        )
-        .await
-        .map_err(|_| Failure::Body("timed out".into()))?
-        .map_err(Failure::Body)?;
+        let read = read_limited(body, ctx.live.policy.max_object_bytes, origin.timeout())
+            .await
+            .map_err(Failure::Body)?;
         let body = match read {
             Ok(body) => body,
             Err((prefix, rest)) => {
@@ -997,16 +1043,57 @@ impl Proxy {
             }
         };
         let mut headers = parts.headers;
+        // A field that says what the body is cannot be left out of the stored copy: without
+        // it the copy would misdescribe its body (without `Vary`, one client's variant would
+        // answer everyone). Such a response is not stored.
+        let describes_body = cc
+            .private_fields
+            .iter()
+            .chain(cc.no_cache_fields.iter())
+            .any(|f| {
+                DESCRIBES_BODY.iter().any(|d| f.eq_ignore_ascii_case(d))
+                    && headers.contains_key(f.as_str())
+            });
+        if describes_body {
+            let mut response = Response::new(full(body));
+            *response.status_mut() = status;
+            *response.headers_mut() = headers;
+            *led.lock() = Some(Led::Passthrough {
+                response,
+                detail: "withheld-representation-field",
+            });
+            return Ok(Some(Entry::Pass));
+        }
         // Qualified private / no-cache: stored without the named fields (§5.2.2.4, §5.2.2.7).
+        let mut withheld = HeaderMap::new();
         for f in cc.private_fields.iter().chain(cc.no_cache_fields.iter()) {
-            headers.remove(f.as_str());
+            let Ok(name) = HeaderName::from_bytes(f.as_bytes()) else {
+                continue;
+            };
+            if NEVER_RESTORED.contains(&name.as_str()) {
+                // Framing is rebuilt for the stored copy anyway; the rest is this cache's.
+                if name != header::CONTENT_LENGTH {
+                    headers.remove(&name);
+                }
+                continue;
+            }
+            if let http::header::Entry::Occupied(e) = headers.entry(&name) {
+                let (name, values) = e.remove_entry_mult();
+                for v in values {
+                    withheld.append(name.clone(), v);
+                }
+            }
         }
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         let tags = match self.tags_for(&ctx.primary, &headers) {
             Ok(tags) => tags,
             Err(reason) => {
+                // Not stored after all: this response goes out whole.
                 let mut response = Response::new(full(body));
                 *response.status_mut() = status;
+                for (name, value) in &withheld {
+                    headers.append(name.clone(), value.clone());
+                }
                 *response.headers_mut() = headers;
                 *led.lock() = Some(Led::Passthrough {
                     response,
@@ -1050,6 +1137,7 @@ impl Proxy {
                     fwd_status: status.as_u16(),
                     validated: false,
                     variant: Some(stored),
+                    withheld,
                 });
                 return Ok(None);
             }
@@ -1070,6 +1158,7 @@ impl Proxy {
                     fwd_status: status.as_u16(),
                     validated: false,
                     variant: Some(stored),
+                    withheld,
                 });
                 return Ok(Some(Entry::Vary(fields)));
             }
@@ -1078,6 +1167,7 @@ impl Proxy {
             fwd_status: status.as_u16(),
             validated: false,
             variant: None,
+            withheld,
         });
         Ok(Some(Entry::Response(Arc::new(stored))))
     }
@@ -1147,6 +1237,7 @@ impl Proxy {
                     fwd_status,
                     validated,
                     variant,
+                    withheld,
                 },
                 stored,
             ) => {
@@ -1167,7 +1258,13 @@ impl Proxy {
                     stored: true,
                     ..Default::default()
                 };
-                (self.serve(&response, ctx, now), status)
+                let mut served = self.serve(&response, ctx, now);
+                if !withheld.is_empty() && served.status() != StatusCode::NOT_MODIFIED {
+                    for (name, value) in &withheld {
+                        served.headers_mut().append(name.clone(), value.clone());
+                    }
+                }
+                (served, status)
             }
             Looked::Led(Led::Passthrough { response, detail }, _) => {
                 let fwd_status = response.status().as_u16();
@@ -1676,8 +1773,11 @@ mod tests {
         next.max_url_bytes += 1;
         next.max_header_bytes += 1;
         next.header_read_timeout_ms += 1;
+        next.write_timeout_ms += 1;
         next.max_ttl_secs += 1;
         next.shutdown_grace_secs += 1;
+        next.warm_urls.push("http://www.example.com/".into());
+        next.warm_timeout_secs += 1;
         next.keep_secs += 1;
         next.admin_token = Some("new".into());
         let (kept, differed) = keep_restart_options(&running, next);

@@ -15,6 +15,8 @@
 //! - [`key`]: cache keys and tags; [`status`]: `Cache-Status`; [`range`]: byte ranges;
 //! - [`origin`]: the origins, with limits and timeouts;
 //! - [`handler`]: one request, end to end; [`server`]: listeners, admin API, shutdown;
+//! - [`warm`]: the warm-up at start that `/readyz` waits for; [`stall`]: clients that stop
+//!   reading are cut off;
 //! - [`config`]: TOML + environment + flags.
 //!
 //! ```no_run
@@ -41,7 +43,9 @@ pub mod origin;
 pub mod range;
 pub mod semantics;
 pub mod server;
+pub mod stall;
 pub mod status;
+pub mod warm;
 
 pub use config::{Config, OriginConfig};
 pub use error::{Error, Result};

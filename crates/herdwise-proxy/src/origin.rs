@@ -74,6 +74,12 @@ impl Origin {
         })
     }
 
+    /// How long this origin may take to answer with its header, and at most be silent
+    /// while it sends a body that is being stored (`timeout_ms`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Sends `request` (its URI's path and query are kept; the authority becomes the
     /// upstream's) and returns the response head with its streaming body.
     pub async fn send(

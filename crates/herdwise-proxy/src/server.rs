@@ -26,6 +26,8 @@ use crate::error::{Error, Result};
 use crate::handler::{full, purge_metric, text, Body, Proxy, Rules, Settings};
 use crate::key;
 use crate::object::{weight, Entry, EntryCodec};
+use crate::stall::WriteDeadline;
+use crate::warm::Warmth;
 
 /// Client connections served at once; past it, new ones wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 16_384;
@@ -36,8 +38,8 @@ pub async fn build_cache(config: &Config, settings: &Arc<Settings>) -> Result<Ca
     let builder = Cache::<str, Entry>::builder_with_codec(&config.namespace, EntryCodec)
         .l1_max_bytes(config.l1_max_bytes)
         .l1_weigher(weight)
-        .max_value_bytes(config.max_object_bytes + (1 << 20))
-        .max_key_bytes(config.max_url_bytes + 1024)
+        .max_value_bytes(config.max_object_bytes.saturating_add(1 << 20))
+        .max_key_bytes(config.max_url_bytes.saturating_add(1024))
         .max_tags_per_entry(48)
         .negative_ttl(None)
         .ttl(Duration::from_secs(config.max_ttl_secs))
@@ -63,6 +65,8 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// The proxy itself (its cache, for tests and tools).
     pub proxy: Arc<Proxy>,
+    /// The warm-up at start (`warm_urls`), which `/readyz` waits for.
+    pub warmth: Arc<Warmth>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -85,6 +89,7 @@ impl Running {
 
     /// Stops accepting, drains requests in flight (up to the grace period), and returns.
     pub async fn shutdown(mut self) {
+        self.warmth.stop();
         let _ = self.stop.send(true);
         for task in self.tasks.drain(..) {
             let _ = task.await;
@@ -94,6 +99,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        self.warmth.stop();
         let _ = self.stop.send(true);
     }
 }
@@ -125,6 +131,7 @@ pub async fn start(
     })?;
     let (stop, stopped) = watch::channel(false);
     let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let warmth = Warmth::start(addr, config.warm_urls.clone(), config.warm_timeout());
     let serving = {
         let proxy = proxy.clone();
         let config = config.clone();
@@ -138,12 +145,12 @@ pub async fn start(
         })
     };
     let administering = {
-        let proxy = proxy.clone();
+        let (proxy, warmth) = (proxy.clone(), warmth.clone());
         let config = config.clone();
         tokio::spawn(async move {
             serve(admin, stopped, grace, &config, move |req| {
-                let (proxy, metrics) = (proxy.clone(), metrics.clone());
-                async move { admin_api(&proxy, metrics.as_ref(), req).await }
+                let (proxy, metrics, warmth) = (proxy.clone(), metrics.clone(), warmth.clone());
+                async move { admin_api(&proxy, metrics.as_ref(), &warmth, req).await }
             })
             .await;
         })
@@ -153,6 +160,7 @@ pub async fn start(
         addr,
         admin_addr,
         proxy,
+        warmth,
         stop,
         tasks: vec![serving, administering],
     })
@@ -201,6 +209,7 @@ async fn serve<F, Fut>(
             let handler = handler.clone();
             async move { Ok::<_, Infallible>(handler(req).await) }
         });
+        let stream = WriteDeadline::new(stream, config.write_timeout());
         let conn = http.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -223,6 +232,7 @@ async fn serve<F, Fut>(
 async fn admin_api(
     proxy: &Proxy,
     metrics: Option<&herdwise::prometheus::Prometheus>,
+    warmth: &Warmth,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let path = req.uri().path().to_string();
@@ -231,7 +241,13 @@ async fn admin_api(
         (Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (Method::GET, "/readyz") => {
             let breaker = proxy.cache().breaker_state();
-            if breaker == herdwise::BreakerState::Open {
+            if !warmth.is_warm() {
+                let p = warmth.progress();
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("warming ({} of {} URLs)\n", p.tried, p.total),
+                )
+            } else if breaker == herdwise::BreakerState::Open {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "remote tier unavailable (breaker open)\n",

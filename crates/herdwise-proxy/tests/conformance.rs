@@ -646,9 +646,76 @@ async fn s5_2_2_4_qualified_no_cache_strips_the_named_fields() {
             .header("cache-control", "max-age=60, no-cache=\"x-session\"")
             .header("x-session", "abc"),
     );
-    let (_, b) = twice(&rig, "/qnc").await;
+    let (a, b) = twice(&rig, "/qnc").await;
+    // Only storing is restricted: the response that came from the origin keeps the field.
+    assert_eq!(a.header("x-session"), Some("abc"));
     assert!(b.hit());
     assert!(b.header("x-session").is_none());
+}
+
+#[tokio::test]
+async fn s5_2_2_4_qualified_no_cache_naming_framing_or_own_fields_keeps_the_response_whole() {
+    let rig = Rig::start().await;
+    rig.origin.route(
+        "/qf",
+        Reply::ok("0123456789")
+            .header(
+                "cache-control",
+                "max-age=60, no-cache=\"content-length, age, surrogate-key, x-a\"",
+            )
+            .header("surrogate-key", "k1")
+            .header("x-a", "1"),
+    );
+    // The leading request asks for a range: one Content-Length, the slice's, and no
+    // Surrogate-Key (this cache's own field) even though the directive names them.
+    let a = rig.get("/qf", &[("range", "bytes=2-4")]).await;
+    assert_eq!(a.status, 206, "{:?}", a.headers);
+    assert_eq!(a.body, "234");
+    let lengths: Vec<_> = a.headers.get_all("content-length").iter().collect();
+    assert_eq!(lengths, ["3"], "{:?}", a.headers);
+    assert_eq!(
+        a.headers.get_all("age").iter().count(),
+        1,
+        "{:?}",
+        a.headers
+    );
+    assert!(a.header("surrogate-key").is_none());
+    assert_eq!(a.header("x-a"), Some("1"));
+    let b = rig.get("/qf", &[]).await;
+    assert!(b.hit(), "{}", b.cache_status());
+    assert_eq!(b.body, "0123456789");
+    assert!(b.header("x-a").is_none());
+}
+
+#[tokio::test]
+async fn s5_2_2_4_qualified_no_cache_naming_vary_or_the_body_type_is_not_stored() {
+    let rig = Rig::start().await;
+    for (path, field) in [
+        ("/qv", "vary"),
+        ("/qct", "content-type"),
+        ("/qce", "content-encoding"),
+    ] {
+        rig.origin.route(
+            path,
+            Reply::ok("body")
+                .header(
+                    "cache-control",
+                    &format!("max-age=60, no-cache=\"{field}\""),
+                )
+                .header("vary", "accept-language")
+                .set("content-type", "text/plain")
+                .header("content-encoding", "identity"),
+        );
+        let a = rig.get(path, &[("accept-language", "fr")]).await;
+        assert_eq!(a.body, "body");
+        assert!(
+            a.header(field).is_some(),
+            "{path}: the response keeps {field}"
+        );
+        let b = rig.get(path, &[("accept-language", "de")]).await;
+        assert!(!b.hit(), "{path}: {}", b.cache_status());
+        assert_eq!(rig.origin.hits(path), 2, "{path}");
+    }
 }
 
 #[tokio::test]
@@ -682,7 +749,9 @@ async fn s5_2_2_7_qualified_private_strips_the_named_fields() {
             .header("cache-control", "max-age=60, private=\"x-user\"")
             .header("x-user", "alice"),
     );
-    let (_, b) = twice(&rig, "/qp").await;
+    let (a, b) = twice(&rig, "/qp").await;
+    // The user the response was for gets it whole; the stored copy lacks the field.
+    assert_eq!(a.header("x-user"), Some("alice"));
     assert!(b.hit());
     assert!(b.header("x-user").is_none());
 }

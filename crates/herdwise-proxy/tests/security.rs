@@ -52,16 +52,25 @@ async fn a_request_with_cookies_is_stored_only_if_the_response_says_public() {
 #[tokio::test]
 async fn web_cache_deception_account_profile_css_is_not_stored() {
     let rig = Rig::start().await;
-    // The classic: the app ignores the suffix and serves the account page.
+    // The classic: the app ignores the suffix and serves the account page, with the
+    // `public` a "cache all static files" rule put on it (so only the extension check stands
+    // between Alice's page and the attacker).
     rig.origin.route(
         "/account/profile.css",
         Reply::ok("<html>alice's account</html>")
             .set("content-type", "text/html")
-            .header("cache-control", "max-age=600"),
+            .header("cache-control", "public, max-age=600"),
     );
-    rig.get("/account/profile.css", &[("cookie", "sid=alice")])
+    let alice = rig
+        .get("/account/profile.css", &[("cookie", "sid=alice")])
         .await;
-    rig.get("/account/profile.css", &[]).await;
+    assert!(
+        alice.cache_status().contains("content_type_mismatch"),
+        "{}",
+        alice.cache_status()
+    );
+    let attacker = rig.get("/account/profile.css", &[]).await;
+    assert!(!attacker.hit());
     assert_eq!(rig.origin.hits("/account/profile.css"), 2, "never stored");
     // A real stylesheet is.
     rig.origin.route(
@@ -85,6 +94,22 @@ async fn the_extension_check_can_exempt_static_routes() {
     );
     rig.get("/assets/x.js", &[]).await;
     assert!(rig.get("/assets/x.js", &[]).await.hit());
+    // A path that only looks like it is under the route (an origin may decode %2F or
+    // resolve ..) is checked as any other.
+    for path in [
+        "/assets/..%2Faccount/profile.css",
+        "/assets/%2e%2e/account/profile.css",
+    ] {
+        rig.origin.route(
+            path,
+            Reply::ok("<html>account</html>")
+                .set("content-type", "text/html")
+                .header("cache-control", "public, max-age=600"),
+        );
+        rig.get(path, &[]).await;
+        let second = rig.get(path, &[]).await;
+        assert!(!second.hit(), "{path}: {}", second.cache_status());
+    }
 }
 
 #[tokio::test]
@@ -177,6 +202,30 @@ async fn without_a_token_configured_nothing_can_purge() {
         )
         .await;
     assert_eq!(r.status, 403);
+}
+
+/// With `purge_method` off (the default), a PURGE on the client listener is refused and never
+/// forwarded: its token would reach the origin, and a 2xx from the origin would invalidate
+/// the URL as an unsafe method does.
+#[tokio::test]
+async fn a_purge_on_the_client_listener_is_refused_when_not_enabled() {
+    let rig = Rig::with(|c| c.purge_method = false).await;
+    rig.origin
+        .route("/p", Reply::ok("x").header("cache-control", "max-age=600"));
+    rig.get("/p", &[]).await;
+    let bearer = format!("Bearer {TOKEN}");
+    let r = rig
+        .client
+        .send(
+            Method::from_bytes(b"PURGE").unwrap(),
+            "/p",
+            &[("authorization", &bearer)],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 405, "{}", r.body);
+    assert_eq!(rig.origin.hits("/p"), 1, "the PURGE reached the origin");
+    assert!(rig.get("/p", &[]).await.hit(), "still cached");
 }
 
 #[test]
@@ -313,7 +362,7 @@ async fn a_too_long_url_is_414_and_a_too_large_body_413() {
 
 #[tokio::test]
 async fn a_too_large_header_section_is_refused() {
-    let rig = Rig::with(|c| c.max_header_bytes = 4096).await;
+    let rig = Rig::with(|c| c.max_header_bytes = 8192).await;
     rig.origin.route("/h", Reply::ok("ok"));
     let mut stream = tokio::net::TcpStream::connect(rig.running.addr)
         .await
@@ -341,11 +390,48 @@ async fn a_slow_client_is_cut_off_after_the_header_timeout() {
     let started = std::time::Instant::now();
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
-    assert!(read.is_ok(), "the connection was closed");
+    assert!(read.is_ok(), "the connection was never closed");
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
         started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_after_the_write_timeout() {
+    let rig = Rig::with(|c| c.write_timeout_ms = 300).await;
+    // A large, uncached body streamed through (more than the kernel buffers between them).
+    const BIG: usize = 48 << 20;
+    rig.origin.route(
+        "/big",
+        Reply::ok(&"x".repeat(BIG)).header("cache-control", "no-store"),
+    );
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(rig.running.addr).await.unwrap();
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nhost: example.test\r\n\r\n")
+        .await
+        .unwrap();
+    // The client reads nothing for a while...
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // ...and then finds the connection ended early: what was buffered, then EOF or a reset.
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection was never closed");
+    assert!(
+        total < BIG,
+        "the whole body arrived ({total} bytes): never cut off"
     );
 }
 
@@ -359,6 +445,27 @@ async fn bad_configuration_is_an_error_naming_the_option() {
             assert_eq!(option, "heuristic_fraction")
         }
         other => panic!("{:?}", other.err()),
+    }
+    type Edit = fn(&mut herdwise_proxy::Config);
+    let cases: [(&str, Edit); 6] = [
+        ("max_object_bytes", |c| c.max_object_bytes = usize::MAX),
+        ("max_url_bytes", |c| c.max_url_bytes = usize::MAX),
+        ("max_header_bytes", |c| c.max_header_bytes = usize::MAX),
+        ("write_timeout_ms", |c| c.write_timeout_ms = 1),
+        ("warm_urls", |c| {
+            c.warm_urls = vec!["http://not-served.test/".into()]
+        }),
+        ("warm_urls", |c| {
+            c.warm_urls = vec![format!("http://example.test/{}", "a".repeat(9000))]
+        }),
+    ];
+    for (name, edit) in cases {
+        let mut c = common::config(upstream);
+        edit(&mut c);
+        match herdwise_proxy::start(c, None).await {
+            Err(herdwise_proxy::Error::Config { option, .. }) => assert_eq!(option, name),
+            other => panic!("{name}: {:?}", other.err()),
+        }
     }
 }
 

@@ -204,12 +204,7 @@ pub fn verdict(x: &Exchange<'_>, policy: &StorePolicy) -> Verdict {
     if x.body_len.is_some_and(|n| n > policy.max_object_bytes) {
         return Refuse("too_large");
     }
-    if policy.check_extension
-        && !policy
-            .static_routes
-            .iter()
-            .any(|r| x.path.starts_with(r.as_str()))
-    {
+    if policy.check_extension && !exempt_route(x.path, &policy.static_routes) {
         let ct = x
             .response
             .get(http::header::CONTENT_TYPE)
@@ -229,6 +224,14 @@ fn understood(status: StatusCode) -> bool {
         status.as_u16(),
         200 | 203 | 204 | 300 | 301 | 302 | 303 | 307 | 308 | 404 | 405 | 410 | 414 | 501
     )
+}
+
+/// Whether `path` is under one of the exempt `routes` — never a path that could leave its
+/// route at the origin (`..`, or an encoded `/`, `\` or `.` the origin may decode).
+fn exempt_route(path: &str, routes: &[String]) -> bool {
+    let lower = path.to_ascii_lowercase();
+    let escapes = path.contains("..") || ["%2f", "%5c", "%2e"].iter().any(|e| lower.contains(e));
+    !escapes && routes.iter().any(|r| path.starts_with(r.as_str()))
 }
 
 #[cfg(test)]

@@ -187,6 +187,7 @@ pub fn config(upstream: SocketAddr) -> herdwise_proxy::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         admin_token: Some(TOKEN.into()),
+        purge_method: true,
         ..Default::default()
     };
     config
