@@ -130,6 +130,8 @@ pub struct Settings {
     pub instances: Option<usize>,
     /// Concurrent readers.
     pub concurrency: Option<usize>,
+    /// Reads offered per second (open-loop scenarios that take it).
+    pub rate: Option<f64>,
     /// Duration of each strategy's run.
     pub duration: Option<Duration>,
     /// Short runs (for `all --quick` and tests).
@@ -149,6 +151,13 @@ impl Settings {
     /// `concurrency` or the scenario's default.
     pub fn concurrency_or(&self, default: usize) -> usize {
         self.concurrency.unwrap_or(default).max(1)
+    }
+    /// `rate` or the scenario's default (at least 1 read/s).
+    pub fn rate_or(&self, default: f64) -> f64 {
+        self.rate
+            .filter(|r| r.is_finite())
+            .unwrap_or(default)
+            .max(1.0)
     }
     /// `duration`, else `quick` or `full` depending on `--quick`.
     pub fn duration_or(&self, full: Duration, quick: Duration) -> Duration {

@@ -1,4 +1,4 @@
-//! `herdwise-lab <scenario> [--instances N] [--concurrency C] [--duration S] [--json out.json]
+//! `herdwise-lab <scenario> [--instances N] [--concurrency C] [--rate R] [--duration S] [--json out.json]
 //! [--plot out.svg] [--quick] [--topology standalone|cluster]`
 
 use std::path::PathBuf;
@@ -12,7 +12,7 @@ use herdwise_lab::{scenarios, Settings};
 #[derive(Debug, Parser)]
 #[command(name = "herdwise-lab", version)]
 struct Cli {
-    /// hit-path | l2-throughput | zipf | hot-key-expiry | invalidation-race | invalidation-fanout | prefix-invalidation | tag-invalidation | redis-outage | cluster-failover | sentinel-failover | drift | http | all (every one but http)
+    /// hit-path | l2-throughput | batch | zipf | hot-key-expiry | invalidation-race | invalidation-fanout | prefix-invalidation | tag-invalidation | redis-outage | slow-origin | cluster-failover | sentinel-failover | drift | http | all (every one but http)
     scenario: String,
     /// Cache instances per strategy (separate `Cache` objects with their own L1, like pods).
     #[arg(long)]
@@ -20,6 +20,10 @@ struct Cli {
     /// Concurrent readers.
     #[arg(long)]
     concurrency: Option<usize>,
+    /// Reads offered per second (the open-loop scenarios that take it: redis-outage,
+    /// cluster-failover, sentinel-failover).
+    #[arg(long)]
+    rate: Option<f64>,
     /// Seconds each strategy runs.
     #[arg(long)]
     duration: Option<f64>,
@@ -58,6 +62,7 @@ async fn run(cli: Cli) -> Result<(), herdwise_lab::LabError> {
     let settings = Settings {
         instances: cli.instances,
         concurrency: cli.concurrency,
+        rate: cli.rate,
         duration: cli.duration.map(Duration::from_secs_f64),
         quick: cli.quick,
         progress: true,

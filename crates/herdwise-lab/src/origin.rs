@@ -36,6 +36,15 @@ pub struct OriginConfig {
     pub value_size: usize,
 }
 
+/// Counts a query out of the queue however it leaves (served, or cancelled while waiting).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A query the origin refused.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("origin overloaded ({0} queries in flight)")]
@@ -53,6 +62,11 @@ pub struct Origin {
     rejected: AtomicU64,
     in_flight: AtomicUsize,
     peak_in_flight: AtomicUsize,
+    /// Queries waiting for a slot (`Overload::Queue`): the database's queue.
+    waiting: AtomicUsize,
+    /// The fixed part of a query's latency now, µs (starts at `base_latency`; see
+    /// [`Origin::set_base_latency`]).
+    base_latency_us: AtomicU64,
     /// Queries started in each second of the run.
     per_second: Vec<AtomicU64>,
     rejected_per_second: Vec<AtomicU64>,
@@ -61,6 +75,7 @@ pub struct Origin {
 impl Origin {
     /// A fresh origin whose per-second counters cover `seconds` (later queries count in total only).
     pub fn new(config: OriginConfig, seconds: usize) -> Arc<Self> {
+        let base_latency_us = config.base_latency.as_micros() as u64;
         Arc::new(Origin {
             slots: Arc::new(Semaphore::new(config.max_concurrency)),
             config,
@@ -70,6 +85,8 @@ impl Origin {
             rejected: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             peak_in_flight: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            base_latency_us: AtomicU64::new(base_latency_us),
             per_second: (0..seconds).map(|_| AtomicU64::new(0)).collect(),
             rejected_per_second: (0..seconds).map(|_| AtomicU64::new(0)).collect(),
         })
@@ -101,7 +118,13 @@ impl Origin {
             c.fetch_add(1, Ordering::Relaxed);
         }
         let permit = match self.config.overload {
-            Overload::Queue => self.slots.clone().acquire_owned().await.ok(),
+            Overload::Queue => {
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                let waiting = Waiting(&self.waiting);
+                let permit = self.slots.clone().acquire_owned().await.ok();
+                drop(waiting);
+                permit
+            }
             Overload::Reject => self.slots.clone().try_acquire_owned().ok(),
         };
         let Some(_permit) = permit else {
@@ -118,9 +141,26 @@ impl Origin {
         } else {
             self.config.jitter.mul_f64(rand::random::<f64>())
         };
-        tokio::time::sleep(self.config.base_latency + jitter).await;
+        let base = Duration::from_micros(self.base_latency_us.load(Ordering::Relaxed));
+        tokio::time::sleep(base + jitter).await;
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         Ok(self.value_of(key))
+    }
+
+    /// Makes every query from now on take `base` (plus the jitter): a database that slows down.
+    pub fn set_base_latency(&self, base: Duration) {
+        self.base_latency_us
+            .store(base.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Queries waiting for a slot now (the database's queue; `Overload::Queue` only).
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Queries running now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Total queries (rejected ones included).

@@ -65,6 +65,7 @@ mod tiers;
 pub mod envelope;
 pub use tiers::{codec, key};
 
+pub use cache::batch::{BatchLoadError, BatchLoaded, MAX_BATCH_KEYS};
 pub use cache::builder::{
     CacheBuilder, DEFAULT_FAIL_SAFE_THROTTLE, DEFAULT_HOT_KEYS, DEFAULT_HOT_KEY_SHIELD_BYTES,
     DEFAULT_HOT_KEY_SHIELD_LIFE, DEFAULT_L1_MAX_BYTES, DEFAULT_L1_TTL_CAP, DEFAULT_LEASE_POLL,
@@ -85,6 +86,7 @@ pub use error::{Error, Result};
 pub use key::{encode_key, CacheKey, KeyEncoder, KeyError};
 pub use loader::{Loader, LoaderError};
 pub use ops::verify::{Mismatch, VerifyOptions, VerifyReport};
+pub use protect::origin_limit::AdaptiveLimit;
 pub use store::{
     Announcement, MemoryStore, RedisConnection, RedisStore, RedisStoreBuilder, SetOutcome,
     ShardedStore, Store, StoreError, TagTable, REDIS_URL_ENV,

@@ -62,6 +62,9 @@
 //! | `herdwise_breaker_state` | gauge | `node` (sharded stores only: `0`..`n-1`) | circuit breaker on the remote tier: 0 closed, 1 open, 2 half-open |
 //! | `herdwise_breaker_transitions_total` | counter | `to` = `closed`/`open`/`half_open` | breaker state changes |
 //! | `herdwise_origin_limited_total` | counter | `outcome` = `stale`/`waited`/`overloaded` | loads that found the origin at its concurrency limit: answered stale, waited for a slot, or shed with `Error::Overloaded` |
+//! | `herdwise_origin_limit` | gauge | | the learned origin limit: loader calls allowed at once (adaptive limit only; held lower while the remote tier is unavailable) |
+//! | `herdwise_batch_loads_total` | counter | | batch-loader calls (`get_or_load_many`, `fetch_many`); each key of a call also counts as one load in `herdwise_cache_loads_total`, whose duration for a batch key includes the wait for its call |
+//! | `herdwise_batch_load_keys_total` | counter | | keys asked of batch-loader calls |
 //! | `herdwise_warmed_total` | counter | `outcome` = `loaded`/`cached`/`absent`/`failed`, `trigger` = `warm`/`recovery` | keys warmed: loaded from the origin, already cached, not at the origin, or failed |
 //! | `herdwise_replica_reads_total` | counter | `outcome` = `hit`/`miss` | reads of a hot key's L2 copy (`miss`: the copy was missing, the primary was read and the copy rewritten) |
 //! | `herdwise_hottest_key_share` | gauge | | the hottest key's share of recent reads (sampled; refreshed every ~65k reads) |
@@ -147,6 +150,12 @@ pub const BREAKER_STATE: &str = "herdwise_breaker_state";
 pub const BREAKER_TRANSITIONS: &str = "herdwise_breaker_transitions_total";
 /// Loads that found the origin at its concurrency limit.
 pub const ORIGIN_LIMITED: &str = "herdwise_origin_limited_total";
+/// The learned origin limit.
+pub const ORIGIN_LIMIT: &str = "herdwise_origin_limit";
+/// Batch-loader calls (`get_or_load_many`, `fetch_many`).
+pub const BATCH_LOADS: &str = "herdwise_batch_loads_total";
+/// Keys asked of batch-loader calls.
+pub const BATCH_LOAD_KEYS: &str = "herdwise_batch_load_keys_total";
 /// Keys warmed.
 pub const WARMED: &str = "herdwise_warmed_total";
 /// Reads of a hot key's L2 copies.
@@ -200,6 +209,9 @@ pub const ALL: &[&str] = &[
     BREAKER_STATE,
     BREAKER_TRANSITIONS,
     ORIGIN_LIMITED,
+    ORIGIN_LIMIT,
+    BATCH_LOADS,
+    BATCH_LOAD_KEYS,
     WARMED,
     REPLICA_READS,
     HOTTEST_KEY_SHARE,
@@ -305,6 +317,8 @@ fn describe() {
             ORIGIN_LIMITED,
             "Loads that found the origin at its concurrency limit.",
         ),
+        (BATCH_LOADS, "Batch-loader calls."),
+        (BATCH_LOAD_KEYS, "Keys asked of batch-loader calls."),
         (WARMED, "Keys warmed, by trigger and outcome."),
         (REPLICA_READS, "Reads of a hot key's L2 copies."),
         (
@@ -347,6 +361,10 @@ fn describe() {
         (
             HOTTEST_KEY_SHARE,
             "The hottest key's share of recent reads.",
+        ),
+        (
+            ORIGIN_LIMIT,
+            "The learned origin limit: loader calls allowed at once.",
         ),
         (
             HOT_KEY_READS,
@@ -693,6 +711,8 @@ pub(crate) struct CacheMetrics {
     pub origin_limited_stale: Counter,
     pub origin_limited_waited: Counter,
     pub origin_limited_overloaded: Counter,
+    pub batch_loads: Counter,
+    pub batch_load_keys: Counter,
     pub hottest_key_share: Gauge,
     pub replica_reads_hit: Counter,
     pub replica_reads_miss: Counter,
@@ -721,6 +741,11 @@ pub(crate) enum WarmOutcome {
 }
 
 impl CacheMetrics {
+    /// The learned origin limit's gauge.
+    pub fn origin_limit_gauge(&self) -> Gauge {
+        gauge!(ORIGIN_LIMIT, CACHE_LABEL => self.namespace.to_string())
+    }
+
     pub fn new(namespace: &str) -> Self {
         warn_if_no_recorder(namespace);
         describe();
@@ -794,6 +819,8 @@ impl CacheMetrics {
             origin_limited_stale: cl(ORIGIN_LIMITED, "outcome", "stale"),
             origin_limited_waited: cl(ORIGIN_LIMITED, "outcome", "waited"),
             origin_limited_overloaded: cl(ORIGIN_LIMITED, "outcome", "overloaded"),
+            batch_loads: c(BATCH_LOADS),
+            batch_load_keys: c(BATCH_LOAD_KEYS),
             hottest_key_share: gauge!(HOTTEST_KEY_SHARE, CACHE_LABEL => ns.clone()),
             replica_reads_hit: cl(REPLICA_READS, "outcome", "hit"),
             replica_reads_miss: cl(REPLICA_READS, "outcome", "miss"),

@@ -371,6 +371,7 @@ async fn other_instances_do_not_read_a_value_whose_delete_is_still_pending() {
         inner: MemoryStore::new(),
         // Longer than the store deadline below: every delete fails, and L2 keeps the value.
         delete_delay: Duration::from_millis(300),
+        fail_fills: false,
     };
     let build = || {
         Cache::<u64, String>::builder("bp-pending")

@@ -81,6 +81,7 @@ async fn d2_a_read_during_invalidate_leaves_no_old_value_in_its_own_l1() {
     let store = common::SlowDeletes {
         inner: common::store(&server).await,
         delete_delay: Duration::from_millis(200),
+        fail_fills: false,
     };
     let cache: Cache<u64, String> = Cache::builder("d2k")
         .store(store)
@@ -762,6 +763,7 @@ async fn r1_an_invalidation_dropped_by_its_caller_is_still_applied() {
     let slow = common::SlowDeletes {
         inner: common::store(&server).await,
         delete_delay: Duration::from_millis(300),
+        fail_fills: false,
     };
     let cache: Cache<(u64, u64), String> = Cache::builder("r1")
         .store(slow)
@@ -826,6 +828,7 @@ async fn r2_a_failed_delete_does_not_bring_the_old_value_back_here() {
     let slow = common::SlowDeletes {
         inner: common::store(&server).await,
         delete_delay: Duration::from_secs(30),
+        fail_fills: false,
     };
     let cache: Cache<u64, String> = Cache::builder("r2")
         .store(slow)

@@ -361,3 +361,161 @@ async fn caches_sharing_an_embedded_store_coordinate_too() {
     }
     assert_eq!(calls.get(), 1);
 }
+
+/// A load slower than the lease TTL keeps its lease (the holder extends it while the load
+/// runs): other instances keep waiting for its fill instead of loading too, and the value is
+/// cached. Without the extension the lease expired mid-load: a second origin call, and the
+/// slow value refused as a lost lease.
+async fn slow_load_keeps_its_lease(store_a: Arc<dyn Store>, store_b: Arc<dyn Store>) {
+    let lease_ttl = Duration::from_millis(300);
+    let build = |store: Arc<dyn Store>| -> Cache<u64, String> {
+        Cache::builder("slowlease")
+            .shared_store(store)
+            .lease_ttl(lease_ttl)
+            .lease_wait(Duration::from_secs(10), Duration::from_millis(50))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build(store_a), build(store_b));
+    let calls = Calls::default();
+    let (c1, c2) = (calls.clone(), calls.clone());
+    let slow = tokio::spawn(async move {
+        a.get_or_load(&7, |_| async move {
+            c1.hit();
+            tokio::time::sleep(lease_ttl * 4).await;
+            Ok::<_, OriginError>(Some("slow".to_string()))
+        })
+        .await
+    });
+    // Another instance asks while the load is well past its first lease TTL.
+    tokio::time::sleep(lease_ttl * 2).await;
+    let waited = b
+        .get_or_load(&7, |_| async move {
+            c2.hit();
+            Ok::<_, OriginError>(Some("second".to_string()))
+        })
+        .await
+        .unwrap();
+    let first = slow.await.unwrap().unwrap();
+    assert_eq!(first.as_deref().map(String::as_str), Some("slow"));
+    assert_eq!(waited.as_deref().map(String::as_str), Some("slow"));
+    assert_eq!(calls.get(), 1, "one origin call for the slow load");
+    let c3 = calls.clone();
+    let again = b
+        .get_or_load(&7, |_| async move {
+            c3.hit();
+            Ok::<_, OriginError>(Some("third".to_string()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(again.as_deref().map(String::as_str), Some("slow"));
+    assert_eq!(calls.get(), 1, "the slow value was cached");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_slower_than_its_lease_keeps_it_on_redis() {
+    let server = common::redis();
+    let a: Arc<dyn Store> = Arc::new(common::store(&server).await);
+    let b: Arc<dyn Store> = Arc::new(common::store(&server).await);
+    slow_load_keeps_its_lease(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_slower_than_its_lease_keeps_it_on_the_embedded_store() {
+    let store = MemoryStore::new();
+    slow_load_keeps_its_lease(Arc::new(store.clone()), Arc::new(store)).await;
+}
+
+/// A stuck load (no loader timeout) extends its lease for at most `lease_max_hold`: then the
+/// lease expires and another instance takes it over and loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_load_holds_its_lease_no_longer_than_the_max_hold() {
+    let store = MemoryStore::new();
+    let build = || -> Cache<u64, String> {
+        Cache::builder("stucklease")
+            .store(store.clone())
+            .lease_ttl(Duration::from_millis(300))
+            .lease_max_hold(Duration::from_millis(600))
+            .lease_wait(Duration::from_secs(10), Duration::from_millis(50))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build(), build());
+    let stuck = tokio::spawn(async move {
+        a.get_or_load(&1, |_| async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok::<_, OriginError>(Some("never".to_string()))
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        b.get_or_load(&1, |_| async {
+            Ok::<_, OriginError>(Some("b".to_string()))
+        }),
+    )
+    .await
+    .expect("the stuck holder let its lease go")
+    .unwrap();
+    assert_eq!(got.as_deref().map(String::as_str), Some("b"));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "took over after {waited:?}: before the max hold and the last TTL ran out"
+    );
+    stuck.abort();
+}
+
+/// A holder whose fill failed (and opened its breaker) still gives its lease back as soon as
+/// the breaker lets a call through (its half-open probe), not after the lease's whole TTL,
+/// which every other instance would wait out (seen in the batch lab: 32 waits of ~2.9 s each).
+/// (Nothing is sent while the breaker is open: `hardening.rs` d11.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_is_released_even_when_the_fill_opened_the_breaker() {
+    let shared = MemoryStore::new();
+    let failing = common::SlowDeletes {
+        inner: shared.clone(),
+        delete_delay: Duration::ZERO,
+        fail_fills: true,
+    };
+    let a: Cache<u64, String> = Cache::builder("stranded")
+        .store(failing)
+        .lease_ttl(Duration::from_secs(4))
+        .circuit_breaker(
+            herdwise::BreakerConfig::default()
+                .consecutive_failures(1)
+                .open_for(Duration::from_millis(400)),
+        )
+        .build()
+        .unwrap();
+    let b: Cache<u64, String> = Cache::builder("stranded")
+        .store(shared)
+        .lease_ttl(Duration::from_secs(4))
+        .lease_wait(Duration::from_secs(10), Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let got = a
+        .get_or_load(&1, |_| async {
+            Ok::<_, OriginError>(Some("a".to_string()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.as_deref().map(String::as_str), Some("a"));
+    assert_eq!(a.breaker_state(), herdwise::BreakerState::Open);
+    tokio::time::sleep(Duration::from_millis(50)).await; // (the release runs in the background)
+    let started = Instant::now();
+    let got = b
+        .get_or_load(&1, |_| async {
+            Ok::<_, OriginError>(Some("b".to_string()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.as_deref().map(String::as_str), Some("b"));
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "waited {:?} for a stranded lease (TTL 4 s)",
+        started.elapsed()
+    );
+}

@@ -25,7 +25,7 @@ use herdwise::{Cache, LoadOptions, RedisStore};
 use parking_lot::Mutex as Lock;
 use serde_json::json;
 
-use super::redis_outage::{preload_herdwise, preload_naive, KEYS, ORIGIN_LIMIT, ORIGIN_WAIT, TTL};
+use super::redis_outage::{preload_herdwise, preload_naive, KEYS, TTL};
 use super::{compare, ratio};
 use crate::deploy::{Conn, Deployment};
 use crate::drive::{Keys, Pace};
@@ -60,7 +60,7 @@ pub async fn run(settings: &Settings, kind: Kind) -> Result<ScenarioResult, LabE
     let concurrency = settings.concurrency_or(128);
     let duration = settings.duration_or(Duration::from_secs(30), Duration::from_secs(12));
     let kill_at = duration / 3;
-    let rate = 20_000.0;
+    let rate = settings.rate_or(20_000.0);
     let keys = Keys::Zipf { n: KEYS, s: 0.99 };
     let origin_config = OriginConfig {
         base_latency: Duration::from_millis(2),
@@ -88,11 +88,7 @@ pub async fn run(settings: &Settings, kind: Kind) -> Result<ScenarioResult, LabE
             strategy::naive(&deploy, instances, &origin, TTL).await?
         } else {
             preload_herdwise(&url, &origin).await?;
-            strategy::herdwise_with(name, &url, instances, &origin, false, |b| {
-                b.ttl(TTL)
-                    .origin_concurrency_limit(ORIGIN_LIMIT, ORIGIN_WAIT)
-            })
-            .await?
+            strategy::herdwise_with(name, &url, instances, &origin, false, |b| b.ttl(TTL)).await?
         };
         let side = if naive {
             Side::naive(&deploy, instances).await?
@@ -154,7 +150,7 @@ pub async fn run(settings: &Settings, kind: Kind) -> Result<ScenarioResult, LabE
     Ok(ScenarioResult {
         name: kind.name().into(),
         description: format!(
-            "{}: Zipf(0.99) over {KEYS} preloaded keys (TTLs spread over {}s), {rate} reads/s by {concurrency} readers over {instances} instances; a primary killed at {}s; probe of {PROBES} keys every 20 ms for L2 hits; version check on {VERSIONED} keys (1 write/10 ms, {VERSION_READERS} readers, stale beyond {STALE_BOUND:?}); herdwise: origin limit {ORIGIN_LIMIT}/instance",
+            "{}: Zipf(0.99) over {KEYS} preloaded keys (TTLs spread over {}s), {rate} reads/s by {concurrency} readers over {instances} instances; a primary killed at {}s; probe of {PROBES} keys every 20 ms for L2 hits; version check on {VERSIONED} keys (1 write/10 ms, {VERSION_READERS} readers, stale beyond {STALE_BOUND:?}); herdwise: default configuration (adaptive origin limit)",
             match kind {
                 Kind::Cluster => "Redis Cluster 3 primaries + 3 replicas",
                 Kind::Sentinel => "Sentinel: primary + replica, 3 sentinels",

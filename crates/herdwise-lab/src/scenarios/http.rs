@@ -233,9 +233,15 @@ fn start_herdwise(origin: SocketAddr) -> Result<(Contender, SocketAddr), LabErro
         .env_remove("REDIS_URL")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        // Its log, for a proxy that does not come up (a port taken, a bad flag).
+        .stderr(std::fs::File::create(proxy_log(port))?)
         .spawn()?;
     Ok(Contender::process(child, None, port))
+}
+
+/// Where the lab's herdwise-proxy on `port` logs.
+fn proxy_log(port: u16) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("herdwise-lab-proxy-{port}.log"))
 }
 
 /// One GET through `addr`, for warming and readiness: the status.
@@ -263,8 +269,11 @@ async fn wait_ready(addr: SocketAddr, what: &str) -> Result<(), LabError> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let log = std::fs::read_to_string(proxy_log(addr.port())).unwrap_or_default();
     Err(LabError::Measure(format!(
-        "{what} did not answer on {addr}"
+        "{what} did not answer on {addr}{}{}",
+        if log.is_empty() { "" } else { "; its log:\n" },
+        log.trim_end()
     )))
 }
 

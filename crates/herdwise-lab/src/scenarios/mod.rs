@@ -1,6 +1,7 @@
 //! The scenarios. Each runs every strategy in turn, each on a fresh Redis (a `redis-server`, or
 //! a cluster with `--topology cluster`) and a fresh origin, so strategies never share state, and returns them side by side.
 
+pub mod batch;
 pub mod drift;
 pub mod failover;
 pub mod hit_path;
@@ -11,6 +12,7 @@ pub mod invalidation_race;
 pub mod l2_throughput;
 pub mod prefix_invalidation;
 pub mod redis_outage;
+pub mod slow_origin;
 pub mod tag_invalidation;
 pub mod zipf;
 
@@ -21,9 +23,10 @@ use crate::report::{ScenarioResult, StrategyResult};
 use crate::{LabError, Settings};
 
 /// Every scenario, in the order `all` runs them.
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 14] = [
     "hit-path",
     "l2-throughput",
+    "batch",
     "zipf",
     "hot-key-expiry",
     "invalidation-race",
@@ -31,6 +34,7 @@ pub const ALL: [&str; 12] = [
     "prefix-invalidation",
     "tag-invalidation",
     "redis-outage",
+    "slow-origin",
     "cluster-failover",
     "sentinel-failover",
     "drift",
@@ -42,7 +46,13 @@ pub const EXTRA: [&str; 1] = ["http"];
 
 /// The scenarios that run on a Redis Cluster (`--topology cluster`); the others measure one
 /// server's behaviour (bystanders on the same server, its keyspace) and run standalone only.
-pub const ON_CLUSTER: [&str; 4] = ["l2-throughput", "zipf", "hot-key-expiry", "redis-outage"];
+pub const ON_CLUSTER: [&str; 5] = [
+    "l2-throughput",
+    "batch",
+    "zipf",
+    "hot-key-expiry",
+    "redis-outage",
+];
 
 /// The failovers, which start the topology they fail over whatever `--topology` says.
 pub const FAILOVERS: [&str; 2] = ["cluster-failover", "sentinel-failover"];
@@ -63,6 +73,7 @@ pub async fn run(name: &str, settings: &Settings) -> Result<ScenarioResult, LabE
     match name {
         "hit-path" => hit_path::run(settings).await,
         "l2-throughput" => l2_throughput::run(settings).await,
+        "batch" => batch::run(settings).await,
         "zipf" => zipf::run(settings).await,
         "hot-key-expiry" => hot_key_expiry::run(settings).await,
         "invalidation-race" => invalidation_race::run(settings).await,
@@ -70,6 +81,7 @@ pub async fn run(name: &str, settings: &Settings) -> Result<ScenarioResult, LabE
         "prefix-invalidation" => prefix_invalidation::run(settings).await,
         "tag-invalidation" => tag_invalidation::run(settings).await,
         "redis-outage" => redis_outage::run(settings).await,
+        "slow-origin" => slow_origin::run(settings).await,
         "cluster-failover" => failover::run(settings, failover::Kind::Cluster).await,
         "sentinel-failover" => failover::run(settings, failover::Kind::Sentinel).await,
         "drift" => drift::run(settings).await,

@@ -3,7 +3,7 @@
 //! but alive), resumed, killed (SIGKILL), and restarted empty on the same port, as a cache
 //! restarts. Five equal phases. The origin can serve the steady misses but not every read: past
 //! 32 queries in flight it rejects, the "database melts" model. Herdwise runs with its defaults
-//! plus a registered loader (so it can re-warm) and an origin limit of 8 loads per instance.
+//! (the adaptive origin limit among them) plus a registered loader (so it can re-warm).
 //! Shows origin load, failed reads and latency over time, and per phase.
 
 use std::collections::BTreeMap;
@@ -25,12 +25,6 @@ pub(crate) const KEYS: u64 = 100_000;
 /// Entries live 5 s, so a steady state (reached within the first phase) has misses to compare
 /// the outage with.
 pub(crate) const TTL: Duration = Duration::from_secs(5);
-/// Loads each Herdwise instance may run at once: 4 × 5 loads of 2-3 ms cap the origin near 1.8× the
-/// steady miss rate (the origin itself takes 32).
-pub(crate) const ORIGIN_LIMIT: usize = 5;
-/// How long a load waits for a slot before `Overloaded`.
-pub(crate) const ORIGIN_WAIT: Duration = Duration::from_millis(250);
-
 /// What happens to Redis at the start of each phase after the first.
 #[derive(Debug, Clone, Copy)]
 enum Fault {
@@ -54,7 +48,7 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
     let concurrency = settings.concurrency_or(128);
     let duration = settings.duration_or(Duration::from_secs(60), Duration::from_secs(30));
     let phase = duration / PHASES.len() as u32;
-    let rate = 20_000.0;
+    let rate = settings.rate_or(20_000.0);
     let keys = Keys::Zipf { n: KEYS, s: 0.99 };
     let origin_config = OriginConfig {
         base_latency: Duration::from_millis(2),
@@ -75,11 +69,8 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
             }
             _ => {
                 preload_herdwise(&url, &origin).await?;
-                strategy::herdwise_with(name, &url, instances, &origin, true, |b| {
-                    b.ttl(TTL)
-                        .origin_concurrency_limit(ORIGIN_LIMIT, ORIGIN_WAIT)
-                })
-                .await?
+                strategy::herdwise_with(name, &url, instances, &origin, true, |b| b.ttl(TTL))
+                    .await?
             }
         };
         let server = Arc::new(Mutex::new(server));
@@ -136,7 +127,7 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
     Ok(ScenarioResult {
         name: "redis-outage".into(),
         description: format!(
-            "Zipf(0.99) over {KEYS} preloaded keys (TTLs spread over {}s), {rate} reads/s offered by {concurrency} readers over {instances} instances; phases of {}s: steady, Redis frozen (SIGSTOP), resumed, killed (SIGKILL), restarted empty (every node of the {}); origin rejects past 32 in flight; herdwise: fetch, origin limit {ORIGIN_LIMIT}/instance",
+            "Zipf(0.99) over {KEYS} preloaded keys (TTLs spread over {}s), {rate} reads/s offered by {concurrency} readers over {instances} instances; phases of {}s: steady, Redis frozen (SIGSTOP), resumed, killed (SIGKILL), restarted empty (every node of the {}); origin rejects past 32 in flight; herdwise: fetch, default configuration (adaptive origin limit)",
             TTL.as_secs(),
             phase.as_secs(),
             settings.topology
@@ -150,7 +141,7 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
             ("keys".into(), json!(keys)),
             ("ttl_s".into(), json!(TTL.as_secs())),
             ("origin".into(), json!(origin_config)),
-            ("herdwise_origin_limit".into(), json!(ORIGIN_LIMIT)),
+            ("herdwise_origin_limit".into(), json!("adaptive (default)")),
         ]),
         strategies,
         ratios,

@@ -24,7 +24,7 @@ use crate::ops::replicas::{Replicas, MAX_REPLICAS};
 use crate::ops::verify::VerifyOptions;
 use crate::protect::flight::Flights;
 use crate::protect::lease::{FillWaiters, LeaseConfig};
-use crate::protect::origin_limit::OriginLimit;
+use crate::protect::origin_limit::{AdaptiveLimit, OriginLimit, MAX_LIMIT};
 use crate::store::{MemoryStore, Store};
 use crate::tiers::breaker::BreakerConfig;
 use crate::tiers::codec::{Codec, Postcard};
@@ -55,6 +55,8 @@ pub const DEFAULT_FAIL_SAFE_THROTTLE: Duration = Duration::from_secs(10);
 pub const DEFAULT_XFETCH_BETA: f64 = 1.0;
 /// Default lifetime of a load lease.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
+/// Default longest time a load keeps extending its lease (see [`CacheBuilder::lease_max_hold`]).
+pub const DEFAULT_LEASE_MAX_HOLD: Duration = Duration::from_secs(30);
 /// Default re-check interval while waiting for another instance's fill.
 pub const DEFAULT_LEASE_POLL: Duration = Duration::from_millis(100);
 /// Default number of hot keys reported.
@@ -115,11 +117,13 @@ pub struct CacheBuilder<K: ?Sized, V> {
     hard_timeout: Option<Duration>,
     soft_timeout: Option<Duration>,
     loader: Option<SharedLoader<K, V>>,
+    /// A `batch::ErasedBatchLoader`, for `fetch_many`.
+    batch_loader: Option<Arc<dyn std::any::Any + Send + Sync>>,
     xfetch_beta: f64,
     backplane: bool,
     transport: BackplaneTransport,
     breaker: Option<BreakerConfig>,
-    origin_limit: Option<(usize, Duration)>,
+    origin_limit: OriginLimitChoice,
     hot_keys: usize,
     max_tags: usize,
     tags_from: Option<TagsFrom<V>>,
@@ -137,7 +141,13 @@ pub struct CacheBuilder<K: ?Sized, V> {
 type DefaultCodec<V> = fn() -> Arc<dyn Codec<V>>;
 
 fn postcard<V: Serialize + DeserializeOwned + Send + Sync + 'static>() -> Arc<dyn Codec<V>> {
-    Arc::new(Postcard)
+    // Byte buffers: the same bytes, without serde's element-by-element visit.
+    let bytes: Box<dyn std::any::Any> =
+        Box::new(Arc::new(crate::tiers::codec::PostcardBytes) as Arc<dyn Codec<Vec<u8>>>);
+    match bytes.downcast::<Arc<dyn Codec<V>>>() {
+        Ok(codec) => *codec,
+        Err(_) => Arc::new(Postcard),
+    }
 }
 
 impl<K, V> CacheBuilder<K, V>
@@ -180,6 +190,7 @@ where
                 ttl: DEFAULT_LEASE_TTL,
                 wait: DEFAULT_LEASE_TTL,
                 poll: DEFAULT_LEASE_POLL,
+                max_hold: DEFAULT_LEASE_MAX_HOLD,
             }),
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: DEFAULT_STALE_IF_ERROR,
@@ -187,11 +198,12 @@ where
             hard_timeout: None,
             soft_timeout: None,
             loader: None,
+            batch_loader: None,
             xfetch_beta: DEFAULT_XFETCH_BETA,
             backplane: true,
             transport: BackplaneTransport::PubSub,
             breaker: Some(BreakerConfig::default()),
-            origin_limit: None,
+            origin_limit: OriginLimitChoice::Adaptive(AdaptiveLimit::default()),
             hot_keys: DEFAULT_HOT_KEYS,
             max_tags: DEFAULT_MAX_TAGS_PER_ENTRY,
             tags_from: None,
@@ -408,9 +420,9 @@ where
         self
     }
 
-    /// Lifetime of the cross-instance load lease (default 5 s). It bounds how long a dead holder
-    /// blocks other instances, and it must exceed the slowest load: a load that outlives its
-    /// lease is returned to its callers but not cached.
+    /// Lifetime of the cross-instance load lease (default 5 s): how long a dead holder blocks
+    /// other instances. A load slower than this keeps its lease (the holder extends it every
+    /// third of the TTL, up to [`CacheBuilder::lease_max_hold`]), so its value is cached.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         if let Some(lease) = self.lease.as_mut() {
             lease.ttl = ttl;
@@ -425,6 +437,26 @@ where
         if let Some(lease) = self.lease.as_mut() {
             lease.wait = wait;
             lease.poll = poll;
+        }
+        self
+    }
+
+    /// Longest time a load keeps extending its lease (default 30 s): past it, a load that is
+    /// still running (a stuck origin call without a `loader_timeout`) lets its lease expire,
+    /// so it stops holding the key for other instances (its fill is then refused, unless it
+    /// lands before the lease's last TTL runs out).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cache: herdwise::Cache<u64, String> = herdwise::Cache::builder("slow")
+    ///     .lease_max_hold(Duration::from_secs(90))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = cache;
+    /// ```
+    pub fn lease_max_hold(mut self, hold: Duration) -> Self {
+        if let Some(lease) = self.lease.as_mut() {
+            lease.max_hold = hold;
         }
         self
     }
@@ -518,12 +550,12 @@ where
         self
     }
 
-    /// Origin protection: at most `max_concurrent` loader calls of this cache at once (default:
-    /// no limit). A load beyond it answers with the stale value if one is usable within the
-    /// stale-if-error window, else waits up to `max_wait` for a slot, else fails with
-    /// [`Error::Overloaded`] — so that when Redis is down or the cache is cold, the database
-    /// sees a bounded load instead of every miss at once. Size it from what the origin can
-    /// serve per instance.
+    /// Origin protection with a fixed number: at most `max_concurrent` loader calls of this
+    /// cache at once, instead of the learned limit (see
+    /// [`CacheBuilder::adaptive_origin_limit`]). A load beyond it answers with the stale value
+    /// if one is usable within the stale-if-error window, else waits up to `max_wait` for a
+    /// slot, else fails with [`Error::Overloaded`]. Size it from what the origin can serve per
+    /// instance.
     ///
     /// ```
     /// use std::time::Duration;
@@ -531,9 +563,42 @@ where
     ///     .origin_concurrency_limit(32, Duration::from_millis(200))
     ///     .build()
     ///     .unwrap();
+    /// assert_eq!(cache.origin_limit(), Some(32));
     /// ```
     pub fn origin_concurrency_limit(mut self, max_concurrent: usize, max_wait: Duration) -> Self {
-        self.origin_limit = Some((max_concurrent, max_wait));
+        self.origin_limit = OriginLimitChoice::Fixed(max_concurrent, max_wait);
+        self
+    }
+
+    /// The default origin protection, with other settings: loader calls at once are limited
+    /// by a limit learned from their latency and failures (it grows while loads are fast and
+    /// the limit binds, shrinks when latency rises past the tolerance or 10 % of loads fail),
+    /// and held near twice the healthy concurrency while the remote tier is unavailable. A
+    /// load beyond it answers stale if it can, else waits up to the limit's `max_wait`, else
+    /// fails with [`Error::Overloaded`]. See [`AdaptiveLimit`] for the rules and defaults.
+    ///
+    /// ```
+    /// let cache: herdwise::Cache<u64, String> = herdwise::Cache::builder("users")
+    ///     .adaptive_origin_limit(herdwise::AdaptiveLimit::default().bounds(8, 128))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(cache.origin_limit(), Some(32));
+    /// ```
+    pub fn adaptive_origin_limit(mut self, config: AdaptiveLimit) -> Self {
+        self.origin_limit = OriginLimitChoice::Adaptive(config);
+        self
+    }
+
+    /// Turns origin protection off: every load calls the loader at once (the in-process
+    /// single-flight and the leases still collapse loads of one key).
+    ///
+    /// ```
+    /// let cache: herdwise::Cache<u64, String> =
+    ///     herdwise::Cache::builder("users").no_origin_limit().build().unwrap();
+    /// assert_eq!(cache.origin_limit(), None);
+    /// ```
+    pub fn no_origin_limit(mut self) -> Self {
+        self.origin_limit = OriginLimitChoice::Off;
         self
     }
 
@@ -633,10 +698,8 @@ where
             ("lease_ttl", self.lease.map(|l| l.ttl)),
             ("lease_wait", self.lease.map(|l| l.wait)),
             ("lease_wait (poll)", self.lease.map(|l| l.poll)),
-            (
-                "origin_concurrency_limit (max_wait)",
-                self.origin_limit.map(|(_, wait)| wait),
-            ),
+            ("lease_max_hold", self.lease.map(|l| l.max_hold)),
+            ("origin limit (max_wait)", self.origin_limit.max_wait()),
             ("hot_key_shield (life)", self.hot_key_shield.map(|(_, l)| l)),
             ("hot_key_replicas (life)", self.replicas.map(|r| r.life)),
         ];
@@ -651,14 +714,13 @@ where
         if self.soft_timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::Config("loader_soft_timeout must be positive".into()));
         }
-        if self
-            .origin_limit
-            .is_some_and(|(n, _)| n > tokio::sync::Semaphore::MAX_PERMITS)
-        {
+        if matches!(self.origin_limit, OriginLimitChoice::Fixed(n, _) if n > MAX_LIMIT) {
             return Err(Error::Config(format!(
-                "origin_concurrency_limit must be at most {}",
-                tokio::sync::Semaphore::MAX_PERMITS
+                "origin_concurrency_limit must be at most {MAX_LIMIT}"
             )));
+        }
+        if let OriginLimitChoice::Adaptive(config) = &self.origin_limit {
+            config.validate().map_err(Error::Config)?;
         }
         if self.hot_keys > MAX_HOT_KEYS {
             return Err(Error::Config(format!(
@@ -736,7 +798,7 @@ where
                 "backplane stream max_len must be at least 100".into(),
             ));
         }
-        if self.origin_limit.is_some_and(|(max, _)| max == 0) {
+        if matches!(self.origin_limit, OriginLimitChoice::Fixed(0, _)) {
             return Err(Error::Config(
                 "origin_concurrency_limit must allow at least one load".into(),
             ));
@@ -873,9 +935,14 @@ where
                     flights: Flights::new(self.max_in_flight),
                     lease: self.lease,
                     fill_waiters,
-                    origin_limit: self
-                        .origin_limit
-                        .map(|(max, wait)| OriginLimit::new(max, wait)),
+                    origin_limit: match self.origin_limit {
+                        OriginLimitChoice::Off => None,
+                        OriginLimitChoice::Fixed(max, wait) => Some(OriginLimit::fixed(max, wait)),
+                        OriginLimitChoice::Adaptive(config) => Some(OriginLimit::adaptive(
+                            config,
+                            Some(metrics.origin_limit_gauge()),
+                        )),
+                    },
                     refreshing: crate::protect::refreshing::Refreshing::new(self.max_in_flight),
                 },
                 coherence: Coherence {
@@ -908,6 +975,7 @@ where
             book,
         );
         cache.verifier = verifier;
+        cache.batch_loader = self.batch_loader;
         Ok(cache)
     }
 }
@@ -967,5 +1035,65 @@ where
     ) -> Self {
         self.verify = Some(VerifyHook::factory(options, Arc::new(same)));
         self
+    }
+}
+
+impl<K, V> CacheBuilder<K, V>
+where
+    K: CacheKey + ToOwned + ?Sized + 'static,
+    K::Owned: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    /// Registers the batch loader [`Cache::fetch_many`] uses: given the keys a batch leads
+    /// (each once), it returns what it found (a `HashMap`, or a [`crate::BatchLoaded`] with
+    /// per-key failures). Without one, `fetch_many` calls the [`CacheBuilder::loader`] once per
+    /// key.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// use std::collections::HashMap;
+    /// let users: herdwise::Cache<u64, String> = herdwise::Cache::builder("users")
+    ///     .batch_loader(|ids: Vec<u64>| async move {
+    ///         // one query for all of them
+    ///         Ok::<_, std::io::Error>(ids.into_iter().map(|id| (id, format!("user-{id}"))).collect::<HashMap<_, _>>())
+    ///     })
+    ///     .build()?;
+    /// let got = users.fetch_many([&1, &2]).await;
+    /// assert_eq!(got[1].as_ref().unwrap().as_deref().map(String::as_str), Some("user-2"));
+    /// # Ok(()) }
+    /// ```
+    pub fn batch_loader<F, Fut, R, E>(mut self, loader: F) -> Self
+    where
+        F: Fn(Vec<K::Owned>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<R, E>> + Send + 'static,
+        R: Into<crate::BatchLoaded<K::Owned, V>>,
+        E: Into<crate::loader::BoxError>,
+    {
+        let erased: crate::cache::batch::ErasedBatchLoader<K::Owned, V> =
+            Arc::new(move |keys: Vec<K::Owned>| {
+                let call = loader(keys);
+                Box::pin(async move { call.await.map(Into::into).map_err(Into::into) })
+            });
+        self.batch_loader = Some(Arc::new(erased));
+        self
+    }
+}
+
+/// Which origin protection a cache gets.
+#[derive(Debug, Clone, Copy)]
+enum OriginLimitChoice {
+    Off,
+    Fixed(usize, Duration),
+    Adaptive(AdaptiveLimit),
+}
+
+impl OriginLimitChoice {
+    fn max_wait(&self) -> Option<Duration> {
+        match self {
+            OriginLimitChoice::Off => None,
+            OriginLimitChoice::Fixed(_, wait) => Some(*wait),
+            OriginLimitChoice::Adaptive(config) => Some(config.max_wait),
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! `entries` moves typed entries in and out of the tiers, `write`, `refresh` and `warm` are the
 //! other paths, and `coherence` the invalidation glue the parts call back through.
 
+pub(crate) mod batch;
 pub(crate) mod builder;
 mod coherence;
 pub(crate) mod entries;
@@ -206,6 +207,8 @@ pub struct Cache<K: ?Sized, V> {
     pub(crate) tenant: Option<Arc<str>>,
     /// With `CacheBuilder::verify`: samples fresh reads to check against the origin.
     pub(crate) verifier: Option<Arc<verify::VerifyHook<K, V>>>,
+    /// The registered batch loader, for `fetch_many` (a `batch::ErasedBatchLoader`).
+    pub(crate) batch_loader: Option<Arc<dyn std::any::Any + Send + Sync>>,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -217,6 +220,7 @@ impl<K: ?Sized, V> Clone for Cache<K, V> {
             book: self.book.clone(),
             tenant: self.tenant.clone(),
             verifier: self.verifier.clone(),
+            batch_loader: self.batch_loader.clone(),
             _key: PhantomData,
         }
     }
@@ -306,6 +310,7 @@ where
             book,
             tenant: None,
             verifier: None,
+            batch_loader: None,
             _key: PhantomData,
         }
     }
@@ -358,6 +363,7 @@ where
         // tenant handle never uses it (its `fetch`, `warm` and background refreshes answer
         // `Error::NoLoader`); `get_or_load` with a loader that knows the tenant works.
         scoped.loader = None;
+        scoped.batch_loader = None;
         scoped.book = None;
         scoped.verifier = None;
         Ok(scoped)
@@ -681,6 +687,27 @@ where
             .origin_limit
             .as_ref()
             .map_or(0, OriginLimit::in_use)
+    }
+
+    /// Loader calls allowed at once now: the learned origin limit (held lower while the remote
+    /// tier is unavailable), the fixed one, or `None` without origin protection.
+    ///
+    /// ```
+    /// let cache: herdwise::Cache<u64, String> = herdwise::Cache::builder("users").build().unwrap();
+    /// assert_eq!(cache.origin_limit(), Some(32), "the adaptive limit starts at 32");
+    /// ```
+    pub fn origin_limit(&self) -> Option<usize> {
+        self.inner
+            .protect
+            .origin_limit
+            .as_ref()
+            .map(OriginLimit::current)
+    }
+
+    /// The remote tier is unavailable, as origin protection sees it: a breaker is not closed,
+    /// or the window after a recovery is open.
+    pub(crate) fn remote_unavailable(&self) -> bool {
+        self.inner.remote.degraded() || self.inner.recovery.window_left().is_some()
     }
 
     /// Keys with a load in flight in this instance (single-flight leaders): 0 when the cache is

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt as _;
 use tracing::Instrument;
 
+use crate::cache::batch::BatchLoadError;
 use crate::cache::entries::{Encoded, Fallback, L2Read};
 use crate::cache::observe::ReadSpan;
 use crate::cache::{hit_yield_point, Cache, Lookup};
@@ -25,8 +26,9 @@ use crate::envelope::TagStamp;
 use crate::error::{Error, Result};
 use crate::metrics::{GetResult, LeaseWait, LoadResult as LoadOutcome, StaleReason};
 use crate::protect::flight::Join;
+use crate::protect::gather::Park;
 use crate::protect::lease::{HeldLease, LeaseConfig};
-use crate::protect::origin_limit::Slot;
+use crate::protect::origin_limit::{OriginPermit, Slot};
 use crate::store::{FillOutcome, StoreError};
 use crate::tiers::freshness::now_ms;
 use crate::tiers::key::CacheKey;
@@ -315,6 +317,57 @@ pub(crate) struct Windows {
     tags: Option<Arc<[Box<str>]>>,
     /// A re-warm: it must reach the origin even in the recovery window.
     pub warming: bool,
+    /// A pipeline of a batch read: told when it waits on someone else's load (so the batch
+    /// call does not wait for it), and its loader takes no origin slot of its own (the batch
+    /// call holds one).
+    pub batch: Option<Arc<dyn Park>>,
+    /// What the batch's `MGET` already found in L2 for this key: the leader does not read it
+    /// again (the lease attempt re-reads it in the same round trip anyway).
+    /// Forgotten after any wait on someone else's load: what L2 holds may have changed.
+    known_l2: std::sync::atomic::AtomicU8,
+    /// A batch's share of the connection: its pipelines' lease attempts and fills take turns,
+    /// a few dozen at once, so a large batch neither floods the connection nor makes its own
+    /// calls look slow to the breaker (queued behind each other).
+    pub l2_turns: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+/// A turn at L2 for a batch pipeline (none needed for a single read).
+async fn l2_turn(windows: &Windows) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    match &windows.l2_turns {
+        Some(turns) => turns.clone().acquire_owned().await.ok(),
+        None => None,
+    }
+}
+
+impl Windows {
+    /// What the batch's `MGET` found for this key (see [`Windows::set_known_l2`]).
+    pub fn known_l2(&self) -> Option<KnownL2> {
+        match self.known_l2.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => Some(KnownL2::Missed),
+            2 => Some(KnownL2::Down),
+            _ => None,
+        }
+    }
+
+    /// Records what the batch's `MGET` found for this key; `None`: the leader reads L2.
+    pub fn set_known_l2(&self, known: Option<KnownL2>) {
+        let code = match known {
+            None => 0,
+            Some(KnownL2::Missed) => 1,
+            Some(KnownL2::Down) => 2,
+        };
+        self.known_l2
+            .store(code, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// L2 as a batch read found it (see [`Windows::known_l2`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KnownL2 {
+    /// Nothing fresh there (a stale copy, if any, is the read's fallback).
+    Missed,
+    /// L2 did not answer.
+    Down,
 }
 
 impl<K, V> Cache<K, V>
@@ -521,7 +574,13 @@ where
                 }
                 Join::Waiter(waiter) => {
                     self.inner.metrics.coalesced_waits.increment(1);
-                    if let Some(result) = waiter.wait().await {
+                    let waited = {
+                        let _parked = Parked::new(windows.batch.as_deref());
+                        waiter.wait().await
+                    };
+                    // Whatever the batch's MGET said is old news after a wait.
+                    windows.set_known_l2(None);
+                    if let Some(result) = waited {
                         // A leader with another judge (or none) may bring what this caller's
                         // judge calls stale: go round once (the next load may be ours), then
                         // load without coalescing rather than wait again.
@@ -586,6 +645,9 @@ where
                 .unwrap_or(policy.stale_while_revalidate),
             tags: options.tags.clone(),
             warming: false,
+            batch: None,
+            known_l2: std::sync::atomic::AtomicU8::new(0),
+            l2_turns: None,
         }
     }
 
@@ -690,7 +752,12 @@ where
                 return Ok(Fetched::of(entry.value, entry.meta.stale_copy, Source::L1));
             }
         }
-        match self.read_l2(stored_key).await {
+        let read = match windows.known_l2() {
+            Some(KnownL2::Missed) => L2Read::Miss,
+            Some(KnownL2::Down) => L2Read::Unavailable,
+            None => self.read_l2(stored_key).await,
+        };
+        match read {
             L2Read::Fresh(value, meta, _) if !replacing.superseded(&meta, value.as_ref()) => {
                 return Ok(Fetched::of(value, meta.stale_copy, Source::L2))
             }
@@ -724,7 +791,11 @@ where
                     .await;
             }
         };
-        let mode = match self.take_lease(stored_key, &lease, replacing).await {
+        let attempt = {
+            let _turn = l2_turn(windows).await;
+            self.take_lease(stored_key, &lease, replacing).await
+        };
+        let mode = match attempt {
             LeaseAttempt::Taken(held) => {
                 inner.metrics.leases_acquired.increment(1);
                 FillMode::Leased(held)
@@ -746,10 +817,12 @@ where
                     cache = self.namespace(),
                     outcome = tracing::field::Empty
                 );
-                let waited = self
-                    .wait_for_fill(stored_key, &lease, replacing.for_waiters())
-                    .instrument(span.clone())
-                    .await;
+                let waited = {
+                    let _parked = Parked::new(windows.batch.as_deref());
+                    self.wait_for_fill(stored_key, &lease, replacing.for_waiters(), windows)
+                        .instrument(span.clone())
+                        .await
+                };
                 let outcome = match &waited {
                     Waited::Value(..) => LeaseWait::Filled,
                     Waited::Lease(_) => LeaseWait::TookOver,
@@ -813,7 +886,7 @@ where
         let epoch = self.inner.l1.epoch(stored_key);
         // Armed before the request: if this read is dropped while the `SET NX` is on the wire,
         // or the request times out (a slow Redis may still run it), the release follows it.
-        let request = HeldLease::requesting(remote.clone(), stored_key, token);
+        let request = HeldLease::requesting(remote.clone(), stored_key, token, lease);
         let (taken, current) = match remote.try_lease_and_get(stored_key, token, lease.ttl).await {
             Ok(found) => found,
             // Never sent: nothing to release.
@@ -854,6 +927,7 @@ where
         stored_key: &str,
         lease: &LeaseConfig,
         replacing: Replacing<'_, V>,
+        windows: &Windows,
     ) -> Waited<V> {
         let registration = self.inner.protect.fill_waiters.register(stored_key);
         let deadline = tokio::time::Instant::now() + lease.wait;
@@ -863,7 +937,12 @@ where
             tokio::pin!(notified);
             notified.as_mut().enable();
             // A fill, or the holder's lease given up (ours now).
-            match self.take_lease(stored_key, lease, replacing).await {
+            // (a batch's polls take turns like its first attempts)
+            let attempt = {
+                let _turn = l2_turn(windows).await;
+                self.take_lease(stored_key, lease, replacing).await
+            };
+            match attempt {
                 LeaseAttempt::Taken(held) => return Waited::Lease(held),
                 LeaseAttempt::Filled(value, stale) => return Waited::Value(value, stale),
                 LeaseAttempt::Held => {}
@@ -901,10 +980,19 @@ where
         E: std::error::Error + Send + Sync + 'static,
     {
         let metrics = &self.inner.metrics;
-        // Origin protection: held until the load and its fill are done.
-        let _slot = match self.inner.protect.origin_limit.as_ref() {
+        // Origin protection: held until the load and its fill are done (a batch's pipelines
+        // share the slot their batch call holds).
+        let limit = match windows.batch {
+            Some(_) => None,
+            None => self.inner.protect.origin_limit.as_ref(),
+        };
+        // The remote tier is out for this load when it failed this very read, too: the first
+        // reads to meet a failing Redis come before its breaker opens, all at once.
+        let outage =
+            limit.is_some() && (matches!(mode, FillMode::LocalOnly) || self.remote_unavailable());
+        let mut slot = match limit {
             None => None,
-            Some(limit) => match limit.try_slot() {
+            Some(limit) => match limit.try_slot(outage) {
                 Slot::Granted(permit) => Some(permit),
                 Slot::Busy => {
                     // (A warm is there to load: it waits for a slot instead.)
@@ -918,7 +1006,7 @@ where
                         self.release(mode).await;
                         return Ok(Fetched::of(value, true, source));
                     }
-                    match limit.wait_slot().await {
+                    match limit.wait_slot(outage).await {
                         Some(permit) => {
                             metrics.origin_limited_waited.increment(1);
                             Some(permit)
@@ -928,8 +1016,8 @@ where
                             metrics.loads_shed.increment(1);
                             self.release(mode).await;
                             return Err(Error::Overloaded {
-                                limit: limit.max_concurrent,
-                                waited: limit.max_wait,
+                                limit: limit.current(),
+                                waited: limit.max_wait(),
                             });
                         }
                     }
@@ -951,10 +1039,18 @@ where
         let guarded = AssertUnwindSafe(async move { loader(key).await })
             .catch_unwind()
             .instrument(span.clone());
+        // A leased load keeps its lease while it runs (for at most the lease's maximum hold).
+        let guarded = async {
+            match &mode {
+                FillMode::Leased(held) => held.keeping(guarded).await,
+                _ => guarded.await,
+            }
+        };
         let outcome = match windows.hard_timeout {
             Some(limit) => match tokio::time::timeout(limit, guarded).await {
                 Ok(outcome) => outcome,
                 Err(_) => {
+                    observe(&mut slot, started.elapsed(), true);
                     metrics.load(LoadOutcome::Timeout, started.elapsed());
                     span.record("result", "timeout");
                     let err = Error::LoaderTimeout(limit);
@@ -966,6 +1062,7 @@ where
             None => guarded.await,
         };
         let load_duration = started.elapsed();
+        observe(&mut slot, load_duration, !matches!(outcome, Ok(Ok(_))));
         let value = match outcome {
             Err(_panic) => {
                 metrics.load(LoadOutcome::Panic, load_duration);
@@ -980,7 +1077,14 @@ where
                 metrics.load(LoadOutcome::Error, load_duration);
                 span.record("result", "error");
                 tracing::debug!(key = stored_key, error = %err, "loader failed; nothing cached");
-                let err = Error::Loader(Arc::new(err));
+                // A batch call shed by the origin limit is an overload, as for one key.
+                let shed = (&err as &dyn std::any::Any)
+                    .downcast_ref::<BatchLoadError>()
+                    .and_then(BatchLoadError::as_read_error);
+                let err = match shed {
+                    Some(overloaded) => overloaded,
+                    None => Error::Loader(Arc::new(err)),
+                };
                 return self
                     .fail_safe(stored_key, mode, windows, fallback, err)
                     .await;
@@ -1008,8 +1112,11 @@ where
                 return Ok(Fetched::fresh(value));
             }
         };
-        self.fill(stored_key, value.as_ref(), load_duration, mode, epoch, tags)
-            .await;
+        {
+            let _turn = l2_turn(windows).await;
+            self.fill(stored_key, value.as_ref(), load_duration, mode, epoch, tags)
+                .await;
+        }
         if value.is_none() {
             metrics.negative_stored.increment(1);
         }
@@ -1084,12 +1191,7 @@ where
     /// Gives a lease back after a load that produced nothing to cache.
     async fn release(&self, mode: FillMode) {
         if let FillMode::Leased(held) = mode {
-            let _ = self
-                .inner
-                .remote
-                .release_lease(held.key(), held.token)
-                .await;
-            held.disarm();
+            held.release().await;
         }
     }
 
@@ -1186,5 +1288,32 @@ where
                 self.mirror_in_l1(stored_key, value, encoded, epoch);
             }
         }
+    }
+}
+
+/// A batch pipeline's wait on someone else's load: parked while this lives.
+struct Parked<'a>(Option<&'a dyn Park>);
+
+impl<'a> Parked<'a> {
+    fn new(batch: Option<&'a dyn Park>) -> Self {
+        if let Some(b) = batch {
+            b.park();
+        }
+        Parked(batch)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.0 {
+            b.resume();
+        }
+    }
+}
+
+/// Tells the origin limit how a load went (nothing without a slot).
+fn observe(slot: &mut Option<OriginPermit>, took: std::time::Duration, failed: bool) {
+    if let Some(permit) = slot {
+        permit.observe(took, failed);
     }
 }

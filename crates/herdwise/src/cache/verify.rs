@@ -278,12 +278,13 @@ where
     K: CacheKey + ?Sized + 'static,
     V: Send + Sync + 'static,
 {
-    let _slot = match cache
+    let outage = cache.remote_unavailable();
+    let mut slot = match cache
         .inner
         .protect
         .origin_limit
         .as_ref()
-        .map(|l| l.try_slot())
+        .map(|l| l.try_slot(outage))
     {
         None => None,
         Some(Slot::Granted(permit)) => Some(permit),
@@ -293,7 +294,12 @@ where
     let limit = cache.inner.defaults.hard_timeout.unwrap_or(LOAD_TIMEOUT);
     // A panicking loader fails this check, not the task (pending confirmations would go).
     let load = std::panic::AssertUnwindSafe(loader.load(key)).catch_unwind();
-    match tokio::time::timeout(limit, load).await {
+    let started = std::time::Instant::now();
+    let loaded = tokio::time::timeout(limit, load).await;
+    if let Some(slot) = &mut slot {
+        slot.observe(started.elapsed(), !matches!(loaded, Ok(Ok(Ok(_)))));
+    }
+    match loaded {
         Ok(Err(_panic)) => {
             tracing::debug!(key = sample.stored_key, "verifier: the loader panicked");
             Origin::Failed

@@ -7,7 +7,8 @@
 //! Instances that find the lease taken wait for the fill: woken by the fill's announcement on
 //! the namespace's channel, re-checking at a poll interval in case a message is lost, and giving
 //! up after a deadline to load themselves (counted). So a stuck or dead holder costs extra origin
-//! load, never an outage; a dead holder's lease expires after its TTL anyway.
+//! load, never an outage; a dead holder's lease expires after its TTL anyway, and a live holder
+//! extends its lease while its load runs for at most the maximum hold.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -22,13 +23,15 @@ use crate::tiers::remote::Remote;
 /// Lease settings of a cache.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LeaseConfig {
-    /// How long a lease lives unless released: bounds how long a dead holder blocks others.
-    /// A load slower than this loses its lease and is not cached.
+    /// How long a lease lives unless released or extended: bounds how long a dead holder
+    /// blocks others.
     pub ttl: Duration,
     /// How long a waiter waits for another instance's fill before loading itself.
     pub wait: Duration,
     /// Re-check interval while waiting (the fallback when a fill announcement is lost).
     pub poll: Duration,
+    /// Longest time a holder extends its lease while its load runs.
+    pub max_hold: Duration,
 }
 
 /// The wake-up of one key's waiters, and how many are registered.
@@ -149,6 +152,12 @@ pub(crate) struct HeldLease {
     remote: Arc<Remote>,
     key: String,
     pub token: u64,
+    /// The lease's lifetime, renewed by [`HeldLease::keeping`] for at most `max_hold` after
+    /// `taken_at`.
+    ttl: Duration,
+    max_hold: Duration,
+    /// When it was asked for (an upper bound of when it was taken).
+    taken_at: tokio::time::Instant,
     armed: bool,
     /// The `SET NX` may still be on the wire: release right behind it, whatever the breaker.
     unknown: bool,
@@ -157,11 +166,14 @@ pub(crate) struct HeldLease {
 impl HeldLease {
     /// Armed before the lease request is sent, so that dropping the request (a cancelled
     /// caller, a timeout) still releases what it may have taken.
-    pub fn requesting(remote: Arc<Remote>, key: &str, token: u64) -> Self {
+    pub fn requesting(remote: Arc<Remote>, key: &str, token: u64, config: &LeaseConfig) -> Self {
         HeldLease {
             remote,
             key: key.to_string(),
             token,
+            ttl: config.ttl,
+            max_hold: config.max_hold,
+            taken_at: tokio::time::Instant::now(),
             armed: true,
             unknown: true,
         }
@@ -178,9 +190,53 @@ impl HeldLease {
         self.armed = false;
     }
 
-    /// The stored key the lease is on.
-    pub fn key(&self) -> &str {
-        &self.key
+    /// Gives the lease back now; if the breaker rejects the call, the guard keeps trying in
+    /// the background (see the drop).
+    pub async fn release(self) {
+        match self.remote.release_lease(&self.key, self.token).await {
+            Err(crate::store::StoreError::CircuitOpen) => {} // dropped armed: retried
+            _ => self.disarm(),
+        }
+    }
+
+    /// Runs `load` while keeping this lease: extended to a full TTL every third of it (counted
+    /// from when the lease was asked for, so a wait before the load — an origin-limit slot —
+    /// counts), so a load slower than the TTL still holds the lease when it fills, and other
+    /// instances keep waiting for that fill instead of loading too. The load is polled
+    /// throughout (an extension in flight never delays it). Extending stops when the store
+    /// says the lease is gone (voided by a write or an invalidation: the fill will be refused,
+    /// as it must be), and after `max_hold` (a stuck load must not hold the key for good); a
+    /// failed extension (Redis slow or unreachable) is tried again at the next period.
+    pub async fn keeping<F: std::future::Future>(&self, load: F) -> F::Output {
+        tokio::pin!(load);
+        let period = self.ttl / 3;
+        if period.is_zero() {
+            return load.await;
+        }
+        let give_up = self.taken_at + self.max_hold;
+        let mut next = self.taken_at + period;
+        loop {
+            if next >= give_up {
+                return load.await;
+            }
+            tokio::select! {
+                biased;
+                out = &mut load => return out,
+                _ = tokio::time::sleep_until(next) => {}
+            }
+            next = tokio::time::Instant::now() + period;
+            let extend = self.remote.extend_lease(&self.key, self.token, self.ttl);
+            tokio::pin!(extend);
+            let held = tokio::select! {
+                biased;
+                out = &mut load => return out,
+                held = &mut extend => held,
+            };
+            if let Ok(false) = held {
+                tracing::debug!(key = %self.key, "lease lost during a load; its fill will be refused");
+                return load.await;
+            }
+        }
     }
 }
 
@@ -198,15 +254,31 @@ impl Drop for HeldLease {
             self.token,
             self.unknown,
         );
+        let ttl = self.ttl;
         runtime.spawn(async move {
             if unknown {
                 remote.release_after_unknown(&key, token).await;
-            } else {
-                let _ = remote.release_lease(&key, token).await;
+                return;
+            }
+            // Through the breaker; while it is open, again every 50 ms, until it lets the
+            // call through (its half-open probe, say) or the lease would have expired anyway:
+            // a lease is never left to its whole TTL because the breaker was open when its
+            // holder gave it up (a fill that failed may be what opened it).
+            let started = tokio::time::Instant::now();
+            loop {
+                match remote.release_lease(&key, token).await {
+                    Err(crate::store::StoreError::CircuitOpen) if started.elapsed() < ttl => {
+                        tokio::time::sleep(RELEASE_RETRY).await;
+                    }
+                    _ => return,
+                }
             }
         });
     }
 }
+
+/// How often a release the breaker rejected is tried again.
+const RELEASE_RETRY: Duration = Duration::from_millis(50);
 
 /// The channel a namespace's fills are announced on.
 pub(crate) fn fill_channel(namespace: &str) -> String {

@@ -109,6 +109,10 @@ impl Leases {
         self.leases.get(key)
     }
 
+    fn get_mut(&mut self, key: &str) -> Option<&mut (u64, Instant)> {
+        self.leases.get_mut(key)
+    }
+
     fn insert(&mut self, key: Box<str>, claim: (u64, Instant), now: Instant) {
         insert_claim(&mut self.leases, &mut self.prune_leases_at, key, claim, now);
     }
@@ -355,6 +359,18 @@ impl Store for MemoryStore {
         };
         self.publish(channel, key);
         Ok(outcome)
+    }
+
+    async fn extend_lease(&self, key: &str, token: u64, ttl: Duration) -> Result<bool, StoreError> {
+        let mut leases = self.stripe(key).lock();
+        let now = Instant::now();
+        match leases.get_mut(key) {
+            Some((t, expiry)) if *t == token && *expiry > now => {
+                *expiry = now + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn release_lease(&self, key: &str, token: u64) -> Result<(), StoreError> {

@@ -326,6 +326,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         )
     }
 
+    /// Extends the lease on `key` to `ttl` from now if `token` still holds it (compare-and-
+    /// expire): `false` if the lease is gone (expired, taken by another, or voided by a write
+    /// or an invalidation), which it then stays. The cache extends a lease while a load slower
+    /// than the lease's TTL runs, so other instances keep waiting for that load's fill instead
+    /// of loading too. The default (a store that cannot extend) returns `false`: a load past
+    /// the TTL then loses its lease, and its value is returned but not cached.
+    async fn extend_lease(&self, key: &str, token: u64, ttl: Duration) -> Result<bool, StoreError> {
+        let _ = (key, token, ttl);
+        Ok(false)
+    }
+
     /// Releases the lease on `key` if `token` holds it (compare-and-delete, never a blind DEL).
     async fn release_lease(&self, key: &str, token: u64) -> Result<(), StoreError>;
 

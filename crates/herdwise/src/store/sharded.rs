@@ -286,6 +286,10 @@ impl Store for ShardedStore {
             .await
     }
 
+    async fn extend_lease(&self, key: &str, token: u64, ttl: Duration) -> Result<bool, StoreError> {
+        self.node(key).extend_lease(key, token, ttl).await
+    }
+
     async fn release_lease(&self, key: &str, token: u64) -> Result<(), StoreError> {
         self.node(key).release_lease(key, token).await
     }

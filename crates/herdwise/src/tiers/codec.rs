@@ -72,6 +72,51 @@ impl<V: Serialize + DeserializeOwned> Codec<V> for Postcard {
     }
 }
 
+/// [`Postcard`]'s format for byte buffers (`Vec<u8>` values), without serde: a varint length,
+/// then the bytes, copied in one go instead of visited one element at a time (10 KB values
+/// decoded 10,000 calls apart). The bytes are exactly postcard's, under postcard's codec id,
+/// so entries written either way read either way. The default codec for `Vec<u8>` values.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PostcardBytes;
+
+impl Codec<Vec<u8>> for PostcardBytes {
+    fn id(&self) -> u8 {
+        1
+    }
+    fn encode(&self, value: &Vec<u8>) -> Result<Vec<u8>, CodecError> {
+        let mut out = Vec::with_capacity(value.len() + 10);
+        let mut n = value.len() as u64;
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                break;
+            }
+            out.push(byte | 0x80);
+        }
+        out.extend_from_slice(value);
+        Ok(out)
+    }
+    fn decode(&self, bytes: &[u8]) -> Result<Vec<u8>, CodecError> {
+        let mut len: u64 = 0;
+        for (i, &byte) in bytes.iter().enumerate().take(10) {
+            len |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                let body = &bytes[i + 1..];
+                let len = usize::try_from(len)
+                    .ok()
+                    .filter(|&n| n <= body.len())
+                    .ok_or_else(|| {
+                        CodecError::new("postcard", "byte buffer shorter than its length")
+                    })?;
+                return Ok(body[..len].to_vec());
+            }
+        }
+        Err(CodecError::new("postcard", "bad length varint"))
+    }
+}
+
 /// JSON via `serde_json`: larger and slower, but readable with `redis-cli` and shareable with
 /// services in other languages.
 #[derive(Debug, Clone, Copy, Default)]
@@ -86,5 +131,30 @@ impl<V: Serialize + DeserializeOwned> Codec<V> for Json {
     }
     fn decode(&self, bytes: &[u8]) -> Result<V, CodecError> {
         serde_json::from_slice(bytes).map_err(|e| CodecError::new("json", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_buffers_are_postcards_bytes_both_ways() {
+        for n in [0usize, 1, 127, 128, 300, 16_383, 16_384, 70_000] {
+            let v: Vec<u8> = (0..n).map(|i| (i * 7) as u8).collect();
+            let ours = PostcardBytes.encode(&v).unwrap();
+            assert_eq!(ours, postcard::to_stdvec(&v).unwrap(), "length {n}");
+            assert_eq!(PostcardBytes.decode(&ours).unwrap(), v);
+            let theirs: Vec<u8> = postcard::from_bytes(&ours).unwrap();
+            assert_eq!(theirs, v);
+        }
+        // truncated, a length past the end, a varint that never ends: errors, never panics
+        let ok = PostcardBytes.encode(&vec![1u8; 300]).unwrap();
+        assert!(PostcardBytes.decode(&ok[..100]).is_err());
+        assert!(PostcardBytes.decode(&[]).is_err());
+        assert!(PostcardBytes.decode(&[0xff; 12]).is_err());
+        assert!(PostcardBytes
+            .decode(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])
+            .is_err());
     }
 }

@@ -4,6 +4,7 @@
 //! reported to the caller of this module, which decides (and the cache keeps serving either way).
 //! Warnings are throttled so an outage produces a log line a second, not one per request.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -120,6 +121,50 @@ impl Remote {
         self.call(StoreOp::Get, key, self.store.get(key)).await
     }
 
+    /// Many values, one `MGET` per breaker shard (one in all unless the store is sharded with
+    /// a breaker per node), all at once, each under the deadline and its shard's breaker: for
+    /// each key its value, or the error of its shard's call.
+    pub async fn get_many(&self, keys: &[String]) -> Vec<Result<Option<Bytes>, StoreError>> {
+        let mut groups: Vec<(Vec<usize>, Vec<String>)> = Vec::new();
+        let mut of_shard: HashMap<usize, usize> = HashMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            let g = *of_shard.entry(self.shard(key)).or_insert_with(|| {
+                groups.push((Vec::new(), Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].0.push(i);
+            groups[g].1.push(key.clone());
+        }
+        let calls = groups
+            .iter()
+            .map(|(_, group)| self.call(StoreOp::Get, &group[0], self.store.get_many(group)));
+        let answers = futures::future::join_all(calls).await;
+        let mut out: Vec<Result<Option<Bytes>, StoreError>> =
+            keys.iter().map(|_| Ok(None)).collect();
+        for ((indices, group), answer) in groups.iter().zip(answers) {
+            match answer {
+                Ok(values) if values.len() == group.len() => {
+                    for (&i, v) in indices.iter().zip(values) {
+                        out[i] = Ok(v);
+                    }
+                }
+                Ok(_) => {
+                    for &i in indices {
+                        out[i] = Err(StoreError::Other(
+                            "MGET answered a different number of values".into(),
+                        ));
+                    }
+                }
+                Err(e) => {
+                    for &i in indices {
+                        out[i] = Err(e.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
     pub async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
         self.call(StoreOp::Set, key, self.store.set(key, value, ttl))
             .await
@@ -188,6 +233,23 @@ impl Remote {
         self.call(StoreOp::Set, key, fut).await
     }
 
+    pub async fn extend_lease(
+        &self,
+        key: &str,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.call(
+            StoreOp::Lease,
+            key,
+            self.store.extend_lease(key, token, ttl),
+        )
+        .await
+    }
+
+    /// Gives a lease back (compare-and-delete), through the breaker: nothing is sent to a Redis
+    /// the breaker has shut out. A release the breaker rejects is retried by the lease's
+    /// guard once the breaker lets calls through again (see `protect::lease`).
     pub async fn release_lease(&self, key: &str, token: u64) -> Result<(), StoreError> {
         self.call(StoreOp::Lease, key, self.store.release_lease(key, token))
             .await
@@ -273,6 +335,13 @@ impl Remote {
                 BreakerState::Open => 2,
             })
             .unwrap_or(BreakerState::Closed)
+    }
+
+    /// Some node's breaker is not closed (the remote tier is out, or being probed).
+    pub fn degraded(&self) -> bool {
+        self.breakers
+            .iter()
+            .any(|b| !matches!(b.state(), BreakerState::Closed))
     }
 
     /// Each store node's breaker state (empty without a breaker).

@@ -225,6 +225,37 @@ pub async fn lease_contract(store: &dyn Store) {
         "an expired holder cannot fill over the new holder"
     );
 
+    // a holder extends its lease (a load slower than the TTL); nobody else can
+    assert!(store.try_lease("l:x", 21, lease_ttl).await.unwrap());
+    assert!(!store.extend_lease("l:x", 999, lease_ttl).await.unwrap());
+    tokio::time::sleep(lease_ttl / 2).await;
+    assert!(store.extend_lease("l:x", 21, lease_ttl).await.unwrap());
+    tokio::time::sleep(lease_ttl * 3 / 4).await;
+    assert!(
+        !store.try_lease("l:x", 22, lease_ttl).await.unwrap(),
+        "the extended lease is still held past its first TTL"
+    );
+    assert_eq!(
+        store
+            .fill_leased(
+                "l:x",
+                envelope_with_version(0, b"slow"),
+                ttl,
+                0,
+                21,
+                "fills"
+            )
+            .await
+            .unwrap(),
+        FillOutcome::Stored,
+        "the holder of an extended lease fills"
+    );
+    // a voided lease cannot be extended back to life
+    assert!(store.try_lease("l:y", 23, lease_ttl).await.unwrap());
+    store.delete("l:y").await.unwrap();
+    assert!(!store.extend_lease("l:y", 23, lease_ttl).await.unwrap());
+    assert!(!store.extend_lease("l:never", 24, lease_ttl).await.unwrap());
+
     // the version rule holds for fenced fills too
     store
         .set_if_not_older("l:e", envelope_with_version(9, b"new"), ttl, 9)

@@ -220,6 +220,8 @@ pub async fn kill_pubsub_clients(conn: &mut redis::aio::MultiplexedConnection) {
 pub struct SlowDeletes<S> {
     pub inner: S,
     pub delete_delay: Duration,
+    /// Fenced fills fail (as a Redis timing out on them would), for breaker tests.
+    pub fail_fills: bool,
 }
 
 #[async_trait::async_trait]
@@ -289,9 +291,20 @@ impl<S: herdwise::Store + Clone> herdwise::Store for SlowDeletes<S> {
         token: u64,
         channel: &str,
     ) -> Result<herdwise::store::FillOutcome, herdwise::StoreError> {
+        if self.fail_fills {
+            return Err(herdwise::StoreError::Other("fill failed (test)".into()));
+        }
         self.inner
             .fill_leased(key, value, ttl, version, token, channel)
             .await
+    }
+    async fn extend_lease(
+        &self,
+        key: &str,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<bool, herdwise::StoreError> {
+        self.inner.extend_lease(key, token, ttl).await
     }
     async fn release_lease(&self, key: &str, token: u64) -> Result<(), herdwise::StoreError> {
         self.inner.release_lease(key, token).await

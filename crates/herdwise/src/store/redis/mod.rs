@@ -173,6 +173,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 "#;
+const EXTEND_LEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
 /// Redis as the shared L2 tier: one server, or a Redis Cluster (see [`RedisStoreBuilder`] for
 /// the URLs). Cheap to clone: clones share one multiplexed, self-reconnecting connection.
 ///
@@ -506,6 +512,20 @@ impl Store for RedisStore {
             0 => FillOutcome::RefusedOlder,
             _ => FillOutcome::LeaseLost,
         })
+    }
+
+    async fn extend_lease(&self, key: &str, token: u64, ttl: Duration) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        // EVAL, like the release: extensions are rare (loads slower than a third of the TTL).
+        let extended: i64 = redis::cmd("EVAL")
+            .arg(EXTEND_LEASE)
+            .arg(1)
+            .arg(lease_key(key))
+            .arg(token)
+            .arg(px(ttl))
+            .query_async(&mut conn)
+            .await?;
+        Ok(extended == 1)
     }
 
     async fn release_lease(&self, key: &str, token: u64) -> Result<(), StoreError> {
