@@ -135,6 +135,8 @@ impl Origin {
             return Err(Overloaded(self.in_flight.load(Ordering::Relaxed)));
         };
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        // (Counted down however the query ends: a cancelled one too.)
+        let in_flight = Waiting(&self.in_flight);
         self.peak_in_flight.fetch_max(now, Ordering::Relaxed);
         let jitter = if self.config.jitter.is_zero() {
             Duration::ZERO
@@ -143,7 +145,7 @@ impl Origin {
         };
         let base = Duration::from_micros(self.base_latency_us.load(Ordering::Relaxed));
         tokio::time::sleep(base + jitter).await;
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        drop(in_flight);
         Ok(self.value_of(key))
     }
 

@@ -86,7 +86,8 @@ pub struct AdaptiveLimit {
 
 impl Default for AdaptiveLimit {
     /// Between 4 and 1,024 loads at once, starting at 32; queueing is latency above 1.5× the
-    /// baseline; during a remote-tier outage at most 2× the healthy concurrency; a load past
+    /// baseline; during a remote-tier outage at most 1.5× the healthy concurrency (the
+    /// origin's load stays within 1.5× of its steady rate); a load past
     /// the limit waits up to 500 ms for a slot.
     fn default() -> Self {
         AdaptiveLimit {
@@ -94,7 +95,7 @@ impl Default for AdaptiveLimit {
             max: 1_024,
             initial: 32,
             tolerance: 1.5,
-            outage_headroom: 2.0,
+            outage_headroom: 1.5,
             max_wait: Duration::from_millis(500),
         }
     }
@@ -122,7 +123,7 @@ impl AdaptiveLimit {
     }
 
     /// While the remote tier is unavailable, loads at once are held to this many times the
-    /// mean concurrency of healthy times (default 2.0; at least 1).
+    /// mean concurrency of healthy times (default 1.5; at least 1).
     pub fn outage_headroom(mut self, headroom: f64) -> Self {
         self.outage_headroom = headroom;
         self
@@ -802,7 +803,7 @@ mod tests {
         .await;
         assert_eq!(limit.current(), 32);
         assert!(matches!(limit.try_slot(true), Slot::Granted(_)));
-        assert_eq!(limit.current(), 10, "2 × the healthy 5");
+        assert_eq!(limit.current(), 8, "1.5 × the healthy 5, rounded up");
         // However much is offered during the outage.
         drive(
             &limit,
@@ -813,14 +814,18 @@ mod tests {
             |_| false,
         )
         .await;
-        assert_eq!(limit.current(), 10);
+        assert_eq!(limit.current(), 8);
         // A caller whose own remote call went through (it got past the remote tier before it
         // failed) does not lift the cap for the others.
         assert!(matches!(limit.try_slot(false), Slot::Granted(_)));
-        assert_eq!(limit.current(), 10, "one healthy caller lifted the outage cap");
+        assert_eq!(
+            limit.current(),
+            8,
+            "one healthy caller lifted the outage cap"
+        );
         tokio::time::sleep(OUTAGE_HOLD).await;
         assert!(matches!(limit.try_slot(false), Slot::Granted(_)));
-        assert!(limit.current() > 10, "healthy again: the learned limit");
+        assert!(limit.current() > 8, "healthy again: the learned limit");
     }
 
     #[tokio::test(start_paused = true)]
