@@ -573,9 +573,11 @@ where
     /// The default origin protection, with other settings: loader calls at once are limited
     /// by a limit learned from their latency and failures (it grows while loads are fast and
     /// the limit binds, shrinks when latency rises past the tolerance or 10 % of loads fail),
-    /// and held near twice the healthy concurrency while the remote tier is unavailable. A
-    /// load beyond it answers stale if it can, else waits up to the limit's `max_wait`, else
-    /// fails with [`Error::Overloaded`]. See [`AdaptiveLimit`] for the rules and defaults.
+    /// re-measures the origin's unqueued latency every 2 s with a short probe at a quarter of
+    /// the limit, and is held to 1.5× the healthy concurrency while the remote tier is
+    /// unavailable. A load beyond it answers stale if it can, else waits up to the limit's
+    /// `max_wait`, else fails with [`Error::Overloaded`]. [`AdaptiveLimit`] has the settings
+    /// and their defaults; the README's "Origin protection" row, the rules in full.
     ///
     /// ```
     /// let cache: herdwise::Cache<u64, String> = herdwise::Cache::builder("users")

@@ -23,16 +23,18 @@
 //! - a limit that binds keeps a queue at the origin, so its windows never show the unqueued
 //!   latency and a baseline taken from them would creep up. Every 2 s, when the last window
 //!   used the limit, the cap drops to a quarter of it (at least `min`) until 16 loads granted
-//!   after the drop have finished (at most 1 s): a probe, like BBR's ProbeRTT, whose mean
-//!   replaces the baseline (below the origin's capacity while the limits of all instances
+//!   after the drop have finished (and 20 ms; at most 1 s): a probe, like BBR's ProbeRTT,
+//!   whose mean replaces the baseline (one far above it, more than 1.25×, only once the next
+//!   probe agrees: it may have met a queue of others that did not probe) (below the origin's capacity while the limits of all instances
 //!   together stay within 4× of it, which the tolerance keeps them to).
 //!   The probes are aligned to the wall clock (multiples of 2 s since the Unix epoch), so that
 //!   every instance sharing an origin drains it at the same moment and each measures the
 //!   origin with the others' queues gone too. No probe runs while the remote tier is
 //!   unavailable (the outage cap below rules then, and a read must not be shed for a probe);
-//! - while the remote tier is unavailable (a caller said so in the last second: a breaker not
-//!   closed, the recovery window after an outage, or its own call to the remote tier failed,
-//!   as the first reads to meet a failing Redis do before its breaker opens), the cap is also
+//! - while the remote tier is unavailable (callers say so: a breaker not closed, the recovery
+//!   window after an outage, or their own call to the remote tier failed, as the first reads
+//!   to meet a failing Redis do before its breaker opens; three reports within a second make
+//!   it every caller's for a second, fewer cap only the callers that made them), the cap is also
 //!   held to `outage_headroom` × the mean concurrency seen while it was healthy (a time
 //!   average, over about a minute, at least `min`): the origin was sized for the load the cache lets through, and an outage of the
 //!   cache is no evidence that it can take more. With under a second of healthy history this
@@ -55,8 +57,13 @@ const BASELINE_HORIZON: Duration = Duration::from_secs(5);
 const PROBE_EVERY: Duration = Duration::from_secs(2);
 /// A probe gives up (and measures nothing) after this long.
 const PROBE_MAX: Duration = Duration::from_secs(1);
-/// How long one caller's report of an unavailable remote tier holds for every caller.
+/// How long reports of an unavailable remote tier hold for every caller.
 const OUTAGE_HOLD: Duration = Duration::from_secs(1);
+/// Reports within [`OUTAGE_HOLD`] that make an outage every caller's (fewer cap only the
+/// callers that made them).
+const OUTAGE_QUORUM: u32 = 3;
+/// A probe may raise the baseline by this factor at most, unless the next probe agrees.
+const PROBE_RAISE: f64 = 1.25;
 /// The healthy-concurrency average's time constant.
 const HEALTHY_TAU_SECS: f64 = 60.0;
 
@@ -200,6 +207,11 @@ struct State {
     /// The remote tier is unavailable: a caller said so within [`OUTAGE_HOLD`].
     outage: bool,
     outage_seen: Option<Instant>,
+    /// Reports of an unavailable remote tier: since when, how many (a quorum makes them the
+    /// shared state; one odd timeout does not).
+    outage_reports: Option<(Instant, u32)>,
+    /// A clean probe that measured well above the baseline, not yet confirmed by the next.
+    probe_high: Option<f64>,
     healthy: Healthy,
 }
 
@@ -315,6 +327,8 @@ impl OriginLimit {
                     probe: None,
                     outage: false,
                     outage_seen: None,
+                    outage_reports: None,
+                    probe_high: None,
                     healthy: Healthy {
                         last_change: now,
                         area: 0.0,
@@ -336,31 +350,42 @@ impl OriginLimit {
 
     /// A slot now, if one is free. `outage`: the remote tier is unavailable.
     pub fn try_slot(&self, outage: bool) -> Slot {
-        let mut st = self.shared.state.lock();
-        let now = Instant::now();
-        st.account(now);
-        // One caller's failed remote call is evidence for all of them (they share the remote
-        // tier): the reads that got past it before it failed (a lease taken, a fill pending)
-        // must not lift the outage cap for the rest.
-        if outage {
-            st.outage_seen = Some(now);
+        let (slot, rose) = {
+            let mut st = self.shared.state.lock();
+            let now = Instant::now();
+            let before = self.cap_of(&st, false);
+            st.account(now);
+            // Callers' failed remote calls are evidence for all of them (they share the remote
+            // tier): once a few report it, the reads that got past it before it failed (a
+            // lease taken, a fill pending) must not lift the outage cap for the rest.
+            if outage {
+                st.report_outage(now);
+            }
+            st.outage = st
+                .outage_seen
+                .is_some_and(|seen| now.saturating_duration_since(seen) < OUTAGE_HOLD);
+            if matches!(self.shared.kind, Kind::Adaptive(_)) {
+                st.probe_clock(now);
+            }
+            // (The hold expired or a probe ended: waiters may take the new room.)
+            let rose = self.cap_of(&st, false) > before;
+            if st.in_flight >= self.cap_of(&st, outage) {
+                (Slot::Busy, rose)
+            } else {
+                st.in_flight += 1;
+                st.window.peak = st.window.peak.max(st.in_flight);
+                let permit = OriginPermit {
+                    shared: self.shared.clone(),
+                    granted: now,
+                    sample: None,
+                };
+                (Slot::Granted(permit), rose)
+            }
+        };
+        if rose {
+            self.shared.freed.notify_waiters();
         }
-        st.outage = st
-            .outage_seen
-            .is_some_and(|seen| now.saturating_duration_since(seen) < OUTAGE_HOLD);
-        if matches!(self.shared.kind, Kind::Adaptive(_)) {
-            st.probe_clock(now);
-        }
-        if st.in_flight >= self.cap_of(&st) {
-            return Slot::Busy;
-        }
-        st.in_flight += 1;
-        st.window.peak = st.window.peak.max(st.in_flight);
-        Slot::Granted(OriginPermit {
-            shared: self.shared.clone(),
-            granted: now,
-            sample: None,
-        })
+        slot
     }
 
     /// A slot within `max_wait`, or `None`.
@@ -392,16 +417,17 @@ impl OriginLimit {
     /// Loads allowed at once now (the learned limit, held lower during an outage).
     pub fn current(&self) -> usize {
         let st = self.shared.state.lock();
-        self.cap_of(&st)
+        self.cap_of(&st, false)
     }
 
-    fn cap_of(&self, st: &State) -> usize {
+    /// The cap for a caller; `outage`: the caller's own remote call failed.
+    fn cap_of(&self, st: &State, outage: bool) -> usize {
         match self.shared.kind {
             Kind::Fixed(n) => n,
             Kind::Adaptive(cfg) if st.probe.is_some() => ((st.limit / 4.0) as usize).max(cfg.min),
             Kind::Adaptive(cfg) => {
                 let learned = st.limit as usize;
-                if st.outage && st.healthy.total >= 1.0 {
+                if (st.outage || outage) && st.healthy.total >= 1.0 {
                     // (A hair under, so that float noise in an exact mean does not add a slot.)
                     let held = (st.healthy.mean * cfg.outage_headroom - 1e-6).ceil() as usize;
                     learned.min(held.max(cfg.min))
@@ -479,6 +505,20 @@ impl State {
             .fold(f64::INFINITY, f64::min)
     }
 
+    /// A caller's report that the remote tier is unavailable.
+    fn report_outage(&mut self, now: Instant) {
+        let (since, count) = match self.outage_reports {
+            Some((since, n)) if now.saturating_duration_since(since) < OUTAGE_HOLD => {
+                (since, n + 1)
+            }
+            _ => (now, 1),
+        };
+        self.outage_reports = Some((since, count));
+        if count >= OUTAGE_QUORUM {
+            self.outage_seen = Some(now);
+        }
+    }
+
     /// Starts a probe when one is due and the limit binds; ends one that took too long or
     /// that an outage overtook.
     fn probe_clock(&mut self, now: Instant) {
@@ -538,9 +578,27 @@ impl State {
             );
             if clean {
                 // The unqueued latency now: it replaces what was learned before (an origin
-                // that got slower is relearned at once, not after the horizon).
-                self.lows.clear();
-                self.baseline(mean, now);
+                // that got slower is relearned within two probes, not after the horizon). A
+                // probe far above the baseline may have met someone else's queue (another
+                // cache, an instance that did not probe): it counts once the next agrees.
+                let current = self
+                    .lows
+                    .iter()
+                    .map(|(_, low)| *low)
+                    .fold(f64::INFINITY, f64::min);
+                let high = mean > current * PROBE_RAISE;
+                let accepted = match (high, self.probe_high.take()) {
+                    (false, _) => Some(mean),
+                    (true, Some(previous)) => Some(mean.min(previous)),
+                    (true, None) => {
+                        self.probe_high = Some(mean);
+                        None
+                    }
+                };
+                if let Some(mean) = accepted {
+                    self.lows.clear();
+                    self.baseline(mean, now);
+                }
             }
             self.end_probe(now);
             return Some(self.limit as usize);
@@ -802,7 +860,13 @@ mod tests {
         )
         .await;
         assert_eq!(limit.current(), 32);
+        // One report caps its caller only (an odd timeout is no outage for everyone)...
         assert!(matches!(limit.try_slot(true), Slot::Granted(_)));
+        assert_eq!(limit.current(), 32, "one report made an outage");
+        // ...a few make it everyone's.
+        for _ in 1..OUTAGE_QUORUM {
+            assert!(matches!(limit.try_slot(true), Slot::Granted(_)));
+        }
         assert_eq!(limit.current(), 8, "1.5 × the healthy 5, rounded up");
         // However much is offered during the outage.
         drive(
@@ -826,6 +890,44 @@ mod tests {
         tokio::time::sleep(OUTAGE_HOLD).await;
         assert!(matches!(limit.try_slot(false), Slot::Granted(_)));
         assert!(limit.current() > 8, "healthy again: the learned limit");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_is_woken_when_the_outage_cap_lifts() {
+        let limit = OriginLimit::adaptive(
+            AdaptiveLimit::default().max_wait(Duration::from_secs(5)),
+            None,
+        );
+        drive(
+            &limit,
+            2_000,
+            5,
+            false,
+            |_| Duration::from_millis(5),
+            |_| false,
+        )
+        .await;
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            if let Slot::Granted(p) = limit.try_slot(true) {
+                held.push(p);
+            }
+        }
+        assert_eq!(limit.current(), 8);
+        assert_eq!(held.len(), 8, "the outage cap");
+        let waiter = tokio::spawn({
+            let limit = limit.clone();
+            async move { limit.wait_slot(false).await.is_some() }
+        });
+        tokio::time::sleep(OUTAGE_HOLD + Duration::from_millis(10)).await;
+        // The next caller finds the outage over: the cap rises, and the waiter takes the room
+        // at once instead of sleeping until its deadline (this caller keeps its slot: no
+        // permit is dropped to wake anyone).
+        let next = limit.try_slot(false);
+        assert!(matches!(next, Slot::Granted(_)));
+        let woke = tokio::time::timeout(Duration::from_millis(100), waiter).await;
+        assert!(matches!(woke, Ok(Ok(true))), "{woke:?}");
+        drop((held, next));
     }
 
     #[tokio::test(start_paused = true)]
