@@ -462,3 +462,72 @@ async fn an_instance_trusts_nothing_in_l1_before_its_subscription_is_up() {
     );
     proxy.freeze_subscribers(false);
 }
+
+/// The server's count of read events (one per round trip a client sends), minus the `INFO`
+/// that asks for it.
+async fn reads_processed(raw: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(raw)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_reads_processed:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("INFO stats has total_reads_processed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_and_its_announcement_are_one_round_trip() {
+    let server = common::redis();
+    let writer: Cache<u64, String> = Cache::builder("bp")
+        .store(common::store(&server).await)
+        .build()
+        .unwrap();
+    let store = common::store(&server).await;
+    let (listener, metrics) =
+        common::with_metrics(|| Cache::<u64, String>::builder("bp").store(store));
+    // First uses: generation read, subscriptions up, scripts loaded.
+    assert_eq!(load(&listener, 1, "old").await.as_deref(), Some("old"));
+    writer.set(&0, "warm".to_string()).await.unwrap();
+    writer.invalidate(&0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut raw = common::raw(&server).await;
+    const N: u64 = 40;
+    for what in ["set", "invalidate"] {
+        let before = reads_processed(&mut raw).await;
+        for k in 100..100 + N {
+            match what {
+                "set" => writer.set(&k, format!("v{k}")).await.map(|_| ()).unwrap(),
+                _ => writer.invalidate(&k).await.unwrap(),
+            }
+        }
+        // One read event is this INFO itself; the rest were the writes (and any background
+        // call of the caches: the slack). Two round trips per write would be 2 N.
+        let round_trips = reads_processed(&mut raw).await - before - 1;
+        assert!(
+            round_trips <= N + 8,
+            "{N} {what} calls took {round_trips} round trips"
+        );
+    }
+    // The announcements went out, in sequence: the listener's copy is gone, and it saw no gap.
+    writer.set(&1, "new".to_string()).await.unwrap();
+    assert!(until_not(&listener, 1, "old", Duration::from_secs(5))
+        .await
+        .is_some());
+    assert_eq!(
+        listener
+            .get(&1)
+            .await
+            .unwrap()
+            .as_deref()
+            .map(String::as_str),
+        Some("new")
+    );
+    assert_eq!(
+        counter(&metrics, m::BACKPLANE_RESETS, &[("reason", "gap")]),
+        0,
+        "every event arrived, in order"
+    );
+    assert!(counter(&metrics, m::BACKPLANE_RECEIVED, &[]) > 2 * N);
+}

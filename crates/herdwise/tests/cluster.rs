@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::contract::{contract, lease_contract};
+use common::contract::{contract, lease_contract, publish_contract};
 use common::OriginError;
 use herdwise::{BackplaneTransport, Cache, CacheBuilder, RedisStore, WriteOptions};
 use herdwise_testkit::RedisCluster;
@@ -54,6 +54,7 @@ async fn a_cluster_store_meets_the_contract() {
     let store = store(&cluster).await;
     contract(&store).await;
     lease_contract(&store).await; // (with the fence contract)
+    publish_contract(&store).await;
 }
 
 /// A cluster whose first seed is down (nothing listens there) still connects: every check at

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::contract::{contract, lease_contract};
+use common::contract::{contract, lease_contract, publish_contract};
 use herdwise::{BreakerConfig, BreakerState, Cache, ShardedStore, Store};
 use herdwise_testkit::RedisServer;
 
@@ -35,6 +35,7 @@ async fn a_sharded_store_meets_the_contract() {
     let store = sharded(&servers).await;
     contract(&store).await;
     lease_contract(&store).await;
+    publish_contract(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use herdwise::store::StoreEvent;
 use herdwise::{MemoryStore, SetOutcome, Store};
 
-use common::contract::{contract, envelope_with_version, lease_contract};
+use common::contract::{contract, envelope_with_version, lease_contract, publish_contract};
 
 #[tokio::test]
 async fn redis_store_meets_the_contract() {
@@ -17,6 +17,7 @@ async fn redis_store_meets_the_contract() {
     let store = common::store(&server).await;
     contract(&store).await;
     lease_contract(&store).await;
+    publish_contract(&store).await;
 }
 
 #[tokio::test]
@@ -24,6 +25,7 @@ async fn memory_store_meets_the_contract() {
     let store = MemoryStore::new();
     contract(&store).await;
     lease_contract(&store).await;
+    publish_contract(&store).await;
 }
 
 async fn next(events: &mut tokio::sync::broadcast::Receiver<StoreEvent>) -> StoreEvent {

@@ -14,6 +14,7 @@ pub mod prefix_invalidation;
 pub mod redis_outage;
 pub mod slow_origin;
 pub mod tag_invalidation;
+pub mod writes;
 pub mod zipf;
 
 use std::collections::BTreeMap;
@@ -23,9 +24,10 @@ use crate::report::{ScenarioResult, StrategyResult};
 use crate::{LabError, Settings};
 
 /// Every scenario, in the order `all` runs them.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 15] = [
     "hit-path",
     "l2-throughput",
+    "writes",
     "batch",
     "zipf",
     "hot-key-expiry",
@@ -46,8 +48,9 @@ pub const EXTRA: [&str; 1] = ["http"];
 
 /// The scenarios that run on a Redis Cluster (`--topology cluster`); the others measure one
 /// server's behaviour (bystanders on the same server, its keyspace) and run standalone only.
-pub const ON_CLUSTER: [&str; 5] = [
+pub const ON_CLUSTER: [&str; 6] = [
     "l2-throughput",
+    "writes",
     "batch",
     "zipf",
     "hot-key-expiry",
@@ -74,6 +77,7 @@ pub async fn run(name: &str, settings: &Settings) -> Result<ScenarioResult, LabE
         "hit-path" => hit_path::run(settings).await,
         "l2-throughput" => l2_throughput::run(settings).await,
         "batch" => batch::run(settings).await,
+        "writes" => writes::run(settings).await,
         "zipf" => zipf::run(settings).await,
         "hot-key-expiry" => hot_key_expiry::run(settings).await,
         "invalidation-race" => invalidation_race::run(settings).await,

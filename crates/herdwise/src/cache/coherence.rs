@@ -15,7 +15,7 @@ use crate::coherence::tags::{collect_tags, validate_tag, Verdict};
 use crate::envelope::TagStamp;
 use crate::error::Result;
 use crate::metrics::CacheMetrics;
-use crate::store::{Announcement, StoreError};
+use crate::store::{Announcement, Publication, StoreError};
 use crate::tiers::key::CacheKey;
 use crate::tiers::local::{L1Entry, Standing};
 use crate::tiers::recovery::Recovery;
@@ -86,6 +86,20 @@ impl<V> Inner<V> {
             Some(backplane) => backplane.publish(&self.remote, what).await,
             None => true,
         }
+    }
+
+    /// The announcement of `what` to send in the round trip of the write that makes it (see
+    /// `Backplane::with_write`), where it can go there: a backplane on pub/sub, and no copies
+    /// of the key to delete first (the event must come after their deletion). `None`:
+    /// announce after the write, as [`Inner::announce`].
+    pub(crate) fn announcement_with_write(
+        &self,
+        what: Invalidation<'_>,
+    ) -> Option<Publication<'_>> {
+        if self.ops.replicas.is_some() {
+            return None;
+        }
+        self.coherence.backplane.as_ref()?.with_write(what)
     }
 }
 

@@ -12,7 +12,7 @@ use crate::cache::{Cache, Inner, WriteOutcome};
 use crate::coherence::tags::Verdict;
 use crate::envelope::{self, EnvelopeError, Meta, TagStamp};
 use crate::error::{Error, Result};
-use crate::store::{SetOutcome, StoreError};
+use crate::store::{Publication, SetOutcome, StoreError};
 use crate::tiers::freshness::MAX_DURATION;
 use crate::tiers::freshness::{now_ms, Freshness};
 use crate::tiers::key::CacheKey;
@@ -435,40 +435,55 @@ where
         }
     }
 
-    /// Writes encoded bytes to L2, then mirrors the outcome in L1.
+    /// Writes encoded bytes to L2, then mirrors the outcome in L1. With `then`, the write
+    /// publishes it (after writing, in its round trip where the store can; also when an older
+    /// write is refused): whether it went out, `None` when it was not tried (no `then`, or the
+    /// write failed).
     pub(crate) async fn store_encoded(
         &self,
         stored_key: &str,
         value: Option<&Arc<V>>,
         encoded: Encoded,
         mode: WriteMode,
-    ) -> WriteOutcome {
+        then: Option<Publication<'_>>,
+    ) -> (WriteOutcome, Option<bool>) {
         let inner = &*self.inner;
         let ttl = inner.ttl.l2_ttl(&encoded.meta);
         let epoch = inner.l1.epoch(stored_key);
-        let remote = match mode {
-            WriteMode::Overwrite => inner
+        let bytes = encoded.bytes.clone();
+        let version = encoded.meta.version;
+        let remote = match (mode, then) {
+            (WriteMode::Overwrite, None) => inner
                 .remote
-                .set(stored_key, encoded.bytes.clone(), ttl)
+                .set(stored_key, bytes, ttl)
                 .await
-                .map(|()| SetOutcome::Stored),
-            WriteMode::IfNotOlder => {
-                inner
-                    .remote
-                    .set_if_not_older(stored_key, encoded.bytes.clone(), ttl, encoded.meta.version)
-                    .await
-            }
+                .map(|()| (SetOutcome::Stored, None)),
+            (WriteMode::Overwrite, Some(then)) => inner
+                .remote
+                .set_and_publish(stored_key, bytes, ttl, then)
+                .await
+                .map(|published| (SetOutcome::Stored, Some(published))),
+            (WriteMode::IfNotOlder, None) => inner
+                .remote
+                .set_if_not_older(stored_key, bytes, ttl, version)
+                .await
+                .map(|outcome| (outcome, None)),
+            (WriteMode::IfNotOlder, Some(then)) => inner
+                .remote
+                .set_if_not_older_and_publish(stored_key, bytes, ttl, version, then)
+                .await
+                .map(|(outcome, published)| (outcome, Some(published))),
         };
-        let outcome = match remote {
-            Ok(SetOutcome::Stored) => WriteOutcome::Stored,
-            Ok(SetOutcome::RefusedOlder) => {
+        let (outcome, published) = match remote {
+            Ok((SetOutcome::Stored, published)) => (WriteOutcome::Stored, published),
+            Ok((SetOutcome::RefusedOlder, published)) => {
                 inner.l1.remove(stored_key);
-                return WriteOutcome::RefusedOlder;
+                return (WriteOutcome::RefusedOlder, published);
             }
-            Err(_) => WriteOutcome::LocalOnly,
+            Err(_) => (WriteOutcome::LocalOnly, None),
         };
         self.mirror_in_l1(stored_key, value, &encoded, epoch);
-        outcome
+        (outcome, published)
     }
 
     /// Puts what was just written to L2 into L1, for the entry's L1 lifetimes — unless the key

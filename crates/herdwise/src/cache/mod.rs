@@ -568,7 +568,22 @@ where
         // Armed until the whole invalidation is done: if this call is dropped on the way (a
         // request timeout), the retry queue finishes it.
         let mut retry = Some(RetryOnDrop::new(&self.inner, Retry::Key(stored_key.into())));
-        if self.inner.remote.delete(stored_key).await.is_err() {
+        // The announcement travels with the delete where it can (one round trip for both).
+        let mut announced_with_delete = None;
+        let deleted = match self
+            .inner
+            .announcement_with_write(Invalidation::Key(stored_key))
+        {
+            Some(then) => match self.inner.remote.delete_and_publish(stored_key, then).await {
+                Ok((_, published)) => {
+                    announced_with_delete = Some(published);
+                    true
+                }
+                Err(_) => false,
+            },
+            None => self.inner.remote.delete(stored_key).await.is_ok(),
+        };
+        if !deleted {
             drop(retry.take()); // queued now; until it goes through, L2's copy is not read
         }
         self.drop_replicas(stored_key).await;
@@ -576,7 +591,10 @@ where
         // instance ignores its own event): the invalidation is complete locally only now.
         self.inner.l1.invalidate(stored_key);
         let announced = if retry.is_some() {
-            self.announce(stored_key).await
+            match announced_with_delete {
+                Some(announced) => announced,
+                None => self.announce(stored_key).await,
+            }
         } else {
             // The delete is retried: the other instances must not take L2's copy meanwhile
             // either (after a failover the promoted replica still has it). The retry announces
@@ -952,8 +970,12 @@ where
         };
         // Deletes queued here before the write went out are older than it.
         let queued_before = self.inner.coherence.retries.mark();
-        let outcome = self
-            .store_encoded(stored_key, Some(&value), encoded, mode)
+        // The announcement travels with the write where it can (one round trip for both).
+        let then = self
+            .inner
+            .announcement_with_write(Invalidation::Key(stored_key));
+        let (outcome, announced) = self
+            .store_encoded(stored_key, Some(&value), encoded, mode, then)
             .await;
         if outcome == WriteOutcome::Stored {
             // A delete of the key queued before the write would only remove the newer value
@@ -973,7 +995,12 @@ where
             return Ok(outcome);
         }
         // Other instances' L1 copies are older than what was just written.
-        if outcome != WriteOutcome::RefusedOlder && !self.announce(stored_key).await {
+        let announced = match announced {
+            Some(announced) => announced,
+            None if outcome == WriteOutcome::RefusedOlder => true,
+            None => self.announce(stored_key).await,
+        };
+        if !announced {
             self.inner
                 .coherence
                 .retries

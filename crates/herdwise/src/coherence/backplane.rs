@@ -23,7 +23,7 @@ use tokio::sync::broadcast;
 
 use crate::coherence::tags::TagLedger;
 use crate::metrics::CacheMetrics;
-use crate::store::{Store, StoreEvent};
+use crate::store::{Publication, Store, StoreEvent};
 use crate::tiers::recovery::Recovery;
 use crate::tiers::remote::Remote;
 
@@ -199,21 +199,39 @@ impl Backplane {
     /// Announces an invalidation to the other instances; `false` if the store did not take it
     /// (the receivers see a gap at this sender's next message).
     pub async fn publish(&self, remote: &Remote, what: Invalidation<'_>) -> bool {
-        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
-        let sent = crate::tiers::freshness::now_ms();
-        let head = format!("{:x}|{sequence}@{sent}", self.sender);
-        let message = match what {
-            Invalidation::Key(key) => format!("{head}|k|{key}"),
-            Invalidation::PendingKey(key) => format!("{head}|u|{key}"),
-            Invalidation::Clear(generation) => format!("{head}|c|{generation}"),
-            Invalidation::Prefix(prefix) => format!("{head}|p|{prefix}"),
-        };
-        let message = Bytes::from(message);
+        let message = self.message(what);
         let sent = match self.stream_max_len {
             None => remote.publish(&self.channel, message).await,
             Some(max_len) => remote.stream_append(&self.channel, message, max_len).await,
         };
         sent.is_ok()
+    }
+
+    /// The next message of this sender, announcing `what` (takes a sequence number: a message
+    /// that is never sent shows as a gap, which is the safe side).
+    fn message(&self, what: Invalidation<'_>) -> Bytes {
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        let sent = crate::tiers::freshness::now_ms();
+        let head = format!("{:x}|{sequence}@{sent}", self.sender);
+        Bytes::from(match what {
+            Invalidation::Key(key) => format!("{head}|k|{key}"),
+            Invalidation::PendingKey(key) => format!("{head}|u|{key}"),
+            Invalidation::Clear(generation) => format!("{head}|c|{generation}"),
+            Invalidation::Prefix(prefix) => format!("{head}|p|{prefix}"),
+        })
+    }
+
+    /// The announcement of `what` to hand to the write that makes it (see
+    /// [`Store::set_and_publish`]), so that write and event take one round trip: on pub/sub
+    /// only (a stream's entry is a write of its own, in the namespace's slot).
+    pub fn with_write(&self, what: Invalidation<'_>) -> Option<Publication<'_>> {
+        if self.stream_max_len.is_some() {
+            return None;
+        }
+        Some(Publication {
+            channel: &self.channel,
+            message: self.message(what),
+        })
     }
 }
 

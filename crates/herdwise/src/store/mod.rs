@@ -76,6 +76,21 @@ pub struct Announcement<'a> {
     pub suffix: &'a str,
 }
 
+/// A message to publish right after a write, in the write's round trip where the store can keep
+/// the order (see [`Store::set_and_publish`]).
+///
+/// ```
+/// let then = herdwise::store::Publication { channel: "events", message: "k|42".into() };
+/// assert_eq!(then.channel, "events");
+/// ```
+#[derive(Debug, Clone)]
+pub struct Publication<'a> {
+    /// The pub/sub channel.
+    pub channel: &'a str,
+    /// What to publish on it.
+    pub message: Bytes,
+}
+
 /// What [`Store::read_tags`] found.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TagTable {
@@ -240,6 +255,66 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Removes `key` and voids its load lease; `true` if a value was removed.
     async fn delete(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// [`Store::set`], then publishes `then` — after the write, never before it — in one round
+    /// trip where the store can keep that order (Redis, one server or Sentinel: the publish
+    /// is part of the write's transaction). Whether the message went out once the write
+    /// succeeded; the write's error otherwise. The default makes the two calls in turn.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use herdwise::{MemoryStore, Store, store::Publication};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let store = MemoryStore::new();
+    /// let then = Publication { channel: "events", message: "k".into() };
+    /// let published = store.set_and_publish("k", "v".into(), Duration::from_secs(1), then);
+    /// assert!(published.await.unwrap());
+    /// assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    /// # }
+    /// ```
+    async fn set_and_publish(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        then: Publication<'_>,
+    ) -> Result<bool, StoreError> {
+        self.set(key, value, ttl).await?;
+        Ok(self.publish(then.channel, then.message).await.is_ok())
+    }
+
+    /// [`Store::set_if_not_older`], then publishes `then` whatever the outcome (a refused
+    /// write's message only makes receivers re-read the key), as [`Store::set_and_publish`]
+    /// does.
+    async fn set_if_not_older_and_publish(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        version: u64,
+        then: Publication<'_>,
+    ) -> Result<(SetOutcome, bool), StoreError> {
+        let outcome = self.set_if_not_older(key, value, ttl, version).await?;
+        Ok((
+            outcome,
+            self.publish(then.channel, then.message).await.is_ok(),
+        ))
+    }
+
+    /// [`Store::delete`], then publishes `then`, as [`Store::set_and_publish`] does: whether a
+    /// value was removed, and whether the message went out.
+    async fn delete_and_publish(
+        &self,
+        key: &str,
+        then: Publication<'_>,
+    ) -> Result<(bool, bool), StoreError> {
+        let removed = self.delete(key).await?;
+        Ok((
+            removed,
+            self.publish(then.channel, then.message).await.is_ok(),
+        ))
+    }
 
     /// Removes every key that starts with `prefix`, and voids their load leases (also leases of
     /// keys not currently stored). Works in bounded batches (Redis: `SCAN MATCH` + `UNLINK`,

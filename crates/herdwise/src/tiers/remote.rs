@@ -15,7 +15,9 @@ use bytes::Bytes;
 use tracing::Instrument;
 
 use crate::metrics::{CacheMetrics, CallOutcome, StoreOp};
-use crate::store::{Announcement, FillOutcome, SetOutcome, Store, StoreError, TagTable};
+use crate::store::{
+    Announcement, FillOutcome, Publication, SetOutcome, Store, StoreError, TagTable,
+};
 use crate::tiers::breaker::{Breaker, BreakerConfig, BreakerState, Permit};
 use crate::tiers::freshness::now_ms;
 use crate::tiers::recovery::Recovery;
@@ -394,6 +396,48 @@ impl Remote {
     pub async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         self.call(StoreOp::Delete, key, self.store.delete(key))
             .await
+    }
+
+    /// [`Remote::set`] with `then` published after the write (in its round trip where the store
+    /// can): whether it was published.
+    pub async fn set_and_publish(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        then: Publication<'_>,
+    ) -> Result<bool, StoreError> {
+        let fut = self.store.set_and_publish(key, value, ttl, then);
+        self.call(StoreOp::Set, key, fut).await
+    }
+
+    /// [`Remote::set_if_not_older`] with `then` published after it, whatever the outcome.
+    pub async fn set_if_not_older_and_publish(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        version: u64,
+        then: Publication<'_>,
+    ) -> Result<(SetOutcome, bool), StoreError> {
+        let fut = self
+            .store
+            .set_if_not_older_and_publish(key, value, ttl, version, then);
+        self.call(StoreOp::Set, key, fut).await
+    }
+
+    /// [`Remote::delete`] with `then` published after it.
+    pub async fn delete_and_publish(
+        &self,
+        key: &str,
+        then: Publication<'_>,
+    ) -> Result<(bool, bool), StoreError> {
+        self.call(
+            StoreOp::Delete,
+            key,
+            self.store.delete_and_publish(key, then),
+        )
+        .await
     }
 
     /// A call that tells the other instances to drop what they hold: an announcement, a tag

@@ -344,3 +344,86 @@ pub async fn fence_contract(store: &dyn Store) {
         "a fence is no lease"
     );
 }
+
+/// Writes that publish: each message goes out once its write is done (in one round trip where
+/// the store can), the write keeps its own contract (leases voided, older versions refused),
+/// and a refused or missing write still publishes.
+#[allow(dead_code)]
+pub async fn publish_contract(store: &dyn Store) {
+    use herdwise::store::Publication;
+    let ttl = Duration::from_secs(30);
+    let mut events = store
+        .subscribe("writes")
+        .expect("every store supports messaging");
+    if store.confirms_subscriptions() {
+        let first = tokio::time::timeout(Duration::from_secs(5), events.recv()).await;
+        assert_eq!(first.unwrap().unwrap(), StoreEvent::Subscribed);
+    }
+    let then = |message: &'static str| Publication {
+        channel: "writes",
+        message: Bytes::from_static(message.as_bytes()),
+    };
+
+    // set: written, lease voided, published
+    assert!(store.try_lease("p:a", 1, ttl).await.unwrap());
+    assert!(store
+        .set_and_publish("p:a", Bytes::from_static(b"1"), ttl, then("set a"))
+        .await
+        .unwrap());
+    assert_eq!(heard(&mut events).await, Bytes::from_static(b"set a"));
+    assert_eq!(store.get("p:a").await.unwrap().as_deref(), Some(&b"1"[..]));
+    assert!(
+        store.try_lease("p:a", 2, ttl).await.unwrap(),
+        "the write voided the lease"
+    );
+    store.release_lease("p:a", 2).await.unwrap();
+
+    // versioned: stored, then refused (still published)
+    let (outcome, published) = store
+        .set_if_not_older_and_publish("p:v", envelope_with_version(5, b"5"), ttl, 5, then("v5"))
+        .await
+        .unwrap();
+    assert_eq!((outcome, published), (SetOutcome::Stored, true));
+    assert_eq!(heard(&mut events).await, Bytes::from_static(b"v5"));
+    let (outcome, published) = store
+        .set_if_not_older_and_publish("p:v", envelope_with_version(4, b"4"), ttl, 4, then("v4"))
+        .await
+        .unwrap();
+    assert_eq!((outcome, published), (SetOutcome::RefusedOlder, true));
+    assert_eq!(heard(&mut events).await, Bytes::from_static(b"v4"));
+    assert_eq!(
+        store.get("p:v").await.unwrap(),
+        Some(envelope_with_version(5, b"5"))
+    );
+
+    // delete: removed (or not there), published either way
+    assert!(store.try_lease("p:a", 3, ttl).await.unwrap());
+    assert_eq!(
+        store
+            .delete_and_publish("p:a", then("del a"))
+            .await
+            .unwrap(),
+        (true, true)
+    );
+    assert_eq!(heard(&mut events).await, Bytes::from_static(b"del a"));
+    assert_eq!(store.get("p:a").await.unwrap(), None);
+    assert!(
+        store.try_lease("p:a", 4, ttl).await.unwrap(),
+        "the delete voided the lease"
+    );
+    assert_eq!(
+        store
+            .delete_and_publish("p:a", then("del again"))
+            .await
+            .unwrap(),
+        (false, true)
+    );
+    assert_eq!(heard(&mut events).await, Bytes::from_static(b"del again"));
+}
+
+async fn heard(events: &mut tokio::sync::broadcast::Receiver<StoreEvent>) -> Bytes {
+    match tokio::time::timeout(Duration::from_secs(2), events.recv()).await {
+        Ok(Ok(StoreEvent::Message(m))) => m,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}

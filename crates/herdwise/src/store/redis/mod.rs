@@ -29,8 +29,8 @@ pub use self::conn::RedisConnection;
 use self::subscribe::Subscriber;
 
 use super::{
-    fence_key, glob_escape, lease_key, lua_version_guard, Announcement, FillOutcome, SetOutcome,
-    Store, StoreError, StoreEvent, TagTable,
+    fence_key, glob_escape, lease_key, lua_version_guard, Announcement, FillOutcome, Publication,
+    SetOutcome, Store, StoreError, StoreEvent, TagTable,
 };
 use crate::envelope::VERSION_OFFSET;
 
@@ -42,11 +42,13 @@ pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// Writes ARGV[1] with PX ARGV[2] unless the stored envelope's version is higher than
 /// ARGV[3]:ARGV[4] (the version as two u32 halves: Lua numbers are doubles). ARGV[5] is the
-/// envelope's version offset. Returns 1 if written, 0 if refused.
+/// envelope's version offset; ARGV[6] a channel to publish ARGV[7] on afterwards, whatever the
+/// outcome ('' for none). Returns 1 if written, 0 if refused.
 fn set_if_not_older_script() -> String {
+    const PUBLISH: &str = "if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[7]) end";
     format!(
-        "local cur = redis.call('GET', KEYS[1])\n{}\nredis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\nreturn 1\n",
-        lua_version_guard(3, 4, 5, "return 0")
+        "local cur = redis.call('GET', KEYS[1])\n{}\nredis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n{PUBLISH}\nreturn 1\n",
+        lua_version_guard(3, 4, 5, &format!("{PUBLISH} return 0"))
     )
 }
 
@@ -250,6 +252,98 @@ impl RedisStore {
     pub fn connection(&self) -> RedisConnection {
         self.conn.clone()
     }
+
+    /// The write and the voiding of any load lease in one `MULTI`/`EXEC` (one round trip),
+    /// and `then` published in the same transaction, after the write.
+    async fn set_then(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        then: Option<Publication<'_>>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(key)
+            .arg(value.as_ref())
+            .arg("PX")
+            .arg(px(ttl))
+            .ignore()
+            .cmd("UNLINK")
+            .arg(lease_key(key))
+            .arg(fence_key(key))
+            .ignore();
+        if let Some(then) = then {
+            pipe.cmd("PUBLISH")
+                .arg(then.channel)
+                .arg(then.message.as_ref())
+                .ignore();
+        }
+        let () = pipe.query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// The versioned write (a script), publishing `then` from the script, whatever the outcome.
+    async fn set_if_not_older_then(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        version: u64,
+        then: Option<Publication<'_>>,
+    ) -> Result<SetOutcome, StoreError> {
+        let mut conn = self.conn.clone();
+        let (channel, message): (&str, &[u8]) = match &then {
+            Some(then) => (then.channel, then.message.as_ref()),
+            None => ("", b""),
+        };
+        let written: i64 = self
+            .set_if_not_older
+            .key(key)
+            .arg(value.as_ref())
+            .arg(px(ttl))
+            .arg(version >> 32)
+            .arg(version & 0xFFFF_FFFF)
+            .arg(VERSION_OFFSET)
+            .arg(channel)
+            .arg(message)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(if written == 1 {
+            SetOutcome::Stored
+        } else {
+            SetOutcome::RefusedOlder
+        })
+    }
+
+    /// The delete of the value with its lease and fence (`UNLINK` frees large values off the
+    /// main thread; value and lease share a slot, so a load in flight can no longer fill), and
+    /// `then` published after it, in one transaction.
+    async fn delete_then(
+        &self,
+        key: &str,
+        then: Option<Publication<'_>>,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("UNLINK")
+            .arg(key)
+            .cmd("UNLINK")
+            .arg(lease_key(key))
+            .arg(fence_key(key))
+            .ignore();
+        if let Some(then) = then {
+            pipe.cmd("PUBLISH")
+                .arg(then.channel)
+                .arg(then.message.as_ref())
+                .ignore();
+        }
+        let (removed,): (i64,) = pipe.query_async(&mut conn).await?;
+        Ok(removed > 0)
+    }
 }
 
 /// `SET <lease> <token> NX PX <ttl>`: takes a load lease if nobody holds it.
@@ -299,23 +393,23 @@ impl Store for RedisStore {
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        // MULTI/EXEC in one round trip: the write and the voiding of any load lease.
-        let () = redis::pipe()
-            .atomic()
-            .cmd("SET")
-            .arg(key)
-            .arg(value.as_ref())
-            .arg("PX")
-            .arg(px(ttl))
-            .ignore()
-            .cmd("UNLINK")
-            .arg(lease_key(key))
-            .arg(fence_key(key))
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
+        self.set_then(key, value, ttl, None).await
+    }
+
+    async fn set_and_publish(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        then: Publication<'_>,
+    ) -> Result<bool, StoreError> {
+        if self.conn.is_cluster() {
+            // The key's node is not the channel's: one path per sender keeps events in order.
+            self.set(key, value, ttl).await?;
+            return Ok(self.publish(then.channel, then.message).await.is_ok());
+        }
+        self.set_then(key, value, ttl, Some(then)).await?;
+        Ok(true)
     }
 
     async fn set_if_not_older(
@@ -325,38 +419,44 @@ impl Store for RedisStore {
         ttl: Duration,
         version: u64,
     ) -> Result<SetOutcome, StoreError> {
-        let mut conn = self.conn.clone();
-        let written: i64 = self
-            .set_if_not_older
-            .key(key)
-            .arg(value.as_ref())
-            .arg(px(ttl))
-            .arg(version >> 32)
-            .arg(version & 0xFFFF_FFFF)
-            .arg(VERSION_OFFSET)
-            .invoke_async(&mut conn)
+        self.set_if_not_older_then(key, value, ttl, version, None)
+            .await
+    }
+
+    async fn set_if_not_older_and_publish(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        version: u64,
+        then: Publication<'_>,
+    ) -> Result<(SetOutcome, bool), StoreError> {
+        if self.conn.is_cluster() {
+            let outcome = self.set_if_not_older(key, value, ttl, version).await?;
+            let published = self.publish(then.channel, then.message).await.is_ok();
+            return Ok((outcome, published));
+        }
+        let outcome = self
+            .set_if_not_older_then(key, value, ttl, version, Some(then))
             .await?;
-        Ok(if written == 1 {
-            SetOutcome::Stored
-        } else {
-            SetOutcome::RefusedOlder
-        })
+        Ok((outcome, true))
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
-        // UNLINK frees large values off the main thread. Value and lease share a slot, so one
-        // command removes both: a load in flight can no longer fill.
-        let (removed, _lease): (i64, i64) = redis::pipe()
-            .atomic()
-            .cmd("UNLINK")
-            .arg(key)
-            .cmd("UNLINK")
-            .arg(lease_key(key))
-            .arg(fence_key(key))
-            .query_async(&mut conn)
-            .await?;
-        Ok(removed > 0)
+        self.delete_then(key, None).await
+    }
+
+    async fn delete_and_publish(
+        &self,
+        key: &str,
+        then: Publication<'_>,
+    ) -> Result<(bool, bool), StoreError> {
+        if self.conn.is_cluster() {
+            let removed = self.delete(key).await?;
+            let published = self.publish(then.channel, then.message).await.is_ok();
+            return Ok((removed, published));
+        }
+        Ok((self.delete_then(key, Some(then)).await?, true))
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
