@@ -628,3 +628,46 @@ async fn a_batch_waiting_on_another_instances_leases_polls_in_turns() {
         "the batch's own polls tripped the breaker"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_that_meet_a_failing_redis_hold_the_origin_to_its_outage_cap() {
+    let mut server = common::redis();
+    let cache: Cache<u64, String> = Cache::builder("batch-outage")
+        .store(common::store(&server).await)
+        // The breaker stays closed: only the batches' own failed calls tell of the outage (as
+        // in the first moments of one, before a breaker opens).
+        .circuit_breaker(
+            herdwise::BreakerConfig::default()
+                .min_calls(1_000_000)
+                .consecutive_failures(1_000_000),
+        )
+        .build()
+        .unwrap();
+    let origin = Origin::default();
+    // A healthy history of more than a second (the outage cap is relative to it).
+    assert_eq!(
+        values(cache.get_or_load_many([&1], |ks| origin.load(ks)).await),
+        [Some("v1".to_string())]
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        values(cache.get_or_load_many([&2], |ks| origin.load(ks)).await),
+        [Some("v2".to_string())]
+    );
+    assert_eq!(cache.origin_limit(), Some(32));
+    server.kill();
+    for k in 10..13u64 {
+        let got = cache.get_or_load_many([&k], |ks| origin.load(ks)).await;
+        assert_eq!(
+            values(got),
+            [Some(format!("v{k}"))],
+            "answered from the origin"
+        );
+    }
+    let limit = cache.origin_limit().unwrap();
+    assert!(
+        limit < 32,
+        "three batches whose L2 calls failed are an outage: the limit is held at its outage cap \
+         (was {limit})"
+    );
+}

@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use std::panic::AssertUnwindSafe;
@@ -377,20 +378,20 @@ where
             .and_then(|b| b.downcast_ref::<ErasedBatchLoader<K::Owned, V>>())
             .cloned();
         let options = LoadOptions::default();
+        let l2_failed = Arc::new(AtomicBool::new(false));
         let fetched = if let Some(batch) = batch {
-            self.many(keys, &options, |ks| batch(ks), CallSlot::One)
+            self.many(keys, &options, |ks| batch(ks), CallSlot::One, &l2_failed)
                 .await
         } else {
             let Some(single) = self.loader.clone() else {
                 return keys.into_iter().map(|_| Err(Error::NoLoader)).collect();
             };
             let limit = self.inner.protect.origin_limit.as_ref();
-            let (outage, metrics) = (
-                limit.is_some() && self.remote_unavailable(),
-                &self.inner.metrics,
-            );
+            let metrics = &self.inner.metrics;
             let per_key = |ks: Vec<K::Owned>| {
                 let single = single.clone();
+                // (Asked when the call is made: the batch's own L2 calls may have failed.)
+                let outage = limit.is_some() && self.in_outage(&l2_failed);
                 async move {
                     let loads = ks.iter().map(|k| {
                         let single = single.clone();
@@ -428,7 +429,8 @@ where
                     Ok::<_, BoxError>(loaded)
                 }
             };
-            self.many(keys, &options, per_key, CallSlot::PerKey).await
+            self.many(keys, &options, per_key, CallSlot::PerKey, &l2_failed)
+                .await
         };
         fetched
             .into_iter()
@@ -467,7 +469,9 @@ where
         R: Into<BatchLoaded<K::Owned, V>>,
         E: Into<BoxError>,
     {
-        self.many(keys, options, loader, CallSlot::One).await
+        let l2_failed = Arc::new(AtomicBool::new(false));
+        self.many(keys, options, loader, CallSlot::One, &l2_failed)
+            .await
     }
 
     /// The batch read: distinct keys in parts of at most [`MAX_BATCH_KEYS`], one after the
@@ -478,6 +482,7 @@ where
         options: &LoadOptions,
         loader: F,
         call_slot: CallSlot,
+        l2_failed: &Arc<AtomicBool>,
     ) -> Vec<Result<Fetched<V>>>
     where
         I: IntoIterator<Item = &'k K>,
@@ -491,7 +496,10 @@ where
         self.ensure_generation().await;
         let mut answers = Vec::with_capacity(distinct.len());
         for part in distinct.chunks(MAX_BATCH_KEYS) {
-            answers.extend(self.load_part(part, options, &loader, call_slot).await);
+            answers.extend(
+                self.load_part(part, options, &loader, call_slot, l2_failed)
+                    .await,
+            );
         }
         order
             .into_iter()
@@ -506,6 +514,7 @@ where
         options: &LoadOptions,
         loader: &F,
         call_slot: CallSlot,
+        l2_failed: &Arc<AtomicBool>,
     ) -> Vec<Result<Fetched<V>>>
     where
         F: Fn(Vec<K::Owned>) -> Fut,
@@ -560,7 +569,7 @@ where
         });
         if !missed.is_empty() {
             let loaded = self
-                .load_many(missed, options, loader, &spans, call_slot)
+                .load_many(missed, options, loader, &spans, call_slot, l2_failed)
                 .await;
             for (slot, read) in loaded {
                 if let Some(past) = pasts.remove(&slot) {
@@ -671,6 +680,7 @@ where
         loader: &F,
         spans: &[ReadSpan],
         call_slot: CallSlot,
+        l2_failed: &Arc<AtomicBool>,
     ) -> Vec<(usize, Result<Fetched<V>>)>
     where
         F: Fn(Vec<K::Owned>) -> Fut,
@@ -689,6 +699,7 @@ where
                 windows.batch = Some(member.clone() as Arc<dyn Park>);
                 windows.set_known_l2(m.known);
                 windows.l2_turns = Some(turns);
+                windows.batch_l2_failed = Some(l2_failed.clone());
                 let owned = m.key.to_owned();
                 let asking = member.clone();
                 let load = move |_: &K| async move {
@@ -720,7 +731,7 @@ where
             while let Some(call) = gather.next_call().await {
                 let (keys, replies): (Vec<K::Owned>, Vec<_>) = call.into_iter().unzip();
                 let answered = tokio::select! {
-                    answered = self.call_batch_loader(loader, keys.clone(), call_slot) => answered,
+                    answered = self.call_batch_loader(loader, keys.clone(), call_slot, l2_failed) => answered,
                     // Every pipeline gave up (their hard timeouts): nobody to answer.
                     () = gather.all_done() => break,
                 };
@@ -739,6 +750,7 @@ where
         loader: &F,
         keys: Vec<K::Owned>,
         call_slot: CallSlot,
+        l2_failed: &AtomicBool,
     ) -> std::result::Result<BatchLoaded<K::Owned, V>, BatchLoadError>
     where
         F: Fn(Vec<K::Owned>) -> Fut,
@@ -750,7 +762,7 @@ where
             CallSlot::One => self.inner.protect.origin_limit.as_ref(),
             CallSlot::PerKey => None,
         };
-        let outage = limit.is_some() && self.remote_unavailable();
+        let outage = limit.is_some() && self.in_outage(l2_failed);
         let mut slot = origin_slot(limit, outage, &self.inner.metrics).await?;
         self.inner.metrics.batch_loads.increment(1);
         self.inner
@@ -776,6 +788,19 @@ where
                 Err(BatchLoadError(BatchFailure::Panicked))
             }
         }
+    }
+}
+
+impl<K, V> Cache<K, V>
+where
+    K: CacheKey + ?Sized,
+    V: Send + Sync + 'static,
+{
+    /// Whether a batch's origin call is made in an outage of the remote tier: it is out for
+    /// everyone, or it failed one of this batch's own reads (the first reads to meet a failing
+    /// Redis come before its breaker opens, as for a single read).
+    fn in_outage(&self, l2_failed: &AtomicBool) -> bool {
+        l2_failed.load(Ordering::Acquire) || self.remote_unavailable()
     }
 }
 

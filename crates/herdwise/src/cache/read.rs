@@ -329,6 +329,9 @@ pub(crate) struct Windows {
     /// a few dozen at once, so a large batch neither floods the connection nor makes its own
     /// calls look slow to the breaker (queued behind each other).
     pub l2_turns: Option<Arc<tokio::sync::Semaphore>>,
+    /// A batch's record that the remote tier failed one of its pipelines: the batch's origin
+    /// calls count as made in an outage (the origin limit's outage cap applies).
+    pub batch_l2_failed: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// A turn at L2 for a batch pipeline (none needed for a single read).
@@ -648,6 +651,7 @@ where
             batch: None,
             known_l2: std::sync::atomic::AtomicU8::new(0),
             l2_turns: None,
+            batch_l2_failed: None,
         }
     }
 
@@ -980,6 +984,9 @@ where
         E: std::error::Error + Send + Sync + 'static,
     {
         let metrics = &self.inner.metrics;
+        if let (FillMode::LocalOnly, Some(failed)) = (&mode, &windows.batch_l2_failed) {
+            failed.store(true, std::sync::atomic::Ordering::Release);
+        }
         // Origin protection: held until the load and its fill are done (a batch's pipelines
         // share the slot their batch call holds).
         let limit = match windows.batch {
