@@ -1,4 +1,4 @@
-//! `l2-throughput`: L2 hits through Herdwise (L1 off) against raw redis-rs GET on the same
+//! `l2-throughput`: L2 hits through Herdwise's `get` and `get_or_load` (L1 off) against raw redis-rs GET on the same
 //! server (standalone or a cluster: `--topology`), 64 tasks, 100 B and 10 KB values; counts Redis
 //! commands per read from `INFO commandstats` (summed over every node), so "one round trip per hit" is checked, not assumed.
 
@@ -50,6 +50,26 @@ impl Reader for HerdwiseGet {
     }
 }
 
+/// `get_or_load` on keys that are all in Redis: the loader is never called.
+struct HerdwiseGetOrLoad(Cache<u64, Vec<u8>>);
+
+#[async_trait]
+impl Reader for HerdwiseGetOrLoad {
+    async fn read(&self, key: u64) -> Result<usize, String> {
+        let loaded = self
+            .0
+            .get_or_load(&key, |_| async {
+                Err(std::io::Error::other("loader called"))
+            })
+            .await;
+        match loaded {
+            Ok(Some(v)) => Ok(v.len()),
+            Ok(None) => Err("miss".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
 /// A Herdwise cache that reads Redis on every call (L1 off, no compression).
 async fn l2_only_cache(url: &str, label: &str) -> Result<Cache<u64, Vec<u8>>, LabError> {
     Ok(Cache::builder(&format!("l2-{label}"))
@@ -91,10 +111,14 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
         };
         // Random (incompressible) payloads: neither side may win by compressing.
         let mut herdwise_readers: Vec<Arc<dyn Reader>> = Vec::new();
+        let mut load_readers: Vec<Arc<dyn Reader>> = Vec::new();
         let mut raw_readers: Vec<Arc<dyn Reader>> = Vec::new();
         let mut raw_after: Vec<Arc<dyn Reader>> = Vec::new();
         for _ in 0..instances {
             herdwise_readers.push(Arc::new(HerdwiseGet(l2_only_cache(&url, &label).await?)));
+            load_readers.push(Arc::new(HerdwiseGetOrLoad(
+                l2_only_cache(&url, &label).await?,
+            )));
             raw_readers.push(Arc::new(RawGet(server.connection().await?)));
             raw_after.push(Arc::new(RawGet(server.connection().await?)));
         }
@@ -114,6 +138,7 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
         for (name, readers) in [
             ("redis-rs GET", raw_readers),
             ("herdwise get (L1 off)", herdwise_readers),
+            ("herdwise get_or_load (L1 off)", load_readers),
             ("redis-rs GET (after)", raw_after),
         ] {
             let fleet = Fleet::new(format!("{name} {label}"), readers);
@@ -149,18 +174,29 @@ pub async fn run(settings: &Settings) -> Result<ScenarioResult, LabError> {
             pair.push(result.reads_per_sec);
             strategies.push(result);
         }
-        let (low, high) = (pair[0].min(pair[2]), pair[0].max(pair[2]));
+        let (low, high) = (pair[0].min(pair[3]), pair[0].max(pair[3]));
+        let mean = (pair[0] + pair[3]) / 2.0;
+        for (what, rps) in [("get", pair[1]), ("get_or_load", pair[2])] {
+            ratios.insert(
+                format!("herdwise {what}/raw reads per second {label}"),
+                ratio(rps, mean),
+            );
+            ratios.insert(
+                format!(
+                    "herdwise {what}/raw reads per second {label} (against the faster baseline)"
+                ),
+                ratio(rps, high),
+            );
+            ratios.insert(
+                format!(
+                    "herdwise {what}/raw reads per second {label} (against the slower baseline)"
+                ),
+                ratio(rps, low),
+            );
+        }
         ratios.insert(
-            format!("herdwise/raw reads per second {label}"),
-            ratio(pair[1], (pair[0] + pair[2]) / 2.0),
-        );
-        ratios.insert(
-            format!("herdwise/raw reads per second {label} (against the faster baseline)"),
-            ratio(pair[1], high),
-        );
-        ratios.insert(
-            format!("herdwise/raw reads per second {label} (against the slower baseline)"),
-            ratio(pair[1], low),
+            format!("herdwise get_or_load/get reads per second {label}"),
+            ratio(pair[2], pair[1]),
         );
     }
     Ok(ScenarioResult {

@@ -1,27 +1,46 @@
 //! In-process single-flight: at most one load per key per process at a time.
 //!
 //! The first caller for a key becomes the *leader* and does the work; later callers become
-//! *waiters* and receive the leader's result. The leader publishes through a `watch` channel
-//! whose sender it owns: if the leader's future is dropped (cancelled) before it completes, the
-//! sender is dropped with it, every waiter wakes up with "abandoned", and the waiters go round
-//! again — one of them becomes the new leader with its own loader. Nobody waits on a load that
-//! no longer runs.
+//! *waiters* and receive the leader's result. The leader owns the key's slot: if the leader's
+//! future is dropped (cancelled) before it completes, its guard marks the slot abandoned, every
+//! waiter wakes up with "abandoned", and the waiters go round again — one of them becomes the
+//! new leader with its own loader. Nobody waits on a load that no longer runs.
 //!
 //! The map holds only keys whose load is in flight (the leader removes its key when it completes
 //! or is dropped) and never more than `max` of them: past that, callers run uncoalesced
-//! ([`Join::Bypass`]) rather than queue without bound.
+//! ([`Join::Bypass`]) rather than queue without bound. A leader nobody waits for keeps no copy
+//! of its result: the cost of a flight without waiters is one map insert and one removal.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use quick_cache::DefaultHashBuilder;
+use tokio::sync::Notify;
 
-type Slot<T> = Arc<watch::Sender<Option<T>>>;
+/// Where one key's load is.
+enum State<T> {
+    Running,
+    Done(T),
+    Abandoned,
+}
+
+/// One load in flight: its state, and its waiters' wake-up.
+struct Slot<T> {
+    state: Mutex<State<T>>,
+    ended: Notify,
+}
+
+impl<T> Slot<T> {
+    fn end(&self, state: State<T>) {
+        *self.state.lock() = state;
+        self.ended.notify_waiters();
+    }
+}
 
 /// The in-flight loads of one cache.
 pub(crate) struct Flights<T> {
-    map: Mutex<HashMap<Box<str>, Slot<T>>>,
+    map: Mutex<HashMap<Arc<str>, Arc<Slot<T>>, DefaultHashBuilder>>,
     max: usize,
 }
 
@@ -38,7 +57,7 @@ pub(crate) enum Join<'a, T> {
 impl<T: Clone> Flights<T> {
     pub fn new(max: usize) -> Self {
         Flights {
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(HashMap::default()),
             max,
         }
     }
@@ -46,19 +65,22 @@ impl<T: Clone> Flights<T> {
     pub fn join(&self, key: &str) -> Join<'_, T> {
         let mut map = self.map.lock();
         if let Some(slot) = map.get(key) {
-            return Join::Waiter(Waiter {
-                rx: slot.subscribe(),
-            });
+            return Join::Waiter(Waiter { slot: slot.clone() });
         }
         if map.len() >= self.max {
             return Join::Bypass;
         }
-        let slot: Slot<T> = Arc::new(watch::Sender::new(None));
-        map.insert(key.into(), slot.clone());
+        let slot = Arc::new(Slot {
+            state: Mutex::new(State::Running),
+            ended: Notify::new(),
+        });
+        let key: Arc<str> = key.into();
+        map.insert(key.clone(), slot.clone());
         Join::Leader(Leader {
             flights: self,
-            key: key.into(),
+            key,
             slot,
+            ended: false,
         })
     }
 
@@ -76,20 +98,24 @@ impl<T: Clone> Flights<T> {
 /// The caller that loads. Dropping it without [`Leader::complete`] abandons the load.
 pub(crate) struct Leader<'a, T> {
     flights: &'a Flights<T>,
-    key: Box<str>,
-    slot: Slot<T>,
+    key: Arc<str>,
+    slot: Arc<Slot<T>>,
+    ended: bool,
 }
 
 impl<T> Leader<'_, T> {
-    /// Hands `result` to every waiter (and to anyone who joins before the key is removed).
-    pub fn complete(self, result: T) {
-        self.slot.send_replace(Some(result));
-        // Drop removes the key.
+    /// Hands `result` to every waiter. The key is removed first: a caller that comes after
+    /// this leads a load of its own (it finds what this one filled, if anything).
+    pub fn complete(mut self, result: T) {
+        self.ended = true;
+        self.remove_key();
+        // Waiters hold the slot; with the key gone, no new one can (the map lock orders it).
+        if Arc::strong_count(&self.slot) > 1 {
+            self.slot.end(State::Done(result));
+        }
     }
-}
 
-impl<T> Drop for Leader<'_, T> {
-    fn drop(&mut self) {
+    fn remove_key(&self) {
         let mut map = self.flights.map.lock();
         // Remove only our own slot: a successor may already have taken the key.
         if map
@@ -101,17 +127,34 @@ impl<T> Drop for Leader<'_, T> {
     }
 }
 
+impl<T> Drop for Leader<'_, T> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.remove_key();
+            self.slot.end(State::Abandoned);
+        }
+    }
+}
+
 /// A caller waiting for a leader.
 pub(crate) struct Waiter<T> {
-    rx: watch::Receiver<Option<T>>,
+    slot: Arc<Slot<T>>,
 }
 
 impl<T: Clone> Waiter<T> {
     /// The leader's result, or `None` if the leader was dropped without completing.
-    pub async fn wait(mut self) -> Option<T> {
-        match self.rx.wait_for(Option::is_some).await {
-            Ok(value) => value.clone(),
-            Err(_) => None,
+    pub async fn wait(self) -> Option<T> {
+        loop {
+            let ended = self.slot.ended.notified();
+            tokio::pin!(ended);
+            // Registered before the look: an end after it wakes this waiter.
+            ended.as_mut().enable();
+            match &*self.slot.state.lock() {
+                State::Done(result) => return Some(result.clone()),
+                State::Abandoned => return None,
+                State::Running => {}
+            }
+            ended.await;
         }
     }
 }
@@ -150,6 +193,47 @@ mod tests {
         drop(leader);
         assert_eq!(w.wait().await, None);
         assert!(matches!(flights.join("k"), Join::Leader(_)));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_came_before_the_end_gets_the_result_and_one_after_leads() {
+        let flights = Flights::<u32>::new(10);
+        let Join::Leader(leader) = flights.join("k") else {
+            panic!()
+        };
+        let Join::Waiter(w) = flights.join("k") else {
+            panic!()
+        };
+        let waiting = tokio::spawn(w.wait());
+        tokio::task::yield_now().await;
+        leader.complete(3);
+        assert_eq!(waiting.await.unwrap(), Some(3));
+        assert_eq!(flights.len(), 0);
+        let Join::Leader(next) = flights.join("k") else {
+            panic!("after the end, the next caller leads")
+        };
+        // Completed with nobody waiting: nothing is kept, and the key is free again.
+        next.complete(4);
+        assert_eq!(flights.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_leader_dropped_while_waiters_wait_wakes_them() {
+        let flights = Arc::new(Flights::<u32>::new(10));
+        let Join::Leader(leader) = flights.join("k") else {
+            panic!()
+        };
+        let waiters: Vec<_> = (0..3)
+            .map(|_| match flights.join("k") {
+                Join::Waiter(w) => tokio::spawn(w.wait()),
+                _ => panic!("waits"),
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        drop(leader);
+        for w in waiters {
+            assert_eq!(w.await.unwrap(), None);
+        }
     }
 
     #[tokio::test]
