@@ -519,3 +519,114 @@ async fn a_lease_is_released_even_when_the_fill_opened_the_breaker() {
         started.elapsed()
     );
 }
+
+/// The server's count of read events (one per round trip a client sends).
+async fn reads_processed(raw: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(raw)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_reads_processed:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("INFO stats has total_reads_processed")
+}
+
+async fn load_distinct(cache: &Cache<u64, String>, keys: std::ops::Range<u64>, calls: &Calls) {
+    for k in keys {
+        let calls = calls.clone();
+        let got = cache
+            .get_or_load(&k, |k| async move {
+                calls.hit();
+                Ok::<_, OriginError>(Some(format!("v{k}")))
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            got.as_deref().map(String::as_str),
+            Some(format!("v{k}").as_str())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_cache_asks_for_the_lease_in_its_first_round_trip_and_still_loads_once() {
+    let server = common::redis();
+    let caches = fleet(&server, 2, Duration::from_secs(60)).await;
+    let calls = Calls::default();
+    // Cold: every read misses, so after a window of them the lease is asked at once.
+    load_distinct(&caches[0], 0..300, &calls).await;
+    load_distinct(&caches[1], 300..600, &calls).await;
+    assert_eq!(calls.get(), 600);
+    let mut raw = common::raw(&server).await;
+    const N: u64 = 40;
+    let before = reads_processed(&mut raw).await;
+    load_distinct(&caches[0], 1000..1000 + N, &calls).await;
+    // The lease attempt (with its read) and the fill: two round trips per miss, not three
+    // (read, lease, fill). One read event is the INFO itself.
+    let round_trips = reads_processed(&mut raw).await - before - 1;
+    assert!(
+        round_trips <= 2 * N + 8,
+        "{N} cold misses took {round_trips} round trips"
+    );
+    // Both instances asking for the same cold keys at once: still one origin call per key.
+    let before = calls.get();
+    let slow = |cache: Cache<u64, String>, calls: Calls| async move {
+        for k in 2000..2020u64 {
+            let calls = calls.clone();
+            cache
+                .get_or_load(&k, |k| async move {
+                    calls.hit();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Ok::<_, OriginError>(Some(format!("v{k}")))
+                })
+                .await
+                .unwrap();
+        }
+    };
+    let a = tokio::spawn(slow(caches[0].clone(), calls.clone()));
+    let b = tokio::spawn(slow(caches[1].clone(), calls.clone()));
+    a.await.unwrap();
+    b.await.unwrap();
+    assert_eq!(calls.get() - before, 20, "one origin call per key");
+    // A warm cache goes back to reading L2 first: the second instance reads what the first
+    // loaded (L2 hits, not in its L1), and once a window of them found values, a hit is one
+    // round trip again.
+    let hit = |k: u64| {
+        let cache = caches[1].clone();
+        async move {
+            let got = cache
+                .get_or_load(&k, |_| async { Ok::<_, OriginError>(None) })
+                .await
+                .unwrap();
+            assert!(got.is_some(), "key {k} is in L2");
+        }
+    };
+    for k in 0..200 {
+        hit(k).await;
+    }
+    let before = set_calls(&mut raw).await;
+    for k in 200..200 + N {
+        hit(k).await;
+    }
+    assert_eq!(
+        set_calls(&mut raw).await,
+        before,
+        "L2 hits of a warm cache take no lease (a GET each)"
+    );
+}
+
+/// `SET` calls so far (a lease is a `SET NX`).
+async fn set_calls(raw: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(raw)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_set:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}

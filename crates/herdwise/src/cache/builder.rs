@@ -946,6 +946,7 @@ where
                         )),
                     },
                     refreshing: crate::protect::refreshing::Refreshing::new(self.max_in_flight),
+                    miss_rate: Default::default(),
                 },
                 coherence: Coherence {
                     backplane,

@@ -121,6 +121,9 @@ pub(crate) struct Protection<V> {
     origin_limit: Option<OriginLimit>,
     /// Keys with a background refresh running.
     refreshing: crate::protect::refreshing::Refreshing,
+    /// Whether L2 reads on the way to loads mostly find nothing (then the lease is asked at
+    /// once).
+    miss_rate: crate::protect::miss_rate::MissRate,
 }
 
 /// What keeps this instance coherent with the others and with the origin's writes.

@@ -756,10 +756,26 @@ where
                 return Ok(Fetched::of(entry.value, entry.meta.stale_copy, Source::L1));
             }
         }
+        // While L2 reads mostly find nothing (a cold start), the lease attempt is the first
+        // round trip: it reads the key too (see `protect::miss_rate`). Not for a read that
+        // holds a fallback or replaces an entry: those want L2's copy, stale or not, first.
+        let lease_first = windows.known_l2().is_none()
+            && windows.batch.is_none()
+            && fallback.is_none()
+            && matches!(replacing, Replacing::Nothing)
+            && inner.protect.lease.is_some()
+            && inner.protect.miss_rate.mostly_missing();
         let read = match windows.known_l2() {
             Some(KnownL2::Missed) => L2Read::Miss,
             Some(KnownL2::Down) => L2Read::Unavailable,
-            None => self.read_l2(stored_key).await,
+            None if lease_first => L2Read::Miss,
+            None => {
+                let read = self.read_l2(stored_key).await;
+                if windows.batch.is_none() {
+                    inner.protect.miss_rate.record(matches!(read, L2Read::Miss));
+                }
+                read
+            }
         };
         match read {
             L2Read::Fresh(value, meta, _) if !replacing.superseded(&meta, value.as_ref()) => {
@@ -797,7 +813,8 @@ where
         };
         let attempt = {
             let _turn = l2_turn(windows).await;
-            self.take_lease(stored_key, &lease, replacing).await
+            self.take_lease(stored_key, &lease, replacing, lease_first)
+                .await
         };
         let mode = match attempt {
             LeaseAttempt::Taken(held) => {
@@ -878,12 +895,14 @@ where
     /// previous holder may have filled and released between our read and our lease, and
     /// loading again would be a second origin call for the same expiry. A fresh value found
     /// there answers whether or not the lease was taken (a lease taken for nothing is given
-    /// back).
+    /// back, in the background). `first`: this is the read's first look at L2 (its outcome
+    /// counts in the miss rate).
     async fn take_lease(
         &self,
         stored_key: &str,
         lease: &LeaseConfig,
         replacing: Replacing<'_, V>,
+        first: bool,
     ) -> LeaseAttempt<V> {
         let remote = &self.inner.remote;
         let token: u64 = rand::random();
@@ -901,6 +920,9 @@ where
             // Unknown outcome: `request` is dropped armed and releases.
             Err(_) => return LeaseAttempt::Failed,
         };
+        if first {
+            self.inner.protect.miss_rate.record(current.is_none());
+        }
         let held = if taken {
             Some(request.taken())
         } else {
@@ -915,7 +937,8 @@ where
         };
         match (held, filled) {
             (Some(held), Some((value, stale))) => {
-                self.release(FillMode::Leased(held)).await;
+                // Dropped armed: given back in the background, the value answers now.
+                drop(held);
                 LeaseAttempt::Filled(value, stale)
             }
             (None, Some((value, stale))) => LeaseAttempt::Filled(value, stale),
@@ -944,7 +967,7 @@ where
             // (a batch's polls take turns like its first attempts)
             let attempt = {
                 let _turn = l2_turn(windows).await;
-                self.take_lease(stored_key, lease, replacing).await
+                self.take_lease(stored_key, lease, replacing, false).await
             };
             match attempt {
                 LeaseAttempt::Taken(held) => return Waited::Lease(held),
