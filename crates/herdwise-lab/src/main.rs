@@ -12,7 +12,7 @@ use herdwise_lab::{scenarios, Settings};
 #[derive(Debug, Parser)]
 #[command(name = "herdwise-lab", version)]
 struct Cli {
-    /// hit-path | l2-throughput | batch | zipf | hot-key-expiry | invalidation-race | invalidation-fanout | prefix-invalidation | tag-invalidation | redis-outage | slow-origin | cluster-failover | sentinel-failover | drift | http | all (every one but http)
+    /// hit-path | l2-throughput | writes | batch | zipf | hot-key-expiry | invalidation-race | invalidation-fanout | prefix-invalidation | tag-invalidation | redis-outage | slow-origin | cluster-failover | sentinel-failover | drift | http | all (every one but http)
     scenario: String,
     /// Cache instances per strategy (separate `Cache` objects with their own L1, like pods).
     #[arg(long)]
