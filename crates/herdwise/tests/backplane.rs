@@ -463,20 +463,6 @@ async fn an_instance_trusts_nothing_in_l1_before_its_subscription_is_up() {
     proxy.freeze_subscribers(false);
 }
 
-/// The server's count of read events (one per round trip a client sends), minus the `INFO`
-/// that asks for it.
-async fn reads_processed(raw: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(raw)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("total_reads_processed:"))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("INFO stats has total_reads_processed")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_and_its_announcement_are_one_round_trip() {
     let server = common::redis();
@@ -495,7 +481,7 @@ async fn a_write_and_its_announcement_are_one_round_trip() {
     let mut raw = common::raw(&server).await;
     const N: u64 = 40;
     for what in ["set", "invalidate"] {
-        let before = reads_processed(&mut raw).await;
+        let before = common::reads_processed(&mut raw).await;
         for k in 100..100 + N {
             match what {
                 "set" => writer.set(&k, format!("v{k}")).await.map(|_| ()).unwrap(),
@@ -504,7 +490,7 @@ async fn a_write_and_its_announcement_are_one_round_trip() {
         }
         // One read event is this INFO itself; the rest were the writes (and any background
         // call of the caches: the slack). Two round trips per write would be 2 N.
-        let round_trips = reads_processed(&mut raw).await - before - 1;
+        let round_trips = common::reads_processed(&mut raw).await - before - 1;
         assert!(
             round_trips <= N + 8,
             "{N} {what} calls took {round_trips} round trips"

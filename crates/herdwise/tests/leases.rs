@@ -520,19 +520,6 @@ async fn a_lease_is_released_even_when_the_fill_opened_the_breaker() {
     );
 }
 
-/// The server's count of read events (one per round trip a client sends).
-async fn reads_processed(raw: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(raw)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("total_reads_processed:"))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("INFO stats has total_reads_processed")
-}
-
 async fn load_distinct(cache: &Cache<u64, String>, keys: std::ops::Range<u64>, calls: &Calls) {
     for k in keys {
         let calls = calls.clone();
@@ -561,11 +548,11 @@ async fn a_cold_cache_asks_for_the_lease_in_its_first_round_trip_and_still_loads
     assert_eq!(calls.get(), 600);
     let mut raw = common::raw(&server).await;
     const N: u64 = 40;
-    let before = reads_processed(&mut raw).await;
+    let before = common::reads_processed(&mut raw).await;
     load_distinct(&caches[0], 1000..1000 + N, &calls).await;
     // The lease attempt (with its read) and the fill: two round trips per miss, not three
     // (read, lease, fill). One read event is the INFO itself.
-    let round_trips = reads_processed(&mut raw).await - before - 1;
+    let round_trips = common::reads_processed(&mut raw).await - before - 1;
     assert!(
         round_trips <= 2 * N + 8,
         "{N} cold misses took {round_trips} round trips"

@@ -386,3 +386,17 @@ impl<S: herdwise::Store + Clone> herdwise::Store for SlowDeletes<S> {
         self.inner.subscribe(channel)
     }
 }
+
+/// The server's count of read events: one per round trip a client sends (commands a client
+/// pipelines concurrently may share one), one for the `INFO` that asks.
+pub async fn reads_processed(raw: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(raw)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_reads_processed:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("INFO stats has total_reads_processed")
+}
