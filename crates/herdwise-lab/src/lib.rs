@@ -138,8 +138,8 @@ pub struct Settings {
     pub quick: bool,
     /// Show progress bars.
     pub progress: bool,
-    /// The Redis to run against (`l2-throughput`, `hot-key-expiry`, `redis-outage`; the other
-    /// scenarios refuse a cluster).
+    /// The Redis to run against (`l2-throughput`, `batch`, `zipf`, `hot-key-expiry`,
+    /// `redis-outage`; the other scenarios refuse a cluster).
     pub topology: deploy::Topology,
 }
 

@@ -31,7 +31,7 @@ struct Cli {
     #[arg(long)]
     quick: bool,
     /// The Redis to run against: standalone (default) or cluster (3 primaries + 3 replicas;
-    /// l2-throughput, hot-key-expiry and redis-outage).
+    /// l2-throughput, batch, zipf, hot-key-expiry and redis-outage).
     #[arg(long, default_value = "standalone")]
     topology: herdwise_lab::deploy::Topology,
     /// Write the full report (with per-second timelines) as JSON.

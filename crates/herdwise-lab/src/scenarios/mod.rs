@@ -48,9 +48,8 @@ pub const EXTRA: [&str; 1] = ["http"];
 
 /// The scenarios that run on a Redis Cluster (`--topology cluster`); the others measure one
 /// server's behaviour (bystanders on the same server, its keyspace) and run standalone only.
-pub const ON_CLUSTER: [&str; 6] = [
+pub const ON_CLUSTER: [&str; 5] = [
     "l2-throughput",
-    "writes",
     "batch",
     "zipf",
     "hot-key-expiry",

@@ -89,14 +89,20 @@ impl<V> Inner<V> {
     }
 
     /// The announcement of `what` to send in the round trip of the write that makes it (see
-    /// `Backplane::with_write`), where it can go there: a backplane on pub/sub, and no copies
-    /// of the key to delete first (the event must come after their deletion). `None`:
-    /// announce after the write, as [`Inner::announce`].
+    /// `Backplane::with_write`), where it can go there: a backplane on pub/sub, no copies of
+    /// the key to delete first (the event must come after their deletion), a store that sends
+    /// both in one round trip on one path (see `Store::publishes_with_writes`), and a closed
+    /// breaker for the key (a call it rejects would use up a sequence number: a gap at every
+    /// receiver). `None`: announce after the write, as [`Inner::announce`].
     pub(crate) fn announcement_with_write(
         &self,
+        stored_key: &str,
         what: Invalidation<'_>,
     ) -> Option<Publication<'_>> {
-        if self.ops.replicas.is_some() {
+        if self.ops.replicas.is_some()
+            || !self.remote.store().publishes_with_writes()
+            || !self.remote.closed_for(stored_key)
+        {
             return None;
         }
         self.coherence.backplane.as_ref()?.with_write(what)

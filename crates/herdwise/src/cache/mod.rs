@@ -575,7 +575,7 @@ where
         let mut announced_with_delete = None;
         let deleted = match self
             .inner
-            .announcement_with_write(Invalidation::Key(stored_key))
+            .announcement_with_write(stored_key, Invalidation::Key(stored_key))
         {
             Some(then) => match self.inner.remote.delete_and_publish(stored_key, then).await {
                 Ok((_, published)) => {
@@ -974,9 +974,14 @@ where
         // Deletes queued here before the write went out are older than it.
         let queued_before = self.inner.coherence.retries.mark();
         // The announcement travels with the write where it can (one round trip for both).
-        let then = self
-            .inner
-            .announcement_with_write(Invalidation::Key(stored_key));
+        // (Not for a versioned write: one that is refused must announce nothing — its event
+        // would end other instances' holds on a key whose delete is pending.)
+        let then = match mode {
+            WriteMode::Overwrite => self
+                .inner
+                .announcement_with_write(stored_key, Invalidation::Key(stored_key)),
+            WriteMode::IfNotOlder => None,
+        };
         let (outcome, announced) = self
             .store_encoded(stored_key, Some(&value), encoded, mode, then)
             .await;

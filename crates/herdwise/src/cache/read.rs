@@ -765,11 +765,33 @@ where
             && matches!(replacing, Replacing::Nothing)
             && inner.protect.lease.is_some()
             && inner.protect.miss_rate.mostly_missing();
-        let read = match windows.known_l2() {
-            Some(KnownL2::Missed) => L2Read::Miss,
-            Some(KnownL2::Down) => L2Read::Unavailable,
-            None if lease_first => L2Read::Miss,
-            None => {
+        // The lease attempt made as the first round trip, if it was.
+        let mut early = None;
+        let read = match (windows.known_l2(), inner.protect.lease) {
+            (Some(KnownL2::Missed), _) => L2Read::Miss,
+            (Some(KnownL2::Down), _) => L2Read::Unavailable,
+            (None, Some(lease)) if lease_first => {
+                let mut stale = None;
+                let attempt = {
+                    let _turn = l2_turn(windows).await;
+                    self.take_lease(stored_key, &lease, replacing, Some(&mut stale))
+                        .await
+                };
+                match (attempt, stale) {
+                    (LeaseAttempt::Failed, _) => L2Read::Unavailable,
+                    // A stale copy is the fallback, as on the usual path (stale-while-
+                    // revalidate, stale-if-error); the lease, if taken, is kept for the load.
+                    (attempt, Some(found)) => {
+                        early = Some(attempt);
+                        L2Read::Stale(found)
+                    }
+                    (attempt, None) => {
+                        early = Some(attempt);
+                        L2Read::Miss
+                    }
+                }
+            }
+            (None, _) => {
                 let read = self.read_l2(stored_key).await;
                 if windows.batch.is_none() {
                     inner.protect.miss_rate.record(matches!(read, L2Read::Miss));
@@ -811,10 +833,12 @@ where
                     .await;
             }
         };
-        let attempt = {
-            let _turn = l2_turn(windows).await;
-            self.take_lease(stored_key, &lease, replacing, lease_first)
-                .await
+        let attempt = match early {
+            Some(attempt) => attempt,
+            None => {
+                let _turn = l2_turn(windows).await;
+                self.take_lease(stored_key, &lease, replacing, None).await
+            }
         };
         let mode = match attempt {
             LeaseAttempt::Taken(held) => {
@@ -895,14 +919,14 @@ where
     /// previous holder may have filled and released between our read and our lease, and
     /// loading again would be a second origin call for the same expiry. A fresh value found
     /// there answers whether or not the lease was taken (a lease taken for nothing is given
-    /// back, in the background). `first`: this is the read's first look at L2 (its outcome
-    /// counts in the miss rate).
+    /// back, in the background). `stale_seen`: this is the read's first look at L2 (its
+    /// outcome counts in the miss rate), and a stale copy found goes there.
     async fn take_lease(
         &self,
         stored_key: &str,
         lease: &LeaseConfig,
         replacing: Replacing<'_, V>,
-        first: bool,
+        stale_seen: Option<&mut Option<Fallback<V>>>,
     ) -> LeaseAttempt<V> {
         let remote = &self.inner.remote;
         let token: u64 = rand::random();
@@ -920,7 +944,7 @@ where
             // Unknown outcome: `request` is dropped armed and releases.
             Err(_) => return LeaseAttempt::Failed,
         };
-        if first {
+        if stale_seen.is_some() {
             self.inner.protect.miss_rate.record(current.is_none());
         }
         let held = if taken {
@@ -932,6 +956,12 @@ where
         let filled = match self.judge_l2(stored_key, Ok(current), epoch).await {
             L2Read::Fresh(value, meta, _) if !replacing.superseded(&meta, value.as_ref()) => {
                 Some((value, meta.stale_copy))
+            }
+            L2Read::Stale(found) => {
+                if let Some(seen) = stale_seen {
+                    *seen = Some(found);
+                }
+                None
             }
             _ => None,
         };
@@ -967,7 +997,7 @@ where
             // (a batch's polls take turns like its first attempts)
             let attempt = {
                 let _turn = l2_turn(windows).await;
-                self.take_lease(stored_key, lease, replacing, false).await
+                self.take_lease(stored_key, lease, replacing, None).await
             };
             match attempt {
                 LeaseAttempt::Taken(held) => return Waited::Lease(held),

@@ -368,8 +368,10 @@ async fn listen(
                 }
                 let previous = last.insert(message.sender, message.sequence);
                 if previous.is_some_and(|p| message.sequence != p + 1) {
+                    // Something was missed: L1 is demoted. The message that showed it is still
+                    // applied (a pending delete's hold, above all: L2 still has the old value
+                    // the demoted entries would be checked against).
                     reset(&*inner, "gap").await;
-                    continue;
                 }
                 match message.kind {
                     "k" => inner.drop_key(message.payload),

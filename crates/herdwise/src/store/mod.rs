@@ -256,6 +256,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Removes `key` and voids its load lease; `true` if a value was removed.
     async fn delete(&self, key: &str) -> Result<bool, StoreError>;
 
+    /// Whether [`Store::set_and_publish`] and [`Store::delete_and_publish`] send the write and
+    /// the message in one round trip, in the order calls are made, on the one path every
+    /// message of this store takes (Redis on one server or behind Sentinel: `true`). `false`
+    /// (the default, and a Cluster's or a sharded store's answer): the cache announces after
+    /// the write, in a call of its own, so a sender's messages keep their order.
+    ///
+    /// ```
+    /// use herdwise::{MemoryStore, Store};
+    /// assert!(!MemoryStore::new().publishes_with_writes());
+    /// ```
+    fn publishes_with_writes(&self) -> bool {
+        false
+    }
+
     /// [`Store::set`], then publishes `then` — after the write, never before it — in one round
     /// trip where the store can keep that order (Redis, one server or Sentinel: the publish
     /// is part of the write's transaction). Whether the message went out once the write

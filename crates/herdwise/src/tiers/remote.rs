@@ -346,6 +346,13 @@ impl Remote {
             .any(|b| !matches!(b.state(), BreakerState::Closed))
     }
 
+    /// Whether the breaker of `key`'s node is closed (or there is none): a call now is sent.
+    pub fn closed_for(&self, key: &str) -> bool {
+        self.breakers
+            .get(self.shard(key))
+            .is_none_or(|b| matches!(b.state(), BreakerState::Closed))
+    }
+
     /// Each store node's breaker state (empty without a breaker).
     pub fn breaker_states(&self) -> Vec<BreakerState> {
         self.breakers.iter().map(|b| b.state()).collect()

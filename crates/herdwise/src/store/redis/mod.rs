@@ -396,6 +396,12 @@ impl Store for RedisStore {
         self.set_then(key, value, ttl, None).await
     }
 
+    fn publishes_with_writes(&self) -> bool {
+        // A Cluster publishes a write's message from the key's node, others from the
+        // channel's: one sender's messages would travel several paths, out of order.
+        !self.conn.is_cluster()
+    }
+
     async fn set_and_publish(
         &self,
         key: &str,
