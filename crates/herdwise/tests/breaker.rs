@@ -123,20 +123,23 @@ async fn a_killed_redis_opens_it_a_failed_probe_reopens_it_and_a_restart_closes_
 async fn an_open_breaker_still_lets_invalidations_through() {
     let server = common::redis();
     let proxy = herdwise_testkit::Proxy::start(server.port()).unwrap();
-    let a: Cache<u64, String> = Cache::builder("brk-inv")
-        .store(herdwise::RedisStore::connect(&proxy.url()).await.unwrap())
-        .circuit_breaker(
-            BreakerConfig::default()
-                .min_calls(5)
-                .open_for(Duration::from_secs(30)),
-        )
-        .build()
-        .unwrap();
-    let b: Cache<u64, String> = Cache::builder("brk-inv")
-        .store(common::store(&server).await)
-        .build()
-        .unwrap();
+    let a_store = herdwise::RedisStore::connect(&proxy.url()).await.unwrap();
+    let (a, a_metrics) = common::with_metrics(|| {
+        Cache::<u64, String>::builder("brk-inv")
+            .store(a_store)
+            .circuit_breaker(
+                BreakerConfig::default()
+                    .min_calls(5)
+                    .open_for(Duration::from_secs(30)),
+            )
+    });
+    let b_store = common::store(&server).await;
+    let (b, b_metrics) =
+        common::with_metrics(|| Cache::<u64, String>::builder("brk-inv").store(b_store));
     let tagged = herdwise::WriteOptions::default().tags(["t"]);
+    // B listening from the start: it hears all of A's events, so a missing one would show.
+    b.get(&0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     a.set(&1, "old".to_string()).await.unwrap();
     a.set_with(&2, "tagged".to_string(), &tagged).await.unwrap();
     // B holds both in L1 once its subscription is up (before, it re-checks L2 on every read).
@@ -165,5 +168,14 @@ async fn an_open_breaker_still_lets_invalidations_through() {
         a.breaker_state(),
         BreakerState::Open,
         "the invalidations did not close the breaker"
+    );
+    // And they went out in sequence: a delete the breaker rejected took no sequence number
+    // (had its event been handed to it, every receiver would have seen a gap, once the
+    // missing number's grace to arrive late was over).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        counter(&b_metrics, m::BACKPLANE_RESETS, &[("reason", "gap")]),
+        0,
+        "B saw a gap in A's events"
     );
 }

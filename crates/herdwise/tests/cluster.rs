@@ -260,3 +260,19 @@ async fn both_backplane_transports_reach_every_instance_on_a_cluster() {
         );
     }
 }
+
+/// On a Cluster a write goes to its key's node and an event to the channel's: many tasks of
+/// one instance writing at once must still never look like lost events to a listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_of_one_instance_never_look_like_a_gap_on_a_cluster() {
+    let cluster = common::shared_cluster();
+    let writer: Cache<u64, String> = Cache::builder("cl-conc")
+        .store(store(&cluster).await)
+        .build()
+        .unwrap();
+    let listener_store = store(&cluster).await;
+    let (listener, metrics) =
+        common::with_metrics(|| Cache::<u64, String>::builder("cl-conc").store(listener_store));
+    common::concurrent_writes_never_look_like_a_gap("cluster", &writer, &listener, &metrics, 2_000)
+        .await;
+}

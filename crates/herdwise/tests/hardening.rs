@@ -82,6 +82,7 @@ async fn d2_a_read_during_invalidate_leaves_no_old_value_in_its_own_l1() {
         inner: common::store(&server).await,
         delete_delay: Duration::from_millis(200),
         fail_fills: false,
+        joint_writes: false,
     };
     let cache: Cache<u64, String> = Cache::builder("d2k")
         .store(store)
@@ -764,6 +765,7 @@ async fn r1_an_invalidation_dropped_by_its_caller_is_still_applied() {
         inner: common::store(&server).await,
         delete_delay: Duration::from_millis(300),
         fail_fills: false,
+        joint_writes: false,
     };
     let cache: Cache<(u64, u64), String> = Cache::builder("r1")
         .store(slow)
@@ -829,6 +831,7 @@ async fn r2_a_failed_delete_does_not_bring_the_old_value_back_here() {
         inner: common::store(&server).await,
         delete_delay: Duration::from_secs(30),
         fail_fills: false,
+        joint_writes: false,
     };
     let cache: Cache<u64, String> = Cache::builder("r2")
         .store(slow)

@@ -479,6 +479,7 @@ async fn a_lease_is_released_even_when_the_fill_opened_the_breaker() {
         inner: shared.clone(),
         delete_delay: Duration::ZERO,
         fail_fills: true,
+        joint_writes: false,
     };
     let a: Cache<u64, String> = Cache::builder("stranded")
         .store(failing)
@@ -616,4 +617,61 @@ async fn set_calls(raw: &mut redis::aio::MultiplexedConnection) -> u64 {
         .and_then(|rest| rest.split(',').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+/// A cold cache asks for the lease in its first round trip, which also reads the key: where
+/// that read finds a stale copy (past its TTL, inside the stale-while-revalidate window), the
+/// copy answers at once and the load runs behind it, as on a warm cache — the read does not
+/// wait for the origin as it would on a miss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_cache_serves_a_stale_copy_its_lease_attempt_finds_while_revalidating() {
+    let server = common::redis();
+    let loads = Calls::default();
+    let build = |store| {
+        let loads = loads.clone();
+        Cache::<u64, String>::builder("leases-swr")
+            .store(store)
+            .ttl(Duration::from_millis(300))
+            .no_ttl_jitter()
+            .stale_while_revalidate(Duration::from_secs(30))
+            .xfetch_beta(0.0)
+            .loader(move |k: &u64| {
+                let (k, loads) = (*k, loads.clone());
+                async move {
+                    if k == 7 {
+                        loads.hit();
+                        tokio::time::sleep(Duration::from_millis(1_000)).await;
+                        return Ok::<_, OriginError>(Some("new".to_string()));
+                    }
+                    Ok(Some(format!("v{k}")))
+                }
+            })
+            .build()
+            .unwrap()
+    };
+    let writer = build(common::store(&server).await);
+    let reader = build(common::store(&server).await);
+    writer.set(&7, "old".to_string()).await.unwrap();
+    // Cold: the reader's reads miss, so it asks for the lease first.
+    for k in 1000..1300 {
+        assert!(reader.fetch(&k).await.unwrap().is_some());
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await; // key 7 is stale now
+    let started = Instant::now();
+    let got = reader.fetch(&7).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(got.as_deref().map(String::as_str), Some("old"));
+    assert!(
+        took < Duration::from_millis(500),
+        "the stale copy answered at once (took {took:?}, the origin takes 1 s)"
+    );
+    let refreshed = common::eventually(Duration::from_secs(5), async || {
+        reader.get(&7).await.unwrap().as_deref().map(String::as_str) == Some("new")
+    })
+    .await;
+    assert!(
+        refreshed,
+        "the load behind the stale answer refreshed the key"
+    );
+    assert_eq!(loads.get(), 1, "one origin call");
 }

@@ -247,3 +247,19 @@ async fn a_prefix_invalidation_that_fails_part_way_still_reaches_every_instance(
         served_old().await
     );
 }
+
+/// Writes go to their keys' nodes and events to the channel's: many tasks of one instance
+/// writing at once must still never look like lost events to a listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_of_one_instance_never_look_like_a_gap() {
+    let servers = servers();
+    let writer = Cache::<u64, String>::builder("shd-conc")
+        .store(sharded(&servers).await)
+        .build()
+        .unwrap();
+    let store_b = sharded(&servers).await;
+    let (listener, metrics) =
+        common::with_metrics(|| Cache::<u64, String>::builder("shd-conc").store(store_b));
+    common::concurrent_writes_never_look_like_a_gap("sharded", &writer, &listener, &metrics, 2_000)
+        .await;
+}

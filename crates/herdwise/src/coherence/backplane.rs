@@ -3,16 +3,18 @@
 //!
 //! Messages are `sender|sequence@sent_ms|kind|payload` on the namespace's channel
 //! (`herdwise:{ns:<ns>}:inv`): the sender id tells an instance to ignore its own messages,
-//! per-sender sequence numbers reveal lost ones, and the sender's wall-clock time of sending
-//! (unix ms; optional when parsing) gives the delivery lag (`herdwise_backplane_lag_seconds`). Whenever events may have been missed — a sequence gap, a resubscription
-//! after a disconnect or a Redis restart, a listener that fell behind — the instance demotes its
+//! per-sender sequence numbers reveal lost ones (a number skipped and not seen within a short
+//! grace: one sender's messages may overtake each other, see `sequence`), and the sender's
+//! wall-clock time of sending (unix ms; optional when parsing) gives the delivery lag
+//! (`herdwise_backplane_lag_seconds`). Whenever events may have been missed — a sequence gap, a
+//! resubscription after a disconnect or a Redis restart, a listener that fell behind — the
+//! instance demotes its
 //! whole L1 for the namespace (see `recovery`): every entry is checked against L2 before it is
 //! served again. So a lost event costs an L2 read per key, never stale data for longer than it
 //! takes to notice; and the L1 TTL cap remains the last net. A subscription the store reports
 //! lost (a closed connection, or one that stopped answering its health check) demotes L1 at
 //! once, and again every second until the subscription is back.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -20,15 +22,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use tokio::sync::broadcast;
+use tokio::time::Instant;
 
+use crate::coherence::sequence::Sequences;
 use crate::coherence::tags::TagLedger;
 use crate::metrics::CacheMetrics;
 use crate::store::{Publication, Store, StoreEvent};
 use crate::tiers::recovery::Recovery;
 use crate::tiers::remote::Remote;
-
-/// Most senders whose sequence is tracked; past it, tracking restarts (pods come and go).
-const MAX_SENDERS: usize = 10_000;
 
 /// What an event invalidates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,7 +274,8 @@ async fn listen(
     confirmed: bool,
     mut ended: ListenerEnded,
 ) {
-    let mut last: HashMap<u64, u64> = HashMap::new();
+    // Each sender's sequence: lost messages are told from late ones.
+    let mut sequences = Sequences::default();
     // A store that does not confirm subscriptions has them up from the start (in-process
     // messaging): every invalidation after the clock read now arrives as an event, so the
     // ledger is complete from it (else every tagged L1 entry stayed unverified and was checked
@@ -295,8 +297,20 @@ async fn listen(
     let mut deaf = false;
     let mut deaf_tick = tokio::time::interval(DEAF_DEMOTE);
     loop {
+        let overdue_at = sequences.next_deadline();
         let event = tokio::select! {
             event = events.recv() => event,
+            _ = tokio::time::sleep_until(overdue_at.unwrap_or_else(Instant::now)),
+                if overdue_at.is_some() =>
+            {
+                if sequences.overdue(Instant::now()) {
+                    let Some(inner) = inner.upgrade() else {
+                        return;
+                    };
+                    reset(&*inner, "gap").await;
+                }
+                continue;
+            }
             _ = deaf_tick.tick(), if deaf => {
                 let Some(inner) = inner.upgrade() else {
                     return;
@@ -342,7 +356,7 @@ async fn listen(
                 deaf = false;
                 inner.recovery().set_deaf(false);
                 if subscribed_before {
-                    last.clear();
+                    sequences.clear();
                     reset(&*inner, "resubscribed").await;
                 } else if let Some(clock) = inner.resync().await {
                     // Listening from here on: every later tag invalidation arrives as an event.
@@ -363,14 +377,11 @@ async fn listen(
                     let lag = crate::tiers::freshness::now_ms().saturating_sub(sent);
                     inner.metrics().backplane_lag.record(lag as f64 / 1000.0);
                 }
-                if last.len() >= MAX_SENDERS {
-                    last.clear();
-                }
-                let previous = last.insert(message.sender, message.sequence);
-                if previous.is_some_and(|p| message.sequence != p + 1) {
+                if sequences.arrived(message.sender, message.sequence, Instant::now()) {
                     // Something was missed: L1 is demoted. The message that showed it is still
                     // applied (a pending delete's hold, above all: L2 still has the old value
-                    // the demoted entries would be checked against).
+                    // the demoted entries would be checked against). A number skipped may
+                    // only be late: it is given `sequence::GRACE` to arrive (see above).
                     reset(&*inner, "gap").await;
                 }
                 match message.kind {

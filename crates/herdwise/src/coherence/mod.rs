@@ -4,6 +4,7 @@
 //!   gaps and lost subscriptions noticed.
 //! - `tags`: the tag clock, marks and this instance's ledger of them.
 //! - `retry`: invalidations that failed against L2, retried until applied or past their reach.
+//! - `sequence`: each sender's message numbers, lost ones told from late ones.
 //! - `pending`: deletes another instance announced as not applied yet (their L2 values held).
 //!
 //! Nothing here knows the cache: the cache hands each part the narrow interface it calls back.
@@ -11,4 +12,5 @@
 pub mod backplane;
 pub mod pending;
 pub mod retry;
+pub(crate) mod sequence;
 pub mod tags;

@@ -222,6 +222,9 @@ pub struct SlowDeletes<S> {
     pub delete_delay: Duration,
     /// Fenced fills fail (as a Redis timing out on them would), for breaker tests.
     pub fail_fills: bool,
+    /// Claims that a write and its event go in one round trip (as Redis on one server does),
+    /// so the cache hands its announcements to the writes (which send both, in order).
+    pub joint_writes: bool,
 }
 
 #[async_trait::async_trait]
@@ -231,6 +234,9 @@ impl<S: herdwise::Store + Clone> herdwise::Store for SlowDeletes<S> {
     }
     fn default_timeout(&self) -> Duration {
         self.inner.default_timeout()
+    }
+    fn publishes_with_writes(&self) -> bool {
+        self.joint_writes
     }
     async fn get(&self, key: &str) -> Result<Option<bytes::Bytes>, herdwise::StoreError> {
         self.inner.get(key).await
@@ -399,4 +405,56 @@ pub async fn reads_processed(raw: &mut redis::aio::MultiplexedConnection) -> u64
         .find_map(|l| l.strip_prefix("total_reads_processed:"))
         .and_then(|n| n.trim().parse().ok())
         .expect("INFO stats has total_reads_processed")
+}
+
+/// Writes `n` keys from `writer`, from many tasks at once, and checks that `listener` (built
+/// by [`with_metrics`], whose recorder is `metrics`) heard every announcement without taking
+/// any for a sign of lost events: however the writes race each other, one sender's events must
+/// not look like a gap (a gap demotes every L1 entry of every listener). `label` names the
+/// topology in the failure messages.
+pub async fn concurrent_writes_never_look_like_a_gap(
+    label: &str,
+    writer: &Cache<u64, String>,
+    listener: &Cache<u64, String>,
+    metrics: &Metrics,
+    n: u64,
+) {
+    use herdwise::metrics as m;
+    // Both listening: a write on the writer reaches the listener.
+    listener.get(&u64::MAX).await.unwrap();
+    let heard = eventually(Duration::from_secs(10), async || {
+        writer.set(&u64::MAX, "ping".to_string()).await.unwrap();
+        counter(metrics, m::BACKPLANE_RECEIVED, &[]) > 0
+    })
+    .await;
+    assert!(heard, "{label}: the listener hears the writer");
+    let before = counter(metrics, m::BACKPLANE_RECEIVED, &[]);
+    let gaps_before = counter(metrics, m::BACKPLANE_RESETS, &[("reason", "gap")]);
+    const TASKS: u64 = 16;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                for k in (t..n).step_by(TASKS as usize) {
+                    writer.set(&k, format!("v{k}")).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let all = eventually(Duration::from_secs(10), async || {
+        counter(metrics, m::BACKPLANE_RECEIVED, &[]) >= before + n
+    })
+    .await;
+    let got = counter(metrics, m::BACKPLANE_RECEIVED, &[]) - before;
+    assert!(all, "{label}: the listener received all {n} events ({got})");
+    // Give a late event, or a gap's grace, time to settle.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        counter(metrics, m::BACKPLANE_RESETS, &[("reason", "gap")]) - gaps_before,
+        0,
+        "{label}: {n} writes from {TASKS} tasks of one instance looked like lost events"
+    );
 }
