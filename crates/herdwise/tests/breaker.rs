@@ -123,16 +123,15 @@ async fn a_killed_redis_opens_it_a_failed_probe_reopens_it_and_a_restart_closes_
 async fn an_open_breaker_still_lets_invalidations_through() {
     let server = common::redis();
     let proxy = herdwise_testkit::Proxy::start(server.port()).unwrap();
-    let a_store = herdwise::RedisStore::connect(&proxy.url()).await.unwrap();
-    let (a, a_metrics) = common::with_metrics(|| {
-        Cache::<u64, String>::builder("brk-inv")
-            .store(a_store)
-            .circuit_breaker(
-                BreakerConfig::default()
-                    .min_calls(5)
-                    .open_for(Duration::from_secs(30)),
-            )
-    });
+    let a: Cache<u64, String> = Cache::builder("brk-inv")
+        .store(herdwise::RedisStore::connect(&proxy.url()).await.unwrap())
+        .circuit_breaker(
+            BreakerConfig::default()
+                .min_calls(5)
+                .open_for(Duration::from_secs(30)),
+        )
+        .build()
+        .unwrap();
     let b_store = common::store(&server).await;
     let (b, b_metrics) =
         common::with_metrics(|| Cache::<u64, String>::builder("brk-inv").store(b_store));
