@@ -189,7 +189,8 @@ impl Backplane {
 
     /// The channel (or stream) and message prefix for a tag invalidation that the store
     /// announces itself (it appends `<clock>|<tag>`). Takes a sequence number: if the store call
-    /// fails, the receivers see a gap and start over, which is the safe side.
+    /// fails, the receivers see a gap (once the number's grace to arrive late is over) and start
+    /// over, which is the safe side.
     pub fn tag_announcement(&self) -> (&str, Option<usize>, String) {
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
         let sent = crate::tiers::freshness::now_ms();
@@ -198,7 +199,8 @@ impl Backplane {
     }
 
     /// Announces an invalidation to the other instances; `false` if the store did not take it
-    /// (the receivers see a gap at this sender's next message).
+    /// (the receivers see a gap once this sender's next message arrived and the missing
+    /// number's grace to arrive late is over).
     pub async fn publish(&self, remote: &Remote, what: Invalidation<'_>) -> bool {
         let message = self.message(what);
         let sent = match self.stream_max_len {
@@ -303,6 +305,11 @@ async fn listen(
             _ = tokio::time::sleep_until(overdue_at.unwrap_or_else(Instant::now)),
                 if overdue_at.is_some() =>
             {
+                // Messages already queued are handled first: a late one may be among them
+                // (the grace runs from when the listener saw the skip, not from delivery).
+                if !events.is_empty() {
+                    continue;
+                }
                 if sequences.overdue(Instant::now()) {
                     let Some(inner) = inner.upgrade() else {
                         return;
@@ -404,7 +411,12 @@ async fn listen(
                     _ => {}
                 }
             }
-            Err(broadcast::error::RecvError::Lagged(_)) => reset(&*inner, "lagged").await,
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                // Messages were dropped here: what was awaited may be among them, and is
+                // covered by this reset.
+                sequences.clear();
+                reset(&*inner, "lagged").await
+            }
             Err(broadcast::error::RecvError::Closed) => {
                 // The store ended its messaging for good: restarting would not help, but from
                 // here on nothing is heard, so nothing is vouched for locally.

@@ -27,6 +27,10 @@ pub(crate) const MAX_SENDERS: usize = 10_000;
 /// Most skipped numbers waiting to arrive (all senders); past it, they count as lost.
 pub(crate) const MAX_MISSING: usize = 4_096;
 
+/// Most numbers given up on (their grace over) that are still recognised if they arrive
+/// after all: a late message is counted as a loss once, not twice.
+const MAX_GIVEN_UP: usize = 1_024;
+
 /// One sender's place.
 #[derive(Debug)]
 struct Sender {
@@ -43,46 +47,71 @@ pub(crate) struct Sequences {
     /// Skipped numbers in the order they were noticed: (noticed at, sender, number). Numbers
     /// that arrived meanwhile are skipped when they reach the front.
     waiting: VecDeque<(Instant, u64, u64)>,
+    /// Numbers still awaited, over every sender (`waiting` also holds arrived ones).
+    awaited: usize,
+    /// Numbers given up on lately: (sender, number).
+    given_up: VecDeque<(u64, u64)>,
 }
 
 impl Sequences {
     /// Records a message; `true` if it shows that events were missed (at once: it comes from
     /// before this sender's tracked range, or leaves too many numbers to wait for).
     pub(crate) fn arrived(&mut self, sender: u64, sequence: u64, now: Instant) -> bool {
+        // No message carries the last number (a sender would need 2^64 of them): a forged or
+        // broken one, and nothing to track past it.
+        let Some(after) = sequence.checked_add(1) else {
+            return true;
+        };
         if !self.senders.contains_key(&sender) && self.senders.len() >= MAX_SENDERS {
             // Whatever was waiting is given up on with them: counted as lost.
-            let lost = !self.waiting.is_empty();
-            self.senders.clear();
-            self.waiting.clear();
-            self.senders.insert(sender, first(sequence));
+            let lost = self.awaited > 0;
+            self.clear();
+            self.senders.insert(sender, first(after));
             return lost;
         }
-        let place = self.senders.entry(sender).or_insert_with(|| Sender {
-            next: sequence,
-            missing: HashSet::new(),
-        });
+        let place = self
+            .senders
+            .entry(sender)
+            .or_insert_with(|| first(sequence));
         if sequence == place.next {
-            place.next += 1;
+            place.next = after;
             return false;
         }
         if sequence < place.next {
-            // Late, and in time; or older than anything awaited (a duplicate, a restarted
-            // sender, a forged number): the safe side is to count it as a loss.
-            return !place.missing.remove(&sequence);
+            if place.missing.remove(&sequence) {
+                self.awaited -= 1;
+                return false; // late, and in time
+            }
+            if let Some(i) = self.given_up.iter().position(|&g| g == (sender, sequence)) {
+                // Later than its grace: counted as lost when the grace ended, not again.
+                self.given_up.remove(i);
+                return false;
+            }
+            // A duplicate, a restarted sender, a forged number: the safe side is a loss. One
+            // far below the tracked range moves the range there (a forged high number must
+            // not make every later message of the sender look old).
+            if place.next - sequence > MAX_MISSING as u64 {
+                self.awaited -= place.missing.len();
+                place.missing.clear();
+                place.next = after;
+            }
+            return true;
         }
-        let skipped = sequence - place.next;
-        if skipped as usize > MAX_MISSING - self.waiting.len().min(MAX_MISSING) {
+        let room = MAX_MISSING - self.awaited.min(MAX_MISSING);
+        let fits = usize::try_from(sequence - place.next).is_ok_and(|skipped| skipped <= room);
+        if !fits {
             // Too many to wait for: lost.
+            self.awaited -= place.missing.len();
             place.missing.clear();
-            place.next = sequence + 1;
-            self.waiting.retain(|&(_, s, _)| s != sender);
+            place.next = after;
             return true;
         }
         for missing in place.next..sequence {
             place.missing.insert(missing);
             self.waiting.push_back((now, sender, missing));
+            self.awaited += 1;
         }
-        place.next = sequence + 1;
+        place.next = after;
         false
     }
 
@@ -101,18 +130,29 @@ impl Sequences {
                 break;
             }
             self.waiting.pop_front();
-            if let Some(place) = self.senders.get_mut(&sender) {
-                lost |= place.missing.remove(&sequence);
+            let removed = self
+                .senders
+                .get_mut(&sender)
+                .is_some_and(|place| place.missing.remove(&sequence));
+            if removed {
+                self.awaited -= 1;
+                lost = true;
+                if self.given_up.len() >= MAX_GIVEN_UP {
+                    self.given_up.pop_front();
+                }
+                self.given_up.push_back((sender, sequence));
             }
         }
         lost
     }
 
-    /// Forgets every sender (after a resubscription: numbers may have been missed anyway, and
-    /// the caller starts over).
+    /// Forgets every sender (after a resubscription or a listener that fell behind: numbers
+    /// were missed anyway, and the caller starts over).
     pub(crate) fn clear(&mut self) {
         self.senders.clear();
         self.waiting.clear();
+        self.given_up.clear();
+        self.awaited = 0;
     }
 
     /// Pops the front entries whose numbers arrived.
@@ -130,9 +170,10 @@ impl Sequences {
     }
 }
 
-fn first(sequence: u64) -> Sender {
+/// A sender's place before any message from it: `next` is the first number it will send.
+fn first(next: u64) -> Sender {
     Sender {
-        next: sequence.saturating_add(1),
+        next,
         missing: HashSet::new(),
     }
 }
@@ -175,9 +216,10 @@ mod tests {
         assert!(s.overdue(t + GRACE));
         assert!(!s.overdue(t + GRACE * 2), "counted once");
         assert!(
-            s.arrived(1, 2, t + GRACE * 3),
-            "too late: older than awaited"
+            !s.arrived(1, 2, t + GRACE * 3),
+            "too late, and already counted: not again"
         );
+        assert!(s.arrived(1, 2, t + GRACE * 3), "a second copy is a loss");
         assert!(!s.arrived(1, 4, t + GRACE * 3));
     }
 
@@ -200,6 +242,32 @@ mod tests {
         s.arrived(1, 10, t);
         assert!(s.arrived(1, 10, t));
         assert!(s.arrived(1, 3, t));
+        assert!(!s.arrived(1, 11, t), "the range stays where it was");
+    }
+
+    #[test]
+    fn a_forged_high_number_does_not_make_every_later_message_look_old() {
+        let mut s = Sequences::default();
+        let t = Instant::now();
+        s.arrived(1, 1, t);
+        assert!(s.arrived(1, 1 << 40, t), "too many to wait for");
+        assert!(
+            s.arrived(1, 2, t),
+            "far below: a loss, and the range moves back"
+        );
+        assert!(!s.arrived(1, 3, t));
+        assert!(!s.arrived(1, 4, t));
+    }
+
+    #[test]
+    fn the_last_number_is_a_loss_and_does_not_overflow() {
+        let mut s = Sequences::default();
+        let t = Instant::now();
+        assert!(s.arrived(1, u64::MAX, t));
+        assert!(!s.arrived(2, u64::MAX - 1, t));
+        assert!(s.arrived(2, u64::MAX, t));
+        assert!(!s.arrived(3, 0, t));
+        assert!(!s.arrived(3, 1, t));
     }
 
     #[test]
