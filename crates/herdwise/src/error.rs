@@ -57,6 +57,30 @@ pub enum Error {
     Encode(Arc<str>),
 
     /// The loader returned an error. It was not cached; every coalesced caller got this error.
+    ///
+    /// Loaders may fail with any error that converts into a boxed error: their own error
+    /// types, `anyhow::Error`, `Box<dyn Error + Send + Sync>`. The error is kept as it was
+    /// returned, source chain included: downcast it, or walk its `source()`s.
+    ///
+    /// ```
+    /// use herdwise::{Cache, Error};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache: Cache<u64, String> = Cache::builder("users").build().unwrap();
+    /// let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "db timed out");
+    /// let got = cache
+    ///     .get_or_load(&7, |_| async move {
+    ///         Err::<Option<String>, _>(anyhow::Error::new(io).context("loading user 7"))
+    ///     })
+    ///     .await;
+    /// let Err(Error::Loader(err)) = got else { panic!("a loader error") };
+    /// assert_eq!(err.to_string(), "loading user 7");
+    /// let cause = err.source().expect("the chain is kept");
+    /// assert_eq!(cause.to_string(), "db timed out");
+    /// assert!(cause.downcast_ref::<std::io::Error>().is_some());
+    /// # }
+    /// ```
     #[error("loader failed: {0}")]
     Loader(Arc<dyn std::error::Error + Send + Sync + 'static>),
 

@@ -54,11 +54,11 @@ where
     K: ?Sized,
     F: Fn(&K) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
-    E: std::error::Error + Send + Sync + 'static,
+    E: Into<BoxError> + 'static,
 {
     fn load(&self, key: &K) -> BoxFuture<'static, Result<Option<V>, LoaderError>> {
         self(key)
-            .map(|r| r.map_err(|e| LoaderError(Box::new(e))))
+            .map(|r| r.map_err(|e| LoaderError(e.into())))
             .boxed()
     }
 }

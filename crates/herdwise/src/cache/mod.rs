@@ -477,7 +477,7 @@ where
     where
         F: FnOnce(&'k K) -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
-        E: std::error::Error + Send + Sync + 'static,
+        E: Into<crate::loader::BoxError> + 'static,
     {
         self.get_or_load_with(key, &LoadOptions::default(), loader)
             .await

@@ -405,7 +405,7 @@ where
     where
         F: FnOnce(&'k K) -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
-        E: std::error::Error + Send + Sync + 'static,
+        E: Into<crate::loader::BoxError> + 'static,
     {
         self.read_through(key, options, None, loader).await
     }
@@ -450,7 +450,7 @@ where
     where
         F: FnOnce(&'k K) -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
-        E: std::error::Error + Send + Sync + 'static,
+        E: Into<crate::loader::BoxError> + 'static,
     {
         self.read_through(key, options, Some(is_stale), loader)
             .await
@@ -468,7 +468,7 @@ where
     where
         F: FnOnce(&'k K) -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
-        E: std::error::Error + Send + Sync + 'static,
+        E: Into<crate::loader::BoxError> + 'static,
     {
         hit_yield_point().await;
         self.ensure_generation().await;
@@ -538,7 +538,7 @@ where
     where
         F: FnOnce(&'k K) -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
-        E: std::error::Error + Send + Sync + 'static,
+        E: Into<crate::loader::BoxError> + 'static,
     {
         // The call's tags are checked before the origin is asked (not at fill time, when the
         // only choice left would be to return the value uncached).
@@ -745,7 +745,7 @@ where
     where
         F: FnOnce(&'k K) -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
-        E: std::error::Error + Send + Sync + 'static,
+        E: Into<crate::loader::BoxError> + 'static,
     {
         let inner = &*self.inner;
         // A previous leader may have filled L1 between our miss and our election.
@@ -1034,7 +1034,7 @@ where
     where
         F: FnOnce(&'k K) -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
-        E: std::error::Error + Send + Sync + 'static,
+        E: Into<crate::loader::BoxError> + 'static,
     {
         let metrics = &self.inner.metrics;
         if let (FillMode::LocalOnly, Some(failed)) = (&mode, &windows.batch_l2_failed) {
@@ -1136,14 +1136,15 @@ where
             Ok(Err(err)) => {
                 metrics.load(LoadOutcome::Error, load_duration);
                 span.record("result", "error");
+                let err: crate::loader::BoxError = err.into();
                 tracing::debug!(key = stored_key, error = %err, "loader failed; nothing cached");
                 // A batch call shed by the origin limit is an overload, as for one key.
-                let shed = (&err as &dyn std::any::Any)
+                let shed = err
                     .downcast_ref::<BatchLoadError>()
                     .and_then(BatchLoadError::as_read_error);
                 let err = match shed {
                     Some(overloaded) => overloaded,
-                    None => Error::Loader(Arc::new(err)),
+                    None => Error::Loader(Arc::from(err)),
                 };
                 return self
                     .fail_safe(stored_key, mode, windows, fallback, err)

@@ -300,7 +300,7 @@ where
     where
         F: Fn(&K) -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
-        E: std::error::Error + Send + Sync + 'static,
+        E: Into<crate::loader::BoxError> + 'static,
     {
         self.warm_with_opts(keys, loader, WarmOptions::default())
             .await
@@ -330,7 +330,7 @@ where
     where
         F: Fn(&K) -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
-        E: std::error::Error + Send + Sync + 'static,
+        E: Into<crate::loader::BoxError> + 'static,
     {
         self.ensure_generation().await;
         let mut report = WarmReport::default();
@@ -380,7 +380,7 @@ where
     where
         F: FnOnce(&'k K) -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>> + 'k,
-        E: std::error::Error + Send + Sync + 'static,
+        E: Into<crate::loader::BoxError> + 'static,
     {
         let Ok(stored_key) = self.key_of(key) else {
             return WarmOutcome::Failed;

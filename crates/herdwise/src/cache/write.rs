@@ -90,7 +90,7 @@ where
     where
         F: FnOnce(&V) -> Fut,
         Fut: Future<Output = std::result::Result<Option<u64>, E>>,
-        E: std::error::Error + Send + Sync + 'static,
+        E: Into<crate::loader::BoxError> + 'static,
     {
         self.ensure_generation().await;
         let stored_key = self.key_of(key)?;
@@ -101,7 +101,7 @@ where
         let pending = RetryOnDrop::new(&self.inner, Retry::Key(stored_key.as_str().into()));
         let version = write(&value)
             .await
-            .map_err(|e| Error::OriginWrite(Arc::new(e)))?;
+            .map_err(|e| Error::OriginWrite(Arc::from(e.into())))?;
         let outcome = match version {
             Some(version) => self.set_versioned(key, value, version).await,
             None => self.set(key, value).await,
@@ -127,13 +127,15 @@ where
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = std::result::Result<T, E>>,
-        E: std::error::Error + Send + Sync + 'static,
+        E: Into<crate::loader::BoxError> + 'static,
     {
         self.ensure_generation().await;
         let stored_key = self.key_of(key)?;
         // As in `write_through`: armed from before the origin write.
         let pending = RetryOnDrop::new(&self.inner, Retry::Key(stored_key.as_str().into()));
-        let written = write().await.map_err(|e| Error::OriginWrite(Arc::new(e)))?;
+        let written = write()
+            .await
+            .map_err(|e| Error::OriginWrite(Arc::from(e.into())))?;
         self.invalidate_stored(&stored_key).await;
         pending.disarm();
         Ok(written)

@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the hot paths: envelope encode/decode, key encoding, the L1 hit.
 //!
-//! `cargo bench -p herdwise --bench hot_paths`
+//! `cargo bench -p herdwise-lab --bench hot_paths`
 
 use std::hint::black_box;
 use std::time::Duration;
