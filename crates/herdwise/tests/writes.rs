@@ -117,7 +117,7 @@ async fn write_through_caches_only_what_the_origin_accepted() {
         })
         .await
         .unwrap();
-    assert_eq!(outcome, WriteOutcome::Stored);
+    assert_eq!(outcome.cached.unwrap(), WriteOutcome::Stored);
     assert_eq!(
         cache
             .set_versioned(&1, "older".to_string(), 4)
@@ -175,7 +175,7 @@ async fn write_through_with_l2_down_invalidates_instead_of_leaving_the_old_value
         })
         .await
         .unwrap();
-    assert_eq!(outcome, WriteOutcome::LocalOnly);
+    assert_eq!(outcome.cached.unwrap(), WriteOutcome::LocalOnly);
     tokio::time::sleep(Duration::from_millis(200)).await;
     server.resume().unwrap();
     let reader = self::cache(&server).await;
@@ -187,4 +187,83 @@ async fn write_through_with_l2_down_invalidates_instead_of_leaving_the_old_value
         not_old,
         "L2 must not keep serving the value the origin replaced"
     );
+}
+
+/// Values with fields the database decides (ids, timestamps at its precision): the origin
+/// write returns the row, and that — not what the caller built — is what every instance reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_through_returning_caches_what_the_origin_returned() {
+    let server = common::redis();
+    let (a, b) = (cache(&server).await, cache(&server).await);
+    a.set(&4, "old".to_string()).await.unwrap();
+    assert_eq!(
+        b.get(&4).await.unwrap().as_deref().map(String::as_str),
+        Some("old")
+    );
+    let written = a
+        .write_through_returning(&4, || async {
+            // INSERT ... RETURNING: the row as stored, with its version
+            Ok::<_, anyhow::Error>(("id=4 at 12:00:00.123456".to_string(), Some(9)))
+        })
+        .await
+        .unwrap();
+    assert!(written.is_cached());
+    assert_eq!(written.version, Some(9));
+    assert_eq!(&*written.value, "id=4 at 12:00:00.123456");
+    let seen = common::eventually(Duration::from_secs(5), async || {
+        b.get(&4).await.unwrap().as_deref().map(String::as_str) == Some("id=4 at 12:00:00.123456")
+    })
+    .await;
+    assert!(seen, "the other instance reads the origin's value");
+    // Versioned: an older fill or write cannot replace it.
+    assert_eq!(
+        b.set_versioned(&4, "older".to_string(), 8).await.unwrap(),
+        WriteOutcome::RefusedOlder
+    );
+}
+
+/// The origin write committed, but the value cannot be cached (too large): the call says the
+/// write happened (`Ok`) and why the cache does not hold the value, and no instance serves the
+/// old value — before, the caller got an error after the commit and could not tell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_write_the_cache_cannot_hold_is_reported_not_failed() {
+    let server = common::redis();
+    let build = |store| {
+        Cache::<u64, String>::builder("writes-big")
+            .store(store)
+            .max_value_bytes(256)
+            .build()
+            .unwrap()
+    };
+    let a = build(common::store(&server).await);
+    let b = build(common::store(&server).await);
+    a.set(&5, "old".to_string()).await.unwrap();
+    assert_eq!(
+        b.get(&5).await.unwrap().as_deref().map(String::as_str),
+        Some("old")
+    );
+    let commits = Calls::default();
+    let written = {
+        let commits = commits.clone();
+        a.write_through(&5, "x".repeat(10_000), |_| async move {
+            commits.hit();
+            Ok::<_, OriginError>(None)
+        })
+        .await
+        .expect("the origin write happened: not an error")
+    };
+    assert_eq!(commits.get(), 1);
+    assert!(!written.is_cached());
+    assert!(
+        matches!(written.cached, Err(Error::ValueTooLarge { .. })),
+        "{:?}",
+        written.cached
+    );
+    assert_eq!(written.value.len(), 10_000);
+    assert_eq!(a.get(&5).await.unwrap(), None, "not the old value");
+    let dropped = common::eventually(Duration::from_secs(5), async || {
+        b.get(&5).await.unwrap().is_none()
+    })
+    .await;
+    assert!(dropped, "nor on the other instance");
 }

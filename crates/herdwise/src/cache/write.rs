@@ -51,24 +51,69 @@ impl WriteOptions {
     }
 }
 
+/// What a write-through did once its origin write succeeded ([`Cache::write_through`],
+/// [`Cache::write_through_returning`]): the origin has the value, and the cache tried to.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), herdwise::Error> {
+/// use herdwise::{Error, WriteOutcome};
+/// let cache: herdwise::Cache<u64, String> =
+///     herdwise::Cache::builder("notes").max_value_bytes(64).build()?;
+/// let written = cache
+///     .write_through(&1, "x".repeat(1_000), |_| async { Ok::<_, std::io::Error>(None) })
+///     .await?; // the row is committed: not an error
+/// // ...but the value was too large to cache: the key was invalidated instead.
+/// assert!(matches!(written.cached, Err(Error::ValueTooLarge { .. })));
+/// assert!(cache.get(&1).await?.is_none());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WrittenThrough<V> {
+    /// The value the origin has (for `write_through_returning`: the one it returned).
+    pub value: Arc<V>,
+    /// The version the origin gave it, if any.
+    pub version: Option<u64>,
+    /// What the cache did. `Ok(WriteOutcome::Stored)`: cached. `Ok(RefusedOlder)`: L2 holds a
+    /// newer version (the cache keeps that). `Ok(LocalOnly)`: L2 could not be written, the key
+    /// is invalidated everywhere (retried). `Err`: the cache could not hold the value
+    /// ([`Error::ValueTooLarge`], [`Error::Encode`], a bad tag): the key is invalidated
+    /// everywhere instead, so no instance serves the old value; the next read loads.
+    pub cached: Result<WriteOutcome>,
+}
+
+impl<V> WrittenThrough<V> {
+    /// Whether the value is in the cache now (L2 and this instance's L1).
+    pub fn is_cached(&self) -> bool {
+        matches!(self.cached, Ok(WriteOutcome::Stored))
+    }
+}
+
 impl<K, V> Cache<K, V>
 where
     K: CacheKey + ?Sized,
     V: Send + Sync + 'static,
 {
     /// Writes `value` to the origin with `write`, then caches it. `write` returns the version the
-    /// origin gave the value (a row version, an LSN), or `None` if it has none.
+    /// origin gave the value (a row version, an LSN), or `None` if it has none. Where the
+    /// origin decides part of the value (ids, timestamps at its precision, defaults, triggers),
+    /// use [`Cache::write_through_returning`]: it caches what the origin returns.
     ///
-    /// If `write` fails (or the call is dropped before the cache is updated), the value is not
-    /// cached and the key is invalidated everywhere, through the retry queue: a failed origin
-    /// write may still have committed (a timeout after the commit), so the old value is not
-    /// trusted either. The error comes back as [`Error::OriginWrite`](crate::Error::OriginWrite).
+    /// `Err` means the origin write did not happen as far as the cache knows: the key was
+    /// invalid ([`Error::InvalidKey`](crate::Error::InvalidKey), nothing was written), or
+    /// `write` failed ([`Error::OriginWrite`](crate::Error::OriginWrite)). A failed origin
+    /// write may still have committed (a timeout after the commit), so the key is invalidated
+    /// everywhere then too, through the retry queue — as when the call is dropped before the
+    /// cache is updated. `Ok` means the origin write succeeded, whatever the cache then did:
+    /// see [`WrittenThrough::cached`].
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), herdwise::Error> {
+    /// use herdwise::WriteOutcome;
     /// let cache: herdwise::Cache<u64, String> = herdwise::Cache::builder("users").build()?;
-    /// cache
+    /// let written = cache
     ///     .write_through(&7, "ada".to_string(), |name| {
     ///         let name = name.clone();
     ///         async move {
@@ -78,6 +123,8 @@ where
     ///         }
     ///     })
     ///     .await?;
+    /// assert_eq!(written.version, Some(42));
+    /// assert!(matches!(written.cached, Ok(WriteOutcome::Stored)));
     /// assert_eq!(cache.get(&7).await?.as_deref().map(String::as_str), Some("ada"));
     /// # Ok(()) }
     /// ```
@@ -86,29 +133,86 @@ where
         key: &K,
         value: impl Into<Arc<V>>,
         write: F,
-    ) -> Result<WriteOutcome>
+    ) -> Result<WrittenThrough<V>>
     where
         F: FnOnce(&V) -> Fut,
         Fut: Future<Output = std::result::Result<Option<u64>, E>>,
         E: Into<crate::loader::BoxError> + 'static,
     {
+        let value = value.into();
+        self.write_through_returning(key, || async {
+            let version = write(&value).await?;
+            Ok::<_, E>((value.clone(), version))
+        })
+        .await
+    }
+
+    /// Write-through where the origin hands back the value to cache: `write` writes (an
+    /// `INSERT ... RETURNING *`, an `UPDATE ... RETURNING *`) and returns the row as the origin
+    /// stored it, with its version if it has one. What the origin returned is cached — not
+    /// what the caller built before the write — so database-assigned ids, timestamps at the
+    /// database's precision and defaults are cached as they are.
+    ///
+    /// Errors and outcomes as [`Cache::write_through`]: `Err` only if the origin write did not
+    /// (knowingly) happen; once it did, `Ok`, with what the cache did in
+    /// [`WrittenThrough::cached`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    /// struct User { id: u64, name: String, updated_at_us: i64 }
+    ///
+    /// let cache: herdwise::Cache<u64, User> = herdwise::Cache::builder("users").build()?;
+    /// let written = cache
+    ///     .write_through_returning(&7, || async {
+    ///         // UPDATE users SET name = 'ada' WHERE id = 7 RETURNING id, name, updated_at, version
+    ///         let row = User { id: 7, name: "ada".into(), updated_at_us: 1_764_000_000_123_456 };
+    ///         Ok::<_, anyhow::Error>((row, Some(43)))
+    ///     })
+    ///     .await?;
+    /// assert_eq!(written.value.updated_at_us, 1_764_000_000_123_456);
+    /// assert_eq!(cache.get(&7).await?.as_deref(), Some(&*written.value));
+    /// # Ok(()) }
+    /// ```
+    pub async fn write_through_returning<F, Fut, T, E>(
+        &self,
+        key: &K,
+        write: F,
+    ) -> Result<WrittenThrough<V>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<(T, Option<u64>), E>>,
+        T: Into<Arc<V>>,
+        E: Into<crate::loader::BoxError> + 'static,
+    {
         self.ensure_generation().await;
         let stored_key = self.key_of(key)?;
-        let value = value.into();
         // Armed from before the origin write until the cache is updated: a caller dropped on
         // the way (or an origin write that failed, maybe after committing) leaves an
         // invalidation to the retry queue, never the old value in L2.
         let pending = RetryOnDrop::new(&self.inner, Retry::Key(stored_key.as_str().into()));
-        let version = write(&value)
+        let (value, version) = write()
             .await
             .map_err(|e| Error::OriginWrite(Arc::from(e.into())))?;
-        let outcome = match version {
-            Some(version) => self.set_versioned(key, value, version).await,
-            None => self.set(key, value).await,
+        let value = value.into();
+        // From here the origin has the value: whatever the cache does is reported, not
+        // returned as an error. (A value the cache cannot hold — too large, not encodable, a
+        // bad tag — invalidates the key everywhere: `Cache::write`.)
+        let cached = match version {
+            Some(version) => self.set_versioned(key, value.clone(), version).await,
+            None => self.set(key, value.clone()).await,
         };
+        if let Err(err) = &cached {
+            tracing::debug!(key = %stored_key, error = %err, "origin written, value not cached");
+        }
         // (L2 not written, `LocalOnly`: the write invalidated the key, with retries.)
         pending.disarm();
-        outcome
+        Ok(WrittenThrough {
+            value,
+            version,
+            cached,
+        })
     }
 
     /// Writes to the origin with `write`, then invalidates `key` everywhere (L1 of every
