@@ -932,6 +932,8 @@ where
                     weigher: self.weigher,
                     ttl_from: self.ttl_from,
                     scope_log: crate::throttle::LogThrottle::new(Duration::from_secs(1)),
+                    uncached_log: crate::throttle::LogThrottle::new(Duration::from_secs(1)),
+                    corrupt_log: crate::throttle::LogThrottle::new(Duration::from_secs(1)),
                 },
                 protect: Protection {
                     flights: Flights::new(self.max_in_flight),

@@ -238,12 +238,15 @@ where
                 match &rejected {
                     Rejected::Corrupt(reason) => {
                         inner.metrics.corrupt_entries.increment(1);
-                        tracing::warn!(
-                            namespace = inner.keys.namespace(),
-                            key = stored_key,
-                            %reason,
-                            "corrupt cache entry: treated as a miss and deleted"
-                        );
+                        if let Some(suppressed) = inner.format.corrupt_log.allow() {
+                            tracing::warn!(
+                                namespace = inner.keys.namespace(),
+                                key = stored_key,
+                                %reason,
+                                suppressed,
+                                "corrupt cache entry: treated as a miss and deleted"
+                            );
+                        }
                     }
                     Rejected::OutOfScope(None) => {
                         // Written by a build from before the scope check (a rolling upgrade),

@@ -109,6 +109,11 @@ pub(crate) struct Format<V> {
     ttl_from: Option<crate::cache::entries::TtlFrom<V>>,
     /// Scope violations are logged at most once a second.
     scope_log: crate::throttle::LogThrottle,
+    /// Loaded values that cannot be cached (too large, not encodable, bad tags): at most one
+    /// warning a second, with the count it stands for (they repeat on every read of the key).
+    uncached_log: crate::throttle::LogThrottle,
+    /// Corrupt entries read: likewise.
+    corrupt_log: crate::throttle::LogThrottle,
 }
 
 /// The herd defenses of one cache.

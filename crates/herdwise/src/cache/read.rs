@@ -1168,7 +1168,15 @@ where
             Err(err) => {
                 // The value is good; only its tags are not (e.g. derived past the cap).
                 metrics.encode_failures.increment(1);
-                tracing::warn!(key = stored_key, error = %err, "loaded value not cached");
+                if let Some(suppressed) = self.inner.format.uncached_log.allow() {
+                    tracing::warn!(
+                        key = stored_key,
+                        error = %err,
+                        suppressed,
+                        "loaded value not cached (returned to the callers; the next read loads \
+                         again)"
+                    );
+                }
                 self.release(mode).await;
                 return Ok(Fetched::fresh(value));
             }
@@ -1284,7 +1292,15 @@ where
                     Error::ValueTooLarge { .. } => inner.metrics.too_large.increment(1),
                     _ => inner.metrics.encode_failures.increment(1),
                 }
-                tracing::warn!(key = stored_key, error = %err, "loaded value not cached");
+                if let Some(suppressed) = inner.format.uncached_log.allow() {
+                    tracing::warn!(
+                        key = stored_key,
+                        error = %err,
+                        suppressed,
+                        "loaded value not cached (returned to the callers; the next read loads \
+                         again)"
+                    );
+                }
                 return self.release(mode).await;
             }
         };
