@@ -30,8 +30,9 @@ pub enum Error {
     #[error("invalid cache key: {0}")]
     InvalidKey(#[from] KeyError),
 
-    /// A tag is empty, longer than 128 bytes, or contains a control character.
-    #[error("invalid tag {0:?}: tags are 1-128 bytes without control characters")]
+    /// A tag is empty, longer than `max_tag_bytes` (default 512), or contains a control
+    /// character.
+    #[error("invalid tag {0:?}: tags are 1 to max_tag_bytes (default 512) bytes without control characters")]
     InvalidTag(String),
 
     /// An entry would carry more tags than the cache allows (`max_tags_per_entry`).

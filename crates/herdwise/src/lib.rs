@@ -80,7 +80,7 @@ pub use cache::write::{WriteOptions, WrittenThrough};
 pub use cache::{Cache, WriteOutcome};
 pub use codec::{Codec, CodecError, Json, Postcard};
 pub use coherence::backplane::BackplaneTransport;
-pub use coherence::tags::DEFAULT_MAX_TAGS_PER_ENTRY;
+pub use coherence::tags::{DEFAULT_MAX_TAGS_PER_ENTRY, DEFAULT_MAX_TAG_BYTES};
 pub use envelope::Compression;
 pub use error::{Error, Result};
 pub use key::{encode_key, CacheKey, KeyEncoder, KeyError};

@@ -248,8 +248,88 @@ async fn bad_tags_are_clear_errors_and_nothing_stale_is_left() {
         Err(Error::InvalidTag(_))
     ));
     assert!(matches!(
-        cache.invalidate_tag(&"x".repeat(129)).await,
+        cache.invalidate_tag(&"x".repeat(513)).await,
         Err(Error::InvalidTag(_))
+    ));
+}
+
+/// Tags as long as keys (a path, a tenant and a collection): accepted up to `max_tag_bytes`
+/// (default 512), stored by digest past the envelope's 128 bytes, invalidated from another
+/// instance like any other tag. Before, a tag of 129 bytes failed the whole call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_tag_works_like_any_other_and_past_the_limit_is_refused() {
+    let server = common::redis();
+    let (a, b) = (instance(&server).await, instance(&server).await);
+    let long = format!("tenant:acme:folder:{}", "projects/2026/".repeat(30)); // 439 bytes
+    let other = format!("{long}x");
+    let tagged = WriteOptions::default().tags([&long]);
+    a.set_with(&1, "one".to_string(), &tagged).await.unwrap();
+    a.set_with(
+        &2,
+        "two".to_string(),
+        &WriteOptions::default().tags([&other]),
+    )
+    .await
+    .unwrap();
+    let loaded = b
+        .get_or_load_with(&3, &LoadOptions::default().tags([&long]), |_| async {
+            Ok::<_, OriginError>(Some("three".to_string()))
+        })
+        .await
+        .unwrap();
+    assert!(loaded.value.is_some());
+    for key in [1, 2, 3] {
+        assert!(value(&b, key).await.is_some());
+    }
+    // The stored entry carries the digest, not the long tag.
+    let mut raw = common::raw(&server).await;
+    let bytes: Vec<u8> = redis::cmd("GET")
+        .arg(a.stored_key(&1).unwrap())
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("sha256:"), "stored by digest");
+    assert!(!text.contains("projects/2026/"), "not in full");
+    b.invalidate_tag(&long).await.unwrap();
+    for cache in [&a, &b] {
+        let gone = common::eventually(Duration::from_secs(3), async || {
+            value(cache, 1).await.is_none() && value(cache, 3).await.is_none()
+        })
+        .await;
+        assert!(gone, "the long tag's entries are invalidated everywhere");
+        assert_eq!(
+            value(cache, 2).await.as_deref(),
+            Some("two"),
+            "a tag one byte longer is another tag"
+        );
+    }
+    // Past the limit: the write fails (and the key is invalidated), nothing is loaded.
+    let too_long = "t".repeat(513);
+    let err = a
+        .set_with(
+            &2,
+            "new".to_string(),
+            &WriteOptions::default().tags([&too_long]),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidTag(_)), "{err}");
+    assert_eq!(
+        value(&a, 2).await,
+        None,
+        "the old value is not left in place"
+    );
+    // The limit is the builder's.
+    let wide: Cache<u64, String> = Cache::builder("tags")
+        .store(common::store(&server).await)
+        .max_tag_bytes(1_024)
+        .build()
+        .unwrap();
+    wide.invalidate_tag(&too_long).await.unwrap();
+    assert!(matches!(
+        Cache::<u64, String>::builder("tags").max_tag_bytes(0).build(),
+        Err(Error::Config(option)) if option.contains("max_tag_bytes")
     ));
 }
 

@@ -13,7 +13,9 @@ use crate::cache::{Cache, Coherence, Format, Inner, Operations, Protection, Read
 use crate::coherence::backplane::{Backplane, BackplaneTransport};
 use crate::coherence::pending::PendingDeletes;
 use crate::coherence::retry::RetryQueue;
-use crate::coherence::tags::{table_key, TagLedger, TagsFrom, DEFAULT_MAX_TAGS_PER_ENTRY};
+use crate::coherence::tags::{
+    table_key, TagLedger, TagsFrom, DEFAULT_MAX_TAGS_PER_ENTRY, DEFAULT_MAX_TAG_BYTES,
+};
 use crate::envelope::Compression;
 use crate::envelope::MAX_STORED_TAGS;
 use crate::error::{Error, Result};
@@ -126,6 +128,7 @@ pub struct CacheBuilder<K: ?Sized, V> {
     origin_limit: OriginLimitChoice,
     hot_keys: usize,
     max_tags: usize,
+    max_tag_bytes: usize,
     tags_from: Option<TagsFrom<V>>,
     recovery_window: Duration,
     rewarm: Option<RewarmPolicy>,
@@ -206,6 +209,7 @@ where
             origin_limit: OriginLimitChoice::Adaptive(AdaptiveLimit::default()),
             hot_keys: DEFAULT_HOT_KEYS,
             max_tags: DEFAULT_MAX_TAGS_PER_ENTRY,
+            max_tag_bytes: DEFAULT_MAX_TAG_BYTES,
             tags_from: None,
             recovery_window: DEFAULT_RECOVERY_WINDOW,
             rewarm: Some(RewarmPolicy::default()),
@@ -654,6 +658,37 @@ where
         self
     }
 
+    /// Longest tag in bytes (default 512, as for keys; at most 1 MiB), tenant prefix
+    /// included. Tags up to 128 bytes are stored as they are; longer ones by a digest
+    /// (`sha256:` and 32 hex digits of the tag's SHA-256; [`Cache::invalidate_tag`] applies
+    /// the same, so they work like any other tag).
+    ///
+    /// What a tag that is too long (or empty, or with control characters) does depends on the
+    /// call: a write that carries it (`set_with`, `write_through`) fails with
+    /// [`Error::InvalidTag`](crate::Error::InvalidTag) and the key is invalidated (its old value
+    /// is not served in place of the new one); a load's own tags (`LoadOptions::tags`) are
+    /// checked before the origin is asked (the same error, nothing loaded); tags derived from
+    /// a loaded value (`tags_from`) that fail leave the value returned but not cached (counted
+    /// in `herdwise_uncacheable_values_total{reason="encode"}`, logged at most once a second)
+    /// — never cached without the tag, which would let it survive that tag's invalidation;
+    /// `invalidate_tag` fails with `Error::InvalidTag`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// use herdwise::{Cache, WriteOptions};
+    /// let cache: Cache<u64, String> = Cache::builder("docs").max_tag_bytes(1_024).build()?;
+    /// let long = format!("folder:{}", "a/".repeat(300)); // 607 bytes
+    /// cache.set_with(&1, "x".to_string(), &WriteOptions::default().tags([&long])).await?;
+    /// cache.invalidate_tag(&long).await?;
+    /// assert_eq!(cache.get(&1).await?, None);
+    /// # Ok(()) }
+    /// ```
+    pub fn max_tag_bytes(mut self, bytes: usize) -> Self {
+        self.max_tag_bytes = bytes;
+        self
+    }
+
     /// Most tags one entry may carry (default 16, at most 64). Tags cost bytes on every entry
     /// and a check on every read of a tagged entry: tag by what gets invalidated together
     /// (`category:shoes`), not by every attribute.
@@ -803,6 +838,11 @@ where
         if matches!(self.origin_limit, OriginLimitChoice::Fixed(0, _)) {
             return Err(Error::Config(
                 "origin_concurrency_limit must allow at least one load".into(),
+            ));
+        }
+        if self.max_tag_bytes == 0 || self.max_tag_bytes > 1 << 20 {
+            return Err(Error::Config(
+                "max_tag_bytes must be within 1..=1048576".into(),
             ));
         }
         if self.max_tags == 0 || self.max_tags > MAX_STORED_TAGS {
@@ -961,6 +1001,7 @@ where
                     tag_table_key: table_key(&self.namespace),
                     tag_mark_ttl,
                     max_tags: self.max_tags,
+                    max_tag_bytes: self.max_tag_bytes,
                     tags_from: self.tags_from,
                 },
                 ops: Operations {

@@ -11,7 +11,7 @@ use crate::cache::{Cache, Inner};
 use crate::coherence::backplane::{Invalidation, Subscriber};
 use crate::coherence::retry::{Retry, RetryHost, RetryOnDrop, RetryQueue};
 use crate::coherence::tags::TagLedger;
-use crate::coherence::tags::{collect_tags, validate_tag, Verdict};
+use crate::coherence::tags::{collect_tags, tag_as_stored, Verdict};
 use crate::envelope::TagStamp;
 use crate::error::Result;
 use crate::metrics::CacheMetrics;
@@ -250,14 +250,15 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
-        validate_tag(tag)?;
+        let max_bytes = self.inner.coherence.max_tag_bytes;
+        tag_as_stored(tag, max_bytes)?;
         // A tenant-scoped namespace's tags are the tenants' (`acme:x` on the root handle would
         // be tenant acme's tag `x`).
         if self.tenant.is_none() && self.inner.keys.tenant_required() {
             return Err(crate::KeyError::TenantRequired(self.namespace().into()).into());
         }
-        let tag = &*self.scoped_tag(tag);
-        validate_tag(tag)?;
+        let scoped = self.scoped_tag(tag);
+        let tag = &*tag_as_stored(&scoped, max_bytes)?;
         self.ensure_backplane();
         self.ensure_generation().await;
         let inner = &self.inner;
@@ -368,9 +369,14 @@ where
                 collect_tags(
                     scoped.iter().map(String::as_str),
                     self.inner.coherence.max_tags,
+                    self.inner.coherence.max_tag_bytes,
                 )?
             }
-            false => collect_tags(all, self.inner.coherence.max_tags)?,
+            false => collect_tags(
+                all,
+                self.inner.coherence.max_tags,
+                self.inner.coherence.max_tag_bytes,
+            )?,
         };
         Ok(Some(Arc::new(TagStamp { clock, tags })))
     }

@@ -153,6 +153,8 @@ pub(crate) struct Coherence<V> {
     tag_mark_ttl: Duration,
     /// Most tags on one entry.
     max_tags: usize,
+    /// Longest tag accepted (longer than the envelope's limit: stored by digest).
+    max_tag_bytes: usize,
     /// Tags derived from every value the cache stores.
     tags_from: Option<TagsFrom<V>>,
 }

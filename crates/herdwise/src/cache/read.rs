@@ -159,7 +159,7 @@ pub struct LoadOptions {
 
 impl LoadOptions {
     /// Tags the loaded entry carries (for [`Cache::invalidate_tag`]), in addition to those the
-    /// cache derives from the value. Checked before loading: 1-128 bytes each, no control
+    /// cache derives from the value. Checked before loading: 1 to `max_tag_bytes` bytes each, no control
     /// characters, at most `max_tags_per_entry` in all ([`Error::InvalidTag`],
     /// [`Error::TooManyTags`]).
     ///
@@ -543,7 +543,12 @@ where
         // The call's tags are checked before the origin is asked (not at fill time, when the
         // only choice left would be to return the value uncached).
         if let Some(tags) = windows.tags.as_deref() {
-            collect_tags(tags.iter().map(|t| &**t), self.inner.coherence.max_tags)?;
+            let coherence = &self.inner.coherence;
+            collect_tags(
+                tags.iter().map(|t| &**t),
+                coherence.max_tags,
+                coherence.max_tag_bytes,
+            )?;
         }
         let mut fallback = fallback;
         if let Some(answer) = self

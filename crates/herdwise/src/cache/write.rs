@@ -39,7 +39,7 @@ impl WriteOptions {
 
     /// Tags the entry carries, in addition to those the cache derives from the value
     /// ([`CacheBuilder::tags_from`](crate::CacheBuilder::tags_from)). Checked when the write
-    /// happens: 1-128 bytes each, no control characters, at most `max_tags_per_entry` in all.
+    /// happens: 1 to `max_tag_bytes` bytes each (default 512), no control characters, at most `max_tags_per_entry` in all.
     pub fn tags<I, T>(mut self, tags: I) -> Self
     where
         I: IntoIterator<Item = T>,

@@ -19,6 +19,7 @@
 //! whose answers then stay in the ledger. Whenever events may have been missed, the ledger starts
 //! over, exactly like L1.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,23 +43,45 @@ const MAX_PENDING: usize = 10_000;
 /// How often pending invalidations past their life are pruned (on the next invalidation).
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
-/// Checks a tag: 1..=128 bytes, no control characters.
-pub(crate) fn validate_tag(tag: &str) -> Result<()> {
-    if tag.is_empty() || tag.len() > MAX_TAG_BYTES || tag.chars().any(char::is_control) {
+/// Default longest tag, in bytes (as for keys: `DEFAULT_MAX_KEY_BYTES`).
+pub const DEFAULT_MAX_TAG_BYTES: usize = 512;
+
+/// Prefix of a tag stored by its digest.
+const DIGEST_PREFIX: &str = "sha256:";
+
+/// Checks a tag (1..=`max_bytes` bytes, no control characters) and gives it as it is stored
+/// and announced: itself up to the envelope's [`MAX_TAG_BYTES`], or `sha256:` and the first 32
+/// hex digits of its SHA-256 past that — the same for every writer (a non-Rust one included)
+/// and for `invalidate_tag`, so a long tag works like any other. (Two long tags sharing a
+/// 128-bit digest would invalidate each other's entries: the safe side.)
+pub(crate) fn tag_as_stored(tag: &str, max_bytes: usize) -> Result<Cow<'_, str>> {
+    if tag.is_empty() || tag.len() > max_bytes || tag.chars().any(char::is_control) {
         return Err(Error::InvalidTag(tag.chars().take(160).collect()));
     }
-    Ok(())
+    if tag.len() <= MAX_TAG_BYTES && !tag.starts_with(DIGEST_PREFIX) {
+        return Ok(Cow::Borrowed(tag));
+    }
+    // (A short tag that looks like a digest is digested too: it cannot meet a long tag's.)
+    let digest = ring::digest::digest(&ring::digest::SHA256, tag.as_bytes());
+    let mut out = String::with_capacity(DIGEST_PREFIX.len() + 32);
+    out.push_str(DIGEST_PREFIX);
+    for byte in &digest.as_ref()[..16] {
+        out.push_str(&format!("{byte:02x}"));
+    }
+    Ok(Cow::Owned(out))
 }
 
-/// Validates and de-duplicates `tags`, enforcing the per-entry cap.
+/// Validates, de-duplicates and stores `tags` (see [`tag_as_stored`]), enforcing the per-entry
+/// cap.
 pub(crate) fn collect_tags<'a>(
     tags: impl IntoIterator<Item = &'a str>,
     cap: usize,
+    max_bytes: usize,
 ) -> Result<Box<[Box<str>]>> {
     let mut out: Vec<Box<str>> = Vec::new();
     for tag in tags {
-        validate_tag(tag)?;
-        if !out.iter().any(|t| &**t == tag) {
+        let tag = tag_as_stored(tag, max_bytes)?;
+        if !out.iter().any(|t| **t == *tag) {
             out.push(tag.into());
         }
     }
@@ -373,6 +396,27 @@ impl TagLedger {
 mod tests {
     use super::*;
 
+    #[test]
+    fn long_tags_are_stored_by_a_digest_any_language_can_compute() {
+        assert_eq!(tag_as_stored("shoes", 512).unwrap(), "shoes");
+        let exactly = "a".repeat(MAX_TAG_BYTES);
+        assert_eq!(tag_as_stored(&exactly, 512).unwrap(), exactly);
+        // python3 -c "import hashlib; print(hashlib.sha256(b'a'*129).hexdigest()[:32])"
+        assert_eq!(
+            tag_as_stored(&"a".repeat(129), 512).unwrap(),
+            "sha256:c12cb024a2e5551cca0e08fce8f1c5e3"
+        );
+        // A short tag that looks like a digest is digested too.
+        assert_eq!(
+            tag_as_stored("sha256:x", 512).unwrap(),
+            "sha256:fe8eb9ab9836bcf963c044b6f84eb71c"
+        );
+        for bad in ["", "a\tb", &"a".repeat(513)] {
+            assert!(matches!(tag_as_stored(bad, 512), Err(Error::InvalidTag(_))));
+        }
+        assert!(tag_as_stored(&"a".repeat(513), 1_024).is_ok());
+    }
+
     fn table(clock: u64, floor: u64, marks: &[u64]) -> TagTable {
         TagTable {
             clock,
@@ -402,19 +446,22 @@ mod tests {
 
     #[test]
     fn tags_are_validated_deduplicated_and_capped() {
-        assert!(collect_tags(["a", "b", "a"], 16).unwrap().len() == 2);
-        assert!(matches!(collect_tags([""], 16), Err(Error::InvalidTag(_))));
+        assert!(collect_tags(["a", "b", "a"], 16, 512).unwrap().len() == 2);
         assert!(matches!(
-            collect_tags(["a\nb"], 16),
-            Err(Error::InvalidTag(_))
-        ));
-        let long = "x".repeat(129);
-        assert!(matches!(
-            collect_tags([long.as_str()], 16),
+            collect_tags([""], 16, 512),
             Err(Error::InvalidTag(_))
         ));
         assert!(matches!(
-            collect_tags(["a", "b", "c"], 2),
+            collect_tags(["a\nb"], 16, 512),
+            Err(Error::InvalidTag(_))
+        ));
+        let long = "x".repeat(513);
+        assert!(matches!(
+            collect_tags([long.as_str()], 16, 512),
+            Err(Error::InvalidTag(_))
+        ));
+        assert!(matches!(
+            collect_tags(["a", "b", "c"], 2, 512),
             Err(Error::TooManyTags { count: 3, limit: 2 })
         ));
     }
