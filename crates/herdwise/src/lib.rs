@@ -75,7 +75,7 @@ pub use cache::builder::{
 };
 pub use cache::read::{Fetched, LoadOptions, Source};
 pub use cache::refresh::RefreshAhead;
-pub use cache::warm::{RewarmPolicy, WarmOptions, WarmReport};
+pub use cache::warm::{ReadinessProbe, RewarmPolicy, WarmOptions, WarmReport};
 pub use cache::write::{WriteOptions, WrittenThrough};
 pub use cache::{Cache, WriteOutcome};
 pub use codec::{Codec, CodecError, Json, Postcard};

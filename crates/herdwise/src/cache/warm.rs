@@ -219,6 +219,82 @@ where
     pub fn is_warm(&self) -> bool {
         self.inner.ops.warmed.load(Ordering::Acquire)
     }
+
+    /// Whether the remote tier answers now: one round trip through the store deadline and the
+    /// breaker (the namespace's tag table read: the cache uses the answer too). `false` when
+    /// the call fails — a Redis that is down or frozen, one that answers every command with
+    /// an error (`NOAUTH` after a password change, `WRONGPASS`), or an open breaker.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// let cache: herdwise::Cache<u64, u64> = herdwise::Cache::builder("ready").build()?;
+    /// assert!(cache.remote_healthy().await); // the embedded store always answers
+    /// # Ok(()) }
+    /// ```
+    pub async fn remote_healthy(&self) -> bool {
+        self.inner.sync_generation().await.is_some()
+    }
+
+    /// A readiness probe's answer for what `probe` requires: a completed warm-up
+    /// ([`Cache::is_warm`]) and/or a remote tier that answers ([`Cache::remote_healthy`]).
+    ///
+    /// For Kubernetes: a failing readiness probe takes the pod out of the Service, so require
+    /// the remote tier only where the service is of no use without it. Herdwise keeps
+    /// serving when Redis is down (L1, the origin behind the adaptive limit): requiring Redis
+    /// takes *every* pod out at once when it fails — an outage of its own. The usual choice is
+    /// readiness = warmed, and remote health as a metric and alert (`herdwise_breaker_state`,
+    /// `herdwise_l2_calls_total{outcome="error"}`); never a liveness probe on Redis (the pods
+    /// would restart in a loop).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// use herdwise::ReadinessProbe;
+    /// let cache: herdwise::Cache<u64, u64> = herdwise::Cache::builder("ready").build()?;
+    /// assert!(cache.is_ready(&ReadinessProbe::new()).await); // nothing required
+    /// assert!(!cache.is_ready(&ReadinessProbe::new().warmed()).await);
+    /// assert!(cache.is_ready(&ReadinessProbe::new().remote_healthy()).await);
+    /// # Ok(()) }
+    /// ```
+    pub async fn is_ready(&self, probe: &ReadinessProbe) -> bool {
+        if probe.warmed && !self.is_warm() {
+            return false;
+        }
+        !probe.remote || self.remote_healthy().await
+    }
+}
+
+/// What [`Cache::is_ready`] requires (nothing, by default).
+///
+/// ```
+/// let probe = herdwise::ReadinessProbe::new().warmed().remote_healthy();
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[must_use]
+pub struct ReadinessProbe {
+    warmed: bool,
+    remote: bool,
+}
+
+impl ReadinessProbe {
+    /// Requires nothing: ready once built.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Requires a completed warm-up ([`Cache::is_warm`]).
+    pub fn warmed(mut self) -> Self {
+        self.warmed = true;
+        self
+    }
+
+    /// Requires the remote tier to answer ([`Cache::remote_healthy`]). Read the caveat on
+    /// [`Cache::is_ready`] first.
+    pub fn remote_healthy(mut self) -> Self {
+        self.remote = true;
+        self
+    }
 }
 
 impl<K, V> Cache<K, V>
