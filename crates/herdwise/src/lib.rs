@@ -30,6 +30,37 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Values come back as `Arc<V>`
+//!
+//! Every caller of a key shares one copy of its value (L1 holds it once; a hit is a reference
+//! count, not a clone). To hand it to a web framework:
+//! - serialize through the reference: `Json(&*product)` in axum (`Json<&Product>` is a
+//!   response: `&T` is `Serialize`), `HttpResponse::Ok().json(&*product)` in actix-web;
+//! - or enable serde's `rc` feature (`serde = { version = "1", features = ["derive", "rc"] }`)
+//!   and return `Json(product)` as it is: `Arc<T>` is `Serialize` then;
+//! - or take an owned value where one is needed: `Arc::unwrap_or_clone(product)` (clones only
+//!   if the value is shared, which a cached one usually is).
+//!
+//! ```
+//! use std::sync::Arc;
+//! # #[derive(Clone, serde::Serialize, serde::Deserialize)]
+//! # struct Product { id: u64, name: String }
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let cache: herdwise::Cache<u64, Product> = herdwise::Cache::builder("catalog").build()?;
+//! let product: Option<Arc<Product>> = cache
+//!     .get_or_load(&42, |id| async move {
+//!         Ok::<_, std::io::Error>(Some(Product { id: *id, name: "lamp".into() }))
+//!     })
+//!     .await?;
+//! let product = product.ok_or("not found")?;
+//! let body = serde_json::to_string(&*product)?; // what `Json(&*product)` does
+//! assert_eq!(body, r#"{"id":42,"name":"lamp"}"#);
+//! let owned: Product = Arc::unwrap_or_clone(product); // an owned copy, where one is needed
+//! assert_eq!(owned.name, "lamp");
+//! # Ok(()) }
+//! ```
+//!
 //! ## Modules, one concept each
 //! - [`key`]: typed keys, namespace + schema version, validation.
 //! - [`envelope`]: the stored bytes (header with freshness and version metadata, checksum,
