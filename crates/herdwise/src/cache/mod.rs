@@ -626,6 +626,23 @@ where
         }
     }
 
+    /// Invalidations this instance made that the store has not confirmed yet (deletes, tag
+    /// bumps, announcements waiting in the retry queue or being retried): 0 once everything
+    /// it invalidated is applied. A short-lived process (a CLI, a job) waits for 0 before it
+    /// exits, or reports what did not go through.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// let cache: herdwise::Cache<u64, String> = herdwise::Cache::builder("users").build()?;
+    /// cache.invalidate(&7).await?;
+    /// assert_eq!(cache.unconfirmed_invalidations(), 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn unconfirmed_invalidations(&self) -> usize {
+        self.inner.coherence.retries.unfinished()
+    }
+
     /// The key as stored in L2, e.g. for `redis-cli`: `namespace:v<schema>%g<generation>:<key>`
     /// once the namespace generation has been read from the store (at the first call), and
     /// `namespace:v<schema>:<key>` before (generation 0).

@@ -136,6 +136,11 @@ impl RetryQueue {
         self.state.lock().order.len()
     }
 
+    /// Invalidations not applied yet: waiting, or being retried now.
+    pub fn unfinished(&self) -> usize {
+        self.state.lock().order.len() + self.in_flight.load(Ordering::Acquire)
+    }
+
     /// Whether a delete of `stored_key` by this instance is still to go through.
     pub fn is_unapplied(&self, stored_key: &str) -> bool {
         self.unapplied.load(Ordering::Acquire) > 0
