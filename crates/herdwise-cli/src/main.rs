@@ -7,6 +7,7 @@
 //! herdwise invalidate --namespace catalog --tag category:shoes
 //! herdwise invalidate --namespace recs --prefix 17      # every (17, ..) key
 //! herdwise invalidate --namespace catalog --clear
+//! herdwise invalidate --namespace events --transport streams --key 7
 //! ```
 //!
 //! Exit status: 0 when every invalidation was confirmed by the store; 1 on a key, tag or
@@ -16,8 +17,8 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{ArgGroup, Parser, Subcommand};
-use herdwise::{Cache, RedisStore};
+use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
+use herdwise::{BackplaneTransport, Cache, CacheKey, KeyEncoder, RedisStore};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -28,6 +29,14 @@ use herdwise::{Cache, RedisStore};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Transport {
+    /// Redis pub/sub (the library's default).
+    Pubsub,
+    /// A Redis Stream (`BackplaneTransport::Streams`).
+    Streams,
 }
 
 #[derive(Subcommand, Debug)]
@@ -48,14 +57,21 @@ enum Command {
         /// The cache's schema version (`CacheBuilder::schema_version`).
         #[arg(long, default_value_t = 1)]
         schema_version: u32,
-        /// A key, as the service's key encodes (an integer `42`, a string `guide/intro`).
-        /// Repeatable.
+        /// The namespace's backplane transport (`CacheBuilder::backplane_transport`): the
+        /// running instances hear only their own.
+        #[arg(long, value_enum, default_value = "pubsub")]
+        transport: Transport,
+        /// With `--transport streams`: the Stream's `max_len`, as the instances use it.
+        #[arg(long, default_value_t = 10_000)]
+        stream_max_len: usize,
+        /// A key: its parts separated by `:` as the service's key type has them (`42`,
+        /// `guide/intro`, `17:a` for the tuple key `(17, "a")`). Repeatable.
         #[arg(long)]
         key: Vec<String>,
         /// A tag (`WriteOptions::tags`, `LoadOptions::tags`). Repeatable.
         #[arg(long)]
         tag: Vec<String>,
-        /// A key prefix, by whole components (as `Cache::invalidate_prefix`): `--prefix 17` for a
+        /// A key prefix, by whole parts (as `Cache::invalidate_prefix`): `--prefix 17` for a
         /// cache keyed by `(user_id, item)` removes every key of user 17 — not user 170.
         /// Repeatable.
         #[arg(long)]
@@ -69,6 +85,24 @@ enum Command {
     },
 }
 
+/// A key given on the command line: its parts, encoded as the library encodes each part of a
+/// tuple key (a part that is an integer encodes as its digits either way).
+struct Parts(Vec<String>);
+
+impl Parts {
+    fn parse(text: &str) -> Self {
+        Parts(text.split(':').map(str::to_string).collect())
+    }
+}
+
+impl CacheKey for Parts {
+    fn encode_key(&self, out: &mut KeyEncoder) {
+        for part in &self.0 {
+            out.str(part);
+        }
+    }
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text
         .find(|c: char| !c.is_ascii_digit())
@@ -76,97 +110,118 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     let n: u64 = number
         .parse()
         .map_err(|_| format!("not a duration: {text:?} (e.g. 5s, 500ms)"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("unknown unit in {text:?}: use ms, s or m")),
-    }
+    let duration = match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        _ => return Err(format!("unknown unit in {text:?}: use ms, s or m")),
+    };
+    duration
+        .filter(|d| *d <= Duration::from_secs(24 * 3600))
+        .ok_or_else(|| format!("{text:?} is longer than a day"))
+}
+
+/// What went wrong, by exit code.
+enum Failure {
+    /// Connection, key or tag errors (exit 1).
+    Refused(String),
+    /// Some invalidations were not confirmed in time (exit 3).
+    Unconfirmed(String),
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    match run(Cli::parse().command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Refused(why)) => {
+            eprintln!("herdwise: {why}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Unconfirmed(why)) => {
+            eprintln!("herdwise: {why}; run the command again");
+            ExitCode::from(3)
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), Failure> {
     let Command::Invalidate {
         redis,
         namespace,
         schema_version,
+        transport,
+        stream_max_len,
         key,
         tag,
         prefix,
         clear,
         timeout,
-    } = Cli::parse().command;
-    match invalidate(
-        &redis,
-        &namespace,
-        schema_version,
-        &key,
-        &tag,
-        &prefix,
-        clear,
-        timeout,
-    )
-    .await
-    {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!(
-                "herdwise: the store did not confirm every invalidation within {timeout:?}; \
-                 run the command again"
-            );
-            ExitCode::from(3)
-        }
-        Err(err) => {
-            eprintln!("herdwise: {err}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-/// Runs the invalidations; `Ok(false)` if the store did not confirm them all in time.
-#[allow(clippy::too_many_arguments)]
-async fn invalidate(
-    url: &str,
-    namespace: &str,
-    schema_version: u32,
-    keys: &[String],
-    tags: &[String],
-    prefixes: &[String],
-    clear: bool,
-    timeout: Duration,
-) -> Result<bool, herdwise::Error> {
-    let store = RedisStore::connect(url).await?;
-    let cache: Cache<str, serde_json::Value> = Cache::builder(namespace)
+    } = command;
+    let refused = |e: herdwise::Error| Failure::Refused(e.to_string());
+    let store = RedisStore::connect(&redis)
+        .await
+        .map_err(|e| refused(e.into()))?;
+    let mut builder = Cache::<Parts, serde_json::Value>::builder(&namespace)
         .store(store)
         .schema_version(schema_version)
         .l1_max_bytes(0)
         .no_hot_key_shield()
-        .build()?;
+        // Any tag a service accepts (the stored form does not depend on the limit).
+        .max_tag_bytes(1 << 20);
+    if let Transport::Streams = transport {
+        builder = builder.backplane_transport(BackplaneTransport::Streams {
+            max_len: stream_max_len,
+        });
+    }
+    let cache = builder.build().map_err(refused)?;
+    // The namespace's generation read first: keys are named in the current one.
+    if !cache.remote_healthy().await {
+        return Err(Failure::Refused(format!(
+            "{redis} does not answer (down, wrong credentials, or too slow)"
+        )));
+    }
+    let keys: Vec<Parts> = key.iter().map(|k| Parts::parse(k)).collect();
+    let prefixes: Vec<Parts> = prefix.iter().map(|p| Parts::parse(p)).collect();
+    for k in keys.iter().chain(&prefixes) {
+        cache.stored_key(k).map_err(refused)?; // bad keys refused before anything is sent
+    }
+    let mut failed = Vec::new();
     if clear {
-        cache.clear().await?;
-        println!("cleared namespace {namespace}");
+        match cache.clear().await {
+            Ok(()) => println!("cleared namespace {namespace}"),
+            Err(e) => failed.push(format!("clear: {e}")),
+        }
     }
-    for key in keys {
-        cache.invalidate(key.as_str()).await?;
-        println!("invalidated key {}", cache.stored_key(key.as_str())?);
+    for k in &keys {
+        cache.invalidate(k).await.map_err(refused)?;
+        println!("invalidated key {}", cache.stored_key(k).map_err(refused)?);
     }
-    for tag in tags {
-        cache.invalidate_tag(tag).await?;
-        println!("invalidated tag {tag}");
+    for t in &tag {
+        cache.invalidate_tag(t).await.map_err(refused)?;
+        println!("invalidated tag {t}");
     }
-    for prefix in prefixes {
-        let removed = cache.invalidate_prefix(prefix.as_str()).await?;
-        println!(
-            "invalidated prefix {} ({removed} keys)",
-            cache.stored_key(prefix.as_str())?
-        );
+    for p in &prefixes {
+        let stored = cache.stored_key(p).map_err(refused)?;
+        match cache.invalidate_prefix(p).await {
+            Ok(removed) => println!("invalidated prefix {stored} ({removed} keys)"),
+            // Queued for retry in this process: waited for below.
+            Err(e) => eprintln!("herdwise: prefix {stored}: {e} (retrying)"),
+        }
     }
+    // Every invalidation queued for retry is waited for (nothing retries after the exit).
     let deadline = Instant::now() + timeout;
     while cache.unconfirmed_invalidations() > 0 {
         if Instant::now() >= deadline {
-            return Ok(false);
+            failed.push(format!(
+                "{} invalidations not confirmed by the store within {timeout:?}",
+                cache.unconfirmed_invalidations()
+            ));
+            break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(true)
+    match failed.is_empty() {
+        true => Ok(()),
+        false => Err(Failure::Unconfirmed(failed.join("; "))),
+    }
 }

@@ -214,3 +214,67 @@ async fn a_non_rust_writer_following_the_spec_reaches_l1() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// Instances on the Streams transport hear the command when it is told their transport; a key
+/// of several parts is named with `:` between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_instances_and_tuple_keys() {
+    let server = RedisServer::start().unwrap();
+    let url = server.url();
+    let recs: Cache<(u64, String), String> = Cache::builder("recs")
+        .store(RedisStore::connect(&url).await.unwrap())
+        .backplane_transport(herdwise::BackplaneTransport::Streams { max_len: 10_000 })
+        .build()
+        .unwrap();
+    recs.get(&(0, String::new())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let key = (17u64, "a:b".to_string());
+    recs.set(&key, "x".to_string()).await.unwrap();
+    recs.set(&(17, "c".to_string()), "y".to_string())
+        .await
+        .unwrap();
+    // `a:b` inside a part cannot be named part by part: the prefix takes user 17 whole.
+    let out = herdwise(&[
+        "invalidate",
+        "--redis",
+        &url,
+        "--namespace",
+        "recs",
+        "--transport",
+        "streams",
+        "--key",
+        "17:c",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("invalidated key recs:v1:17:c"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let dropped =
+        eventually(async || recs.get(&(17, "c".to_string())).await.unwrap().is_none()).await;
+    assert!(dropped, "a Streams instance heard the command");
+    assert!(recs.get(&key).await.unwrap().is_some());
+    let out = herdwise(&[
+        "invalidate",
+        "--redis",
+        &url,
+        "--namespace",
+        "recs",
+        "--transport",
+        "streams",
+        "--prefix",
+        "17",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dropped = eventually(async || recs.get(&key).await.unwrap().is_none()).await;
+    assert!(dropped, "every key of user 17");
+}

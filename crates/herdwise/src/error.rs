@@ -85,7 +85,8 @@ pub enum Error {
     #[error("loader failed: {0}")]
     Loader(Arc<dyn std::error::Error + Send + Sync + 'static>),
 
-    /// The origin write of `write_through`/`write_around` failed; the cache was not touched.
+    /// The origin write of `write_through`/`write_around` failed. Nothing was cached; the key
+    /// was invalidated everywhere all the same (a failed write may still have committed).
     #[error("origin write failed: {0}")]
     OriginWrite(Arc<dyn std::error::Error + Send + Sync + 'static>),
 

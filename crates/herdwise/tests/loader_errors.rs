@@ -120,3 +120,23 @@ async fn batch_loaders_take_anyhow_too() {
         "{failed:?}"
     );
 }
+
+#[tokio::test]
+async fn a_registered_loaders_error_is_the_loaders_own() {
+    let cache: Cache<u64, String> = Cache::builder("loader-errors-own")
+        .loader(|_: &u64| async {
+            Err::<Option<String>, _>(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "db refused",
+            ))
+        })
+        .build()
+        .unwrap();
+    let Err(Error::Loader(err)) = cache.fetch(&1).await else {
+        panic!("expected a loader error");
+    };
+    let io = err
+        .downcast_ref::<std::io::Error>()
+        .expect("the loader's own error, not a wrapper");
+    assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+}

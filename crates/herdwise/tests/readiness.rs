@@ -29,7 +29,7 @@ async fn readiness_can_require_a_remote_tier_that_answers() {
         })
         .await
         .unwrap();
-    let both = ReadinessProbe::new().warmed().remote_healthy();
+    let both = ReadinessProbe::new().require_warm().require_remote();
     assert!(cache.is_ready(&both).await);
 
     // Frozen: no answer within the deadline.
@@ -40,7 +40,7 @@ async fn readiness_can_require_a_remote_tier_that_answers() {
     );
     assert!(!cache.is_ready(&both).await);
     assert!(
-        cache.is_ready(&ReadinessProbe::new().warmed()).await,
+        cache.is_ready(&ReadinessProbe::new().require_warm()).await,
         "warm-only readiness does not depend on Redis"
     );
     server.resume().unwrap();

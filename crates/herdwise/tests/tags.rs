@@ -592,3 +592,26 @@ async fn tagged_entries_on_the_embedded_store_are_l1_hits_and_still_invalidated(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// A load's tags are checked as they will be stored — with the tenant's prefix — before the
+/// origin is asked: one that fits alone but not with the prefix is refused up front, not
+/// loaded and then left uncached on every read.
+#[tokio::test]
+async fn a_loads_tags_are_checked_with_the_tenant_prefix_before_the_origin_is_asked() {
+    let cache: Cache<u64, String> = Cache::builder("tags-tenant")
+        .require_tenant()
+        .build()
+        .unwrap();
+    let acme = cache.for_tenant("acme").unwrap();
+    let calls = common::Calls::default();
+    let almost = "t".repeat(510); // 515 bytes as "acme:" + tag
+    let err = acme
+        .get_or_load_with(&1, &LoadOptions::default().tags([&almost]), |_| {
+            calls.hit();
+            async { Ok::<_, OriginError>(Some("x".to_string())) }
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidTag(_)), "{err}");
+    assert_eq!(calls.get(), 0, "refused before the origin is asked");
+}

@@ -664,9 +664,10 @@ where
     /// the same, so they work like any other tag).
     ///
     /// What a tag that is too long (or empty, or with control characters) does depends on the
-    /// call: a write that carries it (`set_with`, `write_through`) fails with
+    /// call: a write that carries it (`set_with`) fails with
     /// [`Error::InvalidTag`](crate::Error::InvalidTag) and the key is invalidated (its old value
-    /// is not served in place of the new one); a load's own tags (`LoadOptions::tags`) are
+    /// is not served in place of the new one) — in `write_through`, whose origin write is done
+    /// by then, the error is in [`WrittenThrough::cached`](crate::WrittenThrough); a load's own tags (`LoadOptions::tags`) are
     /// checked before the origin is asked (the same error, nothing loaded); tags derived from
     /// a loaded value (`tags_from`) that fail leave the value returned but not cached (counted
     /// in `herdwise_uncacheable_values_total{reason="encode"}`, logged at most once a second)

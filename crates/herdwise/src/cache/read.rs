@@ -543,9 +543,11 @@ where
         // The call's tags are checked before the origin is asked (not at fill time, when the
         // only choice left would be to return the value uncached).
         if let Some(tags) = windows.tags.as_deref() {
+            // (As they will be stored: with the tenant's prefix, if any.)
             let coherence = &self.inner.coherence;
+            let scoped: Vec<_> = tags.iter().map(|t| self.scoped_tag(t)).collect();
             collect_tags(
-                tags.iter().map(|t| &**t),
+                scoped.iter().map(|t| &**t),
                 coherence.max_tags,
                 coherence.max_tag_bytes,
             )?;
@@ -1142,6 +1144,12 @@ where
                 metrics.load(LoadOutcome::Error, load_duration);
                 span.record("result", "error");
                 let err: crate::loader::BoxError = err.into();
+                // A registered loader's error arrives wrapped: unwrapped, it is the loader's
+                // own (downcast to its type, its `source()` chain).
+                let err = match err.downcast::<crate::loader::LoaderError>() {
+                    Ok(wrapped) => wrapped.0,
+                    Err(err) => err,
+                };
                 tracing::debug!(key = stored_key, error = %err, "loader failed; nothing cached");
                 // A batch call shed by the origin limit is an overload, as for one key.
                 let shed = err

@@ -223,7 +223,11 @@ where
     /// Whether the remote tier answers now: one round trip through the store deadline and the
     /// breaker (the namespace's tag table read: the cache uses the answer too). `false` when
     /// the call fails — a Redis that is down or frozen, one that answers every command with
-    /// an error (`NOAUTH` after a password change, `WRONGPASS`), or an open breaker.
+    /// an error (`NOAUTH` after a password change, `WRONGPASS`), or an open breaker. (On a
+    /// sharded store: the node holding the namespace's tag table.) The answer is used as a
+    /// generation sync would be: a newer namespace generation found there is adopted (L1 of
+    /// the old one cleared), and the read may write the instance's generation back to a table
+    /// that lost it — what the periodic resync does anyway.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -253,8 +257,8 @@ where
     /// use herdwise::ReadinessProbe;
     /// let cache: herdwise::Cache<u64, u64> = herdwise::Cache::builder("ready").build()?;
     /// assert!(cache.is_ready(&ReadinessProbe::new()).await); // nothing required
-    /// assert!(!cache.is_ready(&ReadinessProbe::new().warmed()).await);
-    /// assert!(cache.is_ready(&ReadinessProbe::new().remote_healthy()).await);
+    /// assert!(!cache.is_ready(&ReadinessProbe::new().require_warm()).await);
+    /// assert!(cache.is_ready(&ReadinessProbe::new().require_remote()).await);
     /// # Ok(()) }
     /// ```
     pub async fn is_ready(&self, probe: &ReadinessProbe) -> bool {
@@ -268,7 +272,7 @@ where
 /// What [`Cache::is_ready`] requires (nothing, by default).
 ///
 /// ```
-/// let probe = herdwise::ReadinessProbe::new().warmed().remote_healthy();
+/// let probe = herdwise::ReadinessProbe::new().require_warm().require_remote();
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[must_use]
@@ -284,14 +288,14 @@ impl ReadinessProbe {
     }
 
     /// Requires a completed warm-up ([`Cache::is_warm`]).
-    pub fn warmed(mut self) -> Self {
+    pub fn require_warm(mut self) -> Self {
         self.warmed = true;
         self
     }
 
     /// Requires the remote tier to answer ([`Cache::remote_healthy`]). Read the caveat on
     /// [`Cache::is_ready`] first.
-    pub fn remote_healthy(mut self) -> Self {
+    pub fn require_remote(mut self) -> Self {
         self.remote = true;
         self
     }

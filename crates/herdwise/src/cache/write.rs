@@ -68,7 +68,7 @@ impl WriteOptions {
 /// assert!(cache.get(&1).await?.is_none());
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub struct WrittenThrough<V> {
     /// The value the origin has (for `write_through_returning`: the one it returned).
@@ -81,6 +81,16 @@ pub struct WrittenThrough<V> {
     /// ([`Error::ValueTooLarge`], [`Error::Encode`], a bad tag): the key is invalidated
     /// everywhere instead, so no instance serves the old value; the next read loads.
     pub cached: Result<WriteOutcome>,
+}
+
+impl<V> Clone for WrittenThrough<V> {
+    fn clone(&self) -> Self {
+        WrittenThrough {
+            value: self.value.clone(),
+            version: self.version,
+            cached: self.cached.clone(),
+        }
+    }
 }
 
 impl<V> WrittenThrough<V> {

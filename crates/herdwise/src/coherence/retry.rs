@@ -468,8 +468,10 @@ impl<'q> InFlight<'q> {
     /// hold up the others), the rest back to the front as they were.
     fn requeue_first_last(self) {
         if let Some(first) = self.items.first().and_then(|m| m.lock().take()) {
-            self.queue.landed(1);
+            // Queued again before it stops counting as in flight: `unfinished` never reads
+            // low meanwhile.
             self.queue.put_last(first);
+            self.queue.landed(1);
         }
     }
 }
@@ -482,8 +484,9 @@ impl Drop for InFlight<'_> {
             .filter_map(|m| m.get_mut().take())
             .collect();
         if !left.is_empty() {
-            self.queue.landed(left.len());
+            let n = left.len();
             self.queue.put_back(left);
+            self.queue.landed(n);
         }
     }
 }
