@@ -290,8 +290,11 @@ impl RetryQueue {
     }
 
     /// Puts failed items back at the front, in their order (unless queued again meanwhile).
+    /// (They leave the worker's hands under the queue's lock: the depth and
+    /// `unfinished` never count them twice, nor miss them.)
     fn put_back(&self, items: Vec<Queued>) {
         let mut state = self.state.lock();
+        self.landed(items.len());
         for item in items.into_iter().rev() {
             if !state.queued.contains_key(&item.what) && !superseded(&state, &item) {
                 state.queued.insert(item.what.clone(), item.since);
@@ -304,6 +307,7 @@ impl RetryQueue {
     /// Puts a failed item back at the end (unless queued again meanwhile).
     fn put_last(&self, item: Queued) {
         let mut state = self.state.lock();
+        self.landed(1);
         if !state.queued.contains_key(&item.what) && !superseded(&state, &item) {
             state.queued.insert(item.what.clone(), item.since);
             state.order.push_back(item.what);
@@ -468,10 +472,7 @@ impl<'q> InFlight<'q> {
     /// hold up the others), the rest back to the front as they were.
     fn requeue_first_last(self) {
         if let Some(first) = self.items.first().and_then(|m| m.lock().take()) {
-            // Queued again before it stops counting as in flight: `unfinished` never reads
-            // low meanwhile.
-            self.queue.put_last(first);
-            self.queue.landed(1);
+            self.queue.put_last(first); // (lands it)
         }
     }
 }
@@ -484,9 +485,7 @@ impl Drop for InFlight<'_> {
             .filter_map(|m| m.get_mut().take())
             .collect();
         if !left.is_empty() {
-            let n = left.len();
-            self.queue.put_back(left);
-            self.queue.landed(n);
+            self.queue.put_back(left); // (lands them)
         }
     }
 }
