@@ -1181,15 +1181,7 @@ where
             Err(err) => {
                 // The value is good; only its tags are not (e.g. derived past the cap).
                 metrics.encode_failures.increment(1);
-                if let Some(suppressed) = self.inner.format.uncached_log.allow() {
-                    tracing::warn!(
-                        key = stored_key,
-                        error = %err,
-                        suppressed,
-                        "loaded value not cached (returned to the callers; the next read loads \
-                         again)"
-                    );
-                }
+                self.warn_uncached(stored_key, &err);
                 self.release(mode).await;
                 return Ok(Fetched::fresh(value));
             }
@@ -1277,6 +1269,19 @@ where
         }
     }
 
+    /// Logs a loaded value that could not be cached (at most once a second, with the count of
+    /// the others: it repeats on every read of the key).
+    fn warn_uncached(&self, stored_key: &str, err: &Error) {
+        if let Some(suppressed) = self.inner.format.uncached_log.allow() {
+            tracing::warn!(
+                key = stored_key,
+                error = %err,
+                suppressed,
+                "loaded value not cached (returned to the callers; the next read loads again)"
+            );
+        }
+    }
+
     /// Caches what a loader produced. A value that cannot be cached is still returned to the
     /// callers; it is only counted and logged here.
     /// `epoch`: L1's invalidation epoch of the key from before the load; if another instance
@@ -1305,15 +1310,7 @@ where
                     Error::ValueTooLarge { .. } => inner.metrics.too_large.increment(1),
                     _ => inner.metrics.encode_failures.increment(1),
                 }
-                if let Some(suppressed) = inner.format.uncached_log.allow() {
-                    tracing::warn!(
-                        key = stored_key,
-                        error = %err,
-                        suppressed,
-                        "loaded value not cached (returned to the callers; the next read loads \
-                         again)"
-                    );
-                }
+                self.warn_uncached(stored_key, &err);
                 return self.release(mode).await;
             }
         };
