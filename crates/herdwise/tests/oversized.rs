@@ -2,35 +2,14 @@
 //! most once a second with the count of repeats it stands for, not once per read (one test of
 //! a service logged 1,533 such warnings among 1,547 lines).
 
-use std::sync::{Arc, Mutex};
+mod common;
 
 use herdwise::{metrics as m, Cache};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn count(&self, text: &str) -> usize {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .matches(text)
-            .count()
-    }
-}
-
 #[test]
 fn an_oversized_value_is_served_counted_and_its_warning_throttled() {
-    let captured = Captured::default();
+    let captured = common::Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(move || writer.clone())

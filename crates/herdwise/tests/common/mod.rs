@@ -458,3 +458,26 @@ pub async fn concurrent_writes_never_look_like_a_gap(
         "{label}: {n} writes from {TASKS} tasks of one instance looked like lost events"
     );
 }
+
+/// A `tracing` writer that keeps what was logged, for tests that count log lines.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// How many times `text` was logged.
+    pub fn count(&self, text: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .matches(text)
+            .count()
+    }
+}
