@@ -52,7 +52,8 @@
 //! | `herdwise_fills_refused_total` | counter | `reason` = `lease_lost`/`older` | fills not written: the lease was voided by a write/invalidation (or expired), or L2 holds a newer version |
 //! | `herdwise_backplane_received_total` | counter | | invalidations received from other instances |
 //! | `herdwise_backplane_lag_seconds` | histogram | | from an invalidation's announcement (the sender's clock) to its arrival here (this instance's clock; clock skew between hosts adds to it, negative values count as 0) |
-//! | `herdwise_backplane_resets_total` | counter | `reason` = `gap`/`resubscribed`/`lagged`/`tag_events_missed`/`subscription_lost` | L1 demoted (every entry re-checked against L2 before use) because invalidation events may have been missed |
+//! | `herdwise_backplane_resets_total` | counter | `reason` = `gap`/`resubscribed`/`lagged`/`tag_events_missed`/`subscription_lost` | L1 demoted (every entry re-checked against L2 before use) because invalidation events (or keyspace notifications) may have been missed |
+//! | `herdwise_keyspace_events_total` | counter | | changes to the namespace's stored keys heard through Redis keyspace notifications (`keyspace_notifications`), each dropping the key from L1 |
 //! | `herdwise_tag_invalidations_total` | counter | | `invalidate_tag` calls |
 //! | `herdwise_tag_store_checks_total` | counter | | tagged entries checked against the store's marks (one `MGET`) because local knowledge could not decide |
 //! | `herdwise_tag_invalidated_reads_total` | counter | | entries found in L1 or L2 but not served because one of their tags was invalidated after them |
@@ -128,6 +129,8 @@ pub const LEASE_WAIT_TIMEOUTS: &str = "herdwise_lease_wait_timeouts_total";
 pub const FILLS_REFUSED: &str = "herdwise_fills_refused_total";
 /// Invalidations received from other instances.
 pub const BACKPLANE_RECEIVED: &str = "herdwise_backplane_received_total";
+/// Changes to the namespace's keys heard through keyspace notifications.
+pub const KEYSPACE_EVENTS: &str = "herdwise_keyspace_events_total";
 /// From an invalidation's announcement to its arrival.
 pub const BACKPLANE_LAG: &str = "herdwise_backplane_lag_seconds";
 /// L1 demotions because events may have been missed.
@@ -200,6 +203,7 @@ pub const ALL: &[&str] = &[
     BACKPLANE_RECEIVED,
     BACKPLANE_LAG,
     BACKPLANE_RESETS,
+    KEYSPACE_EVENTS,
     TAG_INVALIDATIONS,
     TAG_STORE_CHECKS,
     TAG_INVALIDATED_READS,
@@ -293,6 +297,10 @@ fn describe() {
         (
             BACKPLANE_RECEIVED,
             "Invalidations received from other instances.",
+        ),
+        (
+            KEYSPACE_EVENTS,
+            "Changes to the namespace's keys heard through keyspace notifications.",
         ),
         (
             BACKPLANE_RESETS,
@@ -695,6 +703,7 @@ pub(crate) struct CacheMetrics {
     pub fills_refused_lease_lost: Counter,
     pub fills_refused_older: Counter,
     pub backplane_received: Counter,
+    pub keyspace_events: Counter,
     pub backplane_lag: Histogram,
     pub tag_invalidations: Counter,
     pub tag_store_checks: Counter,
@@ -797,6 +806,7 @@ impl CacheMetrics {
             fills_refused_lease_lost: cl(FILLS_REFUSED, "reason", "lease_lost"),
             fills_refused_older: cl(FILLS_REFUSED, "reason", "older"),
             backplane_received: c(BACKPLANE_RECEIVED),
+            keyspace_events: c(KEYSPACE_EVENTS),
             backplane_lag: histogram!(BACKPLANE_LAG, CACHE_LABEL => ns.clone()),
             tag_invalidations: c(TAG_INVALIDATIONS),
             tag_store_checks: c(TAG_STORE_CHECKS),

@@ -124,6 +124,7 @@ pub struct CacheBuilder<K: ?Sized, V> {
     xfetch_beta: f64,
     backplane: bool,
     transport: BackplaneTransport,
+    keyspace_notifications: bool,
     breaker: Option<BreakerConfig>,
     origin_limit: OriginLimitChoice,
     hot_keys: usize,
@@ -205,6 +206,7 @@ where
             xfetch_beta: DEFAULT_XFETCH_BETA,
             backplane: true,
             transport: BackplaneTransport::PubSub,
+            keyspace_notifications: false,
             breaker: Some(BreakerConfig::default()),
             origin_limit: OriginLimitChoice::Adaptive(AdaptiveLimit::default()),
             hot_keys: DEFAULT_HOT_KEYS,
@@ -536,6 +538,32 @@ where
     /// resumes from the last event it read instead of clearing its L1.
     pub fn backplane_transport(mut self, transport: BackplaneTransport) -> Self {
         self.transport = transport;
+        self
+    }
+
+    /// Listens to the store's keyspace notifications (default off): then a change that any
+    /// program makes to one of the namespace's stored keys (`<namespace>:v<schema>:<key>`, see
+    /// the format spec) — a `DEL` or `SET` by a service in another language, an `EXPIRE`, an
+    /// expiry, an eviction — drops the key from every instance's L1, instead of living there
+    /// until the L1 TTL cap.
+    ///
+    /// Needs Redis with `notify-keyspace-events` including `Kg$xe`: the cache adds what is
+    /// missing with `CONFIG SET` on each connection, and warns once if the server refuses (set
+    /// it in the server's configuration then). On a cluster, every seed node is listened to:
+    /// list them all. The cost: every write to the namespace's keys, this instance's own
+    /// included, is a message to every instance, and an instance's own L2 write drops its own
+    /// L1 copy, so the next read of the key takes one L2 read (see the guide's invalidation
+    /// page for figures). Needs the backplane (not [`no_backplane`](Self::no_backplane)).
+    ///
+    /// ```
+    /// use herdwise::Cache;
+    /// let cache: Cache<u64, String> = Cache::builder("catalog")
+    ///     .keyspace_notifications(true)
+    ///     .build()
+    ///     .unwrap();
+    /// ```
+    pub fn keyspace_notifications(mut self, on: bool) -> Self {
+        self.keyspace_notifications = on;
         self
     }
 
@@ -916,9 +944,19 @@ where
             )));
         }
         let fill_waiters = FillWaiters::new(store.clone(), &self.namespace);
-        let backplane = self
-            .backplane
-            .then(|| Backplane::new(store.clone(), &self.namespace, self.transport));
+        if self.keyspace_notifications && !self.backplane {
+            return Err(Error::Config(
+                "keyspace_notifications needs the backplane (no_backplane was set)".into(),
+            ));
+        }
+        let backplane = self.backplane.then(|| {
+            let backplane = Backplane::new(store.clone(), &self.namespace, self.transport);
+            if self.keyspace_notifications {
+                backplane.with_keyspace_notifications(&self.namespace)
+            } else {
+                backplane
+            }
+        });
         if let Some(breaker) = self.breaker.as_ref() {
             breaker.validate().map_err(Error::Config)?;
         }

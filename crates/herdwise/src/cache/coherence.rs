@@ -43,6 +43,10 @@ impl<V: Send + Sync + 'static> Subscriber for Inner<V> {
         self.coherence.pending.release(stored_key);
     }
 
+    fn key_changed(&self, stored_key: &str) {
+        self.l1.invalidate(stored_key);
+    }
+
     fn hold_key(&self, stored_key: &str) {
         if !self.keys.could_be_stored_key(stored_key) {
             // Not one of this namespace's keys (a foreign or malformed message): nothing to

@@ -109,6 +109,9 @@ pub(crate) trait Subscriber: Send + Sync + 'static {
     /// Another instance invalidated this stored key, but its L2 delete is still to go through:
     /// drop it and do not take its L2 value until a `drop_key` for it.
     fn hold_key(&self, stored_key: &str);
+    /// Someone (any program) changed this stored key in L2: drop it from L1 (a pending
+    /// delete's hold stays).
+    fn key_changed(&self, stored_key: &str);
     /// Another instance invalidated every stored key starting with `prefix`.
     fn drop_prefix(&self, prefix: &str);
     /// Another instance cleared the namespace: it is at `generation` now.
@@ -129,6 +132,8 @@ pub(crate) struct Backplane {
     sequence: AtomicU64,
     /// A listener runs (cleared if it is dropped: its runtime shut down).
     listening: Arc<AtomicBool>,
+    /// Listen to the store's keyspace notifications for the namespace's keys too.
+    keyspace: Option<String>,
 }
 
 impl Backplane {
@@ -144,7 +149,15 @@ impl Backplane {
             sender: rand::random(),
             sequence: AtomicU64::new(0),
             listening: Arc::new(AtomicBool::new(false)),
+            keyspace: None,
         }
+    }
+
+    /// Listens to the store's keyspace notifications for `namespace`'s keys as well (see
+    /// `keyspace`).
+    pub fn with_keyspace_notifications(mut self, namespace: &str) -> Self {
+        self.keyspace = Some(crate::coherence::keyspace::pattern(namespace));
+        self
     }
 
     /// Starts listening (once, inside a Tokio runtime; a later call retries if there was none).
@@ -178,6 +191,21 @@ impl Backplane {
                     armed: true,
                 };
                 let confirmed = self.store.confirms_subscriptions();
+                if let Some(pattern) = &self.keyspace {
+                    match self.store.subscribe_keyspace(pattern) {
+                        Some(changes) => {
+                            runtime.spawn(crate::coherence::keyspace::listen(
+                                subscriber.clone(),
+                                changes,
+                            ));
+                        }
+                        None => tracing::warn!(
+                            kind = self.store.kind(),
+                            "store has no keyspace notifications: external writes reach L1 \
+                             only by the L1 TTL cap"
+                        ),
+                    }
+                }
                 runtime.spawn(listen(subscriber, events, self.sender, confirmed, ended));
             }
             None => tracing::warn!(

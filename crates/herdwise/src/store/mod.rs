@@ -8,6 +8,7 @@
 //! Deadlines are applied by the cache around every call (see `remote`), so an implementation does
 //! not need its own; it should still not block a thread.
 
+mod fan_in;
 mod memory;
 mod redis;
 mod sharded;
@@ -516,6 +517,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// exists. Must be called inside a Tokio runtime. `None` if the store has no messaging
     /// (callers then poll).
     fn subscribe(&self, channel: &str) -> Option<tokio::sync::broadcast::Receiver<StoreEvent>>;
+
+    /// Listens for changes made to keys matching the glob `pattern` by anyone, other programs
+    /// included (Redis keyspace notifications: `DEL`, `SET`, `EXPIRE`, expiry, eviction, ...).
+    /// Each [`StoreEvent::Message`] carries the name of a key that changed; `Subscribed` and
+    /// `Lost` as for [`subscribe`](Store::subscribe). Must be called inside a Tokio runtime.
+    /// `None` (the default) if the store cannot tell: only this process writes to it.
+    fn subscribe_keyspace(
+        &self,
+        pattern: &str,
+    ) -> Option<tokio::sync::broadcast::Receiver<StoreEvent>> {
+        let _ = pattern;
+        None
+    }
 }
 
 /// The value version stored in envelope bytes, if they look like an envelope.

@@ -17,7 +17,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
-use super::{Announcement, FillOutcome, SetOutcome, Store, StoreError, StoreEvent, TagTable};
+use super::{
+    fan_in, Announcement, FillOutcome, SetOutcome, Store, StoreError, StoreEvent, TagTable,
+};
 
 /// A store that spreads keys over several stores (see the module contract).
 ///
@@ -363,103 +365,20 @@ impl Store for ShardedStore {
         }
         // Any other channel carries messages from whichever node published them (fills
         // announce on the key's node): listen on all of them.
-        let runtime = tokio::runtime::Handle::try_current().ok()?;
         let mut sources = Vec::with_capacity(self.nodes.len());
         for node in self.nodes.iter() {
             sources.push(node.store.subscribe(channel)?);
         }
-        let (tx, rx) = broadcast::channel(4096);
-        let (merged_tx, merged_rx) = tokio::sync::mpsc::channel(4096);
-        let nodes = sources.len();
-        for (node, source) in sources.into_iter().enumerate() {
-            runtime.spawn(forward(source, node, merged_tx.clone()));
-        }
-        runtime.spawn(merge(merged_rx, tx, nodes));
-        Some(rx)
+        fan_in::merge(sources)
     }
-}
 
-/// Forwards one node's events to the merger for as long as anyone listens.
-async fn forward(
-    mut source: broadcast::Receiver<StoreEvent>,
-    node: usize,
-    merged: tokio::sync::mpsc::Sender<(usize, StoreEvent)>,
-) {
-    loop {
-        // Ends when the merger does (nobody listens), not at the node's next message: a held
-        // receiver keeps the node's subscription open.
-        let received = tokio::select! {
-            received = source.recv() => received,
-            () = merged.closed() => return,
-        };
-        let event = match received {
-            Ok(event) => event,
-            // Messages were dropped here: as good as a lost subscription, at once re-made.
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                if merged.send((node, StoreEvent::Lost)).await.is_err() {
-                    return;
-                }
-                StoreEvent::Subscribed
-            }
-            Err(broadcast::error::RecvError::Closed) => {
-                let _ = merged.send((node, StoreEvent::Lost)).await;
-                return;
-            }
-        };
-        if merged.send((node, event)).await.is_err() {
-            return;
+    fn subscribe_keyspace(&self, pattern: &str) -> Option<broadcast::Receiver<StoreEvent>> {
+        // Each node notifies of its own keys only.
+        let mut sources = Vec::with_capacity(self.nodes.len());
+        for node in self.nodes.iter() {
+            sources.push(node.store.subscribe_keyspace(pattern)?);
         }
-    }
-}
-
-/// One subscription out of one per node: `Subscribed` once every node is subscribed, then
-/// again whenever a node re-subscribes (a gap on any node is a gap); every `Lost` and message
-/// passes through. Ends when nobody listens.
-async fn merge(
-    mut merged: tokio::sync::mpsc::Receiver<(usize, StoreEvent)>,
-    tx: broadcast::Sender<StoreEvent>,
-    nodes: usize,
-) {
-    let mut up = vec![false; nodes];
-    let mut announced = false;
-    let mut check = tokio::time::interval(Duration::from_secs(1));
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let (node, event) = tokio::select! {
-            next = merged.recv() => match next {
-                Some(next) => next,
-                None => return,
-            },
-            _ = check.tick() => {
-                if tx.receiver_count() == 0 {
-                    return;
-                }
-                continue;
-            }
-        };
-        let out = match event {
-            StoreEvent::Subscribed => {
-                up[node] = true;
-                if announced {
-                    Some(StoreEvent::Subscribed)
-                } else if up.iter().all(|u| *u) {
-                    announced = true;
-                    Some(StoreEvent::Subscribed)
-                } else {
-                    None
-                }
-            }
-            StoreEvent::Lost => {
-                up[node] = false;
-                Some(StoreEvent::Lost)
-            }
-            message => Some(message),
-        };
-        if let Some(out) = out {
-            if tx.send(out).is_err() {
-                return;
-            }
-        }
+        fan_in::merge(sources)
     }
 }
 

@@ -785,4 +785,8 @@ impl Store for RedisStore {
     fn subscribe(&self, channel: &str) -> Option<broadcast::Receiver<StoreEvent>> {
         self.subscriber.subscribe(channel)
     }
+
+    fn subscribe_keyspace(&self, pattern: &str) -> Option<broadcast::Receiver<StoreEvent>> {
+        self.subscriber.subscribe_keyspace(pattern)
+    }
 }

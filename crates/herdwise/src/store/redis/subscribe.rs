@@ -94,11 +94,46 @@ impl Subscriber {
         let (tx, rx) = broadcast::channel(4096);
         runtime.spawn(keep_subscribed(
             self.nodes.clone(),
-            channel.to_string(),
+            Target::Channel(channel.to_string()),
             tx,
             self.health,
         ));
         Some(rx)
+    }
+
+    /// Keyspace notifications for keys matching `pattern` (see
+    /// [`Store::subscribe_keyspace`](crate::Store::subscribe_keyspace)): each node notifies of
+    /// its own keys only, so on a cluster every seed node is listened to (a node added later and
+    /// not among the seeds is not). `None` outside a Tokio runtime.
+    pub(super) fn subscribe_keyspace(
+        &self,
+        pattern: &str,
+    ) -> Option<broadcast::Receiver<StoreEvent>> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let target = Target::Keyspace(format!("__keyspace@*__:{pattern}"));
+        match (&self.cluster, &self.nodes) {
+            (Some(_), Nodes::Fixed(nodes)) if nodes.len() > 1 => {
+                let sources = nodes
+                    .iter()
+                    .map(|node| {
+                        let (tx, rx) = broadcast::channel(4096);
+                        runtime.spawn(keep_subscribed(
+                            Nodes::Fixed(vec![node.clone()]),
+                            target.clone(),
+                            tx,
+                            self.health,
+                        ));
+                        rx
+                    })
+                    .collect();
+                crate::store::fan_in::merge(sources)
+            }
+            _ => {
+                let (tx, rx) = broadcast::channel(4096);
+                runtime.spawn(keep_subscribed(self.nodes.clone(), target, tx, self.health));
+                Some(rx)
+            }
+        }
     }
 
     /// Reads `stream` from its end on (see the module contract). `None` outside a runtime.
@@ -152,7 +187,25 @@ impl Subscriber {
         Some(rx)
     }
 }
-/// Holds a subscription to `channel` on a dedicated connection for as long as anyone listens:
+/// What a subscription listens to.
+#[derive(Clone)]
+enum Target {
+    /// A pub/sub channel: messages are its payloads.
+    Channel(String),
+    /// A keyspace-notification channel pattern (`__keyspace@*__:<key pattern>`): messages are
+    /// the names of the keys that changed.
+    Keyspace(String),
+}
+
+impl Target {
+    fn name(&self) -> &str {
+        match self {
+            Target::Channel(name) | Target::Keyspace(name) => name,
+        }
+    }
+}
+
+/// Holds a subscription to `target` on a dedicated connection for as long as anyone listens:
 /// forwards messages, and after a disconnect resubscribes with backoff, announcing each
 /// (re)subscription so listeners know they may have missed messages.
 ///
@@ -163,12 +216,15 @@ impl Subscriber {
 /// connection is replaced.
 async fn keep_subscribed(
     nodes: Nodes,
-    channel: String,
+    target: Target,
     tx: broadcast::Sender<StoreEvent>,
     health: PubSubHealth,
 ) {
+    let channel = target.name().to_string();
     let mut backoff = Duration::from_millis(50);
     let mut turn = 0usize;
+    // Whether the server's notification settings were found wanting (warned once).
+    let mut warned = false;
     while tx.receiver_count() > 0 {
         let Some(client) = nodes.pick(turn) else {
             return;
@@ -176,8 +232,15 @@ async fn keep_subscribed(
         turn = turn.wrapping_add(1);
         let epoch = nodes.epoch();
         let connect = async {
+            if let Target::Keyspace(_) = &target {
+                // Every (re)connection: a restarted server forgets a `CONFIG SET`.
+                enable_keyspace_events(&client, &mut warned).await;
+            }
             let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
+            match &target {
+                Target::Channel(name) => pubsub.subscribe(name).await?,
+                Target::Keyspace(pattern) => pubsub.psubscribe(pattern).await?,
+            }
             Ok::<_, redis::RedisError>(pubsub)
         };
         match tokio::time::timeout(SUBSCRIBE_TIMEOUT, connect).await {
@@ -192,7 +255,19 @@ async fn keep_subscribed(
                     tokio::select! {
                         message = messages.next() => match message {
                             Some(m) => {
-                                let payload = Bytes::copy_from_slice(m.get_payload_bytes());
+                                let payload = match &target {
+                                    Target::Channel(_) => {
+                                        Bytes::copy_from_slice(m.get_payload_bytes())
+                                    }
+                                    // `__keyspace@<db>__:<key>`, the event in the payload.
+                                    Target::Keyspace(_) => {
+                                        let name = m.get_channel_name();
+                                        match name.split_once("__:") {
+                                            Some((_, key)) => Bytes::copy_from_slice(key.as_bytes()),
+                                            None => continue,
+                                        }
+                                    }
+                                };
                                 if tx.send(StoreEvent::Message(payload)).is_err() {
                                     return;
                                 }
@@ -225,6 +300,63 @@ async fn keep_subscribed(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// The keyspace-notification classes a cache needs: `K` (keyspace channels), `g` (`DEL`,
+/// `EXPIRE`, `RENAME`, ...), `$` (string writes: `SET`), `x` (expired), `e` (evicted).
+const KEYSPACE_FLAGS: &str = "Kg$xe";
+
+/// `current` (a `notify-keyspace-events` setting) with what the cache needs added, or `None`
+/// if it has all of it already (`A` stands for every class).
+fn keyspace_flags_needed(current: &str) -> Option<String> {
+    let has = |flag: char| {
+        current.contains(flag) || (flag != 'K' && flag != 'E' && current.contains('A'))
+    };
+    let missing: String = KEYSPACE_FLAGS.chars().filter(|f| !has(*f)).collect();
+    (!missing.is_empty()).then(|| format!("{current}{missing}"))
+}
+
+/// Makes sure the server sends the keyspace notifications the cache listens to, adding what
+/// its `notify-keyspace-events` lacks. A server that refuses (`CONFIG` renamed or denied by
+/// ACL, as on managed services) is warned about once: it must be configured by hand.
+async fn enable_keyspace_events(client: &redis::Client, warned: &mut bool) {
+    let check = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let current: std::collections::HashMap<String, String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("notify-keyspace-events")
+            .query_async(&mut conn)
+            .await?;
+        let current = current
+            .get("notify-keyspace-events")
+            .cloned()
+            .unwrap_or_default();
+        let Some(wanted) = keyspace_flags_needed(&current) else {
+            return Ok(None);
+        };
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("notify-keyspace-events")
+            .arg(&wanted)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok::<_, redis::RedisError>(Some(wanted))
+    };
+    match tokio::time::timeout(SUBSCRIBE_TIMEOUT, check).await {
+        Ok(Ok(None)) => {}
+        Ok(Ok(Some(wanted))) => {
+            tracing::info!(setting = %wanted, "redis keyspace notifications enabled")
+        }
+        Ok(Err(e)) if !*warned => {
+            *warned = true;
+            tracing::warn!(
+                error = %e,
+                "could not enable redis keyspace notifications: set notify-keyspace-events to \
+                 include {KEYSPACE_FLAGS} on the server, or external writes are not heard"
+            );
+        }
+        _ => {}
     }
 }
 
@@ -435,6 +567,16 @@ mod tests {
             length,
             last_generated_id: "9-0".into(),
         }
+    }
+
+    #[test]
+    fn keyspace_flags_are_added_to_what_the_server_has() {
+        assert_eq!(keyspace_flags_needed("").as_deref(), Some("Kg$xe"));
+        assert_eq!(keyspace_flags_needed("Ex").as_deref(), Some("ExKg$e"));
+        assert_eq!(keyspace_flags_needed("KA"), None);
+        assert_eq!(keyspace_flags_needed("AK"), None);
+        assert_eq!(keyspace_flags_needed("EA").as_deref(), Some("EAK"));
+        assert_eq!(keyspace_flags_needed("Kg$xe"), None);
     }
 
     #[test]
