@@ -15,10 +15,10 @@
 //! confirm within `--timeout` (nothing is retried after the process exits: run it again).
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
-use herdwise::{BackplaneTransport, Cache, CacheKey, KeyEncoder, RedisStore};
+use herdwise::{BackplaneTransport, Invalidator, KeyParts, RedisStore};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -85,24 +85,6 @@ enum Command {
     },
 }
 
-/// A key given on the command line: its parts, encoded as the library encodes each part of a
-/// tuple key (a part that is an integer encodes as its digits either way).
-struct Parts(Vec<String>);
-
-impl Parts {
-    fn parse(text: &str) -> Self {
-        Parts(text.split(':').map(str::to_string).collect())
-    }
-}
-
-impl CacheKey for Parts {
-    fn encode_key(&self, out: &mut KeyEncoder) {
-        for part in &self.0 {
-            out.str(part);
-        }
-    }
-}
-
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text
         .find(|c: char| !c.is_ascii_digit())
@@ -161,64 +143,55 @@ async fn run(command: Command) -> Result<(), Failure> {
     let store = RedisStore::connect(&redis)
         .await
         .map_err(|e| refused(e.into()))?;
-    let mut builder = Cache::<Parts, serde_json::Value>::builder(&namespace)
+    let mut builder = Invalidator::builder(&namespace)
         .store(store)
-        .schema_version(schema_version)
-        .l1_max_bytes(0)
-        .no_hot_key_shield()
-        // Any tag a service accepts (the stored form does not depend on the limit).
-        .max_tag_bytes(1 << 20);
+        .schema_version(schema_version);
     if let Transport::Streams = transport {
         builder = builder.backplane_transport(BackplaneTransport::Streams {
             max_len: stream_max_len,
         });
     }
-    let cache = builder.build().map_err(refused)?;
+    let invalidator = builder.build().map_err(refused)?;
     // The namespace's generation read first: keys are named in the current one.
-    if !cache.remote_healthy().await {
+    if !invalidator.remote_healthy().await {
         return Err(Failure::Refused(format!(
             "{redis} does not answer (down, wrong credentials, or too slow)"
         )));
     }
-    let keys: Vec<Parts> = key.iter().map(|k| Parts::parse(k)).collect();
-    let prefixes: Vec<Parts> = prefix.iter().map(|p| Parts::parse(p)).collect();
+    let keys: Vec<KeyParts> = key.iter().map(|k| KeyParts::parse(k)).collect();
+    let prefixes: Vec<KeyParts> = prefix.iter().map(|p| KeyParts::parse(p)).collect();
     for k in keys.iter().chain(&prefixes) {
-        cache.stored_key(k).map_err(refused)?; // bad keys refused before anything is sent
+        invalidator.stored_key(k).map_err(refused)?; // bad keys refused before anything is sent
     }
     let mut failed = Vec::new();
     if clear {
-        match cache.clear().await {
+        match invalidator.clear().await {
             Ok(()) => println!("cleared namespace {namespace}"),
             Err(e) => failed.push(format!("clear: {e}")),
         }
     }
     for k in &keys {
-        cache.invalidate(k).await.map_err(refused)?;
-        println!("invalidated key {}", cache.stored_key(k).map_err(refused)?);
+        let stored = invalidator.key(k).await.map_err(refused)?;
+        println!("invalidated key {stored}");
     }
     for t in &tag {
-        cache.invalidate_tag(t).await.map_err(refused)?;
+        invalidator.tag(t).await.map_err(refused)?;
         println!("invalidated tag {t}");
     }
     for p in &prefixes {
-        let stored = cache.stored_key(p).map_err(refused)?;
-        match cache.invalidate_prefix(p).await {
+        let stored = invalidator.stored_key(p).map_err(refused)?;
+        match invalidator.prefix(p).await {
             Ok(removed) => println!("invalidated prefix {stored} ({removed} keys)"),
             // Queued for retry in this process: waited for below.
             Err(e) => eprintln!("herdwise: prefix {stored}: {e} (retrying)"),
         }
     }
     // Every invalidation queued for retry is waited for (nothing retries after the exit).
-    let deadline = Instant::now() + timeout;
-    while cache.unconfirmed_invalidations() > 0 {
-        if Instant::now() >= deadline {
-            failed.push(format!(
-                "{} invalidations not confirmed by the store within {timeout:?}",
-                cache.unconfirmed_invalidations()
-            ));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let left = invalidator.wait_confirmed(timeout).await;
+    if left > 0 {
+        failed.push(format!(
+            "{left} invalidations not confirmed by the store within {timeout:?}"
+        ));
     }
     match failed.is_empty() {
         true => Ok(()),

@@ -15,6 +15,8 @@
 //! - [`key`]: cache keys and tags; [`status`]: `Cache-Status`; [`range`]: byte ranges;
 //! - [`origin`]: the origins, with limits and timeouts;
 //! - [`handler`]: one request, end to end; [`server`]: listeners, admin API, shutdown;
+//!   [`invalidate`]: the admin API's invalidations of any namespace on the proxy's Redis (the
+//!   CLI's, over HTTP);
 //! - [`warm`]: the warm-up at start that `/readyz` waits for; [`stall`]: clients that stop
 //!   reading are cut off;
 //! - [`config`]: TOML + environment + flags.
@@ -37,6 +39,7 @@
 pub mod config;
 mod error;
 pub mod handler;
+pub mod invalidate;
 pub mod key;
 pub mod object;
 pub mod origin;

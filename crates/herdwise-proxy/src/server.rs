@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herdwise::{Cache, MemoryStore, RedisStore};
+use herdwise::{Cache, MemoryStore, RedisStore, Store};
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -24,6 +24,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::handler::{full, purge_metric, text, Body, Proxy, Rules, Settings};
+use crate::invalidate::Invalidators;
 use crate::key;
 use crate::object::{weight, Entry, EntryCodec};
 use crate::stall::WriteDeadline;
@@ -34,6 +35,28 @@ const MAX_CONNECTIONS: usize = 16_384;
 
 /// Builds the cache the proxy stores responses in.
 pub async fn build_cache(config: &Config, settings: &Arc<Settings>) -> Result<Cache<str, Entry>> {
+    let store = connect_store(config).await?;
+    build_cache_on(
+        config,
+        settings,
+        store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
+    )
+}
+
+/// The shared store of `redis_url`, if one is configured.
+async fn connect_store(config: &Config) -> Result<Option<Arc<dyn Store>>> {
+    Ok(match config.redis_url.as_deref() {
+        Some(url) => Some(Arc::new(RedisStore::connect(url).await?)),
+        None => None,
+    })
+}
+
+/// The proxy's cache on `store`.
+fn build_cache_on(
+    config: &Config,
+    settings: &Arc<Settings>,
+    store: Arc<dyn Store>,
+) -> Result<Cache<str, Entry>> {
     let ttl_rules = settings.clone();
     let builder = Cache::<str, Entry>::builder_with_codec(&config.namespace, EntryCodec)
         .l1_max_bytes(config.l1_max_bytes)
@@ -49,11 +72,8 @@ pub async fn build_cache(config: &Config, settings: &Arc<Settings>) -> Result<Ca
         // (the copy cannot be checked against L2 then).
         .stale_while_revalidate(Duration::ZERO)
         .ttl_from(move |e: &Entry| ttl_rules.storage_ttl(e))
-        .tags_from(Rules::tags);
-    let builder = match config.redis_url.as_deref() {
-        Some(url) => builder.store(RedisStore::connect(url).await?),
-        None => builder.store(MemoryStore::new()),
-    };
+        .tags_from(Rules::tags)
+        .shared_store(store);
     Ok(builder.build()?)
 }
 
@@ -112,8 +132,13 @@ pub async fn start(
     config.validate()?;
     let settings = Arc::new(Settings::new(config.clone()));
     let config = Arc::new(config);
-    let cache = build_cache(&config, &settings).await?;
+    let store = connect_store(&config).await?;
+    let shared = store
+        .clone()
+        .unwrap_or_else(|| Arc::new(MemoryStore::new()));
+    let cache = build_cache_on(&config, &settings, shared)?;
     let proxy = Arc::new(Proxy::new(cache, settings));
+    let invalidators = Arc::new(Invalidators::new(store));
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -150,7 +175,16 @@ pub async fn start(
         tokio::spawn(async move {
             serve(admin, stopped, grace, &config, move |req| {
                 let (proxy, metrics, warmth) = (proxy.clone(), metrics.clone(), warmth.clone());
-                async move { admin_api(&proxy, metrics.as_ref(), &warmth, req).await }
+                let invalidators = invalidators.clone();
+                async move {
+                    let admin = Admin {
+                        proxy: &proxy,
+                        metrics: metrics.as_ref(),
+                        warmth: &warmth,
+                        invalidators: &invalidators,
+                    };
+                    admin_api(admin, req).await
+                }
             })
             .await;
         })
@@ -228,13 +262,22 @@ async fn serve<F, Fut>(
     }
 }
 
+/// What the admin API serves from.
+struct Admin<'a> {
+    proxy: &'a Proxy,
+    metrics: Option<&'a herdwise::prometheus::Prometheus>,
+    warmth: &'a Warmth,
+    invalidators: &'a Invalidators,
+}
+
 /// The admin API.
-async fn admin_api(
-    proxy: &Proxy,
-    metrics: Option<&herdwise::prometheus::Prometheus>,
-    warmth: &Warmth,
-    req: Request<Incoming>,
-) -> Response<Body> {
+async fn admin_api(admin: Admin<'_>, req: Request<Incoming>) -> Response<Body> {
+    let Admin {
+        proxy,
+        metrics,
+        warmth,
+        invalidators,
+    } = admin;
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     match (req.method().clone(), path.as_str()) {
@@ -267,6 +310,32 @@ async fn admin_api(
             }
             None => text(StatusCode::NOT_FOUND, "metrics are not installed\n"),
         },
+        (Method::POST, p) if p.starts_with("/invalidate/") => {
+            if !proxy.authorized(req.headers()) {
+                return text(
+                    StatusCode::FORBIDDEN,
+                    "invalidations need the admin token\n",
+                );
+            }
+            let namespace = percent_decode(&p["/invalidate/".len()..]);
+            let params: Vec<(String, String)> = query
+                .split('&')
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (percent_decode(k), percent_decode(v))
+                })
+                .collect();
+            drop(req);
+            let (status, body) = invalidators.handle(&namespace, &params).await;
+            let mut r = Response::new(full(body));
+            *r.status_mut() = status;
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
         (Method::POST, p) if p.starts_with("/purge/") => {
             if !proxy.authorized(req.headers()) {
                 return text(StatusCode::FORBIDDEN, "purge needs the admin token\n");

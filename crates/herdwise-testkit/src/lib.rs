@@ -1,4 +1,4 @@
-//! Test fixtures for Herdwise: a real `redis-server` process per test.
+//! Test fixtures for Herdwise: a real `redis-server` (or PostgreSQL) process per test.
 //!
 //! [`RedisServer::start`] spawns `redis-server` on a free loopback port, waits until it answers
 //! `PING`, and kills it by PID when dropped. Because the fixture owns the process, tests can inject
@@ -6,7 +6,8 @@
 //! server), [`RedisServer::resume`] and [`RedisServer::restart`] on the same port.
 //!
 //! Nothing here depends on a Redis that happens to run on the machine. The binary is
-//! `redis-server` from `PATH`, or the path in `HERDWISE_REDIS_SERVER`.
+//! `redis-server` from `PATH`, or the path in `HERDWISE_REDIS_SERVER`. [`PostgresServer`] does the
+//! same for PostgreSQL (`initdb` into a scratch directory, `postgres` on a free loopback port).
 //!
 //! ```no_run
 //! let redis = herdwise_testkit::RedisServer::start().expect("redis-server");
@@ -19,10 +20,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod cluster;
+mod postgres;
 mod sentinel;
 mod tls;
 
 pub use cluster::RedisCluster;
+pub use postgres::PostgresServer;
 pub use sentinel::{SentinelSet, SERVICE as SENTINEL_SERVICE};
 pub use tls::TlsMaterial;
 

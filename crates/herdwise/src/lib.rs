@@ -104,6 +104,7 @@ pub use cache::builder::{
     DEFAULT_RECOVERY_WINDOW, DEFAULT_STALE_IF_ERROR, DEFAULT_TTL, DEFAULT_TTL_JITTER,
     DEFAULT_XFETCH_BETA,
 };
+pub use cache::invalidator::{Invalidator, InvalidatorBuilder, KeyParts};
 pub use cache::read::{Fetched, LoadOptions, Source};
 pub use cache::refresh::RefreshAhead;
 pub use cache::warm::{ReadinessProbe, RewarmPolicy, WarmOptions, WarmReport};

@@ -11,6 +11,7 @@ pub(crate) mod batch;
 pub(crate) mod builder;
 mod coherence;
 pub(crate) mod entries;
+pub(crate) mod invalidator;
 mod observe;
 pub(crate) mod read;
 pub(crate) mod refresh;

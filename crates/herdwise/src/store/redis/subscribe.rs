@@ -290,6 +290,9 @@ async fn keep_subscribed(
                         }
                     }
                 };
+                if tx.receiver_count() == 0 {
+                    return; // nobody listens any more: nothing to resubscribe for
+                }
                 tracing::warn!(%channel, reason = lost, "redis subscription lost; resubscribing");
                 if tx.send(StoreEvent::Lost).is_err() {
                     return;
