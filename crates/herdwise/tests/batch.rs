@@ -516,7 +516,7 @@ async fn fetch_many_with_a_single_loader_keeps_to_the_origin_limit() {
 async fn a_batch_larger_than_the_part_size_is_read_in_parts() {
     let server = common::redis();
     // What is tested is the parts, not the store deadline: on a starved host (this file's tests
-    // run at once, in a debug build) 1,000 lease calls can pass the default 50 ms, and a key
+    // run at once, in a debug build) 1,000 lease calls can pass the default store deadline, and a key
     // whose lease call timed out is loaded without a fill (seen: 1,500 keys not in L2).
     let patient = |ns: &'static str| {
         let server = &server;

@@ -38,7 +38,7 @@ async fn round_trip(store: RedisStore) {
         .build()
         .unwrap();
     let reader: Cache<u64, String> = Cache::builder("connect").store(store).build().unwrap();
-    // Retried: the store's 50 ms call deadline can lapse while the suite's other tests load the
+    // Retried: the store's call deadline can lapse while the suite's other tests load the
     // two cores (a timed-out write or read is a miss, not an error). A connection that does not
     // work never passes.
     let worked = common::eventually(Duration::from_secs(5), async || {

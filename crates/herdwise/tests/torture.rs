@@ -214,7 +214,7 @@ async fn herdwise_run(
     };
     let mut caches: Vec<Cache<u64, u64>> = Vec::new();
     for _ in 0..3 {
-        // The default 50 ms store deadline: on a saturated test machine the timeouts open a
+        // The default store deadline: on a saturated test machine the timeouts open a
         // writer's breaker, and its invalidations must still reach the others.
         let mut builder = Cache::builder("torture")
             .store(common::store(server).await)

@@ -236,7 +236,7 @@ where
         self
     }
 
-    /// Deadline of each store call (default: the store's own, 50 ms for Redis). A call that
+    /// Deadline of each store call (default: the store's own, 100 ms for Redis). A call that
     /// misses it is a miss (reads) or a counted failure (writes).
     pub fn store_timeout(mut self, timeout: Duration) -> Self {
         self.store_timeout = Some(timeout);

@@ -163,7 +163,7 @@ impl Store for ShardedStore {
             .iter()
             .map(|n| n.store.default_timeout())
             .max()
-            .unwrap_or(Duration::from_millis(50))
+            .unwrap_or(crate::store::redis::DEFAULT_REDIS_TIMEOUT)
     }
 
     fn shards(&self) -> usize {
