@@ -46,7 +46,7 @@
 //! | `herdwise_negative_stored_total` | counter | | negative entries written |
 //! | `herdwise_corrupt_entries_total` | counter | | stored bytes that failed to decode (deleted, treated as misses) |
 //! | `herdwise_scope_violations_total` | counter | `reason` = `foreign`/`unscoped` | entries read under a key they were not written for (`foreign`: their key fingerprint names another key; `unscoped`: they carry none — written by an older version or another writer); treated as misses, `foreign` ones deleted (`unscoped` ones are left for the fill to replace: deleting them would make old and new builds erase each other's entries during a rolling upgrade) |
-//! | `herdwise_uncacheable_values_total` | counter | `reason` = `too_large`/`encode` | loaded values returned but not cached |
+//! | `herdwise_uncacheable_values_total` | counter | `reason` = `too_large`/`encode` | loaded values returned but not cached in L2 (too large ones are kept in this instance's L1 for `oversized_in_l1`) |
 //! | `herdwise_leases_total` | counter | `outcome` = `acquired`/`held`/`takeover` | lease attempts after an L2 miss (`held`: another instance loads; `takeover`: a waiter took a lease its holder gave up) |
 //! | `herdwise_lease_wait_timeouts_total` | counter | | waiters that gave up on another instance's fill and loaded themselves |
 //! | `herdwise_fills_refused_total` | counter | `reason` = `lease_lost`/`older` | fills not written: the lease was voided by a write/invalidation (or expired), or L2 holds a newer version |

@@ -1,10 +1,15 @@
 //! A loaded value too large to cache is returned to its callers, counted, and logged — at
 //! most once a second with the count of repeats it stands for, not once per read (one test of
-//! a service logged 1,533 such warnings among 1,547 lines).
+//! a service logged 1,533 such warnings among 1,547 lines) — and kept in L1 only, briefly
+//! (`oversized_in_l1`), so that an oversized key does not send every read to the origin.
 
 mod common;
 
-use herdwise::{metrics as m, Cache};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herdwise::{metrics as m, Cache, LoadOptions};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
 #[test]
@@ -21,6 +26,8 @@ fn an_oversized_value_is_served_counted_and_its_warning_throttled() {
         let cache: Cache<u64, String> = metrics::with_local_recorder(&recorder, || {
             Cache::builder("oversized")
                 .max_value_bytes(1_024)
+                // Not kept in L1 either: every read loads, and each would warn.
+                .oversized_in_l1(None)
                 .build()
                 .unwrap()
         });
@@ -56,4 +63,102 @@ fn an_oversized_value_is_served_counted_and_its_warning_throttled() {
         })
         .sum();
     assert_eq!(too_large, 200, "every one counted");
+}
+
+/// Waits until `cache` has no `key` in any tier (a `get`, which never loads).
+async fn dropped(cache: &Cache<u64, String>, key: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if cache.get(&key).await.unwrap().is_none() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_value_is_kept_in_l1_only_briefly_and_invalidations_reach_it() {
+    let server = common::redis();
+    let build = |store| {
+        Cache::<u64, String>::builder("oversized-l1")
+            .store(store)
+            .max_value_bytes(1_024)
+            .oversized_in_l1(Some(Duration::from_millis(600)))
+            .build()
+            .unwrap()
+    };
+    let a = build(common::store(&server).await);
+    let b = build(common::store(&server).await);
+    let loads = Arc::new(AtomicUsize::new(0));
+    let read = |cache: &Cache<u64, String>, key: u64| {
+        let (cache, loads) = (cache.clone(), loads.clone());
+        async move {
+            let opts = LoadOptions::default().tags(["reports"]);
+            cache
+                .get_or_load_with(&key, &opts, move |_| {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    async { Ok::<_, std::io::Error>(Some("x".repeat(5_000))) }
+                })
+                .await
+                .unwrap()
+                .value
+                .map(|v| v.len())
+        }
+    };
+    let loaded = || loads.load(Ordering::SeqCst);
+
+    // Both listening first: a copy made before an instance hears invalidations is checked
+    // against L2 once, and an L1-only copy is not there (one more load, by design).
+    a.get(&0).await.unwrap();
+    b.get(&0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // 100 reads on A: one load, not 100; B finds nothing (never in L2).
+    for _ in 0..100 {
+        assert_eq!(read(&a, 1).await, Some(5_000));
+    }
+    assert_eq!(loaded(), 1, "one load for 100 reads");
+    assert_eq!(b.get(&1).await.unwrap(), None, "not written to L2");
+
+    // An invalidation on B reaches A's L1-only copy.
+    b.invalidate(&1).await.unwrap();
+    assert!(
+        dropped(&a, 1).await,
+        "B's invalidation did not reach A's copy"
+    );
+    assert_eq!(read(&a, 1).await, Some(5_000));
+    assert_eq!(loaded(), 2, "reloaded after the invalidation");
+
+    // So does a tag invalidation.
+    b.invalidate_tag("reports").await.unwrap();
+    assert!(
+        dropped(&a, 1).await,
+        "the tag invalidation did not reach A's copy"
+    );
+    assert_eq!(read(&a, 1).await, Some(5_000));
+    assert_eq!(loaded(), 3);
+
+    // And it lives `oversized_in_l1`, then the next read loads again.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(a.get(&1).await.unwrap(), None, "outlived oversized_in_l1");
+    assert_eq!(read(&a, 1).await, Some(5_000));
+    assert_eq!(loaded(), 4);
+}
+
+#[test]
+fn oversized_in_l1_is_checked_at_build() {
+    let zero = Cache::<u64, String>::builder("oversized-config")
+        .oversized_in_l1(Some(Duration::ZERO))
+        .build()
+        .err();
+    match zero {
+        Some(herdwise::Error::Config(why)) => assert!(why.contains("oversized_in_l1"), "{why}"),
+        other => panic!("expected Error::Config, got {other:?}"),
+    }
+    let long = Cache::<u64, String>::builder("oversized-config")
+        .oversized_in_l1(Some(Duration::from_secs(400 * 365 * 24 * 3600)))
+        .build()
+        .err();
+    assert!(matches!(long, Some(herdwise::Error::Config(why)) if why.contains("oversized_in_l1")));
 }

@@ -49,6 +49,8 @@ pub const DEFAULT_L1_MAX_BYTES: u64 = 64 << 20;
 pub const DEFAULT_L1_TTL_CAP: Duration = Duration::from_secs(60);
 /// Default largest encoded value.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 4 << 20;
+/// Default time a loaded value too large for L2 stays in L1 (`CacheBuilder::oversized_in_l1`).
+pub const DEFAULT_OVERSIZED_IN_L1: Duration = Duration::from_secs(5);
 /// Default window past an entry's fresh time in which it is served if the origin fails.
 pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(300);
 /// Default pace at which a failing origin is retried while stale values are served.
@@ -109,6 +111,7 @@ pub struct CacheBuilder<K: ?Sized, V> {
     default_codec: Option<DefaultCodec<V>>,
     compression: Compression,
     max_value_bytes: usize,
+    oversized_in_l1: Option<Duration>,
     max_key_bytes: usize,
     tenant_required: bool,
     max_in_flight: usize,
@@ -187,6 +190,7 @@ where
             default_codec: None,
             compression: Compression::default(),
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            oversized_in_l1: Some(DEFAULT_OVERSIZED_IN_L1),
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             tenant_required: false,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
@@ -391,9 +395,43 @@ where
     }
 
     /// Largest encoded value (default 4 MiB). Larger values are rejected by `set` with
-    /// [`Error::ValueTooLarge`] and returned uncached by `get_or_load`.
+    /// [`Error::ValueTooLarge`] and returned uncached by `get_or_load`: not in L2, and in L1
+    /// only for [`CacheBuilder::oversized_in_l1`].
     pub fn max_value_bytes(mut self, bytes: usize) -> Self {
         self.max_value_bytes = bytes;
+        self
+    }
+
+    /// How long a *loaded* value larger than `max_value_bytes` is kept in this instance's L1
+    /// (default 5 s; `None`: not at all). It never goes to L2, so without this every read of
+    /// such a key would go to the origin; with it each instance loads it at most once per
+    /// `keep` (and per invalidation: invalidations, tags and L1 demotion reach it like any L1
+    /// entry; it has no stale window and lives at most the value's TTL). L1's byte bound
+    /// holds. Counted in `herdwise_uncacheable_values_total{reason="too_large"}` per load, and
+    /// logged at most once a second.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herdwise::Error> {
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::time::Duration;
+    /// let loads = AtomicUsize::new(0);
+    /// let cache: herdwise::Cache<u64, String> = herdwise::Cache::builder("reports")
+    ///     .max_value_bytes(1_000)
+    ///     .oversized_in_l1(Some(Duration::from_secs(2)))
+    ///     .build()?;
+    /// for _ in 0..10 {
+    ///     let load = |_: &u64| {
+    ///         loads.fetch_add(1, Ordering::SeqCst);
+    ///         async { Ok::<_, std::io::Error>(Some("x".repeat(5_000))) }
+    ///     };
+    ///     assert_eq!(cache.get_or_load(&1, load).await?.map(|v| v.len()), Some(5_000));
+    /// }
+    /// assert_eq!(loads.load(Ordering::SeqCst), 1); // not one per read
+    /// # Ok(()) }
+    /// ```
+    pub fn oversized_in_l1(mut self, keep: Option<Duration>) -> Self {
+        self.oversized_in_l1 = keep;
         self
     }
 
@@ -768,6 +806,7 @@ where
             ("origin limit (max_wait)", self.origin_limit.max_wait()),
             ("hot_key_shield (life)", self.hot_key_shield.map(|(_, l)| l)),
             ("hot_key_replicas (life)", self.replicas.map(|r| r.life)),
+            ("oversized_in_l1", self.oversized_in_l1),
         ];
         for (name, value) in durations {
             if value.is_some_and(|d| d > max) {
@@ -835,6 +874,11 @@ where
         }
         if self.l1_ttl_cap.is_zero() {
             return Err(Error::Config("l1_ttl_cap must be positive".into()));
+        }
+        if self.oversized_in_l1.is_some_and(|t| t.is_zero()) {
+            return Err(Error::Config(
+                "oversized_in_l1 must be positive (use None to disable)".into(),
+            ));
         }
         if self.max_value_bytes == 0 || self.max_value_bytes > u32::MAX as usize {
             return Err(Error::Config(
@@ -1008,6 +1052,7 @@ where
                     codec,
                     compression: self.compression,
                     max_value_bytes: self.max_value_bytes,
+                    oversized_in_l1: self.oversized_in_l1,
                     weigher: self.weigher,
                     ttl_from: self.ttl_from,
                     scope_log: crate::throttle::LogThrottle::new(Duration::from_secs(1)),

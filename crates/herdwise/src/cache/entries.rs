@@ -353,6 +353,56 @@ where
         Ok(self.seal(stored_key, meta, tags, &payload, now, value.map(|v| &**v)))
     }
 
+    /// Keeps a loaded value too large for L2 in this instance's L1 for `keep` (capped by the
+    /// value's TTL; no stale window), so each instance loads it at most once per `keep`
+    /// instead of on every read. Invalidations and tags reach it like any L1 entry; a demoted
+    /// L1 re-checks it against L2, finds nothing, and loads again.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn keep_oversized_in_l1(
+        &self,
+        stored_key: &str,
+        value: &Arc<V>,
+        size: usize,
+        keep: Duration,
+        load_duration: Duration,
+        epoch: u64,
+        tags: Option<Arc<TagStamp>>,
+    ) {
+        let inner = &*self.inner;
+        let ttl = inner
+            .format
+            .ttl_from
+            .as_ref()
+            .and_then(|ttl_of| ttl_of(value))
+            .unwrap_or(inner.ttl.ttl);
+        let now = now_ms();
+        let mut meta = inner.ttl.meta(
+            now,
+            keep.min(ttl),
+            load_duration,
+            0,
+            false,
+            inner.format.codec.id(),
+        );
+        meta.stale_until_ms = meta.fresh_until_ms;
+        let weight = l1_weight(
+            inner.format.weigher.as_ref(),
+            Some(&**value),
+            size,
+            tags.as_deref(),
+        );
+        let lifetimes = inner.ttl.l1_lifetimes(&meta, now);
+        self.l1_insert(
+            stored_key,
+            Some(value.clone()),
+            &meta,
+            weight,
+            lifetimes,
+            epoch,
+            tags,
+        );
+    }
+
     /// Envelope bytes re-storing a stale `fallback` as a flagged stale copy that counts as fresh
     /// for `throttle` — never past the fallback's own stale time, so max-stale still holds.
     /// `None` if that time has already passed (nothing worth re-storing).

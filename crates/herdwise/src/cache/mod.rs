@@ -104,6 +104,8 @@ pub(crate) struct Format<V> {
     codec: Arc<dyn Codec<V>>,
     compression: Compression,
     max_value_bytes: usize,
+    /// How long a loaded value too large for L2 stays in L1 (`None`: not at all).
+    oversized_in_l1: Option<Duration>,
     /// `None`: L1 weighs a value by its uncompressed payload length.
     weigher: Option<crate::cache::entries::Weigher<V>>,
     /// `None`: every positive entry lives the cache's (jittered) TTL.

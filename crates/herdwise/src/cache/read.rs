@@ -1277,7 +1277,7 @@ where
                 key = stored_key,
                 error = %err,
                 suppressed,
-                "loaded value not cached (returned to the callers; the next read loads again)"
+                "loaded value not cached in L2 (returned to the callers; too large: kept in L1 only for `oversized_in_l1`; otherwise the next read loads again)"
             );
         }
     }
@@ -1303,17 +1303,30 @@ where
                 None => return self.release(mode).await,
             },
         };
-        let encoded = match self.encode_entry(stored_key, value, ttl, 0, load_duration, tags) {
-            Ok(encoded) => encoded,
-            Err(err) => {
-                match err {
-                    Error::ValueTooLarge { .. } => inner.metrics.too_large.increment(1),
-                    _ => inner.metrics.encode_failures.increment(1),
+        let encoded =
+            match self.encode_entry(stored_key, value, ttl, 0, load_duration, tags.clone()) {
+                Ok(encoded) => encoded,
+                Err(err) => {
+                    match (&err, value, inner.format.oversized_in_l1) {
+                        (Error::ValueTooLarge { size, .. }, Some(value), Some(keep)) => {
+                            inner.metrics.too_large.increment(1);
+                            self.keep_oversized_in_l1(
+                                stored_key,
+                                value,
+                                *size,
+                                keep,
+                                load_duration,
+                                epoch,
+                                tags,
+                            );
+                        }
+                        (Error::ValueTooLarge { .. }, _, _) => inner.metrics.too_large.increment(1),
+                        _ => inner.metrics.encode_failures.increment(1),
+                    }
+                    self.warn_uncached(stored_key, &err);
+                    return self.release(mode).await;
                 }
-                self.warn_uncached(stored_key, &err);
-                return self.release(mode).await;
-            }
-        };
+            };
         let held = match mode {
             FillMode::LocalOnly => {
                 self.mirror_in_l1(stored_key, value, &encoded, epoch);
