@@ -29,6 +29,7 @@ use crate::coherence::tags::TagLedger;
 use crate::metrics::CacheMetrics;
 use crate::store::{Publication, Store, StoreEvent};
 use crate::tiers::recovery::Recovery;
+use crate::tiers::recovery::KEYSPACE;
 use crate::tiers::remote::Remote;
 
 /// What an event invalidates.
@@ -194,6 +195,10 @@ impl Backplane {
                 if let Some(pattern) = &self.keyspace {
                     match self.store.subscribe_keyspace(pattern) {
                         Some(changes) => {
+                            if let (true, Some(s)) = (confirmed, subscriber.upgrade()) {
+                                // Deaf to external writers until the store confirms it.
+                                s.recovery().set_deaf_to(KEYSPACE, true);
+                            }
                             runtime.spawn(crate::coherence::keyspace::listen(
                                 subscriber.clone(),
                                 changes,

@@ -8,7 +8,9 @@
 //! deleting instance's announcement does that). Whenever changes may have been missed — before
 //! the first subscription, after a loss, a resubscription or a listener that fell behind — L1
 //! is demoted (each entry re-checked against L2 before it is served), and while the
-//! subscription is down, again every second. The instance's own writes are heard too (Redis
+//! subscription is down, again every second; what is stored meanwhile (reads in flight
+//! included) is stored unverified — the subscription counts as one of the instance's ears
+//! (`Recovery::set_deaf_to`, beside the backplane's). The instance's own writes are heard too (Redis
 //! does not say who wrote): each costs the writer one L2 read afterwards, the price of hearing
 //! every writer.
 
@@ -19,9 +21,13 @@ use tokio::sync::broadcast;
 
 use crate::coherence::backplane::Subscriber;
 use crate::store::StoreEvent;
+use crate::tiers::recovery::KEYSPACE;
 
 /// While the subscription is lost, how often L1 is demoted again.
 const DEAF_DEMOTE: Duration = Duration::from_secs(1);
+/// While hearing, how often the listener checks that its cache still exists (on a quiet
+/// namespace no event would wake it, and it holds the subscription open).
+const ALIVE_CHECK: Duration = Duration::from_secs(5);
 
 /// The key pattern of a namespace's stored keys (`<namespace>:v<schema>…:<key>`, every schema
 /// and generation), as a Redis glob.
@@ -39,6 +45,8 @@ pub(crate) async fn listen(
     let mut subscribed_before = false;
     let mut deaf_tick = tokio::time::interval(DEAF_DEMOTE);
     deaf_tick.reset();
+    let mut alive_tick = tokio::time::interval(ALIVE_CHECK);
+    alive_tick.reset();
     loop {
         let event = tokio::select! {
             event = events.recv() => event,
@@ -47,6 +55,12 @@ pub(crate) async fn listen(
                     return;
                 };
                 inner.recovery().demote();
+                continue;
+            }
+            _ = alive_tick.tick() => {
+                if inner.strong_count() == 0 {
+                    return;
+                }
                 continue;
             }
         };
@@ -63,8 +77,10 @@ pub(crate) async fn listen(
             }
             Ok(StoreEvent::Subscribed) => {
                 deaf = false;
-                // Whatever L1 took before now was not covered: checked against L2 again.
+                // Whatever L1 took before now was not covered: checked against L2 again; and
+                // what reads in flight bring back was read deaf: stored unverified.
                 inner.recovery().demote();
+                inner.recovery().set_deaf_to(KEYSPACE, false);
                 if subscribed_before {
                     inner.metrics().backplane_reset("resubscribed");
                 }
@@ -73,6 +89,7 @@ pub(crate) async fn listen(
             Ok(StoreEvent::Lost) => {
                 deaf = true;
                 deaf_tick.reset();
+                inner.recovery().set_deaf_to(KEYSPACE, true);
                 inner.recovery().demote();
                 inner.metrics().backplane_reset("subscription_lost");
                 tracing::info!(
@@ -81,6 +98,7 @@ pub(crate) async fn listen(
                 );
             }
             Err(broadcast::error::RecvError::Lagged(_)) => {
+                inner.recovery().restart_hearing();
                 inner.recovery().demote();
                 inner.metrics().backplane_reset("lagged");
             }

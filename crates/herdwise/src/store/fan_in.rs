@@ -2,8 +2,9 @@
 //! own messages (a sharded store's nodes, a cluster's keyspace notifications).
 //!
 //! Contract: [`merge`] turns one receiver per node into one receiver. It announces
-//! `Subscribed` once every node is subscribed, then again whenever any node re-subscribes (a
-//! gap on any node is a gap); every `Lost` and message passes through, and a node whose
+//! `Subscribed` whenever a node (re)subscribes and every node is then subscribed (a gap on any
+//! node is a gap, and one node back while another is lost is not hearing); every `Lost` and
+//! message passes through, and a node whose
 //! receiver lagged counts as lost and at once re-subscribed. The tasks end when nobody listens.
 
 use std::time::Duration;
@@ -61,16 +62,14 @@ async fn forward(
     }
 }
 
-/// One subscription out of one per node: `Subscribed` once every node is subscribed, then
-/// again whenever a node re-subscribes (a gap on any node is a gap); every `Lost` and message
-/// passes through. Ends when nobody listens.
+/// One subscription out of one per node: `Subscribed` whenever a node (re)subscribes with
+/// every node up; every `Lost` and message passes through. Ends when nobody listens.
 async fn merge_into(
     mut merged: tokio::sync::mpsc::Receiver<(usize, StoreEvent)>,
     tx: broadcast::Sender<StoreEvent>,
     nodes: usize,
 ) {
     let mut up = vec![false; nodes];
-    let mut announced = false;
     let mut check = tokio::time::interval(Duration::from_secs(1));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -87,16 +86,11 @@ async fn merge_into(
             }
         };
         let out = match event {
+            // Only with every node up: one node's (re)subscription while another is still
+            // lost is not hearing everything.
             StoreEvent::Subscribed => {
                 up[node] = true;
-                if announced {
-                    Some(StoreEvent::Subscribed)
-                } else if up.iter().all(|u| *u) {
-                    announced = true;
-                    Some(StoreEvent::Subscribed)
-                } else {
-                    None
-                }
+                up.iter().all(|u| *u).then_some(StoreEvent::Subscribed)
             }
             StoreEvent::Lost => {
                 up[node] = false;

@@ -502,6 +502,40 @@ mod tests {
     }
 
     #[test]
+    fn each_subscription_is_an_ear_and_a_value_read_while_either_was_deaf_is_unverified() {
+        use crate::tiers::recovery::KEYSPACE;
+        let (l1, recovery) = tier_with_recovery();
+        let s = Duration::from_secs(10);
+        let put = |k: &str, epoch| l1.insert(k, None, &meta(), 1, (s, s), epoch, None);
+        // The backplane hears; the keyspace subscription is down, then comes back while a
+        // read is in flight: what that read brings back is not vouched for.
+        recovery.set_deaf_to(KEYSPACE, true);
+        put("stored-while-deaf", l1.epoch("stored-while-deaf"));
+        let read_while_deaf = l1.epoch("a");
+        recovery.set_deaf_to(KEYSPACE, false);
+        put("a", read_while_deaf);
+        put("b", l1.epoch("b"));
+        assert_eq!(
+            l1.get_classified("stored-while-deaf").unwrap().1,
+            Standing::Unverified
+        );
+        assert_eq!(l1.get_classified("a").unwrap().1, Standing::Unverified);
+        assert_eq!(l1.get_classified("b").unwrap().1, Standing::Fresh);
+        // Deaf while any ear is: the backplane back does not make the keyspace hear.
+        recovery.set_deaf_to(KEYSPACE, true);
+        recovery.set_deaf(true);
+        recovery.set_deaf(false);
+        put("c", l1.epoch("c"));
+        assert_eq!(l1.get_classified("c").unwrap().1, Standing::Unverified);
+        // A listener that fell behind: reads in flight store unverified.
+        recovery.set_deaf_to(KEYSPACE, false);
+        let in_flight = l1.epoch("d");
+        recovery.restart_hearing();
+        put("d", in_flight);
+        assert_eq!(l1.get_classified("d").unwrap().1, Standing::Unverified);
+    }
+
+    #[test]
     fn an_insert_under_an_older_epoch_does_not_stay() {
         let l1 = tier(1 << 20);
         let s = Duration::from_secs(10);

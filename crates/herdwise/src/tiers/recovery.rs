@@ -15,7 +15,7 @@
 //! 1 % first. If Redis kept its data, a missing copy means the key was invalidated or expired,
 //! and the read loads as usual. The staleness this adds is bounded by about twice the window.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -25,14 +25,20 @@ use crate::tiers::freshness::now_ms;
 /// The era of entries stored while deaf: the era counter never reaches it.
 const DEAF_ERA: u64 = u64::MAX;
 
+/// The backplane's subscription (other instances' invalidations).
+pub(crate) const BACKPLANE: u8 = 1;
+/// The keyspace-notification subscription (external writers' changes).
+pub(crate) const KEYSPACE: u8 = 2;
+
 /// The demotion era and the last remote-tier recovery, shared by the breaker (which reports
 /// recoveries), L1 (which stamps entries with the era) and the read path.
 #[derive(Debug)]
 pub(crate) struct Recovery {
     era: AtomicU64,
-    /// Invalidations cannot be heard (the subscription is not up yet, or was lost): entries
-    /// stored meanwhile are unverified from the start.
-    deaf: AtomicBool,
+    /// Invalidations cannot be heard (a subscription is not up yet, or was lost): entries
+    /// stored meanwhile are unverified from the start. One bit per subscription
+    /// ([`BACKPLANE`], [`KEYSPACE`]): deaf while any is down.
+    deaf: AtomicU8,
     /// Times this instance started hearing again (deaf → hearing): part of every L1 epoch, so
     /// a value read from L2 while deaf is not stored as verified once hearing starts.
     hearing_starts: AtomicU64,
@@ -66,7 +72,7 @@ impl Recovery {
     pub fn new(window: Duration) -> Self {
         Recovery {
             era: AtomicU64::new(0),
-            deaf: AtomicBool::new(false),
+            deaf: AtomicU8::new(0),
             hearing_starts: AtomicU64::new(0),
             recovered_at_ms: AtomicU64::new(0),
             window,
@@ -119,7 +125,7 @@ impl Recovery {
     /// an invalidation of it may already have gone by unheard).
     #[inline]
     pub fn insert_era(&self) -> u64 {
-        if self.deaf.load(Ordering::Acquire) {
+        if self.deaf.load(Ordering::Acquire) != 0 {
             DEAF_ERA
         } else {
             self.era()
@@ -131,18 +137,30 @@ impl Recovery {
         DEAF_ERA
     }
 
-    /// Whether invalidations can be heard (see [`Recovery::insert_era`]).
+    /// Whether the backplane's invalidations can be heard (see [`Recovery::insert_era`]).
     pub fn set_deaf(&self, deaf: bool) {
+        self.set_deaf_to(BACKPLANE, deaf);
+    }
+
+    /// Whether `source`'s ([`BACKPLANE`] or [`KEYSPACE`]) changes can be heard: the instance
+    /// is deaf while any source is.
+    pub fn set_deaf_to(&self, source: u8, deaf: bool) {
         if deaf {
-            self.deaf.store(true, Ordering::Release);
-        } else if self.deaf.load(Ordering::Acquire) {
+            self.deaf.fetch_or(source, Ordering::AcqRel);
+        } else if self.deaf.load(Ordering::Acquire) & source != 0 {
             // What was read from L2 before now was read deaf: the inserts it is on its way to
             // store it unverified (their epoch, taken before the read, no longer matches).
-            // Counted before the flag drops, so an insert that sees "hearing" sees the count.
-            // (One listener calls this: no flip races another.)
+            // Counted before the bit drops, so an insert that sees "hearing" sees the count.
+            // (One listener per source flips its bit: no flip races another of the same bit.)
             self.hearing_starts.fetch_add(1, Ordering::AcqRel);
-            self.deaf.store(false, Ordering::Release);
+            self.deaf.fetch_and(!source, Ordering::AcqRel);
         }
+    }
+
+    /// Changes may have been missed while hearing (a listener fell behind): reads in flight
+    /// now store what they read unverified, as after a deaf spell.
+    pub fn restart_hearing(&self) {
+        self.hearing_starts.fetch_add(1, Ordering::AcqRel);
     }
 
     /// How many times this instance started hearing invalidations again (see

@@ -168,7 +168,7 @@ impl RedisStoreBuilder {
         }
     }
 
-    /// The deadline the cache applies to each call (default 100 ms, [`DEFAULT_REDIS_TIMEOUT`]).
+    /// The deadline the cache applies to each call (default 100 ms).
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.call_timeout = timeout;
         self

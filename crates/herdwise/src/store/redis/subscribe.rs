@@ -225,6 +225,8 @@ async fn keep_subscribed(
     let mut turn = 0usize;
     // Whether the server's notification settings were found wanting (warned once).
     let mut warned = false;
+    // When a refused subscription was last warned about (at most once a minute).
+    let mut refusal_warned: Option<std::time::Instant> = None;
     while tx.receiver_count() > 0 {
         let Some(client) = nodes.pick(turn) else {
             return;
@@ -298,7 +300,20 @@ async fn keep_subscribed(
                     return;
                 }
             }
-            Ok(Err(e)) => tracing::debug!(%channel, error = %e, "subscribe failed"),
+            Ok(Err(e)) => {
+                // A refusal (an ACL without the channel, or without PSUBSCRIBE) repeats on
+                // every try and leaves this instance deaf: said, at most once a minute.
+                if refusal_warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    refusal_warned = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        %channel,
+                        error = %e,
+                        "subscribe failed (retrying; refused by an ACL?): changes are not heard meanwhile"
+                    );
+                } else {
+                    tracing::debug!(%channel, error = %e, "subscribe failed");
+                }
+            }
             Err(_) => tracing::debug!(%channel, "subscribe timed out"),
         }
         tokio::time::sleep(backoff).await;
