@@ -64,8 +64,13 @@ enum Command {
         /// With `--transport streams`: the Stream's `max_len`, as the instances use it.
         #[arg(long, default_value_t = 10_000)]
         stream_max_len: usize,
-        /// A key: its parts separated by `:` as the service's key type has them (`42`,
-        /// `guide/intro`, `17:a` for the tuple key `(17, "a")`). Repeatable.
+        /// With `CacheBuilder::hot_key_replicas(copies, _)` on the instances: their copy
+        /// count, so that a key's copies are deleted with it.
+        #[arg(long)]
+        hot_key_replicas: Option<u8>,
+        /// A key in its stored form after the namespace prefix: its parts separated by `:`
+        /// (`42`, `guide/intro`, `17:a` for the tuple key `(17, "a")`), escapes in a part
+        /// decoded (`7:en%3AGB` for `(7, "en:GB")`). Repeatable.
         #[arg(long)]
         key: Vec<String>,
         /// A tag (`WriteOptions::tags`, `LoadOptions::tags`). Repeatable.
@@ -133,6 +138,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         schema_version,
         transport,
         stream_max_len,
+        hot_key_replicas,
         key,
         tag,
         prefix,
@@ -146,6 +152,9 @@ async fn run(command: Command) -> Result<(), Failure> {
     let mut builder = Invalidator::builder(&namespace)
         .store(store)
         .schema_version(schema_version);
+    if let Some(copies) = hot_key_replicas {
+        builder = builder.hot_key_replicas(copies);
+    }
     if let Transport::Streams = transport {
         builder = builder.backplane_transport(BackplaneTransport::Streams {
             max_len: stream_max_len,
@@ -158,8 +167,9 @@ async fn run(command: Command) -> Result<(), Failure> {
             "{redis} does not answer (down, wrong credentials, or too slow)"
         )));
     }
-    let keys: Vec<KeyParts> = key.iter().map(|k| KeyParts::parse(k)).collect();
-    let prefixes: Vec<KeyParts> = prefix.iter().map(|p| KeyParts::parse(p)).collect();
+    let parse = |k: &String| KeyParts::parse(k).map_err(|e| refused(e.into()));
+    let keys = key.iter().map(parse).collect::<Result<Vec<_>, _>>()?;
+    let prefixes = prefix.iter().map(parse).collect::<Result<Vec<_>, _>>()?;
     for k in keys.iter().chain(&prefixes) {
         invalidator.stored_key(k).map_err(refused)?; // bad keys refused before anything is sent
     }

@@ -176,6 +176,18 @@ fn failures_are_exit_codes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A `%` that starts no escape in a key's stored form.
+    let out = herdwise(&[
+        "invalidate",
+        "--redis",
+        &server.url(),
+        "--namespace",
+        "users",
+        "--key",
+        "50%",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("escape"));
 }
 
 /// A writer in another language following docs/spec (here `redis-cli`): `DEL` plus a `k`
@@ -233,7 +245,8 @@ async fn streams_instances_and_tuple_keys() {
     recs.set(&(17, "c".to_string()), "y".to_string())
         .await
         .unwrap();
-    // `a:b` inside a part cannot be named part by part: the prefix takes user 17 whole.
+    let last = (17u64, "d".to_string());
+    recs.set(&last, "z".to_string()).await.unwrap();
     let out = herdwise(&[
         "invalidate",
         "--redis",
@@ -259,6 +272,27 @@ async fn streams_instances_and_tuple_keys() {
         eventually(async || recs.get(&(17, "c".to_string())).await.unwrap().is_none()).await;
     assert!(dropped, "a Streams instance heard the command");
     assert!(recs.get(&key).await.unwrap().is_some());
+    // A part holding `:` is named in its stored form, escaped.
+    let out = herdwise(&[
+        "invalidate",
+        "--redis",
+        &url,
+        "--namespace",
+        "recs",
+        "--transport",
+        "streams",
+        "--key",
+        "17:a%3Ab",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("invalidated key recs:v1:17:a%3Ab"),
+        "{} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dropped = eventually(async || recs.get(&key).await.unwrap().is_none()).await;
+    assert!(dropped, "the escaped key named (17, \"a:b\")");
+    assert!(recs.get(&last).await.unwrap().is_some());
     let out = herdwise(&[
         "invalidate",
         "--redis",
@@ -275,6 +309,6 @@ async fn streams_instances_and_tuple_keys() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let dropped = eventually(async || recs.get(&key).await.unwrap().is_none()).await;
+    let dropped = eventually(async || recs.get(&last).await.unwrap().is_none()).await;
     assert!(dropped, "every key of user 17");
 }

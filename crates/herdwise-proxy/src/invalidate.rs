@@ -8,14 +8,22 @@
 //! Query parameters (repeatable ones may be given many times, 1 000 items at most in all):
 //! `key` (parts separated by `:`, as the CLI), `tag`, `prefix` (by whole parts), `clear=true`,
 //! `schema_version` (default 1), `transport=pubsub|streams`, `stream_max_len` (default 10 000),
-//! `timeout_ms` (how long to wait for retries to confirm; default 2 000, at most 30 000).
+//! `timeout_ms` (how long to wait for retries to confirm; default 2 000, at most 30 000),
+//! `hot_key_replicas` (the services' copy count, so that keys' copies are deleted too).
 //!
-//! Answers (JSON): 200 when the store confirmed everything; 503 when some invalidations are
-//! still being retried here (`unconfirmed`; the proxy keeps retrying them); 400 for a bad key,
-//! tag or parameter (nothing was sent); 409 when the proxy has no shared store (an embedded one
-//! has no other instances to tell).
+//! Values are %-decoded once by the query (`+` is a space); a key's parts are then split at
+//! `:` and %-decoded again as [`KeyParts::parse`] does, so `key=7:en%253AGB` names the stored
+//! key `7:en%3AGB`, the service's `(7, "en:GB")`.
 //!
-//! Contract: one `Invalidator` per (namespace, schema version, transport), at most
+//! Answers (JSON): 200 when the store confirmed everything; 503 with `"sent": true` when some
+//! invalidations are still being retried here (`unconfirmed` counts the namespace's retries
+//! still queued, this request's and earlier ones'; the proxy keeps retrying them), 503 with
+//! `"sent": false` when nothing was sent (the store does not answer, or too many namespaces are
+//! being retried); 400 for a bad key, tag, parameter or a %-escape that is not UTF-8 (nothing
+//! was sent); 409 when the proxy has no shared store (an embedded one has no other instances
+//! to tell).
+//!
+//! Contract: one `Invalidator` per (namespace, schema version, transport, copy count), at most
 //! [`MAX_NAMESPACES`] held (idle ones are dropped to make room); owns nothing else.
 
 use std::collections::HashMap;
@@ -38,10 +46,13 @@ enum Transport {
     Streams(usize),
 }
 
+/// What an invalidator is made for: namespace, schema version, transport, copy count.
+type Id = (String, u32, Transport, Option<u8>);
+
 /// The namespace invalidations of the admin API.
 pub struct Invalidators {
     store: Option<Arc<dyn Store>>,
-    held: Mutex<HashMap<(String, u32, Transport), Invalidator>>,
+    held: Mutex<HashMap<Id, Invalidator>>,
 }
 
 /// A parsed request.
@@ -52,10 +63,11 @@ struct Request {
     clear: bool,
     schema_version: u32,
     transport: Transport,
+    replicas: Option<u8>,
     timeout: Duration,
 }
 
-fn bad(why: impl Into<String>) -> (StatusCode, String) {
+pub(crate) fn bad(why: impl Into<String>) -> (StatusCode, String) {
     (
         StatusCode::BAD_REQUEST,
         json!({ "error": why.into() }).to_string(),
@@ -79,6 +91,7 @@ impl Invalidators {
             clear: false,
             schema_version: 1,
             transport: Transport::PubSub,
+            replicas: None,
             timeout: Duration::from_millis(2_000),
         };
         let mut streams = false;
@@ -92,8 +105,15 @@ impl Invalidators {
                     .ok_or_else(|| bad(format!("{name}: a number up to {max} expected")))
             };
             match name.as_str() {
-                "key" => request.keys.push(KeyParts::parse(value)),
-                "prefix" => request.prefixes.push(KeyParts::parse(value)),
+                "key" => request
+                    .keys
+                    .push(KeyParts::parse(value).map_err(|e| bad(e.to_string()))?),
+                "prefix" => request
+                    .prefixes
+                    .push(KeyParts::parse(value).map_err(|e| bad(e.to_string()))?),
+                "hot_key_replicas" => {
+                    request.replicas = Some(number(u8::MAX as u64)? as u8);
+                }
                 "tag" => {
                     if value.is_empty() || value.chars().any(char::is_control) {
                         return Err(bad(format!(
@@ -146,10 +166,25 @@ impl Invalidators {
             namespace.to_string(),
             request.schema_version,
             request.transport,
+            request.replicas,
         );
+        if let Some(found) = self.held.lock().get(&id) {
+            return Ok(found.clone());
+        }
+        // Built (the namespace checked) before anything held is dropped for it.
+        let mut builder = Invalidator::builder(namespace)
+            .shared_store(store.clone())
+            .schema_version(request.schema_version);
+        if let Transport::Streams(max_len) = request.transport {
+            builder = builder.backplane_transport(BackplaneTransport::Streams { max_len });
+        }
+        if let Some(copies) = request.replicas {
+            builder = builder.hot_key_replicas(copies);
+        }
+        let invalidator = builder.build().map_err(|e| bad(e.to_string()))?;
         let mut held = self.held.lock();
         if let Some(found) = held.get(&id) {
-            return Ok(found.clone());
+            return Ok(found.clone()); // another request made it meanwhile
         }
         if held.len() >= MAX_NAMESPACES {
             // Idle ones go (nothing left to retry); busy ones stay.
@@ -158,17 +193,10 @@ impl Invalidators {
         if held.len() >= MAX_NAMESPACES {
             return Err((
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({ "error": format!("{MAX_NAMESPACES} namespaces are being retried; try again") })
+                json!({ "error": format!("{MAX_NAMESPACES} namespaces are being retried; try again"), "sent": false })
                     .to_string(),
             ));
         }
-        let mut builder = Invalidator::builder(namespace)
-            .shared_store(store.clone())
-            .schema_version(request.schema_version);
-        if let Transport::Streams(max_len) = request.transport {
-            builder = builder.backplane_transport(BackplaneTransport::Streams { max_len });
-        }
-        let invalidator = builder.build().map_err(|e| bad(e.to_string()))?;
         held.insert(id, invalidator.clone());
         Ok(invalidator)
     }
@@ -207,7 +235,7 @@ impl Invalidators {
         if !invalidator.remote_healthy().await {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({ "error": "the store does not answer" }).to_string(),
+                json!({ "error": "the store does not answer", "sent": false }).to_string(),
             );
         }
         let mut failures = Vec::new();
@@ -253,6 +281,7 @@ impl Invalidators {
             "tags": tags,
             "prefixes": prefixes,
             "cleared": cleared,
+            "sent": true,
             "unconfirmed": unconfirmed,
             "failures": failures,
         });

@@ -317,17 +317,20 @@ async fn admin_api(admin: Admin<'_>, req: Request<Incoming>) -> Response<Body> {
                     "invalidations need the admin token\n",
                 );
             }
-            let namespace = percent_decode(&p["/invalidate/".len()..]);
-            let params: Vec<(String, String)> = query
+            let namespace = percent_decode(&p["/invalidate/".len()..], false);
+            let params: Option<Vec<(String, String)>> = query
                 .split('&')
                 .filter(|kv| !kv.is_empty())
                 .map(|kv| {
                     let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                    (percent_decode(k), percent_decode(v))
+                    Some((percent_decode(k, true)?, percent_decode(v, true)?))
                 })
                 .collect();
             drop(req);
-            let (status, body) = invalidators.handle(&namespace, &params).await;
+            let (status, body) = match (namespace, params) {
+                (Some(namespace), Some(params)) => invalidators.handle(&namespace, &params).await,
+                _ => crate::invalidate::bad("a %-escape that is not UTF-8 in the path or query"),
+            };
             let mut r = Response::new(full(body));
             *r.status_mut() = status;
             r.headers_mut().insert(
@@ -343,10 +346,17 @@ async fn admin_api(admin: Admin<'_>, req: Request<Incoming>) -> Response<Body> {
             let param = |name: &str| {
                 query.split('&').find_map(|kv| {
                     let (k, v) = kv.split_once('=')?;
-                    (k == name).then(|| percent_decode(v))
+                    (k == name).then(|| percent_decode(v, true))
                 })
             };
-            purge(proxy, p, param("url"), param("prefix"), req).await
+            let (url, prefix) = (param("url"), param("prefix"));
+            if matches!(url, Some(None)) || matches!(prefix, Some(None)) {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "a %-escape that is not UTF-8 in the query\n",
+                );
+            }
+            purge(proxy, p, url.flatten(), prefix.flatten(), req).await
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -408,12 +418,18 @@ async fn purge(
             Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n")),
         },
         p if p.starts_with("/purge/tag/") => {
-            let tags: Vec<String> = p["/purge/tag/".len()..]
+            let tags: Option<Vec<String>> = p["/purge/tag/".len()..]
                 .split(',')
-                .map(percent_decode)
                 .filter(|t| !t.is_empty())
+                .map(|t| percent_decode(t, false))
                 .collect();
             drop(req);
+            let Some(tags) = tags else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "a %-escape that is not UTF-8 in the path\n",
+                );
+            };
             if tags.is_empty() || tags.len() > 64 {
                 return text(
                     StatusCode::BAD_REQUEST,
@@ -444,8 +460,11 @@ fn url_key(url: &str) -> Option<String> {
     Some(key::primary(https, uri.authority()?.as_str(), pq))
 }
 
-/// `%XX` and `+` decoding of a query value.
-fn percent_decode(s: &str) -> String {
+/// `%XX` decoding of a path segment or (with `plus_is_space`, `+` as a space) of a query
+/// name or value; `None` when the decoded bytes are not UTF-8 (never replaced: a key or tag
+/// must reach the store as the client wrote it, or not at all). A `%` not followed by two hex
+/// digits stays as it is.
+fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -454,6 +473,7 @@ fn percent_decode(s: &str) -> String {
             b'%' if i + 2 < bytes.len() => {
                 match s
                     .get(i + 1..i + 3)
+                    .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
                 {
                     Some(b) => {
@@ -464,12 +484,12 @@ fn percent_decode(s: &str) -> String {
                     None => out.push(b'%'),
                 }
             }
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b => out.push(b),
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).ok()
 }
 
 /// Collects a body (tests and tools).
@@ -483,7 +503,24 @@ mod tests {
 
     #[test]
     fn decoding() {
-        assert_eq!(percent_decode("a%2Fb+c%zz"), "a/b c%zz");
+        assert_eq!(
+            percent_decode("a%2Fb+c%zz", true).as_deref(),
+            Some("a/b c%zz")
+        );
+        assert_eq!(percent_decode("a+b%2B", false).as_deref(), Some("a+b+"));
+        assert_eq!(percent_decode("%C3%A9", true).as_deref(), Some("é"));
+        assert_eq!(
+            percent_decode("x%FFy", true),
+            None,
+            "not UTF-8: refused, not replaced"
+        );
+        assert_eq!(percent_decode("%C3", false), None);
+        assert_eq!(percent_decode("%4", true).as_deref(), Some("%4"));
+        assert_eq!(
+            percent_decode("%+1", true).as_deref(),
+            Some("% 1"),
+            "not an escape"
+        );
         assert_eq!(url_key("https://H/x?y").as_deref(), Some("https://h/x?y"));
         assert_eq!(url_key("ftp://h/x"), None);
     }

@@ -31,7 +31,9 @@ async fn post(admin: SocketAddr, path: &str, token: Option<&str>) -> common::Ans
         .await
 }
 
-/// Waits until `cache` no longer has `key` (the backplane is asynchronous).
+/// Waits until `cache` no longer has `key` (the backplane is asynchronous). The L2 copy is
+/// gone (or rejected by its tag) either way: an instance that missed the event would keep
+/// serving its L1 copy, so this fails.
 async fn gone(cache: &Cache<u64, String>, key: u64) -> bool {
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
@@ -52,8 +54,14 @@ async fn services_caches_are_invalidated_through_the_admin_api() {
     let proxy = herdwise_proxy::start(config, None).await.unwrap();
     let admin = proxy.admin_addr;
 
-    // Two instances of a service, both holding the entries in L1.
+    // Two instances of a service, both holding the entries in L1 — read after both hear the
+    // backplane, so their copies are trusted without asking L2 and only the backplane's
+    // event can drop them (a copy read while deaf is checked against L2 once, and would make
+    // `gone` below pass without any event).
     let (a, b) = (instance(&redis).await, instance(&redis).await);
+    a.get(&0).await.unwrap();
+    b.get(&0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     for key in [42u64, 43, 7] {
         let opts =
             WriteOptions::default().tags(["category:shoes"].into_iter().filter(|_| key == 7));
@@ -152,6 +160,10 @@ async fn services_caches_are_invalidated_through_the_admin_api() {
         "/invalidate/catalog?clear=maybe",
         "/invalidate/catalog?key=1&transport=carrier-pigeon",
         "/invalidate/catalog?key=1&timeout_ms=99999999",
+        "/invalidate/catalog?key=1%FF",
+        "/invalidate/catalog?key=50%25",
+        "/invalidate/catalog?key=1&hot_key_replicas=300",
+        "/invalidate/bad%20namespace?key=1",
     ] {
         let r = post(admin, bad, Some(TOKEN)).await;
         assert_eq!(r.status, 400, "{bad}: {}", r.body);

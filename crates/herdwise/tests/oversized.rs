@@ -146,6 +146,95 @@ async fn an_oversized_value_is_kept_in_l1_only_briefly_and_invalidations_reach_i
     assert_eq!(loaded(), 4);
 }
 
+/// An oversized value heavier than L1's largest entry cannot be kept there either: each read
+/// loads it, and the warning says why (not that it was kept).
+#[test]
+fn an_oversized_value_too_heavy_for_l1_says_so() {
+    let captured = common::Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let loads = AtomicUsize::new(0);
+    tracing::subscriber::with_default(subscriber, || {
+        let cache: Cache<u64, String> = Cache::builder("oversized-heavy")
+            .max_value_bytes(1_024)
+            .l1_max_bytes(64 << 10) // one shard: entries up to ~62 KiB
+            .build()
+            .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            for size in [100_000, 100_000, 100_000, 10_000, 10_000] {
+                let got = cache
+                    .get_or_load(&size, |_| {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        async move { Ok::<_, std::io::Error>(Some("x".repeat(size as usize))) }
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(got.map(|v| v.len() as u64), Some(size));
+            }
+        });
+    });
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        4,
+        "10 kB kept once; 100 kB loaded each time"
+    );
+    assert_eq!(
+        captured.count("and for L1"),
+        1,
+        "the too-heavy warning, once"
+    );
+}
+
+/// A load that started before this instance's own write of the key, and finished after it,
+/// must not put its (older) value over the write's in L1: the write comes after the load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_load_never_covers_a_newer_write_of_the_same_instance() {
+    let cache: Cache<u64, String> = Cache::builder("oversized-race")
+        .max_value_bytes(1_024)
+        .build()
+        .unwrap();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let loading = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            cache
+                .get_or_load(&1, move |_| async move {
+                    let _ = started_tx.send(());
+                    let _ = go_rx.await;
+                    Ok::<_, std::io::Error>(Some("x".repeat(5_000)))
+                })
+                .await
+                .unwrap()
+                .map(|v| v.len())
+        }
+    });
+    started_rx.await.unwrap();
+    cache.set(&1, "new".to_string()).await.unwrap();
+    go_tx.send(()).unwrap();
+    assert_eq!(
+        loading.await.unwrap(),
+        Some(5_000),
+        "its callers get the load"
+    );
+    assert_eq!(
+        cache.get(&1).await.unwrap().map(|v| if v.len() > 8 {
+            format!("{} bytes", v.len())
+        } else {
+            v.to_string()
+        }),
+        Some("new".to_string()),
+        "the older load covered the newer write in L1"
+    );
+}
+
 #[test]
 fn oversized_in_l1_is_checked_at_build() {
     let zero = Cache::<u64, String>::builder("oversized-config")

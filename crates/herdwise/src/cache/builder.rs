@@ -274,7 +274,10 @@ where
     }
 
     /// L1 bound in bytes (default 64 MiB; 0 disables L1 — except for the hot-key shield, see
-    /// [`CacheBuilder::hot_key_shield`]).
+    /// [`CacheBuilder::hot_key_shield`]). L1 is sharded (4 shards per core, but no shard
+    /// smaller than 8 MiB, one below that) and refuses an entry heavier than 97 % of a shard:
+    /// with 8 MiB or more every value up to the default `max_value_bytes` fits; a smaller L1
+    /// holds values up to about 97 % of its bound.
     pub fn l1_max_bytes(mut self, bytes: u64) -> Self {
         self.l1_max_bytes = bytes;
         self
@@ -407,8 +410,10 @@ where
     /// such a key would go to the origin; with it each instance loads it at most once per
     /// `keep` (and per invalidation: invalidations, tags and L1 demotion reach it like any L1
     /// entry; it has no stale window and lives at most the value's TTL). L1's byte bound
-    /// holds. Counted in `herdwise_uncacheable_values_total{reason="too_large"}` per load, and
-    /// logged at most once a second.
+    /// holds: a value heavier than L1's largest entry (see [`CacheBuilder::l1_max_bytes`]) is
+    /// not kept either, and says so in its warning. Counted in
+    /// `herdwise_uncacheable_values_total{reason="too_large"}` per load, and logged at most
+    /// once a second.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

@@ -356,7 +356,9 @@ where
     /// Keeps a loaded value too large for L2 in this instance's L1 for `keep` (capped by the
     /// value's TTL; no stale window), so each instance loads it at most once per `keep`
     /// instead of on every read. Invalidations and tags reach it like any L1 entry; a demoted
-    /// L1 re-checks it against L2, finds nothing, and loads again.
+    /// L1 re-checks it against L2, finds nothing, and loads again. Whether L1 can hold it:
+    /// `Err(limit)` when it is heavier than L1's largest entry (see
+    /// `LocalTier::max_entry_weight`), and nothing was kept.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn keep_oversized_in_l1(
         &self,
@@ -367,7 +369,7 @@ where
         load_duration: Duration,
         epoch: u64,
         tags: Option<Arc<TagStamp>>,
-    ) {
+    ) -> std::result::Result<(), u64> {
         let inner = &*self.inner;
         let ttl = inner
             .format
@@ -391,6 +393,10 @@ where
             size,
             tags.as_deref(),
         );
+        let limit = inner.l1.max_entry_weight();
+        if weight as u64 > limit {
+            return Err(limit);
+        }
         let lifetimes = inner.ttl.l1_lifetimes(&meta, now);
         self.l1_insert(
             stored_key,
@@ -401,6 +407,7 @@ where
             epoch,
             tags,
         );
+        Ok(())
     }
 
     /// Envelope bytes re-storing a stale `fallback` as a flagged stale copy that counts as fresh
@@ -502,6 +509,8 @@ where
     ) -> (WriteOutcome, Option<bool>) {
         let inner = &*self.inner;
         let ttl = inner.ttl.l2_ttl(&encoded.meta);
+        // Loads of the key in flight here started before this write: their values are older.
+        inner.l1.supersede(stored_key);
         let epoch = inner.l1.epoch(stored_key);
         let bytes = encoded.bytes.clone();
         let version = encoded.meta.version;

@@ -10,6 +10,11 @@
 //! background while the invalidator lives, and [`Invalidator::wait_confirmed`] says when none
 //! is left. Tags are taken at any length (up to 1 MiB): their stored form does not depend on
 //! the services' `max_tag_bytes`.
+//!
+//! Limits: stored keys up to 512 bytes (the default `max_key_bytes`); the copies of hot keys
+//! (`hot_key_replicas`) are deleted only when the builder is told their count; a
+//! tenant-scoped namespace's keys are named with the tenant as their first part
+//! (`acme:42`), and its tags as `Cache::for_tenant` stores them (`acme:<tag>`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,16 +30,29 @@ use crate::tiers::key::{CacheKey, KeyEncoder};
 ///
 /// ```
 /// use herdwise::KeyParts;
-/// assert_eq!(herdwise::encode_key(&KeyParts::parse("17:a")).unwrap(),
+/// assert_eq!(herdwise::encode_key(&KeyParts::parse("17:a")?).unwrap(),
 ///            herdwise::encode_key(&(17u64, "a")).unwrap());
+/// // The stored form, escapes and all: a part holding `:` comes back whole.
+/// assert_eq!(KeyParts::parse("7:en%3AGB")?, KeyParts::new(["7", "en:GB"]));
+/// assert_eq!(herdwise::encode_key(&KeyParts::parse("7:en%3AGB")?).unwrap(), "7:en%3AGB");
+/// # Ok::<(), herdwise::KeyError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeyParts(Vec<String>);
 
 impl KeyParts {
-    /// The parts of `text`, split at `:` (`42`, `guide/intro`, `17:a` for `(17, "a")`).
-    pub fn parse(text: &str) -> Self {
-        KeyParts(text.split(':').map(str::to_string).collect())
+    /// The parts of a key written in its stored form (what `herdwise verify`, logs and
+    /// `redis-cli` show after the namespace prefix): split at `:`, then each part's escapes
+    /// (`%25` `%`, `%3A` `:`, `%7B` `{`, `%7D` `}`, any other `%XX`) decoded — `42`,
+    /// `guide/intro`, `17:a` for `(17, "a")`, `7:en%3AGB` for `(7, "en:GB")`.
+    /// A `%` that starts no escape, or escapes that are not UTF-8, are
+    /// [`KeyError::BadEscape`](crate::KeyError::BadEscape).
+    pub fn parse(text: &str) -> std::result::Result<Self, crate::KeyError> {
+        text.split(':')
+            .map(unescape)
+            .collect::<Option<Vec<String>>>()
+            .map(KeyParts)
+            .ok_or_else(|| crate::KeyError::BadEscape(text.to_string()))
     }
 
     /// A key of these parts.
@@ -45,6 +63,30 @@ impl KeyParts {
     {
         KeyParts(parts.into_iter().map(Into::into).collect())
     }
+}
+
+/// One part's `%XX` escapes decoded; `None` for a `%` without two hex digits or non-UTF-8.
+fn unescape(part: &str) -> Option<String> {
+    if !part.contains('%') {
+        return Some(part.to_string());
+    }
+    let bytes = part.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = part.get(i + 1..i + 3)?;
+            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None; // from_str_radix alone would take "+1"
+            }
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 impl CacheKey for KeyParts {
@@ -68,7 +110,7 @@ impl CacheKey for KeyParts {
 /// catalog.set(&42, "boot".to_string()).await?;
 ///
 /// let outside = Invalidator::builder("catalog").shared_store(store).build()?;
-/// outside.key(&KeyParts::parse("42")).await?;
+/// outside.key(&KeyParts::parse("42")?).await?;
 /// assert_eq!(outside.wait_confirmed(Duration::from_secs(1)).await, 0);
 /// // Gone from L2 at once; from every instance's L1 when the backplane delivers.
 /// for _ in 0..100 {
@@ -100,6 +142,7 @@ pub struct InvalidatorBuilder {
     schema_version: u32,
     transport: Option<BackplaneTransport>,
     store_timeout: Option<Duration>,
+    replicas: Option<u8>,
 }
 
 impl InvalidatorBuilder {
@@ -128,6 +171,15 @@ impl InvalidatorBuilder {
         self
     }
 
+    /// The services' `CacheBuilder::hot_key_replicas` copy count (default none): a key's
+    /// invalidation then deletes its copies too (`copies` more `DEL`s). Without it, copies of
+    /// a hot key live out their `life` (at most; keep it short) after an invalidation from
+    /// here — the copies' names depend on the count, which only the services know.
+    pub fn hot_key_replicas(mut self, copies: u8) -> Self {
+        self.replicas = Some(copies);
+        self
+    }
+
     /// Deadline of each store call (default: the store's own).
     pub fn store_timeout(mut self, timeout: Duration) -> Self {
         self.store_timeout = Some(timeout);
@@ -153,6 +205,10 @@ impl InvalidatorBuilder {
         if let Some(timeout) = self.store_timeout {
             builder = builder.store_timeout(timeout);
         }
+        if let Some(copies) = self.replicas {
+            // The life is the services' business: copies are only deleted from here.
+            builder = builder.hot_key_replicas(copies, Duration::from_secs(1));
+        }
         Ok(Invalidator {
             cache: builder.build()?,
         })
@@ -168,6 +224,7 @@ impl Invalidator {
             schema_version: 1,
             transport: None,
             store_timeout: None,
+            replicas: None,
         }
     }
 
@@ -226,6 +283,72 @@ impl Invalidator {
                 return left;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::replicas::replica_key;
+    use crate::store::MemoryStore;
+    use bytes::Bytes;
+
+    #[test]
+    fn parse_decodes_each_part_of_the_stored_form() {
+        let parts = |t: &str| KeyParts::parse(t).map(|k| k.0);
+        assert_eq!(parts("42").unwrap(), ["42"]);
+        assert_eq!(parts("7:en%3AGB").unwrap(), ["7", "en:GB"]);
+        assert_eq!(parts("a%25b:%7Bx%7D").unwrap(), ["a%b", "{x}"]);
+        assert_eq!(parts("caf%C3%A9").unwrap(), ["café"]);
+        for bad in ["50%", "50%4", "%zz", "%+1", "x%FF", "%C3"] {
+            assert!(
+                matches!(KeyParts::parse(bad), Err(crate::KeyError::BadEscape(_))),
+                "{bad:?} accepted"
+            );
+        }
+        // Round trip: what the encoder writes, parse reads back.
+        for key in [("7", "en:GB"), ("a%b", "{x}"), ("x", "")] {
+            let stored = crate::encode_key(&key).unwrap();
+            assert_eq!(
+                KeyParts::parse(&stored).unwrap(),
+                KeyParts::new([key.0, key.1])
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn copies_of_hot_keys_go_when_the_count_is_given() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let plain = Invalidator::builder("hot")
+            .shared_store(store.clone())
+            .build()
+            .unwrap();
+        let told = Invalidator::builder("hot")
+            .shared_store(store.clone())
+            .hot_key_replicas(3)
+            .build()
+            .unwrap();
+        let key = KeyParts::parse("7").unwrap();
+        let stored = told.stored_key(&key).unwrap();
+        let copies: Vec<String> = (1..=3).map(|i| replica_key(&stored, i, 3)).collect();
+        let ttl = Duration::from_secs(60);
+        for copy in &copies {
+            store
+                .set(copy, Bytes::from_static(b"x"), ttl)
+                .await
+                .unwrap();
+        }
+        plain.key(&key).await.unwrap();
+        for copy in &copies {
+            assert!(
+                store.get(copy).await.unwrap().is_some(),
+                "count unknown: kept"
+            );
+        }
+        told.key(&key).await.unwrap();
+        for copy in &copies {
+            assert_eq!(store.get(copy).await.unwrap(), None, "{copy} survived");
         }
     }
 }

@@ -1282,6 +1282,20 @@ where
         }
     }
 
+    /// Logs an oversized value that L1 cannot hold either (throttled as `warn_uncached`):
+    /// every read of it goes to the origin.
+    fn warn_too_heavy_for_l1(&self, stored_key: &str, size: usize, limit: u64) {
+        if let Some(suppressed) = self.inner.format.uncached_log.allow() {
+            tracing::warn!(
+                key = stored_key,
+                size,
+                l1_max_entry = limit,
+                suppressed,
+                "loaded value too large for L2, and for L1 (heavier than L1's largest entry, l1_max_bytes / shards): not cached at all, every read loads it; raise l1_max_bytes or max_value_bytes"
+            );
+        }
+    }
+
     /// Caches what a loader produced. A value that cannot be cached is still returned to the
     /// callers; it is only counted and logged here.
     /// `epoch`: L1's invalidation epoch of the key from before the load; if another instance
@@ -1310,7 +1324,7 @@ where
                     match (&err, value, inner.format.oversized_in_l1) {
                         (Error::ValueTooLarge { size, .. }, Some(value), Some(keep)) => {
                             inner.metrics.too_large.increment(1);
-                            self.keep_oversized_in_l1(
+                            let kept = self.keep_oversized_in_l1(
                                 stored_key,
                                 value,
                                 *size,
@@ -1319,6 +1333,10 @@ where
                                 epoch,
                                 tags,
                             );
+                            if let Err(limit) = kept {
+                                self.warn_too_heavy_for_l1(stored_key, *size, limit);
+                                return self.release(mode).await;
+                            }
                         }
                         (Error::ValueTooLarge { .. }, _, _) => inner.metrics.too_large.increment(1),
                         _ => inner.metrics.encode_failures.increment(1),

@@ -36,6 +36,10 @@ pub enum KeyError {
     /// `cache.for_tenant(tenant)`, never without a tenant.
     #[error("namespace {0:?} is tenant-scoped: use cache.for_tenant(tenant)")]
     TenantRequired(String),
+    /// A key given in its stored form (`KeyParts::parse`) holds a `%` that is not followed by
+    /// two hex digits, or escapes that do not decode to UTF-8.
+    #[error("key part {0:?}: a % must start an escape (%25, %3A, ...) of UTF-8 text")]
+    BadEscape(String),
 }
 
 /// A typed cache key.

@@ -19,6 +19,9 @@ use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 use crate::envelope::{Meta, TagStamp};
 use crate::tiers::recovery::Recovery;
 
+/// Smallest share of the byte bound per engine shard (but one shard for smaller bounds).
+const MIN_SHARD_BYTES: u64 = 8 << 20;
+
 /// Bookkeeping bytes charged to every entry on top of key and value.
 const ENTRY_OVERHEAD: u64 = 96;
 
@@ -159,8 +162,15 @@ impl<V> LocalTier<V> {
         }
         // A rough item estimate only sizes the tables; the weight is the real bound.
         let estimated_items = (max_bytes / 1024).clamp(16, 1 << 22) as usize;
+        // Each shard refuses entries heavier than its share of the bound: no more shards than
+        // keep a shard at `MIN_SHARD_BYTES` (then a 4 MiB value fits an L1 of 8 MiB or more on
+        // any machine; the engine's default, 4 per core, would refuse values over 512 KiB of
+        // a 64 MiB L1 on 32 cores).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let shards = (cores * 4).min((max_bytes / MIN_SHARD_BYTES).max(1) as usize);
         let options = OptionsBuilder::new()
             .estimated_items_capacity(estimated_items)
+            .shards(shards)
             .weight_capacity(max_bytes)
             .build()
             .map_err(|e| format!("L1 options: {e:?}"))?;
@@ -179,6 +189,14 @@ impl<V> LocalTier<V> {
             recovery,
             hot_only: false,
         })
+    }
+
+    /// The heaviest entry L1 admits (0 when disabled): the engine's shard holds at most its
+    /// hot share (97 %) of `l1_max_bytes / shards`, and refuses anything heavier.
+    pub fn max_entry_weight(&self) -> u64 {
+        self.engine
+            .as_ref()
+            .map_or(0, |e| e.shard_capacity() / 100 * 97)
     }
 
     /// Admit only the keys the caller says are hot (see [`LocalTier::hot_only`]).
@@ -249,6 +267,15 @@ impl<V> LocalTier<V> {
     pub fn invalidate(&self, key: &str) {
         self.stripe(key).fetch_add(1, Ordering::AcqRel);
         self.remove(key);
+    }
+
+    /// Withdraws every insert of `key` whose epoch was taken before now, without removing
+    /// what is there: this instance is about to write `key` itself, and a load or read that
+    /// started before the write must not put its older value over the write's in L1 (the
+    /// write takes its own epoch after this). Its stripe's other keys' inserts in flight are
+    /// withdrawn too (1 in 1 024: they are read again from L2 next time).
+    pub fn supersede(&self, key: &str) {
+        self.stripe(key).fetch_add(1, Ordering::AcqRel);
     }
 
     /// Stores an entry that lives for `live` and is fresh for the first `fresh` of it (nothing is
