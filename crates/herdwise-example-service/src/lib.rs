@@ -9,15 +9,17 @@
 //! | `PUT /products/{id}` | write-around (`Cache::write_around`): the row is updated, then the key is invalidated on L2 and on every instance's L1 |
 //! | `POST /categories/{category}/discount` | tag invalidation: one `UPDATE` of many rows, then `Cache::invalidate_tag("category:<name>")` (each product carries its category's tag, `CacheBuilder::tags_from`) |
 //! | `GET /healthz` | liveness: the process answers (never Redis or PostgreSQL: a restart would not fix them) |
-//! | `GET /readyz` | readiness: warmed, PostgreSQL answers and Redis answers (`ReadinessProbe::require_warm().require_remote()`) |
+//! | `GET /readyz` | readiness: warmed and PostgreSQL answers (`ReadinessProbe::require_warm()`); whether Redis answers is reported, not required (a Redis outage must not take every instance out at once: they serve from L1 and PostgreSQL) |
 //! | `GET /metrics` | the Prometheus scrape (`herdwise::prometheus`) |
 //!
 //! Values come back from the cache as `Arc<Product>`; a handler returns `Json(&*product)`
 //! (serde serializes through the reference), no clone.
 //!
 //! Contract: [`App`] owns the pool and the cache; the router holds clones of it and nothing
-//! else. Invalid input is a 4xx with a one-line reason, a failing dependency a 503; nothing
-//! here panics on a request.
+//! else. Invalid input is a 4xx with a one-line reason, a failing dependency a 503 (its
+//! details logged, not sent); nothing here panics on a request. A write, once started, runs
+//! to its invalidation even if the client goes away (the handler's future may be dropped; the
+//! write's task is not).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), herdwise_example_service::Error> {
@@ -51,6 +53,10 @@ pub mod client;
 
 /// The cache's namespace: `herdwise invalidate --namespace catalog --key 42` reaches it.
 pub const NAMESPACE: &str = "catalog";
+
+/// The highest price accepted (a billion dollars): far from `bigint`'s range, so that no
+/// discount arithmetic overflows in PostgreSQL.
+pub const MAX_PRICE_CENTS: i64 = 100_000_000_000;
 
 /// The categories the seed data uses.
 pub const CATEGORIES: [&str; 4] = ["shoes", "hats", "bags", "books"];
@@ -103,7 +109,7 @@ pub struct ProductUpdate {
     pub name: Option<String>,
     /// New category (see [`valid_category`]).
     pub category: Option<String>,
-    /// New price (0 or more).
+    /// New price (0 to [`MAX_PRICE_CENTS`]).
     pub price_cents: Option<i64>,
 }
 
@@ -275,10 +281,19 @@ fn reply(status: StatusCode, text: impl Into<String>) -> Response {
     (status, text).into_response()
 }
 
-/// A cache error: the origin failed with nothing stale to serve, or bad input.
+/// A cache error: the origin failed with nothing stale to serve. The details (a database
+/// error, a host name) are logged, not sent to the client.
 fn cache_error(e: herdwise::Error) -> Response {
-    tracing::debug!(error = %e, "request failed");
-    reply(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    match e {
+        herdwise::Error::InvalidKey(why) => reply(StatusCode::BAD_REQUEST, why.to_string()),
+        e => {
+            tracing::warn!(error = %e, "request failed");
+            reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the catalog is unavailable; retry",
+            )
+        }
+    }
 }
 
 async fn get_product(State(app): State<App>, Path(id): Path<i64>) -> Response {
@@ -308,36 +323,46 @@ async fn put_product(
             );
         }
     }
-    if update.price_cents.is_some_and(|p| p < 0) {
-        return reply(StatusCode::UNPROCESSABLE_ENTITY, "price_cents: 0 or more");
+    if update
+        .price_cents
+        .is_some_and(|p| !(0..=MAX_PRICE_CENTS).contains(&p))
+    {
+        return reply(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("price_cents: 0 to {MAX_PRICE_CENTS}"),
+        );
     }
     let pool = app.inner.pool.clone();
+    let products = app.inner.products.clone();
     // Write-around: the row first, then the key goes from L2 and every instance's L1 (the
-    // next read loads the row as PostgreSQL has it, `updated_at` included).
-    let written = app
-        .inner
-        .products
-        .write_around(&id, || async move {
-            sqlx::query(
-                "UPDATE products SET name = COALESCE($2, name),
+    // next read loads the row as PostgreSQL has it, `updated_at` included). In a task of its
+    // own: a client that hangs up must not leave a committed row with its old value cached.
+    let written = tokio::spawn(async move {
+        products
+            .write_around(&id, || async move {
+                sqlx::query(
+                    "UPDATE products SET name = COALESCE($2, name),
                     category = COALESCE($3, category),
                     price_cents = COALESCE($4, price_cents),
                     updated_at = now()
                  WHERE id = $1",
-            )
-            .bind(id)
-            .bind(update.name)
-            .bind(update.category)
-            .bind(update.price_cents)
-            .execute(&pool)
+                )
+                .bind(id)
+                .bind(update.name)
+                .bind(update.category)
+                .bind(update.price_cents)
+                .execute(&pool)
+                .await
+                .map(|done| done.rows_affected())
+            })
             .await
-            .map(|done| done.rows_affected())
-        })
-        .await;
+    })
+    .await;
     match written {
-        Ok(0) => reply(StatusCode::NOT_FOUND, format!("no product {id}")),
-        Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => cache_error(e),
+        Ok(Ok(0)) => reply(StatusCode::NOT_FOUND, format!("no product {id}")),
+        Ok(Ok(_)) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(e)) => cache_error(e),
+        Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, "the write's task failed"),
     }
 }
 
@@ -355,37 +380,58 @@ async fn discount(
     if !(1..=90).contains(&discount.percent) {
         return reply(StatusCode::UNPROCESSABLE_ENTITY, "percent: 1 to 90");
     }
-    let updated = sqlx::query(
-        "UPDATE products SET price_cents = price_cents * (100 - $2) / 100, updated_at = now()
-         WHERE category = $1",
-    )
-    .bind(&category)
-    .bind(discount.percent)
-    .execute(&app.inner.pool)
+    // The UPDATE and the invalidation in a task of their own: a client that hangs up after
+    // the commit must not leave the category's old prices cached.
+    let (pool, products, tag) = (
+        app.inner.pool.clone(),
+        app.inner.products.clone(),
+        format!("category:{category}"),
+    );
+    let percent = discount.percent;
+    let done = tokio::spawn(async move {
+        let rows = sqlx::query(
+            "UPDATE products SET price_cents = price_cents * (100 - $2) / 100, updated_at = now()
+             WHERE category = $1",
+        )
+        .bind(&category)
+        .bind(percent)
+        .execute(&pool)
+        .await?
+        .rows_affected();
+        // Every cached product of the category, on every instance, in one call. A failure
+        // here is queued for retry by the cache; the rows are updated either way.
+        if let Err(e) = products.invalidate_tag(&tag).await {
+            tracing::warn!(error = %e, %category, "tag invalidation queued for retry");
+        }
+        Ok::<_, sqlx::Error>((category, rows))
+    })
     .await;
-    let rows = match updated {
-        Ok(done) => done.rows_affected(),
-        Err(e) => return reply(StatusCode::SERVICE_UNAVAILABLE, format!("postgres: {e}")),
-    };
-    // Every cached product of the category, on every instance, in one call. A failure here is
-    // queued for retry by the cache; the rows are updated either way.
-    if let Err(e) = app
-        .inner
-        .products
-        .invalidate_tag(&format!("category:{category}"))
-        .await
-    {
-        tracing::warn!(error = %e, %category, "tag invalidation queued for retry");
+    match done {
+        Ok(Ok((category, rows))) => {
+            Json(serde_json::json!({ "category": category, "updated": rows })).into_response()
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "discount failed");
+            reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the catalog is unavailable; retry",
+            )
+        }
+        Err(_) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the discount's task failed",
+        ),
     }
-    Json(serde_json::json!({ "category": category, "updated": rows })).into_response()
 }
 
 async fn readyz(State(app): State<App>) -> Response {
     // Kubernetes readiness (not liveness): out of the load balancer while not warmed, or while
-    // PostgreSQL or Redis does not answer. Requiring Redis takes every instance out when Redis
-    // fails — drop `require_remote` to keep serving from L1 and PostgreSQL through an outage.
-    let probe = ReadinessProbe::new().require_warm().require_remote();
+    // PostgreSQL does not answer. Redis is reported, not required: requiring it
+    // (`.require_remote()`) would take every instance out at once when Redis fails, while
+    // they can serve from L1 and PostgreSQL (the breaker and the origin limit protect it).
+    let probe = ReadinessProbe::new().require_warm();
     let cache_ready = app.inner.products.is_ready(&probe).await;
+    let redis = app.inner.products.remote_healthy().await;
     let database = tokio::time::timeout(
         Duration::from_secs(1),
         sqlx::query("SELECT 1").execute(&app.inner.pool),
@@ -395,6 +441,7 @@ async fn readyz(State(app): State<App>) -> Response {
     let body = serde_json::json!({
         "cache_ready": cache_ready,
         "database": database,
+        "redis": redis,
         "warm": app.inner.products.is_warm(),
     });
     let status = match cache_ready && database {

@@ -74,12 +74,25 @@ async fn run(demo: bool) -> Result<(), Error> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!(
         "serving on http://{listen}: try `curl {listen}/products/1`, `curl {listen}/readyz`, \
-         `curl {listen}/metrics`; Ctrl-C stops"
+         `curl {listen}/metrics`; Ctrl-C or SIGTERM stops"
     );
-    herdwise_example_service::serve(listener, app, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await
+    herdwise_example_service::serve(listener, app, shutdown()).await
+}
+
+/// Ctrl-C, or SIGTERM (what Kubernetes and systemd send): stop accepting, finish requests.
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 async fn run_demo(app: App) -> Result<(), Error> {

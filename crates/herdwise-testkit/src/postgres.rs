@@ -31,8 +31,14 @@ impl PostgresServer {
     /// ```
     pub fn start() -> std::io::Result<Self> {
         let bin = bin_dir()?;
-        let dir = crate::scratch_dir("herdwise-pg")?;
         let owner = run_as()?;
+        // Held from here: any early return below drops it, which removes the directory.
+        let mut server = PostgresServer {
+            child: None,
+            port: 0,
+            dir: crate::scratch_dir("herdwise-pg")?,
+        };
+        let dir = server.dir.clone();
         if let Some((uid, gid)) = owner {
             chown(&dir, uid, gid)?;
         }
@@ -56,17 +62,11 @@ impl PostgresServer {
             )
         })?;
         if !out.status.success() {
-            let _ = std::fs::remove_dir_all(&dir);
             return Err(std::io::Error::other(format!(
                 "initdb failed: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        let mut server = PostgresServer {
-            child: None,
-            port: 0,
-            dir,
-        };
         let mut last_err = None;
         // A port found free can be taken before postgres binds it: retry.
         for _ in 0..5 {
@@ -122,11 +122,14 @@ impl PostgresServer {
         self.child = Some(postgres.spawn()?);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            let ready = Command::new(bin.join("pg_isready"))
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
+            // Ours, not another server that took the port: our postmaster says it is ready
+            // in its pid file, and the port answers.
+            let ready = self.ours_and_ready()
+                && Command::new(bin.join("pg_isready"))
+                    .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
             if ready {
                 return Ok(());
             }
@@ -149,6 +152,25 @@ impl PostgresServer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Whether our child runs and its `postmaster.pid` (PID on the first line, the status
+    /// on the last) names it, on our port, as ready.
+    fn ours_and_ready(&mut self) -> bool {
+        let Some(child) = self.child.as_mut() else {
+            return false;
+        };
+        if !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
+        let pid = child.id().to_string();
+        let Ok(file) = std::fs::read_to_string(self.dir.join("data").join("postmaster.pid")) else {
+            return false;
+        };
+        let lines: Vec<&str> = file.lines().map(str::trim).collect();
+        lines.first() == Some(&pid.as_str())
+            && lines.get(3) == Some(&self.port.to_string().as_str())
+            && lines.last() == Some(&"ready")
     }
 
     /// Stops the server: SIGINT (fast shutdown), then SIGKILL after 5 s.
