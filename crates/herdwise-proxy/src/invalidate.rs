@@ -17,7 +17,8 @@
 //!
 //! Answers (JSON): 200 when the store confirmed everything; 503 with `"sent": true` when some
 //! invalidations are still being retried here (`unconfirmed` counts the namespace's retries
-//! still queued, this request's and earlier ones'; the proxy keeps retrying them), 503 with
+//! still queued, this request's and earlier ones'; the proxy keeps retrying them) or failed
+//! without a retry (`"resend": true`, e.g. a `clear` the store refused: send it again), 503 with
 //! `"sent": false` when nothing was sent (the store does not answer, or too many namespaces are
 //! being retried); 400 for a bad key, tag, parameter or a %-escape that is not UTF-8 (nothing
 //! was sent); 409 when the proxy has no shared store (an embedded one has no other instances
@@ -270,7 +271,9 @@ impl Invalidators {
             }
         }
         let unconfirmed = invalidator.wait_confirmed(request.timeout).await;
-        let status = if unconfirmed == 0 && failures.iter().all(|f| f.ends_with("(retrying)")) {
+        // A failure not queued for retry here (a failed `clear`): the client must send again.
+        let resend = failures.iter().any(|f| !f.ends_with("(retrying)"));
+        let status = if unconfirmed == 0 && !resend {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
@@ -282,6 +285,7 @@ impl Invalidators {
             "prefixes": prefixes,
             "cleared": cleared,
             "sent": true,
+            "resend": resend,
             "unconfirmed": unconfirmed,
             "failures": failures,
         });

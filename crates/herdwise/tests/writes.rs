@@ -267,3 +267,73 @@ async fn a_committed_write_the_cache_cannot_hold_is_reported_not_failed() {
     .await;
     assert!(dropped, "nor on the other instance");
 }
+
+/// Many writes in flight at once, each of a key this instance holds in L1: every one of them
+/// must leave its new value in this instance's L1, whatever the others do meanwhile (an L1
+/// insert withdrawn because another key's write or invalidation shared its epoch stripe must
+/// not leave the old value behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_never_leave_their_old_values_in_l1() {
+    let server = common::redis();
+    let cache = cache(&server).await;
+    const KEYS: u64 = 3_000;
+    for k in 0..KEYS {
+        cache.set(&k, format!("old{k}")).await.unwrap();
+    }
+    let writes = futures::future::join_all((0..KEYS).map(|k| {
+        let cache = cache.clone();
+        async move { cache.set(&k, format!("new{k}")).await.unwrap() }
+    }));
+    for outcome in writes.await {
+        assert_eq!(outcome, WriteOutcome::Stored);
+    }
+    let mut stale = Vec::new();
+    for k in 0..KEYS {
+        let got = cache.get(&k).await.unwrap();
+        if got.as_deref().map(String::as_str) != Some(&*format!("new{k}")) {
+            stale.push((k, got));
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "{} keys kept an old value: {:?}",
+        stale.len(),
+        &stale[..stale.len().min(5)]
+    );
+}
+
+/// A `set` dropped while its store call is out (the request timed out) may still be applied
+/// by the store: this instance must not keep serving the value from before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_set_never_leaves_the_old_value_in_l1() {
+    let server = common::redis();
+    let cache = cache(&server).await;
+    // Listening first: an L1 copy made before the instance hears invalidations is checked
+    // against L2 once, which would hide what this test looks for.
+    cache.get(&0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cache.set(&1, "old".to_string()).await.unwrap();
+    assert_eq!(
+        cache.get(&1).await.unwrap().as_deref().map(String::as_str),
+        Some("old")
+    );
+    server.pause().unwrap();
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(30), cache.set(&1, "new".to_string())).await;
+    assert!(
+        cancelled.is_err(),
+        "the set should still be waiting on the frozen Redis"
+    );
+    server.resume().unwrap();
+    // The SET was in the socket: Redis applies it now. Whatever L2 ends with (the new value,
+    // or nothing after the invalidation the cancelled write leaves), never "old".
+    for _ in 0..50 {
+        let got = cache.get(&1).await.unwrap();
+        assert_ne!(
+            got.as_deref().map(String::as_str),
+            Some("old"),
+            "served the overwritten value"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -274,10 +274,10 @@ where
     }
 
     /// L1 bound in bytes (default 64 MiB; 0 disables L1 — except for the hot-key shield, see
-    /// [`CacheBuilder::hot_key_shield`]). L1 is sharded (4 shards per core, but no shard
-    /// smaller than 8 MiB, one below that) and refuses an entry heavier than 97 % of a shard:
-    /// with 8 MiB or more every value up to the default `max_value_bytes` fits; a smaller L1
-    /// holds values up to about 97 % of its bound.
+    /// [`CacheBuilder::hot_key_shield`]). L1 is sharded (4 shards per core, a power of two,
+    /// but no shard smaller than 8 MiB: one below 16 MiB) and refuses an entry heavier than
+    /// 97 % of a shard, weighed uncompressed with its key and tags: an L1 of 8 MiB or more
+    /// admits entries up to 7.76 MiB, a smaller one up to about 97 % of its bound.
     pub fn l1_max_bytes(mut self, bytes: u64) -> Self {
         self.l1_max_bytes = bytes;
         self

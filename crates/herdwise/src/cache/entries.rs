@@ -393,10 +393,7 @@ where
             size,
             tags.as_deref(),
         );
-        let limit = inner.l1.max_entry_weight();
-        if weight as u64 > limit {
-            return Err(limit);
-        }
+        inner.l1.fits(stored_key, weight)?;
         let lifetimes = inner.ttl.l1_lifetimes(&meta, now);
         self.l1_insert(
             stored_key,
@@ -509,9 +506,10 @@ where
     ) -> (WriteOutcome, Option<bool>) {
         let inner = &*self.inner;
         let ttl = inner.ttl.l2_ttl(&encoded.meta);
-        // Loads of the key in flight here started before this write: their values are older.
+        // Reads and loads of the key in flight here started before this write: their values
+        // are older.
         inner.l1.supersede(stored_key);
-        let epoch = inner.l1.epoch(stored_key);
+        let epoch = inner.l1.write_epoch(stored_key);
         let bytes = encoded.bytes.clone();
         let version = encoded.meta.version;
         let remote = match (mode, then) {
@@ -539,24 +537,44 @@ where
         let (outcome, published) = match remote {
             Ok((SetOutcome::Stored, published)) => (WriteOutcome::Stored, published),
             Ok((SetOutcome::RefusedOlder, published)) => {
+                inner.l1.supersede(stored_key);
                 inner.l1.remove(stored_key);
                 return (WriteOutcome::RefusedOlder, published);
             }
             Err(_) => (WriteOutcome::LocalOnly, None),
         };
-        self.mirror_in_l1(stored_key, value, &encoded, epoch);
+        let ours = if inner.l1.hot_only() && !inner.ops.hot_keys.is_hot(stored_key) {
+            None
+        } else {
+            inner.l1.insert_written(
+                stored_key,
+                value.cloned(),
+                &encoded.meta,
+                encoded.weight,
+                inner.ttl.l1_lifetimes(&encoded.meta, encoded.now),
+                epoch,
+                encoded.tags.clone(),
+            )
+        };
+        // Reads and loads that took their epoch after the first `supersede` may have read L2
+        // before the write landed: withdraw their inserts from now on, and remove one that got
+        // in before this (or the old entry, when our own insert was withdrawn by another
+        // key's write or invalidation on the stripe: the old value must not stay).
+        inner.l1.supersede(stored_key);
+        inner.l1.remove_unless(stored_key, ours);
         (outcome, published)
     }
 
     /// Puts what was just written to L2 into L1, for the entry's L1 lifetimes — unless the key
-    /// was invalidated since `epoch` (taken before the L2 write).
+    /// was invalidated since `epoch` (taken before the L2 write). The stored entry's deadline
+    /// (see `LocalTier::insert`).
     pub(crate) fn mirror_in_l1(
         &self,
         stored_key: &str,
         value: Option<&Arc<V>>,
         encoded: &Encoded,
         epoch: u64,
-    ) {
+    ) -> Option<std::time::Instant> {
         self.l1_insert(
             stored_key,
             value.cloned(),
@@ -565,7 +583,7 @@ where
             self.inner.ttl.l1_lifetimes(&encoded.meta, encoded.now),
             epoch,
             encoded.tags.clone(),
-        );
+        )
     }
 
     /// Puts an entry into L1 — unless L1 is only a hot-key shield and the key is not hot.
@@ -579,14 +597,14 @@ where
         lifetimes: (Duration, Duration),
         epoch: u64,
         tags: Option<Arc<TagStamp>>,
-    ) {
+    ) -> Option<std::time::Instant> {
         let inner = &*self.inner;
         if inner.l1.hot_only() && !inner.ops.hot_keys.is_hot(stored_key) {
-            return;
+            return None;
         }
         inner
             .l1
-            .insert(stored_key, value, meta, size, lifetimes, epoch, tags);
+            .insert(stored_key, value, meta, size, lifetimes, epoch, tags)
     }
 }
 

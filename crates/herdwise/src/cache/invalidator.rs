@@ -41,8 +41,10 @@ use crate::tiers::key::{CacheKey, KeyEncoder};
 pub struct KeyParts(Vec<String>);
 
 impl KeyParts {
-    /// The parts of a key written in its stored form (what `herdwise verify`, logs and
-    /// `redis-cli` show after the namespace prefix): split at `:`, then each part's escapes
+    /// The parts of a key written in its stored form without the namespace's prefix (what
+    /// logs and `redis-cli` show after `<namespace>:v<schema>:`, or after
+    /// `<namespace>:v<schema>%g<generation>:` once the namespace was cleared — `42` for
+    /// `catalog:v1%g3:42`, never the whole stored key): split at `:`, then each part's escapes
     /// (`%25` `%`, `%3A` `:`, `%7B` `{`, `%7D` `}`, any other `%XX`) decoded — `42`,
     /// `guide/intro`, `17:a` for `(17, "a")`, `7:en%3AGB` for `(7, "en:GB")`.
     /// A `%` that starts no escape, or escapes that are not UTF-8, are

@@ -1009,6 +1009,11 @@ where
                 .announcement_with_write(stored_key, Invalidation::Key(stored_key)),
             WriteMode::IfNotOlder => None,
         };
+        let in_flight = WriteInFlight {
+            inner: &self.inner,
+            stored_key,
+            armed: true,
+        };
         let (outcome, announced) = self
             .store_encoded(stored_key, Some(&value), encoded, mode, then)
             .await;
@@ -1027,6 +1032,7 @@ where
             // delete, retried if it fails, and announced as pending meanwhile), never announce
             // a write that did not happen as done.
             self.invalidate_stored(stored_key).await;
+            in_flight.disarm();
             return Ok(outcome);
         }
         // Other instances' L1 copies are older than what was just written.
@@ -1041,7 +1047,38 @@ where
                 .retries
                 .push(&self.inner, Retry::AnnounceKey(stored_key.into()));
         }
+        in_flight.disarm();
         Ok(outcome)
+    }
+}
+
+/// Armed across a write's store call and what follows it: a caller dropped meanwhile (a
+/// request timeout) may leave the write applied by the store, or not, and unannounced. The key
+/// is then invalidated — dropped from this instance's L1 at once, deleted from L2 and
+/// announced by the retry queue — so that neither the old value nor an unannounced new one
+/// is served from an L1.
+struct WriteInFlight<'a, V: Send + Sync + 'static> {
+    inner: &'a Arc<Inner<V>>,
+    stored_key: &'a str,
+    armed: bool,
+}
+
+impl<V: Send + Sync + 'static> WriteInFlight<'_, V> {
+    /// The write ran to its end.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl<V: Send + Sync + 'static> Drop for WriteInFlight<'_, V> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inner.l1.invalidate(self.stored_key);
+            self.inner
+                .coherence
+                .retries
+                .push(self.inner, Retry::Key(self.stored_key.into()));
+        }
     }
 }
 

@@ -1291,7 +1291,7 @@ where
                 size,
                 l1_max_entry = limit,
                 suppressed,
-                "loaded value too large for L2, and for L1 (heavier than L1's largest entry, l1_max_bytes / shards): not cached at all, every read loads it; raise l1_max_bytes or max_value_bytes"
+                "loaded value too large for L2, and for L1 (heavier than L1's largest entry, see `l1_max_bytes`): not cached at all, every read loads it; raise max_value_bytes or split the value"
             );
         }
     }

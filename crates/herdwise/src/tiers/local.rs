@@ -22,6 +22,19 @@ use crate::tiers::recovery::Recovery;
 /// Smallest share of the byte bound per engine shard (but one shard for smaller bounds).
 const MIN_SHARD_BYTES: u64 = 8 << 20;
 
+/// The share of a shard its engine lets one entry take (quick_cache's hot allocation).
+const HOT_SHARE: f64 = 0.97;
+
+/// Engine shards for an L1 of `max_bytes` on `cores`: 4 per core, but none smaller than
+/// [`MIN_SHARD_BYTES`] (one for a smaller bound), a power of two rounded *down* (the engine
+/// rounds up, which would make shards smaller). Each shard refuses an entry heavier than
+/// [`HOT_SHARE`] of it, so any L1 of 8 MiB or more admits entries up to 7.76 MiB (the engine's
+/// own default, 4 per core, would refuse entries over 0.5 MiB of a 64 MiB L1 on 32 cores).
+fn shard_count(max_bytes: u64, cores: usize) -> usize {
+    let n = (cores.max(1) * 4).min((max_bytes / MIN_SHARD_BYTES).max(1) as usize);
+    1 << (usize::BITS - 1 - n.leading_zeros())
+}
+
 /// Bookkeeping bytes charged to every entry on top of key and value.
 const ENTRY_OVERHEAD: u64 = 96;
 
@@ -139,6 +152,9 @@ pub(crate) struct LocalTier<V> {
     engine: Option<EngineOf<V>>,
     gauges: L1Metrics,
     stripes: Box<[AtomicU64]>,
+    /// This instance's own writes, per stripe (see [`LocalTier::supersede`]): counted in the
+    /// epoch of reads and loads, not in that of the writes themselves.
+    writes: Box<[AtomicU64]>,
     cleared: AtomicU64,
     hasher: DefaultHashBuilder,
     recovery: Arc<Recovery>,
@@ -149,11 +165,13 @@ pub(crate) struct LocalTier<V> {
 impl<V> LocalTier<V> {
     pub fn new(max_bytes: u64, gauges: L1Metrics, recovery: Arc<Recovery>) -> Result<Self, String> {
         let stripes = (0..EPOCH_STRIPES).map(|_| AtomicU64::new(0)).collect();
+        let writes: Box<[AtomicU64]> = (0..EPOCH_STRIPES).map(|_| AtomicU64::new(0)).collect();
         if max_bytes == 0 {
             return Ok(LocalTier {
                 engine: None,
                 gauges,
                 stripes,
+                writes,
                 cleared: AtomicU64::new(0),
                 hasher: DefaultHashBuilder::default(),
                 recovery,
@@ -162,12 +180,8 @@ impl<V> LocalTier<V> {
         }
         // A rough item estimate only sizes the tables; the weight is the real bound.
         let estimated_items = (max_bytes / 1024).clamp(16, 1 << 22) as usize;
-        // Each shard refuses entries heavier than its share of the bound: no more shards than
-        // keep a shard at `MIN_SHARD_BYTES` (then a 4 MiB value fits an L1 of 8 MiB or more on
-        // any machine; the engine's default, 4 per core, would refuse values over 512 KiB of
-        // a 64 MiB L1 on 32 cores).
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let shards = (cores * 4).min((max_bytes / MIN_SHARD_BYTES).max(1) as usize);
+        let shards = shard_count(max_bytes, cores);
         let options = OptionsBuilder::new()
             .estimated_items_capacity(estimated_items)
             .shards(shards)
@@ -184,6 +198,7 @@ impl<V> LocalTier<V> {
             engine: Some(engine),
             gauges,
             stripes,
+            writes,
             cleared: AtomicU64::new(0),
             hasher: DefaultHashBuilder::default(),
             recovery,
@@ -196,7 +211,17 @@ impl<V> LocalTier<V> {
     pub fn max_entry_weight(&self) -> u64 {
         self.engine
             .as_ref()
-            .map_or(0, |e| e.shard_capacity() / 100 * 97)
+            .map_or(0, |e| (e.shard_capacity() as f64 * HOT_SHARE) as u64)
+    }
+
+    /// Whether an entry of `size` (as given to [`LocalTier::insert`]) under `key` is light
+    /// enough for L1; else the heaviest entry's weight.
+    pub fn fits(&self, key: &str, size: usize) -> Result<(), u64> {
+        let limit = self.max_entry_weight();
+        match key.len() as u64 + size as u64 + ENTRY_OVERHEAD <= limit {
+            true => Ok(()),
+            false => Err(limit),
+        }
     }
 
     /// Admit only the keys the caller says are hot (see [`LocalTier::hot_only`]).
@@ -244,9 +269,12 @@ impl<V> LocalTier<V> {
         None
     }
 
+    fn stripe_index(&self, key: &str) -> usize {
+        (self.hasher.hash_one(key) as usize) % EPOCH_STRIPES
+    }
+
     fn stripe(&self, key: &str) -> &AtomicU64 {
-        let i = (self.hasher.hash_one(key) as usize) % EPOCH_STRIPES;
-        &self.stripes[i]
+        &self.stripes[self.stripe_index(key)]
     }
 
     /// The invalidation epoch of `key`: take it *before* the remote call whose result goes into
@@ -255,10 +283,24 @@ impl<V> LocalTier<V> {
     /// was read while deaf (its invalidation may have gone by unheard), and is stored
     /// unverified.
     pub fn epoch(&self, key: &str) -> u64 {
+        let i = self.stripe_index(key);
+        let writes = self.writes[i].load(Ordering::Acquire);
+        self.epoch_of(i, writes)
+    }
+
+    /// The epoch of this instance's own write of `key`, for [`LocalTier::insert_written`]:
+    /// as [`LocalTier::epoch`] without the other own writes, so that writes of keys that share
+    /// a stripe do not withdraw each other's inserts.
+    pub fn write_epoch(&self, key: &str) -> u64 {
+        self.epoch_of(self.stripe_index(key), 0)
+    }
+
+    fn epoch_of(&self, stripe: usize, writes: u64) -> u64 {
         let invalidations = self
             .cleared
             .load(Ordering::Acquire)
-            .wrapping_add(self.stripe(key).load(Ordering::Acquire));
+            .wrapping_add(self.stripes[stripe].load(Ordering::Acquire))
+            .wrapping_add(writes);
         (invalidations << HEARING_BITS) | (self.recovery.hearing_starts() & HEARING_MASK)
     }
 
@@ -269,19 +311,63 @@ impl<V> LocalTier<V> {
         self.remove(key);
     }
 
-    /// Withdraws every insert of `key` whose epoch was taken before now, without removing
-    /// what is there: this instance is about to write `key` itself, and a load or read that
-    /// started before the write must not put its older value over the write's in L1 (the
-    /// write takes its own epoch after this). Its stripe's other keys' inserts in flight are
-    /// withdrawn too (1 in 1 024: they are read again from L2 next time).
+    /// Withdraws every read's or load's insert of `key` whose epoch was taken before now,
+    /// without removing what is there: this instance writes `key` itself, and a read or load
+    /// that took its epoch before must not put its older value over the write's in L1 (the
+    /// write calls it before its L2 write and again after its own insert). Other writes'
+    /// inserts are not withdrawn (they check [`LocalTier::write_epoch`]); reads and loads of
+    /// the stripe's other keys in flight are: each write withdraws about one in 1 024 of the
+    /// reads and loads in flight at that moment (with 1 000 writes a second and reads of
+    /// 1 ms, one in a thousand), which only means the next read of such a key asks L2 again.
     pub fn supersede(&self, key: &str) {
-        self.stripe(key).fetch_add(1, Ordering::AcqRel);
+        self.writes[self.stripe_index(key)].fetch_add(1, Ordering::AcqRel);
     }
 
     /// Stores an entry that lives for `live` and is fresh for the first `fresh` of it (nothing is
     /// stored for a zero lifetime) — unless `key` was invalidated since `epoch` was taken.
     #[allow(clippy::too_many_arguments)]
+    /// The entry's deadline when it was stored (it may still be refused by the engine as too
+    /// heavy, see [`LocalTier::fits`]); `None` when withdrawn or not stored.
     pub fn insert(
+        &self,
+        key: &str,
+        value: Option<Arc<V>>,
+        meta: &Meta,
+        size: usize,
+        lifetimes: (Duration, Duration),
+        epoch: u64,
+        tags: Option<Arc<TagStamp>>,
+    ) -> Option<Instant> {
+        self.insert_under(key, value, meta, size, lifetimes, epoch, tags, Self::epoch)
+    }
+
+    /// [`LocalTier::insert`] for this instance's own write of `key`, with `epoch` from
+    /// [`LocalTier::write_epoch`]: withdrawn by invalidations, not by other own writes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert_written(
+        &self,
+        key: &str,
+        value: Option<Arc<V>>,
+        meta: &Meta,
+        size: usize,
+        lifetimes: (Duration, Duration),
+        epoch: u64,
+        tags: Option<Arc<TagStamp>>,
+    ) -> Option<Instant> {
+        self.insert_under(
+            key,
+            value,
+            meta,
+            size,
+            lifetimes,
+            epoch,
+            tags,
+            Self::write_epoch,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert_under(
         &self,
         key: &str,
         value: Option<Arc<V>>,
@@ -290,23 +376,22 @@ impl<V> LocalTier<V> {
         (live, fresh): (Duration, Duration),
         epoch: u64,
         tags: Option<Arc<TagStamp>>,
-    ) {
-        let Some(engine) = self.engine.as_ref() else {
-            return;
-        };
+        epoch_now: fn(&Self, &str) -> u64,
+    ) -> Option<Instant> {
+        let engine = self.engine.as_ref()?;
         // The era before the epoch check: a flip from deaf to hearing after it shows in the
         // epoch.
         let mut era = self.recovery.insert_era();
-        let current = self.epoch(key);
+        let current = epoch_now(self, key);
         if current >> HEARING_BITS != epoch >> HEARING_BITS {
-            return; // invalidated since
+            return None; // invalidated since
         }
         if current & HEARING_MASK != epoch & HEARING_MASK {
             era = self.recovery.deaf_era();
         }
         if live.is_zero() {
             engine.remove(key);
-            return;
+            return None;
         }
         let now = Instant::now();
         let entry = L1Entry {
@@ -321,10 +406,26 @@ impl<V> LocalTier<V> {
         let expires_at = entry.expires_at;
         engine.insert(key.into(), entry);
         // An invalidation between the check above and the insert: withdraw what we put in.
-        if self.epoch(key) >> HEARING_BITS != epoch >> HEARING_BITS {
+        if epoch_now(self, key) >> HEARING_BITS != epoch >> HEARING_BITS {
             engine.remove_if(key, |e| e.expires_at == expires_at);
+            self.gauges.update(engine);
+            return None;
         }
         self.gauges.update(engine);
+        Some(expires_at)
+    }
+
+    /// Removes what is under `key` unless it is the entry stored with deadline `ours`
+    /// (`None`: whatever is there).
+    pub fn remove_unless(&self, key: &str, ours: Option<Instant>) {
+        if let Some(engine) = self.engine.as_ref() {
+            if engine
+                .remove_if(key, |e| Some(e.expires_at) != ours)
+                .is_some()
+            {
+                self.gauges.update(engine);
+            }
+        }
     }
 
     /// Keeps the unverified entry under `key` (if it is still there and still unverified) as a
@@ -428,6 +529,46 @@ impl<V> LocalTier<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_are_never_under_8_mib_so_large_entries_fit() {
+        for cores in [1, 2, 3, 8, 17, 32, 64, 128] {
+            for mib in [1u64, 7, 8, 9, 15, 16, 24, 40, 64, 100, 520, 528, 1024, 4096] {
+                let bytes = mib << 20;
+                let shards = shard_count(bytes, cores) as u64;
+                assert!(
+                    shards.is_power_of_two(),
+                    "{cores} cores, {mib} MiB: {shards}"
+                );
+                assert!(shards <= (cores as u64 * 4).max(1));
+                let shard = bytes.div_ceil(shards);
+                if bytes >= MIN_SHARD_BYTES {
+                    assert!(
+                        shard >= MIN_SHARD_BYTES,
+                        "{cores} cores, {mib} MiB: {shard}"
+                    );
+                    let largest = (shard as f64 * HOT_SHARE) as u64;
+                    assert!(largest >= (4 << 20) + 512 + ENTRY_OVERHEAD);
+                } else {
+                    assert_eq!(shards, 1);
+                }
+            }
+        }
+        // The engine keeps the count it is given (a power of two, shards of >= 8 192 items).
+        let tier = LocalTier::<u8>::new(
+            24 << 20,
+            L1Metrics::noop(),
+            Arc::new(Recovery::new(Duration::from_secs(1))),
+        )
+        .unwrap();
+        assert!(tier.max_entry_weight() >= (8 << 20) * 97 / 100 - 1);
+        assert!(tier.fits("k", 7 << 20).is_ok());
+        assert_eq!(
+            tier.fits("k", tier.max_entry_weight() as usize),
+            Err(tier.max_entry_weight()),
+            "key and overhead count"
+        );
+    }
 
     fn meta() -> Meta {
         Meta {
