@@ -38,6 +38,8 @@ use serde_json::json;
 
 /// Invalidators held at once.
 pub const MAX_NAMESPACES: usize = 64;
+/// Longest tag (as `herdwise::Invalidator` takes them).
+const MAX_TAG_BYTES: usize = 1 << 20;
 /// Keys, tags and prefixes in one request.
 const MAX_ITEMS: usize = 1_000;
 
@@ -116,9 +118,15 @@ impl Invalidators {
                     request.replicas = Some(number(u8::MAX as u64)? as u8);
                 }
                 "tag" => {
-                    if value.is_empty() || value.chars().any(char::is_control) {
+                    // The invalidator's own rules (it takes tags up to 1 MiB): checked here so
+                    // that nothing is sent for a request with a bad tag.
+                    if value.is_empty()
+                        || value.len() > MAX_TAG_BYTES
+                        || value.chars().any(char::is_control)
+                    {
                         return Err(bad(format!(
-                            "tag {value:?}: 1 or more characters, no control characters"
+                            "tag {:?}: 1 to {MAX_TAG_BYTES} bytes, no control characters",
+                            value.chars().take(64).collect::<String>()
                         )));
                     }
                     request.tags.push(value.clone());

@@ -274,17 +274,29 @@ async fn a_committed_write_the_cache_cannot_hold_is_reported_not_failed() {
 /// not leave the old value behind).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_never_leave_their_old_values_in_l1() {
+    use futures::StreamExt;
     let server = common::redis();
-    let cache = cache(&server).await;
+    // A busy Redis on 2 cores must not open the breaker: this test is about L1.
+    let cache: Cache<u64, String> = Cache::builder("writes-concurrent")
+        .store(common::store(&server).await)
+        .no_circuit_breaker()
+        .store_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
     const KEYS: u64 = 3_000;
     for k in 0..KEYS {
         cache.set(&k, format!("old{k}")).await.unwrap();
     }
-    let writes = futures::future::join_all((0..KEYS).map(|k| {
-        let cache = cache.clone();
-        async move { cache.set(&k, format!("new{k}")).await.unwrap() }
-    }));
-    for outcome in writes.await {
+    // 256 in flight: on 1 024 stripes, a quarter of the writes share theirs with another.
+    let outcomes: Vec<WriteOutcome> = futures::stream::iter(0..KEYS)
+        .map(|k| {
+            let cache = cache.clone();
+            async move { cache.set(&k, format!("new{k}")).await.unwrap() }
+        })
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    for outcome in outcomes {
         assert_eq!(outcome, WriteOutcome::Stored);
     }
     let mut stale = Vec::new();
@@ -335,5 +347,137 @@ async fn a_cancelled_set_never_leaves_the_old_value_in_l1() {
             "served the overwritten value"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A load that fails while this instance writes the key serves its stale fallback to its own
+/// callers (stale-if-error), but must not put that fallback back into L1 over the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_load_never_puts_its_stale_fallback_over_a_newer_write() {
+    // Without leases the fill is fenced, not leased: the path where only L1's epoch can
+    // keep the fallback out.
+    let cache: Cache<u64, String> = Cache::builder("writes-fail-safe")
+        .no_leases()
+        .ttl(Duration::from_millis(100))
+        .no_ttl_jitter()
+        .stale_if_error(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    cache.set(&1, "old".to_string()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await; // stale now
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let loading = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            cache
+                .get_or_load(&1, move |_| async move {
+                    let _ = started_tx.send(());
+                    let _ = go_rx.await;
+                    Err::<Option<String>, _>(OriginError("down".into()))
+                })
+                .await
+        }
+    });
+    started_rx.await.unwrap();
+    cache.set(&1, "new".to_string()).await.unwrap();
+    go_tx.send(()).unwrap();
+    let served = loading.await.unwrap().unwrap();
+    assert_eq!(
+        served.as_deref().map(String::as_str),
+        Some("old"),
+        "stale-if-error"
+    );
+    assert_eq!(
+        cache.get(&1).await.unwrap().as_deref().map(String::as_str),
+        Some("new"),
+        "the failed load's fallback covered the newer write"
+    );
+}
+
+/// Two writes of one key at once from one instance: L2 applies them in some order this
+/// instance cannot see; its L1 must then not keep the one L2 did not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_of_one_key_leave_l1_as_l2() {
+    let server = common::redis();
+    let build = |store, l1: u64| {
+        Cache::<u64, String>::builder("writes-same-key")
+            .store(store)
+            .l1_max_bytes(l1)
+            .no_hot_key_shield()
+            .no_circuit_breaker()
+            .store_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
+    let cache = build(common::store(&server).await, 1 << 20);
+    let l2 = build(common::store(&server).await, 0); // reads L2 only
+    let mut differ = 0;
+    for round in 0..300u64 {
+        let (a, b) = (cache.clone(), cache.clone());
+        let one = tokio::spawn(async move { a.set(&round, format!("a{round}")).await.unwrap() });
+        let two = tokio::spawn(async move { b.set(&round, format!("b{round}")).await.unwrap() });
+        one.await.unwrap();
+        two.await.unwrap();
+        let (here, there) = (
+            cache.get(&round).await.unwrap(),
+            l2.get(&round).await.unwrap(),
+        );
+        if here != there {
+            differ += 1;
+        }
+    }
+    assert_eq!(
+        differ, 0,
+        "L1 kept the value L2 did not in {differ} of 300 rounds"
+    );
+}
+
+/// An origin write that fails (it may have committed) leaves the key invalidated: this
+/// instance stops serving the old value at once, even while Redis cannot take the delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_origin_write_drops_the_old_value_from_l1_at_once() {
+    let server = common::redis();
+    let cache = cache(&server).await;
+    cache.get(&0).await.unwrap(); // listening first (see a_cancelled_set_...)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (key, around) in [(1u64, true), (2, false)] {
+        cache.set(&key, "old".to_string()).await.unwrap();
+        assert_eq!(
+            cache
+                .get(&key)
+                .await
+                .unwrap()
+                .as_deref()
+                .map(String::as_str),
+            Some("old")
+        );
+        server.pause().unwrap();
+        let failed = if around {
+            cache
+                .write_around(&key, || async {
+                    Err::<(), _>(OriginError("timeout".into()))
+                })
+                .await
+                .is_err()
+        } else {
+            cache
+                .write_through(&key, "new".to_string(), |_| async {
+                    Err::<Option<u64>, _>(OriginError("timeout".into()))
+                })
+                .await
+                .is_err()
+        };
+        assert!(failed);
+        let got = cache.get(&key).await;
+        server.resume().unwrap();
+        assert!(
+            !matches!(
+                got.as_ref().map(|v| v.as_deref().map(String::as_str)),
+                Ok(Some("old"))
+            ),
+            "write_{}: served the value the failed write meant to replace",
+            if around { "around" } else { "through" }
+        );
     }
 }

@@ -508,7 +508,7 @@ where
         let ttl = inner.ttl.l2_ttl(&encoded.meta);
         // Reads and loads of the key in flight here started before this write: their values
         // are older.
-        inner.l1.supersede(stored_key);
+        let first = inner.l1.supersede(stored_key);
         let epoch = inner.l1.write_epoch(stored_key);
         let bytes = encoded.bytes.clone();
         let version = encoded.meta.version;
@@ -558,10 +558,16 @@ where
         };
         // Reads and loads that took their epoch after the first `supersede` may have read L2
         // before the write landed: withdraw their inserts from now on, and remove one that got
-        // in before this (or the old entry, when our own insert was withdrawn by another
-        // key's write or invalidation on the stripe: the old value must not stay).
-        inner.l1.supersede(stored_key);
-        inner.l1.remove_unless(stored_key, ours);
+        // in before this (or the old entry, when our own insert was withdrawn by an
+        // invalidation: the old value must not stay). A write that overlapped another own
+        // write of the stripe keeps nothing: it may be a write of the same key that L2
+        // applied in the other order.
+        let last = inner.l1.supersede(stored_key);
+        if last == first.wrapping_add(1) {
+            inner.l1.remove_unless(stored_key, ours);
+        } else {
+            inner.l1.remove(stored_key);
+        }
         (outcome, published)
     }
 

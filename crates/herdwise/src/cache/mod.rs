@@ -1025,7 +1025,12 @@ where
                 .retries
                 .supersede(stored_key, queued_before);
             // Copies of the old value must not outlive it.
-            self.drop_replicas(stored_key).await;
+            if self.inner.ops.replicas.is_some() {
+                self.drop_replicas(stored_key).await;
+                // A read may have taken a copy's old bytes since the write settled L1.
+                self.inner.l1.supersede(stored_key);
+                self.inner.l1.remove(stored_key);
+            }
         }
         if outcome == WriteOutcome::LocalOnly {
             // L2 was not written and may still hold the old value: invalidate it everywhere (a
@@ -1057,15 +1062,15 @@ where
 /// is then invalidated — dropped from this instance's L1 at once, deleted from L2 and
 /// announced by the retry queue — so that neither the old value nor an unannounced new one
 /// is served from an L1.
-struct WriteInFlight<'a, V: Send + Sync + 'static> {
-    inner: &'a Arc<Inner<V>>,
-    stored_key: &'a str,
-    armed: bool,
+pub(crate) struct WriteInFlight<'a, V: Send + Sync + 'static> {
+    pub(crate) inner: &'a Arc<Inner<V>>,
+    pub(crate) stored_key: &'a str,
+    pub(crate) armed: bool,
 }
 
 impl<V: Send + Sync + 'static> WriteInFlight<'_, V> {
     /// The write ran to its end.
-    fn disarm(mut self) {
+    pub(crate) fn disarm(mut self) {
         self.armed = false;
     }
 }

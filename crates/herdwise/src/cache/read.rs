@@ -1122,7 +1122,7 @@ where
                     span.record("result", "timeout");
                     let err = Error::LoaderTimeout(limit);
                     return self
-                        .fail_safe(stored_key, mode, windows, fallback, err)
+                        .fail_safe(stored_key, mode, windows, fallback, err, epoch)
                         .await;
                 }
             },
@@ -1137,7 +1137,7 @@ where
                 tracing::error!(key = stored_key, "loader panicked; nothing cached");
                 let err = Error::LoaderPanicked;
                 return self
-                    .fail_safe(stored_key, mode, windows, fallback, err)
+                    .fail_safe(stored_key, mode, windows, fallback, err, epoch)
                     .await;
             }
             Ok(Err(err)) => {
@@ -1160,7 +1160,7 @@ where
                     None => Error::Loader(Arc::from(err)),
                 };
                 return self
-                    .fail_safe(stored_key, mode, windows, fallback, err)
+                    .fail_safe(stored_key, mode, windows, fallback, err, epoch)
                     .await;
             }
             Ok(Ok(value)) => {
@@ -1198,7 +1198,9 @@ where
     }
 
     /// The load failed: serve the stale value if it is within the stale-if-error window (and
-    /// re-store it as a flagged copy for the throttle period), else return the error.
+    /// re-store it as a flagged copy for the throttle period), else return the error. `epoch`:
+    /// L1's epoch of the key from before the load, so that an invalidation or an own write
+    /// while it ran keeps the old value out of L1.
     async fn fail_safe(
         &self,
         stored_key: &str,
@@ -1206,6 +1208,7 @@ where
         windows: &Windows,
         fallback: Option<Fallback<V>>,
         err: Error,
+        epoch: u64,
     ) -> LoadResult<V> {
         let inner = &*self.inner;
         let Some(found) = fallback.filter(|f| f.usable_within(windows.stale_if_error, now_ms()))
@@ -1213,7 +1216,6 @@ where
             self.release(mode).await;
             return Err(err);
         };
-        let epoch = inner.l1.epoch(stored_key);
         inner.metrics.stale_served(StaleReason::Error);
         tracing::warn!(
             key = stored_key,

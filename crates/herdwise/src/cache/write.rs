@@ -11,8 +11,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::cache::{Cache, WriteOutcome};
-use crate::coherence::retry::{Retry, RetryOnDrop};
+use crate::cache::{Cache, WriteInFlight, WriteOutcome};
 use crate::error::{Error, Result};
 use crate::tiers::key::CacheKey;
 
@@ -199,9 +198,14 @@ where
         self.ensure_generation().await;
         let stored_key = self.key_of(key)?;
         // Armed from before the origin write until the cache is updated: a caller dropped on
-        // the way (or an origin write that failed, maybe after committing) leaves an
-        // invalidation to the retry queue, never the old value in L2.
-        let pending = RetryOnDrop::new(&self.inner, Retry::Key(stored_key.as_str().into()));
+        // the way (or an origin write that failed, maybe after committing) leaves the key
+        // invalidated — out of this L1 at once, the L2 delete and announcement to the retry
+        // queue — never the old value.
+        let pending = WriteInFlight {
+            inner: &self.inner,
+            stored_key: &stored_key,
+            armed: true,
+        };
         let (value, version) = write()
             .await
             .map_err(|e| Error::OriginWrite(Arc::from(e.into())))?;
@@ -246,7 +250,11 @@ where
         self.ensure_generation().await;
         let stored_key = self.key_of(key)?;
         // As in `write_through`: armed from before the origin write.
-        let pending = RetryOnDrop::new(&self.inner, Retry::Key(stored_key.as_str().into()));
+        let pending = WriteInFlight {
+            inner: &self.inner,
+            stored_key: &stored_key,
+            armed: true,
+        };
         let written = write()
             .await
             .map_err(|e| Error::OriginWrite(Arc::from(e.into())))?;

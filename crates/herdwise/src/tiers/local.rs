@@ -185,6 +185,7 @@ impl<V> LocalTier<V> {
         let options = OptionsBuilder::new()
             .estimated_items_capacity(estimated_items)
             .shards(shards)
+            .hot_allocation(HOT_SHARE)
             .weight_capacity(max_bytes)
             .build()
             .map_err(|e| format!("L1 options: {e:?}"))?;
@@ -317,17 +318,22 @@ impl<V> LocalTier<V> {
     /// write calls it before its L2 write and again after its own insert). Other writes'
     /// inserts are not withdrawn (they check [`LocalTier::write_epoch`]); reads and loads of
     /// the stripe's other keys in flight are: each write withdraws about one in 1 024 of the
-    /// reads and loads in flight at that moment (with 1 000 writes a second and reads of
-    /// 1 ms, one in a thousand), which only means the next read of such a key asks L2 again.
-    pub fn supersede(&self, key: &str) {
-        self.writes[self.stripe_index(key)].fetch_add(1, Ordering::AcqRel);
+    /// reads and loads in flight at each of its two calls (with 1 000 writes a second and
+    /// reads of 1 ms, one in 500), which only means the next read of such a key asks L2 again.
+    /// The stripe's count of own writes after this one: a write whose two calls are not one
+    /// apart overlapped another own write of the stripe (maybe of the same key, whose order in
+    /// L2 this instance cannot know).
+    pub fn supersede(&self, key: &str) -> u64 {
+        self.writes[self.stripe_index(key)]
+            .fetch_add(1, Ordering::AcqRel)
+            .wrapping_add(1)
     }
 
     /// Stores an entry that lives for `live` and is fresh for the first `fresh` of it (nothing is
     /// stored for a zero lifetime) — unless `key` was invalidated since `epoch` was taken.
-    #[allow(clippy::too_many_arguments)]
     /// The entry's deadline when it was stored (it may still be refused by the engine as too
     /// heavy, see [`LocalTier::fits`]); `None` when withdrawn or not stored.
+    #[allow(clippy::too_many_arguments)]
     pub fn insert(
         &self,
         key: &str,
