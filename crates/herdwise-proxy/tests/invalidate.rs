@@ -128,6 +128,11 @@ async fn services_caches_are_invalidated_through_the_admin_api() {
     let r = post(admin, "/invalidate/recs?prefix=17", Some(TOKEN)).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body.contains("\"removed\":2"), "{}", r.body);
+    // The L2 keys are gone now; the L1 copy when the backplane delivers.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while recs.get(&(17, "a".to_string())).await.unwrap().is_some() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(recs.get(&(17, "a".to_string())).await.unwrap().is_none());
     assert!(recs.get(&(170, "a".to_string())).await.unwrap().is_some());
 

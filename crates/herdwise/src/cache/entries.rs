@@ -77,6 +77,9 @@ pub(crate) struct Fallback<V> {
     pub unverified: bool,
     /// The tier it was found in.
     pub source: Source,
+    /// L1's epoch of the key from when it was found: a copy of it put back into L1 (stale-if-
+    /// error) is withdrawn if the key was invalidated or written here since.
+    pub epoch: u64,
 }
 
 impl<V> Clone for Fallback<V> {
@@ -87,30 +90,39 @@ impl<V> Clone for Fallback<V> {
             tags: self.tags.clone(),
             unverified: self.unverified,
             source: self.source,
+            epoch: self.epoch,
         }
     }
 }
 
 impl<V> Fallback<V> {
     /// A fallback from an L1 entry that is not fresh (stale, or unverified).
-    pub fn from_l1(entry: L1Entry<V>, standing: Standing) -> Self {
+    /// `epoch`: taken right after the lookup that found it (with no await between).
+    pub fn from_l1(entry: L1Entry<V>, standing: Standing, epoch: u64) -> Self {
         Fallback {
             value: entry.value,
             meta: entry.meta,
             tags: entry.tags,
             unverified: standing == Standing::Unverified,
             source: Source::L1,
+            epoch,
         }
     }
 
-    /// A fallback read from L2 (verified by definition).
-    pub fn from_l2(value: Option<Arc<V>>, meta: Meta, tags: Option<Arc<TagStamp>>) -> Self {
+    /// A fallback read from L2 (verified by definition); `epoch` taken before the read.
+    pub fn from_l2(
+        value: Option<Arc<V>>,
+        meta: Meta,
+        tags: Option<Arc<TagStamp>>,
+        epoch: u64,
+    ) -> Self {
         Fallback {
             value,
             meta,
             tags,
             unverified: false,
             source: Source::L2,
+            epoch,
         }
     }
 
@@ -231,7 +243,7 @@ where
                 if freshness == Freshness::Fresh {
                     L2Read::Fresh(value, meta, tags)
                 } else {
-                    L2Read::Stale(Fallback::from_l2(value, meta, tags))
+                    L2Read::Stale(Fallback::from_l2(value, meta, tags, epoch))
                 }
             }
             Err(rejected) => {

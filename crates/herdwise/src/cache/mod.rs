@@ -961,7 +961,7 @@ where
                 }
                 Some((entry, standing)) => Lookup::Miss {
                     stored_key: buf.clone(),
-                    fallback: Some(Fallback::from_l1(entry, standing)),
+                    fallback: Some(Fallback::from_l1(entry, standing, inner.l1.epoch(buf))),
                 },
                 None => Lookup::Miss {
                     stored_key: buf.clone(),
@@ -1009,11 +1009,7 @@ where
                 .announcement_with_write(stored_key, Invalidation::Key(stored_key)),
             WriteMode::IfNotOlder => None,
         };
-        let in_flight = WriteInFlight {
-            inner: &self.inner,
-            stored_key,
-            armed: true,
-        };
+        let in_flight = WriteInFlight::new(&self.inner, stored_key);
         let (outcome, announced) = self
             .store_encoded(stored_key, Some(&value), encoded, mode, then)
             .await;
@@ -1057,18 +1053,29 @@ where
     }
 }
 
-/// Armed across a write's store call and what follows it: a caller dropped meanwhile (a
-/// request timeout) may leave the write applied by the store, or not, and unannounced. The key
+/// Armed across a write's store call and what follows it (and, for `write_through` and
+/// `write_around`, from before the origin write): a caller dropped meanwhile (a request
+/// timeout), or an origin write that failed, may leave the write applied, or not, and
+/// unannounced. The key
 /// is then invalidated — dropped from this instance's L1 at once, deleted from L2 and
 /// announced by the retry queue — so that neither the old value nor an unannounced new one
 /// is served from an L1.
 pub(crate) struct WriteInFlight<'a, V: Send + Sync + 'static> {
-    pub(crate) inner: &'a Arc<Inner<V>>,
-    pub(crate) stored_key: &'a str,
-    pub(crate) armed: bool,
+    inner: &'a Arc<Inner<V>>,
+    stored_key: &'a str,
+    armed: bool,
 }
 
-impl<V: Send + Sync + 'static> WriteInFlight<'_, V> {
+impl<'a, V: Send + Sync + 'static> WriteInFlight<'a, V> {
+    /// Armed.
+    pub(crate) fn new(inner: &'a Arc<Inner<V>>, stored_key: &'a str) -> Self {
+        WriteInFlight {
+            inner,
+            stored_key,
+            armed: true,
+        }
+    }
+
     /// The write ran to its end.
     pub(crate) fn disarm(mut self) {
         self.armed = false;
@@ -1078,11 +1085,13 @@ impl<V: Send + Sync + 'static> WriteInFlight<'_, V> {
 impl<V: Send + Sync + 'static> Drop for WriteInFlight<'_, V> {
     fn drop(&mut self) {
         if self.armed {
-            self.inner.l1.invalidate(self.stored_key);
+            // Queued (so L2 reads of the key answer a miss until the delete) before L1 lets
+            // go of it: a read in between must not bring the old value back.
             self.inner
                 .coherence
                 .retries
                 .push(self.inner, Retry::Key(self.stored_key.into()));
+            self.inner.l1.invalidate(self.stored_key);
         }
     }
 }

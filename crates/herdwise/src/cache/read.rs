@@ -774,6 +774,8 @@ where
             && inner.protect.miss_rate.mostly_missing();
         // The lease attempt made as the first round trip, if it was.
         let mut early = None;
+        // Before L2 is read: what it answers may be a fallback (see `Fallback::epoch`).
+        let read_epoch = inner.l1.epoch(stored_key);
         let read = match (windows.known_l2(), inner.protect.lease) {
             (Some(KnownL2::Missed), _) => L2Read::Miss,
             (Some(KnownL2::Down), _) => L2Read::Unavailable,
@@ -813,7 +815,10 @@ where
             // The judged value is no fallback: its judge decides what a failed load answers.
             L2Read::Fresh(..) if matches!(replacing, Replacing::Judged(_)) => {}
             L2Read::Fresh(value, meta, tags) => {
-                fallback = Fallback::newer(fallback, Some(Fallback::from_l2(value, meta, tags)))
+                fallback = Fallback::newer(
+                    fallback,
+                    Some(Fallback::from_l2(value, meta, tags, read_epoch)),
+                )
             }
             // A judge's value is never a fallback (its judge decides what a failed load
             // answers), nor is one it would call stale.
@@ -1122,7 +1127,7 @@ where
                     span.record("result", "timeout");
                     let err = Error::LoaderTimeout(limit);
                     return self
-                        .fail_safe(stored_key, mode, windows, fallback, err, epoch)
+                        .fail_safe(stored_key, mode, windows, fallback, err)
                         .await;
                 }
             },
@@ -1137,7 +1142,7 @@ where
                 tracing::error!(key = stored_key, "loader panicked; nothing cached");
                 let err = Error::LoaderPanicked;
                 return self
-                    .fail_safe(stored_key, mode, windows, fallback, err, epoch)
+                    .fail_safe(stored_key, mode, windows, fallback, err)
                     .await;
             }
             Ok(Err(err)) => {
@@ -1160,7 +1165,7 @@ where
                     None => Error::Loader(Arc::from(err)),
                 };
                 return self
-                    .fail_safe(stored_key, mode, windows, fallback, err, epoch)
+                    .fail_safe(stored_key, mode, windows, fallback, err)
                     .await;
             }
             Ok(Ok(value)) => {
@@ -1198,9 +1203,9 @@ where
     }
 
     /// The load failed: serve the stale value if it is within the stale-if-error window (and
-    /// re-store it as a flagged copy for the throttle period), else return the error. `epoch`:
-    /// L1's epoch of the key from before the load, so that an invalidation or an own write
-    /// while it ran keeps the old value out of L1.
+    /// re-store it as a flagged copy for the throttle period), else return the error. The copy
+    /// goes into L1 under the fallback's own epoch (from when it was found), so that an
+    /// invalidation or an own write since keeps it out.
     async fn fail_safe(
         &self,
         stored_key: &str,
@@ -1208,7 +1213,6 @@ where
         windows: &Windows,
         fallback: Option<Fallback<V>>,
         err: Error,
-        epoch: u64,
     ) -> LoadResult<V> {
         let inner = &*self.inner;
         let Some(found) = fallback.filter(|f| f.usable_within(windows.stale_if_error, now_ms()))
@@ -1216,6 +1220,7 @@ where
             self.release(mode).await;
             return Err(err);
         };
+        let epoch = found.epoch;
         inner.metrics.stale_served(StaleReason::Error);
         tracing::warn!(
             key = stored_key,

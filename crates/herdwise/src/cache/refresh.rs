@@ -131,9 +131,9 @@ where
                 // The read put any stale value it found into L1.
                 let windows = self.windows(options);
                 let stored_key = self.key_of(key)?;
-                let stale = self
-                    .l1_get(&stored_key)
-                    .map(|(entry, standing)| Fallback::from_l1(entry, standing));
+                let stale = self.l1_get(&stored_key).map(|(entry, standing)| {
+                    Fallback::from_l1(entry, standing, self.inner.l1.epoch(&stored_key))
+                });
                 // (Never an unverified entry: L2 was not asked about it.)
                 let usable = |f: &Fallback<V>| {
                     !f.unverified && f.usable_within(windows.stale_if_error, now_ms())

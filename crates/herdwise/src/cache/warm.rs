@@ -467,7 +467,11 @@ where
         };
         let fallback = match self.l1_get(&stored_key) {
             Some((_, Standing::Fresh)) => return WarmOutcome::Cached,
-            Some((entry, standing)) => Some(Fallback::from_l1(entry, standing)),
+            Some((entry, standing)) => Some(Fallback::from_l1(
+                entry,
+                standing,
+                self.inner.l1.epoch(&stored_key),
+            )),
             None => None,
         };
         let mut windows = self.windows(&LoadOptions::default());

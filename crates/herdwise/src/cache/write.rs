@@ -93,7 +93,8 @@ impl<V> Clone for WrittenThrough<V> {
 }
 
 impl<V> WrittenThrough<V> {
-    /// Whether the value is in the cache now (L2 and this instance's L1).
+    /// Whether the value was stored in L2 (and, unless another write overlapped it or an
+    /// invalidation came, in this instance's L1).
     pub fn is_cached(&self) -> bool {
         matches!(self.cached, Ok(WriteOutcome::Stored))
     }
@@ -201,11 +202,7 @@ where
         // the way (or an origin write that failed, maybe after committing) leaves the key
         // invalidated — out of this L1 at once, the L2 delete and announcement to the retry
         // queue — never the old value.
-        let pending = WriteInFlight {
-            inner: &self.inner,
-            stored_key: &stored_key,
-            armed: true,
-        };
+        let pending = WriteInFlight::new(&self.inner, &stored_key);
         let (value, version) = write()
             .await
             .map_err(|e| Error::OriginWrite(Arc::from(e.into())))?;
@@ -250,11 +247,7 @@ where
         self.ensure_generation().await;
         let stored_key = self.key_of(key)?;
         // As in `write_through`: armed from before the origin write.
-        let pending = WriteInFlight {
-            inner: &self.inner,
-            stored_key: &stored_key,
-            armed: true,
-        };
+        let pending = WriteInFlight::new(&self.inner, &stored_key);
         let written = write()
             .await
             .map_err(|e| Error::OriginWrite(Arc::from(e.into())))?;
