@@ -555,7 +555,7 @@ where
             }
             Err(_) => (WriteOutcome::LocalOnly, None),
         };
-        let ours = if inner.l1.hot_only() && !inner.ops.hot_keys.is_hot(stored_key) {
+        let ours = if !self.l1_admits(stored_key) {
             None
         } else {
             inner.l1.insert_written(
@@ -604,7 +604,14 @@ where
         )
     }
 
-    /// Puts an entry into L1 — unless L1 is only a hot-key shield and the key is not hot.
+    /// Whether L1 takes `stored_key` at all: not when L1 is only a hot-key shield and the key
+    /// is not hot.
+    fn l1_admits(&self, stored_key: &str) -> bool {
+        let inner = &*self.inner;
+        !inner.l1.hot_only() || inner.ops.hot_keys.is_hot(stored_key)
+    }
+
+    /// Puts an entry into L1 — unless L1 does not admit the key (see `l1_admits`).
     #[allow(clippy::too_many_arguments)]
     fn l1_insert(
         &self,
@@ -616,11 +623,10 @@ where
         epoch: u64,
         tags: Option<Arc<TagStamp>>,
     ) -> Option<std::time::Instant> {
-        let inner = &*self.inner;
-        if inner.l1.hot_only() && !inner.ops.hot_keys.is_hot(stored_key) {
+        if !self.l1_admits(stored_key) {
             return None;
         }
-        inner
+        self.inner
             .l1
             .insert(stored_key, value, meta, size, lifetimes, epoch, tags)
     }

@@ -148,6 +148,8 @@ const EPOCH_STRIPES: usize = 1024;
 /// L1 and an invalidation that arrives meanwhile: every invalidation bumps its key's stripe
 /// (a clear bumps them all) *before* removing the key, and an insert made under an older epoch is
 /// withdrawn right after it is made. Whichever happens first, the old value does not stay.
+/// This instance's own writes count too, for reads and loads only (`supersede`,
+/// `write_epoch`): a read or load racing a write of the same instance cannot cover it.
 pub(crate) struct LocalTier<V> {
     engine: Option<EngineOf<V>>,
     gauges: L1Metrics,
